@@ -1,0 +1,34 @@
+"""ament_python packaging for lightmer (works with colcon and with a plain pip install)."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = 'lightmer'
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    package_dir={'': 'src'},
+    packages=find_packages('src'),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
+        ('share/' + package_name + '/config', glob('config/*.yaml')),
+        ('share/' + package_name + '/models', glob('models/*.pt')),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=True,
+    maintainer='lightmer developers',
+    maintainer_email='lightmer@example.org',
+    description='Lightweight audio-visual emotion recognition for ROS 2 robots.',
+    license='Apache-2.0',
+    entry_points={
+        'console_scripts': [
+            'lightmer = lightmer.cli:main',
+            'face_crop_node = lightmer.ros.face_crop_node:main',
+            'audio_feature_node = lightmer.ros.audio_feature_node:main',
+            'fusion_node = lightmer.ros.fusion_node:main',
+        ],
+    },
+)

@@ -1,0 +1,3 @@
+"""lightmer: lightweight audio-visual emotion recognition for ROS 2 robots."""
+
+__version__ = '0.1.0'

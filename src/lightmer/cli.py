@@ -1,0 +1,300 @@
+"""`lightmer` command line: the only place that parses argv.
+
+Each subcommand has a `_add_<name>` that declares its options and a `_run_<name>` that turns
+the parsed options into the implementing module's call. Implementations are imported lazily so
+that `lightmer --help` and light subcommands do not pay for torch or rclpy imports.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DATASETS = ('crema-d', 'ravdess')
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text}')
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f'expected a positive number, got {text}')
+    return value
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+# --- summary -------------------------------------------------------------------------------
+def _add_summary(sub) -> None:
+    p = sub.add_parser('summary', help='parameter count and float32 size of the model')
+    p.add_argument('--classes', type=_positive_int, required=True, help='number of classes C')
+    p.add_argument('--segments', type=_positive_int, default=5,
+                   help='temporal segments N (shared networks: the count does not depend on it)')
+    p.add_argument('--json', action='store_true', help='print JSON')
+
+
+def _run_summary(args) -> int:
+    from lightmer.model import LightmerNet, ModelConfig, count_parameters, layer_table
+
+    model = LightmerNet(ModelConfig(n_classes=args.classes))
+    n_params = count_parameters(model)
+    info = {'classes': args.classes, 'segments': args.segments, 'parameters': n_params,
+            'size_mb': n_params * 4 / 1e6}
+    if args.json:
+        _print_json(info)
+    else:
+        print(layer_table(model))
+        print(f'total parameters: {n_params}  ({info["size_mb"]:.2f} MB as float32; '
+              f'the same for any N, here N={args.segments})')
+    return 0
+
+
+# --- export --------------------------------------------------------------------------------
+def _add_export(sub) -> None:
+    p = sub.add_parser('export', help='export the per-segment and fusion parts for small robots')
+    p.add_argument('--checkpoint', type=Path, required=True)
+    p.add_argument('--format', choices=('torchscript', 'onnx'), default='torchscript')
+    p.add_argument('--out', type=Path, default=None,
+                   help='output directory (default: next to the checkpoint)')
+
+
+def _run_export(args) -> int:
+    from lightmer.export import export_checkpoint
+
+    paths = export_checkpoint(args.checkpoint, args.format, args.out)
+    for path in paths:
+        print(path)
+    return 0
+
+
+# --- bench ---------------------------------------------------------------------------------
+def _add_bench(sub) -> None:
+    p = sub.add_parser('bench', help='measure per-stage cost, incremental vs recompute, nodes')
+    p.add_argument('--json', action='store_true', help='print JSON (a markdown table otherwise)')
+    p.add_argument('--repeats', type=_positive_int, default=20, help='repeats per stage')
+    p.add_argument('--threads', type=_positive_int, default=None,
+                   help='torch threads (default: torch default, stated in the output)')
+    p.add_argument('--checkpoint', type=Path, default=None,
+                   help='model for the live-node figures (default: an untrained model)')
+    p.add_argument('--no-nodes', action='store_true', help='skip the live-node measurements')
+    p.add_argument('--out', type=Path, default=None, help='directory for bench.json and PNGs')
+
+
+def _run_bench(args) -> int:
+    from lightmer.bench import run_bench
+
+    return run_bench(repeats=args.repeats, threads=args.threads, checkpoint=args.checkpoint,
+                     nodes=not args.no_nodes, out_dir=args.out, as_json=args.json)
+
+
+# --- synth ---------------------------------------------------------------------------------
+def _add_synth(sub) -> None:
+    p = sub.add_parser('synth', help='generate a small corpus in the CREMA-D or RAVDESS layout')
+    p.add_argument('--layout', choices=DATASETS, required=True)
+    p.add_argument('--out', type=Path, required=True)
+    p.add_argument('--actors', type=_positive_int, default=None, help='number of actors')
+    p.add_argument('--clips-per-emotion', type=_positive_int, default=None,
+                   help='clips per actor and emotion')
+    p.add_argument('--seed', type=int, default=0)
+
+
+def _run_synth(args) -> int:
+    from lightmer.datasets.synth import synthesize
+
+    report = synthesize(args.layout, args.out, actors=args.actors,
+                        clips_per_emotion=args.clips_per_emotion, seed=args.seed)
+    print(report)
+    return 0
+
+
+# --- prepare -------------------------------------------------------------------------------
+def _add_prepare(sub) -> None:
+    p = sub.add_parser('prepare', help='decode clips, crop faces, store a training cache')
+    p.add_argument('--dataset', choices=DATASETS, required=True)
+    p.add_argument('--root', type=Path, required=True, help='dataset root as downloaded')
+    p.add_argument('--cache', type=Path, required=True)
+    p.add_argument('--workers', type=_positive_int, default=None,
+                   help='processes (default: available cores)')
+
+
+def _run_prepare(args) -> int:
+    from lightmer.datasets.prepare import prepare
+
+    summary = prepare(args.dataset, args.root, args.cache, workers=args.workers)
+    print(summary)
+    return 0
+
+
+# --- train ---------------------------------------------------------------------------------
+def _add_train(sub) -> None:
+    p = sub.add_parser('train', help='train with uncertainty sampling (Algorithm 1) or fully')
+    p.add_argument('--dataset', choices=DATASETS, required=True)
+    p.add_argument('--cache', type=Path, required=True)
+    p.add_argument('--out', type=Path, required=True, help='run directory')
+    p.add_argument('--strategy', choices=('uncertainty', 'full'), default='uncertainty')
+    p.add_argument('--folds', type=_positive_int, default=5)
+    p.add_argument('--fold', default='all', help="fold index (0-based) or 'all'")
+    p.add_argument('--epochs', type=_positive_int, default=100)
+    p.add_argument('--nu', type=_positive_int, default=None,
+                   help='uncertain samples per epoch N_u (default: the preset\'s)')
+    p.add_argument('--segments', type=_positive_int, default=None,
+                   help='temporal segments N (default: the preset\'s)')
+    p.add_argument('--batch-size', type=_positive_int, default=16)
+    p.add_argument('--lr', type=_positive_float, default=1e-4)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--resume', action='store_true')
+    p.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
+
+
+def _run_train(args) -> int:
+    from lightmer.train import TrainConfig, train
+
+    if args.fold != 'all':
+        try:
+            fold = int(args.fold)
+        except ValueError:
+            raise SystemExit(f"--fold must be an integer or 'all', got {args.fold!r}") from None
+    else:
+        fold = None
+    cfg = TrainConfig.for_dataset(
+        args.dataset, cache=args.cache, out=args.out, strategy=args.strategy,
+        n_folds=args.folds, fold=fold, epochs=args.epochs, n_uncertain=args.nu,
+        n_segments=args.segments, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        resume=args.resume, device=args.device)
+    summary = train(cfg)
+    _print_json(summary)
+    return 0
+
+
+# --- make-bag / eval-bag --------------------------------------------------------------------
+def _add_make_bag(sub) -> None:
+    p = sub.add_parser('make-bag', help='lay dataset clips on one timeline in a rosbag2')
+    p.add_argument('--dataset', choices=DATASETS, required=True)
+    p.add_argument('--root', type=Path, required=True)
+    p.add_argument('--out', type=Path, required=True, help='bag directory to create')
+    p.add_argument('--actors', nargs='+', default=None, help='actor ids to include')
+    p.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap')
+    p.add_argument('--gap', type=float, default=1.0, help='seconds of silence between clips')
+
+
+def _run_make_bag(args) -> int:
+    from lightmer.bags import make_bag
+
+    print(make_bag(args.dataset, args.root, args.out, actors=args.actors,
+                   storage=args.storage, gap_s=args.gap))
+    return 0
+
+
+def _add_eval_bag(sub) -> None:
+    p = sub.add_parser('eval-bag', help='score a bag against a labels CSV')
+    p.add_argument('--bag', type=Path, required=True)
+    p.add_argument('--labels', type=Path, required=True, help='CSV: start,end,label,clip_id')
+    p.add_argument('--checkpoint', type=Path, required=True)
+    p.add_argument('--live', action='store_true', help='through the three nodes over DDS')
+    p.add_argument('--out', type=Path, default=None, help='directory for JSON and PNGs')
+    p.add_argument('--json', action='store_true')
+    p.add_argument('--image-topic', default='/camera/image_raw')
+    p.add_argument('--audio-topic', default='/audio/audio_stamped')
+    p.add_argument('--audio-info-topic', default='/audio/audio_info')
+    p.add_argument('--anchor', choices=('centre', 'start'), default='centre',
+                   help='segment reference time')
+
+
+def _run_eval_bag(args) -> int:
+    from lightmer.evaluate import EvalConfig, evaluate_bag
+
+    cfg = EvalConfig(bag=args.bag, labels=args.labels, checkpoint=args.checkpoint,
+                     live=args.live, out=args.out, image_topic=args.image_topic,
+                     audio_topic=args.audio_topic, audio_info_topic=args.audio_info_topic,
+                     anchor=args.anchor)
+    result = evaluate_bag(cfg)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"window accuracy {result['window_accuracy']:.3f}  "
+              f"clip accuracy {result['clip_accuracy']:.3f}  windows {result['windows']}  "
+              f"latency p50 {result['latency_ms']['p50']:.1f} ms")
+    return 0
+
+
+# --- bringup / demo -------------------------------------------------------------------------
+def _add_bringup(sub) -> None:
+    p = sub.add_parser('bringup', help='run the three nodes in one process (launch without '
+                       'launch_ros)')
+    p.add_argument('--params-file', type=Path, default=None, help='ROS parameter YAML')
+    p.add_argument('--model', type=Path, default=None, help='checkpoint path')
+    p.add_argument('--camera-topic', default=None)
+    p.add_argument('--audio-topic', default=None)
+    p.add_argument('--audio-msg', choices=('ros-drivers', 'mgonzs13'), default=None)
+    p.add_argument('--use-sim-time', action='store_true')
+    p.add_argument('--namespace', default='')
+
+
+def _run_bringup(args) -> int:
+    from lightmer.ros.bringup import run_bringup
+
+    return run_bringup(params_file=args.params_file, model=args.model,
+                       camera_topic=args.camera_topic, audio_topic=args.audio_topic,
+                       audio_msg=args.audio_msg, use_sim_time=args.use_sim_time,
+                       namespace=args.namespace)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser('demo', help='the whole system end to end on generated data')
+    p.add_argument('--out', type=Path, default=Path('demo-out'))
+    p.add_argument('--quick', action='store_true', help='smaller corpus, fewer epochs')
+    p.add_argument('--json', action='store_true')
+
+
+def _run_demo(args) -> int:
+    from lightmer.demo import run_demo
+
+    result = run_demo(args.out, quick=args.quick)
+    if args.json:
+        _print_json(result)
+    return 0
+
+
+COMMANDS = {
+    'summary': (_add_summary, _run_summary),
+    'export': (_add_export, _run_export),
+    'bench': (_add_bench, _run_bench),
+    'synth': (_add_synth, _run_synth),
+    'prepare': (_add_prepare, _run_prepare),
+    'train': (_add_train, _run_train),
+    'make-bag': (_add_make_bag, _run_make_bag),
+    'eval-bag': (_add_eval_bag, _run_eval_bag),
+    'bringup': (_add_bringup, _run_bringup),
+    'demo': (_add_demo, _run_demo),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='lightmer', description='Lightweight audio-visual emotion recognition for ROS 2.')
+    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _, run = COMMANDS[args.command]
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())
