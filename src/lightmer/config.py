@@ -1,0 +1,122 @@
+"""Frozen configuration shared by training, the offline evaluator and the ROS nodes.
+
+`FeatureConfig` travels inside every checkpoint, so a node computes its features exactly as the
+model was trained. `Preset` holds the per-dataset choices of the paper (section V-A).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+def _strict_kwargs(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """Keys of `d` checked against the dataclass fields of `cls` (unknown keys are an error)."""
+    if not isinstance(d, dict):
+        raise TypeError(f'{cls.__name__}.from_dict expects a dict, got {type(d).__name__}')
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f'{cls.__name__}: unknown keys {unknown}; known keys are '
+                         f'{sorted(names)} (was the file written by another lightmer version?)')
+    return dict(d)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How a face crop and an audio window are turned into network inputs."""
+
+    sample_rate: int = 16000      # Hz; all audio is resampled to this before windowing
+    window_s: float = 1.5         # d, audio window length (paper V-A)
+    n_fft: int = 2048
+    hop_length: int = 512
+    n_mels: int = 128
+    face_height: int = 98         # the paper's "80x98" crop is 98 high x 80 wide (Table 1)
+    face_width: int = 80
+    face_margin: float = 0.1      # fraction of box size added on each side before cropping
+    face_min_prob: float = 0.9    # MTCNN probability threshold
+    jitter_s: float = 0.010       # max audio-centre offset from the frame in training (±10 ms)
+
+    def __post_init__(self) -> None:
+        if self.sample_rate <= 0 or self.window_s <= 0:
+            raise ValueError('sample_rate and window_s must be positive')
+        if self.window_samples < self.n_fft:
+            raise ValueError(f'the audio window ({self.window_samples} samples) is shorter than '
+                             f'n_fft ({self.n_fft}); lengthen window_s or shrink n_fft')
+        if self.hop_length <= 0 or self.n_mels <= 0:
+            raise ValueError('hop_length and n_mels must be positive')
+        if self.face_height <= 0 or self.face_width <= 0:
+            raise ValueError('face_height and face_width must be positive')
+        if self.face_margin < 0 or not 0 <= self.face_min_prob <= 1 or self.jitter_s < 0:
+            raise ValueError('face_margin >= 0, 0 <= face_min_prob <= 1 and jitter_s >= 0')
+
+    @property
+    def window_samples(self) -> int:
+        """Samples in one audio window: 24000 at 16 kHz and 1.5 s."""
+        return int(round(self.window_s * self.sample_rate))
+
+    @property
+    def mel_frames(self) -> int:
+        """STFT frames of one window without centre padding: 1 + (24000 - 2048) // 512 = 43."""
+        return 1 + (self.window_samples - self.n_fft) // self.hop_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
+        return cls(**_strict_kwargs(cls, d))
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Per-dataset choices: class order, N, N_u and the nodes' streaming segment length."""
+
+    name: str                     # 'crema-d' | 'ravdess'
+    labels: tuple[str, ...]       # class names in output order (lower-case English words)
+    codes: tuple[str, ...]        # dataset codes in the same order ('ANG', ... / '01', ...)
+    n_segments: int               # N (5 / 12), paper V-A
+    n_uncertain: int              # N_u, uncertain samples moved from U per epoch (20 / 5)
+    segment_s: float              # streaming segment length T for the nodes (0.5 / 0.6);
+    # a live window then spans N*T seconds (2.5 s / 7.2 s)
+
+    def __post_init__(self) -> None:
+        if len(self.labels) != len(self.codes):
+            raise ValueError(f'preset {self.name}: {len(self.labels)} labels but '
+                             f'{len(self.codes)} codes')
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d['labels'] = list(self.labels)
+        d['codes'] = list(self.codes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preset:
+        kw = _strict_kwargs(cls, d)
+        kw['labels'] = tuple(kw.get('labels', ()))
+        kw['codes'] = tuple(kw.get('codes', ()))
+        return cls(**kw)
+
+
+PRESETS: dict[str, Preset] = {
+    'crema-d': Preset(
+        name='crema-d',
+        labels=('angry', 'disgusted', 'fearful', 'happy', 'neutral', 'sad'),
+        codes=('ANG', 'DIS', 'FEA', 'HAP', 'NEU', 'SAD'),
+        n_segments=5, n_uncertain=20, segment_s=0.5),
+    'ravdess': Preset(
+        name='ravdess',
+        labels=('neutral', 'calm', 'happy', 'sad', 'angry', 'fearful', 'disgusted',
+                'surprised'),
+        codes=('01', '02', '03', '04', '05', '06', '07', '08'),
+        n_segments=12, n_uncertain=5, segment_s=0.6),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called `name`, with an error that lists the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f'unknown preset {name!r}; choose one of {sorted(PRESETS)}') from None
