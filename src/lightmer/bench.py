@@ -1,0 +1,177 @@
+"""`lightmer bench`: what each stage costs on this machine, and what the segment cache saves.
+
+The result is a dict of sections merged into one JSON object:
+- model section (`bench_model`): `stage_ms` (medians over repeats, milliseconds),
+  `incremental_vs_recompute_ratio` and `machine` (CPU model, cores, torch threads);
+- `nodes`: the live-node figures from `lightmer.bench_nodes.bench_nodes(checkpoint, repeats)`
+  when that module exists, else "not measured".
+
+`incremental_vs_recompute_ratio[N]` = one segment in total (detect + crop + log-mel + VN + AN +
+FC + fusion of N cached logits) / a full-window recompute of N segments (all N frames detected,
+cropped, N log-mels, the networks on N segments, fusion). With the cache a new window costs one
+segment, so the ratio is about 1/N (paper Fig. 2). `networks_window_n{N}` is the model alone
+on a whole window (no detection, no log-mel), the figure the paper reports per window.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RECOMPUTE_N = (5, 12)
+FRAME_HW = (480, 640)
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of fn() in ms over `repeats` calls, after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _cpu_model() -> str:
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bench_frame() -> np.ndarray:
+    """uint8 (480, 640, 3): the scikit-image astronaut photo (top 480 rows) on a grey canvas."""
+    from skimage import data
+
+    photo = data.astronaut()[:FRAME_HW[0]]     # (480, 512, 3); the face is in the top half
+    frame = np.full((*FRAME_HW, 3), 128, dtype=np.uint8)
+    x0 = (FRAME_HW[1] - photo.shape[1]) // 2
+    frame[:, x0:x0 + photo.shape[1]] = photo
+    return frame
+
+
+def bench_model(repeats: int, threads: int | None = None, checkpoint=None) -> dict[str, Any]:
+    """The model section: per-stage medians, incremental/recompute ratios, machine facts."""
+    import torch
+
+    from lightmer.checkpoint import load_checkpoint
+    from lightmer.config import FeatureConfig
+    from lightmer.features import FaceCropper, crop_face, face_to_input, log_mel_at
+    from lightmer.model import LightmerNet, ModelConfig, fuse
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if checkpoint is not None:
+        model, meta = load_checkpoint(checkpoint)
+        fcfg = meta.features
+    else:
+        fcfg = FeatureConfig()
+        model = LightmerNet(ModelConfig(n_classes=6)).eval()
+    cropper = FaceCropper(fcfg)
+    frame = bench_frame()
+    box = cropper.detect([frame])[0]
+    if box is None:
+        raise RuntimeError('MTCNN found no face in the bench frame; is facenet-pytorch intact?')
+    audio = np.random.default_rng(0).normal(0, 0.1, 4 * fcfg.sample_rate).astype(np.float32)
+    centre = 2.0
+    face = torch.from_numpy(face_to_input(crop_face(frame, box, fcfg))[None])   # (1,1,98,80)
+    mel = torch.from_numpy(log_mel_at(audio, centre, fcfg)[None, None])         # (1,1,128,43)
+    cached = {n: torch.zeros(n - 1, model.cfg.n_classes) for n in RECOMPUTE_N}
+
+    def one_segment(n_window: int) -> torch.Tensor:
+        b = cropper.detect([frame])[0]
+        f = torch.from_numpy(face_to_input(crop_face(frame, b, fcfg))[None])
+        m = torch.from_numpy(log_mel_at(audio, centre, fcfg)[None, None])
+        logits = model.segment_logits(f, m)                                     # (1, C)
+        return fuse(torch.cat([cached[n_window], logits]))                      # (C,)
+
+    def recompute(n: int) -> torch.Tensor:
+        boxes = cropper.detect([frame] * n)                                     # one batch
+        faces = np.stack([face_to_input(crop_face(frame, b, fcfg)) for b in boxes])
+        mels = np.stack([log_mel_at(audio, centre, fcfg)[None] for _ in range(n)])
+        logits = model(torch.from_numpy(faces)[None], torch.from_numpy(mels)[None])  # (1, C)
+        return torch.softmax(logits, dim=-1)
+
+    stage_ms: dict[str, float] = {}
+    with torch.inference_mode():
+        v = model.embed_visual(face)
+        a = model.embed_audio(mel)
+        stage_ms['mtcnn_detect_640x480'] = _median_ms(lambda: cropper.detect([frame]), repeats)
+        stage_ms['face_crop'] = _median_ms(
+            lambda: face_to_input(crop_face(frame, box, fcfg)), repeats)
+        stage_ms['log_mel'] = _median_ms(lambda: log_mel_at(audio, centre, fcfg), repeats)
+        stage_ms['visual_net'] = _median_ms(lambda: model.embed_visual(face), repeats)
+        stage_ms['audio_net'] = _median_ms(lambda: model.embed_audio(mel), repeats)
+        stage_ms['fc_fusion'] = _median_ms(
+            lambda: fuse(torch.cat([cached[5], model.head(v, a)])), repeats)
+        stage_ms['segment_total'] = _median_ms(lambda: one_segment(5), repeats)
+        ratios = {}
+        for n in RECOMPUTE_N:
+            seg = stage_ms['segment_total'] if n == 5 else _median_ms(
+                lambda n=n: one_segment(n), repeats)
+            full = _median_ms(lambda n=n: recompute(n), repeats)
+            stage_ms[f'window_recompute_n{n}'] = full
+            # the networks alone on a whole window: the paper's "inference per window"
+            faces_n = face.expand(n, -1, -1, -1)[None]                  # (1, N, 1, 98, 80)
+            mels_n = mel.expand(n, -1, -1, -1)[None]                    # (1, N, 1, 128, 43)
+            stage_ms[f'networks_window_n{n}'] = _median_ms(
+                lambda f=faces_n, m=mels_n: torch.softmax(model(f, m), dim=-1), repeats)
+            ratios[str(n)] = seg / full
+    return {
+        'stage_ms': {k: round(v_, 4) for k, v_ in stage_ms.items()},
+        'incremental_vs_recompute_ratio': {k: round(r, 4) for k, r in ratios.items()},
+        'repeats': repeats,
+        'machine': {'cpu_model': _cpu_model(), 'cores': os.cpu_count(),
+                    'torch_threads': torch.get_num_threads(), 'torch': torch.__version__,
+                    'python': platform.python_version()},
+    }
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    m = result['machine']
+    lines = [f"machine: {m['cpu_model']}, {m['cores']} cores, torch threads "
+             f"{m['torch_threads']}; medians over {result['repeats']} repeats", '',
+             '| stage | median ms |', '|---|---:|']
+    lines += [f'| {k} | {v:.2f} |' for k, v in result['stage_ms'].items()]
+    lines += ['', '| N | incremental / recompute |', '|---|---:|']
+    lines += [f'| {n} | {r:.3f} |' for n, r in result['incremental_vs_recompute_ratio'].items()]
+    nodes = result.get('nodes')
+    lines += ['', f'nodes: {nodes}' if isinstance(nodes, str) else 'nodes: see bench.json']
+    return '\n'.join(lines)
+
+
+def run_bench(repeats: int = 20, threads: int | None = None, checkpoint=None,
+              nodes: bool = True, out_dir=None, as_json: bool = False) -> int:
+    """Measure, merge the sections, print JSON or markdown, write out_dir/bench.json."""
+    import json
+
+    from lightmer.io_utils import atomic_save_json
+
+    result: dict[str, Any] = dict(bench_model(repeats, threads, checkpoint))
+    if nodes and importlib.util.find_spec('lightmer.bench_nodes') is not None:
+        from lightmer import bench_nodes  # written by the nodes part; optional
+
+        result['nodes'] = bench_nodes.bench_nodes(checkpoint, repeats)
+    else:
+        result['nodes'] = 'not measured'
+    if out_dir is not None:
+        atomic_save_json(Path(out_dir) / 'bench.json', result)
+    if as_json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(_markdown(result))
+    sys.stdout.flush()
+    return 0

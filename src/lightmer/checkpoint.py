@@ -1,0 +1,175 @@
+"""Self-describing checkpoints: weights plus everything needed to use them.
+
+One file holds the state dict, the class labels in output order, N, the preset, the streaming
+segment length, the `FeatureConfig` and `ModelConfig`, and the training provenance, so a node
+needs only the path and computes features exactly as in training.
+
+File layout (a `torch.save` dict that `torch.load(weights_only=True)` accepts: only tensors,
+str, int, float, bool, None, lists and dicts):
+    {'format': 'lightmer-checkpoint', 'format_version': 1,
+     'meta': {'preset', 'labels', 'n_segments', 'segment_s', 'features', 'model', 'provenance'},
+     'state_dict': {...}}
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import pickle
+import subprocess
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightmer import __version__
+from lightmer.config import FeatureConfig
+from lightmer.io_utils import atomic_torch_save
+from lightmer.model import LightmerNet, ModelConfig
+
+FORMAT = 'lightmer-checkpoint'
+FORMAT_VERSION = 1
+_TOP_KEYS = ('format', 'format_version', 'meta', 'state_dict')
+_META_KEYS = ('preset', 'labels', 'n_segments', 'segment_s', 'features', 'model', 'provenance')
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    preset: str                       # 'crema-d' | 'ravdess' (or a custom name)
+    labels: tuple[str, ...]           # class names in output order; len == model.n_classes
+    n_segments: int                   # N the model was trained with
+    segment_s: float                  # streaming segment length T for the nodes
+    features: FeatureConfig
+    model: ModelConfig
+    provenance: dict[str, Any] = field(default_factory=dict)  # dataset, fold, epoch, ...
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, 'labels', tuple(self.labels))
+        if len(self.labels) != self.model.n_classes:
+            raise ValueError(f'{len(self.labels)} labels for a model with '
+                             f'{self.model.n_classes} classes')
+        if self.n_segments < 1 or not self.segment_s > 0:
+            raise ValueError('n_segments must be >= 1 and segment_s > 0')
+        if (tuple(self.model.face_shape) != (self.features.face_height, self.features.face_width)
+                or tuple(self.model.mel_shape) != (self.features.n_mels,
+                                                   self.features.mel_frames)):
+            raise ValueError(f'model input shapes {self.model.face_shape}, '
+                             f'{self.model.mel_shape} do not match the features '
+                             f'({self.features.face_height}, {self.features.face_width}), '
+                             f'({self.features.n_mels}, {self.features.mel_frames})')
+
+    def to_dict(self) -> dict[str, Any]:
+        return {'preset': self.preset, 'labels': list(self.labels),
+                'n_segments': self.n_segments, 'segment_s': self.segment_s,
+                'features': self.features.to_dict(), 'model': self.model.to_dict(),
+                'provenance': dict(self.provenance)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CheckpointMeta:
+        return cls(preset=str(d['preset']), labels=tuple(d['labels']),
+                   n_segments=int(d['n_segments']), segment_s=float(d['segment_s']),
+                   features=FeatureConfig.from_dict(d['features']),
+                   model=ModelConfig.from_dict(d['model']),
+                   provenance=dict(d['provenance']))
+
+
+def make_provenance(**fields: Any) -> dict[str, Any]:
+    """Provenance for a checkpoint: the given fields (dataset, fold, epoch, strategy, ...) plus
+    the UTC date, the lightmer version and the git commit of the source tree (None outside git).
+    """
+    try:
+        git = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        git = None
+    return {'date': dt.datetime.now(dt.UTC).isoformat(timespec='seconds'),
+            'lightmer': __version__, 'git': git, **fields}
+
+
+def save_checkpoint(path, model: LightmerNet, meta: CheckpointMeta) -> None:
+    """Write model weights and `meta` to `path` atomically (a reader never sees half a file)."""
+    if model.cfg != meta.model:
+        raise ValueError(f'model config {model.cfg} differs from meta.model {meta.model}')
+    meta_dict = meta.to_dict()
+    try:  # keep provenance to plain data so that weights_only loading accepts it
+        meta_dict['provenance'] = json.loads(json.dumps(meta_dict['provenance']))
+    except TypeError as e:
+        raise ValueError(f'provenance must hold plain JSON data: {e}') from None
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    atomic_torch_save(path, {'format': FORMAT, 'format_version': FORMAT_VERSION,
+                             'meta': meta_dict, 'state_dict': state})
+
+
+def load_checkpoint(path, map_location='cpu', expected_classes: int | None = None
+                    ) -> tuple[LightmerNet, CheckpointMeta]:
+    """Read, validate and build the model of a checkpoint; the model is in eval mode.
+
+    Raises CheckpointError (with what to do) for a missing, truncated or foreign file, missing
+    keys, a newer format, weights that do not fit the stored config, or a class count other
+    than `expected_classes`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'no checkpoint at {path}; train one with `lightmer train` or '
+                              'give the path of an existing .pt file')
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError,
+            ValueError) as e:
+        raise CheckpointError(f'cannot read checkpoint {path} (truncated, corrupt or not a '
+                              f'torch file: {e}); copy it again or re-run training') from e
+    if not isinstance(blob, dict) or blob.get('format') != FORMAT:
+        raise CheckpointError(f'{path} is not a lightmer checkpoint (no format '
+                              f'{FORMAT!r}); save models with lightmer.checkpoint')
+    missing = [k for k in _TOP_KEYS if k not in blob]
+    if missing:
+        raise CheckpointError(f'checkpoint {path} lacks keys {missing}; it is incomplete, '
+                              're-run training to write a new one')
+    if blob['format_version'] != FORMAT_VERSION:
+        raise CheckpointError(f'checkpoint {path} has format version {blob["format_version"]}; '
+                              f'this lightmer reads version {FORMAT_VERSION}; use the lightmer '
+                              'version that wrote it or retrain')
+    meta_d = blob['meta']
+    missing = [k for k in _META_KEYS if not isinstance(meta_d, dict) or k not in meta_d]
+    if missing:
+        raise CheckpointError(f'checkpoint {path} metadata lacks {missing}; re-run training '
+                              'to write a complete checkpoint')
+    try:
+        meta = CheckpointMeta.from_dict(meta_d)
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f'checkpoint {path} has invalid metadata: {e}') from e
+    if expected_classes is not None and meta.model.n_classes != expected_classes:
+        raise CheckpointError(
+            f'checkpoint {path} predicts {meta.model.n_classes} classes {list(meta.labels)} '
+            f'(preset {meta.preset}) but {expected_classes} are expected; use a checkpoint '
+            'trained for this label set')
+    model = LightmerNet(meta.model)
+    try:
+        model.load_state_dict(blob['state_dict'], strict=True)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f'weights in {path} do not fit the stored model config: {e}; '
+                              'the file was edited or written by another version') from e
+    model.to(map_location)
+    model.eval()
+    return model, meta
+
+
+def meta_for_preset(preset_name: str, features: FeatureConfig | None = None,
+                    n_segments: int | None = None, **provenance: Any) -> CheckpointMeta:
+    """Metadata for a fresh model of a preset (an untrained model for benches and tests)."""
+    from lightmer.config import get_preset
+
+    preset = get_preset(preset_name)
+    features = features or FeatureConfig()
+    model_cfg = ModelConfig(n_classes=len(preset.labels),
+                            face_shape=(features.face_height, features.face_width),
+                            mel_shape=(features.n_mels, features.mel_frames))
+    return CheckpointMeta(preset=preset.name, labels=preset.labels,
+                          n_segments=n_segments or preset.n_segments,
+                          segment_s=preset.segment_s, features=features, model=model_cfg,
+                          provenance=make_provenance(**provenance))

@@ -1,0 +1,249 @@
+"""Network inputs from raw media: face crops (MTCNN) and log-mel windows.
+
+Training (`datasets.prepare`, `datasets.cache`) and the ROS nodes call these same functions
+with the `FeatureConfig` stored in the checkpoint, so the two cannot drift apart.
+
+Face pipeline: RGB uint8 frame -> MTCNN boxes -> the largest face whose probability is at least
+`face_min_prob` -> box grown by `face_margin` on each side, clipped to the frame -> grayscale
+(ITU-R 601 luma, as PIL's 'L') -> resized to 98 high x 80 wide (bilinear) -> uint8 crop.
+`face_to_input` then maps uint8 to float32 with a fixed affine map.
+
+Audio pipeline: any rate, any channels -> mono float32 -> 16 kHz (soxr via librosa) -> the
+1.5 s window centred on a time, zero-padded past the clip edges -> power mel spectrogram
+(n_fft 2048, hop 512, Hann, no centre padding: 128 x 43) -> dB -> per-window standardisation.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from lightmer.config import FeatureConfig
+
+# Largest batch handed to MTCNN at once: bounds its memory on a small robot computer.
+_MAX_DETECT_BATCH = 16
+# Floor of the mel power before the log: -100 dB, so digital silence stays finite.
+_POWER_FLOOR = 1e-10
+# Floor of the per-window standard deviation in dB: a constant window (silence) maps to all
+# zeros instead of dividing by zero, and near-silent hiss is not blown up to unit variance.
+_STD_FLOOR_DB = 1.0
+
+
+# --- faces -----------------------------------------------------------------------------------
+class FaceCropper:
+    """MTCNN face detection and cropping (facenet-pytorch; its weights ship in the wheel)."""
+
+    def __init__(self, cfg: FeatureConfig, device: str = 'cpu', min_face_size: int = 40):
+        from facenet_pytorch import MTCNN  # heavy import, only where faces are needed
+
+        self.cfg = cfg
+        # keep_all: we choose the face ourselves (largest above threshold) so that each box
+        # stays paired with its own probability; post_process off: we only use the boxes.
+        self._mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size,
+                            post_process=False, select_largest=False)
+
+    def detect_all(self, frames_rgb: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every face MTCNN reports, per frame, before any threshold.
+
+        Args:
+            frames_rgb: uint8 (H, W, 3) RGB frames; sizes may differ (MTCNN's batched detect
+                needs equal sizes, so frames are grouped by size and run one batch per size).
+        Returns:
+            per frame (boxes float64 (K, 4) x1 y1 x2 y2 pixels, probs float64 (K,)), row k of
+            both describing the same face; K = 0 when there is none.
+        """
+        frames = [_check_frame(f) for f in frames_rgb]
+        empty = (np.zeros((0, 4)), np.zeros(0))
+        out: list[tuple[np.ndarray, np.ndarray]] = [empty] * len(frames)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, f in enumerate(frames):
+            by_shape.setdefault(f.shape, []).append(i)
+        for idx in by_shape.values():
+            for s in range(0, len(idx), _MAX_DETECT_BATCH):
+                chunk = idx[s:s + _MAX_DETECT_BATCH]
+                batch = np.stack([frames[i] for i in chunk])          # (B, H, W, 3) uint8
+                boxes, probs = self._mtcnn.detect(batch)
+                for i, b, p in zip(chunk, boxes, probs, strict=True):
+                    if b is not None:
+                        out[i] = (np.asarray(b, dtype=np.float64).reshape(-1, 4),
+                                  np.asarray(p, dtype=np.float64).reshape(-1))
+        return out
+
+    def detect(self, frames_rgb: list[np.ndarray]) -> list[np.ndarray | None]:
+        """Per frame the float64 (4,) box x1 y1 x2 y2 of the largest face whose probability is
+        >= cfg.face_min_prob, or None when there is none. Batched as `detect_all`."""
+        return [select_largest_confident(b, p, self.cfg.face_min_prob)
+                for b, p in self.detect_all(frames_rgb)]
+
+    def crop(self, frame_rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) RGB frame, box (4,) x1 y1 x2 y2 -> uint8 (98, 80) grayscale crop.
+
+        Raises ValueError when the box, after margin and clipping, has no area in the frame.
+        """
+        return crop_face(_check_frame(frame_rgb), box, self.cfg)
+
+    def __call__(self, frames_rgb: list[np.ndarray]) -> list[np.ndarray | None]:
+        """Detect and crop: per frame a uint8 (98, 80) crop, or None when there is no face."""
+        crops: list[np.ndarray | None] = []
+        for frame, box in zip(frames_rgb, self.detect(frames_rgb), strict=True):
+            if box is None:
+                crops.append(None)
+                continue
+            try:
+                crops.append(self.crop(frame, box))
+            except ValueError:   # a box entirely outside the frame: treat as no face
+                crops.append(None)
+        return crops
+
+
+def _check_frame(frame: np.ndarray) -> np.ndarray:
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f'expected a uint8 (H, W, 3) RGB frame, got {frame.dtype} '
+                         f'{frame.shape}; convert with np.asarray(..., dtype=np.uint8)')
+    return frame
+
+
+def select_largest_confident(boxes: np.ndarray, probs: np.ndarray,
+                             min_prob: float) -> np.ndarray | None:
+    """The largest-area box among those whose own probability is >= min_prob, or None.
+
+    boxes float (K, 4) x1 y1 x2 y2, probs float (K,), row-paired. Boxes and probabilities are
+    filtered together, so the result is never a big box carrying a small box's confidence.
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    if b.shape[0] != p.shape[0]:
+        raise ValueError(f'{b.shape[0]} boxes but {p.shape[0]} probabilities')
+    keep = p >= min_prob
+    if not keep.any():
+        return None
+    b = b[keep]
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return b[int(np.argmax(area))].copy()
+
+
+def crop_face(frame_rgb: np.ndarray, box: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Pure crop: uint8 (H, W, 3) RGB, box (4,) x1 y1 x2 y2 pixels -> uint8 (98, 80) gray.
+
+    The box grows by cfg.face_margin of its width (height) on the left and right (top and
+    bottom), is clipped to the frame and resized without keeping the aspect ratio, as the
+    paper resizes every crop to the same size.
+    """
+    from PIL import Image
+
+    x1, y1, x2, y2 = (float(v) for v in np.asarray(box).reshape(4))
+    mx, my = cfg.face_margin * (x2 - x1), cfg.face_margin * (y2 - y1)
+    h, w = frame_rgb.shape[:2]
+    left, top = max(0, int(np.floor(x1 - mx))), max(0, int(np.floor(y1 - my)))
+    right, bottom = min(w, int(np.ceil(x2 + mx))), min(h, int(np.ceil(y2 + my)))
+    if right <= left or bottom <= top:
+        raise ValueError(f'face box {[x1, y1, x2, y2]} lies outside the {w}x{h} frame')
+    region = Image.fromarray(np.ascontiguousarray(frame_rgb[top:bottom, left:right]))
+    gray = region.convert('L').resize((cfg.face_width, cfg.face_height),
+                                      Image.Resampling.BILINEAR)
+    return np.asarray(gray, dtype=np.uint8).copy()
+
+
+def face_to_input(crops_u8: np.ndarray) -> np.ndarray:
+    """uint8 (..., 98, 80) crops -> float32 (..., 1, 98, 80) in [-0.996, 0.996]: (x - 127.5)/128.
+
+    A fixed map (no per-image statistics) so that a crop always gives the same input.
+    """
+    crops = np.asarray(crops_u8)
+    if crops.dtype != np.uint8 or crops.ndim < 2:
+        raise ValueError(f'expected uint8 (..., H, W) crops, got {crops.dtype} {crops.shape}')
+    x = (crops.astype(np.float32) - 127.5) / 128.0
+    return x[..., None, :, :]
+
+
+# --- audio -----------------------------------------------------------------------------------
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """(n,) or (n, channels) samples -> float32 (n,), the mean of the channels.
+
+    Integer samples are scaled to [-1, 1) by their type's range (int16 / 32768; unsigned
+    types are centred first, uint8 (x - 128) / 128).
+    """
+    a = np.asarray(audio)
+    if a.ndim not in (1, 2):
+        raise ValueError(f'expected (n,) or (n, channels) audio, got shape {a.shape}')
+    if np.issubdtype(a.dtype, np.integer):
+        info = np.iinfo(a.dtype)
+        half_range = (int(info.max) - int(info.min) + 1) / 2     # 32768 for int16
+        a = (a.astype(np.float64) - (int(info.min) + half_range)) / half_range
+    a = a.astype(np.float32)
+    return a.mean(axis=1, dtype=np.float32) if a.ndim == 2 else a.copy()
+
+
+def resample(audio: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
+    """float mono (n,) at `sr` Hz -> float32 (round(n * target_sr / sr),) at `target_sr` Hz."""
+    a = np.asarray(audio, dtype=np.float32)
+    if a.ndim != 1:
+        raise ValueError(f'resample expects mono (n,) audio, got shape {a.shape}; use to_mono')
+    if sr <= 0 or target_sr <= 0:
+        raise ValueError(f'sample rates must be positive, got {sr} -> {target_sr}')
+    if sr == target_sr:
+        return a.copy()
+    import librosa
+
+    return librosa.resample(y=a, orig_sr=sr, target_sr=target_sr).astype(np.float32)
+
+
+def audio_window(audio: np.ndarray, centre_s: float, cfg: FeatureConfig) -> np.ndarray:
+    """The d-second window centred on `centre_s`: float32 (24000,) at cfg.sample_rate.
+
+    Args:
+        audio: float mono (n,) at cfg.sample_rate; sample j is at time j / sr seconds.
+        centre_s: window centre, seconds from the first sample.
+    Samples [round(c * sr) - L // 2, round(c * sr) - L // 2 + L) with L = window_samples;
+    indices before 0 or past the end read as zeros (silence), so windows near the clip edges
+    keep their length and their centre.
+    """
+    a = np.asarray(audio, dtype=np.float32)
+    if a.ndim != 1:
+        raise ValueError(f'audio_window expects mono (n,) audio, got shape {a.shape}')
+    length = cfg.window_samples
+    start = int(round(centre_s * cfg.sample_rate)) - length // 2
+    out = np.zeros(length, dtype=np.float32)
+    lo, hi = max(start, 0), min(start + length, a.shape[0])
+    if hi > lo:
+        out[lo - start:hi - start] = a[lo:hi]
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_basis(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
+    import librosa
+
+    basis = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)   # (n_mels, 1 + n_fft/2)
+    basis.setflags(write=False)
+    return basis
+
+
+def log_mel(window: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """float32 (24000,) window -> float32 (128, 43) normalised log-mel spectrogram.
+
+    Power mel spectrogram (Hann window, n_fft 2048, hop 512, no centre padding, Slaney mel
+    filters) -> dB = 10 log10(max(power, 1e-10)) -> (dB - mean) / max(std, 1 dB), mean and std
+    over this window only. A pure function of the window: training and the nodes compute the
+    same numbers. Per-window standardisation drops the absolute level, which depends on the
+    microphone's gain (dataset studio vs robot) more than on the speaker; digital silence gives
+    all zeros, never NaN or inf.
+    """
+    import librosa
+
+    w = np.asarray(window, dtype=np.float32)
+    if w.shape != (cfg.window_samples,):
+        raise ValueError(f'expected a ({cfg.window_samples},) window, got {w.shape}; '
+                         'cut it with audio_window')
+    spec = librosa.stft(y=w, n_fft=cfg.n_fft, hop_length=cfg.hop_length, center=False)
+    power = np.abs(spec) ** 2                                                  # (1025, 43)
+    mel = _mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels) @ power           # (128, 43)
+    db = 10.0 * np.log10(np.maximum(mel, _POWER_FLOOR))
+    z = (db - db.mean()) / max(float(db.std()), _STD_FLOOR_DB)
+    return z.astype(np.float32)
+
+
+def log_mel_at(audio16k: np.ndarray, centre_s: float, cfg: FeatureConfig) -> np.ndarray:
+    """float mono (n,) at cfg.sample_rate, centre in seconds -> float32 (128, 43)."""
+    return log_mel(audio_window(audio16k, centre_s, cfg), cfg)

@@ -1,0 +1,203 @@
+"""The lightweight audio-visual network of the paper (section III, Table 1). No I/O.
+
+One Visual Net (VN), one Audio Net (AN) and one FC layer are shared by every temporal segment:
+
+    segment i:  face_i (1, 98, 80) --VN--> v_i (512) \
+                                                     cat (640) -> dropout 0.2 -> FC -> o_i (C)
+                mel_i (1, 128, 43) --AN--> a_i (128) /
+    window:     p = softmax(mean_i o_i)
+
+Because the weights do not depend on i, a stream can compute o_i once per segment and fuse the
+cached outputs of the last N segments (paper Fig. 2): `segment_logits` then `fuse`.
+
+Table 1 gives no activation after linear_v / linear_a; we follow it (the embeddings are the
+linear outputs). With BN layers holding an affine (weight, bias) pair and convolutions a bias,
+the parameter count is 2,715,218 for C = 6 and 2,716,500 for C = 8, as in the paper.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VISUAL_CHANNELS = (16, 32, 64)
+AUDIO_CHANNELS = (4, 8, 12)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the network; `n_classes` is the only one that changes between presets."""
+
+    n_classes: int
+    dropout: float = 0.2               # before the FC (Table 1, Table 2)
+    visual_dim: int = 512              # VN embedding length
+    audio_dim: int = 128               # AN embedding length
+    face_shape: tuple[int, int] = (98, 80)   # crop height, width (FeatureConfig.face_*)
+    mel_shape: tuple[int, int] = (128, 43)   # n_mels, frames (FeatureConfig.n_mels/mel_frames)
+
+    def __post_init__(self) -> None:
+        if self.n_classes < 2:
+            raise ValueError(f'n_classes must be >= 2, got {self.n_classes}')
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f'dropout must be in [0, 1), got {self.dropout}')
+        # Tuples may arrive as lists from JSON; keep the frozen dataclass hashable.
+        object.__setattr__(self, 'face_shape', tuple(int(x) for x in self.face_shape))
+        object.__setattr__(self, 'mel_shape', tuple(int(x) for x in self.mel_shape))
+        for name, shape, chans in (('face_shape', self.face_shape, VISUAL_CHANNELS),
+                                   ('mel_shape', self.mel_shape, AUDIO_CHANNELS)):
+            h, w = _conv_stack_out(shape, len(chans))
+            if h < 1 or w < 1:
+                raise ValueError(f'{name} {shape} is too small for {len(chans)} conv+pool '
+                                 'blocks (needs at least 22 x 22)')
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d['face_shape'] = list(self.face_shape)
+        d['mel_shape'] = list(self.mel_shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f'ModelConfig: unknown keys {unknown}; known keys are '
+                             f'{sorted(names)}')
+        return cls(**d)
+
+
+def _conv_stack_out(shape: tuple[int, int], n_blocks: int) -> tuple[int, int]:
+    """Spatial size after n blocks of [3x3 conv, stride 1, no padding; 2x2 max pool, floor]."""
+    h, w = shape
+    for _ in range(n_blocks):
+        h, w = (h - 2) // 2, (w - 2) // 2
+    return h, w
+
+
+class ConvEmbedding(nn.Module):
+    """3 x [Conv3x3 (stride 1, no padding) + BN + ReLU + MaxPool 2x2] -> flatten -> linear.
+
+    The shared body of VN and AN: (B, 1, H, W) float32 -> (B, out_dim).
+    """
+
+    def __init__(self, in_shape: tuple[int, int], channels: tuple[int, ...], out_dim: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 1
+        for c_out in channels:
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=3, stride=1, padding=0),
+                       nn.BatchNorm2d(c_out), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        h, w = _conv_stack_out(in_shape, len(channels))
+        self.in_shape = tuple(in_shape)
+        self.linear = nn.Linear(c_in * h * w, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)                  # (B, C_last, h, w)
+        return self.linear(x.flatten(1))      # (B, out_dim)
+
+
+class LightmerNet(nn.Module):
+    """VN + AN + shared FC; see the module docstring for the data flow."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.visual = ConvEmbedding(cfg.face_shape, VISUAL_CHANNELS, cfg.visual_dim)
+        self.audio = ConvEmbedding(cfg.mel_shape, AUDIO_CHANNELS, cfg.audio_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(cfg.visual_dim + cfg.audio_dim, cfg.n_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform weights for every conv and linear layer (paper V-A), zero biases;
+        BatchNorm keeps its identity start (weight 1, bias 0)."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.reset_parameters()
+
+    def embed_visual(self, faces: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 98, 80) float32 normalised faces -> (B, 512) VN embeddings."""
+        return self.visual(faces)
+
+    def embed_audio(self, mels: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 128, 43) float32 normalised log-mels -> (B, 128) AN embeddings."""
+        return self.audio(mels)
+
+    def head(self, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """(B, 512), (B, 128) embeddings -> (B, C) segment logits o_i."""
+        return self.fc(self.dropout(torch.cat([v, a], dim=1)))   # (B, 640) -> (B, C)
+
+    def segment_logits(self, faces: torch.Tensor, mels: torch.Tensor) -> torch.Tensor:
+        """One segment each: (B, 1, 98, 80), (B, 1, 128, 43) -> (B, C) logits."""
+        return self.head(self.embed_visual(faces), self.embed_audio(mels))
+
+    def forward(self, faces: torch.Tensor, mels: torch.Tensor) -> torch.Tensor:
+        """Full window: (B, N, 1, 98, 80), (B, N, 1, 128, 43) -> (B, C) window logits.
+
+        The mean of the N segment logits; softmax of it gives the window probabilities
+        (`fuse`). Cross-entropy takes these logits directly.
+        """
+        if faces.dim() != 5 or mels.dim() != 5 or faces.shape[:2] != mels.shape[:2]:
+            raise ValueError(f'expected faces (B, N, 1, H, W) and mels (B, N, 1, M, T) with the '
+                             f'same B and N, got {tuple(faces.shape)} and {tuple(mels.shape)}')
+        b, n = faces.shape[:2]
+        # All B*N segments go through the shared networks as one batch.
+        logits = self.segment_logits(faces.flatten(0, 1), mels.flatten(0, 1))   # (B*N, C)
+        return logits.view(b, n, -1).mean(dim=1)                                # (B, C)
+
+
+def fuse(segment_logits: torch.Tensor) -> torch.Tensor:
+    """Cached segment logits (..., N, C) -> window probabilities (..., C) = softmax(mean over N).
+
+    Pure; works for any N >= 1, so a stream can fuse whatever segments it holds.
+    """
+    if segment_logits.dim() < 2 or segment_logits.shape[-2] < 1:
+        raise ValueError(f'expected (..., N, C) with N >= 1, got {tuple(segment_logits.shape)}')
+    return F.softmax(segment_logits.mean(dim=-2), dim=-1)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Learnable parameters (BatchNorm running statistics are buffers and do not count)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def layer_table(model: LightmerNet) -> str:
+    """A printable per-layer table in the shape of the paper's Table 1."""
+    rows: list[tuple[str, str, str, str, str, str]] = []
+    for net, suffix, in_shape in (('visual', 'v', model.cfg.face_shape),
+                                  ('audio', 'a', model.cfg.mel_shape)):
+        emb: ConvEmbedding = getattr(model, net)
+        h, w = in_shape
+        block = 0
+        mods = list(emb.features)
+        for i in range(0, len(mods), 4):
+            conv, bn = mods[i], mods[i + 1]
+            block += 1
+            h, w = h - 2, w - 2
+            n = sum(p.numel() for p in (*conv.parameters(), *bn.parameters()))
+            rows.append((f'conv{block}_{suffix}', 'Conv2D + BN + ReLU',
+                         f'{conv.out_channels} x {h} x {w}', '3 x 3', '(1, 0)', str(n)))
+            h, w = h // 2, w // 2
+            rows.append((f'pool{block}_{suffix}', 'MaxPool', f'{conv.out_channels} x {h} x {w}',
+                         '2 x 2', '(2, 0)', '0'))
+        n = sum(p.numel() for p in emb.linear.parameters())
+        rows.append((f'linear_{suffix}', 'linear', str(emb.linear.out_features), '-', '-',
+                     str(n)))
+    rows.append(('drop', 'dropout', str(model.fc.in_features), '-', '-', '0'))
+    rows.append(('fc', 'linear', str(model.fc.out_features), '-', '-',
+                 str(sum(p.numel() for p in model.fc.parameters()))))
+    header = ('layer', 'type', 'output', 'kernel', '(stride, pad)', 'parameters')
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    def fmt(row: tuple[str, ...]) -> str:
+        return '  '.join(c.ljust(wd) for c, wd in zip(row, widths, strict=True)).rstrip()
+
+    return '\n'.join([fmt(header), fmt(tuple('-' * wd for wd in widths)), *map(fmt, rows)])

@@ -1,0 +1,55 @@
+"""Exported TorchScript parts give the same numbers as the PyTorch model."""
+import json
+
+import pytest
+import torch
+
+from lightmer.checkpoint import load_checkpoint, meta_for_preset, save_checkpoint
+from lightmer.cli import main
+from lightmer.model import LightmerNet, fuse
+
+torch.set_num_threads(1)
+
+
+# torch.jit.load is deprecated in torch 2.14 but is how a robot reads the export
+@pytest.mark.filterwarnings('ignore:`torch.jit.load` is deprecated:FutureWarning')
+def test_torchscript_export_matches_pytorch(tmp_path, capsys):
+    meta = meta_for_preset('ravdess')
+    torch.manual_seed(0)
+    model = LightmerNet(meta.model)
+    for m in model.modules():                              # non-trivial eval statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    ckpt = tmp_path / 'rav.pt'
+    save_checkpoint(ckpt, model, meta)
+    out = tmp_path / 'export'
+    assert main(['export', '--checkpoint', str(ckpt), '--out', str(out)]) == 0
+    paths = capsys.readouterr().out.split()
+    assert [p.split('/')[-1] for p in paths] == ['rav.segment.ts', 'rav.fusion.ts',
+                                                 'rav.export.json']
+    segment, fusion = torch.jit.load(paths[0]), torch.jit.load(paths[1])
+    info = json.loads((out / 'rav.export.json').read_text())
+    assert info['labels'] == list(meta.labels) and info['n_segments'] == 12
+
+    reference, _ = load_checkpoint(ckpt)
+    faces, mels = torch.randn(3, 1, 98, 80), torch.randn(3, 1, 128, 43)
+    cached = torch.randn(2, 12, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(segment(faces, mels), reference.segment_logits(faces, mels),
+                                   rtol=1e-6, atol=1e-6)
+        one = segment(faces[:1], mels[:1])                 # batch size other than the trace's
+        torch.testing.assert_close(one, reference.segment_logits(faces[:1], mels[:1]),
+                                   rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(fusion(cached), fuse(cached), rtol=0, atol=0)
+        torch.testing.assert_close(fusion(cached[0, :5]), fuse(cached[0, :5]), rtol=0, atol=0)
+
+
+def test_onnx_and_bad_checkpoint_give_clear_errors(tmp_path, capsys):
+    meta = meta_for_preset('crema-d')
+    ckpt = tmp_path / 'c.pt'
+    save_checkpoint(ckpt, LightmerNet(meta.model), meta)
+    assert main(['export', '--checkpoint', str(ckpt), '--format', 'onnx']) == 2
+    assert 'torchscript' in capsys.readouterr().err
+    assert main(['export', '--checkpoint', str(tmp_path / 'missing.pt')]) == 2
+    assert 'no checkpoint' in capsys.readouterr().err

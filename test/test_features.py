@@ -1,0 +1,158 @@
+"""Face crops from real MTCNN and log-mels from real speech, as training and nodes use them."""
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from skimage import data
+
+from lightmer.config import FeatureConfig
+from lightmer.features import (
+    FaceCropper,
+    audio_window,
+    crop_face,
+    face_to_input,
+    log_mel,
+    log_mel_at,
+    resample,
+    select_largest_confident,
+    to_mono,
+)
+
+torch.set_num_threads(1)
+CFG = FeatureConfig()
+
+
+@pytest.fixture(scope='module')
+def cropper() -> FaceCropper:
+    return FaceCropper(CFG)
+
+
+@pytest.fixture(scope='module')
+def astronaut() -> np.ndarray:
+    return data.astronaut()                                      # uint8 (512, 512, 3)
+
+
+@pytest.fixture(scope='module')
+def speech16k(tmp_path_factory) -> np.ndarray:
+    """Real synthetic speech: espeak-ng writes a wav (22.05 kHz), resampled to 16 kHz."""
+    assert shutil.which('espeak-ng'), 'espeak-ng is a test dependency (apt install espeak-ng)'
+    wav = tmp_path_factory.mktemp('speech') / 'speech.wav'
+    subprocess.run(['espeak-ng', '-w', str(wav), 'Kids are talking by the door, hello robot'],
+                   check=True, timeout=30)
+    audio, sr = soundfile.read(wav, dtype='float32')
+    return resample(to_mono(audio), sr, CFG.sample_rate)
+
+
+def test_mtcnn_finds_the_one_face_of_the_astronaut(cropper, astronaut):
+    [(boxes, probs)] = cropper.detect_all([astronaut])
+    assert boxes.shape[0] == probs.shape[0] >= 1
+    assert (probs >= CFG.face_min_prob).sum() == 1             # one confident face
+    [box] = cropper.detect([astronaut])
+    x1, y1, x2, y2 = box
+    assert 150 < x1 < x2 < 300 and 30 < y1 < y2 < 200           # her face, upper centre
+    [crop] = cropper([astronaut])
+    assert crop.shape == (98, 80) and crop.dtype == np.uint8
+    assert crop.std() > 10                                      # an image, not a flat patch
+
+
+def test_blank_frame_is_no_face(cropper):
+    blank = np.zeros((480, 640, 3), np.uint8)
+    assert cropper.detect([blank]) == [None]
+    assert cropper([blank]) == [None]
+
+
+def test_batched_detect_over_mixed_sizes(cropper, astronaut):
+    canvas = np.full((480, 640, 3), 128, np.uint8)
+    canvas[:, 64:576] = astronaut[:480]
+    frames = [astronaut, np.zeros((480, 640, 3), np.uint8), canvas, np.zeros((64, 64, 3),
+              np.uint8), astronaut]
+    boxes = cropper.detect(frames)
+    assert [b is None for b in boxes] == [False, True, False, True, False]
+    np.testing.assert_allclose(boxes[0], boxes[4], atol=1e-3)     # batch position is irrelevant
+    # a different canvas changes the image pyramid, so the box moves by a few pixels
+    np.testing.assert_allclose(boxes[2], boxes[0] + [64, 0, 64, 0], atol=6.0)
+    [single] = cropper.detect([astronaut])
+    np.testing.assert_allclose(single, boxes[0], atol=1e-3)
+    with pytest.raises(ValueError, match='uint8'):
+        cropper.detect([astronaut.astype(np.float32)])
+
+
+def test_selection_keeps_boxes_and_probs_paired():
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 100, 100], [0, 0, 50, 50]], float)
+    probs = np.array([0.99, 0.5, 0.95])                        # the biggest box is unsure
+    np.testing.assert_array_equal(select_largest_confident(boxes, probs, 0.9), boxes[2])
+    assert select_largest_confident(boxes, probs, 0.999) is None
+    assert select_largest_confident(np.zeros((0, 4)), np.zeros(0), 0.9) is None
+
+
+def test_crop_margin_clipping_and_purity(astronaut):
+    frame = astronaut.copy()
+    edge = crop_face(frame, np.array([-30.0, -20.0, 60.0, 90.0]), CFG)  # partly outside
+    assert edge.shape == (98, 80) and edge.dtype == np.uint8
+    np.testing.assert_array_equal(frame, astronaut)              # input untouched
+    with pytest.raises(ValueError, match='outside'):
+        crop_face(frame, np.array([600.0, 600.0, 700.0, 700.0]), CFG)
+    # a uniform grey region crops to that grey (luma of an equal-channel pixel is itself)
+    grey = np.full((100, 100, 3), 77, np.uint8)
+    assert np.all(crop_face(grey, np.array([10.0, 10.0, 50.0, 60.0]), CFG) == 77)
+
+
+def test_face_to_input_fixed_affine():
+    crops = np.array([[[0, 255], [128, 127]]], np.uint8)
+    x = face_to_input(crops)
+    assert x.shape == (1, 1, 2, 2) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0, 0], [[-127.5 / 128, 127.5 / 128], [0.5 / 128, -0.5 / 128]])
+
+
+def test_log_mel_on_real_speech(speech16k):
+    duration = speech16k.shape[0] / CFG.sample_rate
+    assert duration > 1.5
+    mel = log_mel_at(speech16k, duration / 2, CFG)
+    assert mel.shape == (128, 43) and mel.dtype == np.float32
+    assert np.all(np.isfinite(mel))
+    assert abs(float(mel.mean())) < 1e-4 and float(mel.std()) == pytest.approx(1.0, abs=1e-3)
+    # voiced speech carries its energy in the low bands (< ~1 kHz) rather than the top ones
+    assert mel[:40].mean() > mel[-30:].mean() + 0.5
+    # frames differ over time (syllables), unlike a stationary signal
+    assert mel.std(axis=0).std() > 0.05
+    np.testing.assert_array_equal(mel, log_mel_at(speech16k, duration / 2, CFG))   # pure
+
+
+def test_log_mel_on_silence_is_finite():
+    for signal in (np.zeros(32000, np.float32), np.full(32000, 1e-9, np.float32)):
+        mel = log_mel_at(signal, 1.0, CFG)
+        assert mel.shape == (128, 43)
+        assert np.all(np.isfinite(mel))
+        assert np.abs(mel).max() < 1e-3                          # flat -> all zeros
+    with pytest.raises(ValueError, match='audio_window'):
+        log_mel(np.zeros(1000, np.float32), CFG)
+
+
+def test_audio_window_zero_pads_past_the_edges():
+    audio = np.ones(16000, np.float32)                             # 1 s of ones
+    start = audio_window(audio, 0.0, CFG)
+    assert start.shape == (24000,) and start.dtype == np.float32
+    assert np.all(start[:12000] == 0) and np.all(start[12000:] == 1)
+    end = audio_window(audio, 1.0, CFG)                            # window [0.25 s, 1.75 s)
+    assert np.all(end[:12000] == 1) and np.all(end[12000:] == 0)
+    far = audio_window(audio, 10.0, CFG)
+    assert np.all(far == 0)
+    np.testing.assert_array_equal(audio, 1.0)                      # input untouched
+
+
+def test_resample_and_mono():
+    sr = 48000
+    t = np.arange(sr) / sr
+    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    stereo = np.stack([tone, tone], axis=1)
+    mono = to_mono(stereo)
+    np.testing.assert_allclose(mono, tone, atol=1e-6)
+    y = resample(mono, sr, 16000)
+    assert y.dtype == np.float32 and y.shape == (16000,)
+    spectrum = np.abs(np.fft.rfft(y))
+    assert abs(np.argmax(spectrum) - 440) <= 1                     # 1 Hz bins over 1 s
+    np.testing.assert_allclose(to_mono(np.array([-32768, 0, 16384], np.int16)),
+                               [-1.0, 0.0, 0.5])

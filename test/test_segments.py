@@ -1,0 +1,84 @@
+"""The temporal segment grid and the seeded frame / audio-centre choice."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightmer.segments import (
+    choose_times,
+    nearest_index,
+    reference_time,
+    segment_bounds,
+    segment_index,
+    window_indices,
+)
+
+
+def test_segment_bounds_tile_the_clip():
+    b = segment_bounds(2.5, 5)
+    assert b.shape == (5, 2)
+    np.testing.assert_allclose(b[:, 0], [0, 0.5, 1.0, 1.5, 2.0])
+    np.testing.assert_allclose(b[:, 1], [0.5, 1.0, 1.5, 2.0, 2.5])
+    with pytest.raises(ValueError):
+        segment_bounds(0.0, 5)
+    with pytest.raises(ValueError):
+        segment_bounds(1.0, 0)
+
+
+def test_inference_times_are_segment_centres_without_jitter():
+    frames, centres = choose_times(3.0, 12, None, 0.010)
+    np.testing.assert_allclose(frames, (np.arange(12) + 0.5) * 0.25)
+    np.testing.assert_array_equal(frames, centres)
+
+
+def test_training_times_are_seeded_and_deterministic():
+    a = choose_times(2.4, 5, np.random.default_rng(7), 0.010)
+    b = choose_times(2.4, 5, np.random.default_rng(7), 0.010)
+    c = choose_times(2.4, 5, np.random.default_rng(8), 0.010)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+    assert not np.array_equal(a[0], a[1])              # jitter was applied
+
+
+def test_jitter_spreads_over_plus_minus_10ms():
+    rng = np.random.default_rng(0)
+    offsets = np.concatenate([np.subtract(*choose_times(2.0, 5, rng, 0.010)[::-1])
+                              for _ in range(200)])
+    assert offsets.min() < -0.008 and offsets.max() > 0.008
+    assert np.abs(offsets).max() <= 0.010
+
+
+@settings(max_examples=60, deadline=None, database=None)   # no .hypothesis dir in the tree
+@given(duration=st.floats(0.05, 30.0), n=st.integers(1, 16), seed=st.integers(0, 2**32 - 1),
+       jitter=st.floats(0.0, 0.05))
+def test_training_frames_fall_inside_their_segments(duration, n, seed, jitter):
+    bounds = segment_bounds(duration, n)
+    frames, centres = choose_times(duration, n, np.random.default_rng(seed), jitter)
+    assert frames.shape == centres.shape == (n,)
+    assert np.all(frames >= bounds[:, 0]) and np.all(frames <= bounds[:, 1])
+    assert np.all(np.abs(centres - frames) <= jitter + 1e-12)
+
+
+def test_nearest_index():
+    times = np.array([0.0, 0.04, 0.08, 0.12])
+    assert nearest_index(times, 0.05) == 1
+    assert nearest_index(times, 0.06) == 1              # tie goes to the lower index
+    assert nearest_index(times, 9.0) == 3
+    with pytest.raises(ValueError):
+        nearest_index(np.array([]), 0.0)
+
+
+def test_streaming_grid():
+    assert segment_index(0.3, 0.1) == 3                 # a boundary belongs to the next segment
+    assert segment_index(0.2999, 0.1) == 2
+    assert segment_index(1.49, 0.5) == 2
+    assert reference_time(2, 0.5, 'centre') == pytest.approx(1.25)
+    assert reference_time(2, 0.5, 'start') == pytest.approx(1.0)
+    with pytest.raises(ValueError, match='anchor'):
+        reference_time(2, 0.5, 'middle')
+    assert list(window_indices(6, 5)) == [2, 3, 4, 5, 6]
+    assert list(window_indices(1, 3)) == [-1, 0, 1]
+    for k in range(20):                                 # each reference time maps back to k
+        assert segment_index(reference_time(k, 0.6, 'centre'), 0.6) == k
+        assert segment_index(reference_time(k, 0.6, 'start'), 0.6) == k
