@@ -3,8 +3,8 @@
 The result is a dict of sections merged into one JSON object:
 - model section (`bench_model`): `stage_ms` (medians over repeats, milliseconds),
   `incremental_vs_recompute_ratio` and `machine` (CPU model, cores, torch threads);
-- `nodes`: the live-node figures from `lightmer.bench_nodes.bench_nodes(checkpoint, repeats)`
-  when that module exists, else "not measured".
+- the live-node figures of `lightmer.bench_nodes` (latency_ms, max_camera_fps, rss_mb,
+  model_mb, ...), merged at the top level, unless `--no-nodes`.
 
 `incremental_vs_recompute_ratio[N]` = one segment in total (detect + crop + log-mel + VN + AN +
 FC + fusion of N cached logits) / a full-window recompute of N segments (all N frames detected,
@@ -14,7 +14,6 @@ on a whole window (no detection, no log-mel), the figure the paper reports per w
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import platform
 import statistics
@@ -143,32 +142,48 @@ def bench_model(repeats: int, threads: int | None = None, checkpoint=None) -> di
 def _markdown(result: dict[str, Any]) -> str:
     m = result['machine']
     lines = [f"machine: {m['cpu_model']}, {m['cores']} cores, torch threads "
-             f"{m['torch_threads']}; medians over {result['repeats']} repeats", '',
-             '| stage | median ms |', '|---|---:|']
+             f"{m['torch_threads']} (each node: 1); medians over {result['repeats']} repeats",
+             '', '| stage | median ms |', '|---|---:|']
     lines += [f'| {k} | {v:.2f} |' for k, v in result['stage_ms'].items()]
     lines += ['', '| N | incremental / recompute |', '|---|---:|']
     lines += [f'| {n} | {r:.3f} |' for n, r in result['incremental_vs_recompute_ratio'].items()]
-    nodes = result.get('nodes')
-    lines += ['', f'nodes: {nodes}' if isinstance(nodes, str) else 'nodes: see bench.json']
+    if 'latency_ms' not in result:
+        lines += ['', 'live nodes: not measured']
+        return '\n'.join(lines)
+    lat = result['latency_ms']
+    lines += ['', '| live nodes (3 processes, DDS on loopback) | value |', '|---|---:|',
+              f"| end-to-end latency p50 / p95, 30 fps 640x480 | {lat['p50']:.0f} / "
+              f"{lat['p95']:.0f} ms |",
+              f"| highest camera rate without loss | {result['max_camera_fps']} fps |",
+              f"| model file | {result['model_mb']:.2f} MB |"]
+    lines += [f'| resident memory, {name} | {mb:.0f} MB |'
+              for name, mb in result['rss_mb'].items()]
     return '\n'.join(lines)
 
 
 def run_bench(repeats: int = 20, threads: int | None = None, checkpoint=None,
               nodes: bool = True, out_dir=None, as_json: bool = False) -> int:
-    """Measure, merge the sections, print JSON or markdown, write out_dir/bench.json."""
+    """Measure, merge the sections, print JSON or markdown; with `out_dir`, write bench.json
+    and (with the nodes) latency_histogram.png there."""
     import json
 
     from lightmer.io_utils import atomic_save_json
 
     result: dict[str, Any] = dict(bench_model(repeats, threads, checkpoint))
-    if nodes and importlib.util.find_spec('lightmer.bench_nodes') is not None:
-        from lightmer import bench_nodes  # written by the nodes part; optional
+    if nodes:
+        from lightmer.bench_nodes import bench_nodes
 
-        result['nodes'] = bench_nodes.bench_nodes(checkpoint, repeats)
-    else:
-        result['nodes'] = 'not measured'
+        # The node figures (latency_ms, max_camera_fps, rss_mb, model_mb, ...) sit at the top
+        # level beside the model's, as one flat report.
+        result.update(bench_nodes(checkpoint, repeats))
     if out_dir is not None:
-        atomic_save_json(Path(out_dir) / 'bench.json', result)
+        out_dir = Path(out_dir)
+        atomic_save_json(out_dir / 'bench.json', result)
+        if 'latency_samples_ms' in result:
+            from lightmer.plots import plot_latency
+
+            plot_latency(result['latency_samples_ms'], out_dir / 'latency_histogram.png',
+                         'emotion latency through the live nodes, 30 fps camera')
     if as_json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
