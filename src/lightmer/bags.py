@@ -1,0 +1,560 @@
+"""rosbag2 files through `rosbags` (no ROS install needed): writing dataset clips as a bag that
+`ros2 bag play` accepts, reading a bag's camera and audio streams back as numpy, labels CSV.
+
+Bag layout written by `make_bag` (the topics a robot with a camera and an audio_common capture
+node records):
+
+- `/camera/image_raw`  sensor_msgs/msg/Image, rgb8, frame_id `camera`, each clip frame at its own
+  timestamp; between clips the camera keeps streaming mid-grey frames (no face) at the first
+  clip's frame rate, as a real camera would.
+- `/audio/audio_stamped`  audio_common_msgs/msg/AudioDataStamped (ros-drivers), S16LE mono
+  16 kHz, `AUDIO_CHUNK` samples per message, header stamp = time of the chunk's first sample;
+  silence between clips (a real microphone keeps sending).
+- `/audio/audio_info`  audio_common_msgs/msg/AudioInfo, once, offered transient local.
+
+Times: header stamps are capture times. A message's bag (log) time is when it could first have
+been received: an image at its stamp, an audio chunk once its last sample exists (stamp + chunk
+duration), so replay never delivers audio before it was recorded.
+
+Labels CSV beside the bag (`<bag>.labels.csv`): `start,end,label,clip_id`; start/end in seconds
+of ROS time (the header-stamp clock), label the class name. A hand-made CSV may instead give
+seconds from the bag's start: `read_labels` treats a file whose every start lies before the
+bag's start time as offsets from it.
+"""
+from __future__ import annotations
+
+import csv
+import heapq
+import io
+import math
+import shutil
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from lightmer.io_utils import atomic_write_text
+
+IMAGE_TOPIC = '/camera/image_raw'
+AUDIO_TOPIC = '/audio/audio_stamped'
+AUDIO_INFO_TOPIC = '/audio/audio_info'
+IMAGE_TYPE = 'sensor_msgs/msg/Image'
+AUDIO_TYPE = 'audio_common_msgs/msg/AudioDataStamped'
+AUDIO_INFO_TYPE = 'audio_common_msgs/msg/AudioInfo'
+CAMERA_FRAME = 'camera'
+MIC_FRAME = 'microphone'
+SAMPLE_RATE = 16000            # Hz, audio_common's wave capture default
+AUDIO_CHUNK = 1024             # samples per message (64 ms), a common capture buffer size
+# Bags start at a fixed, realistic epoch time so that files are reproducible and nothing may
+# assume that time starts at zero.
+DEFAULT_START_NS = 1_700_000_000 * 1_000_000_000
+GAP_GREY = 128                 # value of the no-face frames the camera sends between clips
+LABELS_HEADER = ('start', 'end', 'label', 'clip_id')
+_NS_PER_SAMPLE = 1_000_000_000 // SAMPLE_RATE   # 62500 ns, exact at 16 kHz
+
+
+class BagFormatError(ValueError):
+    """The bag lacks a topic lightmer needs or carries data in a format it cannot use."""
+
+
+# --- types -------------------------------------------------------------------------------
+def _interface_msg_dirs(package: str) -> list[Path]:
+    """Where the package's .msg files may be: the environment's share dir (where the venv's
+    interface packages are installed), then the source tree's interfaces/."""
+    # Editable checkout: <repo>/src/lightmer/bags.py -> <repo>/interfaces/<package>/msg
+    return [Path(sys.prefix) / 'share' / package / 'msg',
+            Path(__file__).resolve().parents[2] / 'interfaces' / package / 'msg']
+
+
+@lru_cache(maxsize=1)
+def typestore():
+    """A rosbags Jazzy typestore with audio_common_msgs (ros-drivers) registered from the same
+    .msg files the rclpy package is generated from, so definitions and RIHS01 hashes agree."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    for msg_dir in _interface_msg_dirs('audio_common_msgs'):
+        files = sorted(msg_dir.glob('*.msg'))
+        if files:
+            break
+    else:
+        raise FileNotFoundError(
+            'audio_common_msgs .msg files not found; run scripts/setup.sh (it builds '
+            'interfaces/audio_common_msgs into the venv)')
+    types = {}
+    for f in files:
+        types.update(get_types_from_msg(f.read_text(encoding='utf-8'),
+                                        f'audio_common_msgs/msg/{f.stem}'))
+    store.register(types)
+    return store
+
+
+def _qos(reliable: bool, transient_local: bool, depth: int):
+    from rosbags.interfaces import (
+        Qos,
+        QosDurability,
+        QosHistory,
+        QosLiveliness,
+        QosReliability,
+        QosTime,
+    )
+
+    zero = QosTime(0, 0)   # 0 = the rmw default (infinite) for deadline/lifespan/lease
+    return Qos(history=QosHistory.KEEP_LAST, depth=depth,
+               reliability=QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
+               durability=(QosDurability.TRANSIENT_LOCAL if transient_local
+                           else QosDurability.VOLATILE),
+               deadline=zero, lifespan=zero, liveliness=QosLiveliness.AUTOMATIC,
+               liveliness_lease_duration=zero, avoid_ros_namespace_conventions=False)
+
+
+def _stamp(store, t_ns: int):
+    time_cls = store.types['builtin_interfaces/msg/Time']
+    return time_cls(sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000)
+
+
+def image_message(store, t_ns: int, frame: np.ndarray, frame_id: str = CAMERA_FRAME):
+    """rosbags sensor_msgs/Image (rgb8) from a uint8 (H, W, 3) RGB frame stamped t_ns."""
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f'expected a uint8 (H, W, 3) RGB frame, got {frame.dtype} '
+                         f'{frame.shape}')
+    height, width, _ = frame.shape
+    header = store.types['std_msgs/msg/Header'](stamp=_stamp(store, t_ns), frame_id=frame_id)
+    return store.types[IMAGE_TYPE](
+        header=header, height=height, width=width, encoding='rgb8', is_bigendian=0,
+        step=width * 3, data=np.ascontiguousarray(frame).reshape(-1))
+
+
+def audio_message(store, t_ns: int, samples_s16: np.ndarray, frame_id: str = MIC_FRAME):
+    """rosbags AudioDataStamped from int16 (n,) mono samples whose first sample is at t_ns."""
+    header = store.types['std_msgs/msg/Header'](stamp=_stamp(store, t_ns), frame_id=frame_id)
+    data = np.ascontiguousarray(samples_s16.astype('<i2')).view(np.uint8)
+    audio = store.types['audio_common_msgs/msg/AudioData'](data=data)
+    return store.types[AUDIO_TYPE](header=header, audio=audio)
+
+
+def audio_info_message(store, sample_rate: int = SAMPLE_RATE, channels: int = 1,
+                       coding_format: str = 'wave', sample_format: str = 'S16LE'):
+    return store.types[AUDIO_INFO_TYPE](
+        channels=channels, sample_rate=sample_rate, sample_format=sample_format,
+        bitrate=sample_rate * channels * 16, coding_format=coding_format)
+
+
+def to_s16(audio: np.ndarray) -> np.ndarray:
+    """float32 (n,) in [-1, 1] -> int16 (n,), clipped (a capture card saturates, it does not
+    wrap)."""
+    return np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
+
+
+# --- writing -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BagClip:
+    """One clip to lay on the bag's timeline.
+
+    frames: uint8 (F, H, W, 3) RGB; frame_times: float64 (F,) seconds from the clip start;
+    audio: float32 (n,) mono at SAMPLE_RATE in [-1, 1]; label: class name.
+    """
+
+    clip_id: str
+    label: str
+    frames: np.ndarray
+    frame_times: np.ndarray
+    fps: float
+    audio: np.ndarray
+
+    @property
+    def duration_s(self) -> float:
+        video_end = float(self.frame_times[-1]) + 1.0 / self.fps if len(self.frame_times) else 0
+        return max(len(self.audio) / SAMPLE_RATE, video_end)
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    start: float     # s
+    end: float       # s
+    label: str
+    clip_id: str
+
+
+class _BagSink:
+    """Writes messages in bag-time order: events go to a heap and leave it only once no event
+    with an earlier bag time can still come (audio chunks are stamped when complete)."""
+
+    def __init__(self, writer, store, connections: dict[str, object]):
+        self._writer, self._store, self._conns = writer, store, connections
+        self._heap: list[tuple[int, int, str, object]] = []
+        self._seq = 0   # tie-breaker keeps equal-time events in insertion order
+        self.counts = {topic: 0 for topic in connections}
+
+    def push(self, t_ns: int, topic: str, msg) -> None:
+        heapq.heappush(self._heap, (t_ns, self._seq, topic, msg))
+        self._seq += 1
+
+    def flush(self, before_ns: int | None = None) -> None:
+        while self._heap and (before_ns is None or self._heap[0][0] < before_ns):
+            t_ns, _, topic, msg = heapq.heappop(self._heap)
+            conn = self._conns[topic]
+            self._writer.write(conn, t_ns, self._store.serialize_cdr(msg, conn.msgtype))
+            self.counts[topic] += 1
+
+
+def write_bag(clips: Iterable[BagClip], out, storage: str = 'mcap', gap_s: float = 1.0,
+              start_ns: int = DEFAULT_START_NS, labels_path=None) -> dict:
+    """Lay `clips` on one timeline, `gap_s` of silence and no-face frames before, between and
+    after them, and write the bag `out` plus its labels CSV.
+
+    Returns a summary dict: bag, labels, storage, clips, duration_s, messages per topic.
+    Raises FileExistsError if `out` exists (rosbag2 never overwrites).
+    """
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    if gap_s < 0:
+        raise ValueError(f'gap_s must be >= 0, got {gap_s}')
+    plugins = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
+    if storage not in plugins:
+        raise ValueError(f"storage must be one of {sorted(plugins)}, got {storage!r}")
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f'{out} exists; rosbag2 bags are never overwritten, remove it '
+                              'or choose another --out')
+    labels_path = Path(labels_path) if labels_path is not None else default_labels_path(out)
+    store = typestore()
+
+    try:
+        summary = _write(Writer(out, version=9, storage_plugin=plugins[storage]), store, clips,
+                         gap_s, start_ns)
+    except BaseException:
+        # Leave no half-written bag behind: a later run would refuse to overwrite it.
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    write_labels(labels_path, summary.pop('rows'))
+    return {'bag': str(out), 'labels': str(labels_path), 'storage': storage, **summary}
+
+
+def _write(writer, store, clips: Iterable[BagClip], gap_s: float, start_ns: int) -> dict:
+    gap_samples = int(round(gap_s * SAMPLE_RATE))
+    rows: list[LabelRow] = []
+    chunk_ns = AUDIO_CHUNK * _NS_PER_SAMPLE
+    with writer:
+        conns = {
+            IMAGE_TOPIC: writer.add_connection(
+                IMAGE_TOPIC, IMAGE_TYPE, typestore=store,
+                offered_qos_profiles=[_qos(reliable=True, transient_local=False, depth=10)]),
+            AUDIO_TOPIC: writer.add_connection(
+                AUDIO_TOPIC, AUDIO_TYPE, typestore=store,
+                offered_qos_profiles=[_qos(reliable=True, transient_local=False, depth=10)]),
+            AUDIO_INFO_TOPIC: writer.add_connection(
+                AUDIO_INFO_TOPIC, AUDIO_INFO_TYPE, typestore=store,
+                offered_qos_profiles=[_qos(reliable=True, transient_local=True, depth=1)]),
+        }
+        sink = _BagSink(writer, store, conns)
+        sink.push(start_ns, AUDIO_INFO_TOPIC, audio_info_message(store))
+
+        pending = np.zeros(0, np.int16)   # audio not yet sent as a full chunk
+        pending_at = 0                    # sample index of pending[0] on the timeline
+        cursor = 0                        # sample index where the next region starts
+        cam_period_ns: int | None = None
+        cam_shape: tuple[int, ...] | None = None
+        next_cam_ns = start_ns            # next no-face frame time while in a gap
+
+        def t_of(sample: int) -> int:
+            return start_ns + sample * _NS_PER_SAMPLE
+
+        def add_audio(samples: np.ndarray) -> None:
+            nonlocal pending, pending_at
+            pending = np.concatenate([pending, samples])
+            n_full = len(pending) // AUDIO_CHUNK
+            for i in range(n_full):
+                t_ns = t_of(pending_at + i * AUDIO_CHUNK)
+                chunk = pending[i * AUDIO_CHUNK:(i + 1) * AUDIO_CHUNK]
+                sink.push(t_ns + chunk_ns, AUDIO_TOPIC, audio_message(store, t_ns, chunk))
+            pending = pending[n_full * AUDIO_CHUNK:]
+            pending_at += n_full * AUDIO_CHUNK
+            sink.flush(before_ns=t_of(pending_at) + chunk_ns)
+
+        def add_gap(n_samples: int) -> None:
+            nonlocal next_cam_ns
+            end_ns = t_of(cursor + n_samples)
+            if cam_period_ns is not None:
+                grey = np.full(cam_shape, GAP_GREY, np.uint8)
+                # Stop half a period before the next clip's first frame (at end_ns), so that
+                # the stream never carries two frames closer than that.
+                while next_cam_ns < end_ns - cam_period_ns // 2:
+                    sink.push(next_cam_ns, IMAGE_TOPIC, image_message(store, next_cam_ns, grey))
+                    next_cam_ns += cam_period_ns
+            add_audio(np.zeros(n_samples, np.int16))
+
+        n_clips = 0
+        for clip in clips:
+            if len(clip.frames) == 0:
+                raise ValueError(f'clip {clip.clip_id} has no frames')
+            if cam_period_ns is None:
+                # The gap camera runs at the first clip's rate and size; the leading gap is
+                # laid now that both are known.
+                cam_period_ns = int(round(1e9 / clip.fps))
+                cam_shape = clip.frames.shape[1:]
+                add_gap(gap_samples)
+                cursor += gap_samples
+            clip_start = cursor
+            n_clip = int(math.ceil(clip.duration_s * SAMPLE_RATE))
+            for t_rel, frame in zip(clip.frame_times, clip.frames, strict=True):
+                t_ns = t_of(clip_start) + int(round(float(t_rel) * 1e9))
+                sink.push(t_ns, IMAGE_TOPIC, image_message(store, t_ns, frame))
+            audio = np.zeros(n_clip, np.int16)
+            audio[:len(clip.audio)] = to_s16(np.asarray(clip.audio, np.float32))[:n_clip]
+            add_audio(audio)
+            cursor += n_clip
+            rows.append(LabelRow(t_of(clip_start) / 1e9, t_of(cursor) / 1e9, clip.label,
+                                 clip.clip_id))
+            # The camera's no-face frames resume where the clip ends.
+            next_cam_ns = t_of(cursor)
+            add_gap(gap_samples)
+            cursor += gap_samples
+            n_clips += 1
+        if n_clips == 0:
+            raise ValueError('no clips to write: check --root, --dataset and --actors')
+        # Pad the last partial chunk with silence: a microphone only sends whole buffers.
+        if len(pending):
+            add_audio(np.zeros(AUDIO_CHUNK - len(pending), np.int16))
+        sink.flush()
+    return {'clips': n_clips, 'duration_s': cursor / SAMPLE_RATE,
+            'messages': dict(sink.counts), 'rows': rows}
+
+
+def default_labels_path(bag) -> Path:
+    bag = Path(bag)
+    return bag.with_name(bag.name + '.labels.csv')
+
+
+def write_labels(path, rows: Sequence[LabelRow]) -> Path:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator='\n')
+    w.writerow(LABELS_HEADER)
+    for r in rows:
+        # Microseconds: finer than one audio sample, and exact-looking at epoch magnitudes.
+        w.writerow([f'{r.start:.6f}', f'{r.end:.6f}', r.label, r.clip_id])
+    return atomic_write_text(path, buf.getvalue())
+
+
+def read_labels(path, bag_start_s: float | None = None) -> list[LabelRow]:
+    """Rows of a labels CSV, sorted by start. If every start lies before `bag_start_s`, the
+    times are taken as seconds from the bag's start (a hand-made CSV) and shifted onto it."""
+    path = Path(path)
+    with open(path, newline='', encoding='utf-8') as f:
+        reader = csv.DictReader(f)
+        missing = set(LABELS_HEADER) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f'{path}: missing column(s) {sorted(missing)}; expected the header '
+                             f'{",".join(LABELS_HEADER)}')
+        rows = []
+        for i, rec in enumerate(reader, start=2):
+            try:
+                start, end = float(rec['start']), float(rec['end'])
+            except ValueError:
+                raise ValueError(f'{path}:{i}: start/end must be numbers (seconds), got '
+                                 f'{rec["start"]!r}, {rec["end"]!r}') from None
+            if not end > start:
+                raise ValueError(f'{path}:{i}: end {end} must be after start {start}')
+            rows.append(LabelRow(start, end, rec['label'].strip(), rec['clip_id'].strip()))
+    if not rows:
+        raise ValueError(f'{path}: no labelled intervals')
+    if bag_start_s is not None and all(r.start < bag_start_s for r in rows):
+        rows = [LabelRow(r.start + bag_start_s, r.end + bag_start_s, r.label, r.clip_id)
+                for r in rows]
+    return sorted(rows, key=lambda r: r.start)
+
+
+def make_bag(dataset: str, root, out, actors: Sequence[str] | None = None,
+             storage: str = 'mcap', gap_s: float = 1.0) -> str:
+    """Lay a dataset's clips (optionally only `actors`) on one timeline in a rosbag2 at `out`,
+    with a labels CSV beside it. Returns a one-paragraph report."""
+    from lightmer.config import PRESETS
+    from lightmer.datasets.loaders import index_dataset
+
+    preset = PRESETS[dataset]
+    records, skipped = index_dataset(dataset, root)
+    if actors is not None:
+        wanted = {str(a) for a in actors}
+        unknown = wanted - {r.actor for r in records}
+        if unknown:
+            raise ValueError(f'actor(s) {sorted(unknown)} not in {root}; known: '
+                             f'{sorted({r.actor for r in records})}')
+        records = [r for r in records if r.actor in wanted]
+    records = sorted(records, key=lambda r: r.clip_id)
+    code_to_label = dict(zip(preset.codes, preset.labels, strict=True))
+
+    def clips() -> Iterator[BagClip]:
+        for rec in _progress(records, 'make-bag'):
+            yield _load_clip(rec, code_to_label[rec.label])
+
+    summary = write_bag(clips(), out, storage=storage, gap_s=gap_s)
+    counts = ', '.join(f'{t} {n}' for t, n in summary['messages'].items())
+    return (f"wrote {summary['bag']} ({storage}): {summary['clips']} clips, "
+            f"{summary['duration_s']:.1f} s, messages: {counts}; labels {summary['labels']}; "
+            f'{len(skipped)} file(s) skipped while indexing')
+
+
+def _progress(items, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit='clip', disable=None)
+
+
+def _load_clip(rec, label: str) -> BagClip:
+    from lightmer.datasets.media import decode_audio, decode_video
+    from lightmer.features import resample, to_mono
+
+    frames, times, fps = decode_video(rec.video_path)
+    audio, sr = decode_audio(rec.audio_path if rec.audio_path is not None else rec.video_path)
+    audio = resample(to_mono(audio), sr, SAMPLE_RATE)
+    times = np.asarray(times, np.float64)
+    # Clip-relative times: the first frame's presentation time is the clip's start.
+    return BagClip(rec.clip_id, label, frames, times - times[0], float(fps), audio)
+
+
+# --- reading -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BagTopics:
+    image: str = IMAGE_TOPIC
+    audio: str = AUDIO_TOPIC
+    audio_info: str = AUDIO_INFO_TOPIC
+
+
+@dataclass(frozen=True)
+class BagInfo:
+    path: Path
+    storage: str
+    start_ns: int
+    end_ns: int
+    topics: dict          # topic -> (msgtype, message count)
+    audio_format: object  # lightmer.ros.conversions.AudioFormat of the audio info
+
+    @property
+    def start_s(self) -> float:
+        return self.start_ns / 1e9
+
+
+@dataclass(frozen=True)
+class BagMessage:
+    """One camera or audio message as numpy.
+
+    kind 'image': data uint8 (H, W, 3) RGB; kind 'audio': data float32 (n,) mono in [-1, 1]
+    at `sample_rate`. t_ns: bag (receive) time; stamp_ns: header stamp (capture time).
+    """
+
+    kind: str
+    t_ns: int
+    stamp_ns: int
+    data: np.ndarray
+    sample_rate: int = 0
+
+
+def _open_reader(path):
+    from rosbags.highlevel import AnyReader
+
+    path = Path(path)
+    if not (path / 'metadata.yaml').exists():
+        raise FileNotFoundError(f'{path} is not a rosbag2 directory (no metadata.yaml); pass '
+                                'the bag directory that `lightmer make-bag` or `ros2 bag '
+                                'record` created')
+    return AnyReader([path], default_typestore=typestore())
+
+
+def _check_topic(reader, topic: str, expected: str, option: str, what: str):
+    conns = [c for c in reader.connections if c.topic == topic]
+    if not conns:
+        present = ', '.join(f'{c.topic} ({c.msgtype})' for c in reader.connections) or 'none'
+        raise BagFormatError(f'the bag has no {what} topic {topic}; topics present: {present}. '
+                             f'Pass the right one with {option}.')
+    wrong = [c.msgtype for c in conns if c.msgtype != expected]
+    if wrong:
+        hint = ''
+        if 'AudioStamped' in wrong[0] or 'msg/Audio' in wrong[0]:
+            hint = (' This looks like the mgonzs13 audio_common; record ros-drivers '
+                    'audio_common (AudioDataStamped + AudioInfo, wave S16LE) instead.')
+        raise BagFormatError(f'{what} topic {topic} carries {wrong[0]}, expected {expected}.'
+                             + hint)
+    store = typestore()
+    want_hash = store.hash_rihs01(expected)
+    for c in conns:
+        # rosbag2 v9 stores the RIHS01 hash; an older bag stores '' and is judged by type name.
+        if c.digest.startswith('RIHS01_') and c.digest != want_hash:
+            raise BagFormatError(
+                f'{topic}: the bag\'s {expected} definition (hash {c.digest}) differs from '
+                f'the ros-drivers audio_common / sensor_msgs one ({want_hash}); the messages '
+                'cannot be decoded as lightmer expects.')
+    return conns
+
+
+def _audio_format(reader, topic: str):
+    """The bag's first AudioInfo, validated by the nodes' own conversion (raw PCM only)."""
+    from lightmer.ros.conversions import ConversionError, audio_format_from_info
+
+    conns = _check_topic(reader, topic, AUDIO_INFO_TYPE, '--audio-info-topic', 'audio info')
+    for conn, _, raw in reader.messages(connections=conns):
+        msg = reader.deserialize(raw, conn.msgtype)
+        break
+    else:
+        raise BagFormatError(f'{topic} has no AudioInfo message; record the bag with the '
+                             'audio_info topic (it is transient local, so a recorder started '
+                             'after the capture node still gets it)')
+    try:
+        return audio_format_from_info(int(msg.channels), int(msg.sample_rate),
+                                      str(msg.sample_format), str(msg.coding_format))
+    except ConversionError as e:
+        raise BagFormatError(f'the bag cannot be used ({topic}): {e}') from None
+
+
+def bag_info(path, topics: BagTopics = BagTopics()) -> BagInfo:
+    """Check that the bag has usable camera, audio and audio-info topics; BagFormatError (with
+    what to do) otherwise."""
+    with _open_reader(path) as reader:
+        _check_topic(reader, topics.image, IMAGE_TYPE, '--image-topic', 'camera')
+        _check_topic(reader, topics.audio, AUDIO_TYPE, '--audio-topic', 'audio')
+        fmt = _audio_format(reader, topics.audio_info)
+        counts = {t: (info.msgtype, info.msgcount) for t, info in reader.topics.items()}
+        storage = _storage_of(Path(path))
+        return BagInfo(Path(path), storage, reader.start_time, reader.end_time, counts, fmt)
+
+
+def _storage_of(path: Path) -> str:
+    if any(path.glob('*.mcap')):
+        return 'mcap'
+    if any(path.glob('*.db3')):
+        return 'sqlite3'
+    return 'unknown'
+
+
+def iter_raw(path, topics: BagTopics = BagTopics()) -> Iterator[tuple[str, str, int, bytes]]:
+    """(topic, msgtype, bag time ns, CDR bytes) of the camera, audio and audio-info topics, in
+    bag-time order, after the same checks as `bag_info`."""
+    bag_info(path, topics)
+    with _open_reader(path) as reader:
+        wanted = {topics.image, topics.audio, topics.audio_info}
+        conns = [c for c in reader.connections if c.topic in wanted]
+        for conn, t_ns, raw in reader.messages(connections=conns):
+            yield conn.topic, conn.msgtype, t_ns, bytes(raw)
+
+
+def read_bag(path, topics: BagTopics = BagTopics()) -> Iterator[BagMessage]:
+    """Camera frames and audio chunks of the bag as numpy, in bag-time order, decoded by the
+    nodes' own conversions (lightmer.ros.conversions; rosbags messages carry the same fields).
+    Raises ConversionError (a ValueError) at a message the nodes would drop."""
+    from lightmer.features import to_mono
+    from lightmer.ros.conversions import image_to_rgb, pcm_to_samples
+
+    info = bag_info(path, topics)
+    fmt = info.audio_format
+    with _open_reader(path) as reader:
+        conns = [c for c in reader.connections if c.topic in (topics.image, topics.audio)]
+        for conn, t_ns, raw in reader.messages(connections=conns):
+            msg = reader.deserialize(raw, conn.msgtype)
+            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            if conn.topic == topics.image:
+                yield BagMessage('image', t_ns, stamp, image_to_rgb(msg))
+            else:
+                samples = to_mono(pcm_to_samples(msg.audio.data, fmt))
+                yield BagMessage('audio', t_ns, stamp, samples, fmt.sample_rate)
