@@ -13,6 +13,9 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 import pytest  # noqa: E402
 
+# Session fixtures with a generated corpus and a prepared cache (tiny_corpus, tiny_cache, ...).
+pytest_plugins = ['fixtures_data']
+
 
 @pytest.fixture(scope='session')
 def ros_env() -> dict:

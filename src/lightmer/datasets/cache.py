@@ -1,0 +1,182 @@
+"""Training and evaluation samples from a `lightmer prepare` cache.
+
+Per sample and segment (the clip cut into N equal segments):
+- training: one of the segment's cached face crops drawn at random (paper III: a random frame
+  per segment, so every epoch sees other frames) and the audio window centred on that frame's
+  time plus U(-10 ms, +10 ms) (paper V-A). The draws depend only on (seed, epoch, index), set
+  with `set_epoch`, so a rerun is identical and two epochs differ.
+- evaluation: the crop nearest the segment centre and the audio window centred on the segment
+  centre (`segments.choose_times` without a generator), as the streaming nodes do.
+"""
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lightmer.config import FeatureConfig, get_preset
+from lightmer.features import face_to_input, log_mel_at
+from lightmer.segments import choose_times, nearest_index, segment_bounds
+
+# Clips held in memory per dataset object (~0.3 MB each for CREMA-D): the whole generated
+# corpus, a useful working set of a real one.
+_MEMORY_CLIPS = 1024
+
+
+@dataclass(frozen=True)
+class CacheIndex:
+    """CACHE/index.json, validated. `clips` holds every entry; `usable()` those with status ok."""
+
+    path: Path
+    dataset: str
+    preset: str
+    n_segments: int
+    frames_per_segment: int
+    features: FeatureConfig
+    clips: tuple[dict, ...]
+    skipped: tuple[dict, ...]
+
+    def usable(self) -> list[dict]:
+        """Entries with status 'ok', in clip-id order (no_face / unreadable are left out)."""
+        return [c for c in self.clips if c['status'] == 'ok']
+
+    @property
+    def clip_ids(self) -> list[str]:
+        return [c['clip_id'] for c in self.usable()]
+
+    @property
+    def actors(self) -> list[str]:
+        return [c['actor'] for c in self.usable()]
+
+    @property
+    def label_codes(self) -> list[str]:
+        return [c['label'] for c in self.usable()]
+
+    def label_indices(self, labels: tuple[str, ...] | None = None) -> list[int]:
+        """Class index per usable clip in the order of `labels` (default: the preset's)."""
+        return [label_index(self.preset, c['label'], labels) for c in self.usable()]
+
+
+def load_index(cache_dir: str | Path) -> CacheIndex:
+    """Read and check CACHE/index.json; errors say how to fix the cache."""
+    path = Path(cache_dir) / 'index.json'
+    if not path.exists():
+        raise FileNotFoundError(f'{path} not found: run `lightmer prepare --dataset ... '
+                                f'--root ... --cache {cache_dir}` first')
+    d = json.loads(path.read_text(encoding='utf-8'))
+    if not d.get('complete'):
+        raise ValueError(f'{path} is from an unfinished prepare run: run it again to finish')
+    try:
+        return CacheIndex(path=path, dataset=d['dataset'], preset=d['preset'],
+                          n_segments=int(d['n_segments']),
+                          frames_per_segment=int(d['frames_per_segment']),
+                          features=FeatureConfig.from_dict(d['features']),
+                          clips=tuple(d['clips']), skipped=tuple(d.get('skipped', ())))
+    except KeyError as e:
+        raise ValueError(f'{path} lacks {e}: it was not written by this version of lightmer '
+                         'prepare; prepare the cache again') from None
+
+
+def label_index(preset: str, code: str, labels: tuple[str, ...] | None = None) -> int:
+    """Class index of dataset code `code` ('ANG' / '05').
+
+    `labels` gives the class order either as the preset's class names ('angry', ...) or as its
+    dataset codes ('ANG', ...); the two vocabularies are disjoint. Default: the preset's order.
+    """
+    p = get_preset(preset)
+    if code not in p.codes:
+        raise ValueError(f'label code {code!r} is not a {preset} code {p.codes}')
+    labels = p.labels if labels is None else tuple(labels)
+    if set(labels) <= set(p.codes):
+        key = code
+    elif set(labels) <= set(p.labels):
+        key = p.labels[p.codes.index(code)]
+    else:
+        raise ValueError(f'labels {labels} are neither {preset} class names {p.labels} nor '
+                         f'its codes {p.codes}')
+    if key not in labels:
+        raise ValueError(f'class {key!r} (code {code}) is not among the labels {labels}')
+    return labels.index(key)
+
+
+class SegmentDataset(Dataset):
+    """(faces float32 (N, 1, 98, 80), log-mels float32 (N, 1, 128, 43), class index) per clip."""
+
+    def __init__(self, cache_dir: str | Path, clip_ids, n_segments: int,
+                 labels: tuple[str, ...], train: bool, seed: int):
+        """`labels`: the class order, as preset class names or dataset codes (`label_index`).
+        `clip_ids` must have status 'ok' in the cache index."""
+        self.cache_dir = Path(cache_dir)
+        self.index = load_index(self.cache_dir)
+        by_id = {c['clip_id']: c for c in self.index.clips}
+        self.clip_ids = list(clip_ids)
+        for cid in self.clip_ids:
+            entry = by_id.get(cid)
+            if entry is None:
+                raise KeyError(f'clip {cid!r} is not in {self.index.path}')
+            if entry['status'] != 'ok':
+                raise ValueError(f'clip {cid!r} has status {entry["status"]!r} and cannot be '
+                                 'used; take ids from CacheIndex.usable()')
+        if n_segments < 1:
+            raise ValueError(f'n_segments must be >= 1, got {n_segments}')
+        self.n_segments = n_segments
+        self.label_names = tuple(labels)
+        self.cfg = self.index.features
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        self.actors = [by_id[c]['actor'] for c in self.clip_ids]
+        self.targets = [label_index(self.index.preset, by_id[c]['label'], self.label_names)
+                        for c in self.clip_ids]
+        self._memory: OrderedDict[str, dict] = OrderedDict()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training draws depend on (seed, epoch, index) only."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.clip_ids)
+
+    def _clip(self, clip_id: str) -> dict:
+        clip = self._memory.get(clip_id)
+        if clip is None:
+            with np.load(self.cache_dir / 'clips' / f'{clip_id}.npz') as z:
+                clip = {k: z[k] for k in ('crops', 'crop_times', 'audio', 'duration')}
+            self._memory[clip_id] = clip
+            if len(self._memory) > _MEMORY_CLIPS:
+                self._memory.popitem(last=False)
+        return clip
+
+    def choose(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """The crop indices int (N,) and audio centres float64 (N,) s used for sample `i`."""
+        clip = self._clip(self.clip_ids[i])
+        times, duration = clip['crop_times'], float(clip['duration'])
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            bounds = segment_bounds(duration, self.n_segments)
+            picks, centres = [], []
+            for a, b in bounds:
+                inside = np.flatnonzero((times >= a) & (times <= b))
+                if inside.size:
+                    j = int(inside[rng.integers(inside.size)])
+                else:   # N larger than at prepare time: the crop nearest a random time
+                    j = nearest_index(times, rng.uniform(a, b))
+                picks.append(j)
+                centres.append(times[j] + rng.uniform(-self.cfg.jitter_s, self.cfg.jitter_s))
+            return np.asarray(picks), np.asarray(centres)
+        frame_times, centres = choose_times(duration, self.n_segments, None, 0.0)
+        picks = np.asarray([nearest_index(times, t) for t in frame_times])
+        return picks, centres
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        clip = self._clip(self.clip_ids[i])
+        picks, centres = self.choose(i)
+        faces = face_to_input(clip['crops'][picks])                          # (N, 1, 98, 80)
+        mels = np.stack([log_mel_at(clip['audio'], float(c), self.cfg)
+                         for c in centres])[:, None]                         # (N, 1, 128, 43)
+        return torch.from_numpy(faces), torch.from_numpy(mels), self.targets[i]

@@ -1,0 +1,279 @@
+"""`lightmer prepare`: decode every clip once, crop the faces training needs, cache them.
+
+Which frames are cached (the documented subsample): the clip is cut into the preset's N equal
+segments (`segments.segment_bounds`, duration = last frame time + 1/fps); in each segment the
+frames are split into K equal runs and the middle frame of each run is kept (all frames when the
+segment has K or fewer). MTCNN runs only on those frames. Training then draws one of a segment's
+cached faces at random each epoch (paper III: a random frame per segment), evaluation takes the
+one nearest the segment centre. K = `FRAMES_PER_SEGMENT` (3): with CREMA-D's ~15 frames per
+segment a third of the frames' variety at a fifth of the detector cost.
+
+No face: when none of a segment's K frames has a face, the segment's other frames are tried too.
+When a segment still has none, the clip gets status 'no_face' and training leaves it out (a
+segment without a face has no visual input; inventing one would teach the model a blank face).
+Unreadable media gets status 'unreadable'. Both are listed in the closing summary.
+
+Cache layout (docs/ARCHITECTURE.md):
+  CACHE/index.json            dataset, preset, features, settings, skipped files, clips[]
+  CACHE/clips/<clip_id>.npz   crops uint8 (K, 98, 80), crop_times float64 (K,) s,
+                              audio float32 (n,) 16 kHz mono, duration float s, + bookkeeping
+Every file is written atomically; a clip whose .npz exists with the same settings is not
+redone, so an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lightmer.config import FeatureConfig, get_preset
+from lightmer.datasets import media
+from lightmer.datasets.loaders import ClipRecord, Skipped, format_skipped, index_dataset
+from lightmer.io_utils import atomic_save_json, atomic_savez
+from lightmer.segments import segment_bounds
+
+FRAMES_PER_SEGMENT = 3
+CACHE_VERSION = 1
+STATUSES = ('ok', 'no_face', 'unreadable')
+
+
+@dataclass
+class PrepareSummary:
+    dataset: str
+    cache: Path
+    clips: int = 0
+    new: int = 0
+    reused: int = 0
+    status: dict[str, int] = field(default_factory=dict)
+    skipped: list[Skipped] = field(default_factory=list)
+    frames_tried: int = 0
+    frames_without_face: int = 0
+    problems: list[str] = field(default_factory=list)     # 'clip_id: status (why)'
+    seconds: float = 0.0
+    workers: int = 1
+
+    def __str__(self) -> str:
+        counts = ', '.join(f'{k} {self.status.get(k, 0)}' for k in STATUSES)
+        lines = [
+            f'prepare {self.dataset}: {self.clips} clips in {self.cache} ({self.new} new, '
+            f'{self.reused} already done) in {self.seconds:.1f} s with {self.workers} worker(s)',
+            f'status: {counts} (only "ok" clips are used for training)',
+            f'frames without a face: {self.frames_without_face} of {self.frames_tried} tried',
+            format_skipped(self.skipped),
+        ]
+        lines += [f'  {p}' for p in self.problems[:20]]
+        return '\n'.join(lines)
+
+
+def settings_for(dataset: str, cfg: FeatureConfig, frames_per_segment: int) -> dict:
+    """What a cached clip depends on; a clip made with other settings is redone."""
+    preset = get_preset(dataset)
+    return {'version': CACHE_VERSION, 'dataset': dataset, 'preset': preset.name,
+            'n_segments': preset.n_segments, 'frames_per_segment': frames_per_segment,
+            'features': cfg.to_dict()}
+
+
+def clip_path(cache: Path, clip_id: str) -> Path:
+    return Path(cache) / 'clips' / f'{clip_id}.npz'
+
+
+def prepare(dataset: str, root: str | Path, cache: str | Path, workers: int | None = None,
+            frames_per_segment: int = FRAMES_PER_SEGMENT, features: FeatureConfig | None = None,
+            progress: bool = True) -> PrepareSummary:
+    """Index `root`, cache every clip not cached yet, write CACHE/index.json; see module doc."""
+    from tqdm import tqdm
+
+    start = time.monotonic()
+    cfg = features or FeatureConfig()
+    if frames_per_segment < 1:
+        raise ValueError(f'frames_per_segment must be >= 1, got {frames_per_segment}')
+    cache = Path(cache)
+    settings = settings_for(dataset, cfg, frames_per_segment)
+    _check_existing_index(cache, settings)
+    records, skipped = index_dataset(dataset, root)
+    if not records:
+        raise FileNotFoundError(f'no usable clips under {root} for {dataset}:\n'
+                                f'{format_skipped(skipped)}')
+    settings_json = json.dumps(settings, sort_keys=True)
+    # Temporary files left by a killed run (one prepare per cache at a time).
+    for stale in (cache / 'clips').glob('.*.tmp'):
+        stale.unlink()
+    todo = [r for r in records if _cached_entry(cache, r, settings_json) is None]
+    workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(todo) or 1))
+    summary = PrepareSummary(dataset, cache, clips=len(records), new=len(todo),
+                             reused=len(records) - len(todo), skipped=skipped, workers=workers)
+    bar = tqdm(total=len(todo), desc=f'prepare {dataset}', unit='clip', disable=not progress)
+    try:
+        if workers == 1:
+            for r in todo:
+                process_clip(r, cache, settings_json)
+                bar.update()
+        else:
+            # spawn: workers start clean (no torch state inherited from a parent that may have
+            # initialised its thread pools), each with one torch thread.
+            ctx = multiprocessing.get_context('spawn')
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                     initializer=_init_worker) as pool:
+                futures = [pool.submit(process_clip, r, cache, settings_json) for r in todo]
+                for fut in as_completed(futures):
+                    fut.result()
+                    bar.update()
+    finally:
+        bar.close()
+    entries = []
+    for r in records:
+        entry = _cached_entry(cache, r, settings_json)
+        if entry is None:   # only if a clip file vanished while we ran
+            raise RuntimeError(f'{clip_path(cache, r.clip_id)} missing after processing; '
+                               'run prepare again')
+        entries.append(entry)
+        summary.status[entry['status']] = summary.status.get(entry['status'], 0) + 1
+        summary.frames_tried += entry['tried']
+        summary.frames_without_face += entry['tried'] - entry['faces']
+        if entry['status'] != 'ok':
+            summary.problems.append(f"{entry['clip_id']}: {entry['status']} ({entry['error']})")
+    index = {**settings, 'complete': True, 'clips': entries,
+             'skipped': [{'path': str(s.path), 'reason': s.reason} for s in skipped]}
+    atomic_save_json(cache / 'index.json', index)
+    summary.seconds = time.monotonic() - start
+    return summary
+
+
+def _check_existing_index(cache: Path, settings: dict) -> None:
+    path = cache / 'index.json'
+    if not path.exists():
+        return
+    old = json.loads(path.read_text(encoding='utf-8'))
+    old_settings = {k: old.get(k) for k in settings}
+    if old_settings != settings:
+        raise ValueError(f'{cache} holds a cache made with other settings ({old_settings}); '
+                         'use another --cache folder or delete this one')
+
+
+def _cached_entry(cache: Path, record: ClipRecord, settings_json: str) -> dict | None:
+    """The index entry of a finished clip, or None when it must be (re)done."""
+    path = clip_path(cache, record.clip_id)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as z:      # lazy: only the small members below are read
+            if str(z['settings']) != settings_json:
+                return None
+            return {'clip_id': record.clip_id, 'actor': record.actor, 'label': record.label,
+                    'intensity': record.intensity, 'sentence': record.sentence,
+                    'duration': float(z['duration']), 'frames': int(z['frames']),
+                    'faces': int(z['crops'].shape[0]), 'tried': int(z['tried']),
+                    'status': str(z['status']), 'error': str(z['error'])}
+    except (OSError, ValueError, KeyError):   # damaged or foreign file: redo the clip
+        return None
+
+
+# --- one clip (runs in a worker) --------------------------------------------------------------
+_CROPPER = None
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _cropper(cfg: FeatureConfig):
+    global _CROPPER
+    if _CROPPER is None or _CROPPER.cfg != cfg:
+        from lightmer.features import FaceCropper
+
+        _CROPPER = FaceCropper(cfg)
+    return _CROPPER
+
+
+def select_frames(times: np.ndarray, bounds: np.ndarray, k: int) -> list[np.ndarray]:
+    """Per segment, the indices (into `times`) of up to `k` evenly spaced frames.
+
+    Args:
+        times: float (F,) ascending frame times (s); bounds: (N, 2) segment [start, end) (s),
+        the last segment also takes a frame exactly at its end.
+    Returns:
+        N int arrays. A segment holding no frame (clip shorter than N frames) gets the frame
+        nearest its centre, so no segment is empty.
+    """
+    out = []
+    last = len(bounds) - 1
+    for s, (a, b) in enumerate(bounds):
+        inside = np.flatnonzero((times >= a) & ((times < b) | (s == last and times <= b)))
+        if inside.size == 0:
+            out.append(np.array([int(np.argmin(np.abs(times - (a + b) / 2)))]))
+        elif inside.size <= k:
+            out.append(inside)
+        else:   # the middle frame of each of k equal runs
+            out.append(inside[((np.arange(k) + 0.5) * inside.size / k).astype(int)])
+    return out
+
+
+def process_clip(record: ClipRecord, cache: Path, settings_json: str) -> str:
+    """Decode, crop and cache one clip; writes CACHE/clips/<clip_id>.npz; returns its status."""
+    settings = json.loads(settings_json)
+    cfg = FeatureConfig.from_dict(settings['features'])
+    arrays = {'settings': np.array(settings_json)}
+    try:
+        arrays.update(_extract(record, cfg, settings['n_segments'],
+                               settings['frames_per_segment']))
+    except media.MediaError as e:
+        arrays.update(crops=np.zeros((0, cfg.face_height, cfg.face_width), np.uint8),
+                      crop_times=np.zeros(0), audio=np.zeros(0, np.float32),
+                      duration=np.array(0.0), frames=np.array(0), tried=np.array(0),
+                      status=np.array('unreadable'), error=np.array(str(e)))
+    atomic_savez(clip_path(cache, record.clip_id), **arrays)
+    return str(arrays['status'])
+
+
+def _extract(record: ClipRecord, cfg: FeatureConfig, n_segments: int, k: int) -> dict:
+    from lightmer.features import resample
+
+    info = media.probe_video(record.video_path)
+    duration = float(info.times[-1] + 1.0 / info.fps)
+    bounds = segment_bounds(duration, n_segments)
+    chosen = select_frames(info.times, bounds, k)
+    cropper = _cropper(cfg)
+    faces: dict[int, np.ndarray] = {}       # frame index -> crop
+    tried: set[int] = set()
+
+    def run(indices: list[int]) -> None:
+        indices = sorted(set(indices) - tried)
+        if not indices:
+            return
+        frames, _ = media.decode_video_at(record.video_path, info.pts[indices])
+        for i, crop in zip(indices, cropper(list(frames)), strict=True):
+            tried.add(i)
+            if crop is not None:
+                faces[i] = crop
+
+    candidates = [[int(i) for i in idx] for idx in chosen]
+    run([i for idx in candidates for i in idx])
+    # A segment whose chosen frames show no face: try the rest of that segment's frames.
+    empty = [s for s, idx in enumerate(candidates) if not any(i in faces for i in idx)]
+    if empty:
+        every = select_frames(info.times, bounds, len(info.times))
+        for s in empty:
+            candidates[s] = [int(i) for i in every[s]]
+        run([i for s in empty for i in candidates[s]])
+    missing = [s for s, idx in enumerate(candidates) if not any(i in faces for i in idx)]
+    order = sorted(faces)
+    audio, sr = media.decode_audio(record.audio_path or record.video_path)
+    return {
+        'crops': (np.stack([faces[i] for i in order]) if order
+                  else np.zeros((0, cfg.face_height, cfg.face_width), np.uint8)),
+        'crop_times': info.times[order].astype(np.float64),
+        'audio': resample(audio, sr, cfg.sample_rate),
+        'duration': np.array(duration),
+        'frames': np.array(len(info.times)),
+        'tried': np.array(len(tried)),
+        'status': np.array('no_face' if missing else 'ok'),
+        'error': np.array(f'no face in segment(s) {missing}' if missing else ''),
+    }

@@ -1,0 +1,521 @@
+"""A generated corpus in the exact on-disk layout of CREMA-D or RAVDESS.
+
+Nobody here has the real datasets, so tests and the demo run the real loaders, `prepare` and
+training on this corpus instead. It proves that the pipeline works end to end; the accuracy
+reached on it says nothing about real-world emotion recognition.
+
+Layouts and containers:
+- CREMA-D: `VideoFlash/<actor>_<sentence>_<emotion>_<level>.flv` (FLV1 = Sorenson H.263,
+  480x360, 30 fps, as the real files) and `AudioWAV/<same>.wav` (16 kHz, 16-bit PCM, mono).
+- RAVDESS: `Actor_XX/01-01-EE-II-SS-RR-XX.mp4`, H.264 (libx264) with an AAC 48 kHz stereo track,
+  29.97 fps. Frames are 640x360 instead of the real 1280x720 to keep face detection cheap.
+
+Faces: `skimage.data.astronaut()` (a real photograph, so MTCNN finds the face), placed per actor
+(scale, offset, mirror, brightness, gamma, tint) and changed per emotion by local warps and
+shading of the brows and mouth that stay visible in the grayscale crop. Small head motion,
+speech-driven mouth opening and a time-varying expression strength make the frames of a clip
+differ, so drawing a random frame per segment matters.
+
+Speech: espeak-ng, one voice variant, base pitch and rate per actor, prosody (pitch and rate)
+per emotion, with per-clip jitter.
+
+The emotion is only partly in each modality: the face has 3 states (4 for RAVDESS) and the voice
+2, and every emotion is one (face, voice) pair (tables `CREMA_CUES`, `RAVDESS_CUES`). A perfect
+face-only classifier is right on at most 1/2 of the clips, a voice-only one on 1/3 (CREMA-D) or
+1/4 (RAVDESS) (`cue_ceilings`); only the pair identifies every emotion. Per-clip jitter of
+strength, pitch, rate, lighting and noise keeps it from being trivial.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import tempfile
+import time
+import wave
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from lightmer.datasets.names import (
+    CREMA_EMOTIONS,
+    CREMA_SENTENCES,
+    RAVDESS_EMOTIONS,
+    RAVDESS_STATEMENTS,
+)
+from lightmer.io_utils import atomic_write
+
+# Per emotion code: (face state, voice state). Each face state occurs with both voice states and
+# each voice state with every face state, so neither modality alone separates the classes.
+CREMA_CUES = {
+    'ANG': ('tense', 'high'), 'DIS': ('tense', 'low'),
+    'FEA': ('open', 'high'), 'SAD': ('open', 'low'),
+    'HAP': ('smile', 'high'), 'NEU': ('smile', 'low'),
+}
+RAVDESS_CUES = {
+    '01': ('still', 'low'), '08': ('still', 'high'),      # neutral, surprised
+    '02': ('smile', 'low'), '03': ('smile', 'high'),      # calm, happy
+    '04': ('open', 'low'), '06': ('open', 'high'),        # sad, fearful
+    '07': ('tense', 'low'), '05': ('tense', 'high'),      # disgust, angry
+}
+
+# Landmarks of the astronaut's face in the 512x512 photo, measured once with MTCNN:
+# eyes, nose, mouth corners (x, y) and the face box width.
+_EYE_L, _EYE_R = np.array([205.0, 101.7]), np.array([246.8, 103.7])
+_MOUTH_L, _MOUTH_R = np.array([201.7, 139.2]), np.array([245.3, 141.9])
+_FACE_CENTRE = np.array([224.4, 117.1])
+_FACE_WIDTH = 86.7
+
+# espeak-ng voice variants (`en+<variant>`), one per actor, reused cyclically past 24 actors.
+_VARIANTS = ('m1', 'f1', 'm2', 'f2', 'm3', 'f3', 'm4', 'f4', 'm5', 'f5', 'm6', 'm7', 'm8',
+             'adam', 'anika', 'belinda', 'benjamin', 'david', 'edward', 'john', 'linda',
+             'paul', 'robert', 'steph')
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    width: int
+    height: int
+    fps: Fraction
+    codes: tuple[str, ...]
+    cues: dict
+    max_actors: int
+    default_actors: int
+    default_clips: int
+    lead_s: tuple[float, float]     # silence before the speech, uniform range (s)
+    trail_s: tuple[float, float]    # silence after it
+
+
+LAYOUTS = {
+    # Defaults: prepare must finish in <= 2 minutes on 2 cores (measured in the README).
+    'crema-d': Layout('crema-d', 480, 360, Fraction(30), CREMA_EMOTIONS, CREMA_CUES, 91,
+                      default_actors=8, default_clips=2, lead_s=(0.15, 0.35),
+                      trail_s=(0.15, 0.35)),
+    'ravdess': Layout('ravdess', 640, 360, Fraction(30000, 1001), RAVDESS_EMOTIONS,
+                      RAVDESS_CUES, 24, default_actors=6, default_clips=1, lead_s=(0.5, 0.8),
+                      trail_s=(0.3, 0.6)),
+}
+
+
+@dataclass(frozen=True)
+class Actor:
+    actor_id: str
+    scale: float            # canvas pixels per photo pixel
+    offset: tuple[float, float]   # face centre offset from the frame centre (px)
+    mirror: bool
+    gain: float             # brightness
+    gamma: float
+    tint: tuple[float, float, float]
+    variant: str            # espeak-ng voice variant
+    pitch: float            # espeak-ng base pitch 0..99
+    rate: float             # words per minute
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    layout: str
+    actor: Actor
+    code: str               # emotion code
+    text: str               # sentence spoken
+    video_path: Path
+    audio_path: Path | None  # CREMA-D WAV; None for RAVDESS (audio in the MP4)
+    seed: int
+    extra_wav: Path | None = None   # RAVDESS separate speech WAV (03-01-...) when asked for
+
+
+@dataclass(frozen=True)
+class SynthReport:
+    layout: str
+    out: Path
+    actors: int
+    clips: int
+    emotions: int
+    seconds: float
+    durations: tuple[float, float]
+
+    def __str__(self) -> str:
+        lo, hi = self.durations
+        return (f'{self.layout} corpus in {self.out}: {self.clips} clips = {self.actors} actors x '
+                f'{self.emotions} emotions, clip length {lo:.2f}-{hi:.2f} s, made in '
+                f'{self.seconds:.1f} s (generated data: proves the pipeline, not accuracy)')
+
+
+def cue_ceilings(layout: str) -> dict[str, float]:
+    """Best accuracy a perfect single-modality classifier can reach on balanced classes."""
+    cues = LAYOUTS[layout].cues
+    faces = {f for f, _ in cues.values()}
+    voices = {v for _, v in cues.values()}
+    return {'face': len(faces) / len(cues), 'voice': len(voices) / len(cues), 'both': 1.0}
+
+
+def _make_actor(layout: Layout, index: int, actor_id: str, seed: int) -> Actor:
+    rng = np.random.default_rng([seed, 1, index])
+    return Actor(
+        actor_id=actor_id,
+        # A face ~130-190 px wide in a 360 px high frame, as in CREMA-D's close-ups.
+        scale=float(rng.uniform(1.5, 2.2)),
+        offset=(float(rng.uniform(-40, 40)), float(rng.uniform(-15, 15))),
+        mirror=bool(rng.integers(2)),
+        gain=float(rng.uniform(0.75, 1.15)),
+        gamma=float(rng.uniform(0.8, 1.25)),
+        tint=tuple(float(x) for x in rng.uniform(0.9, 1.1, size=3)),
+        variant=_VARIANTS[index % len(_VARIANTS)],
+        pitch=float(rng.uniform(35, 65)),
+        rate=float(rng.uniform(150, 175)),
+    )
+
+
+def _plan(layout: Layout, out: Path, n_actors: int, n_clips: int, seed: int,
+          speech_wavs: bool) -> list[ClipSpec]:
+    specs = []
+    for a in range(n_actors):
+        if layout.name == 'crema-d':
+            actor = _make_actor(layout, a, f'{1001 + a}', seed)
+            sentences = list(CREMA_SENTENCES)
+            for e, code in enumerate(layout.codes):
+                for k in range(n_clips):
+                    sentence = sentences[(k + a + e) % len(sentences)]
+                    # IEO is the one sentence the real actors spoke at three levels.
+                    level = 'MD' if sentence == 'IEO' and code != 'NEU' else 'XX'
+                    clip_id = f'{actor.actor_id}_{sentence}_{code}_{level}'
+                    specs.append(ClipSpec(
+                        'crema-d', actor, code, CREMA_SENTENCES[sentence],
+                        out / 'VideoFlash' / f'{clip_id}.flv',
+                        out / 'AudioWAV' / f'{clip_id}.wav', _clip_seed(seed, clip_id)))
+        else:
+            actor = _make_actor(layout, a, f'{a + 1:02d}', seed)
+            folder = out / f'Actor_{actor.actor_id}'
+            for code in layout.codes:
+                # Takes as in RAVDESS: statement, repetition, then intensity (none strong for
+                # neutral), so at most 8 takes per emotion and 4 for neutral.
+                pairs = ('01', '02')
+                takes = [(i, s, r) for i in pairs for s in pairs for r in pairs
+                         if not (code == '01' and i == '02')]
+                for intensity, statement, rep in takes[:n_clips]:
+                    take = f'{code}-{intensity}-{statement}-{rep}-{actor.actor_id}'
+                    specs.append(ClipSpec(
+                        'ravdess', actor, code, RAVDESS_STATEMENTS[statement],
+                        folder / f'01-01-{take}.mp4', None, _clip_seed(seed, take),
+                        extra_wav=folder / f'03-01-{take}.wav' if speech_wavs else None))
+    return specs
+
+
+def _clip_seed(seed: int, clip_id: str) -> int:
+    # A stable per-clip seed (Python's hash() is salted per process).
+    return (seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(clip_id))) % 2**32
+
+
+def synthesize(layout: str, out: str | Path, actors: int | None = None,
+               clips_per_emotion: int | None = None, seed: int = 0,
+               workers: int | None = None, speech_wavs: bool = False) -> SynthReport:
+    """Write a generated corpus under `out` in the layout of `layout` ('crema-d' | 'ravdess').
+
+    Args:
+        actors: number of actors (default: the layout's small default, see `LAYOUTS`).
+        clips_per_emotion: clips per actor and emotion (default likewise).
+        seed: everything (faces, voices, prosody, noise) follows from it.
+        workers: processes (default: available cores).
+        speech_wavs: RAVDESS only: also write the separate speech WAVs `03-01-....wav`.
+    Existing files are overwritten; every file is written atomically.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f'unknown layout {layout!r}; choose one of {sorted(LAYOUTS)}')
+    spec = LAYOUTS[layout]
+    n_actors = spec.default_actors if actors is None else actors
+    n_clips = spec.default_clips if clips_per_emotion is None else clips_per_emotion
+    if not 1 <= n_actors <= spec.max_actors:
+        raise ValueError(f'{layout} has actors 1..{spec.max_actors}; got --actors {n_actors}')
+    max_clips = len(CREMA_SENTENCES) if layout == 'crema-d' else 8
+    if not 1 <= n_clips <= max_clips:
+        raise ValueError(f'{layout} has at most {max_clips} clips per actor and emotion '
+                         f'(distinct file names); got --clips-per-emotion {n_clips}')
+    _check_espeak()
+    out = Path(out)
+    start = time.monotonic()
+    specs = _plan(spec, out, n_actors, n_clips, seed, speech_wavs)
+    workers = workers or len(os.sched_getaffinity(0))
+    # A pool pays a few seconds of process start-up: only worth it beyond a handful of clips.
+    if workers > 1 and len(specs) >= 4 * workers:
+        # spawn: a clean child even when the caller runs threads (ROS executors, torch pools).
+        ctx = multiprocessing.get_context('spawn')
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            durations = list(pool.map(write_clip, specs, chunksize=2))
+    else:
+        durations = [write_clip(s) for s in specs]
+    return SynthReport(layout, out, n_actors, len(specs), len(spec.codes),
+                       time.monotonic() - start, (min(durations), max(durations)))
+
+
+def _check_espeak() -> None:
+    try:
+        subprocess.run(['espeak-ng', '--version'], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise RuntimeError('espeak-ng is needed to generate speech: install it '
+                           f'(Debian: apt-get install espeak-ng) ({e})') from None
+
+
+# --- one clip --------------------------------------------------------------------------------
+def write_clip(spec: ClipSpec) -> float:
+    """Render, encode and write one clip; returns its duration in seconds."""
+    layout = LAYOUTS[spec.layout]
+    rng = np.random.default_rng(spec.seed)
+    voice = layout.cues[spec.code][1]
+    speech, sr = _speak(spec.text, spec.actor, voice, rng)
+    lead = rng.uniform(*layout.lead_s)
+    trail = rng.uniform(*layout.trail_s)
+    n_frames = int(np.ceil((lead + len(speech) / sr + trail) * layout.fps))
+    duration = n_frames / layout.fps
+    audio = np.zeros(int(round(float(duration) * sr)), np.float32)
+    i0 = int(round(lead * sr))
+    audio[i0:i0 + len(speech)] = speech[:len(audio) - i0]
+    audio += rng.normal(0.0, 0.002, size=audio.shape).astype(np.float32)   # room noise
+    frames = _render_frames(spec, layout, audio, sr, n_frames, rng)
+    if spec.layout == 'crema-d':
+        _write_flv(spec.video_path, frames, layout.fps)
+        _write_wav(spec.audio_path, _resample(audio, sr, 16000), 16000)
+    else:
+        a48 = _resample(audio, sr, 48000)
+        _write_mp4(spec.video_path, frames, layout.fps, a48, 48000)
+        if spec.extra_wav is not None:
+            _write_wav(spec.extra_wav, a48, 48000)
+    return float(duration)
+
+
+def _speak(text: str, actor: Actor, voice: str, rng: np.random.Generator
+           ) -> tuple[np.ndarray, int]:
+    """espeak-ng speech as float32 mono and its rate (22050 Hz)."""
+    # Arousal: high = higher pitch, faster; low = lower, slower; jitter keeps clips distinct.
+    shift, speed = (14.0, 1.22) if voice == 'high' else (-14.0, 0.82)
+    pitch = int(np.clip(actor.pitch + shift + rng.uniform(-5, 5), 0, 99))
+    rate = int(actor.rate * speed * rng.uniform(0.93, 1.07))
+    with tempfile.TemporaryDirectory(prefix='lightmer-espeak-') as tmp:
+        path = Path(tmp) / 'speech.wav'
+        cmd = ['espeak-ng', '-w', str(path), '-v', f'en+{actor.variant}', '-p', str(pitch),
+               '-s', str(rate), '-a', '120', text]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+        except subprocess.CalledProcessError as e:
+            raise RuntimeError(f'espeak-ng failed: {e.stderr.decode(errors="replace")}') from None
+        with wave.open(str(path), 'rb') as w:
+            sr, raw = w.getframerate(), w.readframes(w.getnframes())
+    speech = np.frombuffer(raw, dtype='<i2').astype(np.float32) / 32768.0
+    # espeak pads with silence; trim it so that lead/trail control the clip length.
+    voiced = np.flatnonzero(np.abs(speech) > 0.01)
+    if voiced.size:
+        speech = speech[voiced[0]:voiced[-1] + 1]
+    return speech * rng.uniform(0.7, 1.0), sr
+
+
+def _resample(audio: np.ndarray, sr: int, target: int) -> np.ndarray:
+    from lightmer.features import resample
+
+    return resample(audio, sr, target)
+
+
+# --- faces -----------------------------------------------------------------------------------
+def _render_frames(spec: ClipSpec, layout: Layout, audio: np.ndarray, sr: int, n_frames: int,
+                   rng: np.random.Generator) -> list[np.ndarray]:
+    """uint8 (H, W, 3) RGB frames of one clip."""
+    from scipy.ndimage import map_coordinates
+    from skimage import data
+
+    actor = spec.actor
+    h, w, margin = layout.height, layout.width, 8
+    photo = data.astronaut().astype(np.float32)
+    # Canvas = the frame plus a margin for head motion. Backward affine map canvas -> photo.
+    s = actor.scale * rng.uniform(0.97, 1.03)
+    centre_out = np.array([w / 2 + actor.offset[0] + margin, h / 2 + actor.offset[1] + margin])
+    ys, xs = np.mgrid[0:h + 2 * margin, 0:w + 2 * margin].astype(np.float32)
+    sx = (xs - centre_out[0]) / s
+    if actor.mirror:
+        sx = -sx
+    src = np.stack([(ys - centre_out[1]) / s + _FACE_CENTRE[1], sx + _FACE_CENTRE[0]])
+    canvas = np.stack([map_coordinates(photo[..., c], src, order=1, mode='nearest')
+                       for c in range(3)], axis=-1)
+    gain = actor.gain * rng.uniform(0.93, 1.07)
+    canvas = (255.0 * (np.clip(canvas * gain / 255.0, 0, 1) ** actor.gamma)
+              * np.array(actor.tint)).astype(np.float32)
+
+    def to_canvas(p: np.ndarray) -> np.ndarray:
+        d = (p - _FACE_CENTRE) * s
+        if actor.mirror:
+            d[0] = -d[0]
+        return centre_out + d
+
+    u = _FACE_WIDTH * s                             # face width in canvas pixels
+    marks = {k: to_canvas(v) for k, v in
+             (('eye_l', _EYE_L), ('eye_r', _EYE_R), ('mouth_l', _MOUTH_L), ('mouth_r', _MOUTH_R))}
+    face = LAYOUTS[spec.layout].cues[spec.code][0]
+    bumps, shades, speak_shade = _expression(face, marks, u)
+    roi = _face_region(marks, u, canvas.shape)
+    y0, y1, x0, x1 = roi
+    ry, rx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    # Displacement and shading are linear in the expression amount: fields at amount 1.
+    dx, dy = _bump_field(bumps, rx, ry)
+    shade_unit = _shade_field(shades, rx, ry)
+    shade_speak = _shade_field([speak_shade], rx, ry)
+    # The warp is the costly part: render it at a few amounts and use the nearest per frame.
+    levels = np.linspace(0.0, 1.0, 9)
+    warped = [np.stack([map_coordinates(canvas[..., ch], np.stack([ry - q * dy, rx - q * dx]),
+                                        order=1, mode='nearest') for ch in range(3)], axis=-1)
+              for q in levels]
+    noise = [2.0 * rng.standard_normal((h, w, 1), np.float32) for _ in range(4)]
+    strength = rng.uniform(0.65, 1.0)
+    onset = rng.uniform(0.2, 0.6)                   # s until the expression is full
+    phase = rng.uniform(0, 2 * np.pi, size=2)
+    envelope = _speech_envelope(audio, sr, n_frames, layout.fps)
+    fps = float(layout.fps)
+    frames = []
+    for i in range(n_frames):
+        t = i / fps
+        amount = strength * (0.45 + 0.55 * min(1.0, t / onset)) * (0.9 + 0.1 * np.sin(5 * t))
+        face_roi = (warped[int(np.argmin(np.abs(levels - amount)))]
+                    + (amount * shade_unit + envelope[i] * shade_speak)[..., None])
+        img = canvas.copy()
+        img[y0:y1, x0:x1] = face_roi
+        ox = int(round(margin + 4 * np.sin(2 * np.pi * 0.7 * t + phase[0])))
+        oy = int(round(margin + 3 * np.sin(2 * np.pi * 0.5 * t + phase[1])))
+        frame = img[oy:oy + h, ox:ox + w] + noise[int(rng.integers(len(noise)))]
+        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
+    return frames
+
+
+def _speech_envelope(audio: np.ndarray, sr: int, n_frames: int, fps: Fraction) -> np.ndarray:
+    """Per video frame, the speech RMS scaled to [0, 1] (drives the mouth opening)."""
+    edges = (np.arange(n_frames + 1) * sr / float(fps)).astype(int)
+    rms = np.array([np.sqrt(np.mean(audio[a:b] ** 2)) if b > a else 0.0
+                    for a, b in zip(edges[:-1], edges[1:], strict=True)])
+    return np.clip(rms / max(float(rms.max()), 1e-6), 0, 1)
+
+
+def _expression(face: str, marks: dict, u: float) -> tuple[list, list, tuple]:
+    """The face state at full strength, in canvas pixels.
+
+    Returns displacement bumps [(centre (2,), (dx, dy), sigma)], shading bumps
+    [(centre, delta grey level, (sigma_x, sigma_y))] and the speaking mouth's shading bump.
+    """
+    ml, mr = marks['mouth_l'], marks['mouth_r']
+    el, er = marks['eye_l'], marks['eye_r']
+    mouth = (ml + mr) / 2
+    inward = np.sign(er[0] - el[0])      # +1 when the left eye is on the image's left
+    brow_l, brow_r = el + [0, -0.2 * u], er + [0, -0.2 * u]
+    # Speech moves the mouth whatever the emotion: a dark gap between the lips.
+    speak = (mouth + [0, 0.03 * u], -70.0, (0.11 * u, 0.035 * u))
+    bumps, shades = [], []
+    if face == 'smile':
+        bumps += [(ml, (-0.05 * u * inward, -0.09 * u), 0.10 * u),
+                  (mr, (0.05 * u * inward, -0.09 * u), 0.10 * u)]
+        shades += [(ml + [-0.04 * u * inward, -0.12 * u], 25.0, (0.08 * u, 0.06 * u)),
+                   (mr + [0.04 * u * inward, -0.12 * u], 25.0, (0.08 * u, 0.06 * u))]
+    elif face == 'tense':
+        bumps += [(ml, (0, 0.08 * u), 0.09 * u), (mr, (0, 0.08 * u), 0.09 * u),
+                  (brow_l, (0.04 * u * inward, 0.07 * u), 0.10 * u),
+                  (brow_r, (-0.04 * u * inward, 0.07 * u), 0.10 * u)]
+        shades += [((brow_l + brow_r) / 2 + [0, 0.05 * u], -45.0, (0.07 * u, 0.09 * u))]
+    elif face == 'open':
+        bumps += [(brow_l, (0, -0.10 * u), 0.13 * u), (brow_r, (0, -0.10 * u), 0.13 * u),
+                  (mouth + [0, 0.1 * u], (0, 0.07 * u), 0.1 * u)]
+        shades += [(mouth + [0, 0.05 * u], -80.0, (0.09 * u, 0.07 * u))]
+    elif face != 'still':
+        raise ValueError(f'unknown face state {face!r}')
+    return bumps, shades, speak
+
+
+def _face_region(marks: dict, u: float, shape: tuple) -> tuple[int, int, int, int]:
+    """Canvas rows y0:y1 and columns x0:x1 holding the brows and the mouth with a border."""
+    pts = np.array(list(marks.values()))
+    pad = 0.4 * u
+    x0, y0 = np.floor(pts.min(axis=0) - pad).astype(int)
+    x1, y1 = np.ceil(pts.max(axis=0) + pad).astype(int)
+    return max(y0, 0), min(y1, shape[0]), max(x0, 0), min(x1, shape[1])
+
+
+def _bump_field(bumps: list, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    dx, dy = np.zeros_like(xs), np.zeros_like(ys)
+    for c, (vx, vy), sigma in bumps:
+        g = np.exp(-((xs - c[0]) ** 2 + (ys - c[1]) ** 2) / (2 * sigma ** 2))
+        dx += vx * g
+        dy += vy * g
+    return dx, dy
+
+
+def _shade_field(shades: list, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(xs)
+    for c, delta, (sgx, sgy) in shades:
+        out += delta * np.exp(-((xs - c[0]) ** 2) / (2 * sgx ** 2)
+                              - ((ys - c[1]) ** 2) / (2 * sgy ** 2))
+    return out
+
+
+# --- writers ---------------------------------------------------------------------------------
+def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
+    pcm = (np.clip(audio, -1, 1 - 1 / 32768) * 32768).astype('<i2')
+
+    def write(tmp: Path) -> None:
+        with wave.open(str(tmp), 'wb') as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(sr)
+            w.writeframes(pcm.tobytes())
+
+    atomic_write(path, write)
+
+
+def _write_flv(path: Path, frames: list[np.ndarray], fps: Fraction) -> None:
+    import av
+
+    def write(tmp: Path) -> None:
+        with av.open(str(tmp), 'w', format='flv') as container:
+            stream = container.add_stream('flv', rate=fps)      # FLV1, Sorenson H.263
+            stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+            stream.pix_fmt = 'yuv420p'
+            stream.bit_rate = 1_500_000
+            _encode_video(container, stream, frames, fps)
+
+    atomic_write(path, write)
+
+
+def _write_mp4(path: Path, frames: list[np.ndarray], fps: Fraction, audio: np.ndarray,
+               sr: int) -> None:
+    import av
+
+    def write(tmp: Path) -> None:
+        with av.open(str(tmp), 'w', format='mp4') as container:
+            stream = container.add_stream('libx264', rate=fps,
+                                          options={'preset': 'veryfast', 'crf': '20'})
+            stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+            stream.pix_fmt = 'yuv420p'
+            astream = container.add_stream('aac', rate=sr)
+            astream.layout = 'stereo'
+            _encode_video(container, stream, frames, fps)
+            stereo = np.stack([audio, audio]).astype(np.float32)          # (2, n)
+            size = 1024                                                   # AAC frame size
+            for k, i in enumerate(range(0, stereo.shape[1], size)):
+                chunk = np.ascontiguousarray(stereo[:, i:i + size])
+                frame = av.AudioFrame.from_ndarray(chunk, format='fltp', layout='stereo')
+                frame.sample_rate = sr
+                frame.pts = k * size
+                frame.time_base = Fraction(1, sr)
+                for packet in astream.encode(frame):
+                    container.mux(packet)
+            for packet in astream.encode(None):
+                container.mux(packet)
+
+    atomic_write(path, write)
+
+
+def _encode_video(container, stream, frames: list[np.ndarray], fps: Fraction) -> None:
+    import av
+
+    for i, rgb in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(rgb, format='rgb24')
+        frame.pts = i
+        frame.time_base = 1 / fps
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode(None):
+        container.mux(packet)

@@ -1,0 +1,42 @@
+"""Session fixtures shared by every test that needs media: one generated corpus per layout and
+one prepared cache, made once per test session (registered in conftest.py).
+
+Treat them as read-only: copy before changing anything.
+"""
+from pathlib import Path
+
+import pytest
+
+# Small on purpose: 4 actors so that folds, D0 and U stay actor-disjoint; one clip per emotion.
+TINY_ACTORS = 4
+TINY_RAVDESS_ACTORS = 1
+
+
+@pytest.fixture(scope='session')
+def tiny_corpus(tmp_path_factory) -> Path:
+    """CREMA-D layout, 4 actors x 6 emotions x 1 clip (24 clips; VideoFlash/ + AudioWAV/)."""
+    from lightmer.datasets.synth import synthesize
+
+    root = tmp_path_factory.mktemp('tiny_crema_d')
+    synthesize('crema-d', root, actors=TINY_ACTORS, clips_per_emotion=1, seed=0)
+    return root
+
+
+@pytest.fixture(scope='session')
+def tiny_ravdess(tmp_path_factory) -> Path:
+    """RAVDESS layout, 1 actor x 8 emotions x 1 take (8 clips; Actor_01/01-01-....mp4)."""
+    from lightmer.datasets.synth import synthesize
+
+    root = tmp_path_factory.mktemp('tiny_ravdess')
+    synthesize('ravdess', root, actors=TINY_RAVDESS_ACTORS, clips_per_emotion=1, seed=0)
+    return root
+
+
+@pytest.fixture(scope='session')
+def tiny_cache(tiny_corpus, tmp_path_factory) -> Path:
+    """`lightmer prepare` of `tiny_corpus` (crema-d preset, default settings)."""
+    from lightmer.datasets.prepare import prepare
+
+    cache = tmp_path_factory.mktemp('tiny_cache')
+    prepare('crema-d', tiny_corpus, cache, workers=2, progress=False)
+    return cache
