@@ -1,0 +1,579 @@
+"""Offline training: uncertainty-based learning (paper Algorithm 1) or the full-set baseline,
+with 5-fold subject-independent cross-validation, per-epoch metrics, plots and exact resume.
+
+Run layout (`cfg.out` = RUN):
+
+    RUN/<strategy>/config.json            the settings every fold of this strategy shares
+    RUN/<strategy>/fold_K/split.json      actors and clip ids of D_train(0), U and the test fold
+    RUN/<strategy>/fold_K/state.pt        resumable state after the last completed epoch
+    RUN/<strategy>/fold_K/metrics.json    one entry per completed epoch
+    RUN/<strategy>/fold_K/last.pt, best.pt  self-describing checkpoints (checkpoint.py)
+    RUN/<strategy>/fold_K/result.json, confusion.png, loss.png, accuracy.png   when finished
+    RUN/<strategy>/summary.json, summary.png   mean +- std test accuracy, summed confusion
+    RUN/comparison.json, comparison.png   both strategies' fold-mean curves (paper Figs. 4-5)
+
+Algorithm 1 as implemented, with E = cfg.epochs training epochs in total:
+  epoch 0       line 1: "train initial model M on D_train = D_train(0)" is one epoch on D0;
+  epoch 1..E-1  lines 3-11: M in eval mode over every clip of U with the inference segment
+                choices, entropy in bits of its output, the N_u most uncertain (ties by clip id)
+                go through the oracle (line 9) and from U into D_train, then one training
+                epoch on D_train. Once U is empty, the epochs train on D_train alone.
+The full baseline trains on every training actor's clips in all E epochs; everything else
+(model init, learning-rate schedule, batches, evaluation) is identical.
+
+Checkpoint selection: `best.pt` minimises the eval-mode cross-entropy on D_train(0) (inference
+segment choices). D0 is labelled from the start, has the same clips in both strategies and in
+every epoch, and never touches the test fold, so the criterion is comparable across epochs and
+cannot leak test information. It is a training-set loss, so expect best to sit near last.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from lightmer.checkpoint import CheckpointMeta, make_provenance, save_checkpoint
+from lightmer.config import get_preset
+from lightmer.datasets.cache import CacheIndex, SegmentDataset, load_index
+from lightmer.folds import Split, check_disjoint, split_fold
+from lightmer.io_utils import atomic_save_json, atomic_torch_save
+from lightmer.model import LightmerNet, ModelConfig
+from lightmer.plots import confusion_matrix, plot_comparison, plot_confusion, plot_curves
+from lightmer.uncertainty import entropy_bits, most_uncertain
+
+STRATEGIES = ('uncertainty', 'full')
+STATE_VERSION = 1
+# Stream tags: each use of randomness in a fold gets its own seed, derived from (seed, fold, tag).
+_INIT, _DROPOUT, _GLOBAL, _SHUFFLE = 1, 2, 3, 4
+# Settings that change the numbers; a resumed or extended run must agree on all of them.
+_RUN_KEYS = ('dataset', 'strategy', 'n_folds', 'epochs', 'n_uncertain', 'n_segments',
+             'batch_size', 'lr', 'lr_decay', 'decay_epoch', 'dropout', 'seed')
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `train` needs. `for_dataset` fills the paper's per-dataset defaults."""
+
+    dataset: str                  # 'crema-d' | 'ravdess': preset labels, N and N_u
+    cache: Path                   # directory written by `lightmer prepare`
+    out: Path                     # RUN directory; each strategy writes RUN/<strategy>/
+    n_uncertain: int              # N_u moved from U per epoch (paper: 20 CREMA-D, 5 RAVDESS)
+    n_segments: int               # N temporal segments (paper: 5 CREMA-D, 12 RAVDESS)
+    strategy: str = 'uncertainty'
+    n_folds: int = 5              # subject-independent cross-validation (paper V-A)
+    fold: int | None = None       # one 0-based fold, or None for all of them
+    epochs: int = 100             # total training epochs, the initial D0 epoch included
+    batch_size: int = 16
+    lr: float = 1e-4              # Adam (Table 2)
+    lr_decay: float = 0.1         # multiplies lr from decay_epoch on: 1e-4 -> 1e-5
+    decay_epoch: int | None = None  # None = epochs // 2 (paper: after 50 of 100 epochs)
+    dropout: float = 0.2          # before the FC (Table 2)
+    seed: int = 0                 # folds, D0, init, batch order and segment draws
+    resume: bool = False          # continue each fold from its last completed epoch
+    device: str = 'cpu'           # 'cpu' | 'cuda'
+    workers: int = 0              # DataLoader workers; draws are seeded per (seed, epoch,
+    # index) inside the dataset, so results do not depend on this number
+    eval_memory_mb: int = 4096    # eval-mode inputs kept in RAM across epochs (CREMA-D's
+    # 7,442 clips at N=5 take ~2 GB); 0 recomputes them every epoch
+    progress: bool = True         # tqdm bars (folds, epochs, batches) on stderr
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f'strategy must be one of {STRATEGIES}, got {self.strategy!r}')
+        for name in ('n_uncertain', 'n_segments', 'epochs', 'batch_size', 'n_folds'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+        if self.fold is not None and not 0 <= self.fold < self.n_folds:
+            raise ValueError(f'fold must be in [0, {self.n_folds - 1}] or None (all), got '
+                             f'{self.fold}')
+        if not self.lr > 0 or not 0 < self.lr_decay <= 1:
+            raise ValueError('lr must be > 0 and lr_decay in (0, 1]')
+        if self.device not in ('cpu', 'cuda'):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        object.__setattr__(self, 'cache', Path(self.cache))
+        object.__setattr__(self, 'out', Path(self.out))
+
+    @classmethod
+    def for_dataset(cls, dataset: str, *, n_uncertain: int | None = None,
+                    n_segments: int | None = None, **overrides) -> TrainConfig:
+        """The paper's settings for `dataset`; None for N_u or N means the preset's value."""
+        preset = get_preset(dataset)
+        return cls(dataset=dataset,
+                   n_uncertain=preset.n_uncertain if n_uncertain is None else n_uncertain,
+                   n_segments=preset.n_segments if n_segments is None else n_segments,
+                   **overrides)
+
+    @property
+    def lr_step_epoch(self) -> int:
+        """First epoch trained at lr * lr_decay."""
+        return max(1, self.epochs // 2) if self.decay_epoch is None else self.decay_epoch
+
+    def run_settings(self) -> dict:
+        """The settings that determine the results (no paths, fold choice or device)."""
+        d = dataclasses.asdict(self)
+        return {k: d[k] for k in _RUN_KEYS}
+
+
+# --- the oracle (Algorithm 1, line 9) ---------------------------------------------------------
+class Oracle(Protocol):
+    """Checks the labels the model assigned to the selected clips and returns the right ones.
+
+    A human labeller implements the same method; `train` only calls `check`.
+    """
+
+    def check(self, clip_ids: Sequence[str], predicted: Sequence[int]) -> list[int]:
+        """predicted: class index per clip -> the correct class index per clip."""
+        ...
+
+
+class DatasetOracle:
+    """An oracle that knows the dataset's labels (class indices by clip id)."""
+
+    def __init__(self, labels: Mapping[str, int]):
+        self._labels = dict(labels)
+
+    def check(self, clip_ids: Sequence[str], predicted: Sequence[int]) -> list[int]:
+        if len(clip_ids) != len(predicted):
+            raise ValueError('clip_ids and predicted must have the same length')
+        return [self._labels[c] for c in clip_ids]
+
+
+# --- cache index ------------------------------------------------------------------------------
+def _usable_clips(cache: Path, dataset: str) -> tuple[CacheIndex, dict[str, tuple[str, int]]]:
+    """The cache index and its usable clips: clip_id -> (actor, class index in preset order)."""
+    index = load_index(cache)
+    if index.dataset != dataset:
+        raise ValueError(f'cache {cache} holds dataset {index.dataset!r}, not {dataset!r}: pass '
+                         'the matching --dataset or --cache')
+    usable = index.usable()
+    if not usable:
+        raise ValueError(f'cache {cache} has no usable clips (every clip was skipped); read '
+                         'the `lightmer prepare` report')
+    return index, dict(zip((c['clip_id'] for c in usable),
+                           zip(index.actors, index.label_indices(), strict=True), strict=True))
+
+
+# --- data -------------------------------------------------------------------------------------
+class _Labelled(Dataset):
+    """Items `indices` of a SegmentDataset with the oracle's labels instead of the dataset's.
+
+    One SegmentDataset holds every training clip in a fixed order, so a clip keeps its index
+    (and with it its per-(seed, epoch, index) draws) wherever it sits in D_train.
+    """
+
+    def __init__(self, base: SegmentDataset, indices: Sequence[int], labels: Sequence[int]):
+        if len(indices) != len(labels):
+            raise ValueError('indices and labels must have the same length')
+        self.base = base
+        self.indices = list(indices)
+        self.labels = list(labels)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        faces, mels, _ = self.base[self.indices[i]]
+        return faces, mels, self.labels[i]
+
+
+class _Memo(Dataset):
+    """Keeps the items of a deterministic (eval-mode) dataset in memory after the first pass.
+
+    Eval inputs are the same every epoch (segment centres, no jitter), and computing the
+    log-mels dominates an epoch on a CPU, so U, D0 and the test fold are computed once per
+    fold. Items past `max_items` are recomputed each time (bounded memory on real datasets).
+    """
+
+    def __init__(self, base: Dataset, max_items: int):
+        self.base = base
+        self.max_items = max_items
+        self._items: dict[int, tuple] = {}
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        item = self._items.get(i)
+        if item is None:
+            item = self.base[i]
+            if len(self._items) < self.max_items:
+                self._items[i] = item
+        return item
+
+
+def _stream_seed(*parts: int) -> int:
+    """A 63-bit seed derived from integers, so every (seed, fold, epoch) has its own stream."""
+    seq = np.random.SeedSequence([p & 0xFFFFFFFF for p in parts])   # negative seeds too
+    return int(seq.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+# --- one epoch --------------------------------------------------------------------------------
+def _train_epoch(model, optimizer, loader, device, progress: bool) -> tuple[float, float]:
+    """One pass in train mode (dropout, random segment draws). -> (mean loss, accuracy)."""
+    model.train()
+    loss_sum, correct, count = 0.0, 0, 0
+    for faces, mels, labels in tqdm(loader, desc='batches', leave=False, disable=not progress):
+        faces, mels, labels = faces.to(device), mels.to(device), labels.to(device)
+        logits = model(faces, mels)                                   # (B, C)
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * labels.shape[0]
+        correct += int((logits.argmax(1) == labels).sum())
+        count += labels.shape[0]
+    return loss_sum / count, correct / count
+
+
+@torch.no_grad()
+def _predict(model, dataset, batch_size, device, progress, desc) -> tuple[np.ndarray, np.ndarray]:
+    """Eval mode over `dataset` in order. -> (probabilities float64 (M, C), labels int64 (M,))."""
+    model.eval()
+    probs, labels = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    for faces, mels, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        logits = model(faces.to(device), mels.to(device))            # (B, C)
+        probs.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
+        labels.append(np.asarray(y, dtype=np.int64))
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def _loss_acc(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Cross-entropy (nats, as F.cross_entropy) and accuracy of probabilities (M, C)."""
+    p_true = probs[np.arange(labels.shape[0]), labels]
+    loss = float(-np.log(np.maximum(p_true, 1e-300)).mean())
+    return loss, float((probs.argmax(1) == labels).mean())
+
+
+# --- state ------------------------------------------------------------------------------------
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {'torch': torch.get_rng_state(), 'python': random.getstate(),
+             'numpy': (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                       *np_state[2:])}
+    if torch.cuda.is_initialized():   # only a CUDA run has CUDA streams to restore
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state['torch'])
+    random.setstate(state['python'])
+    name, keys, *rest = state['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if 'cuda' in state and torch.cuda.is_available():   # a CPU rerun of a CUDA run skips it
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def _load_state(path: Path) -> dict:
+    """The state file of a fold (plain data and CPU tensors only, so weights-only loading)."""
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f'cannot read {path} ({e}); delete the fold directory to restart '
+                         'that fold') from e
+    if state.get('version') != STATE_VERSION:
+        raise ValueError(f'{path} was written by another lightmer version; start a new run '
+                         'directory')
+    return state
+
+
+# --- one fold ---------------------------------------------------------------------------------
+def _split_ids(split: Split, clips: Mapping[str, tuple[str, int]]) -> dict[str, list[str]]:
+    by_actor: dict[str, list[str]] = {}
+    for clip_id, (actor, _) in clips.items():
+        by_actor.setdefault(actor, []).append(clip_id)
+    return {name: sorted(c for a in actors for c in by_actor.get(a, []))
+            for name, actors in (('d0', split.d0), ('pool', split.pool), ('test', split.test))}
+
+
+def _select_uncertain(model, pool_items: Dataset, pool: Sequence[str], n_uncertain: int,
+                      oracle: Oracle, cfg: TrainConfig, device) -> tuple[list[dict], float]:
+    """Algorithm 1 lines 3-9: entropies over U, the N_u most uncertain, checked by the oracle.
+
+    -> (one entry per selected clip, most uncertain first: clip_id, entropy (bits),
+    predicted and checked class index; mean entropy of U in bits).
+    """
+    probs, _ = _predict(model, pool_items, cfg.batch_size, device, cfg.progress, 'U')
+    h = entropy_bits(probs)                                                   # (|U|,) bits
+    chosen = most_uncertain(h, pool, min(n_uncertain, len(pool)))
+    chosen_ids = [pool[i] for i in chosen]
+    predicted = [int(probs[i].argmax()) for i in chosen]
+    checked = oracle.check(chosen_ids, predicted)
+    selected = [{'clip_id': c, 'entropy': float(h[i]), 'predicted': p, 'label': int(y)}
+                for c, i, p, y in zip(chosen_ids, chosen, predicted, checked, strict=True)]
+    return selected, float(h.mean())
+
+
+def _plan_fold(cfg: TrainConfig, fold: int, clips: Mapping[str, tuple[str, int]]
+               ) -> tuple[Split, dict[str, list[str]]]:
+    """The actor split and clip ids of one fold, checked before anything is written."""
+    split = split_fold(sorted({a for a, _ in clips.values()}), cfg.n_folds, fold, cfg.seed)
+    check_disjoint(split)
+    ids = _split_ids(split, clips)
+    for name in ('d0', 'test'):
+        if not ids[name]:
+            raise ValueError(f'fold {fold}: {name} has no usable clips; use fewer --folds or '
+                             'a cache with more actors')
+    # N_u > |U| at the start is an error, not a clamp: the first selection would move all of
+    # U at once, which is the full baseline with one odd epoch, not Algorithm 1.
+    if cfg.strategy == 'uncertainty' and cfg.n_uncertain > len(ids['pool']):
+        raise ValueError(
+            f"fold {fold}: N_u = {cfg.n_uncertain} but U holds only {len(ids['pool'])} clips, "
+            f"so the first selection would empty it; pass --nu {max(1, len(ids['pool']) // 4)}"
+            ' or less, or --strategy full')
+    return split, ids
+
+
+def _train_fold(cfg: TrainConfig, fold: int, split: Split, ids: dict[str, list[str]],
+                index: CacheIndex, clips: Mapping[str, tuple[str, int]], fold_dir: Path,
+                device: torch.device) -> dict:
+    """Train one fold (see the module docstring); returns its result.json content."""
+    preset = get_preset(cfg.dataset)
+    atomic_save_json(fold_dir / 'split.json', {
+        'fold': fold, 'seed': cfg.seed, 'actors': split.to_dict(), 'clips': ids})
+    true_label = {c: y for c, (_, y) in clips.items()}
+    oracle: Oracle = DatasetOracle(true_label)
+
+    # Every training clip (D0 then U) in one fixed order: draws stay tied to the clip.
+    all_ids = ids['d0'] + ids['pool']
+    position = {c: i for i, c in enumerate(all_ids)}
+    dataset = functools.partial(SegmentDataset, cfg.cache, n_segments=cfg.n_segments,
+                                labels=preset.labels, seed=cfg.seed)
+    train_items = dataset(all_ids, train=True)     # random frame + jittered audio per segment
+    f = index.features   # float32 faces + log-mels of one clip: 0.27 MB at N=5
+    clip_mb = cfg.n_segments * (f.face_height * f.face_width + f.n_mels * f.mel_frames) * 4 / 2**20
+    memo = max(0, int(cfg.eval_memory_mb / clip_mb))
+    eval_items = _Memo(dataset(all_ids, train=False), memo)  # segment centres, as at inference
+    d0_items = Subset(eval_items, [position[c] for c in ids['d0']])
+    test_items = _Memo(dataset(ids['test'], train=False), max(0, memo - len(all_ids)))
+
+    model_cfg = ModelConfig(
+        n_classes=len(preset.labels), dropout=cfg.dropout,
+        face_shape=(index.features.face_height, index.features.face_width),
+        mel_shape=(index.features.n_mels, index.features.mel_frames))
+    torch.manual_seed(_stream_seed(cfg.seed, fold, _INIT))   # Xavier init of this fold
+    model = LightmerNet(model_cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+    state_path = fold_dir / 'state.pt'
+    if state_path.exists() and not cfg.resume:
+        raise FileExistsError(f'{fold_dir} already holds a run; pass --resume to continue it '
+                              'or choose another --out')
+    if state_path.exists():
+        state = _load_state(state_path)
+        model.load_state_dict(state['model'])
+        optimizer.load_state_dict(state['optimizer'])
+        _set_rng_state(state['rng'])
+        train_ids, pool = list(state['train_ids']), list(state['pool'])
+        labels_of = dict(state['labels_of'])
+        metrics, best = list(state['metrics']), dict(state['best'])
+        test_probs, test_true = state['test_probs'].numpy(), state['test_true'].numpy()
+    else:
+        if cfg.strategy == 'uncertainty':
+            train_ids, pool = list(ids['d0']), list(ids['pool'])
+        else:
+            train_ids, pool = list(all_ids), []
+        labels_of = {c: true_label[c] for c in train_ids}   # D0 is labelled from the start
+        metrics, best = [], {'epoch': -1, 'val_loss': float('inf')}
+        test_probs = test_true = None
+        torch.manual_seed(_stream_seed(cfg.seed, fold, _DROPOUT))
+        np.random.seed(_stream_seed(cfg.seed, fold, _GLOBAL) % (1 << 32))   # unused by us;
+        random.seed(_stream_seed(cfg.seed, fold, _GLOBAL))   # seeded for any library that draws
+
+    fold_provenance = make_provenance(
+        dataset=cfg.dataset, fold=fold, strategy=cfg.strategy, seed=cfg.seed,
+        best_criterion='min eval-mode cross-entropy on D_train(0)')
+    meta = dict(preset=preset.name, labels=preset.labels, n_segments=cfg.n_segments,
+                segment_s=preset.segment_s, features=index.features, model=model_cfg)
+    epochs = tqdm(range(len(metrics), cfg.epochs), desc=f'fold {fold} epochs', leave=False,
+                  initial=len(metrics), total=cfg.epochs, disable=not cfg.progress)
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        # Algorithm 1 lines 3-10; epoch 0 is line 1 (the initial model trains on D0 alone).
+        selected, pool_entropy = [], None
+        if cfg.strategy == 'uncertainty' and epoch > 0 and pool:
+            pool_items = Subset(eval_items, [position[c] for c in pool])
+            selected, pool_entropy = _select_uncertain(model, pool_items, pool,
+                                                       cfg.n_uncertain, oracle, cfg, device)
+            moved = [s['clip_id'] for s in selected]
+            labels_of.update((s['clip_id'], s['label']) for s in selected)
+            train_ids += moved
+            pool = [c for c in pool if c not in frozenset(moved)]
+
+        # Algorithm 1 line 11 (or a baseline epoch): one pass over D_train.
+        lr = cfg.lr * (cfg.lr_decay if epoch >= cfg.lr_step_epoch else 1.0)
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+        train_items.set_epoch(epoch)
+        order = torch.Generator().manual_seed(_stream_seed(cfg.seed, fold, _SHUFFLE, epoch))
+        loader = DataLoader(
+            _Labelled(train_items, [position[c] for c in train_ids],
+                      [labels_of[c] for c in train_ids]),
+            batch_size=cfg.batch_size, shuffle=True, generator=order, num_workers=cfg.workers)
+        train_loss, train_acc = _train_epoch(model, optimizer, loader, device, cfg.progress)
+
+        val_loss, _ = _loss_acc(*_predict(model, d0_items, cfg.batch_size, device,
+                                          cfg.progress, 'D0 (val)'))
+        test_probs, test_true = _predict(model, test_items, cfg.batch_size, device,
+                                         cfg.progress, 'test')
+        test_loss, test_acc = _loss_acc(test_probs, test_true)
+        metrics.append({
+            'epoch': epoch, 'train_size': len(train_ids), 'pool_size': len(pool),
+            'train_loss': train_loss, 'train_acc': train_acc, 'val_loss': val_loss,
+            'test_loss': test_loss, 'test_acc': test_acc, 'lr': lr,
+            'pool_entropy_mean': pool_entropy,
+            'corrected': sum(s['predicted'] != s['label'] for s in selected),
+            'selected': selected, 'seconds': time.perf_counter() - t0})
+
+        # state.pt goes last: a kill before it repeats this epoch from the previous state,
+        # and the repeat rewrites the files below with the same content.
+        ckpt_meta = CheckpointMeta(**meta, provenance={**fold_provenance, 'epoch': epoch})
+        save_checkpoint(fold_dir / 'last.pt', model, ckpt_meta)
+        if val_loss < best['val_loss']:
+            best = {'epoch': epoch, 'val_loss': val_loss, 'test_acc': test_acc}
+            save_checkpoint(fold_dir / 'best.pt', model, ckpt_meta)
+        atomic_save_json(fold_dir / 'metrics.json', metrics)
+        atomic_torch_save(state_path, {
+            'version': STATE_VERSION, 'model': model.state_dict(),
+            'optimizer': optimizer.state_dict(), 'rng': _rng_state(), 'train_ids': train_ids,
+            'pool': pool, 'labels_of': labels_of, 'metrics': metrics, 'best': best,
+            'test_probs': torch.from_numpy(test_probs), 'test_true': torch.from_numpy(test_true)})
+        _log_epoch(fold, metrics[-1])
+
+    cm = confusion_matrix(test_true, test_probs.argmax(1), len(preset.labels))
+    title = f'{cfg.dataset} {cfg.strategy} fold {fold}'
+    plot_confusion(cm, preset.labels, fold_dir / 'confusion.png', title)
+    plot_curves(metrics, fold_dir / 'loss.png', fold_dir / 'accuracy.png', title)
+    result = {'fold': fold, 'test_acc': metrics[-1]['test_acc'],
+              'test_loss': metrics[-1]['test_loss'], 'best': best,
+              'confusion': cm.tolist(), 'labels': list(preset.labels),
+              'test_clips': len(ids['test'])}
+    atomic_save_json(fold_dir / 'result.json', result)
+    return result
+
+
+def _log_epoch(fold: int, m: Mapping) -> None:
+    """One line per epoch: |D_train|, |U|, mean entropy of U, selected ids with entropies."""
+    mean_h = 'n/a' if m['pool_entropy_mean'] is None else f"{m['pool_entropy_mean']:.3f} bits"
+    line = (f"fold {fold} epoch {m['epoch']}: |D_train|={m['train_size']} "
+            f"|U|={m['pool_size']} mean H(U)={mean_h} train loss {m['train_loss']:.4f} "
+            f"acc {m['train_acc']:.3f} test acc {m['test_acc']:.3f}")
+    if m['selected']:
+        picks = ' '.join(f"{s['clip_id']}({s['entropy']:.3f})" for s in m['selected'])
+        line += f"; oracle corrected {m['corrected']}/{len(m['selected'])}; selected {picks}"
+    tqdm.write(line, file=sys.stderr)   # stdout stays for the CLI's JSON summary
+
+
+# --- across folds -----------------------------------------------------------------------------
+def _summarise(run_dir: Path, cfg: TrainConfig) -> dict:
+    """Mean +- std (population, over the finished folds) of the final test accuracy."""
+    preset = get_preset(cfg.dataset)
+    results = []
+    for k in range(cfg.n_folds):
+        path = run_dir / f'fold_{k}' / 'result.json'
+        if path.is_file():
+            results.append(json.loads(path.read_text(encoding='utf-8')))
+    accs = np.array([r['test_acc'] for r in results])
+    cm = np.sum([np.array(r['confusion']) for r in results], axis=0)
+    summary = {'dataset': cfg.dataset, 'strategy': cfg.strategy, 'folds_done':
+               [r['fold'] for r in results], 'n_folds': cfg.n_folds,
+               'test_acc_mean': float(accs.mean()), 'test_acc_std': float(accs.std()),
+               'test_acc_per_fold': accs.tolist(), 'confusion': cm.tolist(),
+               'labels': list(preset.labels), 'run_dir': str(run_dir)}
+    atomic_save_json(run_dir / 'summary.json', summary)
+    plot_confusion(cm, preset.labels, run_dir / 'summary.png',
+                   f'{cfg.dataset} {cfg.strategy}, {len(results)} folds summed; mean '
+                   f'{accs.mean():.3f} +- {accs.std():.3f}')
+    return summary
+
+
+def _fold_mean_curves(strategy_dir: Path, folds: Sequence[int]) -> dict[str, list[float]]:
+    runs = [json.loads((strategy_dir / f'fold_{k}' / 'metrics.json').read_text('utf-8'))
+            for k in folds]
+    n = min(len(m) for m in runs)
+    return {key: [float(np.mean([m[e][key] for m in runs])) for e in range(n)]
+            for key in ('train_loss', 'test_loss', 'train_acc', 'test_acc')}
+
+
+def _compare(out: Path, dataset: str) -> dict | None:
+    """Both strategies' fold-mean curves over the folds both finished, or None."""
+    done = {}
+    for strategy in STRATEGIES:
+        path = out / strategy / 'summary.json'
+        if not path.is_file():
+            return None
+        done[strategy] = set(json.loads(path.read_text('utf-8'))['folds_done'])
+    folds = sorted(set.intersection(*done.values()))
+    if not folds:
+        return None
+    curves = {s: _fold_mean_curves(out / s, folds) for s in STRATEGIES}
+    atomic_save_json(out / 'comparison.json', {'folds': folds, 'curves': curves})
+    plot_comparison(curves, out / 'comparison.png',
+                    f'{dataset}: with and without uncertainty learning, mean of folds {folds}')
+    return {'folds': folds, 'path': str(out / 'comparison.png')}
+
+
+# --- entry point ------------------------------------------------------------------------------
+def _device(name: str) -> torch.device:
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise ValueError('--device cuda was asked for but torch sees no CUDA device; '
+                         'use --device cpu')
+    return torch.device(name)
+
+
+def _check_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
+    """Refuse to mix settings inside one strategy directory (the summary would be wrong)."""
+    path = run_dir / 'config.json'
+    settings = cfg.run_settings()
+    if path.is_file():
+        old = json.loads(path.read_text('utf-8'))
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            raise ValueError(f'{run_dir} was run with other settings {diff} (old, new); use the '
+                             'same options or another --out')
+    atomic_save_json(path, settings)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train every requested fold of `cfg.strategy`, write the run directory, return the
+    summary (see the module docstring for the files)."""
+    device = _device(cfg.device)
+    index, clips = _usable_clips(cfg.cache, cfg.dataset)
+    folds = range(cfg.n_folds) if cfg.fold is None else [cfg.fold]
+    plans = {k: _plan_fold(cfg, k, clips) for k in folds}   # fail before writing anything
+    run_dir = cfg.out / cfg.strategy
+    _check_run_dir(run_dir, cfg)
+
+    # Bit-for-bit repeatable epochs are what make resume equal an uninterrupted run.
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    if device.type == 'cuda':
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        for fold in tqdm(folds, desc='folds', disable=not cfg.progress):
+            _train_fold(cfg, fold, *plans[fold], index, clips, run_dir / f'fold_{fold}', device)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
+
+    summary = _summarise(run_dir, cfg)
+    comparison = _compare(cfg.out, cfg.dataset)
+    if comparison is not None:
+        summary['comparison'] = comparison
+    return summary
