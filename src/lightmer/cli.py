@@ -46,13 +46,14 @@ def _run_summary(args) -> int:
 
     model = LightmerNet(ModelConfig(n_classes=args.classes))
     n_params = count_parameters(model)
+    # size_mib is the paper's "10.3 MB" (2^20 bytes); size_mb uses 10^6 bytes.
     info = {'classes': args.classes, 'segments': args.segments, 'parameters': n_params,
-            'size_mb': n_params * 4 / 1e6}
+            'size_mb': n_params * 4 / 1e6, 'size_mib': n_params * 4 / 2**20}
     if args.json:
         _print_json(info)
     else:
         print(layer_table(model))
-        print(f'total parameters: {n_params}  ({info["size_mb"]:.2f} MB as float32; '
+        print(f'total parameters: {n_params}  ({info["size_mib"]:.2f} MiB as float32; '
               f'the same for any N, here N={args.segments})')
     return 0
 
@@ -67,9 +68,14 @@ def _add_export(sub) -> None:
 
 
 def _run_export(args) -> int:
-    from lightmer.export import export_checkpoint
+    from lightmer.checkpoint import CheckpointError
+    from lightmer.export import ExportError, export_checkpoint
 
-    paths = export_checkpoint(args.checkpoint, args.format, args.out)
+    try:
+        paths = export_checkpoint(args.checkpoint, args.format, args.out)
+    except (CheckpointError, ExportError) as e:
+        print(f'lightmer export: {e}', file=sys.stderr)
+        return 2
     for path in paths:
         print(path)
     return 0
@@ -164,12 +170,16 @@ def _run_train(args) -> int:
             raise SystemExit(f"--fold must be an integer or 'all', got {args.fold!r}") from None
     else:
         fold = None
-    cfg = TrainConfig.for_dataset(
-        args.dataset, cache=args.cache, out=args.out, strategy=args.strategy,
-        n_folds=args.folds, fold=fold, epochs=args.epochs, n_uncertain=args.nu,
-        n_segments=args.segments, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        resume=args.resume, device=args.device)
-    summary = train(cfg)
+    try:
+        cfg = TrainConfig.for_dataset(
+            args.dataset, cache=args.cache, out=args.out, strategy=args.strategy,
+            n_folds=args.folds, fold=fold, epochs=args.epochs, n_uncertain=args.nu,
+            n_segments=args.segments, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+            resume=args.resume, device=args.device)
+        summary = train(cfg)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        # Settings and cache problems: the message says what to do; a traceback would not help.
+        raise SystemExit(f'lightmer train: {e}') from None
     _print_json(summary)
     return 0
 
@@ -188,8 +198,13 @@ def _add_make_bag(sub) -> None:
 def _run_make_bag(args) -> int:
     from lightmer.bags import make_bag
 
-    print(make_bag(args.dataset, args.root, args.out, actors=args.actors,
-                   storage=args.storage, gap_s=args.gap))
+    try:
+        report = make_bag(args.dataset, args.root, args.out, actors=args.actors,
+                          storage=args.storage, gap_s=args.gap)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f'lightmer make-bag: {e}', file=sys.stderr)
+        return 2
+    print(report)
     return 0
 
 
@@ -206,22 +221,35 @@ def _add_eval_bag(sub) -> None:
     p.add_argument('--audio-info-topic', default='/audio/audio_info')
     p.add_argument('--anchor', choices=('centre', 'start'), default='centre',
                    help='segment reference time')
+    p.add_argument('--rate', type=_positive_float, default=1.0,
+                   help='--live playback speed, x real time (the report says if the nodes '
+                   'kept up)')
 
 
 def _run_eval_bag(args) -> int:
+    from lightmer.bags import BagFormatError
+    from lightmer.checkpoint import CheckpointError
     from lightmer.evaluate import EvalConfig, evaluate_bag
 
     cfg = EvalConfig(bag=args.bag, labels=args.labels, checkpoint=args.checkpoint,
                      live=args.live, out=args.out, image_topic=args.image_topic,
                      audio_topic=args.audio_topic, audio_info_topic=args.audio_info_topic,
-                     anchor=args.anchor)
-    result = evaluate_bag(cfg)
+                     anchor=args.anchor, rate=args.rate)
+    try:
+        result = evaluate_bag(cfg)
+    except (BagFormatError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f'lightmer eval-bag: {e}', file=sys.stderr)
+        return 2
     if args.json:
         _print_json(result)
     else:
-        print(f"window accuracy {result['window_accuracy']:.3f}  "
-              f"clip accuracy {result['clip_accuracy']:.3f}  windows {result['windows']}  "
-              f"latency p50 {result['latency_ms']['p50']:.1f} ms")
+        def fmt(x):
+            return 'n/a' if x is None else f'{x:.3f}'
+
+        p50 = result['latency_ms']['p50']
+        print(f"window accuracy {fmt(result['window_accuracy'])}  "
+              f"clip accuracy {fmt(result['clip_accuracy'])}  windows {result['windows']}  "
+              f"latency p50 {'n/a' if p50 is None else f'{p50:.1f} ms'}")
     return 0
 
 

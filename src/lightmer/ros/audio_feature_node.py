@@ -1,0 +1,142 @@
+"""audio_feature_node: stamped audio in, one 128x43 log-mel per segment out.
+
+Default input (audio_msg 'ros-drivers', REP-155's audio_common): `audio`
+(audio_common_msgs/AudioDataStamped) described by `audio_info` (AudioInfo, transient local).
+PCM S16LE, S32LE, F32LE or U8, any channel count (averaged) and any rate (resampled per window).
+With audio_msg 'mgonzs13' it reads mgonzs13/audio_common's AudioStamped, which carries its own
+format; that package is not installed where lightmer is tested, so the node then refuses to start
+unless `audio_common_msgs.msg.AudioStamped` is importable.
+For each segment, once audio reaches its reference time + d/2, publishes the log-mel as a 32FC1
+Image on `log_mel` stamped with the reference time. Windows the audio does not cover are counted
+(`audio_gap`) and skipped.
+"""
+from __future__ import annotations
+
+import torch
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from lightmer.features import to_mono
+from lightmer.streaming import AudioSegmenter
+
+from .common import Reporter, run_node
+from .conversions import (
+    AudioFormat,
+    ConversionError,
+    array_to_image,
+    audio_format_from_info,
+    float_to_time,
+    mgonzs13_to_samples,
+    pcm_to_samples,
+    time_to_float,
+)
+from .params import AudioFeatureParams, declare_and_read, load_for_node
+from .qos import input_qos, latched_qos, output_qos
+
+
+class AudioFeatureNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__('audio_feature', **kwargs)
+        self.params = declare_and_read(self, AudioFeatureParams)
+        torch.set_num_threads(self.params.torch_threads)
+        _, meta, segment_s = load_for_node(self.params)
+        self._segmenter = AudioSegmenter(meta.features, segment_s, self.params.reference,
+                                         self.params.gap_tolerance_s)
+        self._segmenter.warm_up()
+        self._format: AudioFormat | None = None
+        self._rejected = 0
+        self._resets = 0
+        self.reporter = Reporter(self, self.params.diagnostics_period_s, self._counts)
+        self._pub = self.create_publisher(Image, 'log_mel', output_qos())
+        qos = input_qos(self.params.qos_reliability, self.params.qos_depth)
+        if self.params.audio_msg == 'ros-drivers':
+            from audio_common_msgs.msg import AudioDataStamped, AudioInfo
+
+            self._sub = self.create_subscription(AudioDataStamped, 'audio',
+                                                 self.audio_callback, qos)
+            self._info_sub = self.create_subscription(AudioInfo, 'audio_info',
+                                                      self.info_callback, latched_qos())
+        else:
+            try:
+                from audio_common_msgs.msg import AudioStamped
+            except ImportError:
+                raise ValueError(
+                    "audio_msg is 'mgonzs13' but audio_common_msgs here is the ros-drivers "
+                    'package (no AudioStamped); build mgonzs13/audio_common, or set '
+                    "audio_msg:=ros-drivers") from None
+            self._sub = self.create_subscription(AudioStamped, 'audio',
+                                                 self.mgonzs13_callback, qos)
+
+    def _counts(self) -> dict:
+        c = self._segmenter.counts
+        return {'published': c.published, 'audio_gap': c.gaps, 'resets': self._resets,
+                'rejected': self._rejected,
+                'format': 'none' if self._format is None else
+                f'{self._format.channels}ch {self._format.sample_rate} Hz {self._format.dtype}'}
+
+    def info_callback(self, msg) -> None:
+        try:
+            fmt = audio_format_from_info(msg.channels, msg.sample_rate, msg.sample_format,
+                                         msg.coding_format)
+        except ConversionError as exc:
+            self._format = None
+            self.reporter.error(f'audio refused: {exc}')
+            return
+        if fmt != self._format:
+            self.get_logger().info(f'audio format: {fmt.channels} ch, {fmt.sample_rate} Hz, '
+                                   f'{msg.sample_format}')
+            self._segmenter.reset()
+            self._format = fmt
+            self.reporter.clear()
+
+    def audio_callback(self, msg) -> None:
+        if self._format is None:
+            self._rejected += 1
+            self.reporter.error('audio dropped: no usable AudioInfo on audio_info yet '
+                                '(is audio_capture running with format:=wave?)')
+            return
+        try:
+            samples = pcm_to_samples(msg.audio.data, self._format)     # (n, channels)
+        except ConversionError as exc:
+            self._drop(str(exc))
+            return
+        self._push(msg.header, samples, self._format.sample_rate)
+
+    def mgonzs13_callback(self, msg) -> None:
+        info = msg.audio.info
+        try:
+            samples = mgonzs13_to_samples(msg.audio.audio_data, info.format, info.channels)
+        except ConversionError as exc:
+            self._drop(str(exc))
+            return
+        self._push(msg.header, samples, int(info.rate))
+
+    def _push(self, header: Header, samples, sample_rate: int) -> None:
+        resets = self._segmenter.counts.resets
+        try:
+            mels = self._segmenter.push(time_to_float(header.stamp), to_mono(samples),
+                                        sample_rate)
+        except ValueError as exc:
+            self._drop(str(exc))
+            return
+        if self._segmenter.counts.resets != resets:
+            self._resets += 1
+            self.reporter.warn('audio stamps went backwards (a bag looping?): buffer reset')
+        for _, t_ref, mel in mels:                                    # mel float32 (128, 43)
+            out = Header(stamp=float_to_time(t_ref), frame_id=header.frame_id)
+            self._pub.publish(array_to_image(mel, out))
+            self.reporter.clear()                                      # recovered
+
+    def _drop(self, reason: str) -> None:
+        self._rejected += 1
+        self._segmenter.discontinuity()
+        self.reporter.error(f'audio chunk dropped: {reason}')
+
+
+def main(args=None) -> int:
+    return run_node(AudioFeatureNode, args)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

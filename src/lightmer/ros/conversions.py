@@ -1,0 +1,253 @@
+"""Messages <-> numpy arrays: images, audio chunks, stamps and classification outputs.
+
+The only module that knows message layouts. Conversions are numpy only: the five image
+encodings the nodes accept are plain byte layouts that numpy reads exactly, so cv_bridge (not
+installable from PyPI, and a second code path that could disagree) is not needed.
+Errors are `ConversionError` (a ValueError) with a message that says what to change.
+"""
+from __future__ import annotations
+
+import io
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+from vision_msgs.msg import Classification, LabelInfo, ObjectHypothesis, VisionClass
+
+# encoding -> (channels, how to reach RGB from the stored channel order)
+IMAGE_ENCODINGS = {
+    'rgb8': (3, (0, 1, 2)),
+    'bgr8': (3, (2, 1, 0)),
+    'rgba8': (4, (0, 1, 2)),
+    'bgra8': (4, (2, 1, 0)),
+    'mono8': (1, None),
+}
+
+# ros-drivers AudioInfo.sample_format -> numpy dtype of one sample
+SAMPLE_FORMATS = {
+    'S16LE': np.dtype('<i2'),
+    'S32LE': np.dtype('<i4'),
+    'F32LE': np.dtype('<f4'),
+    'U8': np.dtype('u1'),
+}
+# coding_format values that mean raw interleaved PCM
+PCM_CODINGS = ('wave', 'wav', 'raw', 'pcm', '')
+
+# mgonzs13 AudioInfo.format (PortAudio sample format flags) -> AudioData field and dtype
+MGONZS13_FORMATS = {
+    1: ('float32_data', np.dtype(np.float32)),
+    2: ('int32_data', np.dtype(np.int32)),
+    8: ('int16_data', np.dtype(np.int16)),
+    16: ('int8_data', np.dtype(np.int8)),
+    32: ('uint8_data', np.dtype(np.uint8)),
+}
+
+
+class ConversionError(ValueError):
+    """A message that cannot be converted; the text says what to change at the source."""
+
+
+# --- time ------------------------------------------------------------------------------------
+def time_to_float(stamp: Time) -> float:
+    """builtin_interfaces/Time -> seconds (float64)."""
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def float_to_time(t: float) -> Time:
+    """Seconds -> builtin_interfaces/Time, rounded to the nearest nanosecond."""
+    total_ns = int(round(t * 1e9))
+    sec, nanosec = divmod(total_ns, 1_000_000_000)
+    return Time(sec=sec, nanosec=nanosec)
+
+
+# --- images ----------------------------------------------------------------------------------
+def image_to_rgb(msg: Image) -> np.ndarray:
+    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8) -> uint8 (H, W, 3) RGB, a new array.
+
+    Rows may be padded (`step` > width * channels). Raises ConversionError for other encodings,
+    empty images and data shorter than height * step.
+    """
+    enc = msg.encoding.lower()
+    if enc not in IMAGE_ENCODINGS:
+        raise ConversionError(f'unsupported image encoding {msg.encoding!r}; publish one of '
+                              f'{sorted(IMAGE_ENCODINGS)} (e.g. set the camera driver to rgb8)')
+    channels, order = IMAGE_ENCODINGS[enc]
+    pixels = _image_array(msg, channels, np.dtype(np.uint8))          # (H, W, channels)
+    if order is None:
+        return np.repeat(pixels, 3, axis=2)
+    return np.ascontiguousarray(pixels[:, :, list(order)])
+
+
+def image_to_array(msg: Image) -> np.ndarray:
+    """mono8 -> uint8 (H, W); 32FC1 -> float32 (H, W) (a new array)."""
+    if msg.encoding == 'mono8':
+        return _image_array(msg, 1, np.dtype(np.uint8))[:, :, 0].copy()
+    if msg.encoding == '32FC1':
+        dtype = np.dtype('>f4' if msg.is_bigendian else '<f4')
+        return _image_array(msg, 1, dtype)[:, :, 0].astype(np.float32)
+    raise ConversionError(f'expected a mono8 or 32FC1 image, got {msg.encoding!r}; this topic '
+                          'is written by lightmer nodes, check the remappings')
+
+
+def _image_array(msg: Image, channels: int, dtype: np.dtype) -> np.ndarray:
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    row = w * channels * dtype.itemsize
+    if h == 0 or w == 0:
+        raise ConversionError(f'empty image ({w}x{h}); the camera sent no pixels')
+    if step < row:
+        raise ConversionError(f'image step {step} is smaller than width*channels*bytes {row}')
+    data = memoryview(msg.data).cast('B') if not isinstance(msg.data, bytes) else msg.data
+    if len(data) < h * step:
+        raise ConversionError(f'truncated image: {len(data)} bytes for {h} rows of {step} '
+                              f'bytes ({msg.encoding} {w}x{h})')
+    buf = np.frombuffer(data, dtype=np.uint8, count=h * step).reshape(h, step)[:, :row]
+    return buf.copy().view(dtype).reshape(h, w, channels)
+
+
+def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg, png: anything PIL reads) -> uint8 (H, W, 3) RGB."""
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    try:
+        with PILImage.open(io.BytesIO(bytes(msg.data))) as img:
+            return np.asarray(img.convert('RGB'), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ConversionError(f'cannot decode compressed image (format {msg.format!r}): {exc}; '
+                              'publish jpeg or png') from exc
+
+
+def array_to_image(array: np.ndarray, header: Header) -> Image:
+    """uint8 (H, W) -> mono8 Image; float32 (H, W) -> 32FC1 Image (native byte order)."""
+    a = np.ascontiguousarray(array)
+    if a.ndim != 2:
+        raise ConversionError(f'expected a 2-D array, got shape {a.shape}')
+    if a.dtype == np.uint8:
+        encoding = 'mono8'
+    elif a.dtype == np.float32:
+        encoding = '32FC1'
+    else:
+        raise ConversionError(f'expected uint8 or float32, got {a.dtype}')
+    msg = Image(header=header, height=a.shape[0], width=a.shape[1], encoding=encoding,
+                is_bigendian=int(sys.byteorder == 'big'), step=a.shape[1] * a.itemsize)
+    msg.data = a.tobytes()
+    return msg
+
+
+# --- audio -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AudioFormat:
+    """A validated PCM stream description."""
+
+    channels: int
+    sample_rate: int          # Hz
+    dtype: np.dtype           # one sample, with its byte order
+
+
+def audio_format_from_info(channels: int, sample_rate: int, sample_format: str,
+                           coding_format: str) -> AudioFormat:
+    """Validate ros-drivers AudioInfo fields. Raises ConversionError that names the fix."""
+    coding = coding_format.strip().lower()
+    if coding not in PCM_CODINGS:
+        raise ConversionError(
+            f'audio stream is {coding_format!r}, not raw PCM; lightmer needs wave samples: '
+            'run audio_capture with format:=wave (e.g. sample_format:=S16LE '
+            'sample_rate:=16000 channels:=1)')
+    fmt = sample_format.strip().upper()
+    if fmt not in SAMPLE_FORMATS:
+        raise ConversionError(f'unsupported sample_format {sample_format!r}; use one of '
+                              f'{sorted(SAMPLE_FORMATS)} (audio_capture sample_format:=S16LE)')
+    if channels < 1:
+        raise ConversionError(f'AudioInfo says {channels} channels; it must be at least 1')
+    if sample_rate < 1000:
+        raise ConversionError(f'AudioInfo sample_rate {sample_rate} Hz is not a usable rate; '
+                              'publish the real capture rate (e.g. 16000)')
+    return AudioFormat(channels=int(channels), sample_rate=int(sample_rate),
+                       dtype=SAMPLE_FORMATS[fmt])
+
+
+def pcm_to_samples(data, fmt: AudioFormat) -> np.ndarray:
+    """Interleaved PCM bytes -> (n, channels) samples in their stored dtype (a new array).
+
+    Raises ConversionError when the byte count is not a whole number of frames.
+    """
+    raw = bytes(data)
+    frame_bytes = fmt.dtype.itemsize * fmt.channels
+    if len(raw) % frame_bytes:
+        raise ConversionError(f'{len(raw)} audio bytes are not whole frames of {frame_bytes} '
+                              f'bytes ({fmt.channels} x {fmt.dtype}); does AudioInfo match?')
+    return np.frombuffer(raw, dtype=fmt.dtype).reshape(-1, fmt.channels).copy()
+
+
+def mgonzs13_to_samples(audio_data, fmt_code: int, channels: int) -> np.ndarray:
+    """mgonzs13 AudioData (the field named by the format code) -> (n, channels) samples."""
+    if fmt_code not in MGONZS13_FORMATS:
+        raise ConversionError(f'unsupported mgonzs13 audio format {fmt_code}; use one of '
+                              f'{sorted(MGONZS13_FORMATS)} (1 = float32, 8 = int16)')
+    if channels < 1:
+        raise ConversionError(f'AudioInfo says {channels} channels; it must be at least 1')
+    name, dtype = MGONZS13_FORMATS[fmt_code]
+    a = np.asarray(getattr(audio_data, name), dtype=dtype)
+    if a.size % channels:
+        raise ConversionError(f'{a.size} samples are not whole frames of {channels} channels')
+    return a.reshape(-1, channels).copy()
+
+
+# --- outputs ---------------------------------------------------------------------------------
+def classification_msg(probs: np.ndarray, labels: tuple[str, ...],
+                       header: Header) -> Classification:
+    """float (C,) probabilities -> Classification with one hypothesis per class, label order."""
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    if p.shape[0] != len(labels):
+        raise ConversionError(f'{p.shape[0]} probabilities for {len(labels)} labels')
+    return Classification(header=header, results=[
+        ObjectHypothesis(class_id=label, score=float(score))
+        for label, score in zip(labels, p, strict=True)])
+
+
+def label_info_msg(labels: tuple[str, ...], header: Header) -> LabelInfo:
+    """The class map beside `emotion`: class_id i <-> labels[i]; threshold 0 (all published)."""
+    return LabelInfo(header=header, threshold=0.0, class_map=[
+        VisionClass(class_id=i, class_name=label) for i, label in enumerate(labels)])
+
+
+def diagnostics_msg(stamp: Time, name: str, counts: dict[str, int | float | str],
+                    problem: str = ''):
+    """One node's per-segment counts as a diagnostic_msgs/DiagnosticArray (level WARN with a
+    message when `problem` is set, OK otherwise)."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    status = DiagnosticStatus(
+        level=DiagnosticStatus.WARN if problem else DiagnosticStatus.OK, name=name,
+        message=problem or 'ok', hardware_id='lightmer',
+        values=[KeyValue(key=k, value=str(v)) for k, v in counts.items()])
+    return DiagnosticArray(header=Header(stamp=stamp), status=[status])
+
+
+def diagnostics_counts(msg) -> dict[str, dict[str, str]]:
+    """DiagnosticArray -> {status name: {key: value}} (what tests and tools read back)."""
+    return {s.name: {kv.key: kv.value for kv in s.values} for s in msg.status}
+
+
+# lightmer label -> hri_msgs/Expression constant (REP-155 has no 'calm': its nearest is neutral)
+HRI_EXPRESSIONS = {
+    'angry': 'angry', 'disgusted': 'disgusted', 'fearful': 'scared', 'happy': 'happy',
+    'neutral': 'neutral', 'sad': 'sad', 'surprised': 'surprised', 'calm': 'neutral',
+}
+
+
+def expression_fields(probs: np.ndarray, labels: tuple[str, ...]) -> tuple[str, float]:
+    """(hri expression constant, confidence) of the most probable class.
+
+    Probabilities of labels mapped to the same constant (calm and neutral) are added first.
+    """
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    merged: dict[str, float] = {}
+    for label, score in zip(labels, p, strict=True):
+        key = HRI_EXPRESSIONS.get(label, label)
+        merged[key] = merged.get(key, 0.0) + float(score)
+    best = max(merged, key=merged.__getitem__)
+    return best, merged[best]

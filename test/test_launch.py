@@ -1,0 +1,185 @@
+"""The launch file, checked without launch_ros (not installable here): statically with `ast`
+against the node description and setup.py, and by running it against small stand-ins for the
+launch API. Also the parameter files against the nodes' declared parameters, and bringup's
+error path."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightmer.ros.description import LAUNCH_ARGUMENTS, NODES, PACKAGE, resolve
+from lightmer.ros.params import (
+    AudioFeatureParams,
+    CommonParams,
+    FaceCropParams,
+    FusionParams,
+    parameter_names,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = ROOT / 'launch' / 'emotion.launch.py'
+PARAMS_OF = {'face_crop': FaceCropParams, 'audio_feature': AudioFeatureParams,
+             'fusion': FusionParams}
+
+
+def _console_scripts() -> dict[str, str]:
+    tree = ast.parse((ROOT / 'setup.py').read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict) and any(
+                isinstance(k, ast.Constant) and k.value == 'console_scripts' for k in node.keys):
+            i = [k.value for k in node.keys].index('console_scripts')
+            entries = ast.literal_eval(node.values[i])
+            return dict(e.replace(' ', '').split('=') for e in entries)
+    raise AssertionError('setup.py has no console_scripts')
+
+
+def test_every_described_node_is_a_setup_py_executable_with_main():
+    scripts = _console_scripts()
+    for node in NODES:
+        assert scripts.get(node.executable) == f'{node.module}:main', node.executable
+        module = importlib.import_module(node.module)
+        assert callable(module.main) and hasattr(module, node.class_name)
+    assert set(PARAMS_OF) == {n.name for n in NODES}
+
+
+def test_launch_file_is_built_from_the_description():
+    tree = ast.parse(LAUNCH.read_text())
+    imports = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+               for a in n.names}
+    assert {('lightmer.ros.description', 'LAUNCH_ARGUMENTS'), ('lightmer.ros.description',
+            'resolve'), ('launch_ros.actions', 'Node'),
+            ('launch.actions', 'DeclareLaunchArgument')} <= imports
+    functions = {f.name for f in tree.body if isinstance(f, ast.FunctionDef)}
+    assert 'generate_launch_description' in functions
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and isinstance(n.func, ast.Name) and n.func.id == 'Node']
+    assert len(calls) == 1, 'one Node action, repeated over the description'
+    keywords = {k.arg for k in calls[0].keywords}
+    assert {'package', 'executable', 'name', 'namespace', 'parameters',
+            'remappings'} <= keywords
+    # no topic, node or executable names typed into the launch file itself
+    literals = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
+                and isinstance(n.value, str)}
+    named = {n.executable for n in NODES} | {n.name for n in NODES} | {
+        a.default for a in LAUNCH_ARGUMENTS if a.default}
+    assert not (literals & named), literals & named
+
+
+class _Recorder:
+    """Stand-in for a launch class: keeps its constructor arguments."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+def _fake_launch_modules(values: dict[str, str]) -> dict[str, types.ModuleType]:
+    class LaunchConfiguration:
+        def __init__(self, name):
+            self.name = name
+
+        def perform(self, context):
+            return context[self.name]
+
+    mods = {name: types.ModuleType(name) for name in
+            ('launch', 'launch.actions', 'launch.substitutions', 'launch_ros',
+             'launch_ros.actions')}
+    mods['launch'].LaunchDescription = _Recorder
+    mods['launch.actions'].DeclareLaunchArgument = type('DeclareLaunchArgument', (_Recorder,), {})
+    mods['launch.actions'].OpaqueFunction = type('OpaqueFunction', (_Recorder,), {})
+    mods['launch.substitutions'].LaunchConfiguration = LaunchConfiguration
+    mods['launch_ros.actions'].Node = type('Node', (_Recorder,), {})
+    return mods
+
+
+@pytest.mark.parametrize('values', [
+    {},
+    {'model': '/m/model.pt', 'camera_topic': '/cam/image', 'audio_topic': '/mic/audio',
+     'audio_msg': 'mgonzs13', 'use_sim_time': 'true', 'namespace': 'robot1',
+     'params_file': '/cfg/ravdess.yaml'},
+])
+def test_launch_file_starts_what_bringup_starts(values, monkeypatch):
+    for name, module in _fake_launch_modules(values).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location('emotion_launch', LAUNCH)
+    launch_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch_module)
+    description = launch_module.generate_launch_description()
+    actions = description.args[0]
+    declared = {a.args[0]: a.kwargs for a in actions
+                if type(a).__name__ == 'DeclareLaunchArgument'}
+    assert list(declared) == [a.name for a in LAUNCH_ARGUMENTS]
+    assert all(d['description'] for d in declared.values())
+    (opaque,) = [a for a in actions if type(a).__name__ == 'OpaqueFunction']
+    context = {a.name: a.default for a in LAUNCH_ARGUMENTS} | values
+    nodes = opaque.kwargs['function'](context)
+    want = resolve(values)
+    assert len(nodes) == len(want) == 3
+    for node, inv in zip(nodes, want, strict=True):
+        kw = node.kwargs
+        assert kw['package'] == PACKAGE
+        assert (kw['executable'], kw['name']) == (inv.executable, inv.name)
+        assert kw['parameters'] == [*inv.params_files, inv.parameters]
+        assert kw['remappings'] == list(inv.remappings)
+        assert (kw['namespace'] or '') == inv.namespace
+    if values:
+        face, audio, fusion = want
+        assert ('image', '/cam/image') in face.remappings
+        assert audio.parameters['audio_msg'] == 'mgonzs13'
+        assert fusion.parameters == {'use_sim_time': True, 'model_path': '/m/model.pt'}
+        assert face.namespace == '/robot1' and face.params_files == ('/cfg/ravdess.yaml',)
+        args = face.ros_args()
+        assert args[:3] == ['--ros-args', '-r', '__node:=face_crop']
+        assert '__ns:=/robot1' in args and 'image:=/cam/image' in args
+        assert 'use_sim_time:=true' in args
+
+
+def test_resolve_refuses_unknown_arguments_and_bad_booleans():
+    with pytest.raises(ValueError, match='unknown launch arguments'):
+        resolve({'camera': '/x'})
+    with pytest.raises(ValueError, match='use_sim_time'):
+        resolve({'use_sim_time': 'maybe'})
+
+
+@pytest.mark.parametrize('name', ['lightmer.yaml', 'crema_d.yaml', 'ravdess.yaml'])
+def test_parameter_files_only_set_declared_parameters_of_the_right_type(name):
+    doc = yaml.safe_load((ROOT / 'config' / name).read_text())
+    common = doc.pop('/**')['ros__parameters']
+    _check_types(CommonParams, common)
+    for key, section in doc.items():
+        node = key.removeprefix('/**/')
+        assert node in PARAMS_OF, f'{name}: {key} names no lightmer node'
+        values = section['ros__parameters']
+        _check_types(PARAMS_OF[node], values)
+        PARAMS_OF[node](**common, **values)           # and the values are valid together
+
+
+def _check_types(cls, values: dict) -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        assert key in defaults, f'{key} is not a parameter of {cls.__name__}'
+        # ROS refuses an int for a double parameter (and the reverse)
+        assert type(value) is type(defaults[key]), f'{key}: {value!r}'
+
+
+def test_every_parameter_has_a_description():
+    for cls in PARAMS_OF.values():
+        for f in dataclasses.fields(cls):
+            assert len(f.metadata.get('description', '')) > 10, f.name
+        assert set(parameter_names(CommonParams)) <= set(parameter_names(cls))
+
+
+def test_bringup_without_a_model_exits_with_a_fix_it_message(capsys):
+    from lightmer.ros.bringup import run_bringup
+
+    assert run_bringup(model=ROOT / 'no-such-model.pt') == 1
+    err = capsys.readouterr().err
+    assert 'no checkpoint' in err and 'lightmer train' in err
+    assert run_bringup() == 1
+    assert 'model_path is empty' in capsys.readouterr().err

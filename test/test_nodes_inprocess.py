@@ -1,0 +1,196 @@
+"""The three nodes in one process (`lightmer bringup`'s start_bringup) over real DDS on loopback:
+a generated clip in, the offline model's probabilities out."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import rclpy
+import torch
+
+import ros_helpers as rh
+from lightmer.ros.bringup import start_bringup
+from lightmer.ros.conversions import time_to_float
+
+N, MIN_SEGMENTS, SEGMENT_S = 5, 2, 0.5
+OFFSET_BEST_EFFORT = 100.0       # a multiple of T: segment k + 200 replays segment k
+
+
+def write_params(path, audio_qos: str = 'reliable') -> str:
+    path.write_text(
+        '/**:\n  ros__parameters:\n    diagnostics_period_s: 0.2\n'
+        f'/**/audio_feature:\n  ros__parameters:\n    qos_reliability: {audio_qos}\n'
+        f'/**/fusion:\n  ros__parameters:\n    min_segments: {MIN_SEGMENTS}\n')
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp('inprocess')
+    checkpoint = rh.make_checkpoint(tmp / 'model.pt')
+    clip = rh.make_clip(SEGMENT_S)
+    expected = rh.expected_windows(clip, checkpoint, N, MIN_SEGMENTS)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    running = start_bringup({'model': str(checkpoint),
+                             'params_file': write_params(tmp / 'params.yaml')}, context=context)
+    yield {'context': context, 'checkpoint': checkpoint, 'clip': clip, 'expected': expected,
+           'running': running, 'tmp': tmp}
+    running.stop()
+    rclpy.shutdown(context=context)
+
+
+def _check_equal(got: dict, expected: dict, shift: int = 0) -> None:
+    for k, probs in expected.items():
+        assert k + shift in got, f'no window for segment {k + shift}'
+        np.testing.assert_allclose(got[k + shift], probs, atol=1e-5)
+        assert abs(got[k + shift].sum() - 1) < 1e-6
+
+
+def test_reliable_publishers_give_the_offline_probabilities(setup):
+    expected = setup['expected']
+    assert len(expected) >= 4
+    # the windows differ from each other, so equality below is not a coincidence
+    assert np.ptp(np.stack(list(expected.values())), axis=0).max() > 1e-3
+    probe = rh.Probe(setup['context'], name='probe_reliable')
+    try:
+        probe.wait_matched()
+        probe.publish_info()
+        probe.wait_format('/audio_feature')
+        probe.prime_audio(rh.T0 - 30)
+        probe.play(setup['clip'])
+        snap = probe.wait_for(
+            lambda s: len(rh.emotion_by_segment(s.emotion, SEGMENT_S)) >= len(expected) and s,
+            60, 'one emotion window per expected segment')
+        got = rh.emotion_by_segment(snap.emotion, SEGMENT_S)
+        _check_equal(got, expected)
+        assert set(got) == set(expected), 'no window beyond those the clip supports'
+        m = snap.emotion[0]
+        assert m.header.frame_id == rh.FRAME_ID
+        assert [h.class_id for h in m.results] == ['angry', 'disgusted', 'fearful', 'happy',
+                                                   'neutral', 'sad']
+        assert [c.class_name for c in snap.label_info[0].class_map][0] == 'angry'
+        # crops carry their source frame's header; mels are stamped with reference times
+        frame_stamps = {round(float(t), 6) for t in setup['clip'].frame_times}
+        assert all(round(time_to_float(c.header.stamp), 6) in frame_stamps for c in snap.crops)
+        assert {(c.height, c.width, c.encoding) for c in snap.crops} == {(98, 80, 'mono8')}
+        assert {(m.height, m.width, m.encoding) for m in snap.mels} == {(128, 43, '32FC1')}
+        # the per-segment model ran once per segment, whatever the number of windows
+        fusion = setup['running'].node('fusion')
+        assert fusion.fuser.counts.model_calls == len(expected) + MIN_SEGMENTS - 1
+        diag = probe.wait_for(
+            lambda s: s.diagnostics.get('/fusion', {}).get('used') == str(
+                fusion.fuser.counts.used) and s.diagnostics, 10, 'fusion diagnostics')
+        assert diag['/face_crop']['no_face'] == '0'
+        assert int(diag['/audio_feature']['published']) >= len(expected)
+        # the primer's run ended 30 s before the clip: the segments between count as gaps
+        assert int(diag['/audio_feature']['audio_gap']) >= 50
+    finally:
+        probe.close()
+
+
+def test_best_effort_camera_works_too(setup):
+    # the default image subscription is best effort, so it takes both kinds of camera
+    probe = rh.Probe(setup['context'], image_reliable=False, audio_reliable=True,
+                     name='probe_best_effort')
+    try:
+        probe.wait_matched()
+        probe.publish_info()
+        probe.wait_format('/audio_feature')
+        probe.prime_audio(rh.T0 + OFFSET_BEST_EFFORT - 30)
+        probe.play(setup['clip'], offset_s=OFFSET_BEST_EFFORT)
+        shift = int(round(OFFSET_BEST_EFFORT / SEGMENT_S))
+        want = {k + shift for k in setup['expected']}
+        snap = probe.wait_for(
+            lambda s: want <= set(rh.emotion_by_segment(s.emotion, SEGMENT_S)) and s,
+            60, 'the best-effort replay windows')
+        _check_equal(rh.emotion_by_segment(snap.emotion, SEGMENT_S), setup['expected'], shift)
+    finally:
+        probe.close()
+
+
+def test_sim_time_and_best_effort_audio(setup):
+    """use_sim_time: the nodes' clocks follow /clock; the output is still stamped and equal.
+    Here every publisher is best effort, with the audio subscription set to best_effort."""
+    ns = '/sim'
+    running = start_bringup({
+        'model': str(setup['checkpoint']), 'use_sim_time': 'true', 'namespace': ns,
+        'params_file': write_params(setup['tmp'] / 'sim.yaml', audio_qos='best_effort'),
+        'camera_topic': f'{ns}/camera/image_raw', 'audio_topic': f'{ns}/audio/audio_stamped',
+        'audio_info_topic': f'{ns}/audio/audio_info'}, context=setup['context'])
+    probe = rh.Probe(setup['context'], namespace=ns, name='probe_sim', image_reliable=False,
+                     audio_reliable=False)
+    try:
+        fusion = running.node('fusion')
+        assert fusion.get_parameter('use_sim_time').value is True
+        assert fusion.get_fully_qualified_name() == '/sim/fusion'
+        probe.wait_matched()
+        probe.publish_info()
+        probe.wait_format(f'{ns}/audio_feature')
+        probe.prime_audio(rh.T0 - 30)
+        probe.play(setup['clip'], clock=True)
+        snap = probe.wait_for(
+            lambda s: set(setup['expected']) <= set(rh.emotion_by_segment(s.emotion, SEGMENT_S))
+            and s, 60, 'sim-time windows')
+        _check_equal(rh.emotion_by_segment(snap.emotion, SEGMENT_S), setup['expected'])
+        last = float(setup['clip'].frame_times[-1])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            now = fusion.get_clock().now().nanoseconds / 1e9
+            if abs(now - last) < 0.5:
+                break
+            time.sleep(0.05)
+        assert abs(now - last) < 0.5, f'node clock {now} does not follow /clock ({last})'
+        assert abs(now - time.time()) > 1e6, 'the node clock is not wall time'
+    finally:
+        probe.close()
+        running.stop()
+
+
+def test_parameters_are_described_and_compressed_images_are_read(setup):
+    """Every declared parameter carries its description; compressed_input reads JPEG frames."""
+    import io
+
+    from PIL import Image as PILImage
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import CompressedImage, Image
+    from std_msgs.msg import Header
+
+    from lightmer.ros.conversions import float_to_time
+    from lightmer.ros.face_crop_node import FaceCropNode
+    from lightmer.ros.qos import output_qos
+
+    for node in setup['running'].nodes:
+        for name in node.params.__dataclass_fields__:
+            assert len(node.describe_parameter(name).description) > 10, name
+    context = setup['context']
+    face = FaceCropNode(context=context, cli_args=[
+        '--ros-args', '-r', '__ns:=/cmp', '-p', f'model_path:={setup["checkpoint"]}',
+        '-p', 'compressed_input:=true', '-p', 'reference:=start'])
+    probe = rclpy.create_node('probe_compressed', namespace='/cmp', context=context)
+    crops = []
+    probe.create_subscription(Image, 'face_crop', crops.append, output_qos())
+    pub = probe.create_publisher(CompressedImage, 'image/compressed', 10)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(face)
+    executor.add_node(probe)
+    try:
+        buf = io.BytesIO()
+        PILImage.fromarray(setup['clip'].frames[0]).save(buf, format='JPEG', quality=95)
+        deadline = time.monotonic() + 30
+        t = 500.0
+        while not crops and time.monotonic() < deadline:
+            if pub.get_subscription_count():
+                pub.publish(CompressedImage(header=Header(stamp=float_to_time(t)),
+                                            format='jpeg', data=buf.getvalue()))
+                t += 0.5                      # one frame per segment; 'start' emits at once
+            executor.spin_once(timeout_sec=0.1)
+        assert crops, 'no crop from the compressed frames'
+        assert (crops[0].height, crops[0].width, crops[0].encoding) == (98, 80, 'mono8')
+        assert face.counts['rejected'] == 0
+    finally:
+        executor.shutdown()
+        face.destroy_node()
+        probe.destroy_node()
