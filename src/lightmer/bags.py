@@ -24,6 +24,7 @@ bag's start time as offsets from it.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import heapq
 import io
 import math
@@ -368,9 +369,17 @@ def read_labels(path, bag_start_s: float | None = None) -> list[LabelRow]:
 
 
 def make_bag(dataset: str, root, out, actors: Sequence[str] | None = None,
-             storage: str = 'mcap', gap_s: float = 1.0) -> str:
+             storage: str = 'mcap', gap_s: float = 1.0, occlude: float = 0.0,
+             seed: int = 0) -> str:
     """Lay a dataset's clips (optionally only `actors`) on one timeline in a rosbag2 at `out`,
-    with a labels CSV beside it. Returns a one-paragraph report."""
+    with a labels CSV beside it. Returns a one-paragraph report.
+
+    `occlude` in [0, 1) blanks that fraction of the camera frames (seeded; each frame
+    independently), as when a person looks away: the face node then finds no face for some
+    segments, which is what the fusion node's missing-modality policies are for.
+    """
+    if not 0 <= occlude < 1:
+        raise ValueError(f'occlude must be in [0, 1), got {occlude}')
     from lightmer.config import PRESETS
     from lightmer.datasets.loaders import index_dataset
 
@@ -386,15 +395,27 @@ def make_bag(dataset: str, root, out, actors: Sequence[str] | None = None,
     records = sorted(records, key=lambda r: r.clip_id)
     code_to_label = dict(zip(preset.codes, preset.labels, strict=True))
 
+    rng = np.random.default_rng(seed)
+
     def clips() -> Iterator[BagClip]:
         for rec in _progress(records, 'make-bag'):
-            yield _load_clip(rec, code_to_label[rec.label])
+            clip = _load_clip(rec, code_to_label[rec.label])
+            if occlude > 0:
+                clip = occluded(clip, rng.random(len(clip.frames)) < occlude)
+            yield clip
 
     summary = write_bag(clips(), out, storage=storage, gap_s=gap_s)
     counts = ', '.join(f'{t} {n}' for t, n in summary['messages'].items())
     return (f"wrote {summary['bag']} ({storage}): {summary['clips']} clips, "
             f"{summary['duration_s']:.1f} s, messages: {counts}; labels {summary['labels']}; "
             f'{len(skipped)} file(s) skipped while indexing')
+
+
+def occluded(clip: BagClip, mask: np.ndarray) -> BagClip:
+    """A copy of `clip` whose frames where `mask` (bool (F,)) is set are plain grey."""
+    frames = clip.frames.copy()
+    frames[mask] = 128
+    return dataclasses.replace(clip, frames=frames)
 
 
 def _progress(items, desc: str):

@@ -193,6 +193,10 @@ def _add_make_bag(sub) -> None:
     p.add_argument('--actors', nargs='+', default=None, help='actor ids to include')
     p.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap')
     p.add_argument('--gap', type=float, default=1.0, help='seconds of silence between clips')
+    p.add_argument('--occlude', type=float, default=0.0,
+                   help='fraction of camera frames to blank (seeded), to test the '
+                        'missing-modality policies')
+    p.add_argument('--seed', type=int, default=0, help='seed of --occlude')
 
 
 def _run_make_bag(args) -> int:
@@ -200,7 +204,8 @@ def _run_make_bag(args) -> int:
 
     try:
         report = make_bag(args.dataset, args.root, args.out, actors=args.actors,
-                          storage=args.storage, gap_s=args.gap)
+                          storage=args.storage, gap_s=args.gap, occlude=args.occlude,
+                          seed=args.seed)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f'lightmer make-bag: {e}', file=sys.stderr)
         return 2
@@ -224,6 +229,10 @@ def _add_eval_bag(sub) -> None:
     p.add_argument('--rate', type=_positive_float, default=1.0,
                    help='--live playback speed, x real time (the report says if the nodes '
                    'kept up)')
+    p.add_argument('--policy', choices=('skip', 'nearest'), default=None,
+                   help='missing-modality policy of the fusion node (default: the node\'s)')
+    p.add_argument('--min-segments', type=_positive_int, default=None,
+                   help='publish windows with at least this many of N segments (default: N)')
 
 
 def _run_eval_bag(args) -> int:
@@ -234,7 +243,8 @@ def _run_eval_bag(args) -> int:
     cfg = EvalConfig(bag=args.bag, labels=args.labels, checkpoint=args.checkpoint,
                      live=args.live, out=args.out, image_topic=args.image_topic,
                      audio_topic=args.audio_topic, audio_info_topic=args.audio_info_topic,
-                     anchor=args.anchor, rate=args.rate)
+                     anchor=args.anchor, rate=args.rate, policy=args.policy,
+                     min_segments=args.min_segments)
     try:
         result = evaluate_bag(cfg)
     except (BagFormatError, CheckpointError, FileNotFoundError, ValueError) as e:
