@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                     'bag': bag_name, 'anchor': anchor, 'policy': policy,
                     'window_accuracy': r['window_accuracy'],
                     'clip_accuracy': r['clip_accuracy'], 'windows': r['windows'],
-                    'segments_dropped': r.get('dropped', {}),
+                    'segments_dropped': r['segments_dropped'],
                     'look_ahead_after_segment_end_ms': round(look_ahead_s * 1000),
                     'processing_latency_ms_p50': r['latency_ms']['p50'],
                 })

@@ -426,14 +426,15 @@ def _progress(items, desc: str):
 
 def _load_clip(rec, label: str) -> BagClip:
     from lightmer.datasets.media import decode_audio, decode_video
-    from lightmer.features import resample, to_mono
+    from lightmer.features import resample
 
     frames, times, fps = decode_video(rec.video_path)
     audio, sr = decode_audio(rec.audio_path if rec.audio_path is not None else rec.video_path)
-    audio = resample(to_mono(audio), sr, SAMPLE_RATE)
-    times = np.asarray(times, np.float64)
-    # Clip-relative times: the first frame's presentation time is the clip's start.
-    return BagClip(rec.clip_id, label, frames, times - times[0], float(fps), audio)
+    audio = resample(audio, sr, SAMPLE_RATE)                  # decode_audio gives mono
+    # Container times, as `prepare` uses them: the audio starts at 0 on the same clock, so a
+    # first frame at 33 ms stays 33 ms after the clip's first sample (never before it).
+    times = np.maximum(np.asarray(times, np.float64), 0.0)
+    return BagClip(rec.clip_id, label, frames, times, float(fps), audio)
 
 
 # --- reading -----------------------------------------------------------------------------

@@ -25,11 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-NODE_MODULES = {
-    'face_crop': 'lightmer.ros.face_crop_node',
-    'audio_feature': 'lightmer.ros.audio_feature_node',
-    'fusion': 'lightmer.ros.fusion_node',
-}
+from lightmer.evaluate import loopback_env
+from lightmer.ros.description import NODE_MODULES
+
 SAMPLE_RATE = 16000
 CHUNK = 512                         # samples per audio message (32 ms, a usual capture size)
 FRAME_SHAPE = (480, 640)
@@ -171,9 +169,8 @@ def bench_nodes(checkpoint: Path | None, repeats: int) -> dict:
 
     from lightmer.config import FeatureConfig
 
-    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', ROS_LOCALHOST_ONLY='1',
-               OMP_NUM_THREADS='1')
-    os.environ.update(ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', ROS_LOCALHOST_ONLY='1')
+    env = loopback_env(dict(os.environ, OMP_NUM_THREADS='1'))
+    os.environ.update(loopback_env({}))                  # this process's own participant too
     latency_s = max(6.0, 0.75 * repeats)
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoint is None:

@@ -40,6 +40,7 @@ import numpy as np
 
 from lightmer import bags
 from lightmer.io_utils import atomic_save_json
+from lightmer.ros.description import NODE_MODULES
 
 CLIP_DECISION = 'argmax of the mean window probabilities over the windows stamped in the clip'
 
@@ -197,10 +198,10 @@ def _percentiles(values) -> dict:
 
 # --- offline replay ------------------------------------------------------------------------
 def stamp_seconds(stamp_ns: int) -> float:
-    """Integer nanoseconds -> seconds exactly as the nodes read a header stamp
-    (conversions.time_to_float: sec + nanosec * 1e-9), so both modes see the same floats."""
-    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
-    return sec + nanosec * 1e-9
+    """Integer nanoseconds -> seconds exactly as the nodes read a header stamp."""
+    from lightmer.ros.conversions import stamp_to_seconds
+
+    return stamp_to_seconds(*divmod(int(stamp_ns), 1_000_000_000))
 
 
 class OfflinePipeline:
@@ -283,11 +284,6 @@ def run_offline(cfg: EvalConfig, model, meta, settings: NodeSettings,
 
 
 # --- live replay through the three nodes over DDS ------------------------------------------
-NODE_MODULES = {
-    'face_crop': 'lightmer.ros.face_crop_node',
-    'audio_feature': 'lightmer.ros.audio_feature_node',
-    'fusion': 'lightmer.ros.fusion_node',
-}
 DIAGNOSTICS_PERIOD_S = 0.5
 
 

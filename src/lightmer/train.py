@@ -413,7 +413,8 @@ def _train_fold(cfg: TrainConfig, fold: int, split: Split, ids: dict[str, list[s
             moved = [s['clip_id'] for s in selected]
             labels_of.update((s['clip_id'], s['label']) for s in selected)
             train_ids += moved
-            pool = [c for c in pool if c not in frozenset(moved)]
+            moved_set = frozenset(moved)
+            pool = [c for c in pool if c not in moved_set]
 
         # Algorithm 1 line 11 (or a baseline epoch): one pass over D_train.
         lr = cfg.lr * (cfg.lr_decay if epoch >= cfg.lr_step_epoch else 1.0)

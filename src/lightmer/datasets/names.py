@@ -12,8 +12,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from lightmer.config import PRESETS
+
 # --- CREMA-D ---------------------------------------------------------------------------------
-CREMA_EMOTIONS = ('ANG', 'DIS', 'FEA', 'HAP', 'NEU', 'SAD')
+CREMA_EMOTIONS = PRESETS['crema-d'].codes      # one list of codes: the preset's class order
 CREMA_LEVELS = ('LO', 'MD', 'HI', 'XX')
 # The 12 sentences, by code; the texts are what the actors said (used by the generated corpus).
 CREMA_SENTENCES = {
@@ -40,7 +42,7 @@ _CREMA_RE = re.compile(r'^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$')
 # --- RAVDESS ---------------------------------------------------------------------------------
 RAVDESS_MODALITIES = {'01': 'audio-video', '02': 'video-only', '03': 'audio-only'}
 RAVDESS_CHANNELS = {'01': 'speech', '02': 'song'}
-RAVDESS_EMOTIONS = ('01', '02', '03', '04', '05', '06', '07', '08')
+RAVDESS_EMOTIONS = PRESETS['ravdess'].codes
 RAVDESS_STATEMENTS = {'01': 'Kids are talking by the door', '02': 'Dogs are sitting by the door'}
 RAVDESS_ACTORS = range(1, 25)             # 24 actors, 01..24
 _RAVDESS_RE = re.compile(r'^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})$')

@@ -51,9 +51,15 @@ class ConversionError(ValueError):
 
 
 # --- time ------------------------------------------------------------------------------------
+def stamp_to_seconds(sec: int, nanosec: int) -> float:
+    """A stamp's two fields -> seconds (float64). The one place this sum is written, so that
+    the nodes and the offline bag replay see the very same floats."""
+    return sec + nanosec * 1e-9
+
+
 def time_to_float(stamp: Time) -> float:
     """builtin_interfaces/Time -> seconds (float64)."""
-    return stamp.sec + stamp.nanosec * 1e-9
+    return stamp_to_seconds(stamp.sec, stamp.nanosec)
 
 
 def float_to_time(t: float) -> Time:
