@@ -194,3 +194,73 @@ def test_parameters_are_described_and_compressed_images_are_read(setup):
         executor.shutdown()
         face.destroy_node()
         probe.destroy_node()
+
+
+def test_compressed_frames_are_checked_on_arrival_and_decoded_only_when_selected(setup):
+    """Garbage is refused before it reaches the selector; a selected frame that starts like a
+    JPEG but does not decode costs its segment's crop (counted as rejected), and the next
+    segment's good frame is cropped again."""
+    import io
+
+    from PIL import Image as PILImage
+    from sensor_msgs.msg import CompressedImage
+    from std_msgs.msg import Header
+
+    from lightmer.ros.conversions import float_to_time
+    from lightmer.ros.face_crop_node import FaceCropNode
+
+    face = FaceCropNode(context=setup['context'], cli_args=[
+        '--ros-args', '-r', '__ns:=/cmp_bad', '-p', f'model_path:={setup["checkpoint"]}',
+        '-p', 'compressed_input:=true', '-p', 'reference:=start'])
+    try:
+        buf = io.BytesIO()
+        PILImage.fromarray(setup['clip'].frames[0]).save(buf, format='JPEG', quality=95)
+        jpeg = buf.getvalue()
+
+        def msg(t: float, data: bytes) -> CompressedImage:
+            return CompressedImage(header=Header(stamp=float_to_time(t)), format='jpeg',
+                                   data=data)
+
+        face.compressed_callback(msg(600.0, b'not an image'))
+        face.compressed_callback(msg(600.1, b''))
+        assert face.counts['rejected'] == 2 and face.counts['segments'] == 0
+        assert 'empty compressed image' in face.reporter.problem
+        face.compressed_callback(msg(600.5, jpeg[:300]))   # JPEG header, no image data
+        assert face.counts == {**face.counts, 'frames': 3, 'segments': 1, 'rejected': 3,
+                               'published': 0}
+        assert 'selected frame dropped' in face.reporter.problem
+        face.compressed_callback(msg(601.0, jpeg))
+        assert face.counts['published'] == 1 and face.counts['rejected'] == 3
+        assert face.reporter.problem == ''
+    finally:
+        face.destroy_node()
+
+
+def test_arrival_check_refuses_exactly_what_the_conversion_refuses():
+    """face_crop_node converts only selected frames, so its copy-free arrival check must agree
+    with image_to_rgb on every malformed raw image."""
+    from sensor_msgs.msg import Image
+
+    from lightmer.ros.conversions import ConversionError, image_to_rgb
+    from lightmer.ros.face_crop_node import check_image
+
+    def image(enc='rgb8', h=4, w=5, channels=3, pad=0, cut=0):
+        step = w * channels + pad
+        return Image(encoding=enc, height=h, width=w, step=step,
+                     data=bytes(max(h * step - cut, 0)))
+
+    cases = [image(), image(pad=3), image('mono8', channels=1), image('bgra8', channels=4),
+             image('yuv422', channels=2), image(h=0), image(w=0), image(cut=1),
+             image(pad=-1), image('rgba8', channels=3), Image(encoding='rgb8')]
+    outcomes = []
+    for msg in cases:
+        refused = []
+        for fn in (check_image, image_to_rgb):
+            try:
+                fn(msg)
+                refused.append(False)
+            except ConversionError:
+                refused.append(True)
+        assert refused[0] == refused[1], (msg.encoding, msg.height, msg.width, msg.step)
+        outcomes.append(refused[0])
+    assert outcomes == [False] * 4 + [True] * 7

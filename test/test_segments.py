@@ -6,10 +6,12 @@ from hypothesis import strategies as st
 
 from lightmer.segments import (
     choose_times,
+    jitter_centres,
     nearest_index,
     reference_time,
     segment_bounds,
     segment_index,
+    segment_members,
     window_indices,
 )
 
@@ -82,3 +84,35 @@ def test_streaming_grid():
     for k in range(20):                                 # each reference time maps back to k
         assert segment_index(reference_time(k, 0.6, 'centre'), 0.6) == k
         assert segment_index(reference_time(k, 0.6, 'start'), 0.6) == k
+
+
+def test_segment_members_are_half_open_with_the_last_segment_closed():
+    bounds = segment_bounds(2.0, 4)                         # edges 0, 0.5, 1, 1.5, 2
+    times = np.array([0.0, 0.25, 0.5, 0.99, 1.0, 1.5, 2.0, 2.01, -0.1])
+    before = times.copy()
+    members = segment_members(times, bounds)
+    assert [m.tolist() for m in members] == [[0, 1], [2, 3], [4], [5, 6]]
+    np.testing.assert_array_equal(times, before)            # pure
+    # each time inside the clip is in exactly one segment
+    grid = np.linspace(0.0, 2.0, 41)
+    counts = np.zeros(grid.size, int)
+    for m in segment_members(grid, bounds):
+        counts[m] += 1
+    assert np.all(counts == 1)
+    with pytest.raises(ValueError):
+        segment_members(times, bounds[:, 0])
+
+
+def test_jitter_centres_is_seeded_bounded_and_pure():
+    frames = np.linspace(0.1, 1.9, 50)
+    before = frames.copy()
+    a = jitter_centres(frames, np.random.default_rng(3), 0.010)
+    b = jitter_centres(frames, np.random.default_rng(3), 0.010)
+    np.testing.assert_array_equal(a, b)
+    assert 0 < np.abs(a - frames).max() <= 0.010
+    np.testing.assert_array_equal(frames, before)
+    zero = jitter_centres(frames, np.random.default_rng(3), 0.0)
+    np.testing.assert_array_equal(zero, frames)
+    assert zero is not frames
+    with pytest.raises(ValueError):
+        jitter_centres(frames, np.random.default_rng(3), -0.001)

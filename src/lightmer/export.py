@@ -17,12 +17,11 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lightmer.checkpoint import load_checkpoint
 from lightmer.io_utils import atomic_save_json, atomic_write
-from lightmer.model import LightmerNet
+from lightmer.model import LightmerNet, fuse_core
 
 FORMATS = ('torchscript',)
 
@@ -54,10 +53,11 @@ class SegmentPart(nn.Module):
 
 
 class FusionPart(nn.Module):
-    """(..., N, C) segment logits -> (..., C) probabilities: `model.fuse`."""
+    """(..., N, C) segment logits -> (..., C) probabilities: `model.fuse_core`, the same
+    computation `model.fuse` runs (scripted, so it compiles into the .ts file)."""
 
     def forward(self, segment_logits: torch.Tensor) -> torch.Tensor:
-        return F.softmax(segment_logits.mean(dim=-2), dim=-1)
+        return fuse_core(segment_logits)
 
 
 def export_parts(model: LightmerNet) -> tuple[torch.jit.ScriptModule, torch.jit.ScriptModule]:

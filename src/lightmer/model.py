@@ -162,6 +162,15 @@ def fuse(segment_logits: torch.Tensor) -> torch.Tensor:
     """
     if segment_logits.dim() < 2 or segment_logits.shape[-2] < 1:
         raise ValueError(f'expected (..., N, C) with N >= 1, got {tuple(segment_logits.shape)}')
+    return fuse_core(segment_logits)
+
+
+def fuse_core(segment_logits: torch.Tensor) -> torch.Tensor:
+    """`fuse` without its shape check, so TorchScript compiles it (the check's message builds a
+    tuple of a dynamic shape, which TorchScript cannot); the exported fusion part calls this.
+
+    (..., N, C) float -> (..., C) float = softmax over C of the mean over N.
+    """
     return F.softmax(segment_logits.mean(dim=-2), dim=-1)
 
 

@@ -38,17 +38,59 @@ def segment_bounds(duration_s: float, n_segments: int) -> np.ndarray:
     return np.stack([edges[:-1], edges[1:]], axis=1)
 
 
+def segment_members(times: np.ndarray, bounds: np.ndarray) -> list[np.ndarray]:
+    """Which of `times` fall in each segment: the one membership rule of the clip grid.
+
+    Segments are half-open [start, end) so a time on a shared boundary belongs to the segment
+    that starts there; the last segment is closed [start, end] so a frame exactly at the clip
+    end is not lost.
+
+    Args:
+        times: float (F,) seconds, any order; bounds: float (N, 2) [start, end] seconds, as
+        `segment_bounds` returns.
+    Returns:
+        N int64 arrays of indices into `times`, ascending; a segment may get none.
+    """
+    times = np.asarray(times, dtype=np.float64)
+    bounds = np.asarray(bounds, dtype=np.float64)
+    if times.ndim != 1 or bounds.ndim != 2 or bounds.shape[1] != 2:
+        raise ValueError(f'times must be 1-D and bounds (N, 2), got shapes {times.shape} and '
+                         f'{bounds.shape}')
+    last = len(bounds) - 1
+    return [np.flatnonzero((times >= a) & ((times < b) | ((s == last) & (times <= b))))
+            for s, (a, b) in enumerate(bounds)]
+
+
+def jitter_centres(frame_times: np.ndarray, rng: np.random.Generator,
+                   jitter_s: float) -> np.ndarray:
+    """Training audio-window centres: each frame time plus U(-jitter_s, +jitter_s) (paper V-A:
+    up to 10 ms), one draw per frame from `rng`.
+
+    Args:
+        frame_times: float (N,) seconds. jitter_s: >= 0 seconds; 0 draws nothing.
+    Returns:
+        float64 (N,) seconds, a new array. A centre may fall up to `jitter_s` outside the clip;
+        `features.audio_window` zero-pads past the clip edges, so that needs no special case.
+    """
+    if jitter_s < 0:
+        raise ValueError(f'jitter_s must be >= 0, got {jitter_s}')
+    frame_times = np.asarray(frame_times, dtype=np.float64)
+    if jitter_s == 0:
+        return frame_times.copy()
+    return frame_times + rng.uniform(-jitter_s, jitter_s, size=frame_times.shape)
+
+
 def choose_times(duration_s: float, n_segments: int, rng: np.random.Generator | None,
                  jitter_s: float) -> tuple[np.ndarray, np.ndarray]:
     """The frame time and the audio-window centre of each segment.
 
-    Training (`rng` given): the frame time is uniform inside its segment and the audio centre is
-    that time plus U(-jitter_s, +jitter_s) (paper V-A: up to 10 ms). The draw depends only on the
+    Inference (`rng` None): the segment centres, no jitter; the evaluation dataset and the
+    streaming nodes use these.
+    Random (`rng` given): the frame time is uniform inside its segment (any time, not only a
+    decoded frame's) and the audio centre is drawn by `jitter_centres`. Training does not use
+    this branch: `datasets.cache.SegmentDataset` draws among the segment's cached crops
+    (`segment_members`) and jitters with `jitter_centres` itself. The draw depends only on the
     generator's state, so a seeded generator gives the same times every run.
-    Inference (`rng` None): the segment centres, no jitter.
-
-    The audio centre may fall up to `jitter_s` outside [0, D]; `features.audio_window` zero-pads
-    past the clip edges, so that needs no special case.
 
     Returns:
         (frame_times, audio_centres): float64 (N,) each, seconds from the clip start.
@@ -60,8 +102,7 @@ def choose_times(duration_s: float, n_segments: int, rng: np.random.Generator | 
         frame_times = bounds.mean(axis=1)
         return frame_times, frame_times.copy()
     frame_times = rng.uniform(bounds[:, 0], bounds[:, 1])
-    offsets = rng.uniform(-jitter_s, jitter_s, size=n_segments) if jitter_s > 0 else 0.0
-    return frame_times, frame_times + offsets
+    return frame_times, jitter_centres(frame_times, rng, jitter_s)
 
 
 def nearest_index(times: np.ndarray, t: float) -> int:

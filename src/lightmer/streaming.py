@@ -41,7 +41,8 @@ class FrameSelector:
     Frames arrive in stamp order. A segment is emitted as soon as a frame at or after its
     reference time arrives (later frames can only be farther), or when a frame of a later
     segment arrives; so with anchor 'start' the first frame of a segment is emitted at once.
-    The payload is opaque (the node keeps the converted frame and its header there).
+    The payload is opaque (the node keeps the unconverted message there, so only emitted frames
+    are ever decoded).
     A stamp earlier than the previous one (a bag looping) resets the selector and counts it.
     """
 

@@ -36,7 +36,7 @@ from lightmer.config import FeatureConfig, get_preset
 from lightmer.datasets import media
 from lightmer.datasets.loaders import ClipRecord, Skipped, format_skipped, index_dataset
 from lightmer.io_utils import atomic_save_json, atomic_savez
-from lightmer.segments import segment_bounds
+from lightmer.segments import segment_bounds, segment_members
 
 FRAMES_PER_SEGMENT = 3
 CACHE_VERSION = 1
@@ -197,16 +197,14 @@ def select_frames(times: np.ndarray, bounds: np.ndarray, k: int) -> list[np.ndar
     """Per segment, the indices (into `times`) of up to `k` evenly spaced frames.
 
     Args:
-        times: float (F,) ascending frame times (s); bounds: (N, 2) segment [start, end) (s),
-        the last segment also takes a frame exactly at its end.
+        times: float (F,) ascending frame times (s); bounds: (N, 2) segment [start, end] (s);
+        membership is `segments.segment_members` ([start, end), the last segment closed).
     Returns:
         N int arrays. A segment holding no frame (clip shorter than N frames) gets the frame
         nearest its centre, so no segment is empty.
     """
     out = []
-    last = len(bounds) - 1
-    for s, (a, b) in enumerate(bounds):
-        inside = np.flatnonzero((times >= a) & ((times < b) | (s == last and times <= b)))
+    for (a, b), inside in zip(bounds, segment_members(times, bounds), strict=True):
         if inside.size == 0:
             out.append(np.array([int(np.argmin(np.abs(times - (a + b) / 2)))]))
         elif inside.size <= k:

@@ -17,6 +17,7 @@ from lightmer.streaming import FrameSelector
 
 from .common import Reporter, run_node
 from .conversions import (
+    IMAGE_ENCODINGS,
     ConversionError,
     array_to_image,
     compressed_to_rgb,
@@ -52,33 +53,79 @@ class FaceCropNode(Node):
             f'subscribing {self._sub.topic_name} ({self.params.qos_reliability})')
 
     def image_callback(self, msg: Image) -> None:
-        self._on_frame(msg, image_to_rgb)
+        self._on_frame(msg, check_image, image_to_rgb)
 
     def compressed_callback(self, msg: CompressedImage) -> None:
-        self._on_frame(msg, compressed_to_rgb)
+        self._on_frame(msg, check_compressed, compressed_to_rgb)
 
-    def _on_frame(self, msg, convert) -> None:
+    def _on_frame(self, msg, check, convert) -> None:
+        # Only one frame per segment is ever used, so the message itself waits in the selector
+        # and only the chosen ones are converted (a full JPEG decode for compressed input).
+        # The copy-free check here still reports malformed input on arrival.
         self.counts['frames'] += 1
         try:
-            frame = convert(msg)                                   # uint8 (H, W, 3) RGB
+            check(msg)
         except ConversionError as exc:
             self.counts['rejected'] += 1
             self.reporter.error(f'frame dropped: {exc}')
             return
         resets = self._selector.resets
-        chosen = self._selector.push(time_to_float(msg.header.stamp), (frame, msg.header))
+        chosen = self._selector.push(time_to_float(msg.header.stamp), msg)
         if self._selector.resets != resets:
             self.counts['resets'] += 1
             self.reporter.warn('image stamps went backwards (a bag looping?): segments reset')
-        for _, _, (selected, header) in chosen:
+        for _, _, selected in chosen:
             self.counts['segments'] += 1
-            crop = self._cropper([selected])[0]                    # uint8 (98, 80) or None
+            try:
+                frame = convert(selected)                          # uint8 (H, W, 3) RGB
+            except ConversionError as exc:
+                self.counts['rejected'] += 1
+                self.reporter.error(f'selected frame dropped, no crop for its segment: {exc}')
+                continue
+            crop = self._cropper([frame])[0]                       # uint8 (98, 80) or None
             if crop is None:
                 self.counts['no_face'] += 1
                 continue
-            self._pub.publish(array_to_image(crop, header))
+            self._pub.publish(array_to_image(crop, selected.header))
             self.counts['published'] += 1
             self.reporter.clear()                                  # recovered
+
+
+# Leading bytes of the formats compressed_image_transport writes (and PIL reads).
+_COMPRESSED_MAGIC = {b'\xff\xd8\xff': 'jpeg', b'\x89PNG\r\n\x1a\n': 'png'}
+
+
+def check_image(msg: Image) -> None:
+    """What image_to_rgb would refuse, found without touching the pixels.
+
+    Raises ConversionError for an unsupported encoding, an empty image, a step shorter than a
+    row, or data shorter than height * step.
+    """
+    enc = msg.encoding.lower()
+    if enc not in IMAGE_ENCODINGS:
+        raise ConversionError(f'unsupported image encoding {msg.encoding!r}; publish one of '
+                              f'{sorted(IMAGE_ENCODINGS)} (e.g. set the camera driver to rgb8)')
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    row = w * IMAGE_ENCODINGS[enc][0]
+    if h == 0 or w == 0:
+        raise ConversionError(f'empty image ({w}x{h}); the camera sent no pixels')
+    if step < row:
+        raise ConversionError(f'image step {step} is smaller than width*channels*bytes {row}')
+    n = len(msg.data)
+    if n < h * step:
+        raise ConversionError(f'truncated image: {n} bytes for {h} rows of {step} '
+                              f'bytes ({msg.encoding} {w}x{h})')
+
+
+def check_compressed(msg: CompressedImage) -> None:
+    """Cheap arrival check of a CompressedImage: non-empty, starting like a JPEG or PNG file."""
+    head = bytes(msg.data[:8])
+    if not head:
+        raise ConversionError(f'empty compressed image (format {msg.format!r}); the camera sent '
+                              'no bytes')
+    if not any(head.startswith(magic) for magic in _COMPRESSED_MAGIC):
+        raise ConversionError(f'compressed image (format {msg.format!r}) is neither JPEG nor '
+                              'PNG data; publish jpeg or png (image_transport compressed)')
 
 
 def main(args=None) -> int:
