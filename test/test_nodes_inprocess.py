@@ -241,8 +241,7 @@ def test_arrival_check_refuses_exactly_what_the_conversion_refuses():
     with image_to_rgb on every malformed raw image."""
     from sensor_msgs.msg import Image
 
-    from lightmer.ros.conversions import ConversionError, image_to_rgb
-    from lightmer.ros.face_crop_node import check_image
+    from lightmer.ros.conversions import ConversionError, check_image, image_to_rgb
 
     def image(enc='rgb8', h=4, w=5, channels=3, pad=0, cut=0):
         step = w * channels + pad

@@ -73,18 +73,21 @@ def float_to_time(t: float) -> Time:
 def image_to_rgb(msg: Image) -> np.ndarray:
     """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8) -> uint8 (H, W, 3) RGB, a new array.
 
-    Rows may be padded (`step` > width * channels). Raises ConversionError for other encodings,
-    empty images and data shorter than height * step.
+    Rows may be padded (`step` > width * channels). Raises ConversionError for what
+    `check_image` refuses.
     """
-    enc = msg.encoding.lower()
-    if enc not in IMAGE_ENCODINGS:
-        raise ConversionError(f'unsupported image encoding {msg.encoding!r}; publish one of '
-                              f'{sorted(IMAGE_ENCODINGS)} (e.g. set the camera driver to rgb8)')
-    channels, order = IMAGE_ENCODINGS[enc]
+    channels, order = _rgb_encoding(msg)
     pixels = _image_array(msg, channels, np.dtype(np.uint8))          # (H, W, channels)
     if order is None:
         return np.repeat(pixels, 3, axis=2)
     return np.ascontiguousarray(pixels[:, :, list(order)])
+
+
+def check_image(msg: Image) -> None:
+    """What image_to_rgb would refuse, found without touching the pixels: an unsupported
+    encoding, an empty image, a step shorter than a row, data shorter than height * step."""
+    channels, _ = _rgb_encoding(msg)
+    _image_layout(msg, channels, 1)
 
 
 def image_to_array(msg: Image) -> np.ndarray:
@@ -98,19 +101,48 @@ def image_to_array(msg: Image) -> np.ndarray:
                           'is written by lightmer nodes, check the remappings')
 
 
-def _image_array(msg: Image, channels: int, dtype: np.dtype) -> np.ndarray:
+def _rgb_encoding(msg: Image) -> tuple[int, tuple[int, ...] | None]:
+    enc = msg.encoding.lower()
+    if enc not in IMAGE_ENCODINGS:
+        raise ConversionError(f'unsupported image encoding {msg.encoding!r}; publish one of '
+                              f'{sorted(IMAGE_ENCODINGS)} (e.g. set the camera driver to rgb8)')
+    return IMAGE_ENCODINGS[enc]
+
+
+def _image_layout(msg: Image, channels: int, itemsize: int) -> tuple[int, int, int, int]:
+    """(height, width, step, row bytes) of a consistent image, or ConversionError."""
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    row = w * channels * dtype.itemsize
+    row = w * channels * itemsize
     if h == 0 or w == 0:
         raise ConversionError(f'empty image ({w}x{h}); the camera sent no pixels')
     if step < row:
         raise ConversionError(f'image step {step} is smaller than width*channels*bytes {row}')
-    data = memoryview(msg.data).cast('B') if not isinstance(msg.data, bytes) else msg.data
-    if len(data) < h * step:
-        raise ConversionError(f'truncated image: {len(data)} bytes for {h} rows of {step} '
+    if len(msg.data) < h * step:
+        raise ConversionError(f'truncated image: {len(msg.data)} bytes for {h} rows of {step} '
                               f'bytes ({msg.encoding} {w}x{h})')
+    return h, w, step, row
+
+
+def _image_array(msg: Image, channels: int, dtype: np.dtype) -> np.ndarray:
+    h, w, step, row = _image_layout(msg, channels, dtype.itemsize)
+    data = memoryview(msg.data).cast('B') if not isinstance(msg.data, bytes) else msg.data
     buf = np.frombuffer(data, dtype=np.uint8, count=h * step).reshape(h, step)[:, :row]
     return buf.copy().view(dtype).reshape(h, w, channels)
+
+
+# Leading bytes of the formats compressed_image_transport writes (and PIL reads).
+_COMPRESSED_MAGIC = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n')
+
+
+def check_compressed(msg: CompressedImage) -> None:
+    """Cheap arrival check of a CompressedImage: non-empty, starting like a JPEG or PNG file."""
+    head = bytes(msg.data[:8])
+    if not head:
+        raise ConversionError(f'empty compressed image (format {msg.format!r}); the camera sent '
+                              'no bytes')
+    if not head.startswith(_COMPRESSED_MAGIC):
+        raise ConversionError(f'compressed image (format {msg.format!r}) is neither JPEG nor '
+                              'PNG data; publish jpeg or png (image_transport compressed)')
 
 
 def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:

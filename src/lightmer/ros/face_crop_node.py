@@ -17,9 +17,10 @@ from lightmer.streaming import FrameSelector
 
 from .common import Reporter, run_node
 from .conversions import (
-    IMAGE_ENCODINGS,
     ConversionError,
     array_to_image,
+    check_compressed,
+    check_image,
     compressed_to_rgb,
     image_to_rgb,
     time_to_float,
@@ -89,43 +90,6 @@ class FaceCropNode(Node):
             self._pub.publish(array_to_image(crop, selected.header))
             self.counts['published'] += 1
             self.reporter.clear()                                  # recovered
-
-
-# Leading bytes of the formats compressed_image_transport writes (and PIL reads).
-_COMPRESSED_MAGIC = {b'\xff\xd8\xff': 'jpeg', b'\x89PNG\r\n\x1a\n': 'png'}
-
-
-def check_image(msg: Image) -> None:
-    """What image_to_rgb would refuse, found without touching the pixels.
-
-    Raises ConversionError for an unsupported encoding, an empty image, a step shorter than a
-    row, or data shorter than height * step.
-    """
-    enc = msg.encoding.lower()
-    if enc not in IMAGE_ENCODINGS:
-        raise ConversionError(f'unsupported image encoding {msg.encoding!r}; publish one of '
-                              f'{sorted(IMAGE_ENCODINGS)} (e.g. set the camera driver to rgb8)')
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    row = w * IMAGE_ENCODINGS[enc][0]
-    if h == 0 or w == 0:
-        raise ConversionError(f'empty image ({w}x{h}); the camera sent no pixels')
-    if step < row:
-        raise ConversionError(f'image step {step} is smaller than width*channels*bytes {row}')
-    n = len(msg.data)
-    if n < h * step:
-        raise ConversionError(f'truncated image: {n} bytes for {h} rows of {step} '
-                              f'bytes ({msg.encoding} {w}x{h})')
-
-
-def check_compressed(msg: CompressedImage) -> None:
-    """Cheap arrival check of a CompressedImage: non-empty, starting like a JPEG or PNG file."""
-    head = bytes(msg.data[:8])
-    if not head:
-        raise ConversionError(f'empty compressed image (format {msg.format!r}); the camera sent '
-                              'no bytes')
-    if not any(head.startswith(magic) for magic in _COMPRESSED_MAGIC):
-        raise ConversionError(f'compressed image (format {msg.format!r}) is neither JPEG nor '
-                              'PNG data; publish jpeg or png (image_transport compressed)')
 
 
 def main(args=None) -> int:
