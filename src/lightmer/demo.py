@@ -92,7 +92,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     strategies = ('uncertainty', 'full') if size.baseline else ('uncertainty',)
     summaries = {}
     for strategy in strategies:
-        with _stage(f'train fold 0 ({strategy})', timings):
+        with _stage(f'train {strategy} (fold 0)', timings):
             cfg = TrainConfig.for_dataset(
                 DATASET, cache=cache, out=run, strategy=strategy, n_folds=size.n_folds,
                 fold=0, epochs=size.epochs, n_uncertain=size.n_uncertain, lr=size.lr,
