@@ -147,6 +147,7 @@ class Probe:
         from sensor_msgs.msg import Image
         from vision_msgs.msg import Classification, LabelInfo
 
+        from lightmer.ros.common import node_with_own_participant
         from lightmer.ros.conversions import diagnostics_counts
         from lightmer.ros.qos import latched_qos, output_qos
 
@@ -159,13 +160,16 @@ class Probe:
             return QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE if reliable
                               else ReliabilityPolicy.BEST_EFFORT)
 
+        # The microphone has a participant of its own, as on a robot (see
+        # node_with_own_participant: sharing one delayed audio chunks by seconds).
+        self.mic = node_with_own_participant(f'{name}_mic', namespace=namespace or None)
         n = self.node
         self.image_pub = n.create_publisher(Image, f'{prefix}/camera/image_raw',
                                             qos(image_reliable))
-        self.audio_pub = n.create_publisher(
+        self.audio_pub = self.mic.create_publisher(
             AudioDataStamped, f'{prefix}/audio/audio_stamped', qos(audio_reliable))
-        self.info_pub = n.create_publisher(AudioInfo, f'{prefix}/audio/audio_info',
-                                            latched_qos())
+        self.info_pub = self.mic.create_publisher(AudioInfo, f'{prefix}/audio/audio_info',
+                                                  latched_qos())
         self.clock_pub = n.create_publisher(Clock, '/clock', 10)
 
         def keep(attr):
@@ -193,9 +197,12 @@ class Probe:
         self._thread.start()
 
     def close(self) -> None:
+        from lightmer.ros.common import close_own_participant
+
         self._executor.shutdown(timeout_sec=5.0)
         self._thread.join(timeout=5.0)
         self.node.destroy_node()
+        close_own_participant(self.mic)
 
     def snapshot(self) -> Collected:
         with self._lock:

@@ -86,7 +86,7 @@ def _memory_mb(pid: int) -> dict[str, float]:
 class _Driver:
     """Publishes camera and audio in wall-clock time; records what comes back."""
 
-    def __init__(self, node, window_half_s: float):
+    def __init__(self, node, mic, window_half_s: float):
         from audio_common_msgs.msg import AudioDataStamped, AudioInfo
         from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import Image
@@ -97,8 +97,10 @@ class _Driver:
         self.node = node
         self.window_half_s = window_half_s
         self.image_pub = node.create_publisher(Image, '/bench/image', output_qos())
-        self.audio_pub = node.create_publisher(AudioDataStamped, '/bench/audio', output_qos(50))
-        self.info_pub = node.create_publisher(AudioInfo, '/bench/audio_info', latched_qos())
+        # Audio from `mic`, a participant of its own as a microphone driver's would be
+        # (node_with_own_participant says what sharing the camera's cost).
+        self.audio_pub = mic.create_publisher(AudioDataStamped, '/bench/audio', output_qos(50))
+        self.info_pub = mic.create_publisher(AudioInfo, '/bench/audio_info', latched_qos())
         self.info_pub.publish(AudioInfo(channels=1, sample_rate=SAMPLE_RATE,
                                         sample_format='S16LE', bitrate=SAMPLE_RATE * 16,
                                         coding_format='wave'))
@@ -168,6 +170,7 @@ def bench_nodes(checkpoint: Path | None, repeats: int) -> dict:
     from rclpy.executors import SingleThreadedExecutor
 
     from lightmer.config import FeatureConfig
+    from lightmer.ros.common import close_own_participant, node_with_own_participant
 
     env = loopback_env(dict(os.environ, OMP_NUM_THREADS='1'))
     os.environ.update(loopback_env({}))                  # this process's own participant too
@@ -180,7 +183,8 @@ def bench_nodes(checkpoint: Path | None, repeats: int) -> dict:
         context = rclpy.Context()
         rclpy.init(context=context)
         node = rclpy.create_node('lightmer_bench_driver', context=context)
-        driver = _Driver(node, FeatureConfig().window_s / 2)
+        mic = node_with_own_participant('lightmer_bench_microphone')
+        driver = _Driver(node, mic, FeatureConfig().window_s / 2)
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
         spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -199,6 +203,7 @@ def bench_nodes(checkpoint: Path | None, repeats: int) -> dict:
         finally:
             executor.shutdown()
             node.destroy_node()
+            close_own_participant(mic)
             rclpy.try_shutdown(context=context)
             for p in nodes.values():
                 p.terminate()

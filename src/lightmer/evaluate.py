@@ -449,11 +449,13 @@ def _play_and_record(cfg, meta, topics, info, nodes: _NodeProcesses) -> RunResul
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Image
 
+    from lightmer.ros.common import close_own_participant, node_with_own_participant
     from lightmer.ros.conversions import float_to_time
     from lightmer.ros.qos import latched_qos
     from lightmer.streaming import segment_of_reference
 
     started = time.monotonic()
+    mic = None
     ctx = Context()
     rclpy.init(args=[], context=ctx)
     executor = SingleThreadedExecutor(context=ctx)
@@ -471,11 +473,14 @@ def _play_and_record(cfg, meta, topics, info, nodes: _NodeProcesses) -> RunResul
             return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
 
         clock_pub = player.create_publisher(Clock, '/clock', reliable(10))
+        # The bag's audio goes out from a participant of its own, as a microphone driver's
+        # would (node_with_own_participant says what sharing one with the camera cost).
+        mic = node_with_own_participant('lightmer_bag_player_audio')
         pubs = {topics.image: player.create_publisher(Image, topics.image, reliable(100)),
-                topics.audio: player.create_publisher(AudioDataStamped, topics.audio,
-                                                      reliable(500)),
-                topics.audio_info: player.create_publisher(AudioInfo, topics.audio_info,
-                                                           latched_qos())}
+                topics.audio: mic.create_publisher(AudioDataStamped, topics.audio,
+                                                   reliable(500)),
+                topics.audio_info: mic.create_publisher(AudioInfo, topics.audio_info,
+                                                        latched_qos())}
 
         def publish_clock(t_ns: int) -> None:
             clock_pub.publish(Clock(clock=float_to_time(stamp_seconds(t_ns))))
@@ -581,6 +586,8 @@ def _play_and_record(cfg, meta, topics, info, nodes: _NodeProcesses) -> RunResul
         return result
     finally:
         executor.shutdown()
+        if mic is not None:
+            close_own_participant(mic)
         rclpy.try_shutdown(context=ctx)
 
 

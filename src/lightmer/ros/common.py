@@ -75,3 +75,24 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def node_with_own_participant(name: str, **kwargs) -> Node:
+    """A node in a fresh context, i.e. a DDS participant of its own; end it with
+    `close_own_participant`.
+
+    Tools that play camera and microphone together (eval-bag, the node benchmark, the tests)
+    publish them from two participants, as the separate driver processes on a robot do. From
+    one participant, each 640x480 frame (sent as 64 KB fragments) filled the participant's
+    outgoing buffers, shared memory and UDP alike, and audio chunks that found them full were
+    lost until the next reliable heartbeat, 3 s later: their windows came seconds late.
+    """
+    context = rclpy.Context()
+    rclpy.init(args=[], context=context)
+    return rclpy.create_node(name, context=context, **kwargs)
+
+
+def close_own_participant(node: Node) -> None:
+    context = node.context
+    node.destroy_node()
+    rclpy.try_shutdown(context=context)
