@@ -40,3 +40,47 @@ def tiny_cache(tiny_corpus, tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp('tiny_cache')
     prepare('crema-d', tiny_corpus, cache, workers=2, progress=False)
     return cache
+
+
+# --- a robot's recordings and their pool (active learning: pool / query / finetune) ----------
+POOL_MIN_SEGMENTS = 3    # generated clips are shorter than N = 5 segments, as in the demo
+
+
+@pytest.fixture(scope='session')
+def untrained_checkpoint(tmp_path_factory) -> Path:
+    """An untrained, seeded crema-d model: pooling and selection need no trained one."""
+    import torch
+
+    from lightmer.checkpoint import meta_for_preset, save_checkpoint
+    from lightmer.model import LightmerNet
+
+    torch.manual_seed(0)
+    meta = meta_for_preset('crema-d', dataset='test-fixture')
+    path = tmp_path_factory.mktemp('untrained') / 'untrained.pt'
+    save_checkpoint(path, LightmerNet(meta.model), meta)
+    return path
+
+
+@pytest.fixture(scope='session')
+def robot_bags(tiny_corpus, tmp_path_factory) -> list[Path]:
+    """Two bags made by `lightmer make-bag` (actor 1001, mcap; actor 1002, sqlite3), each with
+    its labels CSV beside it."""
+    from lightmer.cli import main
+
+    out = tmp_path_factory.mktemp('robot_bags')
+    for actor, name, storage in (('1001', 'robot_a', 'mcap'), ('1002', 'robot_b', 'sqlite3')):
+        assert main(['make-bag', '--dataset', 'crema-d', '--root', str(tiny_corpus), '--out',
+                     str(out / name), '--actors', actor, '--storage', storage]) == 0
+    return [out / 'robot_a', out / 'robot_b']
+
+
+@pytest.fixture(scope='session')
+def robot_pool(robot_bags, untrained_checkpoint, tmp_path_factory) -> Path:
+    """`lightmer pool` of the first robot bag with the untrained model (read-only)."""
+    from lightmer.cli import main
+
+    out = tmp_path_factory.mktemp('robot_pool') / 'pool'
+    assert main(['pool', '--bag', str(robot_bags[0]), '--checkpoint',
+                 str(untrained_checkpoint), '--out', str(out), '--min-segments',
+                 str(POOL_MIN_SEGMENTS)]) == 0
+    return out

@@ -221,14 +221,19 @@ def _add_eval_bag(sub) -> None:
     p.add_argument('--live', action='store_true', help='through the three nodes over DDS')
     p.add_argument('--out', type=Path, default=None, help='directory for JSON and PNGs')
     p.add_argument('--json', action='store_true')
+    _add_replay_options(p)
+    p.add_argument('--rate', type=_positive_float, default=1.0,
+                   help='--live playback speed, x real time (the report says if the nodes '
+                   'kept up)')
+
+
+def _add_replay_options(p) -> None:
+    """Bag topics and node settings of a replay through the nodes' processors."""
     p.add_argument('--image-topic', default='/camera/image_raw')
     p.add_argument('--audio-topic', default='/audio/audio_stamped')
     p.add_argument('--audio-info-topic', default='/audio/audio_info')
     p.add_argument('--anchor', choices=('centre', 'start'), default='centre',
                    help='segment reference time')
-    p.add_argument('--rate', type=_positive_float, default=1.0,
-                   help='--live playback speed, x real time (the report says if the nodes '
-                   'kept up)')
     p.add_argument('--policy', choices=('skip', 'nearest'), default=None,
                    help='missing-modality policy of the fusion node (default: the node\'s)')
     p.add_argument('--min-segments', type=_positive_int, default=None,
@@ -260,6 +265,153 @@ def _run_eval_bag(args) -> int:
         print(f"window accuracy {fmt(result['window_accuracy'])}  "
               f"clip accuracy {fmt(result['clip_accuracy'])}  windows {result['windows']}  "
               f"latency p50 {'n/a' if p50 is None else f'{p50:.1f} ms'}")
+    return 0
+
+
+# --- pool / query / finetune (learning from the robot's own recordings) ----------------------
+def _add_pool(sub) -> None:
+    p = sub.add_parser('pool', help="replay a robot's bags through the nodes' processors and "
+                       'store their segments and windows for labelling')
+    p.add_argument('--bag', type=Path, nargs='+', required=True, help='rosbag2 directories')
+    p.add_argument('--checkpoint', type=Path, required=True,
+                   help='model whose features and segment grid the pool uses')
+    p.add_argument('--out', type=Path, required=True,
+                   help='pool directory (created, or extended with new bags)')
+    _add_replay_options(p)
+    p.add_argument('--json', action='store_true')
+
+
+def _run_pool(args) -> int:
+    from lightmer.bags import BagFormatError, BagTopics
+    from lightmer.checkpoint import CheckpointError
+    from lightmer.pool import PoolConfig, build_pool
+
+    cfg = PoolConfig(bags=tuple(args.bag), checkpoint=args.checkpoint, out=args.out,
+                     topics=BagTopics(args.image_topic, args.audio_topic,
+                                      args.audio_info_topic),
+                     anchor=args.anchor, policy=args.policy, min_segments=args.min_segments)
+    try:
+        summary = build_pool(cfg)
+    except (BagFormatError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f'lightmer pool: {e}', file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json(summary)
+    else:
+        rate = summary['recording_s_per_s']
+        print(f"{summary['pool']}: added {len(summary['added'])} recording(s), skipped "
+              f"{len(summary['skipped'])} already pooled; {summary['segments']} segments, "
+              f"{summary['windows']} windows from {summary['recording_s']:.1f} s of recording"
+              + (f' ({rate:.2f} s of recording per second)' if rate else ''))
+    return 0
+
+
+def _add_query(sub) -> None:
+    from lightmer.selection import STRATEGIES
+
+    p = sub.add_parser('query', help='pick the pooled windows people should label next')
+    p.add_argument('--pool', type=Path, required=True)
+    p.add_argument('--checkpoint', type=Path, required=True)
+    p.add_argument('--n', type=_positive_int, required=True, help='windows to pick')
+    p.add_argument('--strategy', choices=STRATEGIES, default='uncertainty')
+    p.add_argument('--labels', type=Path, default=None,
+                   help='answers file: windows answered there are not picked again')
+    p.add_argument('--out', type=Path, default=None,
+                   help='batch manifest (default: POOL/batches/<time>-<strategy>.json)')
+    p.add_argument('--max-per-recording', type=_positive_int, default=None,
+                   help='most picks from one recording (default: twice its fair share)')
+    p.add_argument('--seed', type=int, default=0, help='seed of --strategy random')
+    p.add_argument('--json', action='store_true')
+
+
+def _run_query(args) -> int:
+    from lightmer.checkpoint import CheckpointError
+    from lightmer.query import QueryConfig, run_query
+
+    try:
+        manifest = run_query(QueryConfig(
+            pool=args.pool, checkpoint=args.checkpoint, n=args.n, strategy=args.strategy,
+            answers=args.labels, out=args.out, seed=args.seed,
+            max_per_recording=args.max_per_recording))
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f'lightmer query: {e}', file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json(manifest)
+        return 0
+    print(f"{manifest['n_selected']} of {manifest['candidates']} unanswered windows "
+          f"({manifest['score']}); batch in {manifest['path']}")
+    for item in manifest['items']:
+        print(f"  {item['window_id']:<40} {manifest['score']} {item['score']:.3f}  "
+              f"predicted {item['predicted']}")
+    return 0
+
+
+def _add_finetune(sub) -> None:
+    from lightmer.finetune import ORACLES
+    from lightmer.selection import STRATEGIES
+
+    p = sub.add_parser('finetune', help='continue training on pooled windows people labelled '
+                       '(Algorithm 1 with a human oracle)')
+    p.add_argument('--checkpoint', type=Path, required=True, help='model to start from')
+    p.add_argument('--pool', type=Path, required=True)
+    p.add_argument('--labels', type=Path, required=True,
+                   help='answers file (window_id,label,who,when); new answers are appended')
+    p.add_argument('--out', type=Path, required=True, help='run directory')
+    p.add_argument('--base-cache', type=Path, default=None,
+                   help='the training cache of the checkpoint, mixed in against forgetting')
+    p.add_argument('--mix', type=float, default=1.0,
+                   help='base-cache clips per labelled window in each pass (0: none)')
+    p.add_argument('--rounds', type=int, default=1,
+                   help='query-answer-train rounds (0: train on the answers given so far)')
+    p.add_argument('--per-round', type=_positive_int, default=12, help='windows asked per round')
+    p.add_argument('--strategy', choices=STRATEGIES, default='uncertainty')
+    p.add_argument('--oracle', choices=ORACLES, default='answers',
+                   help="who answers: 'answers' = people, through the answers file; "
+                   "'bag-labels' = each bag's labels CSV (scripted runs, simulations)")
+    p.add_argument('--eval-windows', type=int, default=40,
+                   help='held-out windows for the before/after accuracy (0: none)')
+    p.add_argument('--eval-recordings', nargs='+', default=(),
+                   help='hold out these recordings (ids or bag paths) whole for evaluation')
+    p.add_argument('--epochs', type=_positive_int, default=4,
+                   help='passes over the labelled windows per round')
+    p.add_argument('--batch-size', type=_positive_int, default=8)
+    p.add_argument('--lr', type=_positive_float, default=1e-4)
+    p.add_argument('--max-per-recording', type=_positive_int, default=None)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--resume', action='store_true')
+    p.add_argument('--json', action='store_true')
+
+
+def _run_finetune(args) -> int:
+    from lightmer.checkpoint import CheckpointError
+    from lightmer.finetune import AnswersNeededError, FinetuneConfig, finetune
+
+    try:
+        report = finetune(FinetuneConfig(
+            checkpoint=args.checkpoint, pool=args.pool, answers=args.labels, out=args.out,
+            base_cache=args.base_cache, mix=args.mix, rounds=args.rounds,
+            per_round=args.per_round, strategy=args.strategy, oracle=args.oracle,
+            eval_windows=args.eval_windows, eval_recordings=tuple(args.eval_recordings),
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            max_per_recording=args.max_per_recording, seed=args.seed, resume=args.resume))
+    except AnswersNeededError as e:
+        print(f'lightmer finetune: {e}', file=sys.stderr)
+        return 3
+    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f'lightmer finetune: {e}', file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json(report)
+        return 0
+
+    def fmt(x):
+        return 'n/a' if x is None else f'{x:.3f}'
+
+    print(f"held-out accuracy {fmt(report['before']['accuracy'])} -> "
+          f"{fmt(report['after']['accuracy'])} on {report['after']['windows']} windows, "
+          f"{report['labels_used']} labelled windows, {report['rounds_done']} round(s); "
+          f"checkpoint {report['checkpoint']}")
     return 0
 
 
@@ -310,6 +462,9 @@ COMMANDS = {
     'train': (_add_train, _run_train),
     'make-bag': (_add_make_bag, _run_make_bag),
     'eval-bag': (_add_eval_bag, _run_eval_bag),
+    'pool': (_add_pool, _run_pool),
+    'query': (_add_query, _run_query),
+    'finetune': (_add_finetune, _run_finetune),
     'bringup': (_add_bringup, _run_bringup),
     'demo': (_add_demo, _run_demo),
 }

@@ -51,7 +51,7 @@ SIZES = {
 }
 
 
-def _stage(name: str, timings: dict[str, float]):
+def stage(name: str, timings: dict[str, float]):
     """Context manager that prints a banner and records the stage's wall time."""
     class _Stage:
         def __enter__(self):
@@ -83,16 +83,16 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
 
-    with _stage('generate corpus (CREMA-D layout)', timings):
+    with stage('generate corpus (CREMA-D layout)', timings):
         print(synthesize(DATASET, corpus, actors=size.actors,
                          clips_per_emotion=size.clips_per_emotion, seed=0))
-    with _stage('prepare cache (MTCNN face crops, 16 kHz audio)', timings):
+    with stage('prepare cache (MTCNN face crops, 16 kHz audio)', timings):
         print(prepare(DATASET, corpus, cache, workers=None))
 
     strategies = ('uncertainty', 'full') if size.baseline else ('uncertainty',)
     summaries = {}
     for strategy in strategies:
-        with _stage(f'train {strategy} (fold 0)', timings):
+        with stage(f'train {strategy} (fold 0)', timings):
             cfg = TrainConfig.for_dataset(
                 DATASET, cache=cache, out=run, strategy=strategy, n_folds=size.n_folds,
                 fold=0, epochs=size.epochs, n_uncertain=size.n_uncertain, lr=size.lr,
@@ -104,7 +104,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     metrics = json.loads((fold_dir / 'metrics.json').read_text())
     checkpoint = fold_dir / 'last.pt'
 
-    with _stage('rosbag of the held-out actors', timings):
+    with stage('rosbag of the held-out actors', timings):
         print(f'held-out actors: {test_actors}')
         print(make_bag(DATASET, corpus, bag, actors=test_actors, storage='mcap',
                        gap_s=size.gap_s))
@@ -112,7 +112,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
 
     evals = {}
     for mode in ('offline', 'live'):
-        with _stage(f'evaluate the bag {mode}', timings):
+        with stage(f'evaluate the bag {mode}', timings):
             evals[mode] = evaluate_bag(EvalConfig(
                 bag=bag, labels=labels_csv, checkpoint=checkpoint, live=mode == 'live',
                 out=out / f'eval_{mode}', rate=size.playback_rate,

@@ -65,3 +65,22 @@ def atomic_savez(path: str | os.PathLike, **arrays) -> Path:
             np.savez(f, **arrays)
 
     return atomic_write(path, write)
+
+
+def atomic_write_wav(path: str | os.PathLike, audio, sample_rate: int) -> Path:
+    """float mono (n,) in [-1, 1] -> 16-bit PCM WAV at `sample_rate` Hz (clipped, not wrapped)."""
+    import wave
+
+    import numpy as np
+
+    pcm = (np.clip(np.asarray(audio, dtype=np.float64), -1, 1 - 1 / 32768) * 32768
+           ).astype('<i2')
+
+    def write(tmp: Path) -> None:
+        with wave.open(str(tmp), 'wb') as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(int(sample_rate))
+            w.writeframes(pcm.tobytes())
+
+    return atomic_write(path, write)

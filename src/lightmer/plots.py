@@ -138,3 +138,28 @@ def plot_latency(latencies_ms: Sequence[float], path: str | os.PathLike,
     ax.set_ylabel('count')
     ax.set_title(title)
     return _save(plt, fig, path)
+
+
+def plot_label_curves(curves: Mapping[str, Mapping[str, Sequence[float]]],
+                      path: str | os.PathLike, title: str = '',
+                      reference: Mapping[str, float] | None = None) -> Path:
+    """Accuracy against the number of labels, one line per strategy, with a spread band.
+
+    curves: name -> {'labels': x, 'mean': y, and optionally 'low', 'high' (the band, e.g. the
+    minimum and maximum over seeds)}; reference: name -> a horizontal line (e.g. a goal).
+    """
+    plt, fig = _figure((6.5, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for name, c in curves.items():
+        x = np.asarray(c['labels'], dtype=np.float64)
+        line, = ax.plot(x, c['mean'], marker='o', label=name)
+        if 'low' in c and 'high' in c:
+            ax.fill_between(x, c['low'], c['high'], color=line.get_color(), alpha=0.15)
+    for name, y in (reference or {}).items():
+        ax.axhline(y, color='grey', linestyle=':', label=name)
+    ax.set_xlabel('labelled windows')
+    ax.set_ylabel('accuracy on held-out windows')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _save(plt, fig, path)

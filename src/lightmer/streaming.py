@@ -306,6 +306,11 @@ class SegmentFuser:
         self.wait_s = wait_s
         self.nearest_max = nearest_max
         self.counts = FusionCounts()
+        # Called as listener(k, t_ref, face, mel, logits) each time a segment's logits are
+        # computed (what the model saw, borrowed modality included): the pool records segments
+        # through it, so that it stores exactly what the nodes computed.
+        self.segment_listener: Callable[[int, float, np.ndarray, np.ndarray, np.ndarray],
+                                        None] | None = None
         self._clear()
 
     def _clear(self) -> None:
@@ -426,6 +431,9 @@ class SegmentFuser:
     def _complete(self, k: int, face: np.ndarray, mel: np.ndarray) -> list[WindowResult]:
         self._logits[k] = np.asarray(self._segment_logits(face, mel), dtype=np.float64)
         self.counts.model_calls += 1
+        if self.segment_listener is not None:
+            self.segment_listener(k, reference_time(k, self.segment_s, self.anchor), face, mel,
+                                  self._logits[k])
         self.counts.used += 1
         if self._emitted_k is not None and k <= self._emitted_k:
             return []                      # too late for its own window; later ones use it

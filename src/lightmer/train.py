@@ -215,7 +215,7 @@ class _Memo(Dataset):
         return item
 
 
-def _stream_seed(*parts: int) -> int:
+def stream_seed(*parts: int) -> int:
     """A 63-bit seed derived from integers, so every (seed, fold, epoch) has its own stream."""
     seq = np.random.SeedSequence([p & 0xFFFFFFFF for p in parts])   # negative seeds too
     return int(seq.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
@@ -240,7 +240,7 @@ def _train_epoch(model, optimizer, loader, device, progress: bool) -> tuple[floa
 
 
 @torch.no_grad()
-def _predict(model, dataset, batch_size, device, progress, desc) -> tuple[np.ndarray, np.ndarray]:
+def predict(model, dataset, batch_size, device, progress, desc) -> tuple[np.ndarray, np.ndarray]:
     """Eval mode over `dataset` in order. -> (probabilities float64 (M, C), labels int64 (M,))."""
     model.eval()
     probs, labels = [], []
@@ -308,7 +308,7 @@ def _select_uncertain(model, pool_items: Dataset, pool: Sequence[str], n_uncerta
     -> (one entry per selected clip, most uncertain first: clip_id, entropy (bits),
     predicted and checked class index; mean entropy of U in bits).
     """
-    probs, _ = _predict(model, pool_items, cfg.batch_size, device, cfg.progress, 'U')
+    probs, _ = predict(model, pool_items, cfg.batch_size, device, cfg.progress, 'U')
     h = entropy_bits(probs)                                                   # (|U|,) bits
     chosen = most_uncertain(h, pool, min(n_uncertain, len(pool)))
     chosen_ids = [pool[i] for i in chosen]
@@ -366,7 +366,7 @@ def _train_fold(cfg: TrainConfig, fold: int, split: Split, ids: dict[str, list[s
         n_classes=len(preset.labels), dropout=cfg.dropout,
         face_shape=(index.features.face_height, index.features.face_width),
         mel_shape=(index.features.n_mels, index.features.mel_frames))
-    torch.manual_seed(_stream_seed(cfg.seed, fold, _INIT))   # Xavier init of this fold
+    torch.manual_seed(stream_seed(cfg.seed, fold, _INIT))   # Xavier init of this fold
     model = LightmerNet(model_cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
 
@@ -391,9 +391,9 @@ def _train_fold(cfg: TrainConfig, fold: int, split: Split, ids: dict[str, list[s
         labels_of = {c: true_label[c] for c in train_ids}   # D0 is labelled from the start
         metrics, best = [], {'epoch': -1, 'val_loss': float('inf')}
         test_probs = test_true = None
-        torch.manual_seed(_stream_seed(cfg.seed, fold, _DROPOUT))
-        np.random.seed(_stream_seed(cfg.seed, fold, _GLOBAL) % (1 << 32))   # unused by us;
-        random.seed(_stream_seed(cfg.seed, fold, _GLOBAL))   # seeded for any library that draws
+        torch.manual_seed(stream_seed(cfg.seed, fold, _DROPOUT))
+        np.random.seed(stream_seed(cfg.seed, fold, _GLOBAL) % (1 << 32))   # unused by us;
+        random.seed(stream_seed(cfg.seed, fold, _GLOBAL))   # seeded for any library that draws
 
     fold_provenance = make_provenance(
         dataset=cfg.dataset, fold=fold, strategy=cfg.strategy, seed=cfg.seed,
@@ -421,16 +421,16 @@ def _train_fold(cfg: TrainConfig, fold: int, split: Split, ids: dict[str, list[s
         for group in optimizer.param_groups:
             group['lr'] = lr
         train_items.set_epoch(epoch)
-        order = torch.Generator().manual_seed(_stream_seed(cfg.seed, fold, _SHUFFLE, epoch))
+        order = torch.Generator().manual_seed(stream_seed(cfg.seed, fold, _SHUFFLE, epoch))
         loader = DataLoader(
             _Labelled(train_items, [position[c] for c in train_ids],
                       [labels_of[c] for c in train_ids]),
             batch_size=cfg.batch_size, shuffle=True, generator=order, num_workers=cfg.workers)
         train_loss, train_acc = _train_epoch(model, optimizer, loader, device, cfg.progress)
 
-        val_loss, _ = _loss_acc(*_predict(model, d0_items, cfg.batch_size, device,
+        val_loss, _ = _loss_acc(*predict(model, d0_items, cfg.batch_size, device,
                                           cfg.progress, 'D0 (val)'))
-        test_probs, test_true = _predict(model, test_items, cfg.batch_size, device,
+        test_probs, test_true = predict(model, test_items, cfg.batch_size, device,
                                          cfg.progress, 'test')
         test_loss, test_acc = _loss_acc(test_probs, test_true)
         metrics.append({

@@ -24,6 +24,11 @@ The emotion is only partly in each modality: the face has 3 states (4 for RAVDES
 face-only classifier is right on at most 1/2 of the clips, a voice-only one on 1/3 (CREMA-D) or
 1/4 (RAVDESS) (`cue_ceilings`); only the pair identifies every emotion. Per-clip jitter of
 strength, pitch, rate, lighting and noise keeps it from being trivial.
+
+Domain shift (`DomainShift`, off by default): the same people recorded by another camera
+(light, contrast, face size, sensor noise, head roll and turn) in another room (reverberation,
+background noise, microphone gain), as a robot records them; `first_actor` makes people other
+than a corpus's first ones (another face placement and another espeak-ng voice).
 """
 from __future__ import annotations
 
@@ -46,7 +51,7 @@ from lightmer.datasets.names import (
     RAVDESS_EMOTIONS,
     RAVDESS_STATEMENTS,
 )
-from lightmer.io_utils import atomic_write
+from lightmer.io_utils import atomic_write, atomic_write_wav
 
 # Per emotion code: (face state, voice state). Each face state occurs with both voice states and
 # each voice state with every face state, so neither modality alone separates the classes.
@@ -68,6 +73,9 @@ _EYE_L, _EYE_R = np.array([205.0, 101.7]), np.array([246.8, 103.7])
 _MOUTH_L, _MOUTH_R = np.array([201.7, 139.2]), np.array([245.3, 141.9])
 _FACE_CENTRE = np.array([224.4, 117.1])
 _FACE_WIDTH = 86.7
+
+# Seed-sequence tag of the DomainShift draws (camera and room), apart from the clip's own.
+_SHIFT_STREAM = 7
 
 # espeak-ng voice variants (`en+<variant>`), one per actor, reused cyclically past 24 actors.
 _VARIANTS = ('m1', 'f1', 'm2', 'f2', 'm3', 'f3', 'm4', 'f4', 'm5', 'f5', 'm6', 'm7', 'm8',
@@ -102,6 +110,40 @@ LAYOUTS = {
 
 
 @dataclass(frozen=True)
+class DomainShift:
+    """Another camera and another room than the corpus's studio; the defaults change nothing.
+
+    Camera: `light` multiplies brightness; `contrast` scales around mid-grey; `face_scale`
+    multiplies the face size (a camera farther away); `pixel_noise` is the std of extra sensor
+    noise in grey levels; per clip the head is rolled by U(-head_roll_deg, +head_roll_deg)
+    degrees and turned away by squeezing the face horizontally by U(0, head_turn) (a frontal
+    photo cannot really turn). Room: `reverb_s` is the RT60 (seconds) of an exponentially
+    decaying noise impulse response; background noise (low-passed, like a fan or traffic) at
+    `noise_snr_db` below the speech's RMS (None: none); `mic_gain` multiplies the signal,
+    clipped at full scale as a converter clips.
+    """
+
+    light: float = 1.0
+    contrast: float = 1.0
+    face_scale: float = 1.0
+    pixel_noise: float = 0.0
+    head_roll_deg: float = 0.0
+    head_turn: float = 0.0
+    reverb_s: float = 0.0
+    noise_snr_db: float | None = None
+    mic_gain: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.light > 0 and self.contrast > 0 and self.face_scale > 0
+                and self.mic_gain > 0):
+            raise ValueError('light, contrast, face_scale and mic_gain must be positive')
+        if self.pixel_noise < 0 or self.head_roll_deg < 0 or self.reverb_s < 0:
+            raise ValueError('pixel_noise, head_roll_deg and reverb_s must be >= 0')
+        if not 0 <= self.head_turn < 1:
+            raise ValueError(f'head_turn must be in [0, 1), got {self.head_turn}')
+
+
+@dataclass(frozen=True)
 class Actor:
     actor_id: str
     scale: float            # canvas pixels per photo pixel
@@ -125,6 +167,7 @@ class ClipSpec:
     audio_path: Path | None  # CREMA-D WAV; None for RAVDESS (audio in the MP4)
     seed: int
     extra_wav: Path | None = None   # RAVDESS separate speech WAV (03-01-...) when asked for
+    shift: DomainShift | None = None  # another camera and room (None: the studio)
 
 
 @dataclass(frozen=True)
@@ -170,9 +213,10 @@ def _make_actor(layout: Layout, index: int, actor_id: str, seed: int) -> Actor:
 
 
 def _plan(layout: Layout, out: Path, n_actors: int, n_clips: int, seed: int,
-          speech_wavs: bool) -> list[ClipSpec]:
+          speech_wavs: bool, first_actor: int = 0,
+          shift: DomainShift | None = None) -> list[ClipSpec]:
     specs = []
-    for a in range(n_actors):
+    for a in range(first_actor, first_actor + n_actors):
         if layout.name == 'crema-d':
             actor = _make_actor(layout, a, f'{1001 + a}', seed)
             sentences = list(CREMA_SENTENCES)
@@ -185,7 +229,8 @@ def _plan(layout: Layout, out: Path, n_actors: int, n_clips: int, seed: int,
                     specs.append(ClipSpec(
                         'crema-d', actor, code, CREMA_SENTENCES[sentence],
                         out / 'VideoFlash' / f'{clip_id}.flv',
-                        out / 'AudioWAV' / f'{clip_id}.wav', _clip_seed(seed, clip_id)))
+                        out / 'AudioWAV' / f'{clip_id}.wav', _clip_seed(seed, clip_id),
+                        shift=shift))
         else:
             actor = _make_actor(layout, a, f'{a + 1:02d}', seed)
             folder = out / f'Actor_{actor.actor_id}'
@@ -200,7 +245,8 @@ def _plan(layout: Layout, out: Path, n_actors: int, n_clips: int, seed: int,
                     specs.append(ClipSpec(
                         'ravdess', actor, code, RAVDESS_STATEMENTS[statement],
                         folder / f'01-01-{take}.mp4', None, _clip_seed(seed, take),
-                        extra_wav=folder / f'03-01-{take}.wav' if speech_wavs else None))
+                        extra_wav=folder / f'03-01-{take}.wav' if speech_wavs else None,
+                        shift=shift))
     return specs
 
 
@@ -211,7 +257,8 @@ def _clip_seed(seed: int, clip_id: str) -> int:
 
 def synthesize(layout: str, out: str | Path, actors: int | None = None,
                clips_per_emotion: int | None = None, seed: int = 0,
-               workers: int | None = None, speech_wavs: bool = False) -> SynthReport:
+               workers: int | None = None, speech_wavs: bool = False, first_actor: int = 0,
+               shift: DomainShift | None = None) -> SynthReport:
     """Write a generated corpus under `out` in the layout of `layout` ('crema-d' | 'ravdess').
 
     Args:
@@ -220,6 +267,10 @@ def synthesize(layout: str, out: str | Path, actors: int | None = None,
         seed: everything (faces, voices, prosody, noise) follows from it.
         workers: processes (default: available cores).
         speech_wavs: RAVDESS only: also write the separate speech WAVs `03-01-....wav`.
+        first_actor: 0-based index of the first actor: actors first_actor .. first_actor +
+            actors - 1 (ids 1001 + index / index + 1), other people than a corpus from 0 with
+            the same seed (their face placement and espeak-ng voice come from the index).
+        shift: record them with another camera and in another room (`DomainShift`).
     Existing files are overwritten; every file is written atomically.
     """
     if layout not in LAYOUTS:
@@ -227,8 +278,9 @@ def synthesize(layout: str, out: str | Path, actors: int | None = None,
     spec = LAYOUTS[layout]
     n_actors = spec.default_actors if actors is None else actors
     n_clips = spec.default_clips if clips_per_emotion is None else clips_per_emotion
-    if not 1 <= n_actors <= spec.max_actors:
-        raise ValueError(f'{layout} has actors 1..{spec.max_actors}; got --actors {n_actors}')
+    if not 1 <= n_actors or not 0 <= first_actor or first_actor + n_actors > spec.max_actors:
+        raise ValueError(f'{layout} has actors 1..{spec.max_actors}; got --actors {n_actors} '
+                         f'from index {first_actor}')
     max_clips = len(CREMA_SENTENCES) if layout == 'crema-d' else 8
     if not 1 <= n_clips <= max_clips:
         raise ValueError(f'{layout} has at most {max_clips} clips per actor and emotion '
@@ -236,7 +288,7 @@ def synthesize(layout: str, out: str | Path, actors: int | None = None,
     _check_espeak()
     out = Path(out)
     start = time.monotonic()
-    specs = _plan(spec, out, n_actors, n_clips, seed, speech_wavs)
+    specs = _plan(spec, out, n_actors, n_clips, seed, speech_wavs, first_actor, shift)
     workers = workers or len(os.sched_getaffinity(0))
     # A pool pays a few seconds of process start-up: only worth it beyond a handful of clips.
     if workers > 1 and len(specs) >= 4 * workers:
@@ -274,14 +326,17 @@ def write_clip(spec: ClipSpec) -> float:
     audio[i0:i0 + len(speech)] = speech[:len(audio) - i0]
     audio += rng.normal(0.0, 0.002, size=audio.shape).astype(np.float32)   # room noise
     frames = _render_frames(spec, layout, audio, sr, n_frames, rng)
+    if spec.shift is not None:
+        audio = _room(audio, sr, i0, len(speech), spec.shift,
+                      np.random.default_rng([spec.seed, _SHIFT_STREAM, 1]))
     if spec.layout == 'crema-d':
         _write_flv(spec.video_path, frames, layout.fps)
-        _write_wav(spec.audio_path, _resample(audio, sr, 16000), 16000)
+        atomic_write_wav(spec.audio_path, _resample(audio, sr, 16000), 16000)
     else:
         a48 = _resample(audio, sr, 48000)
         _write_mp4(spec.video_path, frames, layout.fps, a48, 48000)
         if spec.extra_wav is not None:
-            _write_wav(spec.extra_wav, a48, 48000)
+            atomic_write_wav(spec.extra_wav, a48, 48000)
     return float(duration)
 
 
@@ -310,6 +365,33 @@ def _speak(text: str, actor: Actor, voice: str, rng: np.random.Generator
     return speech * rng.uniform(0.7, 1.0), sr
 
 
+def _room(audio: np.ndarray, sr: int, i0: int, n_speech: int, shift: DomainShift,
+          rng: np.random.Generator) -> np.ndarray:
+    """float32 (n,) clip audio at `sr` as another room and microphone record it.
+
+    Reverberation: convolution with a direct path plus exponentially decaying Gaussian noise
+    reaching -60 dB at reverb_s, its energy a quarter of the direct path's. Background noise:
+    white noise low-passed by a one-pole filter, scaled noise_snr_db below the RMS of the
+    speech (samples i0 .. i0 + n_speech). Then the microphone gain, clipped at full scale.
+    """
+    from scipy.signal import fftconvolve, lfilter
+
+    out = np.asarray(audio, np.float64)
+    if shift.reverb_s > 0:
+        t = np.arange(max(1, int(shift.reverb_s * sr))) / sr
+        ir = rng.standard_normal(len(t)) * np.exp(-6.9 * t / shift.reverb_s)
+        ir *= 0.5 / max(float(np.sqrt(np.sum(ir ** 2))), 1e-12)
+        ir[0] = 1.0
+        out = fftconvolve(out, ir)[:len(out)]
+    if shift.noise_snr_db is not None:
+        speech = out[i0:i0 + n_speech]
+        level = float(np.sqrt(np.mean(speech ** 2))) if speech.size else 0.01
+        hum = lfilter([0.05], [1.0, -0.95], rng.standard_normal(len(out)))
+        hum *= level / max(float(np.sqrt(np.mean(hum ** 2))), 1e-12)
+        out = out + hum / 10 ** (shift.noise_snr_db / 20)
+    return np.clip(out * shift.mic_gain, -1.0, 1.0).astype(np.float32)
+
+
 def _resample(audio: np.ndarray, sr: int, target: int) -> np.ndarray:
     from lightmer.features import resample
 
@@ -326,24 +408,42 @@ def _render_frames(spec: ClipSpec, layout: Layout, audio: np.ndarray, sr: int, n
     actor = spec.actor
     h, w, margin = layout.height, layout.width, 8
     photo = data.astronaut().astype(np.float32)
+    shift = spec.shift
+    # The shift draws from a stream of its own, so that a corpus without it is unchanged.
+    shift_rng = np.random.default_rng([spec.seed, _SHIFT_STREAM]) if shift else None
     # Canvas = the frame plus a margin for head motion. Backward affine map canvas -> photo.
     s = actor.scale * rng.uniform(0.97, 1.03)
+    roll, squeeze = 0.0, 1.0
+    if shift is not None:
+        s *= shift.face_scale
+        roll = float(np.deg2rad(shift_rng.uniform(-shift.head_roll_deg, shift.head_roll_deg)))
+        squeeze = 1.0 - float(shift_rng.uniform(0.0, shift.head_turn))
     centre_out = np.array([w / 2 + actor.offset[0] + margin, h / 2 + actor.offset[1] + margin])
     ys, xs = np.mgrid[0:h + 2 * margin, 0:w + 2 * margin].astype(np.float32)
-    sx = (xs - centre_out[0]) / s
+    sx, sy = (xs - centre_out[0]) / s, (ys - centre_out[1]) / s
+    if shift is not None:   # undo the roll, then the turn
+        c, n = np.cos(roll), np.sin(roll)
+        sx, sy = (c * sx + n * sy) / squeeze, -n * sx + c * sy
     if actor.mirror:
         sx = -sx
-    src = np.stack([(ys - centre_out[1]) / s + _FACE_CENTRE[1], sx + _FACE_CENTRE[0]])
+    src = np.stack([sy + _FACE_CENTRE[1], sx + _FACE_CENTRE[0]])
     canvas = np.stack([map_coordinates(photo[..., c], src, order=1, mode='nearest')
                        for c in range(3)], axis=-1)
     gain = actor.gain * rng.uniform(0.93, 1.07)
     canvas = (255.0 * (np.clip(canvas * gain / 255.0, 0, 1) ** actor.gamma)
               * np.array(actor.tint)).astype(np.float32)
+    if shift is not None:
+        canvas = (np.clip((canvas - 128.0) * shift.contrast + 128.0, 0, 255)
+                  * shift.light).astype(np.float32)
 
     def to_canvas(p: np.ndarray) -> np.ndarray:
         d = (p - _FACE_CENTRE) * s
         if actor.mirror:
             d[0] = -d[0]
+        if shift is not None:   # the turn, then the roll
+            d = np.array([d[0] * squeeze, d[1]])
+            d = np.array([np.cos(roll) * d[0] - np.sin(roll) * d[1],
+                          np.sin(roll) * d[0] + np.cos(roll) * d[1]])
         return centre_out + d
 
     u = _FACE_WIDTH * s                             # face width in canvas pixels
@@ -364,6 +464,8 @@ def _render_frames(spec: ClipSpec, layout: Layout, audio: np.ndarray, sr: int, n
                                         order=1, mode='nearest') for ch in range(3)], axis=-1)
               for q in levels]
     noise = [2.0 * rng.standard_normal((h, w, 1), np.float32) for _ in range(4)]
+    sensor = ([shift.pixel_noise * shift_rng.standard_normal((h, w, 3)).astype(np.float32)
+               for _ in range(4)] if shift is not None and shift.pixel_noise > 0 else None)
     strength = rng.uniform(0.65, 1.0)
     onset = rng.uniform(0.2, 0.6)                   # s until the expression is full
     phase = rng.uniform(0, 2 * np.pi, size=2)
@@ -380,6 +482,8 @@ def _render_frames(spec: ClipSpec, layout: Layout, audio: np.ndarray, sr: int, n
         ox = int(round(margin + 4 * np.sin(2 * np.pi * 0.7 * t + phase[0])))
         oy = int(round(margin + 3 * np.sin(2 * np.pi * 0.5 * t + phase[1])))
         frame = img[oy:oy + h, ox:ox + w] + noise[int(rng.integers(len(noise)))]
+        if sensor is not None:
+            frame = frame + sensor[int(shift_rng.integers(len(sensor)))]
         frames.append(np.clip(frame, 0, 255).astype(np.uint8))
     return frames
 
@@ -452,19 +556,6 @@ def _shade_field(shades: list, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
 
 
 # --- writers ---------------------------------------------------------------------------------
-def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
-    pcm = (np.clip(audio, -1, 1 - 1 / 32768) * 32768).astype('<i2')
-
-    def write(tmp: Path) -> None:
-        with wave.open(str(tmp), 'wb') as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(sr)
-            w.writeframes(pcm.tobytes())
-
-    atomic_write(path, write)
-
-
 def _write_flv(path: Path, frames: list[np.ndarray], fps: Fraction) -> None:
     import av
 

@@ -1,0 +1,468 @@
+"""`lightmer finetune`: continue Algorithm 1 on a robot's pool with people as the oracle.
+
+Run layout (`cfg.out` = OUT):
+
+    OUT/plan.json            settings, base checkpoint, pool, the held-out evaluation windows
+    OUT/state.pt             resumable state after the last completed round
+    OUT/round_R/batch.json   the windows asked in round R (a batch manifest) and their answers
+    OUT/finetuned.pt         the model after the last completed round (a normal checkpoint)
+    OUT/report.json          accuracy before/after on the held-out windows, per-round metrics
+    OUT/confusion_before.png, confusion_after.png, learning_curve.png
+
+Before round 1 the held-out windows are chosen (a seeded random sample, never two sharing a
+segment; or windows of whole recordings given as `eval_recordings`) and asked of the oracle.
+They and every window sharing a segment with them never train. Then each round:
+  1. the current model scores every candidate window in eval mode (query.select: the
+     strategy's order and the diversity rules) and the `per_round` first are asked of the
+     oracle (answers `skip`/`unsure` do not train; a window is never asked twice);
+  2. the model trains `epochs` passes over every labelled window so far, each pass mixed
+     with `mix` x as many clips of the original training cache (train mode draws, as in
+     `train`) so that it does not forget what it learnt there;
+  3. the model scores the pool again: the held-out windows give this round's accuracy, the
+     rest are the next round's candidates.
+Answers given before the run (in the answers file, outside the held-out zone) train from
+round 1 on. With a human oracle a round whose batch is not answered yet stops with
+`AnswersNeededError`: answer the batch, run the same command with --resume.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from lightmer.io_utils import atomic_save_json, atomic_torch_save
+from lightmer.labels import latest, read_answers
+from lightmer.oracles import NO_LABEL, UnansweredError
+from lightmer.pool import Pool, PoolError, checkpoint_key
+from lightmer.query import manifest_items, pool_probs, select
+from lightmer.selection import STRATEGIES, overlapping, select_diverse
+
+STATE_VERSION = 1
+ORACLES = ('answers', 'bag-labels')
+# Settings that change the numbers; a resumed run must agree on all of them.
+_RUN_KEYS = ('strategy', 'per_round', 'eval_windows', 'eval_recordings', 'mix', 'epochs',
+             'batch_size', 'lr', 'seed', 'max_per_recording')
+_TRAIN, _MIX, _EVAL = 1, 2, 3      # seed stream tags
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    checkpoint: Path                  # the model to start from (and its features)
+    pool: Path
+    answers: Path                     # the answers file (lightmer.labels); read and appended
+    out: Path
+    base_cache: Path | None = None    # the original training cache, mixed in against forgetting
+    base_clips: tuple[str, ...] | None = None  # of it, these clips (default: every usable one)
+    rounds: int = 1
+    per_round: int = 12               # windows asked per round
+    strategy: str = 'uncertainty'
+    oracle: str = 'answers'           # 'answers' (people) | 'bag-labels' (each bag's CSV)
+    eval_windows: int = 40            # held-out windows (at most; 0: no evaluation)
+    eval_recordings: tuple[str, ...] = ()  # hold these recordings out whole (ids or bag paths)
+    mix: float = 1.0                  # base clips per labelled window in every pass
+    epochs: int = 4                   # passes over the labelled windows per round
+    batch_size: int = 8
+    lr: float = 1e-4                  # Adam, the paper's rate
+    seed: int = 0
+    max_per_recording: int | None = None
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f'strategy must be one of {STRATEGIES}, got {self.strategy!r}')
+        if self.oracle not in ORACLES:
+            raise ValueError(f'oracle must be one of {ORACLES}, got {self.oracle!r}')
+        for name in ('rounds', 'eval_windows'):
+            if getattr(self, name) < 0:
+                raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
+        for name in ('per_round', 'epochs', 'batch_size'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+        if self.mix < 0 or not self.lr > 0:
+            raise ValueError('mix must be >= 0 and lr > 0')
+        if self.mix > 0 and self.base_cache is None:
+            object.__setattr__(self, 'mix', 0.0)     # nothing to mix without a cache
+        for name in ('checkpoint', 'pool', 'answers', 'out'):
+            object.__setattr__(self, name, Path(getattr(self, name)))
+        object.__setattr__(self, 'eval_recordings', tuple(self.eval_recordings))
+
+    def run_settings(self) -> dict:
+        d = dataclasses.asdict(self)
+        d['eval_recordings'] = list(self.eval_recordings)
+        return {k: d[k] for k in _RUN_KEYS}
+
+
+class AnswersNeededError(RuntimeError):
+    """A batch waits for people: its manifest is written; answer it, then resume."""
+
+    def __init__(self, manifest: Path, ids: Sequence[str], answers: Path):
+        self.manifest, self.ids = manifest, list(ids)
+        super().__init__(
+            f'{len(self.ids)} window(s) wait for an answer; they are listed in {manifest}. '
+            f'Answer them in {answers} (the labelling page, a spreadsheet or any tool '
+            'writing window_id,label,who,when), then run the same command with --resume')
+
+
+# --- data ------------------------------------------------------------------------------------
+class PoolWindows(Dataset):
+    """Labelled pool windows as training items, the same item as datasets.SegmentDataset:
+    (faces float32 (n, 1, 98, 80), log-mels float32 (n, 1, 128, 43), class index), n = the
+    window's segments (N, or fewer when the nodes published with min_segments)."""
+
+    def __init__(self, pool: Pool, rows: np.ndarray, targets: Sequence[int]):
+        from lightmer.features import face_to_input
+
+        self._face_to_input = face_to_input
+        self.pool = pool
+        self.rows = [r[r >= 0] for r in np.asarray(rows, np.int64)]
+        self.targets = list(targets)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        crops, mels = self.pool.segment_inputs(self.rows[i])
+        return (torch.from_numpy(self._face_to_input(crops)),
+                torch.from_numpy(mels[:, None].copy()), self.targets[i])
+
+
+class _Mixed(Dataset):
+    """Items `indices` of `base` (a train-mode SegmentDataset) with its own labels."""
+
+    def __init__(self, base: Dataset, indices: Sequence[int]):
+        self.base, self.indices = base, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.base[self.indices[i]]
+
+
+def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Items with any number of segments -> faces (S, 1, H, W), mels (S, 1, M, T) of all their
+    segments, owner int64 (S,) (the item of each segment), targets int64 (B,)."""
+    faces = torch.cat([f for f, _, _ in items])
+    mels = torch.cat([m for _, m, _ in items])
+    sizes = torch.tensor([f.shape[0] for f, _, _ in items])
+    owner = torch.repeat_interleave(torch.arange(len(items)), sizes)
+    return faces, mels, owner, torch.tensor([y for _, _, y in items], dtype=torch.int64)
+
+
+def _window_logits(model, faces, mels, owner: torch.Tensor, n_windows: int) -> torch.Tensor:
+    """LightmerNet.forward for windows of unequal length: every segment through the shared
+    networks as one batch, then each window's mean of its segments' logits. -> (B, C)"""
+    seg = model.segment_logits(faces, mels)                                  # (S, C)
+    sums = torch.zeros(n_windows, seg.shape[1], dtype=seg.dtype).index_add_(0, owner, seg)
+    return sums / torch.bincount(owner, minlength=n_windows)[:, None].to(seg.dtype)
+
+
+def _train_pass(model, optimizer, dataset: Dataset, batch_size: int, seed: int,
+                progress: bool) -> float:
+    """One shuffled pass in train mode (dropout, batch statistics). -> mean loss.
+
+    Pool windows and base clips share batches whatever their segment count, so every batch's
+    BatchNorm statistics mix both domains in the proportion of the whole set.
+    """
+    from tqdm import tqdm
+
+    model.train()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0,
+                        generator=torch.Generator().manual_seed(seed), collate_fn=_collate)
+    total, count = 0.0, 0
+    for faces, mels, owner, y in tqdm(loader, desc='batches', leave=False, disable=not progress):
+        loss = F.cross_entropy(_window_logits(model, faces, mels, owner, len(y)), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(y)
+        count += len(y)
+    return total / count
+
+
+# --- helpers ---------------------------------------------------------------------------------
+def _resolve_recordings(pool: Pool, names: Sequence[str]) -> list[str]:
+    """Recording ids from ids or bag paths."""
+    from lightmer.pool import recording_id
+
+    out = []
+    for name in names:
+        rec = name if name in pool.recording_ids else recording_id(name)
+        if rec not in pool.recording_ids:
+            raise PoolError(f'--eval-recordings {name!r} is neither a recording id nor a bag of '
+                            f'{pool.path}; it has {list(pool.recording_ids)}')
+        out.append(rec)
+    return out
+
+
+def _plan_eval(pool: Pool, cfg: FinetuneConfig) -> tuple[list[str], np.ndarray]:
+    """(held-out window ids, bool (W,) windows that must never train)."""
+    table = pool.table
+    if cfg.eval_windows == 0:
+        return [], np.zeros(len(table.ids), bool)
+    recs = _resolve_recordings(pool, cfg.eval_recordings)
+    draw = np.random.default_rng([cfg.seed, _EVAL]).random(len(table.ids))
+    if recs:
+        whole = np.isin(table.rec, [table.rec_ids.index(r) for r in recs])
+        inside = np.flatnonzero(whole)
+        pick = inside[np.argsort(draw[inside], kind='stable')][:cfg.eval_windows]
+        return sorted((table.ids[i] for i in pick), key=table.position.get), whole
+    chosen = select_diverse(draw, table.ids, table.rec, table.k_last, pool.n_segments,
+                            cfg.eval_windows, max_per_recording=cfg.eval_windows)
+    zone = overlapping(table.rec, table.k_last, np.array(chosen, np.int64), pool.n_segments)
+    return sorted((table.ids[i] for i in chosen), key=table.position.get), zone
+
+
+def _accuracy(probs: np.ndarray, targets: np.ndarray, n_classes: int) -> dict:
+    from lightmer.plots import confusion_matrix
+
+    keep = targets != NO_LABEL
+    pred = probs[keep].argmax(axis=1)
+    true = targets[keep]
+    return {'accuracy': float((pred == true).mean()) if keep.any() else None,
+            'windows': int(keep.sum()),
+            'confusion': confusion_matrix(true, pred, n_classes).tolist()}
+
+
+def _provenance(cfg: FinetuneConfig, base_meta, pool: Pool, labelled: dict, rounds: int):
+    from lightmer.checkpoint import make_provenance
+
+    return make_provenance(
+        finetuned_from={'checkpoint': str(cfg.checkpoint.resolve()),
+                        'key': checkpoint_key(cfg.checkpoint),
+                        'provenance': base_meta.provenance},
+        pool=str(pool.path.resolve()), pool_recordings=list(pool.recording_ids),
+        answers=str(cfg.answers.resolve()), labels_used=len(labelled), rounds=rounds,
+        strategy=cfg.strategy, per_round=cfg.per_round, mix=cfg.mix,
+        base_cache=None if cfg.base_cache is None else str(cfg.base_cache.resolve()),
+        epochs_per_round=cfg.epochs, lr=cfg.lr, seed=cfg.seed)
+
+
+def _make_oracle(cfg: FinetuneConfig, pool: Pool, labels: tuple[str, ...]):
+    from lightmer.oracles import AnswersOracle, IntervalOracle
+
+    if cfg.oracle == 'bag-labels':
+        return IntervalOracle(pool, cfg.answers, labels)
+    return AnswersOracle(cfg.answers, labels)
+
+
+def _ask(oracle, ids: list[str], predicted: list[int], manifest: dict, path: Path,
+         answers: Path) -> list[int]:
+    """The oracle's answers, or the manifest written and AnswersNeededError raised."""
+    try:
+        return oracle.check(ids, predicted)
+    except UnansweredError as e:
+        atomic_save_json(path, manifest)
+        raise AnswersNeededError(path, e.ids, answers) from None
+
+
+def _base_data(cfg: FinetuneConfig, meta):
+    """(train-mode SegmentDataset over the base clips, or None)."""
+    if cfg.base_cache is None or cfg.mix == 0:
+        return None
+    from lightmer.datasets.cache import SegmentDataset, load_index
+
+    index = load_index(cfg.base_cache)
+    if index.features != meta.features:
+        raise ValueError(f'--base-cache {cfg.base_cache} was prepared with other feature '
+                         'settings than the checkpoint; pass the cache the model was trained on')
+    clips = list(cfg.base_clips) if cfg.base_clips is not None else index.clip_ids
+    return SegmentDataset(cfg.base_cache, clips, n_segments=meta.n_segments,
+                          labels=meta.labels, train=True, seed=cfg.seed)
+
+
+# --- the run ---------------------------------------------------------------------------------
+def finetune(cfg: FinetuneConfig, oracle=None) -> dict:
+    """Run (or resume) the rounds; returns the report also written to OUT/report.json.
+
+    `oracle`: any object with `check(ids, predicted)` (train.Oracle; NO_LABEL allowed);
+    default: the one `cfg.oracle` names. Raises AnswersNeededError when people must answer first.
+    """
+    from lightmer.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+    from lightmer.labels import check_labels
+    from lightmer.train import stream_seed
+
+    model, meta = load_checkpoint(cfg.checkpoint)
+    pool = Pool(cfg.pool)
+    pool.check_checkpoint(meta, cfg.checkpoint)
+    check_labels(read_answers(cfg.answers), meta.labels, str(cfg.answers))
+    labels = meta.labels
+    table = pool.table
+    base = _base_data(cfg, meta)
+    oracle = oracle if oracle is not None else _make_oracle(cfg, pool, labels)
+
+    out = cfg.out
+    state_path = out / 'state.pt'
+    plan_path = out / 'plan.json'
+    if state_path.exists() and not cfg.resume:
+        raise FileExistsError(f'{out} already holds a fine-tuning run; pass --resume to '
+                              'continue it or choose another --out')
+    eval_ids, zone = _plan_eval(pool, cfg)
+    plan = {'checkpoint': str(cfg.checkpoint.resolve()), 'pool': str(pool.path.resolve()),
+            'answers': str(cfg.answers.resolve()), 'settings': cfg.run_settings(),
+            'eval_windows': eval_ids, 'no_train_windows': int(zone.sum())}
+    if plan_path.exists():
+        old = json.loads(plan_path.read_text(encoding='utf-8'))
+        diff = {k: (old.get(k), v) for k, v in plan.items() if old.get(k) != v}
+        if diff:
+            raise ValueError(f'{out} was planned with other settings {sorted(diff)}; use the '
+                             'same options or another --out')
+    atomic_save_json(plan_path, plan)
+
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        base_probs = pool_probs(pool, model, checkpoint_key(cfg.checkpoint))
+        eval_idx = table.index_of(eval_ids)
+        eval_targets = np.array(_ask(
+            oracle, eval_ids, [int(p.argmax()) for p in base_probs[eval_idx]],
+            {'format': 'lightmer-batch', 'purpose': 'held-out evaluation', 'labels':
+             list(labels), 'items': manifest_items(pool, list(eval_idx), base_probs,
+                                                   _scores(base_probs), labels)},
+            out / 'eval_batch.json', cfg.answers), np.int64)
+
+        if state_path.exists():
+            state = _load_state(state_path)
+            model.load_state_dict(state['model'])
+            optimizer.load_state_dict(state['optimizer'])
+            labelled, asked, metrics = dict(state['labelled']), list(state['asked']), \
+                list(state['metrics'])
+            probs = state['probs'].numpy()
+        else:
+            prior = latest(read_answers(cfg.answers))
+            labelled = {w: labels.index(a.label) for w, a in prior.items()
+                        if a.label in labels and w in table.position
+                        and not zone[table.position[w]]}
+            asked = sorted(set(prior) & set(table.ids))
+            probs = base_probs
+            metrics = [{'round': 0, 'labels': len(labelled), 'asked': 0,
+                        **_accuracy(probs[eval_idx], eval_targets, len(labels))}]
+
+        # --rounds 0: one round that asks nothing and trains on the answers given before.
+        n_ask = cfg.per_round if cfg.rounds > 0 else 0
+        for rnd in range(len(metrics), max(cfg.rounds, 1) + 1):
+            t0 = time.perf_counter()
+            asked_set = set(asked)
+            candidates = ~zone & np.array([w not in asked_set for w in table.ids], bool)
+            chosen, scores = select(pool, probs, candidates, n_ask, cfg.strategy,
+                                    stream_seed(cfg.seed, rnd) % 2**32, cfg.max_per_recording)
+            ids = [table.ids[i] for i in chosen]
+            manifest = {'format': 'lightmer-batch', 'purpose': f'round {rnd}',
+                        'strategy': cfg.strategy, 'labels': list(labels),
+                        'items': manifest_items(pool, chosen, probs, scores, labels)}
+            answers = _ask(oracle, ids, [int(probs[i].argmax()) for i in chosen], manifest,
+                           out / f'round_{rnd}' / 'batch.json', cfg.answers)
+            for item, y in zip(manifest['items'], answers, strict=True):
+                item['answer'] = labels[y] if y != NO_LABEL else 'no label'
+            atomic_save_json(out / f'round_{rnd}' / 'batch.json', manifest)
+            asked += ids
+            labelled.update((w, y) for w, y in zip(ids, answers, strict=True) if y != NO_LABEL)
+
+            loss = _train_round(model, optimizer, pool, labelled, base, cfg, rnd)
+            probs = pool_probs(pool, model)
+            metrics.append({'round': rnd, 'labels': len(labelled), 'asked': len(asked),
+                            'new': len(ids), 'train_loss': loss,
+                            'seconds': time.perf_counter() - t0,
+                            **_accuracy(probs[eval_idx], eval_targets, len(labels))})
+            save_checkpoint(out / 'finetuned.pt', model, CheckpointMeta(
+                preset=meta.preset, labels=labels, n_segments=meta.n_segments,
+                segment_s=meta.segment_s, features=meta.features, model=meta.model,
+                provenance=_provenance(cfg, meta, pool, labelled, rnd)))
+            # state.pt last: a kill before it repeats this round with the same batch.
+            atomic_torch_save(state_path, {
+                'version': STATE_VERSION, 'model': model.state_dict(),
+                'optimizer': optimizer.state_dict(), 'labelled': labelled, 'asked': asked,
+                'metrics': metrics, 'probs': torch.from_numpy(probs)})
+            _log_round(metrics[-1])
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
+    return _report(out, cfg, metrics, labels, len(eval_ids))
+
+
+def _scores(probs: np.ndarray) -> dict:
+    from lightmer.selection import margins
+    from lightmer.uncertainty import entropy_bits
+
+    h = entropy_bits(probs)
+    return {'score': h, 'entropy_bits': h, 'margin': margins(probs)}
+
+
+def _train_round(model, optimizer, pool: Pool, labelled: dict, base, cfg: FinetuneConfig,
+                 rnd: int) -> float | None:
+    """`cfg.epochs` passes over the labelled windows, each mixed with fresh base clips."""
+    from lightmer.train import stream_seed
+
+    if not labelled:
+        return None
+    table = pool.table
+    ids = sorted(labelled, key=table.position.get)
+    windows = PoolWindows(pool, table.rows[table.index_of(ids)], [labelled[w] for w in ids])
+    losses = []
+    torch.manual_seed(stream_seed(cfg.seed, rnd, _TRAIN))          # dropout of this round
+    for epoch in range(cfg.epochs):
+        data: Dataset = windows
+        if base is not None:
+            n_mix = min(len(base), int(round(cfg.mix * len(windows))))
+            rng = np.random.default_rng([cfg.seed, rnd, epoch, _MIX])
+            base.set_epoch(rnd * cfg.epochs + epoch)
+            data = ConcatDataset([windows, _Mixed(base, rng.choice(len(base), n_mix,
+                                                                   replace=False))])
+        losses.append(_train_pass(model, optimizer, data, cfg.batch_size,
+                                  stream_seed(cfg.seed, rnd, epoch), cfg.progress))
+    return float(np.mean(losses))
+
+
+def _load_state(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f'cannot read {path} ({e}); delete it to restart the run') from e
+    if state.get('version') != STATE_VERSION:
+        raise ValueError(f'{path} was written by another lightmer version; use another --out')
+    return state
+
+
+def _log_round(m: dict) -> None:
+    import sys
+
+    from tqdm import tqdm
+
+    acc = 'n/a' if m['accuracy'] is None else f"{m['accuracy']:.3f}"
+    tqdm.write(f"round {m['round']}: {m['labels']} labelled windows ({m['new']} asked), "
+               f"held-out accuracy {acc} on {m['windows']} windows", file=sys.stderr)
+
+
+def _report(out: Path, cfg: FinetuneConfig, metrics: list[dict], labels, n_eval: int) -> dict:
+    from lightmer.plots import plot_confusion, plot_label_curves
+
+    before, after = metrics[0], metrics[-1]
+    report = {
+        'checkpoint': str(out / 'finetuned.pt') if len(metrics) > 1 else None,
+        'base_checkpoint': str(cfg.checkpoint), 'pool': str(cfg.pool),
+        'answers': str(cfg.answers), 'labels': list(labels), 'eval_windows': n_eval,
+        'before': {k: before[k] for k in ('accuracy', 'windows', 'confusion')},
+        'after': {k: after[k] for k in ('accuracy', 'windows', 'confusion')},
+        'rounds_done': len(metrics) - 1, 'labels_used': after['labels'],
+        'curve': [{'labels': m['labels'], 'accuracy': m['accuracy']} for m in metrics],
+        'rounds': metrics, 'settings': cfg.run_settings(),
+    }
+    if n_eval:
+        for name, m in (('before', before), ('after', after)):
+            plot_confusion(np.array(m['confusion']), labels, out / f'confusion_{name}.png',
+                           f'held-out windows, {name} fine-tuning')
+        plot_label_curves({cfg.strategy: {'labels': [m['labels'] for m in metrics],
+                                          'mean': [m['accuracy'] for m in metrics]}},
+                          out / 'learning_curve.png', 'fine-tuning on the pool')
+    atomic_save_json(out / 'report.json', report)
+    return report

@@ -1,0 +1,602 @@
+"""The pool: a robot's own recordings as its nodes saw them, stored to be ranked and labelled.
+
+`build_pool` replays rosbag2 recordings through the nodes' own processors (the offline pipeline
+of `lightmer.evaluate`: FrameSelector -> FaceCropper -> SegmentFuser, AudioSegmenter ->
+SegmentFuser) and stores every segment whose logits the fusion computed (the face crop and the
+log-mel the model saw, with its segment id and reference time) and every window the fusion
+published (the items people label), plus the recording's 16 kHz audio for listening. `Pool`
+reads it back for selection, training and the labelling page.
+
+On disk (docs/ACTIVE_LEARNING.md describes every field):
+
+    POOL/pool.json                         settings shared by every recording, recording ids
+    POOL/recordings/<rec>/recording.json   bag, topics, times, counts, audio placement
+    POOL/recordings/<rec>/segments.npz     k, t_ref, crops, mels (one row per segment)
+    POOL/recordings/<rec>/windows.npz      k_last, t_ref, rows, probs (one row per window)
+    POOL/recordings/<rec>/audio.wav        the recording's audio, 16-bit mono 16 kHz
+    POOL/logits/<checkpoint key>/<rec>.npy per-segment logits of one checkpoint (a cache)
+
+A recording directory is written whole under a temporary name and renamed, then pool.json is
+rewritten: a killed run leaves complete recordings, and running it again skips them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from lightmer import bags
+from lightmer.io_utils import atomic_save_json, atomic_savez, atomic_write, atomic_write_wav
+from lightmer.segments import reference_time, window_indices
+
+POOL_FORMAT = 'lightmer-pool'
+POOL_VERSION = 1
+WINDOW_ID_SEPARATOR = ':'          # window id = '<recording id>:<k_last>'
+_TMP_PREFIX = '.incomplete-'
+
+
+class PoolError(ValueError):
+    """A pool that cannot be used or written as asked; the message says what to do."""
+
+
+# --- settings --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PoolConfig:
+    """What `build_pool` needs. Node settings left None take the nodes' own defaults."""
+
+    bags: tuple[Path, ...]
+    checkpoint: Path
+    out: Path
+    topics: bags.BagTopics = bags.BagTopics()
+    anchor: str = 'centre'               # segment reference time: 'centre' | 'start'
+    policy: str | None = None            # missing modality: 'skip' | 'nearest'
+    min_segments: int | None = None      # 0 or None: all N
+    min_face_size: int | None = None
+    threads: int = 1                     # torch threads
+    progress: bool = True
+
+
+def checkpoint_key(path: str | os.PathLike) -> str:
+    """A short content hash of a checkpoint file: names its logits cache in a pool."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def recording_id(bag: str | os.PathLike) -> str:
+    """'<bag directory name>-<6 hex of its absolute path>': readable, unique per bag, stable."""
+    path = Path(bag).resolve()
+    stem = re.sub(r'[^A-Za-z0-9_-]+', '_', path.name).strip('_') or 'bag'
+    return f'{stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:6]}'
+
+
+def window_id(rec: str, k_last: int) -> str:
+    return f'{rec}{WINDOW_ID_SEPARATOR}{int(k_last)}'
+
+
+def parse_window_id(wid: str) -> tuple[str, int]:
+    rec, sep, k = str(wid).rpartition(WINDOW_ID_SEPARATOR)
+    if not sep or not rec or not re.fullmatch(r'-?\d+', k):
+        raise PoolError(f'{wid!r} is not a window id (expected <recording>:<segment>, as in '
+                        'a batch manifest)')
+    return rec, int(k)
+
+
+def _pool_header(meta, settings) -> dict:
+    """The settings every recording of a pool shares (compared on every append)."""
+    return {'format': POOL_FORMAT, 'version': POOL_VERSION, 'preset': meta.preset,
+            'features': meta.features.to_dict(), 'segment_s': meta.segment_s,
+            'n_segments': meta.n_segments, 'settings': dataclasses.asdict(settings)}
+
+
+def _differences(old: dict, new: dict) -> dict:
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)}
+
+
+# --- building --------------------------------------------------------------------------------
+class _SegmentRecorder:
+    """Collects what the fusion computed per segment (SegmentFuser.segment_listener)."""
+
+    def __init__(self):
+        self.k: list[int] = []
+        self.t_ref: list[float] = []
+        self.crops: list[np.ndarray] = []
+        self.mels: list[np.ndarray] = []
+        self.logits: list[np.ndarray] = []
+
+    def __call__(self, k, t_ref, face, mel, logits) -> None:
+        self.k.append(int(k))
+        self.t_ref.append(float(t_ref))
+        self.crops.append(np.array(face, dtype=np.uint8))
+        self.mels.append(np.array(mel, dtype=np.float32))
+        self.logits.append(np.array(logits, dtype=np.float64))
+
+
+class _AudioTimeline:
+    """The audio of a recording on one timeline at the features' rate, for listening.
+
+    Chunks that continue the previous one within the nodes' gap tolerance are joined back to
+    back (as the audio node does); a later stamp starts a new run and the hole reads as
+    silence. Each run is resampled whole at the end.
+    """
+
+    def __init__(self, sample_rate: int, gap_tolerance_s: float):
+        self.sample_rate = sample_rate
+        self.tolerance = gap_tolerance_s
+        self._runs: list[tuple[float, int, list[np.ndarray]]] = []   # (t0, sr, chunks)
+        self._end = -np.inf
+
+    def add(self, t: float, samples: np.ndarray, sr: int) -> None:
+        if self._runs and sr == self._runs[-1][1] and abs(t - self._end) <= self.tolerance:
+            self._runs[-1][2].append(samples)
+            self._end += len(samples) / sr
+        else:
+            self._runs.append((t, sr, [samples]))
+            self._end = t + len(samples) / sr
+
+    def finish(self) -> tuple[np.ndarray, float]:
+        """-> (float32 (n,) mono at sample_rate, stamp of sample 0 in seconds)."""
+        from lightmer.features import resample
+
+        if not self._runs:
+            return np.zeros(0, np.float32), 0.0
+        t0 = self._runs[0][0]
+        pieces = [(t, resample(np.concatenate(chunks), sr, self.sample_rate))
+                  for t, sr, chunks in self._runs]
+        n = max(round((t - t0) * self.sample_rate) + len(x) for t, x in pieces)
+        out = np.zeros(n, np.float32)
+        for t, x in pieces:
+            i = round((t - t0) * self.sample_rate)
+            out[i:i + len(x)] = x
+        return out, t0
+
+
+def _node_settings(cfg: PoolConfig):
+    """The nodes' settings for the replay, resolved by the one function eval-bag uses."""
+    from lightmer.evaluate import EvalConfig, NodeSettings
+
+    return NodeSettings.resolve(EvalConfig(
+        bag=Path(), labels=Path(), checkpoint=cfg.checkpoint, anchor=cfg.anchor,
+        policy=cfg.policy, min_segments=cfg.min_segments, min_face_size=cfg.min_face_size))
+
+
+def build_pool(cfg: PoolConfig) -> dict:
+    """Pool every bag of `cfg.bags` into `cfg.out` (created, or extended and resumed).
+
+    Every input is checked before anything is written: each bag must hold the camera, audio
+    and audio-info topics with raw PCM audio (bags.BagFormatError otherwise), and an existing
+    pool must have been made with the same features, segment grid, N and node settings
+    (PoolError). Returns a summary: recordings added and skipped, segments, windows, seconds
+    of recording, wall seconds, throughput (seconds of recording per second).
+    """
+    import torch
+
+    from lightmer.checkpoint import load_checkpoint
+    from lightmer.evaluate import OfflinePipeline
+    from lightmer.features import FaceCropper
+
+    if not cfg.bags:
+        raise PoolError('no bags given; pass --bag DIR [DIR ...]')
+    ids = [recording_id(b) for b in cfg.bags]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise PoolError(f'the same bag is given twice ({repeated}); pass each bag once')
+    infos = [bags.bag_info(b, cfg.topics) for b in cfg.bags]   # BagFormatError says what to do
+    model, meta = load_checkpoint(cfg.checkpoint)
+    settings = _node_settings(cfg)
+    header = _pool_header(meta, settings)
+    out = Path(cfg.out)
+    index = _read_index(out) if (out / 'pool.json').exists() else None
+    if index is not None:
+        diff = _differences({k: index.get(k) for k in header}, header)
+        if diff:
+            raise PoolError(f'{out} was pooled with other settings {diff} (pool, now); use the '
+                            'same checkpoint features and node options, or another --out')
+    elif out.exists() and any(out.iterdir()):
+        raise PoolError(f'{out} exists and is not a pool (no pool.json); choose another --out')
+
+    torch.set_num_threads(cfg.threads)
+    key = checkpoint_key(cfg.checkpoint)
+    done = list(index['recordings']) if index is not None else []
+    (out / 'recordings').mkdir(parents=True, exist_ok=True)
+    for stale in (out / 'recordings').iterdir():       # a killed run's unfinished recording
+        if stale.name.startswith(_TMP_PREFIX) or (stale.is_dir() and stale.name not in done):
+            shutil.rmtree(stale)
+    if index is None:
+        atomic_save_json(out / 'pool.json', {**header, 'recordings': []})
+
+    cropper = FaceCropper(meta.features, min_face_size=settings.min_face_size)
+    added, skipped, seconds, t0 = [], [], 0.0, time.perf_counter()
+    for bag, info, rec in zip(cfg.bags, infos, ids, strict=True):
+        if rec in done:
+            skipped.append(rec)
+            continue
+        pipe = OfflinePipeline(model, meta, settings, cropper=cropper)
+        summary = _pool_recording(out, rec, Path(bag), info, pipe, meta, settings, cfg, key)
+        done.append(rec)
+        atomic_save_json(out / 'pool.json', {**header, 'recordings': done})
+        added.append(summary)
+        seconds += summary['duration_s']
+    elapsed = time.perf_counter() - t0
+    return {'pool': str(out), 'added': [a['id'] for a in added], 'skipped': skipped,
+            'segments': sum(a['segments'] for a in added),
+            'windows': sum(a['windows'] for a in added), 'recording_s': seconds,
+            'elapsed_s': elapsed, 'recording_s_per_s': seconds / elapsed if elapsed else None}
+
+
+def _pool_recording(out: Path, rec: str, bag: Path, info: bags.BagInfo, pipe, meta, settings,
+                    cfg: PoolConfig, key: str) -> dict:
+    """Replay one bag through `pipe` and write POOL/recordings/<rec>/ whole."""
+    from tqdm import tqdm
+
+    from lightmer.evaluate import stamp_seconds
+
+    segments = _SegmentRecorder()
+    pipe.fuser.segment_listener = segments
+    audio = _AudioTimeline(meta.features.sample_rate, settings.gap_tolerance_s)
+    windows = []
+    n_msgs = sum(info.topics.get(t, ('', 0))[1] for t in (cfg.topics.image, cfg.topics.audio))
+    messages = tqdm(bags.read_bag(bag, cfg.topics), total=n_msgs, unit='msg',
+                    desc=f'pool {bag.name}', disable=None if cfg.progress else True)
+    for msg in messages:
+        t = stamp_seconds(msg.stamp_ns)
+        if msg.kind == 'image':
+            windows.extend(pipe.push_image(t, msg.data))
+        else:
+            audio.add(t, msg.data, msg.sample_rate)
+            windows.extend(pipe.push_audio(t, msg.data, msg.sample_rate))
+        if pipe.dropped()['reset']:
+            raise PoolError(f'{bag}: stamps go back in time near t = {t:.3f} s (a looped or '
+                            'concatenated recording); the pool needs one forward timeline per '
+                            'bag: split the bag where the stamps jump and pool the parts')
+
+    order = np.argsort(segments.k, kind='stable')
+    seg_k = np.asarray(segments.k, np.int64)[order]
+    row_of = {int(k): i for i, k in enumerate(seg_k)}
+    n = meta.n_segments
+    rows = np.full((len(windows), n), -1, np.int64)
+    for w, result in enumerate(windows):
+        first = result.k_last - n + 1
+        for k in result.segments:
+            rows[w, k - first] = row_of[k]
+    samples, audio_t0 = audio.finish()
+
+    tmp = out / 'recordings' / f'{_TMP_PREFIX}{rec}'
+    atomic_savez(tmp / 'segments.npz', k=seg_k,
+                 t_ref=np.asarray(segments.t_ref, np.float64)[order],
+                 crops=np.asarray(segments.crops, np.uint8).reshape(
+                     -1, meta.features.face_height, meta.features.face_width)[order],
+                 mels=np.asarray(segments.mels, np.float32).reshape(
+                     -1, meta.features.n_mels, meta.features.mel_frames)[order])
+    atomic_savez(tmp / 'windows.npz',
+                 k_last=np.array([w.k_last for w in windows], np.int64),
+                 t_ref=np.array([w.t_ref for w in windows], np.float64),
+                 rows=rows,
+                 probs=np.array([w.probs for w in windows], np.float64).reshape(
+                     len(windows), len(meta.labels)))
+    atomic_write_wav(tmp / 'audio.wav', samples, meta.features.sample_rate)
+    summary = {
+        'id': rec, 'bag': str(bag.resolve()), 'bag_name': bag.name, 'storage': info.storage,
+        'topics': dataclasses.asdict(cfg.topics), 'bag_start_ns': info.start_ns,
+        'bag_end_ns': info.end_ns, 'duration_s': (info.end_ns - info.start_ns) / 1e9,
+        'audio': {'file': 'audio.wav', 'sample_rate': meta.features.sample_rate,
+                  'samples': int(len(samples)), 't0_s': audio_t0},
+        'segments': int(len(seg_k)), 'windows': len(windows), 'dropped': pipe.dropped(),
+        'checkpoint': {'path': str(Path(cfg.checkpoint).resolve()), 'key': key},
+        'labels': list(meta.labels),
+        'created': dt.datetime.now(dt.UTC).isoformat(timespec='seconds'),
+    }
+    atomic_save_json(tmp / 'recording.json', summary)
+    # The pooling checkpoint's segment logits are a cache entry for free.
+    _save_npy(out / 'logits' / key / f'{rec}.npy',
+              np.asarray(segments.logits, np.float64).reshape(-1, len(meta.labels))[order])
+    os.replace(tmp, out / 'recordings' / rec)
+    return summary
+
+
+def _save_npy(path: Path, array: np.ndarray) -> Path:
+    def write(tmp: Path) -> None:
+        with open(tmp, 'wb') as f:   # a file object keeps numpy from appending '.npy'
+            np.save(f, array)
+
+    return atomic_write(path, write)
+
+
+def _read_index(path: Path) -> dict:
+    index_path = Path(path) / 'pool.json'
+    if not index_path.is_file():
+        raise PoolError(f'{path} is not a pool (no pool.json); make one with `lightmer pool '
+                        f'--bag BAG --checkpoint M --out {path}`')
+    d = json.loads(index_path.read_text(encoding='utf-8'))
+    if d.get('format') != POOL_FORMAT or d.get('version') != POOL_VERSION:
+        raise PoolError(f'{index_path} is not a version-{POOL_VERSION} lightmer pool; pool the '
+                        'bags again with this lightmer')
+    return d
+
+
+# --- reading ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WindowTable:
+    """Every window and segment of a pool in flat arrays (recordings in pool order).
+
+    ids: W window ids; rec int64 (W,) index into rec_ids; k_last int64 (W,); t_ref float64
+    (W,) seconds (the `emotion` stamp); rows int64 (W, N) global segment rows of the window's
+    segments k_last-N+1 .. k_last, -1 where absent; probs float64 (W, C) as published when
+    pooling. seg_rec, seg_k int64 (S,), seg_t_ref float64 (S,).
+    """
+
+    rec_ids: tuple[str, ...]
+    ids: tuple[str, ...]
+    rec: np.ndarray
+    k_last: np.ndarray
+    t_ref: np.ndarray
+    rows: np.ndarray
+    probs: np.ndarray
+    seg_rec: np.ndarray
+    seg_k: np.ndarray
+    seg_t_ref: np.ndarray
+
+    @cached_property
+    def position(self) -> dict[str, int]:
+        return {w: i for i, w in enumerate(self.ids)}
+
+    def index_of(self, window_ids) -> np.ndarray:
+        """int64 positions of `window_ids`; PoolError naming the ones not in the pool."""
+        missing = [w for w in window_ids if w not in self.position]
+        if missing:
+            raise PoolError(f'{len(missing)} window id(s) are not in this pool, e.g. '
+                            f'{missing[:3]}; were they pooled into another pool?')
+        return np.array([self.position[w] for w in window_ids], np.int64)
+
+
+@dataclass(frozen=True)
+class WindowView:
+    """One window as a labelling page shows it.
+
+    crops uint8 (N, 98, 80) oldest first (zeros where `present` is False); t_refs float64 (N,)
+    segment reference times; frames_s: (start, end) stamp seconds of the camera time the
+    window covers (first segment start to last segment end; read those frames from `bag`);
+    audio_s: (start, end) of the audio its log-mels used (first reference - d/2 to last
+    reference + d/2); probs float64 (C,) as published when pooling, in `labels` order.
+    """
+
+    window_id: str
+    recording: str
+    bag: Path
+    topics: dict
+    k_last: int
+    segment_ids: tuple[int, ...]
+    present: np.ndarray
+    crops: np.ndarray
+    t_refs: np.ndarray
+    frames_s: tuple[float, float]
+    audio_s: tuple[float, float]
+    probs: np.ndarray
+    labels: tuple[str, ...]
+
+    @property
+    def entropy_bits(self) -> float:
+        from lightmer.uncertainty import entropy_bits
+
+        return float(entropy_bits(self.probs[None])[0])
+
+
+class Pool:
+    """Read access to a pool directory (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike):
+        from lightmer.config import FeatureConfig
+
+        self.path = Path(path)
+        self.index = _read_index(self.path)
+        self.features = FeatureConfig.from_dict(self.index['features'])
+        self.segment_s = float(self.index['segment_s'])
+        self.n_segments = int(self.index['n_segments'])
+        self.settings = dict(self.index['settings'])
+        self.recording_ids: tuple[str, ...] = tuple(self.index['recordings'])
+        if not self.recording_ids:
+            raise PoolError(f'{self.path} holds no finished recording; run `lightmer pool` '
+                            'again to finish it')
+        self._segments: dict[str, dict[str, np.ndarray]] = {}
+
+    def recording(self, rec: str) -> dict:
+        """recording.json of `rec`."""
+        if rec not in self.recording_ids:
+            raise PoolError(f'recording {rec!r} is not in {self.path}; it has '
+                            f'{list(self.recording_ids)}')
+        return json.loads((self.path / 'recordings' / rec / 'recording.json')
+                          .read_text(encoding='utf-8'))
+
+    def check_checkpoint(self, meta, checkpoint: str | os.PathLike = 'the checkpoint') -> None:
+        """PoolError unless `meta` computes features on the pool's grid exactly as pooled."""
+        have = {'features': self.features.to_dict(), 'segment_s': self.segment_s,
+                'n_segments': self.n_segments}
+        want = {'features': meta.features.to_dict(), 'segment_s': meta.segment_s,
+                'n_segments': meta.n_segments}
+        diff = _differences(have, want)
+        if 'features' in diff:
+            old, new = diff.pop('features')
+            diff.update({f'features.{k}': v for k, v in _differences(old, new).items()})
+        if diff:
+            raise PoolError(f'{self.path} was pooled with other feature settings than '
+                            f'{checkpoint}: {diff} (pool, checkpoint); pool the bags again '
+                            'with this checkpoint (`lightmer pool --checkpoint ...`) or use '
+                            'a checkpoint trained with the pool\'s settings')
+
+    @cached_property
+    def table(self) -> WindowTable:
+        recs, ids, rec_i, k_last, t_ref, rows, probs = [], [], [], [], [], [], []
+        seg_rec, seg_k, seg_t = [], [], []
+        offset = 0
+        for r, rec in enumerate(self.recording_ids):
+            d = self.path / 'recordings' / rec
+            with np.load(d / 'windows.npz') as w, np.load(d / 'segments.npz') as s:
+                k, tr = s['k'], s['t_ref']
+                wk, wrows = w['k_last'], w['rows']
+                ids.extend(window_id(rec, x) for x in wk)
+                rec_i.append(np.full(len(wk), r, np.int64))
+                k_last.append(wk)
+                t_ref.append(w['t_ref'])
+                rows.append(np.where(wrows >= 0, wrows + offset, -1))
+                probs.append(w['probs'])
+                seg_rec.append(np.full(len(k), r, np.int64))
+                seg_k.append(k)
+                seg_t.append(tr)
+                offset += len(k)
+            recs.append(rec)
+        n_classes = max((p.shape[1] for p in probs if p.ndim == 2), default=0)
+        return WindowTable(
+            rec_ids=tuple(recs), ids=tuple(ids), rec=np.concatenate(rec_i),
+            k_last=np.concatenate(k_last), t_ref=np.concatenate(t_ref),
+            rows=np.concatenate(rows).reshape(-1, self.n_segments),
+            probs=np.concatenate([p.reshape(-1, n_classes) for p in probs]),
+            seg_rec=np.concatenate(seg_rec), seg_k=np.concatenate(seg_k),
+            seg_t_ref=np.concatenate(seg_t))
+
+    def _recording_segments(self, rec: str) -> dict[str, np.ndarray]:
+        if rec not in self._segments:
+            with np.load(self.path / 'recordings' / rec / 'segments.npz') as z:
+                self._segments[rec] = {k: z[k] for k in ('k', 't_ref', 'crops', 'mels')}
+        return self._segments[rec]
+
+    def segment_inputs(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Global segment rows (R,) -> (crops uint8 (R, 98, 80), mels float32 (R, 128, 43))."""
+        table = self.table
+        rows = np.asarray(rows, np.int64)
+        f = self.features
+        crops = np.empty((len(rows), f.face_height, f.face_width), np.uint8)
+        mels = np.empty((len(rows), f.n_mels, f.mel_frames), np.float32)
+        starts = np.searchsorted(table.seg_rec, np.arange(len(table.rec_ids)))
+        for r, rec in enumerate(table.rec_ids):
+            mine = np.flatnonzero(table.seg_rec[rows] == r)
+            if mine.size:
+                seg = self._recording_segments(rec)
+                local = rows[mine] - starts[r]
+                crops[mine] = seg['crops'][local]
+                mels[mine] = seg['mels'][local]
+        return crops, mels
+
+    def segment_logits(self, model, key: str | None = None, batch_size: int = 256,
+                       progress: bool = False) -> np.ndarray:
+        """float64 (S, C): `model`'s logits for every segment of the pool, in eval mode.
+
+        With a `key` (checkpoint_key of the model's file) each recording's logits are read
+        from, or written to, POOL/logits/<key>/<rec>.npy, so a checkpoint scores a pool once.
+        """
+        from tqdm import tqdm
+
+        table = self.table
+        parts = []
+        for rec in tqdm(table.rec_ids, desc='segment logits', unit='recording',
+                        disable=not progress):
+            cache = self.path / 'logits' / key / f'{rec}.npy' if key else None
+            if cache is not None and cache.is_file():
+                parts.append(np.load(cache))
+                continue
+            seg = self._recording_segments(rec)
+            logits = compute_segment_logits(model, seg['crops'], seg['mels'], batch_size)
+            if cache is not None:
+                _save_npy(cache, logits)
+            parts.append(logits)
+        return np.concatenate(parts)
+
+    def window(self, wid: str, labels: tuple[str, ...] | None = None) -> WindowView:
+        """One window for a labelling page (see WindowView)."""
+        rec, _ = parse_window_id(wid)
+        info = self.recording(rec)
+        table = self.table
+        i = int(table.index_of([wid])[0])
+        rows = table.rows[i]
+        present = rows >= 0
+        f = self.features
+        crops = np.zeros((self.n_segments, f.face_height, f.face_width), np.uint8)
+        if present.any():
+            crops[present] = self.segment_inputs(rows[present])[0]
+        k_last = int(table.k_last[i])
+        ks = tuple(window_indices(k_last, self.n_segments))
+        anchor = self.settings['anchor']
+        t_refs = np.array([reference_time(k, self.segment_s, anchor) for k in ks])
+        half = f.window_s / 2
+        return WindowView(
+            window_id=wid, recording=rec, bag=Path(info['bag']), topics=dict(info['topics']),
+            k_last=k_last, segment_ids=ks, present=present, crops=crops, t_refs=t_refs,
+            frames_s=(ks[0] * self.segment_s, (ks[-1] + 1) * self.segment_s),
+            audio_s=(float(t_refs[0] - half), float(t_refs[-1] + half)),
+            probs=table.probs[i].copy(), labels=tuple(labels or info['labels']))
+
+    def audio(self, rec: str, start_s: float, end_s: float) -> tuple[np.ndarray, int]:
+        """The recording's audio between two stamp times: (float32 (n,), sample rate).
+
+        Times outside the recording read as silence, so a caller may ask for context freely.
+        """
+        import wave
+
+        info = self.recording(rec)['audio']
+        sr, t0 = int(info['sample_rate']), float(info['t0_s'])
+        i0, i1 = round((start_s - t0) * sr), round((end_s - t0) * sr)
+        out = np.zeros(max(0, i1 - i0), np.float32)
+        lo, hi = max(i0, 0), min(i1, int(info['samples']))
+        if hi > lo:
+            with wave.open(str(self.path / 'recordings' / rec / info['file']), 'rb') as w:
+                w.setpos(lo)
+                raw = w.readframes(hi - lo)
+            out[lo - i0:hi - i0] = np.frombuffer(raw, '<i2').astype(np.float32) / 32768.0
+        return out, sr
+
+
+def compute_segment_logits(model, crops: np.ndarray, mels: np.ndarray,
+                           batch_size: int = 256) -> np.ndarray:
+    """Eval-mode logits of segments: uint8 (S, 98, 80), float32 (S, 128, 43) -> float64 (S, C).
+
+    The same call the fusion node makes per segment (model.segment_logits), in batches.
+    """
+    import torch
+
+    from lightmer.features import face_to_input
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(crops), batch_size):
+            faces = torch.from_numpy(face_to_input(crops[s:s + batch_size]))        # (B,1,H,W)
+            mel = torch.from_numpy(np.ascontiguousarray(mels[s:s + batch_size]))[:, None]
+            out.append(model.segment_logits(faces, mel).double().numpy())          # (B, C)
+    n_classes = model.cfg.n_classes
+    return np.concatenate(out) if out else np.zeros((0, n_classes))
+
+
+def window_probs(segment_logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Window probabilities from cached segment logits, as the fusion node computes them.
+
+    segment_logits float (S, C); rows int (W, N) segment rows, -1 where absent (each window
+    has at least one). Returns float64 (W, C): softmax of the mean of the present segments'
+    logits (`model.fuse`, applied per group of windows with the same number of segments).
+    """
+    import torch
+
+    from lightmer.model import fuse
+
+    logits = np.asarray(segment_logits, np.float64)
+    rows = np.asarray(rows, np.int64)
+    out = np.zeros((len(rows), logits.shape[1]), np.float64)
+    counts = (rows >= 0).sum(axis=1)
+    for n in np.unique(counts):
+        if n == 0:
+            raise ValueError('a window without segments cannot be scored')
+        sel = np.flatnonzero(counts == n)
+        picked = np.sort(rows[sel], axis=1)[:, -n:]         # the present rows (-1 sort first)
+        out[sel] = fuse(torch.from_numpy(logits[picked])).numpy()   # (w, n, C) -> (w, C)
+    return out

@@ -1,0 +1,132 @@
+"""`lightmer query`: rank a pool's unanswered windows and write a batch for people to answer.
+
+The model scores segments, not windows: each segment's logits are computed once per
+checkpoint and cached in the pool (`Pool.segment_logits`), and a window's probabilities are
+the softmax of the mean of its cached segment logits (`pool.window_probs`), as in the fusion
+node. So re-ranking a pool with the same checkpoint costs a mean and a sort.
+
+Batch manifest (JSON, docs/ACTIVE_LEARNING.md): format 'lightmer-batch', the pool, the
+checkpoint and its class labels, the strategy, the diversity cap, and per selected window its
+id, recording, stamp, camera and audio time spans, score, entropy, margin, probabilities and
+predicted class. Answer it in the answers file (`lightmer.labels`).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lightmer.io_utils import atomic_save_json
+from lightmer.pool import Pool, checkpoint_key, window_probs
+from lightmer.selection import STRATEGIES, default_cap, margins, priority, select_diverse
+from lightmer.uncertainty import entropy_bits
+
+MANIFEST_FORMAT = 'lightmer-batch'
+MANIFEST_VERSION = 1
+SCORE_NAMES = {'uncertainty': 'entropy_bits', 'margin': 'margin', 'random': 'random_draw'}
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    pool: Path
+    checkpoint: Path
+    n: int
+    strategy: str = 'uncertainty'
+    answers: Path | None = None          # answers file: its windows are not asked again
+    out: Path | None = None              # manifest path (default POOL/batches/<time>.json)
+    seed: int = 0                        # the random strategy's draw
+    max_per_recording: int | None = None  # None: selection.default_cap
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f'--n must be >= 1, got {self.n}')
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f'strategy must be one of {STRATEGIES}, got {self.strategy!r}')
+
+
+def pool_probs(pool: Pool, model, key: str | None = None) -> np.ndarray:
+    """float64 (W, C): `model`'s window probabilities for every window of the pool."""
+    return window_probs(pool.segment_logits(model, key=key), pool.table.rows)
+
+
+def select(pool: Pool, probs: np.ndarray, candidates: np.ndarray, n: int, strategy: str,
+           seed: int = 0, max_per_recording: int | None = None) -> tuple[list[int], dict]:
+    """Pick up to n of the candidate windows (bool (W,)) -> (window indices, scores of all
+    W windows under every name the manifest reports)."""
+    table = pool.table
+    cand = np.flatnonzero(candidates)
+    score, prio = priority(probs[cand], strategy, seed)
+    chosen = select_diverse(prio, [table.ids[i] for i in cand], table.rec[cand],
+                            table.k_last[cand], pool.n_segments, n, max_per_recording)
+    scores = {'score': np.full(len(probs), np.nan), 'entropy_bits': entropy_bits(probs),
+              'margin': margins(probs)}
+    scores['score'][cand] = score
+    return [int(cand[i]) for i in chosen], scores
+
+
+def manifest_items(pool: Pool, chosen: list[int], probs: np.ndarray, scores: dict,
+                   labels: tuple[str, ...]) -> list[dict]:
+    """One manifest entry per chosen window, in the order chosen."""
+    table = pool.table
+    items = []
+    for rank, i in enumerate(chosen):
+        view = pool.window(table.ids[i], labels)
+        items.append({
+            'rank': rank, 'window_id': table.ids[i], 'recording': view.recording,
+            'k_last': int(table.k_last[i]), 'stamp_s': float(table.t_ref[i]),
+            'frames_s': list(view.frames_s), 'audio_s': list(view.audio_s),
+            'segments_present': int(view.present.sum()),
+            'score': float(scores['score'][i]), 'entropy_bits': float(scores['entropy_bits'][i]),
+            'margin': float(scores['margin'][i]), 'probs': [float(p) for p in probs[i]],
+            'predicted': labels[int(np.argmax(probs[i]))]})
+    return items
+
+
+def run_query(cfg: QueryConfig) -> dict:
+    """Score, select and write the batch manifest; returns it (with `path`)."""
+    from lightmer.checkpoint import load_checkpoint
+    from lightmer.labels import check_labels, latest, read_answers
+
+    t0 = time.perf_counter()
+    pool = Pool(cfg.pool)
+    model, meta = load_checkpoint(cfg.checkpoint)
+    pool.check_checkpoint(meta, cfg.checkpoint)
+    answered: set[str] = set()
+    if cfg.answers is not None:
+        history = read_answers(cfg.answers)
+        check_labels(history, meta.labels, str(cfg.answers))
+        answered = set(latest(history))
+    table = pool.table
+    key = checkpoint_key(cfg.checkpoint)
+    t1 = time.perf_counter()
+    probs = pool_probs(pool, model, key)
+    t2 = time.perf_counter()
+    candidates = np.array([w not in answered for w in table.ids], bool)
+    chosen, scores = select(pool, probs, candidates, cfg.n, cfg.strategy, cfg.seed,
+                            cfg.max_per_recording)
+    t3 = time.perf_counter()
+    n_recs = len(np.unique(table.rec[candidates])) if candidates.any() else 0
+    cap = (default_cap(cfg.n, n_recs) if cfg.max_per_recording is None
+           else cfg.max_per_recording)
+    created = dt.datetime.now(dt.UTC)
+    manifest = {
+        'format': MANIFEST_FORMAT, 'version': MANIFEST_VERSION,
+        'created': created.isoformat(timespec='seconds'),
+        'pool': str(Path(cfg.pool).resolve()),
+        'checkpoint': {'path': str(Path(cfg.checkpoint).resolve()), 'key': key},
+        'labels': list(meta.labels), 'strategy': cfg.strategy,
+        'score': SCORE_NAMES[cfg.strategy], 'seed': cfg.seed,
+        'answers_file': None if cfg.answers is None else str(Path(cfg.answers).resolve()),
+        'n_requested': cfg.n, 'n_selected': len(chosen), 'max_per_recording': cap,
+        'windows': len(table.ids), 'candidates': int(candidates.sum()),
+        'already_answered': len(table.ids) - int(candidates.sum()),
+        'seconds': {'load': t1 - t0, 'score': t2 - t1, 'select': t3 - t2},
+        'items': manifest_items(pool, chosen, probs, scores, meta.labels),
+    }
+    out = cfg.out or (pool.path / 'batches' /
+                      f"{created.strftime('%Y%m%dT%H%M%SZ')}-{cfg.strategy}.json")
+    manifest['path'] = str(atomic_save_json(out, manifest))
+    return manifest

@@ -1,0 +1,176 @@
+"""`lightmer pool`: a real make-bag bag through the nodes' processors into a pool; the pool's
+windows are eval-bag's; the pooled crops, mels, logits and audio read back; resume after a
+real SIGKILL; refused inputs write nothing."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures_data import POOL_MIN_SEGMENTS as MIN_SEGMENTS
+from lightmer import bags
+from lightmer.cli import main
+from lightmer.pool import Pool, PoolConfig, PoolError, build_pool, window_probs
+
+
+def test_pool_windows_are_the_windows_eval_bag_publishes(robot_pool, robot_bags,
+                                                          untrained_checkpoint, tmp_path):
+    from lightmer.evaluate import EvalConfig, evaluate_bag
+
+    evaluate_bag(EvalConfig(bag=robot_bags[0], labels=bags.default_labels_path(robot_bags[0]),
+                            checkpoint=untrained_checkpoint, out=tmp_path,
+                            min_segments=MIN_SEGMENTS))
+    published = json.loads((tmp_path / 'windows.json').read_text())
+    pool = Pool(robot_pool)
+    table = pool.table
+    assert len(published) == len(table.ids) > 10
+    assert [w['k_last'] for w in published] == table.k_last.tolist()
+    np.testing.assert_array_equal(table.t_ref, [w['stamp_s'] for w in published])
+    np.testing.assert_array_equal(table.probs, [w['probs'] for w in published])
+    # A window is the mean of its cached segment logits, as the fusion node computes it.
+    logits = pool.segment_logits(None, key=json.loads(
+        (robot_pool / 'recordings' / table.rec_ids[0] / 'recording.json').read_text())
+        ['checkpoint']['key'])
+    np.testing.assert_allclose(window_probs(logits, table.rows), table.probs, atol=1e-12)
+    counts = (table.rows >= 0).sum(axis=1)
+    assert counts.min() >= MIN_SEGMENTS and counts.max() == pool.n_segments
+
+
+def test_pooled_segments_read_back(robot_pool, robot_bags, untrained_checkpoint):
+    from lightmer.checkpoint import load_checkpoint
+    from lightmer.pool import compute_segment_logits
+
+    pool = Pool(robot_pool)
+    table = pool.table
+    rows = np.arange(len(table.seg_k))
+    crops, mels = pool.segment_inputs(rows)
+    assert crops.dtype == np.uint8 and crops.shape == (len(rows), 98, 80)
+    assert mels.dtype == np.float32 and mels.shape == (len(rows), 128, 43)
+    assert crops.std(axis=(1, 2)).min() > 5            # real face crops, not blanks
+    model, _ = load_checkpoint(untrained_checkpoint)
+    cached = np.load(next((robot_pool / 'logits').glob('*/*.npy')))
+    # Batched recomputation agrees with the per-segment logits the fusion computed.
+    np.testing.assert_allclose(compute_segment_logits(model, crops, mels), cached, atol=1e-4)
+    assert np.all(np.diff(table.seg_k) > 0)
+
+    # The labelling page's view: N crops, time spans, probabilities, entropy.
+    wid = table.ids[len(table.ids) // 2]
+    view = pool.window(wid)
+    n = pool.n_segments
+    assert view.crops.shape == (n, 98, 80) and view.present.sum() >= MIN_SEGMENTS
+    assert view.frames_s[1] - view.frames_s[0] == pytest.approx(n * pool.segment_s)
+    assert view.audio_s[0] < view.frames_s[0] and view.audio_s[1] > view.frames_s[1]
+    assert 0 <= view.entropy_bits <= np.log2(6) and view.bag == robot_bags[0].resolve()
+
+    # The stored audio is the bag's audio, on the stamp clock.
+    info = bags.bag_info(robot_bags[0])
+    chunks = [m for m in bags.read_bag(robot_bags[0]) if m.kind == 'audio']
+    stream = np.concatenate([c.data for c in chunks])
+    t0 = chunks[0].stamp_ns / 1e9
+    audio, sr = pool.audio(table.rec_ids[0], t0 - 0.5, t0 + 3.0)
+    assert sr == 16000 and len(audio) == 3.5 * sr
+    np.testing.assert_array_equal(audio[:8000], 0)       # before the recording: silence
+    np.testing.assert_allclose(audio[8000:], stream[:3 * sr], atol=1e-6)
+    assert info.start_ns / 1e9 == t0
+
+
+def test_pool_resumes_after_a_kill(robot_bags, untrained_checkpoint, tmp_path, ros_env):
+    """SIGKILL while the second bag is pooled; the rerun keeps the first and finishes."""
+    out = tmp_path / 'pool'
+    cmd = [sys.executable, '-m', 'lightmer.cli', 'pool', '--bag', *map(str, robot_bags),
+           '--checkpoint', str(untrained_checkpoint), '--out', str(out), '--min-segments', '3']
+    proc = subprocess.Popen(cmd, env=ros_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    index = out / 'pool.json'
+    while time.monotonic() < deadline and proc.poll() is None:
+        if index.exists() and json.loads(index.read_text())['recordings']:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(json.loads(index.read_text())['recordings']) == 1
+    result = subprocess.run([*cmd, '--json'], env=ros_env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert len(summary['skipped']) == 1 and len(summary['added']) == 1
+    assert sorted(p.name for p in (out / 'recordings').iterdir()) == sorted(
+        json.loads(index.read_text())['recordings'])     # nothing half-written left
+    # The same pool as in one go (the second bag alone, into a fresh directory).
+    fresh = tmp_path / 'fresh'
+    build_pool(PoolConfig(bags=(robot_bags[1],), checkpoint=untrained_checkpoint, out=fresh,
+                          min_segments=3, progress=False))
+    rec = summary['added'][0]
+    for name in ('segments.npz', 'windows.npz'):
+        with np.load(out / 'recordings' / rec / name) as a, \
+                np.load(fresh / 'recordings' / rec / name) as b:
+            for key in a.files:
+                np.testing.assert_array_equal(a[key], b[key])
+
+
+def _custom_mp3_bag(path: Path) -> Path:
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    store = bags.typestore()
+    t = bags.DEFAULT_START_NS
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        for topic, msgtype, msg in (
+                (bags.IMAGE_TOPIC, bags.IMAGE_TYPE,
+                 bags.image_message(store, t, np.zeros((4, 4, 3), np.uint8))),
+                (bags.AUDIO_TOPIC, bags.AUDIO_TYPE,
+                 bags.audio_message(store, t, np.zeros(16, np.int16))),
+                (bags.AUDIO_INFO_TOPIC, bags.AUDIO_INFO_TYPE,
+                 bags.audio_info_message(store, coding_format='mp3'))):
+            c = w.add_connection(topic, msgtype, typestore=store)
+            w.write(c, t, store.serialize_cdr(msg, msgtype))
+    return path
+
+
+def test_refused_inputs_write_nothing(robot_bags, untrained_checkpoint, robot_pool, tmp_path,
+                                      capsys):
+    out = tmp_path / 'new_pool'
+    # A bag without the topics: the message names the option to change.
+    assert main(['pool', '--bag', str(robot_bags[0]), '--checkpoint', str(untrained_checkpoint),
+                 '--out', str(out), '--audio-topic', '/mic/audio']) == 2
+    assert 'no audio topic /mic/audio' in capsys.readouterr().err
+    # mp3 audio (audio_capture's default): refused with the capture setting to use.
+    mp3 = _custom_mp3_bag(tmp_path / 'mp3_bag')
+    assert main(['pool', '--bag', str(robot_bags[0]), str(mp3), '--checkpoint',
+                 str(untrained_checkpoint), '--out', str(out)]) == 2
+    assert 'format:=wave' in capsys.readouterr().err
+    assert not out.exists()
+
+    # Extending a pool with other node settings or features than it was made with.
+    before = {p: p.stat().st_mtime_ns for p in robot_pool.rglob('*') if p.is_file()}
+    with pytest.raises(PoolError, match='other settings'):
+        build_pool(PoolConfig(bags=(robot_bags[1],), checkpoint=untrained_checkpoint,
+                              out=robot_pool, min_segments=4, progress=False))
+    assert before == {p: p.stat().st_mtime_ns for p in robot_pool.rglob('*') if p.is_file()}
+
+
+def test_query_refuses_a_checkpoint_with_other_features(robot_pool, tmp_path, capsys):
+    import torch
+
+    from lightmer.checkpoint import meta_for_preset, save_checkpoint
+    from lightmer.config import FeatureConfig
+    from lightmer.model import LightmerNet
+
+    torch.manual_seed(0)
+    meta = meta_for_preset('crema-d', features=FeatureConfig(face_margin=0.2))
+    other = tmp_path / 'other.pt'
+    save_checkpoint(other, LightmerNet(meta.model), meta)
+    batch = tmp_path / 'batch.json'
+    assert main(['query', '--pool', str(robot_pool), '--checkpoint', str(other), '--n', '3',
+                 '--out', str(batch)]) == 2
+    err = capsys.readouterr().err
+    assert 'other feature settings' in err and 'features.face_margin' in err
+    assert not batch.exists() and not (robot_pool / 'batches').exists()
