@@ -76,11 +76,11 @@ def robot_bags(tiny_corpus, tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope='session')
 def robot_pool(robot_bags, untrained_checkpoint, tmp_path_factory) -> Path:
-    """`lightmer pool` of the first robot bag with the untrained model (read-only)."""
+    """`lightmer pool` of both robot bags with the untrained model (read-only)."""
     from lightmer.cli import main
 
     out = tmp_path_factory.mktemp('robot_pool') / 'pool'
-    assert main(['pool', '--bag', str(robot_bags[0]), '--checkpoint',
+    assert main(['pool', '--bag', *map(str, robot_bags), '--checkpoint',
                  str(untrained_checkpoint), '--out', str(out), '--min-segments',
                  str(POOL_MIN_SEGMENTS)]) == 0
     return out

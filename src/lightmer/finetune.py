@@ -348,6 +348,9 @@ def finetune(cfg: FinetuneConfig, oracle=None) -> dict:
             probs = base_probs
             metrics = [{'round': 0, 'labels': len(labelled), 'asked': 0,
                         **_accuracy(probs[eval_idx], eval_targets, len(labels))}]
+            # Saved before round 1 asks anything: a rerun that comes back with the answers
+            # starts from here, asks the same batch and does not take its answers for prior.
+            _save_state(state_path, model, optimizer, labelled, asked, metrics, probs)
 
         # --rounds 0: one round that asks nothing and trains on the answers given before.
         n_ask = cfg.per_round if cfg.rounds > 0 else 0
@@ -380,10 +383,7 @@ def finetune(cfg: FinetuneConfig, oracle=None) -> dict:
                 segment_s=meta.segment_s, features=meta.features, model=meta.model,
                 provenance=_provenance(cfg, meta, pool, labelled, rnd)))
             # state.pt last: a kill before it repeats this round with the same batch.
-            atomic_torch_save(state_path, {
-                'version': STATE_VERSION, 'model': model.state_dict(),
-                'optimizer': optimizer.state_dict(), 'labelled': labelled, 'asked': asked,
-                'metrics': metrics, 'probs': torch.from_numpy(probs)})
+            _save_state(state_path, model, optimizer, labelled, asked, metrics, probs)
             _log_round(metrics[-1])
     finally:
         torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
@@ -421,6 +421,14 @@ def _train_round(model, optimizer, pool: Pool, labelled: dict, base, cfg: Finetu
         losses.append(_train_pass(model, optimizer, data, cfg.batch_size,
                                   stream_seed(cfg.seed, rnd, epoch), cfg.progress))
     return float(np.mean(losses))
+
+
+def _save_state(path: Path, model, optimizer, labelled: dict, asked: list, metrics: list,
+                probs: np.ndarray) -> None:
+    atomic_torch_save(path, {
+        'version': STATE_VERSION, 'model': model.state_dict(),
+        'optimizer': optimizer.state_dict(), 'labelled': labelled, 'asked': asked,
+        'metrics': metrics, 'probs': torch.from_numpy(probs)})
 
 
 def _load_state(path: Path) -> dict:

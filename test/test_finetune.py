@@ -1,0 +1,209 @@
+"""`lightmer query` and `lightmer finetune` on a pool made from a real make-bag bag: batches,
+the CSV oracle end to end, the human flow (stop, answer, resume), a real SIGKILL and resume,
+inputs refused before anything is written."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lightmer import bags
+from lightmer.checkpoint import load_checkpoint
+from lightmer.cli import main
+from lightmer.labels import Answer, append_answers, latest, read_answers
+from lightmer.pool import Pool
+from lightmer.uncertainty import entropy_bits
+
+# Small, fast settings: each tiny bag holds about 20 windows of 6 clips; the second bag is
+# the held-out recording.
+RUN = ['--per-round', '3', '--eval-windows', '6', '--epochs', '2', '--batch-size', '4',
+       '--lr', '1e-3']
+
+
+def _eval_bag(robot_bags) -> list[str]:
+    return ['--eval-recordings', str(robot_bags[1])]
+
+
+def test_query_writes_a_diverse_most_uncertain_batch(robot_pool, untrained_checkpoint,
+                                                     tmp_path, capsys):
+    answers = tmp_path / 'answers.csv'
+    pool = Pool(robot_pool)
+    table = pool.table
+    append_answers(answers, [Answer(table.ids[0], 'angry', 'test')])
+    out = tmp_path / 'batch.json'
+    assert main(['query', '--pool', str(robot_pool), '--checkpoint',
+                 str(untrained_checkpoint), '--n', '4', '--labels', str(answers),
+                 '--out', str(out)]) == 0
+    assert 'batch in' in capsys.readouterr().out
+    m = json.loads(out.read_text())
+    assert m['format'] == 'lightmer-batch' and m['score'] == 'entropy_bits'
+    items = m['items']
+    assert 1 <= len(items) <= 4 and m['already_answered'] == 1
+    ids = [it['window_id'] for it in items]
+    assert table.ids[0] not in ids
+    h = entropy_bits(table.probs)                    # the pooling checkpoint is this one
+    assert items[0]['entropy_bits'] == pytest.approx(h[1:].max())
+    assert [it['score'] for it in items] == sorted((it['score'] for it in items), reverse=True)
+    for a in items:
+        assert sum(a['probs']) == pytest.approx(1.0) and a['predicted'] in m['labels']
+        for b in items:
+            if a is not b and a['recording'] == b['recording']:
+                assert abs(a['k_last'] - b['k_last']) >= pool.n_segments
+
+
+def _finetune(pool, ckpt, answers, out, *extra, cache=None):
+    args = ['finetune', '--checkpoint', str(ckpt), '--pool', str(pool), '--labels',
+            str(answers), '--out', str(out), *RUN, *extra]
+    if cache is not None:
+        args += ['--base-cache', str(cache)]
+    return main(args)
+
+
+def test_csv_oracle_run_changes_the_model(robot_pool, robot_bags, untrained_checkpoint,
+                                          tiny_cache, tmp_path):
+    answers, out = tmp_path / 'answers.csv', tmp_path / 'run'
+    assert _finetune(robot_pool, untrained_checkpoint, answers, out, '--rounds', '2',
+                     '--oracle', 'bag-labels', *_eval_bag(robot_bags), cache=tiny_cache) == 0
+    report = json.loads((out / 'report.json').read_text())
+    assert report['rounds_done'] == 2 and report['eval_windows'] == 6
+    base, _ = load_checkpoint(untrained_checkpoint)
+    tuned, meta = load_checkpoint(out / 'finetuned.pt')
+    changed = [k for k, v in tuned.state_dict().items()
+               if not torch.equal(v, base.state_dict()[k])]
+    assert 'fc.weight' in changed and len(changed) > 10
+    prov = meta.provenance
+    assert prov['finetuned_from']['provenance']['dataset'] == 'test-fixture'
+    assert prov['rounds'] == 2 and prov['labels_used'] == report['labels_used'] > 0
+    assert prov['pool_recordings'] == list(Pool(robot_pool).recording_ids)
+    # The oracle's answers went through the answers file, with the bag CSV's class names.
+    rows = bags.read_labels(bags.default_labels_path(robot_bags[0]))
+    written = latest(read_answers(answers))
+    assert len(written) == 6 + 2 * 3                     # held-out + two rounds of three
+    assert {a.label for a in written.values()} <= {r.label for r in rows} | {'skip'}
+    asked = [it['window_id'] for r in (1, 2)
+             for it in json.loads((out / f'round_{r}' / 'batch.json').read_text())['items']]
+    held_out = json.loads((out / 'plan.json').read_text())['eval_windows']
+    assert len(set(asked)) == 6 and not set(asked) & set(held_out)
+    pool = Pool(robot_pool)
+    assert {pool.table.rec_ids[pool.table.rec[pool.table.position[w]]] for w in held_out} \
+        == {pool.table.rec_ids[1]}
+    for name in ('confusion_before.png', 'confusion_after.png', 'learning_curve.png'):
+        assert (out / name).stat().st_size > 0
+    assert np.array(report['after']['confusion']).sum() == report['after']['windows']
+
+    # The fine-tuned checkpoint loads in the nodes unchanged (their loader and processors).
+    from lightmer.evaluate import EvalConfig, evaluate_bag
+    from lightmer.ros.params import CommonParams, load_for_node
+
+    _, node_meta, segment_s = load_for_node(CommonParams(model_path=str(out / 'finetuned.pt')))
+    assert node_meta.labels == meta.labels and segment_s == meta.segment_s
+    result = evaluate_bag(EvalConfig(bag=robot_bags[0],
+                                     labels=bags.default_labels_path(robot_bags[0]),
+                                     checkpoint=out / 'finetuned.pt', min_segments=3))
+    assert result['windows'] == (Pool(robot_pool).table.rec == 0).sum()
+
+
+def test_people_answer_between_rounds(robot_pool, robot_bags, untrained_checkpoint, tmp_path,
+                                      capsys):
+    """The human oracle: the run stops with the batch to answer; answered, it resumes."""
+    answers, out = tmp_path / 'answers.csv', tmp_path / 'run'
+    held = _eval_bag(robot_bags)
+    assert _finetune(robot_pool, untrained_checkpoint, answers, out, '--rounds', '1',
+                     *held) == 3
+    err = capsys.readouterr().err
+    assert 'wait for an answer' in err and '--resume' in err
+    held_out = json.loads((out / 'eval_batch.json').read_text())['items']
+    assert len(held_out) == 6 and not (out / 'state.pt').exists()
+
+    def answer(items):
+        append_answers(answers, [Answer(it['window_id'], it['predicted'], 'a person')
+                                 for it in items])
+
+    answer(held_out)
+    assert _finetune(robot_pool, untrained_checkpoint, answers, out, '--rounds', '1', *held,
+                     '--resume') == 3
+    batch = json.loads((out / 'round_1' / 'batch.json').read_text())['items']
+    assert len(batch) == 3
+    answer(batch[:2])
+    append_answers(answers, [Answer(batch[2]['window_id'], 'unsure', 'a person')])
+    assert _finetune(robot_pool, untrained_checkpoint, answers, out, '--rounds', '1', *held,
+                     '--resume') == 0
+    report = json.loads((out / 'report.json').read_text())
+    assert report['labels_used'] == 2                     # 'unsure' does not train
+    assert report['before']['accuracy'] == 1.0            # answered with the predictions
+
+
+def _state_rounds(out: Path) -> int:
+    try:
+        return len(json.loads((out / 'report.json').read_text())['rounds'])
+    except (FileNotFoundError, json.JSONDecodeError):
+        pass
+    state = out / 'state.pt'
+    if not state.exists():
+        return 0
+    try:
+        return len(torch.load(state, weights_only=True)['metrics'])
+    except (RuntimeError, EOFError, OSError):
+        return 0
+
+
+def test_killed_finetune_resumes_to_the_same_model(robot_pool, robot_bags, untrained_checkpoint,
+                                                   tiny_cache, tmp_path, ros_env):
+    args = ['--rounds', '3', '--oracle', 'bag-labels', '--base-cache', str(tiny_cache),
+            *_eval_bag(robot_bags)]
+
+    def cmd(out):
+        return [sys.executable, '-m', 'lightmer.cli', 'finetune', '--checkpoint',
+                str(untrained_checkpoint), '--pool', str(robot_pool), '--labels',
+                str(out / 'answers.csv'), '--out', str(out), *RUN, *args]
+
+    whole = tmp_path / 'whole'
+    assert subprocess.run(cmd(whole), env=ros_env, capture_output=True,
+                          timeout=600).returncode == 0
+    killed = tmp_path / 'killed'
+    proc = subprocess.Popen(cmd(killed), env=ros_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while _state_rounds(killed) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)                             # round 1 done (round 0 = the base)
+    assert proc.poll() is None, 'the run ended before it could be killed'
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / 'report.json').exists()
+    done = subprocess.run([*cmd(killed), '--resume'], env=ros_env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a = json.loads((whole / 'report.json').read_text())
+    b = json.loads((killed / 'report.json').read_text())
+    assert [m['accuracy'] for m in a['rounds']] == [m['accuracy'] for m in b['rounds']]
+    assert [m.get('train_loss') for m in a['rounds']] == [m.get('train_loss') for m in b['rounds']]
+    wa, _ = load_checkpoint(whole / 'finetuned.pt')
+    wb, _ = load_checkpoint(killed / 'finetuned.pt')
+    for k, v in wa.state_dict().items():
+        assert torch.equal(v, wb.state_dict()[k]), k
+    # The answers file holds each answer once: the repeated round asked the same windows.
+    ids = [x.window_id for x in read_answers(killed / 'answers.csv')]
+    assert len(ids) == len(set(ids))
+
+
+def test_refused_inputs_write_nothing(robot_pool, untrained_checkpoint, tmp_path, capsys):
+    answers, out = tmp_path / 'answers.csv', tmp_path / 'run'
+    answers.write_text('window_id,label,who,when\nx:1,surprised,me,\n')
+    assert _finetune(robot_pool, untrained_checkpoint, answers, out) == 2
+    assert "['surprised'] that the checkpoint does not know" in capsys.readouterr().err
+    assert not out.exists()
+    assert answers.read_text() == 'window_id,label,who,when\nx:1,surprised,me,\n'
+    # A labels CSV for the bag-labels oracle naming a class the model does not have.
+    answers.unlink()
+    assert _finetune(robot_pool, untrained_checkpoint, answers, out, '--eval-recordings',
+                     'no-such-recording') == 2
+    assert 'neither a recording id nor a bag' in capsys.readouterr().err
+    assert not answers.exists()
