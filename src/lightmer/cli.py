@@ -441,13 +441,41 @@ def _add_demo(sub) -> None:
     p = sub.add_parser('demo', help='the whole system end to end on generated data')
     p.add_argument('--out', type=Path, default=Path('demo-out'))
     p.add_argument('--quick', action='store_true', help='smaller corpus, fewer epochs')
+    p.add_argument('--robot', action='store_true',
+                   help="also fine-tune the demo's model on a simulated robot's own people "
+                   '(pool, query, finetune; a few minutes more)')
     p.add_argument('--json', action='store_true')
 
 
 def _run_demo(args) -> int:
     from lightmer.demo import run_demo
 
-    result = run_demo(args.out, quick=args.quick)
+    result = run_demo(args.out, quick=args.quick, robot=args.robot)
+    if args.json:
+        _print_json(result)
+    return 0
+
+
+def _add_simulate_robot(sub) -> None:
+    p = sub.add_parser('simulate-robot', help="evidence: learning curves of fine-tuning on a "
+                       "simulated robot's own people, per selection strategy")
+    p.add_argument('--out', type=Path, default=Path('robot-sim'),
+                   help='directory (an interrupted run continues where it stopped)')
+    p.add_argument('--quick', action='store_true', help='3 people, one seed, up to 48 labels')
+    p.add_argument('--base-from', type=Path, default=None,
+                   help="a `lightmer demo` output directory whose model and cache to start "
+                   'from (default: train a base model first)')
+    p.add_argument('--json', action='store_true')
+
+
+def _run_simulate_robot(args) -> int:
+    from lightmer.robot_sim import simulate_robot
+
+    try:
+        result = simulate_robot(args.out, quick=args.quick, base_from=args.base_from)
+    except (FileNotFoundError, ValueError) as e:
+        print(f'lightmer simulate-robot: {e}', file=sys.stderr)
+        return 2
     if args.json:
         _print_json(result)
     return 0
@@ -467,6 +495,7 @@ COMMANDS = {
     'finetune': (_add_finetune, _run_finetune),
     'bringup': (_add_bringup, _run_bringup),
     'demo': (_add_demo, _run_demo),
+    'simulate-robot': (_add_simulate_robot, _run_simulate_robot),
 }
 
 

@@ -4,7 +4,8 @@ generate a CREMA-D-layout corpus -> prepare the cache (MTCNN crops, 16 kHz audio
 -> train with uncertainty sampling on one actor-disjoint fold (and, in the full demo, the
 full-training baseline for the paper's Figs. 4-5 comparison) -> write a rosbag of the
 held-out actors -> score it offline (the nodes' processors in-process) and live (the three
-real nodes over DDS on loopback, sim time) -> report.
+real nodes over DDS on loopback, sim time) -> report. With `robot`, one more stage: the
+demo's model learns from a simulated robot's own people (`lightmer.robot_sim`, quick size).
 
 Every stage is a call into the same modules the CLI exposes; nothing here re-implements them.
 """
@@ -65,9 +66,10 @@ def stage(name: str, timings: dict[str, float]):
     return _Stage()
 
 
-def run_demo(out: Path, quick: bool = False) -> dict:
+def run_demo(out: Path, quick: bool = False, robot: bool = False) -> dict:
     """Run every stage into `out` (created; an earlier demo there is replaced) and return the
-    result that is also written to `out/demo.json`."""
+    result that is also written to `out/demo.json`. `robot`: also the optional stage that
+    fine-tunes the demo's model on a simulated robot's people (out/robot/)."""
     from lightmer.bags import default_labels_path, make_bag
     from lightmer.datasets.prepare import prepare
     from lightmer.datasets.synth import synthesize
@@ -121,6 +123,13 @@ def run_demo(out: Path, quick: bool = False) -> dict:
                   f"clip accuracy {evals[mode]['clip_accuracy']:.3f}, "
                   f"{evals[mode]['windows']} windows")
 
+    robot_result = None
+    if robot:
+        from lightmer.robot_sim import simulate_robot
+
+        with stage("learn from a simulated robot's own people (pool, query, finetune)",
+                   timings):
+            robot_result = simulate_robot(out / 'robot', quick=True, base_from=out)
     pngs = _collect_pngs(out, fold_dir, run)
     result = {
         'dataset_layout': DATASET,
@@ -135,6 +144,9 @@ def run_demo(out: Path, quick: bool = False) -> dict:
         'latency_ms': evals['live']['latency_ms'],
         'dropped_live': evals['live']['segments_dropped'],
         'train_summary': summaries,
+        'robot': None if robot_result is None else {
+            k: robot_result[k] for k in ('base_accuracy_people', 'curves', 'gain_at_48',
+                                         'uncertainty_minus_random', 'png')},
         'stage_s': timings,
         'wall_s': round(time.perf_counter() - t_start, 1),
         'cpu_count': os.cpu_count(),
@@ -156,6 +168,8 @@ def _collect_pngs(out: Path, fold_dir: Path, run: Path) -> list[str]:
     }
     if (run / 'comparison.png').is_file():
         wanted['uncertainty_vs_full.png'] = run / 'comparison.png'
+    if (out / 'robot' / 'learning_curves.png').is_file():
+        wanted['robot_learning_curves.png'] = out / 'robot' / 'learning_curves.png'
     copied = []
     for name, src in wanted.items():
         if src.is_file():

@@ -49,7 +49,7 @@ STATE_VERSION = 1
 ORACLES = ('answers', 'bag-labels')
 # Settings that change the numbers; a resumed run must agree on all of them.
 _RUN_KEYS = ('strategy', 'per_round', 'eval_windows', 'eval_recordings', 'mix', 'epochs',
-             'batch_size', 'lr', 'seed', 'max_per_recording')
+             'batch_size', 'lr', 'seed', 'max_per_recording', 'freeze_batchnorm')
 _TRAIN, _MIX, _EVAL = 1, 2, 3      # seed stream tags
 
 
@@ -73,6 +73,7 @@ class FinetuneConfig:
     lr: float = 1e-4                  # Adam, the paper's rate
     seed: int = 0
     max_per_recording: int | None = None
+    freeze_batchnorm: bool = False    # keep the base model's BatchNorm statistics
     resume: bool = False
     progress: bool = True
 
@@ -167,7 +168,7 @@ def _window_logits(model, faces, mels, owner: torch.Tensor, n_windows: int) -> t
 
 
 def _train_pass(model, optimizer, dataset: Dataset, batch_size: int, seed: int,
-                progress: bool) -> float:
+                progress: bool, freeze_batchnorm: bool = False) -> float:
     """One shuffled pass in train mode (dropout, batch statistics). -> mean loss.
 
     Pool windows and base clips share batches whatever their segment count, so every batch's
@@ -176,6 +177,10 @@ def _train_pass(model, optimizer, dataset: Dataset, batch_size: int, seed: int,
     from tqdm import tqdm
 
     model.train()
+    if freeze_batchnorm:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0,
                         generator=torch.Generator().manual_seed(seed), collate_fn=_collate)
     total, count = 0.0, 0
@@ -344,7 +349,8 @@ def finetune(cfg: FinetuneConfig, oracle=None) -> dict:
             labelled = {w: labels.index(a.label) for w, a in prior.items()
                         if a.label in labels and w in table.position
                         and not zone[table.position[w]]}
-            asked = sorted(set(prior) & set(table.ids))
+            asked = sorted(w for w in prior if w in table.position
+                           and not zone[table.position[w]])
             probs = base_probs
             metrics = [{'round': 0, 'labels': len(labelled), 'asked': 0,
                         **_accuracy(probs[eval_idx], eval_targets, len(labels))}]
@@ -419,7 +425,8 @@ def _train_round(model, optimizer, pool: Pool, labelled: dict, base, cfg: Finetu
             data = ConcatDataset([windows, _Mixed(base, rng.choice(len(base), n_mix,
                                                                    replace=False))])
         losses.append(_train_pass(model, optimizer, data, cfg.batch_size,
-                                  stream_seed(cfg.seed, rnd, epoch), cfg.progress))
+                                  stream_seed(cfg.seed, rnd, epoch), cfg.progress,
+                                  cfg.freeze_batchnorm))
     return float(np.mean(losses))
 
 
