@@ -378,6 +378,9 @@ def _add_finetune(sub) -> None:
     p.add_argument('--batch-size', type=_positive_int, default=8)
     p.add_argument('--lr', type=_positive_float, default=1e-4)
     p.add_argument('--max-per-recording', type=_positive_int, default=None)
+    p.add_argument('--batchnorm', choices=('frozen', 'train'), default='frozen',
+                   help="BatchNorm statistics while fine-tuning: keep the base model's "
+                   '(frozen) or update them from the batches (train)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--resume', action='store_true')
     p.add_argument('--json', action='store_true')
@@ -394,7 +397,8 @@ def _run_finetune(args) -> int:
             per_round=args.per_round, strategy=args.strategy, oracle=args.oracle,
             eval_windows=args.eval_windows, eval_recordings=tuple(args.eval_recordings),
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            max_per_recording=args.max_per_recording, seed=args.seed, resume=args.resume))
+            max_per_recording=args.max_per_recording, seed=args.seed, resume=args.resume,
+            freeze_batchnorm=args.batchnorm == 'frozen'))
     except AnswersNeededError as e:
         print(f'lightmer finetune: {e}', file=sys.stderr)
         return 3

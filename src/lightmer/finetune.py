@@ -73,7 +73,10 @@ class FinetuneConfig:
     lr: float = 1e-4                  # Adam, the paper's rate
     seed: int = 0
     max_per_recording: int | None = None
-    freeze_batchnorm: bool = False    # keep the base model's BatchNorm statistics
+    # Keep the base model's BatchNorm statistics while fine-tuning: with a few labelled
+    # windows a batch's statistics are noisy, and the running ones then jump from round to
+    # round (measured: docs/ACTIVE_LEARNING.md).
+    freeze_batchnorm: bool = True
     resume: bool = False
     progress: bool = True
 

@@ -68,7 +68,7 @@ class SimSize:
 
 SIZES = {
     'full': SimSize(base_actors=10, base_clips=2, base_epochs=20, people=4, pool_clips=3,
-                    eval_clips=1, budgets=(12, 24, 48, 96), seeds=(0, 1, 2)),
+                    eval_clips=2, budgets=(12, 24, 48, 96), seeds=(0, 1, 2)),
     'quick': SimSize(base_actors=10, base_clips=1, base_epochs=16, people=3, pool_clips=2,
                      eval_clips=1, budgets=(12, 24, 48), seeds=(0,)),
 }
