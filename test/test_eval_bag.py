@@ -17,18 +17,9 @@ ACTOR = '1001'
 
 
 @pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(untrained_checkpoint) -> Path:
     """An untrained, seeded model: agreement needs no trained one."""
-    import torch
-
-    from lightmer.checkpoint import meta_for_preset, save_checkpoint
-    from lightmer.model import LightmerNet
-
-    torch.manual_seed(0)
-    meta = meta_for_preset('crema-d', dataset='test-fixture')
-    path = tmp_path_factory.mktemp('ckpt') / 'untrained.pt'
-    save_checkpoint(path, LightmerNet(meta.model), meta)
-    return path
+    return untrained_checkpoint
 
 
 @pytest.fixture(scope='module')
