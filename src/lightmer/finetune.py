@@ -355,7 +355,7 @@ def finetune(cfg: FinetuneConfig, oracle=None) -> dict:
             asked = sorted(w for w in prior if w in table.position
                            and not zone[table.position[w]])
             probs = base_probs
-            metrics = [{'round': 0, 'labels': len(labelled), 'asked': 0,
+            metrics = [{'round': 0, 'labels': len(labelled), 'asked': len(asked),
                         **_accuracy(probs[eval_idx], eval_targets, len(labels))}]
             # Saved before round 1 asks anything: a rerun that comes back with the answers
             # starts from here, asks the same batch and does not take its answers for prior.
