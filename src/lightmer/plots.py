@@ -142,7 +142,8 @@ def plot_latency(latencies_ms: Sequence[float], path: str | os.PathLike,
 
 def plot_label_curves(curves: Mapping[str, Mapping[str, Sequence[float]]],
                       path: str | os.PathLike, title: str = '',
-                      reference: Mapping[str, float] | None = None) -> Path:
+                      reference: Mapping[str, float] | None = None,
+                      xlabel: str = 'labelled windows') -> Path:
     """Accuracy against the number of labels, one line per strategy, with a spread band.
 
     curves: name -> {'labels': x, 'mean': y, and optionally 'low', 'high' (the band, e.g. the
@@ -157,7 +158,7 @@ def plot_label_curves(curves: Mapping[str, Mapping[str, Sequence[float]]],
             ax.fill_between(x, c['low'], c['high'], color=line.get_color(), alpha=0.15)
     for name, y in (reference or {}).items():
         ax.axhline(y, color='grey', linestyle=':', label=name)
-    ax.set_xlabel('labelled windows')
+    ax.set_xlabel(xlabel)
     ax.set_ylabel('accuracy on held-out windows')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

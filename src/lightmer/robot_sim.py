@@ -210,6 +210,30 @@ def _curves(reports: dict[tuple[str, int], dict], size: SimSize) -> dict:
     return curves
 
 
+def _picks(out: Path, size: SimSize) -> dict:
+    """What each strategy asked for, over seeds, up to the largest budget: the answers'
+    class counts, the share of `skip` answers, mean segments per window, mean entropy."""
+    from lightmer.uncertainty import entropy_bits
+
+    result = {}
+    for strategy in size.strategies:
+        items = []
+        for seed in size.seeds:
+            for r in range(1, max(size.budgets) // size.per_round + 1):
+                batch = _run_dir(out, strategy, seed) / f'round_{r}' / 'batch.json'
+                items += json.loads(batch.read_text(encoding='utf-8'))['items']
+        answers = [it['answer'] for it in items]
+        result[strategy] = {
+            'answers': {a: answers.count(a) for a in sorted(set(answers))},
+            'segments_present_mean': float(np.mean([it['segments_present'] for it in items])),
+            'entropy_bits_mean': float(np.mean(entropy_bits(
+                np.array([it['probs'] for it in items])))),
+            'predicted_share_of_top_class': max(
+                [it['predicted'] for it in items].count(c) for c in
+                {it['predicted'] for it in items}) / len(items)}
+    return result
+
+
 def simulate_robot(out: str | os.PathLike, quick: bool = False,
                    base_from: str | os.PathLike | None = None) -> dict:
     """Run (or continue: finished stages are kept) the simulation into `out`; returns the
@@ -265,6 +289,7 @@ def simulate_robot(out: str | os.PathLike, quick: bool = False,
         'margin_minus_random': [u - r for u, r in zip(
             curves['margin']['mean'], curves['random']['mean'], strict=True)],
         'studio_accuracy': studio,
+        'picks': _picks(out, size),
         'people_accuracy_at_max_budget': {
             f'mix {size.mix:g}': reports[size.strategies[0], size.seeds[0]]['after']['accuracy'],
             'mix 0': no_mix['after']['accuracy']},
@@ -274,7 +299,8 @@ def simulate_robot(out: str | os.PathLike, quick: bool = False,
         {s: {k: c[k] for k in ('labels', 'mean', 'low', 'high')} for s, c in curves.items()},
         out / 'learning_curves.png',
         f"robot's people (domain shift): mean and min-max over {len(size.seeds)} seed(s)",
-        reference={'base model': base_acc, 'goal: base + 0.15': base_acc + 0.15})
+        reference={'base model': base_acc, 'goal: base + 0.15': base_acc + 0.15},
+        xlabel='windows asked (12 per round)')
     result['png'] = str(out / 'learning_curves.png')
     atomic_save_json(out / 'robot_sim.json', result)
     _print_report(result)
