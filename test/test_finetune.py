@@ -157,7 +157,7 @@ def _state_rounds(out: Path) -> int:
 
 def test_killed_finetune_resumes_to_the_same_model(robot_pool, robot_bags, untrained_checkpoint,
                                                    tiny_cache, tmp_path, ros_env):
-    args = ['--rounds', '3', '--oracle', 'bag-labels', '--base-cache', str(tiny_cache),
+    args = ['--rounds', '2', '--oracle', 'bag-labels', '--base-cache', str(tiny_cache),
             *_eval_bag(robot_bags)]
 
     def cmd(out):

@@ -85,7 +85,8 @@ def test_pooled_segments_read_back(robot_pool, robot_bags, untrained_checkpoint)
     assert info.start_ns / 1e9 == t0
 
 
-def test_pool_resumes_after_a_kill(robot_bags, untrained_checkpoint, tmp_path, ros_env):
+def test_pool_resumes_after_a_kill(robot_bags, untrained_checkpoint, robot_pool, tmp_path,
+                                   ros_env):
     """SIGKILL while the second bag is pooled; the rerun keeps the first and finishes."""
     out = tmp_path / 'pool'
     cmd = [sys.executable, '-m', 'lightmer.cli', 'pool', '--bag', *map(str, robot_bags),
@@ -109,14 +110,11 @@ def test_pool_resumes_after_a_kill(robot_bags, untrained_checkpoint, tmp_path, r
     assert len(summary['skipped']) == 1 and len(summary['added']) == 1
     assert sorted(p.name for p in (out / 'recordings').iterdir()) == sorted(
         json.loads(index.read_text())['recordings'])     # nothing half-written left
-    # The same pool as in one go (the second bag alone, into a fresh directory).
-    fresh = tmp_path / 'fresh'
-    build_pool(PoolConfig(bags=(robot_bags[1],), checkpoint=untrained_checkpoint, out=fresh,
-                          min_segments=3, progress=False))
+    # The same recording as pooling both bags in one go (the session's pool fixture).
     rec = summary['added'][0]
     for name in ('segments.npz', 'windows.npz'):
         with np.load(out / 'recordings' / rec / name) as a, \
-                np.load(fresh / 'recordings' / rec / name) as b:
+                np.load(robot_pool / 'recordings' / rec / name) as b:
             for key in a.files:
                 np.testing.assert_array_equal(a[key], b[key])
 
