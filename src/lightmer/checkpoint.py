@@ -19,14 +19,14 @@ import subprocess
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from lightmer import __version__
-from lightmer.config import FeatureConfig
+from lightmer.config import FeatureConfig, ModelConfig
 from lightmer.io_utils import atomic_torch_save
-from lightmer.model import LightmerNet, ModelConfig
+
+if TYPE_CHECKING:
+    from lightmer.model import LightmerNet
 
 FORMAT = 'lightmer-checkpoint'
 FORMAT_VERSION = 1
@@ -113,6 +113,10 @@ def load_checkpoint(path, map_location='cpu', expected_classes: int | None = Non
     keys, a newer format, weights that do not fit the stored config, or a class count other
     than `expected_classes`.
     """
+    import torch
+
+    from lightmer.model import LightmerNet
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'no checkpoint at {path}; train one with `lightmer train` or '
@@ -134,20 +138,7 @@ def load_checkpoint(path, map_location='cpu', expected_classes: int | None = Non
         raise CheckpointError(f'checkpoint {path} has format version {blob["format_version"]}; '
                               f'this lightmer reads version {FORMAT_VERSION}; use the lightmer '
                               'version that wrote it or retrain')
-    meta_d = blob['meta']
-    missing = [k for k in _META_KEYS if not isinstance(meta_d, dict) or k not in meta_d]
-    if missing:
-        raise CheckpointError(f'checkpoint {path} metadata lacks {missing}; re-run training '
-                              'to write a complete checkpoint')
-    try:
-        meta = CheckpointMeta.from_dict(meta_d)
-    except (TypeError, ValueError, KeyError) as e:
-        raise CheckpointError(f'checkpoint {path} has invalid metadata: {e}') from e
-    if expected_classes is not None and meta.model.n_classes != expected_classes:
-        raise CheckpointError(
-            f'checkpoint {path} predicts {meta.model.n_classes} classes {list(meta.labels)} '
-            f'(preset {meta.preset}) but {expected_classes} are expected; use a checkpoint '
-            'trained for this label set')
+    meta = meta_from_dict(blob['meta'], path, expected_classes)
     model = LightmerNet(meta.model)
     try:
         model.load_state_dict(blob['state_dict'], strict=True)
@@ -157,6 +148,29 @@ def load_checkpoint(path, map_location='cpu', expected_classes: int | None = Non
     model.to(map_location)
     model.eval()
     return model, meta
+
+
+def meta_from_dict(meta_d: Any, path, expected_classes: int | None = None) -> CheckpointMeta:
+    """Validate the metadata dict of the model file at `path` (a checkpoint or an ONNX export:
+    both carry the same dict) and build its `CheckpointMeta`.
+
+    Raises CheckpointError (with what to do) for missing keys, invalid values, or a class
+    count other than `expected_classes`.
+    """
+    missing = [k for k in _META_KEYS if not isinstance(meta_d, dict) or k not in meta_d]
+    if missing:
+        raise CheckpointError(f'{path} metadata lacks {missing}; re-run training '
+                              'to write a complete checkpoint')
+    try:
+        meta = CheckpointMeta.from_dict(meta_d)
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f'{path} has invalid metadata: {e}') from e
+    if expected_classes is not None and meta.model.n_classes != expected_classes:
+        raise CheckpointError(
+            f'{path} predicts {meta.model.n_classes} classes {list(meta.labels)} '
+            f'(preset {meta.preset}) but {expected_classes} are expected; use a model '
+            'trained for this label set')
+    return meta
 
 
 def meta_for_preset(preset_name: str, features: FeatureConfig | None = None,
