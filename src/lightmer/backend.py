@@ -27,7 +27,7 @@ from lightmer.mtcnn import MTCNNNets
 BACKENDS = ('torch', 'onnxruntime')
 ONNX_FORMAT = 'lightmer-onnx'           # what `lightmer export --format onnx` writes
 ONNX_FORMAT_VERSION = 1
-MTCNN_PARTS = ('pnet', 'rnet', 'onet')
+MTCNN_PARTS = ('pnet', 'rnet', 'onet', 'integral')     # in the order of MTCNNNets' fields
 
 
 @dataclass(frozen=True)
@@ -98,15 +98,22 @@ def face_cropper(path, min_face_size: int = 40, threads: int = 1
         torch.set_num_threads(threads)
         meta = read_meta(path)
         return meta, FaceCropper(meta.features, min_face_size=min_face_size)
+    meta = read_meta(path)
+    return meta, FaceCropper(meta.features, min_face_size=min_face_size,
+                             nets=mtcnn_nets(path, threads))
+
+
+def mtcnn_nets(path, threads: int = 1) -> MTCNNNets:
+    """The MTCNN networks of the ONNX export at `path` as numpy callables on onnxruntime."""
     info = _export_info(path)
-    meta = meta_from_dict(info['meta'], path)
-    nets = MTCNNNets(*(_runner(_session(path, part, info, threads)) for part in MTCNN_PARTS))
-    return meta, FaceCropper(meta.features, min_face_size=min_face_size, nets=nets)
+    return MTCNNNets(*(_runner(_session(path, part, info, threads)) for part in MTCNN_PARTS))
 
 
-def _runner(session) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
-    """A session as a numpy callable of its single input."""
+def _runner(session) -> Callable[[np.ndarray], tuple[np.ndarray, ...] | np.ndarray]:
+    """A session as a numpy callable of its single input: its outputs, or the only one."""
     name = session.get_inputs()[0].name
+    if len(session.get_outputs()) == 1:
+        return lambda x: session.run(None, {name: x})[0]
     return lambda x: tuple(session.run(None, {name: x}))
 
 

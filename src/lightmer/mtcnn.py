@@ -36,16 +36,21 @@ _STRIDE = 2                     # P-Net's output stride, px
 
 
 class MTCNNNets(NamedTuple):
-    """The three networks as numpy callables on float32 NCHW batches.
+    """The three networks as numpy callables on float32 NCHW batches, and optionally a faster
+    `integral_image`.
 
     pnet: (1, 3, h, w) -> (regression (1, 4, h', w'), probabilities (1, 2, h', w'))
     rnet: (K, 3, 24, 24) -> (regression (K, 4), probabilities (K, 2))
     onet: (K, 3, 48, 48) -> (regression (K, 4), landmarks (K, 10), probabilities (K, 2))
+    integral: uint8 (H, W, 3) -> int32 (H + 1, W + 1, 3), as `integral_image` computes it
+        (the export carries it as an ONNX graph: numpy's cumulative sums are ~8x slower);
+        used while the image's sum fits in int32.
     """
 
     pnet: Callable[[np.ndarray], tuple[np.ndarray, ...]]
     rnet: Callable[[np.ndarray], tuple[np.ndarray, ...]]
     onet: Callable[[np.ndarray], tuple[np.ndarray, ...]]
+    integral: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 def detect_faces(image: np.ndarray, nets: MTCNNNets, min_face_size: float = 40,
@@ -65,7 +70,7 @@ def detect_faces(image: np.ndarray, nets: MTCNNNets, min_face_size: float = 40,
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f'expected a uint8 (H, W, 3) RGB image, got {img.dtype} {img.shape}')
     h, w = img.shape[:2]
-    ii = integral_image(img)          # every resize below sums rectangles of it
+    ii = integral_image(img, nets.integral)     # every resize below sums rectangles of it
     boxes = _propose(ii, nets.pnet, scale_pyramid(h, w, min_face_size, factor), thresholds[0])
     if len(boxes):
         boxes, reg = _refine(ii, boxes, nets.rnet, 24, thresholds[1])
@@ -90,34 +95,37 @@ def scale_pyramid(h: int, w: int, min_face_size: float, factor: float = FACTOR) 
     return scales
 
 
-def area_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def area_resize(image: np.ndarray, size: tuple[int, int], integral=None) -> np.ndarray:
     """uint8 (H, W, C) image -> float32 (h, w, C) by area averaging.
 
     Output pixel (i, j) averages input rows [floor(i H / h), ceil((i + 1) H / h)) and columns
     likewise: torch's adaptive average pooling, which facenet-pytorch's `interpolate(mode=
-    'area')` is. The rectangle sums are exact (from an integral image) and divided as torch
-    divides, by the row count, then by the column count, in float32: the result is bit for
-    bit torch's.
+    'area')` is. The window sums are exact (from an integral image; `integral` as in
+    `MTCNNNets`) and divided as torch divides, by the row count, then by the column count, in
+    float32: the result is bit for bit torch's while a window's sum stays below 2^24.
     """
     img = np.asarray(image)
     if img.dtype != np.uint8:
         raise ValueError(f'area_resize expects uint8 pixels, got {img.dtype}')
-    box = np.array([[0, 0, img.shape[0], img.shape[1]]])
-    return _resize_boxes(integral_image(img), box, size)[0]
+    return _resize_whole(integral_image(img, integral), size)
 
 
-def integral_image(image: np.ndarray) -> np.ndarray:
+def integral_image(image: np.ndarray, integral=None) -> np.ndarray:
     """uint8 (H, W, C) -> int (H + 1, W + 1, C): ii[r, c] = sum of image[:r, :c] (exact).
 
-    int32 while the whole image's sum fits in it (below 8.4 megapixels), which halves the
-    memory traffic of the two cumulative sums; int64 beyond.
+    int32 while the whole image's sum fits in it (below 8.4 megapixels), computed by
+    `integral` when given; int64 beyond.
     """
     h, w, c = image.shape
-    dtype = np.int32 if 255 * h * w < 2**31 else np.int64
-    ii = np.zeros((h + 1, w + 1, c), dtype)
+    if 255 * h * w >= 2**31:
+        return np.pad(image.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0), (0, 0)))
+    if integral is not None:
+        return integral(np.ascontiguousarray(image))
+    ii = np.zeros((h + 1, w + 1, c), np.int32)
     # Down the rows first, on (H, W * C) views (each row of ii[1:, 1:] is contiguous, so the
     # reshape is a view, not a copy), then along the columns.
-    np.cumsum(image.reshape(h, w * c), axis=0, dtype=dtype, out=ii[1:, 1:].reshape(h, w * c))
+    np.cumsum(image.reshape(h, w * c), axis=0, dtype=np.int32,
+              out=ii[1:, 1:].reshape(h, w * c))
     np.cumsum(ii[1:, 1:], axis=1, out=ii[1:, 1:])
     return ii
 
@@ -131,6 +139,24 @@ def _windows(start: np.ndarray, length: np.ndarray, n_out: int
     return start[:, None] + (i * n) // n_out, start[:, None] + ((i + 1) * n + n_out - 1) // n_out
 
 
+def _divide(sums: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Window sums -> means, dividing as torch does: by the row count, then the column count."""
+    return (sums.astype(np.float32) / rows.astype(np.float32)[..., None]
+            / cols.astype(np.float32)[..., None])
+
+
+def _resize_whole(ii: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area-resize the whole image behind integral image `ii` to `size`: float32 (h, w, C).
+
+    Rows then columns (two gathers of whole rows, then of columns), cheaper than four corner
+    gathers per output pixel for one large region."""
+    (r0, r1), (c0, c1) = (_windows(np.zeros(1, int), np.array([n]), m)
+                          for n, m in zip((ii.shape[0] - 1, ii.shape[1] - 1), size, strict=True))
+    strips = ii[r1[0]] - ii[r0[0]]                               # (h, W + 1, C)
+    sums = strips[:, c1[0]] - strips[:, c0[0]]                   # (h, w, C)
+    return _divide(sums, (r1 - r0)[0][:, None], (c1 - c0)[0][None, :])
+
+
 def _resize_boxes(ii: np.ndarray, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Area-resize K regions of the image behind integral image `ii` to `size`.
 
@@ -140,9 +166,8 @@ def _resize_boxes(ii: np.ndarray, boxes: np.ndarray, size: tuple[int, int]) -> n
     c0, c1 = _windows(boxes[:, 1], boxes[:, 3] - boxes[:, 1], size[1])     # (K, w)
     r0, r1 = r0[:, :, None], r1[:, :, None]
     c0, c1 = c0[:, None, :], c1[:, None, :]
-    sums = (ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]).astype(np.float32)  # (K,h,w,C)
-    return (sums / (r1 - r0).astype(np.float32)[..., None]
-            / (c1 - c0).astype(np.float32)[..., None])
+    sums = ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]                # (K, h, w, C)
+    return _divide(sums, r1 - r0, c1 - c0)
 
 
 def _to_input(pixels: np.ndarray) -> np.ndarray:
@@ -154,11 +179,10 @@ def _to_input(pixels: np.ndarray) -> np.ndarray:
 def _propose(ii: np.ndarray, pnet, scales: list[float], threshold: float) -> np.ndarray:
     """Stage 1: float32 (K, 5) candidate boxes x1 y1 x2 y2 score, squared and regressed."""
     h, w = ii.shape[0] - 1, ii.shape[1] - 1
-    whole = np.array([[0, 0, h, w]])
     found = []
     for scale in scales:
-        resized = _resize_boxes(ii, whole, (int(h * scale + 1), int(w * scale + 1)))
-        reg, prob = pnet(_to_input(resized))                    # (1, 4, h', w'), (1, 2, h', w')
+        resized = _resize_whole(ii, (int(h * scale + 1), int(w * scale + 1)))
+        reg, prob = pnet(_to_input(resized)[None])              # (1, 4, h', w'), (1, 2, h', w')
         # row-major order, as torch.nonzero's
         rows, cols = np.nonzero(prob[0, 1] >= np.float32(threshold))
         cells = np.stack([cols, rows], axis=1).astype(np.float32)        # (K, 2) x, y
