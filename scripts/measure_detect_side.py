@@ -186,10 +186,11 @@ def _plot(results: dict, path: Path) -> None:
     from lightmer.io_utils import atomic_write_bytes
 
     fig, (ax_ms, ax_rate) = plt.subplots(1, 2, figsize=(11, 4))
+    sides = sorted(SIDES, key=lambda s: s or 1400)            # full frame last, drawn at 1400
+    xs = [s or 1400 for s in sides]
     for group, rows in results.items():
-        xs = [s or 1400 for s in SIDES]
-        ax_ms.plot(xs, [rows[f'onnx {s}']['median_cpu_ms'] for s in SIDES], 'o-', label=group)
-        ax_rate.plot(xs, [rows[f'onnx {s}']['found'] for s in SIDES], 'o-', label=group)
+        ax_ms.plot(xs, [rows[f'onnx {s}']['median_cpu_ms'] for s in sides], 'o-', label=group)
+        ax_rate.plot(xs, [rows[f'onnx {s}']['found'] for s in sides], 'o-', label=group)
     for ax, label in ((ax_ms, 'median CPU ms per frame (onnxruntime, 1 core)'),
                       (ax_rate, 'fraction of frames with a face')):
         ax.set_xlabel('detect_max_side (1400 = full frame)')

@@ -168,18 +168,30 @@ def _head_in_720p(x0: int, y0: int, side: int) -> np.ndarray:
     return frame
 
 
+# How far detection on the downscaled copy may move the box and the crop from full-resolution
+# detection (docs/RUNTIME.md): as far as MTCNN itself moves them when the camera moves by one
+# pixel, measured at 720p: box corners <= 10.2 % of the face width, crops <= 23.4 grey levels
+# apart on average (scripts/measure_detect_side.py), rounded up.
+COPY_BOX_TOLERANCE = 0.12          # of the face width
+COPY_CROP_TOLERANCE = 25.0         # mean absolute grey-level difference of the 98x80 crops
+
+
 @pytest.mark.parametrize('x0, y0, side', [(500, 100, 420), (60, 300, 400), (900, 40, 330)])
 def test_detection_on_a_downscaled_copy_crops_as_full_resolution(x0, y0, side):
     """720p frame, face 95-120 px: the crop from detection on the 640x360 copy equals the crop
-    from full-resolution detection within the documented tolerance (docs/RUNTIME.md)."""
+    from full-resolution detection within the documented tolerance."""
     frame = _head_in_720p(x0, y0, side)
     full = FaceCropper(FeatureConfig(detect_max_side=0))
     small = FaceCropper(FeatureConfig(detect_max_side=640))
     [box_full], [box_small] = full.detect([frame]), small.detect([frame])
     assert box_full is not None and box_small is not None
-    assert np.abs(box_small - box_full).max() <= 4.0                 # frame pixels
+    width = box_full[2] - box_full[0]
+    assert np.abs(box_small - box_full).max() <= COPY_BOX_TOLERANCE * width
     crop_full, crop_small = full.crop(frame, box_full), small.crop(frame, box_small)
-    assert np.abs(crop_small.astype(float) - crop_full.astype(float)).mean() <= 4.0
+    diff = np.abs(crop_small.astype(float) - crop_full.astype(float)).mean()
+    assert diff <= COPY_CROP_TOLERANCE
+    # the same faces, not just similar numbers: the crops correlate strongly
+    assert np.corrcoef(crop_small.ravel(), crop_full.ravel())[0, 1] > 0.8
 
 
 def test_detection_copy_sizes_and_factors():
