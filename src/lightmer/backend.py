@@ -5,8 +5,8 @@ The nodes, eval-bag and the benchmark call these and never ask which backend the
 - `read_meta(path)`: the metadata alone (labels, preset, N, T, feature settings); for an
   export it reads `<stem>.onnx.json` and imports neither torch nor onnxruntime (the audio node);
 - `load_model(path, threads)`: metadata plus numpy `segment_logits` and `fuse` (fusion node);
-- `face_cropper(path, min_face_size, threads)`: metadata plus a `FaceCropper` running
-  facenet-pytorch (checkpoint) or `lightmer.mtcnn` on the export's MTCNN nets (export).
+- `face_cropper(path, min_face_size, threads)`: a `FaceCropper` running facenet-pytorch
+  (checkpoint) or `lightmer.mtcnn` on the export's MTCNN nets (export).
 
 A path ending in `.onnx` is an export (`lightmer export --format onnx`); anything else is a
 checkpoint. Unusable files raise `CheckpointError` with what to do, as checkpoints always have.
@@ -88,19 +88,16 @@ def load_model(path, threads: int = 1) -> LoadedModel:
     return LoadedModel(meta, 'onnxruntime', segment_logits, fuse)
 
 
-def face_cropper(path, min_face_size: int = 40, threads: int = 1
-                 ) -> tuple[CheckpointMeta, FaceCropper]:
-    """The metadata and a `FaceCropper` for the model at `path`: facenet-pytorch's MTCNN for a
-    checkpoint, the export's MTCNN nets on onnxruntime for an ONNX export."""
+def face_cropper(path, min_face_size: int = 40, threads: int = 1) -> FaceCropper:
+    """A `FaceCropper` with the feature settings of the model at `path`: facenet-pytorch's
+    MTCNN for a checkpoint, the export's MTCNN nets on onnxruntime for an ONNX export."""
+    features = read_meta(path).features
     if backend_of(path) == 'torch':
         import torch
 
         torch.set_num_threads(threads)
-        meta = read_meta(path)
-        return meta, FaceCropper(meta.features, min_face_size=min_face_size)
-    meta = read_meta(path)
-    return meta, FaceCropper(meta.features, min_face_size=min_face_size,
-                             nets=mtcnn_nets(path, threads))
+        return FaceCropper(features, min_face_size=min_face_size)
+    return FaceCropper(features, min_face_size=min_face_size, nets=mtcnn_nets(path, threads))
 
 
 def mtcnn_nets(path, threads: int = 1) -> MTCNNNets:

@@ -119,7 +119,7 @@ def _segment_stages(path, frames: dict[str, np.ndarray], repeats: int) -> dict[s
     from lightmer.features import face_to_input, log_mel_at
 
     model = load_model(path, threads=1)
-    meta, cropper = face_cropper(path, threads=1)
+    meta, cropper = model.meta, face_cropper(path, threads=1)
     audio = np.random.default_rng(0).normal(0, 0.1, 4 * meta.features.sample_rate)
     audio = audio.astype(np.float32)
     mel = log_mel_at(audio, 2.0, meta.features)
