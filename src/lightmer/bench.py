@@ -251,6 +251,26 @@ def _markdown(result: dict[str, Any]) -> str:
               f"| model file | {result['model_mb']:.2f} MB |"]
     lines += [f'| resident memory, {name} | {mb:.0f} MB |'
               for name, mb in result['rss_mb'].items()]
+    if 'onnxruntime_nodes' in result:
+        lines += ['', _nodes_by_backend(result, result['onnxruntime_nodes'])]
+    return '\n'.join(lines)
+
+
+def _nodes_by_backend(torch_run: dict[str, Any], ort_run: dict[str, Any]) -> str:
+    """Markdown: the live-node figures of the torch and the onnxruntime runs side by side."""
+    rows = [('end-to-end latency p50, ms', lambda r: r['latency_ms']['p50']),
+            ('end-to-end latency p95, ms', lambda r: r['latency_ms']['p95']),
+            ('resident memory, all three nodes, MB', lambda r: r['rss_total_mb'])]
+    rows += [(f'resident memory, {n}, MB', lambda r, n=n: r['rss_mb'][n])
+             for n in torch_run['rss_mb']]
+    rows += [(f'start to ready, {n}, s',
+              lambda r, n=n: r['start_to_ready_s'].get(n, float('nan')))
+             for n in torch_run['rss_mb']]
+    lines = ['| live nodes, 3 processes | torch (.pt) | onnxruntime (.onnx) | '
+             'torch / onnxruntime |', '|---|---:|---:|---:|']
+    for label, get in rows:
+        a, b = get(torch_run), get(ort_run)
+        lines.append(f'| {label} | {a:.1f} | {b:.1f} | {a / b if b else float("nan"):.2f} |')
     return '\n'.join(lines)
 
 
@@ -260,20 +280,23 @@ def run_bench(repeats: int = 20, threads: int | None = None, checkpoint=None,
     and (with the nodes) latency_histogram.png there."""
     import json
 
+    from lightmer.bench_nodes import _untrained_checkpoint
     from lightmer.io_utils import atomic_save_json
 
     result: dict[str, Any] = dict(bench_model(repeats, threads, checkpoint))
     with tempfile.TemporaryDirectory() as tmp:
-        from lightmer.bench_nodes import _untrained_checkpoint
-
         model_path = checkpoint if checkpoint is not None else _untrained_checkpoint(Path(tmp))
         result['backends'] = bench_backends(model_path, repeats)
-    if nodes:
-        from lightmer.bench_nodes import bench_nodes
+        if nodes:
+            from lightmer.bench_nodes import bench_nodes
+            from lightmer.export import export_checkpoint
 
-        # The node figures (latency_ms, max_camera_fps, rss_mb, model_mb, ...) sit at the top
-        # level beside the model's, as one flat report.
-        result.update(bench_nodes(checkpoint, repeats))
+            # The torch run's figures (latency_ms, max_camera_fps, rss_mb, model_mb, ...) sit
+            # at the top level beside the model's, as one flat report; the same figures with
+            # the nodes on the ONNX export under `onnxruntime_nodes`.
+            result.update(bench_nodes(model_path, repeats))
+            export = export_checkpoint(model_path, 'onnx', Path(tmp) / 'onnx')[0]
+            result['onnxruntime_nodes'] = bench_nodes(export, repeats)
     if out_dir is not None:
         out_dir = Path(out_dir)
         atomic_save_json(out_dir / 'bench.json', result)
