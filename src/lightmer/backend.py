@@ -14,6 +14,7 @@ checkpoint. Unusable files raise `CheckpointError` with what to do, as checkpoin
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,11 @@ BACKENDS = ('torch', 'onnxruntime')
 ONNX_FORMAT = 'lightmer-onnx'           # what `lightmer export --format onnx` writes
 ONNX_FORMAT_VERSION = 1
 MTCNN_PARTS = ('pnet', 'rnet', 'onet', 'integral')     # in the order of MTCNNNets' fields
+# onnxruntime execution providers, most preferred first: the CPU unless this environment
+# variable names others, e.g. 'CUDAExecutionProvider,CPUExecutionProvider' with onnxruntime-gpu
+# on a Jetson (untested: no GPU where lightmer is tested). onnxruntime falls back to the CPU,
+# with a warning, when a provider named is not in its build.
+PROVIDERS_ENV = 'LIGHTMER_ONNX_PROVIDERS'
 
 
 @dataclass(frozen=True)
@@ -155,6 +161,11 @@ def _check_info(info, source) -> dict:
     return info
 
 
+def _providers() -> list[str]:
+    names = [n.strip() for n in os.environ.get(PROVIDERS_ENV, '').split(',') if n.strip()]
+    return names or ['CPUExecutionProvider']
+
+
 def _session(path, part: str, info: dict, threads: int):
     """An onnxruntime session of one part of the export at `path`, after checking that the
     part carries this export's metadata (same export id, right part)."""
@@ -174,8 +185,7 @@ def _session(path, part: str, info: dict, threads: int):
     options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     options.log_severity_level = 3          # warnings about unused initializers are noise
     try:
-        session = ort.InferenceSession(str(part_path), options,
-                                       providers=['CPUExecutionProvider'])
+        session = ort.InferenceSession(str(part_path), options, providers=_providers())
     except (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.Fail,
             ort_errors.NoSuchFile, ort_errors.InvalidArgument) as e:
         raise CheckpointError(f'cannot read {part_path} (truncated, corrupt or not an ONNX '
