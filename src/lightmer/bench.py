@@ -33,14 +33,16 @@ RECOMPUTE_N = (5, 12)
 FRAME_HW = (480, 640)
 
 
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of fn() in ms over `repeats` calls, after one untimed warm-up call."""
+def _median_ms(fn: Callable[[], object], repeats: int,
+               clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median time of fn() in ms on `clock` (wall by default) over `repeats` calls, after one
+    untimed warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append((time.perf_counter() - t0) * 1e3)
+        times.append((clock() - t0) * 1e3)
     return statistics.median(times)
 
 
@@ -67,18 +69,10 @@ def bench_frame() -> np.ndarray:
 
 
 def _median_cpu_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Median CPU time of fn() in ms on this thread over `repeats` calls, after one warm-up.
-
-    Both runtimes compute on the calling thread when given one thread, so this is the cost on
-    one core, unaffected by other processes sharing the machine (wall time is not).
-    """
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.thread_time()
-        fn()
-        times.append((time.thread_time() - t0) * 1e3)
-    return statistics.median(times)
+    """`_median_ms` in CPU time of this thread. Both runtimes compute on the calling thread when
+    given one thread, so this is the cost on one core, unaffected by other processes sharing
+    the machine (wall time is not)."""
+    return _median_ms(fn, repeats, time.thread_time)
 
 
 def bench_frame_720p() -> np.ndarray:
