@@ -2,6 +2,7 @@
 onnxruntime); a bad model file ends a node with a message that says what to do."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -18,13 +19,18 @@ TORCH_LIBS = ('libtorch_cpu', 'libc10.so')
 ORT_LIB = 'onnxruntime_pybind11_state'
 
 
-def _start(module: str, model, env, log_path, extra=()):
+def _start(args: list[str], env, log_path):
     # -X importtime: the interpreter logs every module it imports (its sys.modules, in order)
     # to stderr, from the real executable without changing it.
-    cmd = [sys.executable, '-X', 'importtime', '-m', module, '--ros-args',
-           '-p', f'model_path:={model}', '-p', 'diagnostics_period_s:=0.2', *extra]
     log = open(log_path, 'w+')
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True), log
+    proc = subprocess.Popen([sys.executable, '-X', 'importtime', *args], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, text=True)
+    return proc, log
+
+
+def _node_args(module: str, model, extra=()) -> list[str]:
+    return ['-m', module, '--ros-args', '-p', f'model_path:={model}',
+            '-p', 'diagnostics_period_s:=0.2', *extra]
 
 
 def _text(log) -> str:
@@ -41,10 +47,8 @@ def _imported(log_text: str) -> set[str]:
     return names
 
 
-def test_nodes_on_the_onnx_export_import_no_torch(onnx_export, ros_env, tmp_path):
-    export = onnx_export[1]
-    procs = {name: _start(module, export, ros_env, tmp_path / f'{name}.log')
-             for name, module in NODE_MODULES.items()}
+def _wait_for_diagnostics(procs: dict, names: set[str], timeout_s: float = 90) -> None:
+    """Until every node in `names` has published on /diagnostics (built, model loaded)."""
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node('runtime_probe', context=context)
@@ -54,13 +58,40 @@ def test_nodes_on_the_onnx_export_import_no_torch(onnx_export, ros_env, tmp_path
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     try:
-        # Up = built and publishing its counts on /diagnostics (after the model is loaded).
-        deadline = time.monotonic() + 90
-        while not set(procs) <= seen and time.monotonic() < deadline:
+        deadline = time.monotonic() + timeout_s
+        while not names <= seen and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.2)
             for name, (p, log) in procs.items():
                 assert p.poll() is None, f'{name} exited: {_text(log)[-3000:]}'
-        assert set(procs) <= seen, f'no /diagnostics from {set(procs) - seen} within 90 s'
+        assert names <= seen, f'no /diagnostics from {names - seen} within {timeout_s} s'
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def _stop(procs: dict) -> None:
+    for p, log in procs.values():
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=10)
+        log.close()
+
+
+@pytest.mark.parametrize('layout', ['three processes', 'lightmer bringup'])
+def test_nodes_on_the_onnx_export_import_no_torch(onnx_export, ros_env, tmp_path, layout):
+    export = onnx_export[1]
+    if layout == 'three processes':
+        procs = {name: _start(_node_args(module, export), ros_env, tmp_path / f'{name}.log')
+                 for name, module in NODE_MODULES.items()}
+    else:
+        procs = {'bringup': _start(['-m', 'lightmer.cli', 'bringup', '--model', str(export)],
+                                   ros_env, tmp_path / 'bringup.log')}
+    try:
+        _wait_for_diagnostics(procs, set(NODE_MODULES))
         for name, (p, log) in procs.items():
             with open(f'/proc/{p.pid}/maps', encoding='ascii') as f:
                 maps = f.read()
@@ -72,17 +103,8 @@ def test_nodes_on_the_onnx_export_import_no_torch(onnx_export, ros_env, tmp_path
             assert (ORT_LIB in maps) == (name != 'audio_feature'), name
             assert ('onnxruntime' in imported) == (name != 'audio_feature'), name
     finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
-        for p, log in procs.values():
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
-            log.close()
+        _stop(procs)
+    assert all(p.returncode == 0 for p, _ in procs.values()), 'a clean exit on SIGINT'
 
 
 @pytest.mark.parametrize('case', ['truncated', 'other_preset', 'no_metadata'])
@@ -103,7 +125,8 @@ def test_a_bad_export_ends_the_node_with_a_clear_message(onnx_export, ros_env, t
     else:
         (tmp_path / 'model.onnx.json').unlink()
         expected = 'no metadata file model.onnx.json beside it'
-    p, log = _start(NODE_MODULES['fusion'], model, ros_env, tmp_path / 'fusion.log', extra)
+    p, log = _start(_node_args(NODE_MODULES['fusion'], model, extra), ros_env,
+                    tmp_path / 'fusion.log')
     try:
         assert p.wait(timeout=60) == 1
         text = _text(log)
