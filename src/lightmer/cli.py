@@ -97,8 +97,14 @@ def _add_bench(sub) -> None:
 
 
 def _run_bench(args) -> int:
+    from lightmer.backend import backend_of
     from lightmer.bench import run_bench
 
+    if args.checkpoint is not None and backend_of(args.checkpoint) != 'torch':
+        print(f'lightmer bench: --checkpoint {args.checkpoint} is an ONNX export; give its .pt '
+              'checkpoint: bench runs it on torch and exports it for onnxruntime itself',
+              file=sys.stderr)
+        return 2
     return run_bench(repeats=args.repeats, threads=args.threads, checkpoint=args.checkpoint,
                      nodes=not args.no_nodes, out_dir=args.out, as_json=args.json)
 
