@@ -20,7 +20,7 @@ import functools
 import numpy as np
 
 from lightmer.config import FeatureConfig
-from lightmer.mtcnn import MTCNNNets, area_resize, detect_faces
+from lightmer.mtcnn import MTCNNNets, detect_faces
 
 # Largest batch handed to MTCNN at once: bounds its memory on a small robot computer.
 _MAX_DETECT_BATCH = 16
@@ -66,9 +66,7 @@ class FaceCropper:
             per frame (boxes float64 (K, 4) x1 y1 x2 y2 pixels of the frame, probs float64
             (K,)), row k of both describing the same face; K = 0 when there is none.
         """
-        integral = self._nets.integral if self._nets is not None else None
-        copies = [detection_copy(_check_frame(f), self.cfg.detect_max_side, integral)
-                  for f in frames_rgb]
+        copies = [detection_copy(_check_frame(f), self.cfg.detect_max_side) for f in frames_rgb]
         found = self._detect([image for image, _ in copies])
         return [(boxes * np.tile(to_frame, 2), probs)
                 for (boxes, probs), (_, to_frame) in zip(found, copies, strict=True)]
@@ -123,20 +121,23 @@ class FaceCropper:
         return crops
 
 
-def detection_copy(frame_rgb: np.ndarray, max_side: int, integral=None
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def detection_copy(frame_rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
     """The image MTCNN runs on: uint8 (h, w, 3), the frame itself when its longer side is at
-    most `max_side` (or max_side is 0), else its area-downscaled copy with that longer side;
-    and the float64 (2,) factors (x, y) that map the copy's pixels back to the frame's.
-    `integral`: as in `lightmer.mtcnn.area_resize` (same result, faster).
+    most `max_side` (or max_side is 0), else its area-downscaled copy with that longer side
+    (PIL's box filter: each copy pixel the mean of the frame area it covers); and the float64
+    (2,) factors (x, y) that map the copy's pixels back to the frame's. Both detectors and
+    `prepare` get the same copy.
     """
+    from PIL import Image
+
     h, w = frame_rgb.shape[:2]
     if not max_side or max(h, w) <= max_side:
         return frame_rgb, np.ones(2)
     scale = max_side / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    copy = np.rint(area_resize(frame_rgb, size, integral)).astype(np.uint8)
-    return copy, np.array([w / size[1], h / size[0]])
+    copy = Image.fromarray(np.ascontiguousarray(frame_rgb)).resize(
+        (size[1], size[0]), Image.Resampling.BOX)
+    return np.asarray(copy, dtype=np.uint8), np.array([w / size[1], h / size[0]])
 
 
 def _check_frame(frame: np.ndarray) -> np.ndarray:

@@ -95,19 +95,20 @@ def scale_pyramid(h: int, w: int, min_face_size: float, factor: float = FACTOR) 
     return scales
 
 
-def area_resize(image: np.ndarray, size: tuple[int, int], integral=None) -> np.ndarray:
+def area_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """uint8 (H, W, C) image -> float32 (h, w, C) by area averaging.
 
     Output pixel (i, j) averages input rows [floor(i H / h), ceil((i + 1) H / h)) and columns
     likewise: torch's adaptive average pooling, which facenet-pytorch's `interpolate(mode=
-    'area')` is. The window sums are exact (from an integral image; `integral` as in
-    `MTCNNNets`) and divided as torch divides, by the row count, then by the column count, in
-    float32: the result is bit for bit torch's while a window's sum stays below 2^24.
+    'area')` is. The window sums are exact (from an integral image) and divided as torch
+    divides, by the row count, then by the column count, in float32: the result is bit for
+    bit torch's while a window's sum stays below 2^24. The pyramid and the crops use the
+    same arithmetic on one integral image per frame.
     """
     img = np.asarray(image)
     if img.dtype != np.uint8:
         raise ValueError(f'area_resize expects uint8 pixels, got {img.dtype}')
-    return _resize_whole(integral_image(img, integral), size)
+    return _resize_whole(integral_image(img), size)
 
 
 def integral_image(image: np.ndarray, integral=None) -> np.ndarray:
