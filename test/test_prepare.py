@@ -15,6 +15,7 @@ from lightmer.cli import main
 from lightmer.config import PRESETS, FeatureConfig
 from lightmer.datasets import synth
 from lightmer.datasets.cache import load_index
+from lightmer.datasets.media import decode_audio
 from lightmer.datasets.prepare import FRAMES_PER_SEGMENT, prepare, select_frames
 from lightmer.segments import segment_bounds
 
@@ -44,6 +45,8 @@ def test_tiny_cache_layout(tiny_cache, tiny_corpus):
     assert all(c['status'] == 'ok' for c in clips)
     for c in clips:
         assert {'clip_id', 'actor', 'label', 'duration', 'frames', 'faces', 'status'} <= set(c)
+        assert c['audio_source'] == 'wav'
+        assert abs(c['audio_duration'] - c['duration']) < 0.05    # the same recording
         # the face detector ran only on the N x K frames training can draw, not on every frame
         assert c['tried'] == N * FRAMES_PER_SEGMENT < c['frames']
         assert c['faces'] == c['tried']                 # the synthetic face is always found
@@ -70,7 +73,8 @@ def test_clip_without_a_face_gets_status_no_face_and_is_left_out(tiny_corpus, tm
     blank = '1002_DFA_SAD_XX'
     frames = [np.full((360, 480, 3), 100 + i, np.uint8) for i in range(30)]   # 1 s, no face
     synth._write_flv(root / 'VideoFlash' / f'{blank}.flv', frames, synth.Fraction(30))
-    shutil.copy(tiny_corpus / 'AudioWAV' / f'{good}.wav', root / 'AudioWAV' / f'{blank}.wav')
+    speech, sr = decode_audio(tiny_corpus / 'AudioWAV' / f'{good}.wav')
+    synth._write_wav(root / 'AudioWAV' / f'{blank}.wav', speech[:sr], sr)   # 1 s too
 
     summary = prepare('crema-d', root, tmp_path / 'cache', workers=1, progress=False)
     assert summary.status == {'ok': 1, 'no_face': 1}

@@ -24,6 +24,9 @@ from lightmer.config import FeatureConfig
 _MAX_DETECT_BATCH = 16
 # Floor of the mel power before the log: -100 dB, so digital silence stays finite.
 _POWER_FLOOR = 1e-10
+# Digital silence: no sample reaches one step of 16-bit PCM (what a muted or absent microphone
+# and the audio track of a video-only recording hold).
+_SILENCE_PEAK = 1.0 / 32768.0
 # Floor of the per-window standard deviation in dB: a constant window (silence) maps to all
 # zeros instead of dividing by zero, and near-silent hiss is not blown up to unit variance.
 _STD_FLOOR_DB = 1.0
@@ -173,6 +176,13 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
         a = (a.astype(np.float64) - (int(info.min) + half_range)) / half_range
     a = a.astype(np.float32)
     return a.mean(axis=1, dtype=np.float32) if a.ndim == 2 else a.copy()
+
+
+def is_digital_silence(samples: np.ndarray) -> bool:
+    """True when float samples (any shape, full scale +-1) hold no sound at all: every |x| is
+    below one 16-bit step (1/32768). Empty input counts as silence."""
+    a = np.asarray(samples, dtype=np.float32)
+    return a.size == 0 or float(np.max(np.abs(a))) < _SILENCE_PEAK
 
 
 def resample(audio: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
