@@ -35,8 +35,12 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,11 +140,17 @@ def prepare(dataset: str, root: str | Path, cache: str | Path, workers: int | No
             # initialised its thread pools), each with one torch thread.
             ctx = multiprocessing.get_context('spawn')
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                     initializer=_init_worker) as pool:
+                                     initializer=_init_worker,
+                                     initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(process_clip, r, cache, settings_json) for r in todo]
-                for fut in as_completed(futures):
-                    fut.result()
-                    bar.update()
+                try:
+                    for fut in as_completed(futures):
+                        fut.result()
+                        bar.update()
+                except BrokenProcessPool:
+                    raise ChildProcessError(
+                        'a prepare worker died (killed, or out of memory); run prepare again '
+                        'to resume, with fewer --workers if memory is short') from None
     finally:
         bar.close()
     entries = []
@@ -202,10 +212,42 @@ def _cached_entry(cache: Path, record: ClipRecord, settings_json: str) -> dict |
 _CROPPER = None
 
 
-def _init_worker() -> None:
+def _init_worker(parent_pid: int) -> None:
+    _end_with_parent(parent_pid)
     import torch
 
     torch.set_num_threads(1)
+
+
+_PR_SET_PDEATHSIG = 1     # linux/prctl.h
+
+
+def _end_with_parent(parent_pid: int) -> None:
+    """Make this worker end when `parent_pid` does, however it ends.
+
+    A SIGKILLed parent (the OOM killer, `kill -9`) runs no clean-up, and a worker blocked in a
+    C call never reads its closed pipe: left alone it would keep its GB of memory. On Linux the
+    kernel sends this process SIGKILL when its parent dies (PR_SET_PDEATHSIG; the thread that
+    started the pool outlives the pool, which is what that setting watches). Elsewhere a
+    daemon thread polls the parent id. If the parent died before either was in place, this
+    process was already re-parented: end now.
+    """
+    if sys.platform.startswith('linux'):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        armed = libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    else:
+        armed = False
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, name='parent-watch', daemon=True).start()
 
 
 def _cropper(cfg: FeatureConfig):
