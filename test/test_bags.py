@@ -216,8 +216,32 @@ def test_minimal_valid_bag_reads(tmp_path):
 
 
 def test_not_a_bag(tmp_path):
-    with pytest.raises(FileNotFoundError, match='not a rosbag2 directory'):
+    with pytest.raises(FileNotFoundError, match='not a rosbag2 bag'):
         bags.bag_info(tmp_path)
+    with pytest.raises(FileNotFoundError, match='no such bag'):
+        bags.bag_info(tmp_path / 'missing.bag')
+    (tmp_path / 'notes.txt').write_text('hello')
+    with pytest.raises(FileNotFoundError, match='not a rosbag2 bag'):
+        bags.bag_info(tmp_path / 'notes.txt')
+    (tmp_path / 'ros1.bag').write_bytes(b'#ROSBAG V2.0\n')
+    with pytest.raises(FileNotFoundError, match='ROS 1 bag'):
+        bags.bag_info(tmp_path / 'ros1.bag')
+
+
+@pytest.mark.parametrize('storage, suffix', [('mcap', '.mcap'), ('sqlite3', '.db3')])
+def test_bags_open_whatever_their_name_and_as_single_files(tmp_path, clips, storage, suffix):
+    """A rosbag2 directory named *.bag (as `--out eval.bag` makes) is rosbag2, not ROS 1; the
+    storage file inside it opens on its own too (as `ros2 bag` allows)."""
+    named = tmp_path / 'eval.bag'
+    bags.write_bag(clips, named, storage=storage, gap_s=0.5)
+    reference = [(m.kind, m.t_ns, m.stamp_ns) for m in bags.read_bag(named)]
+    assert len(reference) > 20
+    (single,) = named.glob(f'*{suffix}')
+    for path in (named, single):
+        info = bags.bag_info(path)
+        assert info.storage == storage
+        assert [(m.kind, m.t_ns, m.stamp_ns) for m in bags.read_bag(path)] == reference
+        assert [t for t, *_ in bags.iter_raw(path)] != []
 
 
 def test_labels_csv(tmp_path):

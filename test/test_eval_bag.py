@@ -72,8 +72,9 @@ def test_make_bag_carries_the_clips(corpus_bags, tiny_corpus):
     assert len(images) == len(frames)
     np.testing.assert_array_equal(images[0].data, frames[0])
     np.testing.assert_array_equal(images[-1].data, frames[-1])
-    assert images[-1].stamp_ns / 1e9 == pytest.approx(rows[0].start + times[-1] - times[0],
-                                                      abs=1e-6)
+    # container times on the clip's clock: a first frame 25 ms in stays 25 ms after its start
+    assert images[0].stamp_ns / 1e9 == pytest.approx(rows[0].start + times[0], abs=1e-6)
+    assert images[-1].stamp_ns / 1e9 == pytest.approx(rows[0].start + times[-1], abs=1e-6)
     stream = np.concatenate([c.data for c in chunks])
     i0 = round((rows[0].start - info.start_s) * bags.SAMPLE_RATE)
     np.testing.assert_allclose(stream[i0:i0 + len(audio)], audio, atol=1 / 16000)
@@ -189,3 +190,30 @@ def test_score_definitions():
     assert s['clip_accuracy'] == pytest.approx(2 / 3)
     assert s['confusion_clips'] == [[1, 0], [0, 1]]
     assert s['confusion_windows'] == [[1, 2], [0, 1]]
+
+
+def _readme_commands(prefix: str) -> list[str]:
+    readme = Path(__file__).resolve().parents[1] / 'README.md'
+    return [line.strip() for line in readme.read_text(encoding='utf-8').splitlines()
+            if line.strip().startswith(prefix)]
+
+
+def test_the_readme_bag_commands_run_verbatim(tiny_corpus, checkpoint, tmp_path, monkeypatch,
+                                              capsys):
+    """The README's make-bag and eval-bag lines, run as written (the dataset root and model
+    placeholders swapped for real ones): `--out eval.bag` makes a rosbag2 directory whose name
+    ends in .bag, which eval-bag must open."""
+    import shlex
+
+    (make,) = _readme_commands('lightmer make-bag ')
+    (evaluate,) = _readme_commands('lightmer eval-bag --bag ')
+    monkeypatch.chdir(tmp_path)
+    make = make.replace('~/data/CREMA-D', str(tiny_corpus))
+    evaluate = evaluate.replace('model.pt', str(checkpoint))
+    assert main(shlex.split(make)[1:]) == 0
+    assert (tmp_path / 'eval.bag' / 'metadata.yaml').exists()
+    assert main(shlex.split(evaluate)[1:]) == 0
+    printed = capsys.readouterr().out
+    assert 'window accuracy' in printed
+    result = json.loads((tmp_path / 'eval' / 'eval.json').read_text())
+    assert result['clips'] == 12 and result['windows'] > 0

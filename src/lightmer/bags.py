@@ -23,6 +23,7 @@ bag's start time as offsets from it.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import heapq
@@ -474,15 +475,54 @@ class BagMessage:
     sample_rate: int = 0
 
 
-def _open_reader(path):
-    from rosbags.highlevel import AnyReader
+STORAGE_SUFFIXES = {'.mcap': 'mcap', '.db3': 'sqlite3'}
 
+
+def bag_path(path) -> Path:
+    """`path` checked to be a rosbag2 bag: a directory holding metadata.yaml (whatever its
+    name: `--out eval.bag` makes one), or a single .mcap / .db3 storage file. FileNotFoundError
+    saying what to pass otherwise."""
     path = Path(path)
-    if not (path / 'metadata.yaml').exists():
-        raise FileNotFoundError(f'{path} is not a rosbag2 directory (no metadata.yaml); pass '
-                                'the bag directory that `lightmer make-bag` or `ros2 bag '
-                                'record` created')
-    return AnyReader([path], default_typestore=typestore())
+    if not path.exists():
+        raise FileNotFoundError(f'no such bag: {path}')
+    if path.is_dir():
+        if (path / 'metadata.yaml').exists():
+            return path
+        raise FileNotFoundError(f'{path} is not a rosbag2 bag (a directory without '
+                                'metadata.yaml); pass the directory that `lightmer make-bag` '
+                                'or `ros2 bag record` created, or its .mcap / .db3 file')
+    if path.suffix.lower() in STORAGE_SUFFIXES:
+        return path
+    with open(path, 'rb') as f:
+        if f.read(8) == b'#ROSBAG ':
+            raise FileNotFoundError(f'{path} is a ROS 1 bag; lightmer reads rosbag2: convert '
+                                    f'it with `rosbags-convert --src {path} --dst <new dir>`')
+    raise FileNotFoundError(f'{path} is not a rosbag2 bag; pass a bag directory (with '
+                            'metadata.yaml) or a single .mcap / .db3 file')
+
+
+@contextlib.contextmanager
+def _open_reader(path):
+    """An open rosbags Reader of the bag at `path` (see `bag_path`). rosbags' AnyReader is not
+    used: it takes any path ending in .bag for a ROS 1 bag file."""
+    from rosbags.rosbag2 import Reader, ReaderError
+
+    path = bag_path(path)
+    reader = Reader(path)
+    try:
+        reader.open()
+    except ReaderError as e:
+        raise BagFormatError(f'cannot read the bag {path}: {e}') from None
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def _decode(raw, msgtype: str):
+    """CDR bytes -> a rosbags message, with lightmer's typestore (the definitions the bag's
+    type hashes are checked against in `_check_topic`)."""
+    return typestore().deserialize_cdr(raw, msgtype)
 
 
 def _check_topic(reader, topic: str, expected: str, option: str, what: str):
@@ -517,7 +557,7 @@ def _audio_format(reader, topic: str):
 
     conns = _check_topic(reader, topic, AUDIO_INFO_TYPE, '--audio-info-topic', 'audio info')
     for conn, _, raw in reader.messages(connections=conns):
-        msg = reader.deserialize(raw, conn.msgtype)
+        msg = _decode(raw, conn.msgtype)
         break
     else:
         raise BagFormatError(f'{topic} has no AudioInfo message; record the bag with the '
@@ -543,10 +583,10 @@ def bag_info(path, topics: BagTopics = BagTopics()) -> BagInfo:
 
 
 def _storage_of(path: Path) -> str:
-    if any(path.glob('*.mcap')):
-        return 'mcap'
-    if any(path.glob('*.db3')):
-        return 'sqlite3'
+    files = list(path.iterdir()) if path.is_dir() else [path]
+    for suffix, storage in STORAGE_SUFFIXES.items():
+        if any(f.suffix.lower() == suffix for f in files):
+            return storage
     return 'unknown'
 
 
@@ -573,7 +613,7 @@ def read_bag(path, topics: BagTopics = BagTopics()) -> Iterator[BagMessage]:
     with _open_reader(path) as reader:
         conns = [c for c in reader.connections if c.topic in (topics.image, topics.audio)]
         for conn, t_ns, raw in reader.messages(connections=conns):
-            msg = reader.deserialize(raw, conn.msgtype)
+            msg = _decode(raw, conn.msgtype)
             stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
             if conn.topic == topics.image:
                 yield BagMessage('image', t_ns, stamp, image_to_rgb(msg))
