@@ -217,3 +217,42 @@ def test_the_readme_bag_commands_run_verbatim(tiny_corpus, checkpoint, tmp_path,
     assert 'window accuracy' in printed
     result = json.loads((tmp_path / 'eval' / 'eval.json').read_text())
     assert result['clips'] == 12 and result['windows'] > 0
+
+
+@pytest.fixture(scope='module')
+def compressed_bags(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
+    """The first two clips of ACTOR, raw and as JPEG and PNG camera topics."""
+    from lightmer.config import PRESETS
+    from lightmer.datasets.loaders import index_dataset
+
+    preset = PRESETS['crema-d']
+    records = [r for r in index_dataset('crema-d', tiny_corpus)[0] if r.actor == ACTOR][:2]
+    clips = [bags._load_clip(r, preset.labels[preset.codes.index(r.label)]) for r in records]
+    out = tmp_path_factory.mktemp('compressed')
+    made = {}
+    for fmt in ('raw', 'jpeg', 'png'):
+        made[fmt] = out / fmt
+        bags.write_bag(clips, made[fmt], gap_s=1.0, compressed=None if fmt == 'raw' else fmt)
+    return made
+
+
+def _evaluate(bag: Path, checkpoint: Path, out: Path, live: bool = False) -> list[dict]:
+    # 2 of N segments: windows on these short clips whatever the nodes' default
+    evaluate_bag(EvalConfig(bag=bag, labels=bags.default_labels_path(bag), checkpoint=checkpoint,
+                            out=out, live=live, min_segments=2))
+    return _windows(out)
+
+
+def test_compressed_camera_offline_and_live(compressed_bags, checkpoint, tmp_path):
+    """PNG decodes to the very frames: the same windows as the raw bag. JPEG: the live nodes
+    (compressed_input) and the offline replay decode the same bytes the same way."""
+    raw = _evaluate(compressed_bags['raw'], checkpoint, tmp_path / 'raw')
+    png = _evaluate(compressed_bags['png'], checkpoint, tmp_path / 'png')
+    assert len(raw) >= 2
+    assert [(w['k_last'], w['probs']) for w in png] == [(w['k_last'], w['probs']) for w in raw]
+
+    jpeg = _evaluate(compressed_bags['jpeg'], checkpoint, tmp_path / 'jpeg')
+    live = _evaluate(compressed_bags['jpeg'], checkpoint, tmp_path / 'jpeg_live', live=True)
+    assert [w['k_last'] for w in live] == [w['k_last'] for w in jpeg]
+    for a, b in zip(live, jpeg, strict=True):
+        np.testing.assert_allclose(a['probs'], b['probs'], atol=1e-5)

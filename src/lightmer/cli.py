@@ -197,6 +197,9 @@ def _add_make_bag(sub) -> None:
                    help='fraction of camera frames to blank (seeded), to test the '
                         'missing-modality policies')
     p.add_argument('--seed', type=int, default=0, help='seed of --occlude')
+    p.add_argument('--compressed', choices=('jpeg', 'png'), default=None,
+                   help='write the camera as sensor_msgs/CompressedImage on '
+                        '/camera/image_raw/compressed (as robots record it) instead of raw Image')
 
 
 def _run_make_bag(args) -> int:
@@ -205,7 +208,7 @@ def _run_make_bag(args) -> int:
     try:
         report = make_bag(args.dataset, args.root, args.out, actors=args.actors,
                           storage=args.storage, gap_s=args.gap, occlude=args.occlude,
-                          seed=args.seed)
+                          seed=args.seed, compressed=args.compressed)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f'lightmer make-bag: {e}', file=sys.stderr)
         return 2
