@@ -158,6 +158,10 @@ def _add_train(sub) -> None:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--resume', action='store_true')
     p.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
+    p.add_argument('--mel-norm', choices=('window', 'dataset'), default='window',
+                   help="log-mel normalisation: 'window' standardises each window (level "
+                        "removed); 'dataset' uses the training clips' dB statistics, stored in "
+                        'the checkpoint (level kept; see docs/DATASETS.md)')
 
 
 def _run_train(args) -> int:
@@ -175,7 +179,7 @@ def _run_train(args) -> int:
             args.dataset, cache=args.cache, out=args.out, strategy=args.strategy,
             n_folds=args.folds, fold=fold, epochs=args.epochs, n_uncertain=args.nu,
             n_segments=args.segments, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-            resume=args.resume, device=args.device)
+            resume=args.resume, device=args.device, mel_norm=args.mel_norm)
         summary = train(cfg)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         # Settings and cache problems: the message says what to do; a traceback would not help.
