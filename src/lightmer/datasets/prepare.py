@@ -119,8 +119,9 @@ def prepare(dataset: str, root: str | Path, cache: str | Path, workers: int | No
     _check_existing_index(cache, settings)
     records, skipped = index_dataset(dataset, root)
     if not records:
-        raise FileNotFoundError(f'no usable clips under {root} for {dataset}:\n'
-                                f'{format_skipped(skipped)}')
+        first = f' (first: {skipped[0].path.name}: {skipped[0].reason})' if skipped else ''
+        raise FileNotFoundError(f'no usable clips under {root} for {dataset}: '
+                                f'{format_skipped(skipped).splitlines()[0]}{first}')
     settings_json = json.dumps(settings, sort_keys=True)
     # Temporary files left by a killed run (one prepare per cache at a time).
     for stale in (cache / 'clips').glob('.*.tmp'):
