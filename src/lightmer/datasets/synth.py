@@ -259,8 +259,9 @@ def _check_espeak() -> None:
     try:
         subprocess.run(['espeak-ng', '--version'], check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError) as e:
-        raise RuntimeError('espeak-ng is needed to generate speech: install it '
-                           f'(Debian: apt-get install espeak-ng) ({e})') from None
+        # FileNotFoundError: a missing program the user can install (one line on the CLI)
+        raise FileNotFoundError('espeak-ng is needed to generate speech: install it '
+                                f'(Debian: apt-get install espeak-ng) ({e})') from None
 
 
 # --- one clip --------------------------------------------------------------------------------
