@@ -192,10 +192,11 @@ def test_score_definitions():
     assert s['confusion_windows'] == [[1, 2], [0, 1]]
 
 
-def _readme_commands(prefix: str) -> list[str]:
+def _readme_commands(prefix: str, bag: str = 'eval.bag') -> list[str]:
+    """The README's command lines starting with `prefix` that name the bag `bag`."""
     readme = Path(__file__).resolve().parents[1] / 'README.md'
     return [line.strip() for line in readme.read_text(encoding='utf-8').splitlines()
-            if line.strip().startswith(prefix)]
+            if line.strip().startswith(prefix) and f' {bag} ' in f'{line} ']
 
 
 def test_the_readme_bag_commands_run_verbatim(tiny_corpus, checkpoint, tmp_path, monkeypatch,
