@@ -16,6 +16,8 @@ from lightmer.features import (
     face_to_input,
     log_mel,
     log_mel_at,
+    mel_db,
+    mel_db_statistics,
     resample,
     select_largest_confident,
     to_mono,
@@ -131,6 +133,60 @@ def test_log_mel_on_silence_is_finite():
         log_mel(np.zeros(1000, np.float32), CFG)
 
 
+# --- the level-preserving option (mel_norm 'dataset') ----------------------------------------
+def test_default_normalisation_is_blind_to_level_and_dataset_normalisation_keeps_it(speech16k):
+    centre = speech16k.shape[0] / CFG.sample_rate / 2
+    loud, quiet = speech16k, speech16k * 0.1          # the same speech 20 dB quieter
+    # default: per-window standardisation removes the level (both have mean 0; they differ
+    # only where the quieter one reaches the -100 dB floor)
+    a, b = log_mel_at(loud, centre, CFG), log_mel_at(quiet, centre, CFG)
+    assert abs(float(a.mean()) - float(b.mean())) < 1e-4
+    assert float(np.abs(a - b).mean()) < 0.1
+    # 'dataset': dB standardised with fixed (training-set) statistics keeps it
+    cfg = FeatureConfig(mel_norm='dataset', mel_db_mean=-40.0, mel_db_std=12.0)
+    a, b = log_mel_at(loud, centre, cfg), log_mel_at(quiet, centre, cfg)
+    db = mel_db(audio_window(loud, centre, cfg), cfg)
+    voiced = db > -70                                  # well above the -100 dB floor
+    np.testing.assert_allclose((a - b)[voiced], 20.0 / 12.0, atol=1e-3)
+    np.testing.assert_allclose(a, (db + 40.0) / 12.0, atol=1e-5)
+    assert a.dtype == np.float32 and np.all(np.isfinite(a))
+    silence = log_mel_at(np.zeros(32000, np.float32), 1.0, cfg)
+    np.testing.assert_allclose(silence, (-100.0 + 40.0) / 12.0, atol=1e-5)   # finite, low
+
+
+def test_log_mel_is_the_normalised_mel_db(speech16k):
+    window = audio_window(speech16k, 1.0, CFG)
+    db = mel_db(window, CFG)
+    assert db.shape == (128, 43) and db.dtype == np.float32 and db.min() >= -100.001
+    z = (db - db.mean()) / db.std()
+    np.testing.assert_allclose(log_mel(window, CFG), z, atol=1e-4)
+
+
+def test_mel_db_statistics_are_those_of_every_value(speech16k):
+    windows = [audio_window(speech16k, c, CFG) for c in (0.8, 1.2, 1.6)]
+    mean, std = mel_db_statistics(windows, CFG)
+    every = np.stack([mel_db(w, CFG) for w in windows]).astype(np.float64)
+    assert mean == pytest.approx(every.mean(), abs=1e-4)
+    assert std == pytest.approx(every.std(), abs=1e-4)
+    with pytest.raises(ValueError, match='no audio windows'):
+        mel_db_statistics([], CFG)
+
+
+def test_feature_config_mel_norm_is_checked_and_old_dicts_still_load():
+    with pytest.raises(ValueError, match="mel_norm must be 'window' or 'dataset'"):
+        FeatureConfig(mel_norm='loudness')
+    with pytest.raises(ValueError, match='mel_db_std'):
+        FeatureConfig(mel_norm='dataset', mel_db_std=0.0)
+    with pytest.raises(ValueError, match='mel_db_mean'):
+        FeatureConfig(mel_norm='dataset', mel_db_mean=float('nan'))
+    cfg = FeatureConfig(mel_norm='dataset', mel_db_mean=-50.5, mel_db_std=11.25)
+    assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
+    old = FeatureConfig().to_dict()
+    for key in ('mel_norm', 'mel_db_mean', 'mel_db_std'):   # a checkpoint from before
+        del old[key]
+    assert FeatureConfig.from_dict(old) == FeatureConfig()
+
+
 def test_audio_window_zero_pads_past_the_edges():
     audio = np.ones(16000, np.float32)                             # 1 s of ones
     start = audio_window(audio, 0.0, CFG)
@@ -156,3 +212,63 @@ def test_resample_and_mono():
     assert abs(np.argmax(spectrum) - 440) <= 1                     # 1 Hz bins over 1 s
     np.testing.assert_allclose(to_mono(np.array([-32768, 0, 16384], np.int16)),
                                [-1.0, 0.0, 0.5])
+
+
+def _head_in_720p(x0: int, y0: int, side: int) -> np.ndarray:
+    """uint8 (720, 1280, 3): the astronaut's head (face ~side / 3.5 px wide) on a real photo."""
+    from PIL import Image
+
+    frame = np.asarray(Image.fromarray(data.coffee()).resize((1280, 720))).copy()
+    head = np.asarray(Image.fromarray(data.astronaut()[:300, 110:410]).resize((side, side)))
+    frame[y0:y0 + side, x0:x0 + side] = head
+    return frame
+
+
+# How far detection on the downscaled copy may move the box and the crop from full-resolution
+# detection (docs/RUNTIME.md): as far as MTCNN itself moves them when the camera moves by one
+# pixel, measured at 720p: box corners <= 10.2 % of the face width, crops <= 23.4 grey levels
+# apart on average (scripts/measure_detect_side.py), rounded up.
+COPY_BOX_TOLERANCE = 0.12          # of the face width
+COPY_CROP_TOLERANCE = 25.0         # mean absolute grey-level difference of the 98x80 crops
+
+
+@pytest.mark.parametrize('x0, y0, side', [(500, 100, 420), (60, 300, 400), (900, 40, 330)])
+def test_detection_on_a_downscaled_copy_crops_as_full_resolution(x0, y0, side):
+    """720p frame, face 95-120 px: the crop from detection on the 640x360 copy equals the crop
+    from full-resolution detection within the documented tolerance."""
+    frame = _head_in_720p(x0, y0, side)
+    full = FaceCropper(FeatureConfig(detect_max_side=0))
+    small = FaceCropper(FeatureConfig(detect_max_side=640))
+    [box_full], [box_small] = full.detect([frame]), small.detect([frame])
+    assert box_full is not None and box_small is not None
+    width = box_full[2] - box_full[0]
+    assert np.abs(box_small - box_full).max() <= COPY_BOX_TOLERANCE * width
+    crop_full, crop_small = full.crop(frame, box_full), small.crop(frame, box_small)
+    diff = np.abs(crop_small.astype(float) - crop_full.astype(float)).mean()
+    assert diff <= COPY_CROP_TOLERANCE
+    # the same faces, not just similar numbers: the crops correlate strongly
+    assert np.corrcoef(crop_small.ravel(), crop_full.ravel())[0, 1] > 0.8
+
+
+def test_detection_copy_sizes_and_factors():
+    from lightmer.features import detection_copy
+
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    copy, to_frame = detection_copy(frame, 640)
+    assert copy.shape == (360, 640, 3) and copy.dtype == np.uint8
+    np.testing.assert_allclose(to_frame, [2.0, 2.0])
+    odd, to_frame = detection_copy(np.zeros((481, 333, 3), np.uint8), 320)
+    assert odd.shape == (320, 222, 3)
+    np.testing.assert_allclose(to_frame, [333 / 222, 481 / 320])
+    for side in (0, 1280, 2000):                                   # no copy: the frame itself
+        same, to_frame = detection_copy(frame, side)
+        assert same is frame and (to_frame == 1).all()
+
+
+def test_feature_files_from_before_detect_max_side_detect_on_the_full_frame():
+    old = FeatureConfig().to_dict()
+    del old['detect_max_side']
+    assert FeatureConfig.from_dict(old).detect_max_side == 0
+    assert FeatureConfig.from_dict(FeatureConfig().to_dict()) == FeatureConfig()
+    with pytest.raises(ValueError, match='detect_max_side'):
+        FeatureConfig(detect_max_side=-1)

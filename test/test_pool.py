@@ -17,7 +17,8 @@ import pytest
 from fixtures_data import POOL_MIN_SEGMENTS as MIN_SEGMENTS
 from lightmer import bags
 from lightmer.cli import main
-from lightmer.pool import Pool, PoolConfig, PoolError, build_pool, window_probs
+from lightmer.pool import Pool, PoolConfig, PoolError, build_pool
+from lightmer.query import window_probs
 
 
 def test_pool_windows_are_the_windows_eval_bag_publishes(robot_pool, robot_bags,
@@ -39,14 +40,17 @@ def test_pool_windows_are_the_windows_eval_bag_publishes(robot_pool, robot_bags,
     logits = pool.segment_logits(None, key=json.loads(
         (robot_pool / 'recordings' / table.rec_ids[0] / 'recording.json').read_text())
         ['checkpoint']['key'])
-    np.testing.assert_allclose(window_probs(logits, table.rows), table.probs, atol=1e-12)
+    from lightmer.backend import load_model
+
+    fuse = load_model(untrained_checkpoint).fuse           # the fusion node's fuse
+    np.testing.assert_allclose(window_probs(logits, table.rows, fuse), table.probs, atol=1e-12)
     counts = (table.rows >= 0).sum(axis=1)
     assert counts.min() >= MIN_SEGMENTS and counts.max() == pool.n_segments
 
 
 def test_pooled_segments_read_back(robot_pool, robot_bags, untrained_checkpoint):
     from lightmer.checkpoint import load_checkpoint
-    from lightmer.pool import compute_segment_logits
+    from lightmer.query import compute_segment_logits
 
     pool = Pool(robot_pool)
     table = pool.table
@@ -176,3 +180,37 @@ def test_query_refuses_a_checkpoint_with_other_features(robot_pool, tmp_path, ca
     err = capsys.readouterr().err
     assert 'other feature settings' in err and 'features.face_margin' in err
     assert not batch.exists() and not (robot_pool / 'batches').exists()
+
+
+def test_pool_from_a_bag_with_compressed_images(tiny_corpus, robot_pool, untrained_checkpoint,
+                                                tmp_path):
+    """A camera recorded as CompressedImage (JPEG, as robots record it): the pool reads it
+    through bags.read_bag like eval-bag, and its crops are the raw bag's up to JPEG loss."""
+    from lightmer.evaluate import EvalConfig, evaluate_bag
+
+    bag = tmp_path / 'robot_jpeg'
+    assert main(['make-bag', '--dataset', 'crema-d', '--root', str(tiny_corpus), '--out',
+                 str(bag), '--actors', '1001', '--compressed', 'jpeg']) == 0
+    out = tmp_path / 'pool'
+    assert main(['pool', '--bag', str(bag), '--checkpoint', str(untrained_checkpoint),
+                 '--out', str(out), '--min-segments', str(MIN_SEGMENTS)]) == 0
+    pool = Pool(out)
+    table = pool.table
+    assert pool.recording(table.rec_ids[0])['topics']['image'] == '/camera/image_raw'
+    evaluate_bag(EvalConfig(bag=bag, labels=bags.default_labels_path(bag),
+                            checkpoint=untrained_checkpoint, out=tmp_path / 'eval',
+                            min_segments=MIN_SEGMENTS))
+    published = json.loads((tmp_path / 'eval' / 'windows.json').read_text())
+    assert [w['k_last'] for w in published] == table.k_last.tolist() != []
+    np.testing.assert_array_equal(table.probs, [w['probs'] for w in published])
+
+    raw = Pool(robot_pool)                       # the same clips recorded as raw Image
+    raw_k = raw.table.seg_k[raw.table.seg_rec == 0]
+    both = np.intersect1d(raw_k, table.seg_k)
+    assert len(both) >= 0.8 * len(raw_k)
+    jpeg_crops, _ = pool.segment_inputs(np.searchsorted(table.seg_k, both))
+    raw_crops, _ = raw.segment_inputs(np.searchsorted(raw_k, both))
+    diff = np.abs(jpeg_crops.astype(float) - raw_crops.astype(float)).mean(axis=(1, 2))
+    # Grey levels: the same faces, JPEG-coded (measured: median 2; an MTCNN box moved by a
+    # pixel or two on the decoded frame makes a few crops differ more).
+    assert np.median(diff) < 4.0 and diff.max() < 30.0

@@ -1,17 +1,31 @@
 """`lightmer` command line: the only place that parses argv.
 
 Each subcommand has a `_add_<name>` that declares its options and a `_run_<name>` that turns
-the parsed options into the implementing module's call. Implementations are imported lazily so
-that `lightmer --help` and light subcommands do not pay for torch or rclpy imports.
+the parsed options into the implementing module's call; both go into COMMANDS. Implementations
+are imported lazily so that `lightmer --help` and light subcommands do not pay for torch or
+rclpy imports.
+
+Errors: a `_run_<name>` does not catch anything. What a user can cause and fix (a wrong path, a
+damaged or foreign file, a bad setting) is raised by the library as one of USER_ERRORS with a
+message that says what to do, and `main` prints it as one line, `lightmer <command>: <message>`,
+and exits 2. Anything else is a bug and keeps its traceback. LIGHTMER_TRACEBACK=1 shows the
+traceback of user errors too.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 DATASETS = ('crema-d', 'ravdess')
+# The library's errors for input a user can fix: OSError (missing, unreadable or existing files,
+# a worker that died: ChildProcessError) and ValueError (bad settings, and its subclasses
+# CheckpointError, BagFormatError, MediaError, ConversionError, ExportError).
+USER_ERRORS = (OSError, ValueError)
+EXIT_USER_ERROR = 2
+EXIT_WAITING_FOR_ANSWERS = 3   # `finetune`: a batch waits for people; answer it, then --resume
 
 
 def _positive_int(text: str) -> int:
@@ -26,6 +40,16 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f'expected a positive number, got {text}')
     return value
+
+
+def _fold(text: str) -> int | None:
+    if text == 'all':
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fold index or 'all', got {text!r}") \
+            from None
 
 
 def _print_json(obj) -> None:
@@ -62,20 +86,16 @@ def _run_summary(args) -> int:
 def _add_export(sub) -> None:
     p = sub.add_parser('export', help='export the per-segment and fusion parts for small robots')
     p.add_argument('--checkpoint', type=Path, required=True)
-    p.add_argument('--format', choices=('torchscript', 'onnx'), default='torchscript')
+    p.add_argument('--format', choices=('torchscript', 'onnx'), default='torchscript',
+                   help='onnx: what the nodes run without torch (docs/RUNTIME.md)')
     p.add_argument('--out', type=Path, default=None,
                    help='output directory (default: next to the checkpoint)')
 
 
 def _run_export(args) -> int:
-    from lightmer.checkpoint import CheckpointError
-    from lightmer.export import ExportError, export_checkpoint
+    from lightmer.export import export_checkpoint
 
-    try:
-        paths = export_checkpoint(args.checkpoint, args.format, args.out)
-    except (CheckpointError, ExportError) as e:
-        print(f'lightmer export: {e}', file=sys.stderr)
-        return 2
+    paths = export_checkpoint(args.checkpoint, args.format, args.out)
     for path in paths:
         print(path)
     return 0
@@ -89,14 +109,21 @@ def _add_bench(sub) -> None:
     p.add_argument('--threads', type=_positive_int, default=None,
                    help='torch threads (default: torch default, stated in the output)')
     p.add_argument('--checkpoint', type=Path, default=None,
-                   help='model for the live-node figures (default: an untrained model)')
+                   help='a .pt checkpoint for the figures (default: an untrained model); '
+                        'bench exports it to ONNX itself for the onnxruntime figures')
     p.add_argument('--no-nodes', action='store_true', help='skip the live-node measurements')
     p.add_argument('--out', type=Path, default=None, help='directory for bench.json and PNGs')
 
 
 def _run_bench(args) -> int:
+    from lightmer.backend import backend_of
     from lightmer.bench import run_bench
 
+    if args.checkpoint is not None and backend_of(args.checkpoint) != 'torch':
+        print(f'lightmer bench: --checkpoint {args.checkpoint} is an ONNX export; give its .pt '
+              'checkpoint: bench runs it on torch and exports it for onnxruntime itself',
+              file=sys.stderr)
+        return 2
     return run_bench(repeats=args.repeats, threads=args.threads, checkpoint=args.checkpoint,
                      nodes=not args.no_nodes, out_dir=args.out, as_json=args.json)
 
@@ -147,7 +174,7 @@ def _add_train(sub) -> None:
     p.add_argument('--out', type=Path, required=True, help='run directory')
     p.add_argument('--strategy', choices=('uncertainty', 'full'), default='uncertainty')
     p.add_argument('--folds', type=_positive_int, default=5)
-    p.add_argument('--fold', default='all', help="fold index (0-based) or 'all'")
+    p.add_argument('--fold', type=_fold, default=None, help="fold index (0-based) or 'all'")
     p.add_argument('--epochs', type=_positive_int, default=100)
     p.add_argument('--nu', type=_positive_int, default=None,
                    help='uncertain samples per epoch N_u (default: the preset\'s)')
@@ -158,29 +185,21 @@ def _add_train(sub) -> None:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--resume', action='store_true')
     p.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
+    p.add_argument('--mel-norm', choices=('window', 'dataset'), default='window',
+                   help="log-mel normalisation: 'window' standardises each window (level "
+                        "removed); 'dataset' uses the training clips' dB statistics, stored in "
+                        'the checkpoint (level kept; see docs/DATASETS.md)')
 
 
 def _run_train(args) -> int:
     from lightmer.train import TrainConfig, train
 
-    if args.fold != 'all':
-        try:
-            fold = int(args.fold)
-        except ValueError:
-            raise SystemExit(f"--fold must be an integer or 'all', got {args.fold!r}") from None
-    else:
-        fold = None
-    try:
-        cfg = TrainConfig.for_dataset(
-            args.dataset, cache=args.cache, out=args.out, strategy=args.strategy,
-            n_folds=args.folds, fold=fold, epochs=args.epochs, n_uncertain=args.nu,
-            n_segments=args.segments, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-            resume=args.resume, device=args.device)
-        summary = train(cfg)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        # Settings and cache problems: the message says what to do; a traceback would not help.
-        raise SystemExit(f'lightmer train: {e}') from None
-    _print_json(summary)
+    cfg = TrainConfig.for_dataset(
+        args.dataset, cache=args.cache, out=args.out, strategy=args.strategy,
+        n_folds=args.folds, fold=args.fold, epochs=args.epochs, n_uncertain=args.nu,
+        n_segments=args.segments, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        resume=args.resume, device=args.device, mel_norm=args.mel_norm)
+    _print_json(train(cfg))
     return 0
 
 
@@ -197,19 +216,17 @@ def _add_make_bag(sub) -> None:
                    help='fraction of camera frames to blank (seeded), to test the '
                         'missing-modality policies')
     p.add_argument('--seed', type=int, default=0, help='seed of --occlude')
+    p.add_argument('--compressed', choices=('jpeg', 'png'), default=None,
+                   help='write the camera as sensor_msgs/CompressedImage on '
+                        '/camera/image_raw/compressed (as robots record it) instead of raw Image')
 
 
 def _run_make_bag(args) -> int:
     from lightmer.bags import make_bag
 
-    try:
-        report = make_bag(args.dataset, args.root, args.out, actors=args.actors,
-                          storage=args.storage, gap_s=args.gap, occlude=args.occlude,
-                          seed=args.seed)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f'lightmer make-bag: {e}', file=sys.stderr)
-        return 2
-    print(report)
+    print(make_bag(args.dataset, args.root, args.out, actors=args.actors, storage=args.storage,
+                   gap_s=args.gap, occlude=args.occlude, seed=args.seed,
+                   compressed=args.compressed))
     return 0
 
 
@@ -217,7 +234,8 @@ def _add_eval_bag(sub) -> None:
     p = sub.add_parser('eval-bag', help='score a bag against a labels CSV')
     p.add_argument('--bag', type=Path, required=True)
     p.add_argument('--labels', type=Path, required=True, help='CSV: start,end,label,clip_id')
-    p.add_argument('--checkpoint', type=Path, required=True)
+    p.add_argument('--checkpoint', type=Path, required=True,
+                   help='a checkpoint (.pt, torch) or its ONNX export (.onnx, onnxruntime)')
     p.add_argument('--live', action='store_true', help='through the three nodes over DDS')
     p.add_argument('--out', type=Path, default=None, help='directory for JSON and PNGs')
     p.add_argument('--json', action='store_true')
@@ -241,8 +259,6 @@ def _add_replay_options(p) -> None:
 
 
 def _run_eval_bag(args) -> int:
-    from lightmer.bags import BagFormatError
-    from lightmer.checkpoint import CheckpointError
     from lightmer.evaluate import EvalConfig, evaluate_bag
 
     cfg = EvalConfig(bag=args.bag, labels=args.labels, checkpoint=args.checkpoint,
@@ -250,11 +266,7 @@ def _run_eval_bag(args) -> int:
                      audio_topic=args.audio_topic, audio_info_topic=args.audio_info_topic,
                      anchor=args.anchor, rate=args.rate, policy=args.policy,
                      min_segments=args.min_segments)
-    try:
-        result = evaluate_bag(cfg)
-    except (BagFormatError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f'lightmer eval-bag: {e}', file=sys.stderr)
-        return 2
+    result = evaluate_bag(cfg)
     if args.json:
         _print_json(result)
     else:
@@ -274,7 +286,8 @@ def _add_pool(sub) -> None:
                        'store their segments and windows for labelling')
     p.add_argument('--bag', type=Path, nargs='+', required=True, help='rosbag2 directories')
     p.add_argument('--checkpoint', type=Path, required=True,
-                   help='model whose features and segment grid the pool uses')
+                   help='model whose features and segment grid the pool uses (a checkpoint '
+                   '.pt or its ONNX export .onnx)')
     p.add_argument('--out', type=Path, required=True,
                    help='pool directory (created, or extended with new bags)')
     _add_replay_options(p)
@@ -282,19 +295,13 @@ def _add_pool(sub) -> None:
 
 
 def _run_pool(args) -> int:
-    from lightmer.bags import BagFormatError, BagTopics
-    from lightmer.checkpoint import CheckpointError
+    from lightmer.bags import BagTopics
     from lightmer.pool import PoolConfig, build_pool
 
-    cfg = PoolConfig(bags=tuple(args.bag), checkpoint=args.checkpoint, out=args.out,
-                     topics=BagTopics(args.image_topic, args.audio_topic,
-                                      args.audio_info_topic),
-                     anchor=args.anchor, policy=args.policy, min_segments=args.min_segments)
-    try:
-        summary = build_pool(cfg)
-    except (BagFormatError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f'lightmer pool: {e}', file=sys.stderr)
-        return 2
+    summary = build_pool(PoolConfig(
+        bags=tuple(args.bag), checkpoint=args.checkpoint, out=args.out,
+        topics=BagTopics(args.image_topic, args.audio_topic, args.audio_info_topic),
+        anchor=args.anchor, policy=args.policy, min_segments=args.min_segments))
     if args.json:
         _print_json(summary)
     else:
@@ -325,17 +332,12 @@ def _add_query(sub) -> None:
 
 
 def _run_query(args) -> int:
-    from lightmer.checkpoint import CheckpointError
     from lightmer.query import QueryConfig, run_query
 
-    try:
-        manifest = run_query(QueryConfig(
-            pool=args.pool, checkpoint=args.checkpoint, n=args.n, strategy=args.strategy,
-            answers=args.labels, out=args.out, seed=args.seed,
-            max_per_recording=args.max_per_recording))
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f'lightmer query: {e}', file=sys.stderr)
-        return 2
+    manifest = run_query(QueryConfig(
+        pool=args.pool, checkpoint=args.checkpoint, n=args.n, strategy=args.strategy,
+        answers=args.labels, out=args.out, seed=args.seed,
+        max_per_recording=args.max_per_recording))
     if args.json:
         _print_json(manifest)
         return 0
@@ -387,7 +389,6 @@ def _add_finetune(sub) -> None:
 
 
 def _run_finetune(args) -> int:
-    from lightmer.checkpoint import CheckpointError
     from lightmer.finetune import AnswersNeededError, FinetuneConfig, finetune
 
     try:
@@ -399,12 +400,9 @@ def _run_finetune(args) -> int:
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             max_per_recording=args.max_per_recording, seed=args.seed, resume=args.resume,
             freeze_batchnorm=args.batchnorm == 'frozen'))
-    except AnswersNeededError as e:
+    except AnswersNeededError as e:      # not an error: people have a batch to answer
         print(f'lightmer finetune: {e}', file=sys.stderr)
-        return 3
-    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f'lightmer finetune: {e}', file=sys.stderr)
-        return 2
+        return EXIT_WAITING_FOR_ANSWERS
     if args.json:
         _print_json(report)
         return 0
@@ -424,7 +422,8 @@ def _add_bringup(sub) -> None:
     p = sub.add_parser('bringup', help='run the three nodes in one process (launch without '
                        'launch_ros)')
     p.add_argument('--params-file', type=Path, default=None, help='ROS parameter YAML')
-    p.add_argument('--model', type=Path, default=None, help='checkpoint path')
+    p.add_argument('--model', type=Path, default=None,
+                   help='checkpoint (.pt, torch) or ONNX export (.onnx, onnxruntime, no torch)')
     p.add_argument('--camera-topic', default=None)
     p.add_argument('--audio-topic', default=None)
     p.add_argument('--audio-msg', choices=('ros-drivers', 'mgonzs13'), default=None)
@@ -475,11 +474,7 @@ def _add_simulate_robot(sub) -> None:
 def _run_simulate_robot(args) -> int:
     from lightmer.robot_sim import simulate_robot
 
-    try:
-        result = simulate_robot(args.out, quick=args.quick, base_from=args.base_from)
-    except (FileNotFoundError, ValueError) as e:
-        print(f'lightmer simulate-robot: {e}', file=sys.stderr)
-        return 2
+    result = simulate_robot(args.out, quick=args.quick, base_from=args.base_from)
     if args.json:
         _print_json(result)
     return 0
@@ -520,6 +515,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         return 130
+    except USER_ERRORS as e:
+        if os.environ.get('LIGHTMER_TRACEBACK'):
+            raise
+        print(f'lightmer {args.command}: {one_line(e)}', file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (messages that list several things join them with ';')."""
+    text = str(error) or type(error).__name__
+    return '; '.join(part.strip() for part in text.splitlines() if part.strip())
 
 
 if __name__ == '__main__':

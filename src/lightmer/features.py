@@ -3,14 +3,16 @@
 Training (`datasets.prepare`, `datasets.cache`) and the ROS nodes call these same functions
 with the `FeatureConfig` stored in the checkpoint, so the two cannot drift apart.
 
-Face pipeline: RGB uint8 frame -> MTCNN boxes -> the largest face whose probability is at least
+Face pipeline: RGB uint8 frame -> (its copy downscaled to `detect_max_side`) -> MTCNN boxes
+(mapped back to the frame) -> the largest face whose probability is at least
 `face_min_prob` -> box grown by `face_margin` on each side, clipped to the frame -> grayscale
 (ITU-R 601 luma, as PIL's 'L') -> resized to 98 high x 80 wide (bilinear) -> uint8 crop.
 `face_to_input` then maps uint8 to float32 with a fixed affine map.
 
 Audio pipeline: any rate, any channels -> mono float32 -> 16 kHz (soxr via librosa) -> the
 1.5 s window centred on a time, zero-padded past the clip edges -> power mel spectrogram
-(n_fft 2048, hop 512, Hann, no centre padding: 128 x 43) -> dB -> per-window standardisation.
+(n_fft 2048, hop 512, Hann, no centre padding: 128 x 43) -> dB (`mel_db`) -> normalised: per
+window by default, or with the training set's dB statistics (`FeatureConfig.mel_norm`).
 """
 from __future__ import annotations
 
@@ -19,11 +21,15 @@ import functools
 import numpy as np
 
 from lightmer.config import FeatureConfig
+from lightmer.mtcnn import MTCNNNets, detect_faces
 
 # Largest batch handed to MTCNN at once: bounds its memory on a small robot computer.
 _MAX_DETECT_BATCH = 16
 # Floor of the mel power before the log: -100 dB, so digital silence stays finite.
 _POWER_FLOOR = 1e-10
+# Digital silence: no sample reaches one step of 16-bit PCM (what a muted or absent microphone
+# and the audio track of a video-only recording hold).
+_SILENCE_PEAK = 1.0 / 32768.0
 # Floor of the per-window standard deviation in dB: a constant window (silence) maps to all
 # zeros instead of dividing by zero, and near-silent hiss is not blown up to unit variance.
 _STD_FLOOR_DB = 1.0
@@ -31,37 +37,60 @@ _STD_FLOOR_DB = 1.0
 
 # --- faces -----------------------------------------------------------------------------------
 class FaceCropper:
-    """MTCNN face detection and cropping (facenet-pytorch; its weights ship in the wheel)."""
+    """MTCNN face detection and cropping, with either of two detectors whose boxes are equal:
 
-    def __init__(self, cfg: FeatureConfig, device: str = 'cpu', min_face_size: int = 40):
-        from facenet_pytorch import MTCNN  # heavy import, only where faces are needed
+    - facenet-pytorch's `MTCNN` (torch; its weights ship in its wheel), the default;
+    - given `nets`, `lightmer.mtcnn.detect_faces`, the same cascade in numpy around the same
+      networks exported to ONNX (no torch; `lightmer.backend.face_cropper` builds it).
 
+    Detection runs on the frame, or on its area-downscaled copy when the frame's longer side
+    exceeds `cfg.detect_max_side`; `min_face_size` is in pixels of the image MTCNN sees.
+    """
+
+    def __init__(self, cfg: FeatureConfig, device: str = 'cpu', min_face_size: int = 40,
+                 nets: MTCNNNets | None = None):
         self.cfg = cfg
-        # keep_all: we choose the face ourselves (largest above threshold) so that each box
-        # stays paired with its own probability; post_process off: we only use the boxes.
-        self._mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size,
-                            post_process=False, select_largest=False)
+        self.min_face_size = min_face_size
+        self._nets = nets
+        self._mtcnn = None
+        if nets is None:
+            from facenet_pytorch import MTCNN  # heavy import, only where faces are needed
+
+            # keep_all: we choose the face ourselves (largest above threshold) so that each
+            # box stays paired with its own probability; post_process off: we use the boxes.
+            self._mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size,
+                                post_process=False, select_largest=False)
 
     def detect_all(self, frames_rgb: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Every face MTCNN reports, per frame, before any threshold.
 
         Args:
-            frames_rgb: uint8 (H, W, 3) RGB frames; sizes may differ (MTCNN's batched detect
-                needs equal sizes, so frames are grouped by size and run one batch per size).
+            frames_rgb: uint8 (H, W, 3) RGB frames; sizes may differ.
         Returns:
-            per frame (boxes float64 (K, 4) x1 y1 x2 y2 pixels, probs float64 (K,)), row k of
-            both describing the same face; K = 0 when there is none.
+            per frame (boxes float64 (K, 4) x1 y1 x2 y2 pixels of the frame, probs float64
+            (K,)), row k of both describing the same face; K = 0 when there is none.
         """
-        frames = [_check_frame(f) for f in frames_rgb]
+        copies = [detection_copy(_check_frame(f), self.cfg.detect_max_side) for f in frames_rgb]
+        found = self._detect([image for image, _ in copies])
+        return [(boxes * np.tile(to_frame, 2), probs)
+                for (boxes, probs), (_, to_frame) in zip(found, copies, strict=True)]
+
+    def _detect(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`detect_all` on the images MTCNN sees (boxes in their pixels)."""
+        if self._nets is not None:
+            return [tuple(a.astype(np.float64) for a in
+                          detect_faces(image, self._nets, self.min_face_size))
+                    for image in images]
         empty = (np.zeros((0, 4)), np.zeros(0))
-        out: list[tuple[np.ndarray, np.ndarray]] = [empty] * len(frames)
+        out: list[tuple[np.ndarray, np.ndarray]] = [empty] * len(images)
+        # facenet-pytorch's batched detect needs equal sizes: one batch per size.
         by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, f in enumerate(frames):
-            by_shape.setdefault(f.shape, []).append(i)
+        for i, image in enumerate(images):
+            by_shape.setdefault(image.shape, []).append(i)
         for idx in by_shape.values():
             for s in range(0, len(idx), _MAX_DETECT_BATCH):
                 chunk = idx[s:s + _MAX_DETECT_BATCH]
-                batch = np.stack([frames[i] for i in chunk])          # (B, H, W, 3) uint8
+                batch = np.stack([images[i] for i in chunk])          # (B, H, W, 3) uint8
                 boxes, probs = self._mtcnn.detect(batch)
                 for i, b, p in zip(chunk, boxes, probs, strict=True):
                     if b is not None:
@@ -94,6 +123,25 @@ class FaceCropper:
             except ValueError:   # a box entirely outside the frame: treat as no face
                 crops.append(None)
         return crops
+
+
+def detection_copy(frame_rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The image MTCNN runs on: uint8 (h, w, 3), the frame itself when its longer side is at
+    most `max_side` (or max_side is 0), else its area-downscaled copy with that longer side
+    (PIL's box filter: each copy pixel the mean of the frame area it covers); and the float64
+    (2,) factors (x, y) that map the copy's pixels back to the frame's. Both detectors and
+    `prepare` get the same copy.
+    """
+    from PIL import Image
+
+    h, w = frame_rgb.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return frame_rgb, np.ones(2)
+    scale = max_side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    copy = Image.fromarray(np.ascontiguousarray(frame_rgb)).resize(
+        (size[1], size[0]), Image.Resampling.BOX)
+    return np.asarray(copy, dtype=np.uint8), np.array([w / size[1], h / size[0]])
 
 
 def _check_frame(frame: np.ndarray) -> np.ndarray:
@@ -175,6 +223,13 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
     return a.mean(axis=1, dtype=np.float32) if a.ndim == 2 else a.copy()
 
 
+def is_digital_silence(samples: np.ndarray) -> bool:
+    """True when float samples (any shape, full scale +-1) hold no sound at all: every |x| is
+    below one 16-bit step (1/32768). Empty input counts as silence."""
+    a = np.asarray(samples, dtype=np.float32)
+    return a.size == 0 or float(np.max(np.abs(a))) < _SILENCE_PEAK
+
+
 def resample(audio: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
     """float mono (n,) at `sr` Hz -> float32 (round(n * target_sr / sr),) at `target_sr` Hz."""
     a = np.asarray(audio, dtype=np.float32)
@@ -220,15 +275,11 @@ def _mel_basis(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
     return basis
 
 
-def log_mel(window: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
-    """float32 (24000,) window -> float32 (128, 43) normalised log-mel spectrogram.
+def mel_db(window: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """float32 (24000,) window -> float32 (128, 43) mel power in dB, floored at -100 dB.
 
     Power mel spectrogram (Hann window, n_fft 2048, hop 512, no centre padding, Slaney mel
-    filters) -> dB = 10 log10(max(power, 1e-10)) -> (dB - mean) / max(std, 1 dB), mean and std
-    over this window only. A pure function of the window: training and the nodes compute the
-    same numbers. Per-window standardisation drops the absolute level, which depends on the
-    microphone's gain (dataset studio vs robot) more than on the speaker; digital silence gives
-    all zeros, never NaN or inf.
+    filters) -> dB = 10 log10(max(power, 1e-10)). Full scale is a sample amplitude of 1.
     """
     import librosa
 
@@ -239,9 +290,43 @@ def log_mel(window: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     spec = librosa.stft(y=w, n_fft=cfg.n_fft, hop_length=cfg.hop_length, center=False)
     power = np.abs(spec) ** 2                                                  # (1025, 43)
     mel = _mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels) @ power           # (128, 43)
-    db = 10.0 * np.log10(np.maximum(mel, _POWER_FLOOR))
-    z = (db - db.mean()) / max(float(db.std()), _STD_FLOOR_DB)
+    return (10.0 * np.log10(np.maximum(mel, _POWER_FLOOR))).astype(np.float32)
+
+
+def log_mel(window: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """float32 (24000,) window -> float32 (128, 43) normalised log-mel spectrogram: the network
+    input of one segment, for training, the nodes and export alike.
+
+    `mel_db` normalised as cfg.mel_norm says:
+    - 'window' (default): (dB - mean) / max(std, 1 dB), mean and std over this window only.
+      The absolute level is dropped: it depends on the microphone's gain (dataset studio vs
+      robot) as much as on the speaker, and so does loudness, which carries emotion.
+    - 'dataset': (dB - cfg.mel_db_mean) / cfg.mel_db_std, fixed statistics of the training set:
+      a window 20 dB louder is 20 / mel_db_std higher everywhere. Level is kept, so the
+      microphone's gain matters: calibrate it against the training material.
+    Digital silence is finite in both (all zeros / (-100 - mean) / std), never NaN or inf.
+    """
+    db = mel_db(window, cfg)
+    if cfg.mel_norm == 'dataset':
+        z = (db - cfg.mel_db_mean) / cfg.mel_db_std
+    else:
+        z = (db - db.mean()) / max(float(db.std()), _STD_FLOOR_DB)
     return z.astype(np.float32)
+
+
+def mel_db_statistics(windows, cfg: FeatureConfig) -> tuple[float, float]:
+    """(mean, std) in dB of every value of `mel_db` over `windows` (iterable of float32
+    (24000,) windows): the statistics of mel_norm 'dataset'. Accumulated in float64."""
+    n, total, squares = 0, 0.0, 0.0
+    for w in windows:
+        db = mel_db(w, cfg).astype(np.float64)
+        n += db.size
+        total += float(db.sum())
+        squares += float(np.square(db).sum())
+    if n == 0:
+        raise ValueError('no audio windows to take mel statistics from')
+    mean = total / n
+    return mean, float(np.sqrt(max(squares / n - mean * mean, 0.0)))
 
 
 def log_mel_at(audio16k: np.ndarray, centre_s: float, cfg: FeatureConfig) -> np.ndarray:

@@ -42,7 +42,7 @@ from lightmer.io_utils import atomic_save_json, atomic_torch_save
 from lightmer.labels import latest, read_answers
 from lightmer.oracles import NO_LABEL, UnansweredError
 from lightmer.pool import Pool, PoolError, checkpoint_key
-from lightmer.query import manifest_items, pool_probs, select
+from lightmer.query import compute_segment_logits, manifest_items, pool_probs, select
 from lightmer.selection import STRATEGIES, overlapping, select_diverse
 
 STATE_VERSION = 1
@@ -331,7 +331,7 @@ def finetune(cfg: FinetuneConfig, oracle=None) -> dict:
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        base_probs = pool_probs(pool, model, checkpoint_key(cfg.checkpoint))
+        base_probs = _probs(pool, model, checkpoint_key(cfg.checkpoint))
         eval_idx = table.index_of(eval_ids)
         eval_targets = np.array(_ask(
             oracle, eval_ids, [int(p.argmax()) for p in base_probs[eval_idx]],
@@ -382,7 +382,7 @@ def finetune(cfg: FinetuneConfig, oracle=None) -> dict:
             labelled.update((w, y) for w, y in zip(ids, answers, strict=True) if y != NO_LABEL)
 
             loss = _train_round(model, optimizer, pool, labelled, base, cfg, rnd)
-            probs = pool_probs(pool, model)
+            probs = _probs(pool, model)
             metrics.append({'round': rnd, 'labels': len(labelled), 'asked': len(asked),
                             'new': len(ids), 'train_loss': loss,
                             'seconds': time.perf_counter() - t0,
@@ -397,6 +397,14 @@ def finetune(cfg: FinetuneConfig, oracle=None) -> dict:
     finally:
         torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
     return _report(out, cfg, metrics, labels, len(eval_ids))
+
+
+def _probs(pool: Pool, model, key: str | None = None) -> np.ndarray:
+    """The torch model in memory scores the pool as the nodes would (eval mode)."""
+    from lightmer.streaming import model_functions
+
+    fuse = model_functions(model)[1]
+    return pool_probs(pool, lambda c, m: compute_segment_logits(model, c, m), fuse, key)
 
 
 def _scores(probs: np.ndarray) -> dict:

@@ -182,11 +182,8 @@ def build_pool(cfg: PoolConfig) -> dict:
     (PoolError). Returns a summary: recordings added and skipped, segments, windows, seconds
     of recording, wall seconds, throughput (seconds of recording per second).
     """
-    import torch
-
-    from lightmer.checkpoint import load_checkpoint
+    from lightmer.backend import read_meta
     from lightmer.evaluate import OfflinePipeline
-    from lightmer.features import FaceCropper
 
     if not cfg.bags:
         raise PoolError('no bags given; pass --bag DIR [DIR ...]')
@@ -195,7 +192,7 @@ def build_pool(cfg: PoolConfig) -> dict:
     if repeated:
         raise PoolError(f'the same bag is given twice ({repeated}); pass each bag once')
     infos = [bags.bag_info(b, cfg.topics) for b in cfg.bags]   # BagFormatError says what to do
-    model, meta = load_checkpoint(cfg.checkpoint)
+    meta = read_meta(cfg.checkpoint)      # a checkpoint or its ONNX export, as the nodes take
     settings = _node_settings(cfg)
     header = _pool_header(meta, settings)
     out = Path(cfg.out)
@@ -208,7 +205,6 @@ def build_pool(cfg: PoolConfig) -> dict:
     elif out.exists() and any(out.iterdir()):
         raise PoolError(f'{out} exists and is not a pool (no pool.json); choose another --out')
 
-    torch.set_num_threads(cfg.threads)
     key = checkpoint_key(cfg.checkpoint)
     done = list(index['recordings']) if index is not None else []
     (out / 'recordings').mkdir(parents=True, exist_ok=True)
@@ -218,13 +214,12 @@ def build_pool(cfg: PoolConfig) -> dict:
     if index is None:
         atomic_save_json(out / 'pool.json', {**header, 'recordings': []})
 
-    cropper = FaceCropper(meta.features, min_face_size=settings.min_face_size)
     added, skipped, seconds, t0 = [], [], 0.0, time.perf_counter()
     for bag, info, rec in zip(cfg.bags, infos, ids, strict=True):
         if rec in done:
             skipped.append(rec)
             continue
-        pipe = OfflinePipeline(model, meta, settings, cropper=cropper)
+        pipe = OfflinePipeline(cfg.checkpoint, settings, cfg.threads)
         summary = _pool_recording(out, rec, Path(bag), info, pipe, meta, settings, cfg, key)
         done.append(rec)
         atomic_save_json(out / 'pool.json', {**header, 'recordings': done})
@@ -489,12 +484,14 @@ class Pool:
                 mels[mine] = seg['mels'][local]
         return crops, mels
 
-    def segment_logits(self, model, key: str | None = None, batch_size: int = 256,
+    def segment_logits(self, logits_of, key: str | None = None,
                        progress: bool = False) -> np.ndarray:
-        """float64 (S, C): `model`'s logits for every segment of the pool, in eval mode.
+        """float64 (S, C): logits of every segment of the pool.
 
-        With a `key` (checkpoint_key of the model's file) each recording's logits are read
-        from, or written to, POOL/logits/<key>/<rec>.npy, so a checkpoint scores a pool once.
+        logits_of: crops uint8 (B, 98, 80), mels float32 (B, 128, 43) -> float64 (B, C), the
+        model in eval mode (`segment_scorer`). With a `key` (checkpoint_key of the model's
+        file) each recording's logits are read from, or written to, POOL/logits/<key>/<rec>.npy,
+        so a checkpoint scores a pool once.
         """
         from tqdm import tqdm
 
@@ -507,7 +504,7 @@ class Pool:
                 parts.append(np.load(cache))
                 continue
             seg = self._recording_segments(rec)
-            logits = compute_segment_logits(model, seg['crops'], seg['mels'], batch_size)
+            logits = np.asarray(logits_of(seg['crops'], seg['mels']), np.float64)
             if cache is not None:
                 _save_npy(cache, logits)
             parts.append(logits)
@@ -555,48 +552,3 @@ class Pool:
                 raw = w.readframes(hi - lo)
             out[lo - i0:hi - i0] = np.frombuffer(raw, '<i2').astype(np.float32) / 32768.0
         return out, sr
-
-
-def compute_segment_logits(model, crops: np.ndarray, mels: np.ndarray,
-                           batch_size: int = 256) -> np.ndarray:
-    """Eval-mode logits of segments: uint8 (S, 98, 80), float32 (S, 128, 43) -> float64 (S, C).
-
-    The same call the fusion node makes per segment (model.segment_logits), in batches.
-    """
-    import torch
-
-    from lightmer.features import face_to_input
-
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for s in range(0, len(crops), batch_size):
-            faces = torch.from_numpy(face_to_input(crops[s:s + batch_size]))        # (B,1,H,W)
-            mel = torch.from_numpy(np.ascontiguousarray(mels[s:s + batch_size]))[:, None]
-            out.append(model.segment_logits(faces, mel).double().numpy())          # (B, C)
-    n_classes = model.cfg.n_classes
-    return np.concatenate(out) if out else np.zeros((0, n_classes))
-
-
-def window_probs(segment_logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Window probabilities from cached segment logits, as the fusion node computes them.
-
-    segment_logits float (S, C); rows int (W, N) segment rows, -1 where absent (each window
-    has at least one). Returns float64 (W, C): softmax of the mean of the present segments'
-    logits (`model.fuse`, applied per group of windows with the same number of segments).
-    """
-    import torch
-
-    from lightmer.model import fuse
-
-    logits = np.asarray(segment_logits, np.float64)
-    rows = np.asarray(rows, np.int64)
-    out = np.zeros((len(rows), logits.shape[1]), np.float64)
-    counts = (rows >= 0).sum(axis=1)
-    for n in np.unique(counts):
-        if n == 0:
-            raise ValueError('a window without segments cannot be scored')
-        sel = np.flatnonzero(counts == n)
-        picked = np.sort(rows[sel], axis=1)[:, -n:]         # the present rows (-1 sort first)
-        out[sel] = fuse(torch.from_numpy(logits[picked])).numpy()   # (w, n, C) -> (w, C)
-    return out

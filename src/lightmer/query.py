@@ -2,7 +2,7 @@
 
 The model scores segments, not windows: each segment's logits are computed once per
 checkpoint and cached in the pool (`Pool.segment_logits`), and a window's probabilities are
-the softmax of the mean of its cached segment logits (`pool.window_probs`), as in the fusion
+the softmax of the mean of its cached segment logits (`window_probs`), as in the fusion
 node. So re-ranking a pool with the same checkpoint costs a mean and a sort.
 
 Batch manifest (JSON, docs/ACTIVE_LEARNING.md): format 'lightmer-batch', the pool, the
@@ -13,6 +13,7 @@ predicted class. Answer it in the answers file (`lightmer.labels`).
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lightmer.io_utils import atomic_save_json
-from lightmer.pool import Pool, checkpoint_key, window_probs
+from lightmer.pool import Pool, checkpoint_key
 from lightmer.selection import STRATEGIES, default_cap, margins, priority, select_diverse
 from lightmer.uncertainty import entropy_bits
 
@@ -47,9 +48,67 @@ class QueryConfig:
             raise ValueError(f'strategy must be one of {STRATEGIES}, got {self.strategy!r}')
 
 
-def pool_probs(pool: Pool, model, key: str | None = None) -> np.ndarray:
-    """float64 (W, C): `model`'s window probabilities for every window of the pool."""
-    return window_probs(pool.segment_logits(model, key=key), pool.table.rows)
+def pool_probs(pool: Pool, logits_of, fuse, key: str | None = None) -> np.ndarray:
+    """float64 (W, C): a model's window probabilities for every window of the pool, from its
+    segment logits (`logits_of`, cached under `key`) and the fusion node's `fuse`."""
+    return window_probs(pool.segment_logits(logits_of, key=key), pool.table.rows, fuse)
+
+
+def segment_scorer(path: str | os.PathLike, threads: int = 1):
+    """(meta, logits_of, fuse) of the model file at `path` as the nodes run it
+    (`lightmer.backend`: a checkpoint on torch, an ONNX export on onnxruntime), one segment per
+    call as the fusion node calls it. logits_of: crops (B, 98, 80), mels (B, 128, 43) ->
+    float64 (B, C); fuse: float64 (n, C) -> (C,)."""
+    from lightmer.backend import load_model
+
+    loaded = load_model(path, threads)
+    n_classes = len(loaded.meta.labels)
+
+    def logits_of(crops: np.ndarray, mels: np.ndarray) -> np.ndarray:
+        out = [loaded.segment_logits(c, m) for c, m in zip(crops, mels, strict=True)]
+        return np.stack(out) if out else np.zeros((0, n_classes))
+
+    return loaded.meta, logits_of, loaded.fuse
+
+
+def compute_segment_logits(model, crops: np.ndarray, mels: np.ndarray,
+                           batch_size: int = 256) -> np.ndarray:
+    """Eval-mode logits of segments: uint8 (S, 98, 80), float32 (S, 128, 43) -> float64 (S, C).
+
+    model.segment_logits in batches: for a torch model in memory (fine-tuning), where no model
+    file exists to hand to `segment_scorer`.
+    """
+    import torch
+
+    from lightmer.features import face_to_input
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(crops), batch_size):
+            faces = torch.from_numpy(face_to_input(crops[s:s + batch_size]))        # (B,1,H,W)
+            mel = torch.from_numpy(np.ascontiguousarray(mels[s:s + batch_size]))[:, None]
+            out.append(model.segment_logits(faces, mel).double().numpy())          # (B, C)
+    n_classes = model.cfg.n_classes
+    return np.concatenate(out) if out else np.zeros((0, n_classes))
+
+
+def window_probs(segment_logits: np.ndarray, rows: np.ndarray, fuse) -> np.ndarray:
+    """Window probabilities from cached segment logits, as the fusion node computes them.
+
+    segment_logits float (S, C); rows int (W, N) segment rows, -1 where absent (each window
+    has at least one); fuse: the fusion node's float64 (n, C) -> (C,) (softmax of the mean;
+    `backend.LoadedModel.fuse` or `streaming.model_functions`). Returns float64 (W, C).
+    """
+    logits = np.asarray(segment_logits, np.float64)
+    rows = np.asarray(rows, np.int64)
+    out = np.zeros((len(rows), logits.shape[1]), np.float64)
+    for w, r in enumerate(rows):
+        present = r[r >= 0]
+        if not present.size:
+            raise ValueError('a window without segments cannot be scored')
+        out[w] = fuse(logits[present])
+    return out
 
 
 def select(pool: Pool, probs: np.ndarray, candidates: np.ndarray, n: int, strategy: str,
@@ -87,12 +146,11 @@ def manifest_items(pool: Pool, chosen: list[int], probs: np.ndarray, scores: dic
 
 def run_query(cfg: QueryConfig) -> dict:
     """Score, select and write the batch manifest; returns it (with `path`)."""
-    from lightmer.checkpoint import load_checkpoint
     from lightmer.labels import check_labels, latest, read_answers
 
     t0 = time.perf_counter()
     pool = Pool(cfg.pool)
-    model, meta = load_checkpoint(cfg.checkpoint)
+    meta, logits_of, fuse = segment_scorer(cfg.checkpoint)
     pool.check_checkpoint(meta, cfg.checkpoint)
     answered: set[str] = set()
     if cfg.answers is not None:
@@ -102,7 +160,7 @@ def run_query(cfg: QueryConfig) -> dict:
     table = pool.table
     key = checkpoint_key(cfg.checkpoint)
     t1 = time.perf_counter()
-    probs = pool_probs(pool, model, key)
+    probs = pool_probs(pool, logits_of, fuse, key)
     t2 = time.perf_counter()
     candidates = np.array([w not in answered for w in table.ids], bool)
     chosen, scores = select(pool, probs, candidates, cfg.n, cfg.strategy, cfg.seed,
