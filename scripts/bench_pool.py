@@ -44,8 +44,11 @@ def _replicate(pool: Path, windows: int) -> int:
     for i in range(1, -(-windows // per)):
         new = f'{rec}-copy{i:04d}'
         if not (pool / 'recordings' / new).exists():
-            shutil.copytree(pool / 'recordings' / rec, pool / 'recordings' / new)
+            # Hard links: the copies cost no disk (they are only read).
+            shutil.copytree(pool / 'recordings' / rec, pool / 'recordings' / new,
+                            copy_function=os.link)
             info['id'] = new
+            (pool / 'recordings' / new / 'recording.json').unlink()
             (pool / 'recordings' / new / 'recording.json').write_text(json.dumps(info))
         copies.append(new)
     index['recordings'] = copies

@@ -59,6 +59,20 @@ def test_query_writes_a_diverse_most_uncertain_batch(robot_pool, untrained_check
                 assert abs(a['k_last'] - b['k_last']) >= pool.n_segments
 
 
+def test_query_with_the_onnx_export_ranks_as_the_checkpoint(robot_pool, onnx_export, tmp_path):
+    """The model runs as the nodes run it: a checkpoint on torch or its export on onnxruntime."""
+    manifests = []
+    for model in onnx_export:
+        out = tmp_path / f'{model.suffix[1:]}.json'
+        assert main(['query', '--pool', str(robot_pool), '--checkpoint', str(model), '--n', '5',
+                     '--out', str(out)]) == 0
+        manifests.append(json.loads(out.read_text()))
+    pt, onnx = manifests
+    assert [i['window_id'] for i in pt['items']] == [i['window_id'] for i in onnx['items']]
+    np.testing.assert_allclose([i['probs'] for i in pt['items']],
+                               [i['probs'] for i in onnx['items']], atol=1e-4)
+
+
 def _finetune(pool, ckpt, answers, out, *extra, cache=None):
     args = ['finetune', '--checkpoint', str(ckpt), '--pool', str(pool), '--labels',
             str(answers), '--out', str(out), *RUN, *extra]
