@@ -33,13 +33,14 @@ SCORE_NAMES = {'uncertainty': 'entropy_bits', 'margin': 'margin', 'random': 'ran
 @dataclass(frozen=True)
 class QueryConfig:
     pool: Path
-    checkpoint: Path
+    checkpoint: Path                     # a checkpoint (.pt) or its ONNX export (.onnx)
     n: int
     strategy: str = 'uncertainty'
     answers: Path | None = None          # answers file: its windows are not asked again
     out: Path | None = None              # manifest path (default POOL/batches/<time>.json)
     seed: int = 0                        # the random strategy's draw
     max_per_recording: int | None = None  # None: selection.default_cap
+    threads: int = 2                     # torch / onnxruntime threads for scoring
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -55,13 +56,24 @@ def pool_probs(pool: Pool, logits_of, fuse, key: str | None = None) -> np.ndarra
 
 
 def segment_scorer(path: str | os.PathLike, threads: int = 1):
-    """(meta, logits_of, fuse) of the model file at `path` as the nodes run it
-    (`lightmer.backend`: a checkpoint on torch, an ONNX export on onnxruntime), one segment per
-    call as the fusion node calls it. logits_of: crops (B, 98, 80), mels (B, 128, 43) ->
-    float64 (B, C); fuse: float64 (n, C) -> (C,)."""
-    from lightmer.backend import load_model
+    """(meta, logits_of, fuse) of the model file at `path`, run as the nodes run it
+    (`lightmer.backend`: a checkpoint on torch, an ONNX export on onnxruntime).
+
+    logits_of: crops uint8 (B, 98, 80), mels float32 (B, 128, 43) -> float64 (B, C); a
+    checkpoint's segments go through the networks in batches (a pool has thousands), an
+    export's one per call as the fusion node calls it. fuse: float64 (n, C) -> (C,).
+    """
+    from lightmer.backend import backend_of, load_model
 
     loaded = load_model(path, threads)
+    if backend_of(path) == 'torch':
+        import torch
+
+        from lightmer.checkpoint import load_checkpoint
+
+        torch.set_num_threads(threads)
+        model, _ = load_checkpoint(path)
+        return loaded.meta, lambda c, m: compute_segment_logits(model, c, m), loaded.fuse
     n_classes = len(loaded.meta.labels)
 
     def logits_of(crops: np.ndarray, mels: np.ndarray) -> np.ndarray:
@@ -150,7 +162,7 @@ def run_query(cfg: QueryConfig) -> dict:
 
     t0 = time.perf_counter()
     pool = Pool(cfg.pool)
-    meta, logits_of, fuse = segment_scorer(cfg.checkpoint)
+    meta, logits_of, fuse = segment_scorer(cfg.checkpoint, cfg.threads)
     pool.check_checkpoint(meta, cfg.checkpoint)
     answered: set[str] = set()
     if cfg.answers is not None:
