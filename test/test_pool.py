@@ -163,6 +163,24 @@ def test_refused_inputs_write_nothing(robot_bags, untrained_checkpoint, robot_po
     assert before == {p: p.stat().st_mtime_ns for p in robot_pool.rglob('*') if p.is_file()}
 
 
+def test_a_pool_from_before_a_feature_setting_existed_compares_as_made():
+    """pool.json written before mel_norm/detect_max_side existed: read as what it was made
+    with (window normalisation, detection on the full frame), differences named per key."""
+    from lightmer.config import FeatureConfig
+    from lightmer.pool import _differences
+
+    old = FeatureConfig(detect_max_side=0).to_dict()
+    for key in ('mel_norm', 'mel_db_mean', 'mel_db_std', 'detect_max_side'):
+        del old[key]
+    assert _differences({'features': old, 'n_segments': 5},
+                        {'features': FeatureConfig(detect_max_side=0).to_dict(),
+                         'n_segments': 5}) == {}
+    assert _differences({'features': old, 'n_segments': 5},
+                        {'features': FeatureConfig(detect_max_side=640).to_dict(),
+                         'n_segments': 12}) == {'features.detect_max_side': (0, 640),
+                                                'n_segments': (5, 12)}
+
+
 def test_query_refuses_a_checkpoint_with_other_features(robot_pool, tmp_path, capsys):
     import torch
 

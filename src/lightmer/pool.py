@@ -102,8 +102,19 @@ def _pool_header(meta, settings) -> dict:
 
 
 def _differences(old: dict, new: dict) -> dict:
-    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k)}
+    """{key: (old, new)} where the two differ; the `features` dicts are compared key by key
+    (`features.<name>`), after reading the old one through FeatureConfig.from_dict, so a pool
+    written before a feature setting existed compares as what it was made with."""
+    from lightmer.config import FeatureConfig
+
+    diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if k != 'features' and old.get(k) != new.get(k)}
+    if 'features' in old or 'features' in new:
+        have = FeatureConfig.from_dict(old['features']).to_dict() if old.get('features') else {}
+        want = new.get('features') or {}
+        diff.update({f'features.{k}': (have.get(k), want.get(k))
+                     for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)})
+    return diff
 
 
 # --- building --------------------------------------------------------------------------------
@@ -422,9 +433,6 @@ class Pool:
         want = {'features': meta.features.to_dict(), 'segment_s': meta.segment_s,
                 'n_segments': meta.n_segments}
         diff = _differences(have, want)
-        if 'features' in diff:
-            old, new = diff.pop('features')
-            diff.update({f'features.{k}': v for k, v in _differences(old, new).items()})
         if diff:
             raise PoolError(f'{self.path} was pooled with other feature settings than '
                             f'{checkpoint}: {diff} (pool, checkpoint); pool the bags again '
