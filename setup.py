@@ -10,6 +10,8 @@ setup(
     version='0.1.0',
     package_dir={'': 'src'},
     packages=find_packages('src'),
+    # The labelling page (`lightmer label`) is served from these files.
+    package_data={package_name: ['label_page/*']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),

@@ -25,13 +25,17 @@ command -v g++ >/dev/null || missing+=(g++)
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v unshare >/dev/null || missing+=(util-linux)
+# A real headless browser for the labelling page's test (`lightmer label`): Debian's own
+# chromium and chromedriver, never a browser build downloaded by a test tool.
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing system packages: ${missing[*]}"
   if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 else
-  say "system packages present (cmake, g++, espeak-ng, iproute2, unshare)"
+  say "system packages present (cmake, g++, espeak-ng, iproute2, unshare, chromium)"
 fi
 
 # --- virtual environment and Python packages --------------------------------------------

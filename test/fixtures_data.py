@@ -108,3 +108,14 @@ def robot_pool(robot_bags, untrained_checkpoint, tmp_path_factory) -> Path:
                  str(untrained_checkpoint), '--out', str(out), '--min-segments',
                  str(POOL_MIN_SEGMENTS)]) == 0
     return out
+
+
+@pytest.fixture(scope='session')
+def label_batch(robot_pool, untrained_checkpoint, tmp_path_factory) -> Path:
+    """A batch of 6 windows of the robot pool, as `lightmer query` writes it (read-only)."""
+    from lightmer.cli import main
+
+    out = tmp_path_factory.mktemp('label_batch') / 'batch.json'
+    assert main(['query', '--pool', str(robot_pool), '--checkpoint', str(untrained_checkpoint),
+                 '--n', '6', '--out', str(out)]) == 0
+    return out

@@ -663,11 +663,14 @@ def iter_raw(path, topics: BagTopics = BagTopics()) -> Iterator[tuple[str, str, 
 
 
 def read_bag(path, topics: BagTopics = BagTopics(),
-             max_image_pixels: int | None = None) -> Iterator[BagMessage]:
+             max_image_pixels: int | None = None, kinds: tuple[str, ...] = ('image', 'audio'),
+             bag_time_ns: tuple[int, int] | None = None) -> Iterator[BagMessage]:
     """Camera frames and audio chunks of the bag as numpy, in bag-time order, decoded by the
     nodes' own conversions (lightmer.ros.conversions; rosbags messages carry the same fields).
     Compressed frames larger than `max_image_pixels` (default: the face node's) are refused
-    before decoding. Raises ConversionError (a ValueError) at a message the nodes would drop."""
+    before decoding. Raises ConversionError (a ValueError) at a message the nodes would drop.
+    `kinds` limits the topics read ('image', 'audio'); `bag_time_ns` (start, stop) the bag
+    (receive) times, so that a few seconds of a long bag are read without the rest."""
     from lightmer.features import to_mono
     from lightmer.ros.conversions import (
         DEFAULT_MAX_PIXELS,
@@ -686,8 +689,11 @@ def read_bag(path, topics: BagTopics = BagTopics(),
         return image_to_rgb(msg)
 
     with _open_reader(path) as reader:
-        conns = [c for c in reader.connections if c.topic in (info.image_topic, topics.audio)]
-        for conn, t_ns, raw in reader.messages(connections=conns):
+        wanted = {'image': info.image_topic, 'audio': topics.audio}
+        conns = [c for c in reader.connections
+                 if c.topic in {wanted[k] for k in kinds}]
+        start, stop = bag_time_ns if bag_time_ns is not None else (None, None)
+        for conn, t_ns, raw in reader.messages(connections=conns, start=start, stop=stop):
             msg = _decode(raw, conn.msgtype)
             stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
             if conn.topic == info.image_topic:

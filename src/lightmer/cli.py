@@ -328,16 +328,31 @@ def _add_query(sub) -> None:
     p.add_argument('--max-per-recording', type=_positive_int, default=None,
                    help='most picks from one recording (default: twice its fair share)')
     p.add_argument('--seed', type=int, default=0, help='seed of --strategy random')
+    p.add_argument('--export', nargs=2, metavar=('FORMAT', 'DIR'), default=None,
+                   help="also write the batch for another tool: 'label-studio DIR' (tasks "
+                   'with pre-annotations, labelling config, media files)')
+    p.add_argument('--export-url-prefix', default=None,
+                   help="URL prefix of the exported media in the tasks (default: Label "
+                   "Studio's local files, /data/local-files/?d=<DIR name>/)")
     p.add_argument('--json', action='store_true')
 
 
 def _run_query(args) -> int:
     from lightmer.query import QueryConfig, run_query
 
+    if args.export is not None and args.export[0] != 'label-studio':
+        raise ValueError(f"--export knows 'label-studio' only, got {args.export[0]!r}")
     manifest = run_query(QueryConfig(
         pool=args.pool, checkpoint=args.checkpoint, n=args.n, strategy=args.strategy,
         answers=args.labels, out=args.out, seed=args.seed,
         max_per_recording=args.max_per_recording))
+    if args.export is not None:
+        from lightmer.label_studio import export_tasks
+
+        manifest['export'] = export_tasks(manifest, args.export[1], args.export_url_prefix)
+        if not args.json:
+            print(f"Label Studio: {manifest['export']['n']} tasks in "
+                  f"{manifest['export']['tasks']}, config {manifest['export']['config']}")
     if args.json:
         _print_json(manifest)
         return 0
@@ -346,6 +361,71 @@ def _run_query(args) -> int:
     for item in manifest['items']:
         print(f"  {item['window_id']:<40} {manifest['score']} {item['score']:.3f}  "
               f"predicted {item['predicted']}")
+    return 0
+
+
+def _add_label(sub) -> None:
+    p = sub.add_parser('label', help='a local web page to answer a batch of windows with the '
+                       'keyboard')
+    p.add_argument('--pool', type=Path, required=True)
+    p.add_argument('--batch', type=Path, default=None,
+                   help='batch manifest of `lightmer query` (default: the newest in '
+                   'POOL/batches)')
+    p.add_argument('--labels', type=Path, default=None,
+                   help="answers file the answers go to, the one `finetune --labels` reads "
+                   "(default: the batch's answers file, else POOL/answers.csv)")
+    p.add_argument('--who', default=os.environ.get('USER', ''),
+                   help='name written with each answer (default: $USER)')
+    p.add_argument('--host', default='127.0.0.1',
+                   help='address to listen on (default 127.0.0.1: this machine only)')
+    p.add_argument('--port', type=int, default=8765, help='0: any free port')
+
+
+def _run_label(args) -> int:
+    from lightmer.label_server import LabelSession, is_loopback, make_server, newest_batch
+
+    batch = args.batch or newest_batch(args.pool)
+    answers = args.labels
+    if answers is None:
+        from lightmer.label_server import load_batch
+
+        answers = Path(load_batch(batch).get('answers_file') or args.pool / 'answers.csv')
+    session = LabelSession(args.pool, batch, answers, args.who)
+    server = make_server(session, args.host, args.port)
+    if not is_loopback(args.host):
+        print(f'warning: listening on {args.host}: anyone who reaches this address can read '
+              'the recordings and write answers', file=sys.stderr)
+    host, port = server.server_address[:2]
+    print(f'labelling {len(session.items)} windows of {batch} into {answers}')
+    print(f'open http://{host}:{port}/  (Ctrl-C to stop; every answer is already saved)',
+          flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+def _add_import_labels(sub) -> None:
+    p = sub.add_parser('import-labels', help="read answers given in another tool into the "
+                       'answers file')
+    p.add_argument('--label-studio', type=Path, required=True, metavar='EXPORT.json',
+                   help='a Label Studio JSON export of tasks from `query --export label-studio`')
+    p.add_argument('--pool', type=Path, required=True)
+    p.add_argument('--labels', type=Path, required=True, help='answers file to append to')
+    p.add_argument('--json', action='store_true')
+
+
+def _run_import_labels(args) -> int:
+    from lightmer.label_studio import import_export
+
+    summary = import_export(args.label_studio, args.pool, args.labels)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"{summary['written']} new answer(s) in {summary['answers_file']} from "
+              f"{summary['tasks']} task(s): {summary['answered']} answered, "
+              f"{summary['cancelled']} skipped in Label Studio, {summary['unanswered']} open")
     return 0
 
 
@@ -491,6 +571,8 @@ COMMANDS = {
     'eval-bag': (_add_eval_bag, _run_eval_bag),
     'pool': (_add_pool, _run_pool),
     'query': (_add_query, _run_query),
+    'label': (_add_label, _run_label),
+    'import-labels': (_add_import_labels, _run_import_labels),
     'finetune': (_add_finetune, _run_finetune),
     'bringup': (_add_bringup, _run_bringup),
     'demo': (_add_demo, _run_demo),

@@ -67,20 +67,24 @@ def atomic_savez(path: str | os.PathLike, **arrays) -> Path:
     return atomic_write(path, write)
 
 
-def atomic_write_wav(path: str | os.PathLike, audio, sample_rate: int) -> Path:
-    """float mono (n,) in [-1, 1] -> 16-bit PCM WAV at `sample_rate` Hz (clipped, not wrapped)."""
+def wav_bytes(audio, sample_rate: int) -> bytes:
+    """float mono (n,) in [-1, 1] -> a 16-bit PCM WAV file's bytes (clipped, not wrapped)."""
+    import io
     import wave
 
     import numpy as np
 
     pcm = (np.clip(np.asarray(audio, dtype=np.float64), -1, 1 - 1 / 32768) * 32768
            ).astype('<i2')
+    buf = io.BytesIO()
+    with wave.open(buf, 'wb') as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(int(sample_rate))
+        w.writeframes(pcm.tobytes())
+    return buf.getvalue()
 
-    def write(tmp: Path) -> None:
-        with wave.open(str(tmp), 'wb') as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(int(sample_rate))
-            w.writeframes(pcm.tobytes())
 
-    return atomic_write(path, write)
+def atomic_write_wav(path: str | os.PathLike, audio, sample_rate: int) -> Path:
+    """float mono (n,) in [-1, 1] -> 16-bit PCM WAV at `sample_rate` Hz (clipped, not wrapped)."""
+    return atomic_write_bytes(path, wav_bytes(audio, sample_rate))

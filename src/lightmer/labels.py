@@ -108,13 +108,16 @@ def _locked(path: Path):
 
 
 def append_answers(path: str | os.PathLike, answers: Iterable[Answer],
-                   labels: Sequence[str] | None = None) -> list[Answer]:
+                   labels: Sequence[str] | None = None,
+                   skip_repeats: bool = False) -> list[Answer]:
     """Append `answers` to the answers file at `path` (created with its header if missing).
 
     Validated before anything is written: window ids and labels non-empty, and with `labels`
     (the checkpoint's class names) every label one of them or skip/unsure. An empty `when`
     is filled with the current UTC time. Atomic and locked (see the module docstring).
-    Returns the answers as written.
+    With `skip_repeats`, an answer that repeats the window's last answer in the file (same
+    label) is not written again: a page that resends an answer after a lost reply, or two
+    tabs giving the same answer, add nothing. Returns the answers as written.
     """
     path = Path(path)
     new = [a if a.when else Answer(a.window_id, a.label, a.who, now_utc()) for a in answers]
@@ -128,8 +131,17 @@ def append_answers(path: str | os.PathLike, answers: Iterable[Answer],
     with _locked(path):
         old = path.read_text(encoding='utf-8') if path.exists() else ''
         if old:
-            _parse(old, str(path))          # never append to a file that is not ours
+            history = _parse(old, str(path))    # never append to a file that is not ours
+            if skip_repeats:
+                last = {w: a.label for w, a in latest(history).items()}
+                kept = []
+                for a in new:
+                    if last.get(a.window_id) != a.label:
+                        kept.append(a)
+                        last[a.window_id] = a.label
+                new = kept
             if not old.endswith('\n'):
                 old += '\n'
-        atomic_write_text(path, old + _format(new, header=not old))
+        if new:
+            atomic_write_text(path, old + _format(new, header=not old))
     return new
