@@ -1,0 +1,198 @@
+"""The labelling page in a real headless Chromium (Debian's chromium + chromedriver, driven by
+Selenium) against a real `lightmer label` process: a batch answered with the keyboard, a
+reload midway, the server killed and restarted, a second tab, a changed answer; the answers
+file holds every answer once, in order, and the last one per window wins. A screenshot of the
+page is saved (pytest's tmp dir and build/screenshots/)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from lightmer.label_server import load_batch
+from lightmer.labels import latest, read_answers
+
+CHROMIUM, CHROMEDRIVER = '/usr/bin/chromium', '/usr/bin/chromedriver'
+DEADLINE_S = 60
+SCREENSHOTS = Path(__file__).resolve().parents[1] / 'build' / 'screenshots'
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _until(condition, what: str, timeout: float = DEADLINE_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f'timed out waiting for {what}')
+
+
+class _Server:
+    """`lightmer label` as its own process, on a fixed port so that it can be restarted."""
+
+    def __init__(self, pool: Path, batch: Path, answers: Path, port: int):
+        self.cmd = [sys.executable, '-m', 'lightmer.cli', 'label', '--pool', str(pool),
+                    '--batch', str(batch), '--labels', str(answers), '--port', str(port),
+                    '--who', 'tester']
+        self.url = f'http://127.0.0.1:{port}/'
+        self.proc = None
+
+    def _up(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + 'api/state', timeout=5) as r:
+                return r.status == 200
+        except OSError:
+            assert self.proc.poll() is None, self.proc.stderr.read().decode()[-2000:]
+            return False
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        _until(self._up, 'the label server')
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), (
+        'run scripts/setup.sh: it installs Debian chromium and chromium-driver')
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage',
+                '--window-size=1100,900', '--no-first-run', '--disable-sync',
+                '--disable-background-networking', '--disable-component-update',
+                '--autoplay-policy=no-user-gesture-required'):
+        options.add_argument(arg)
+    os.environ['SE_OFFLINE'] = 'true'     # Selenium Manager: never look for a download
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def _open(driver, url: str) -> None:
+    driver.get(url)
+    _until(lambda: driver.execute_script('return document.body.dataset.ready') == '1',
+           'the page to load its batch')
+
+
+def _text(driver, element_id: str) -> str:
+    return driver.execute_script(f'return document.getElementById("{element_id}").textContent')
+
+
+def _press(driver, key: str) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(driver).send_keys(key).perform()
+
+
+def _rows(path: Path) -> list[tuple[str, str]]:
+    return [(a.window_id, a.label) for a in read_answers(path)]
+
+
+def test_label_a_batch_with_the_keyboard(robot_pool, label_batch, browser, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    labels = load_batch(label_batch)['labels']
+    ids = [it['window_id'] for it in load_batch(label_batch)['items']]
+    n = len(ids)
+    assert n == 6
+    answers = tmp_path / 'answers.csv'
+    server = _Server(robot_pool, label_batch, answers, _free_port())
+    server.start()
+    try:
+        _open(browser, server.url)
+        assert _text(browser, 'counter') == f'0 / {n}'
+        # What the model saw and heard is on the page: faces, camera clip and audio loaded.
+        _until(lambda: browser.execute_script(
+            'const f = document.getElementById("faces"), c = document.getElementById("clip");'
+            'return f.complete && f.naturalWidth > 0 && c.complete && c.naturalWidth > 0'),
+            'the face strip and the camera clip')
+        _until(lambda: browser.execute_script(
+            'return document.getElementById("audio").duration > 3'), 'the audio')
+        bars = browser.execute_script('return document.querySelectorAll(".bar").length')
+        assert bars == len(labels)
+
+        _press(browser, '1')
+        _until(lambda: _rows(answers) == [(ids[0], labels[0])], 'answer 1 in the file')
+        _until(lambda: _text(browser, 'position') == f'2 of {n}', 'window 2')
+        _press(browser, 's')
+        _until(lambda: len(_rows(answers)) == 2, 'answer 2 in the file')
+        shot = tmp_path / 'label_page.png'
+        browser.save_screenshot(str(shot))
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, SCREENSHOTS / 'label_page.png')
+
+        # A reload continues at the first unanswered window.
+        browser.refresh()
+        _until(lambda: browser.execute_script('return document.body.dataset.ready') == '1',
+               'the reloaded page')
+        assert _text(browser, 'counter') == f'2 / {n}'
+        assert _text(browser, 'position') == f'3 of {n}'
+        _press(browser, 'u')
+        _until(lambda: len(_rows(answers)) == 3, 'answer 3 in the file')
+
+        # The server is killed and started again: nothing is lost, the page continues.
+        server.kill()
+        server.start()
+        _open(browser, server.url)
+        assert _text(browser, 'counter') == f'3 / {n}'
+        assert _text(browser, 'position') == f'4 of {n}'
+
+        # Back one window and change its answer: the last answer wins, the history stays.
+        _press(browser, Keys.ARROW_LEFT)
+        _until(lambda: _text(browser, 'position') == f'3 of {n}', 'back to window 3')
+        assert _text(browser, 'current') == 'answered: unsure'
+        _press(browser, '2')
+        _until(lambda: len(_rows(answers)) == 4, 'the changed answer in the file')
+        _until(lambda: _text(browser, 'position') == f'4 of {n}', 'on to window 4')
+
+        # A second tab answers window 4; the first tab, not knowing, gives the same answer:
+        # written once.
+        first = browser.current_window_handle
+        browser.switch_to.new_window('tab')
+        _open(browser, server.url)
+        assert _text(browser, 'position') == f'4 of {n}'
+        _press(browser, '3')
+        _until(lambda: len(_rows(answers)) == 5, 'the second tab\'s answer')
+        browser.switch_to.window(first)
+        _press(browser, '3')
+        _until(lambda: _text(browser, 'position') == f'5 of {n}', 'window 5 in the first tab')
+        _press(browser, '4')
+        _until(lambda: _text(browser, 'position') == f'6 of {n}', 'window 6')
+        _press(browser, '5')
+        _until(lambda: browser.execute_script(
+            'return !document.getElementById("done").hidden'), 'the all-answered screen')
+        assert _text(browser, 'counter') == f'{n} / {n}'
+        rate = _text(browser, 'rate')
+        assert float(rate) > 0, rate
+    finally:
+        server.kill()
+
+    assert _rows(answers) == [(ids[0], labels[0]), (ids[1], 'skip'), (ids[2], 'unsure'),
+                              (ids[2], labels[1]), (ids[3], labels[2]), (ids[4], labels[3]),
+                              (ids[5], labels[4])]
+    assert {w: a.label for w, a in latest(read_answers(answers)).items()} == {
+        ids[0]: labels[0], ids[1]: 'skip', ids[2]: labels[1], ids[3]: labels[2],
+        ids[4]: labels[3], ids[5]: labels[4]}
+    assert {a.who for a in read_answers(answers)} == {'tester'}
+    assert shot.stat().st_size > 10_000
