@@ -130,11 +130,12 @@ def read_export(path: str | os.PathLike) -> tuple[list, dict]:
                          'the project as "JSON", not "JSON-MIN" or CSV')
     answers, counts = [], {'tasks': len(tasks), 'answered': 0, 'cancelled': 0, 'unanswered': 0}
     for n, task in enumerate(tasks):
-        wid = (task.get('data') or {}).get('window_id') if isinstance(task, dict) else None
+        if not isinstance(task, dict):
+            raise ValueError(f'{path}: task {n} is not a JSON object')
+        wid = (task.get('data') or {}).get('window_id')
         if not isinstance(wid, str) or not wid:
-            raise ValueError(f'{path}: task {n} (id {task.get("id") if isinstance(task, dict) else None}) '
-                             'has no data.window_id; import tasks written by '
-                             '`lightmer query --export label-studio`')
+            raise ValueError(f'{path}: task {n} (id {task.get("id")}) has no data.window_id; '
+                             'import tasks written by `lightmer query --export label-studio`')
         given = [a for a in task.get('annotations') or [] if not a.get('was_cancelled')]
         given = [(a, _choice(a)) for a in given]
         given = [(a, c) for a, c in given if c is not None]
