@@ -70,7 +70,7 @@ class _Server:
 
 
 @pytest.fixture
-def browser():
+def browser(monkeypatch):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -83,7 +83,7 @@ def browser():
                 '--disable-background-networking', '--disable-component-update',
                 '--autoplay-policy=no-user-gesture-required'):
         options.add_argument(arg)
-    os.environ['SE_OFFLINE'] = 'true'     # Selenium Manager: never look for a download
+    monkeypatch.setenv('SE_OFFLINE', 'true')    # Selenium Manager: never look for a download
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
     driver.quit()

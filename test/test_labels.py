@@ -22,6 +22,23 @@ def test_history_and_last_answer_wins(tmp_path):
     assert path.read_text().splitlines()[0] == 'window_id,label,who,when'
 
 
+def test_skip_repeats_writes_a_repeated_last_answer_once(tmp_path):
+    path = tmp_path / 'answers.csv'
+    written = append_answers(path, [Answer('r:1', 'angry'), Answer('r:1', 'angry')], LABELS,
+                             skip_repeats=True)
+    assert len(written) == 1 and len(read_answers(path)) == 1
+    # A resend of the same answer, and within one call a repeat: nothing more is written;
+    # a changed answer and a change back are (the history keeps both).
+    assert append_answers(path, [Answer('r:1', 'angry')], LABELS, skip_repeats=True) == []
+    written = append_answers(path, [Answer('r:1', 'sad'), Answer('r:1', 'sad'),
+                                    Answer('r:1', 'angry')], LABELS, skip_repeats=True)
+    assert [a.label for a in written] == ['sad', 'angry']
+    assert [a.label for a in read_answers(path)] == ['angry', 'sad', 'angry']
+    # Without skip_repeats every answer is history.
+    append_answers(path, [Answer('r:1', 'angry')], LABELS)
+    assert len(read_answers(path)) == 4
+
+
 def test_bad_answers_write_nothing(tmp_path):
     path = tmp_path / 'answers.csv'
     append_answers(path, [Answer('r:1', 'sad')], LABELS)

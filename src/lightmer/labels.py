@@ -130,18 +130,18 @@ def append_answers(path: str | os.PathLike, answers: Iterable[Answer],
         return []
     with _locked(path):
         old = path.read_text(encoding='utf-8') if path.exists() else ''
-        if old:
-            history = _parse(old, str(path))    # never append to a file that is not ours
-            if skip_repeats:
-                last = {w: a.label for w, a in latest(history).items()}
-                kept = []
-                for a in new:
-                    if last.get(a.window_id) != a.label:
-                        kept.append(a)
-                        last[a.window_id] = a.label
-                new = kept
-            if not old.endswith('\n'):
-                old += '\n'
+        # Parsing first also means never appending to a file that is not ours.
+        history = _parse(old, str(path)) if old else []
+        if skip_repeats:
+            last = {w: a.label for w, a in latest(history).items()}
+            kept = []
+            for a in new:
+                if last.get(a.window_id) != a.label:
+                    kept.append(a)
+                    last[a.window_id] = a.label
+            new = kept
+        if old and not old.endswith('\n'):
+            old += '\n'
         if new:
             atomic_write_text(path, old + _format(new, header=not old))
     return new
