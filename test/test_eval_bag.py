@@ -11,7 +11,8 @@ import pytest
 
 from lightmer import bags
 from lightmer.cli import main
-from lightmer.evaluate import EvalConfig, evaluate_bag, score
+from lightmer.evaluate import EvalConfig, evaluate_bag
+from lightmer.scoring import score
 
 ACTOR = '1001'
 
@@ -105,7 +106,7 @@ def test_offline_report(offline):
     assert result['windows'] == len(_windows(out))
     assert 0 <= result['window_accuracy'] <= 1 and 0 <= result['clip_accuracy'] <= 1
     assert result['clips'] == 6
-    assert result['segments_dropped']['no_face'] > 0      # grey gap frames have no face
+    assert result['counts']['face_crop']['no_face'] > 0   # grey gap frames have no face
     # A window completes when its last audio chunk arrives: the bag time of a chunk is its
     # last sample's, so the sim latency lies in [0, one chunk] (64 ms).
     for w in _windows(out):
@@ -124,7 +125,7 @@ def test_offline_is_deterministic_across_storages(offline):
     wa = [{k: w[k] for k in strip} for w in _windows(out_a)]
     wb = [{k: w[k] for k in strip} for w in _windows(out_b)]
     assert wa == wb
-    assert a['segments_dropped'] == b['segments_dropped']
+    assert a['counts'] == b['counts']
 
 
 def test_live_agrees_with_offline(corpus_bags, checkpoint, offline, tmp_path):
@@ -136,7 +137,7 @@ def test_live_agrees_with_offline(corpus_bags, checkpoint, offline, tmp_path):
     live = evaluate_bag(cfg)
     off, off_out = offline['mcap']
     assert live['mode'] == 'live'
-    assert live['segments_dropped']['frames_lost'] == 0
+    assert live['frames_lost'] == 0
     assert live['kept_up'] is True
     wl, wo = _windows(tmp_path), _windows(off_out)
     assert [w['k_last'] for w in wl] == [w['k_last'] for w in wo]
@@ -146,7 +147,7 @@ def test_live_agrees_with_offline(corpus_bags, checkpoint, offline, tmp_path):
         assert a['latency_sim_ms'] > 0 and a['latency_wall_ms'] > 0
     assert live['window_accuracy'] == off['window_accuracy']
     assert live['clip_accuracy'] == off['clip_accuracy']
-    assert live['segments_dropped']['no_face'] == off['segments_dropped']['no_face']
+    assert live['counts']['face_crop']['no_face'] == off['counts']['face_crop']['no_face']
     assert (tmp_path / 'confusion.png').exists() and (tmp_path / 'latency.png').exists()
 
 
@@ -157,7 +158,7 @@ def test_cli_eval_bag_json(corpus_bags, checkpoint, offline, tmp_path, capsys):
                  '--json']) == 0
     printed = json.loads(capsys.readouterr().out)
     expected = offline['sqlite3'][0]
-    for key in ('window_accuracy', 'clip_accuracy', 'windows', 'segments_dropped'):
+    for key in ('window_accuracy', 'clip_accuracy', 'windows', 'counts'):
         assert printed[key] == expected[key]
     assert set(printed['latency_ms']) >= {'p50', 'p95'}
 

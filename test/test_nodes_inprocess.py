@@ -79,7 +79,7 @@ def test_reliable_publishers_give_the_offline_probabilities(setup):
         assert {(m.height, m.width, m.encoding) for m in snap.mels} == {(128, 43, '32FC1')}
         # the per-segment model ran once per segment, whatever the number of windows
         fusion = setup['running'].node('fusion')
-        assert fusion.fuser.counts.model_calls == len(expected) + MIN_SEGMENTS - 1
+        assert fusion.fuser.counts.used == len(expected) + MIN_SEGMENTS - 1
         diag = probe.wait_for(
             lambda s: s.diagnostics.get('/fusion', {}).get('used') == str(
                 fusion.fuser.counts.used) and s.diagnostics, 10, 'fusion diagnostics')
@@ -189,7 +189,7 @@ def test_parameters_are_described_and_compressed_images_are_read(setup):
             executor.spin_once(timeout_sec=0.1)
         assert crops, 'no crop from the compressed frames'
         assert (crops[0].height, crops[0].width, crops[0].encoding) == (98, 80, 'mono8')
-        assert face.counts['rejected'] == 0
+        assert face.faces.counts.rejected == 0
     finally:
         executor.shutdown()
         face.destroy_node()
@@ -223,14 +223,15 @@ def test_compressed_frames_are_checked_on_arrival_and_decoded_only_when_selected
 
         face.compressed_callback(msg(600.0, b'not an image'))
         face.compressed_callback(msg(600.1, b''))
-        assert face.counts['rejected'] == 2 and face.counts['segments'] == 0
+        counts = face.faces.counts
+        assert counts.rejected == 2 and counts.segments == 0
         assert 'empty compressed image' in face.reporter.problem
         face.compressed_callback(msg(600.5, jpeg[:300]))   # JPEG header, no image data
-        assert face.counts == {**face.counts, 'frames': 3, 'segments': 1, 'rejected': 3,
-                               'published': 0}
+        assert (counts.frames, counts.segments, counts.rejected, counts.published) == (
+            3, 1, 3, 0)
         assert 'selected frame dropped' in face.reporter.problem
         face.compressed_callback(msg(601.0, jpeg))
-        assert face.counts['published'] == 1 and face.counts['rejected'] == 3
+        assert counts.published == 1 and counts.rejected == 3
         assert face.reporter.problem == ''
     finally:
         face.destroy_node()

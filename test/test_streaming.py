@@ -7,44 +7,46 @@ import torch
 
 from lightmer.config import FeatureConfig
 from lightmer.features import log_mel_at, resample
-from lightmer.segments import reference_time, segment_index
+from lightmer.segments import reference_time, segment_index, segment_of_reference
 from lightmer.streaming import (
     AudioSegmenter,
+    FaceSegmenter,
     FrameSelector,
     SegmentFuser,
+    StreamSettings,
     model_functions,
-    segment_of_reference,
 )
 
 CFG = FeatureConfig()
+DEFAULTS = StreamSettings()
 
 
 # --- the grid --------------------------------------------------------------------------------
-@pytest.mark.parametrize('anchor', ['centre', 'start'])
-def test_segment_of_reference_inverts_reference_time_through_nanosecond_stamps(anchor):
+@pytest.mark.parametrize('reference', ['centre', 'start'])
+def test_segment_of_reference_inverts_reference_time_through_nanosecond_stamps(reference):
     for k in (0, 7, 3_400_000_001):
-        ref = reference_time(k, 0.6, anchor)
+        ref = reference_time(k, 0.6, reference)
         ns = int(round(ref * 1e9))
-        assert segment_of_reference(ns / 1e9, 0.6, anchor) == k
-        assert segment_of_reference((ns - 1) / 1e9, 0.6, anchor) == k
+        assert segment_of_reference(ns / 1e9, 0.6, reference) == k
+        assert segment_of_reference((ns - 1) / 1e9, 0.6, reference) == k
 
 
 # --- FrameSelector ---------------------------------------------------------------------------
-@pytest.mark.parametrize('anchor', ['centre', 'start'])
-def test_frame_selector_emits_each_segment_once_with_its_nearest_frame(anchor):
+@pytest.mark.parametrize('reference', ['centre', 'start'])
+def test_frame_selector_emits_each_segment_once_with_its_nearest_frame(reference):
     seg = 0.5
     times = 100.013 + np.arange(120) / 30.0                       # 4 s at 30 fps
-    sel = FrameSelector(seg, anchor)
+    sel = FrameSelector(seg, reference)
     emitted = []
     for i, t in enumerate(times):
         for k, t_frame, payload in sel.push(float(t), i):
             # emitted no later than the first frame at/after the reference time
-            assert t <= max(reference_time(k, seg, anchor), t_frame) + 1 / 30 + 1e-9
+            assert t <= max(reference_time(k, seg, reference), t_frame) + 1 / 30 + 1e-9
             emitted.append((k, t_frame, payload))
     ks = [k for k, _, _ in emitted]
     assert ks == sorted(set(ks)), 'each segment once, in order'
     for k, t_frame, payload in emitted:
-        ref = reference_time(k, seg, anchor)
+        ref = reference_time(k, seg, reference)
         inside = [i for i, t in enumerate(times) if segment_index(float(t), seg) == k]
         best = min(inside, key=lambda i: abs(times[i] - ref))
         assert payload == best and t_frame == times[best]
@@ -52,8 +54,8 @@ def test_frame_selector_emits_each_segment_once_with_its_nearest_frame(anchor):
     last_t = float(times[-1])
     expected = [k for k in range(segment_index(float(times[0]), seg),
                                  segment_index(last_t, seg) + 1)
-                if reference_time(k, seg, anchor) <= last_t
-                and reference_time(k, seg, anchor) >= times[0] - seg]
+                if reference_time(k, seg, reference) <= last_t
+                and reference_time(k, seg, reference) >= times[0] - seg]
     assert set(expected) <= set(ks)
 
 
@@ -71,6 +73,44 @@ def test_frame_selector_resets_when_stamps_go_backwards():
     out = sel.push(5.3, 'loop')                   # the bag looped
     assert sel.resets == 1
     assert [(k, p) for k, _, p in out] == [(10, 'loop')]
+
+
+def test_face_segmenter_counts_each_chosen_frame_and_decodes_only_those():
+    decoded = []
+
+    def decode(payload):
+        decoded.append(payload)
+        if payload == 'broken':
+            raise ValueError('truncated')
+        return payload
+
+    def cropper(frames):                       # a face in every frame but the blank ones
+        return [None if f == 'blank' else np.zeros((98, 80), np.uint8) for f in frames]
+
+    faces = FaceSegmenter(cropper, 0.5, StreamSettings(reference='start'))
+    out = []
+    for t, payload in ((10.0, 'a'), (10.1, 'skipped'), (10.5, 'blank'), (11.0, 'broken'),
+                       (11.5, 'b')):
+        out += faces.push(t, payload, decode)
+    faces.reject()
+    assert decoded == ['a', 'blank', 'broken', 'b'], 'only the chosen frames are decoded'
+    assert [(r.k, r.crop is not None, r.error) for r in out] == [
+        (20, True, ''), (21, False, ''), (22, False, 'truncated'), (23, True, '')]
+    c = faces.counts
+    assert (c.frames, c.segments, c.published, c.no_face, c.rejected, c.resets) == (
+        6, 4, 2, 1, 2, 0)
+    faces.push(3.0, 'c', decode)                # the bag looped
+    assert faces.counts.resets == 1
+
+
+def test_stream_settings_refuse_bad_values_and_bound_the_window_minimum():
+    for bad in ({'reference': 'middle'}, {'missing_policy': 'zeros'}, {'min_segments': -1},
+                {'missing_wait_s': -1.0}, {'nearest_max_segments': 0}, {'min_face_size': 0}):
+        with pytest.raises(ValueError):
+            StreamSettings(**bad)
+    assert StreamSettings(min_segments=0).window_minimum(5) == 5
+    assert StreamSettings(min_segments=7).window_minimum(5) == 5
+    assert StreamSettings(min_segments=2).window_minimum(5) == 2
 
 
 # --- AudioSegmenter --------------------------------------------------------------------------
@@ -91,29 +131,29 @@ def _feed(seg: AudioSegmenter, audio: np.ndarray, sr: int, t0: float, chunk: int
     return out
 
 
-@pytest.mark.parametrize('anchor', ['centre', 'start'])
-def test_audio_segmenter_matches_the_offline_log_mel(anchor):
+@pytest.mark.parametrize('reference', ['centre', 'start'])
+def test_audio_segmenter_matches_the_offline_log_mel(reference):
     sr, t0 = 16000, 200.37
     audio = _voice(5 * sr, sr)
-    seg = AudioSegmenter(CFG, 0.5, anchor)
+    seg = AudioSegmenter(CFG, 0.5, StreamSettings(reference=reference))
     out = _feed(seg, audio, sr, t0, chunk=1024)
     ks = [k for k, _, _ in out]
     half = CFG.window_s / 2
     covered = [k for k in range(segment_index(t0, 0.5), segment_index(t0 + 5, 0.5) + 1)
-               if reference_time(k, 0.5, anchor) - half >= t0
-               and reference_time(k, 0.5, anchor) + half <= t0 + len(audio) / sr]
+               if reference_time(k, 0.5, reference) - half >= t0
+               and reference_time(k, 0.5, reference) + half <= t0 + len(audio) / sr]
     assert ks == covered
     for k, t_ref, mel in out:
-        assert t_ref == reference_time(k, 0.5, anchor)
+        assert t_ref == reference_time(k, 0.5, reference)
         assert mel.shape == (128, 43) and mel.dtype == np.float32
         np.testing.assert_allclose(mel, log_mel_at(audio, t_ref - t0, CFG), atol=1e-4)
-    assert seg.counts.gaps == 0 and seg.counts.published == len(out)
+    assert seg.counts.audio_gap == 0 and seg.counts.published == len(out)
 
 
 def test_audio_segmenter_resamples_other_rates_close_to_offline():
     sr, t0 = 48000, 50.05
     audio = _voice(4 * sr, sr, seed=1)
-    seg = AudioSegmenter(CFG, 0.5)
+    seg = AudioSegmenter(CFG, 0.5, DEFAULTS)
     out = _feed(seg, audio, sr, t0, chunk=4800)
     assert len(out) >= 4
     offline = resample(audio, sr, 16000)
@@ -125,7 +165,7 @@ def test_audio_segmenter_resamples_other_rates_close_to_offline():
 def test_audio_segmenter_counts_gaps_and_recovers():
     sr, t0 = 16000, 10.0
     audio = _voice(8 * sr, sr)
-    seg = AudioSegmenter(CFG, 0.5)
+    seg = AudioSegmenter(CFG, 0.5, DEFAULTS)
     out = _feed(seg, audio, sr, t0, chunk=1600, skip=range(30, 35))   # 3.0 s .. 3.5 s missing
     ks = [k for k, _, _ in out]
     lost = [k for k in range(ks[0], ks[-1] + 1) if k not in ks]
@@ -133,21 +173,22 @@ def test_audio_segmenter_counts_gaps_and_recovers():
     for k in lost:   # exactly the windows touching the missing half second
         ref = reference_time(k, 0.5, 'centre')
         assert ref - half < t0 + 3.5 and ref + half > t0 + 3.0
-    assert seg.counts.gaps == len(lost) > 0
+    assert seg.counts.audio_gap == len(lost) > 0
     for _, t_ref, mel in out:
         np.testing.assert_allclose(mel, log_mel_at(audio, t_ref - t0, CFG), atol=1e-4)
 
 
 def test_audio_segmenter_rejects_nan_and_resets_on_backwards_stamps():
     sr = 16000
-    seg = AudioSegmenter(CFG, 0.5)
+    seg = AudioSegmenter(CFG, 0.5, DEFAULTS)
     audio = _voice(3 * sr, sr)
     _feed(seg, audio, sr, 10.0, chunk=1600)
     bad = audio[:1600].copy()
     bad[5] = np.nan
     with pytest.raises(ValueError, match='NaN'):
         seg.push(13.0, bad, sr)
-    seg.discontinuity()
+    seg.reject()
+    assert seg.counts.rejected == 1
     out = _feed(seg, audio, sr, 5.0, chunk=1600)    # earlier stamps: a looping bag
     assert seg.counts.resets == 1
     assert out and out[0][0] == segment_index(5.0 + 0.75, 0.5)
@@ -182,12 +223,12 @@ def _mel(k):
 
 def test_fuser_runs_each_segment_once_and_fuses_the_last_n():
     seg_fn = _Counting()
-    fuser = SegmentFuser(seg_fn, _softmax_mean, n_segments=3, segment_s=0.5, min_segments=2)
+    fuser = SegmentFuser(seg_fn, _softmax_mean, 3, 0.5, StreamSettings(min_segments=2))
     outputs = []
     for k in range(20, 28):
         outputs += fuser.push_face(k * 0.5 + 0.2, _face(k), 'cam')
         outputs += fuser.push_mel(reference_time(k, 0.5, 'centre'), _mel(k))
-    assert len(seg_fn.calls) == 8 and fuser.counts.model_calls == 8
+    assert len(seg_fn.calls) == 8 and fuser.counts.used == 8
     assert [w.k_last for w in outputs] == list(range(21, 28))
     for w in outputs:
         ids = [j for j in range(w.k_last - 2, w.k_last + 1) if j >= 20]
@@ -198,7 +239,8 @@ def test_fuser_runs_each_segment_once_and_fuses_the_last_n():
 
 
 def test_fuser_skip_policy_drops_a_segment_once_the_other_stream_passed_it():
-    fuser = SegmentFuser(_Counting(), _softmax_mean, 3, 0.5, min_segments=1, wait_s=1.0)
+    fuser = SegmentFuser(_Counting(), _softmax_mean, 3, 0.5,
+                         StreamSettings(min_segments=1, missing_wait_s=1.0))
     assert fuser.push_mel(reference_time(10, 0.5, 'centre'), _mel(10)) == []   # no face yet
     assert fuser.counts.dropped == 0
     out = fuser.push_face(5.6, _face(11), 'cam')   # faces passed 10: its face will not come
@@ -210,7 +252,8 @@ def test_fuser_skip_policy_drops_a_segment_once_the_other_stream_passed_it():
 
 
 def test_fuser_gives_up_after_the_wait_when_the_other_stream_stalls():
-    fuser = SegmentFuser(_Counting(), _softmax_mean, 3, 0.5, min_segments=1, wait_s=1.0)
+    fuser = SegmentFuser(_Counting(), _softmax_mean, 3, 0.5,
+                         StreamSettings(min_segments=1, missing_wait_s=1.0))
     fuser.push_face(20 * 0.5 + 0.2, _face(20), 'cam')   # audio never comes
     fuser.push_face(21 * 0.5 + 0.2, _face(21), 'cam')
     assert fuser.counts.dropped == 0
@@ -223,8 +266,8 @@ def test_fuser_gives_up_after_the_wait_when_the_other_stream_stalls():
 
 def test_fuser_nearest_policy_borrows_the_neighbours_face():
     seg_fn = _Counting()
-    fuser = SegmentFuser(seg_fn, _softmax_mean, 3, 0.5, min_segments=1, policy='nearest',
-                         wait_s=1.0)
+    fuser = SegmentFuser(seg_fn, _softmax_mean, 3, 0.5, StreamSettings(
+        min_segments=1, missing_policy='nearest', missing_wait_s=1.0))
     fuser.push_face(5.1, _face(10), 'cam')
     fuser.push_mel(reference_time(10, 0.5, 'centre'), _mel(10))
     fuser.push_mel(reference_time(11, 0.5, 'centre'), _mel(11))         # segment 11: no face
@@ -237,7 +280,7 @@ def test_fuser_nearest_policy_borrows_the_neighbours_face():
 
 
 def test_fuser_resets_when_segments_go_backwards_and_ignores_duplicates():
-    fuser = SegmentFuser(_Counting(), _softmax_mean, 3, 0.5, min_segments=1)
+    fuser = SegmentFuser(_Counting(), _softmax_mean, 3, 0.5, StreamSettings(min_segments=1))
     for k in (40, 41):
         fuser.push_face(k * 0.5 + 0.1, _face(k))
         fuser.push_mel(reference_time(k, 0.5, 'centre'), _mel(k))
@@ -250,7 +293,8 @@ def test_fuser_resets_when_segments_go_backwards_and_ignores_duplicates():
 
 
 def test_fuser_keeps_the_window_when_faces_run_ahead_of_the_audio():
-    fuser = SegmentFuser(_Counting(), _softmax_mean, 3, 0.5, min_segments=1, wait_s=3.0)
+    fuser = SegmentFuser(_Counting(), _softmax_mean, 3, 0.5,
+                         StreamSettings(min_segments=1, missing_wait_s=3.0))
     outs = []
     for k in range(10):
         outs += fuser.push_face(k * 0.5 + 0.1, _face(k))
@@ -260,7 +304,7 @@ def test_fuser_keeps_the_window_when_faces_run_ahead_of_the_audio():
 
 
 def test_fuser_min_segments_holds_windows_back():
-    fuser = SegmentFuser(_Counting(), _softmax_mean, 4, 0.5, min_segments=4)
+    fuser = SegmentFuser(_Counting(), _softmax_mean, 4, 0.5, StreamSettings(min_segments=4))
     outs = []
     for k in range(4):
         outs += fuser.push_face(k * 0.5 + 0.1, _face(k))
@@ -279,7 +323,7 @@ def test_fuser_with_the_real_model_equals_its_forward():
     rng = np.random.default_rng(0)
     faces = rng.integers(0, 256, (5, 98, 80), dtype=np.uint8)
     mels = rng.standard_normal((5, 128, 43)).astype(np.float32)
-    fuser = SegmentFuser(seg_fn, fuse_fn, 5, 0.5)
+    fuser = SegmentFuser(seg_fn, fuse_fn, 5, 0.5, StreamSettings(min_segments=0))   # all N
     out = []
     for k in range(5):
         out += fuser.push_face(k * 0.5 + 0.25, faces[k])

@@ -224,27 +224,31 @@ def _add_eval_bag(sub) -> None:
     p.add_argument('--image-topic', default='/camera/image_raw')
     p.add_argument('--audio-topic', default='/audio/audio_stamped')
     p.add_argument('--audio-info-topic', default='/audio/audio_info')
-    p.add_argument('--anchor', choices=('centre', 'start'), default='centre',
-                   help='segment reference time')
+    p.add_argument('--reference', choices=('centre', 'start'), default=None,
+                   help="segment reference time (default: the nodes', centre)")
     p.add_argument('--rate', type=_positive_float, default=1.0,
                    help='--live playback speed, x real time (the report says if the nodes '
                    'kept up)')
-    p.add_argument('--policy', choices=('skip', 'nearest'), default=None,
-                   help='missing-modality policy of the fusion node (default: the node\'s)')
+    p.add_argument('--missing-policy', choices=('skip', 'nearest'), default=None,
+                   help="missing-modality policy of the fusion node (default: the node's)")
     p.add_argument('--min-segments', type=_positive_int, default=None,
-                   help='publish windows with at least this many of N segments (default: N)')
+                   help="publish windows with at least this many of N segments (default: "
+                   "the node's)")
 
 
 def _run_eval_bag(args) -> int:
     from lightmer.bags import BagFormatError
     from lightmer.checkpoint import CheckpointError
     from lightmer.evaluate import EvalConfig, evaluate_bag
+    from lightmer.streaming import StreamSettings
 
+    given = {'reference': args.reference, 'missing_policy': args.missing_policy,
+             'min_segments': args.min_segments}
+    settings = StreamSettings(**{k: v for k, v in given.items() if v is not None})
     cfg = EvalConfig(bag=args.bag, labels=args.labels, checkpoint=args.checkpoint,
                      live=args.live, out=args.out, image_topic=args.image_topic,
                      audio_topic=args.audio_topic, audio_info_topic=args.audio_info_topic,
-                     anchor=args.anchor, rate=args.rate, policy=args.policy,
-                     min_segments=args.min_segments)
+                     settings=settings, rate=args.rate)
     try:
         result = evaluate_bag(cfg)
     except (BagFormatError, CheckpointError, FileNotFoundError, ValueError) as e:

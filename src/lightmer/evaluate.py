@@ -40,9 +40,10 @@ import numpy as np
 
 from lightmer import bags
 from lightmer.io_utils import atomic_save_json
+from lightmer.pipeline import OfflinePipeline
 from lightmer.ros.description import NODE_MODULES
-
-CLIP_DECISION = 'argmax of the mean window probabilities over the windows stamped in the clip'
+from lightmer.scoring import check_labels, percentiles, score
+from lightmer.streaming import StreamSettings
 
 
 @dataclass(frozen=True)
@@ -55,50 +56,14 @@ class EvalConfig:
     image_topic: str = bags.IMAGE_TOPIC
     audio_topic: str = bags.AUDIO_TOPIC
     audio_info_topic: str = bags.AUDIO_INFO_TOPIC
-    anchor: str = 'centre'               # segment reference time: 'centre' | 'start'
-    # Node settings; None takes the nodes' own default (lightmer.ros.params), so that offline
-    # and live evaluate the system as deployed.
-    policy: str | None = None            # missing modality: 'skip' | 'nearest'
-    min_segments: int | None = None      # 0: all N
-    wait_s: float | None = None          # how long a half-complete segment waits (stamp clock)
-    nearest_max: int | None = None
-    min_face_size: int | None = None     # MTCNN minimum face size in pixels
-    gap_tolerance_s: float | None = None
+    # The nodes' processing settings, offline and live alike (defaults: the nodes' own).
+    settings: StreamSettings = field(default_factory=StreamSettings)
     threads: int = 1                     # torch threads (offline, and per node live)
     # Live only.
     rate: float = 1.0                    # playback speed, x real time
     emotion_topic: str = 'emotion'
     startup_timeout_s: float = 120.0     # nodes up, matched and holding the AudioInfo
     drain_timeout_s: float = 60.0        # after the last message, for the nodes to finish
-
-
-@dataclass(frozen=True)
-class NodeSettings:
-    """The resolved settings both modes run with (EvalConfig values or the nodes' defaults)."""
-
-    anchor: str
-    policy: str
-    min_segments: int
-    wait_s: float
-    nearest_max: int
-    min_face_size: int
-    gap_tolerance_s: float
-
-    @classmethod
-    def resolve(cls, cfg: EvalConfig) -> NodeSettings:
-        from lightmer.ros.params import AudioFeatureParams, FaceCropParams, FusionParams
-
-        fusion, face, audio = FusionParams(), FaceCropParams(), AudioFeatureParams()
-
-        def pick(value, default):
-            return default if value is None else value
-
-        return cls(anchor=cfg.anchor, policy=pick(cfg.policy, fusion.missing_policy),
-                   min_segments=pick(cfg.min_segments, fusion.min_segments),
-                   wait_s=pick(cfg.wait_s, fusion.missing_wait_s),
-                   nearest_max=pick(cfg.nearest_max, fusion.nearest_max_segments),
-                   min_face_size=pick(cfg.min_face_size, face.min_face_size),
-                   gap_tolerance_s=pick(cfg.gap_tolerance_s, audio.gap_tolerance_s))
 
 
 @dataclass(frozen=True)
@@ -122,78 +87,8 @@ class WindowRecord:
 @dataclass
 class RunResult:
     windows: list[WindowRecord] = field(default_factory=list)
-    dropped: dict[str, int] = field(default_factory=dict)    # segments dropped, per reason
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)   # node -> its counters
     extra: dict = field(default_factory=dict)
-
-
-# --- scoring (pure) ------------------------------------------------------------------------
-def check_labels(rows: list[bags.LabelRow], labels: tuple[str, ...], source='the labels CSV'):
-    unknown = sorted({r.label for r in rows} - set(labels))
-    if unknown:
-        raise ValueError(f'{source} names {unknown}, which the checkpoint does not predict '
-                         f'(it knows {list(labels)}); fix the CSV or use a matching checkpoint')
-
-
-def assign_clips(stamps_s: np.ndarray, rows: list[bags.LabelRow]) -> np.ndarray:
-    """int (M,) index of the row whose [start, end] contains each stamp, -1 for none."""
-    out = np.full(len(stamps_s), -1, dtype=np.int64)
-    for i, t in enumerate(np.asarray(stamps_s, dtype=np.float64)):
-        for j, r in enumerate(rows):
-            if r.start <= t <= r.end:
-                out[i] = j
-                break
-    return out
-
-
-def score(stamps_s: np.ndarray, probs: np.ndarray, rows: list[bags.LabelRow],
-          labels: tuple[str, ...]) -> dict:
-    """Window- and clip-level accuracy and confusion matrices.
-
-    stamps_s: float (M,) window stamps; probs: float (M, C); rows: labelled clips whose label is
-    one of `labels` (the checkpoint's classes, in output order).
-    """
-    from lightmer.plots import confusion_matrix
-
-    probs = np.asarray(probs, dtype=np.float64).reshape(len(stamps_s), len(labels))
-    check_labels(rows, labels)
-    index = {name: i for i, name in enumerate(labels)}
-    clip_of = assign_clips(stamps_s, rows)
-    scored = clip_of >= 0
-    true_w = np.array([index[rows[j].label] for j in clip_of[scored]], dtype=np.int64)
-    pred_w = probs[scored].argmax(axis=1) if scored.any() else np.zeros(0, np.int64)
-    true_c, pred_c, no_window = [], [], 0
-    for j, r in enumerate(rows):
-        mine = probs[clip_of == j]
-        true_c.append(index[r.label])
-        if len(mine):
-            pred_c.append(int(mine.mean(axis=0).argmax()))
-        else:
-            no_window += 1
-            pred_c.append(-1)                     # no decision: wrong by construction
-    true_c_a, pred_c_a = np.array(true_c), np.array(pred_c)
-    decided = pred_c_a >= 0
-    n_classes = len(labels)
-    return {
-        'windows': int(len(stamps_s)),
-        'windows_scored': int(scored.sum()),
-        'windows_outside_clips': int((~scored).sum()),
-        'window_accuracy': float((true_w == pred_w).mean()) if len(true_w) else None,
-        'clips': len(rows),
-        'clips_without_windows': no_window,
-        'clip_accuracy': float((true_c_a == pred_c_a).mean()) if rows else None,
-        'clip_decision': CLIP_DECISION,
-        'confusion_windows': confusion_matrix(true_w, pred_w, n_classes).tolist(),
-        'confusion_clips': confusion_matrix(true_c_a[decided], pred_c_a[decided],
-                                            n_classes).tolist(),
-    }
-
-
-def _percentiles(values) -> dict:
-    v = np.asarray(values, dtype=np.float64)
-    if not v.size:
-        return {'p50': None, 'p95': None, 'max': None, 'n': 0}   # JSON has no NaN
-    return {'p50': float(np.percentile(v, 50)), 'p95': float(np.percentile(v, 95)),
-            'max': float(v.max()), 'n': int(v.size)}
 
 
 # --- offline replay ------------------------------------------------------------------------
@@ -204,62 +99,9 @@ def stamp_seconds(stamp_ns: int) -> float:
     return stamp_to_seconds(*divmod(int(stamp_ns), 1_000_000_000))
 
 
-class OfflinePipeline:
-    """The three nodes' processing chain over numpy, in one thread, in message order.
-
-    push_image / push_audio take the header stamp in seconds and return the windows that the
-    message completed, as streaming.WindowResult.
-    """
-
-    def __init__(self, model, meta, settings: NodeSettings, cropper=None):
-        from lightmer.features import FaceCropper
-        from lightmer.streaming import (
-            AudioSegmenter,
-            FrameSelector,
-            SegmentFuser,
-            model_functions,
-        )
-
-        segment_s, n = meta.segment_s, meta.n_segments
-        self.selector = FrameSelector(segment_s, settings.anchor)
-        self.segmenter = AudioSegmenter(meta.features, segment_s, settings.anchor,
-                                        settings.gap_tolerance_s)
-        self.cropper = cropper or FaceCropper(meta.features,
-                                              min_face_size=settings.min_face_size)
-        seg_logits, fuse = model_functions(model)
-        self.fuser = SegmentFuser(seg_logits, fuse, n, segment_s, settings.anchor,
-                                  min_segments=settings.min_segments or n,
-                                  policy=settings.policy, wait_s=settings.wait_s,
-                                  nearest_max=settings.nearest_max)
-        self.no_face = 0
-
-    def push_image(self, t: float, frame: np.ndarray) -> list:
-        out = []
-        for _k, t_frame, chosen in self.selector.push(t, frame):
-            (crop,) = self.cropper([chosen])          # uint8 (98, 80) or None
-            if crop is None:
-                self.no_face += 1
-            else:
-                out.extend(self.fuser.push_face(t_frame, crop, bags.CAMERA_FRAME))
-        return out
-
-    def push_audio(self, t: float, samples: np.ndarray, sr: int) -> list:
-        out = []
-        for _k, t_ref, mel in self.segmenter.push(t, samples, sr):
-            out.extend(self.fuser.push_mel(t_ref, mel))
-        return out
-
-    def dropped(self) -> dict[str, int]:
-        f, a = self.fuser.counts, self.segmenter.counts
-        return {'no_face': self.no_face, 'audio_gap': a.gaps,
-                'unpaired_after_wait': f.dropped, 'late': f.late, 'duplicate': f.duplicates,
-                'reset': f.resets + a.resets + self.selector.resets, 'rejected': 0}
-
-
-def run_offline(cfg: EvalConfig, model, meta, settings: NodeSettings,
-                topics: bags.BagTopics) -> RunResult:
+def run_offline(cfg: EvalConfig, model, meta, topics: bags.BagTopics) -> RunResult:
     half = meta.features.window_s / 2
-    pipe = OfflinePipeline(model, meta, settings)
+    pipe = OfflinePipeline(model, meta, cfg.settings, frame_id=bags.CAMERA_FRAME)
     result = RunResult()
     n_msgs = 0
     for msg in _progress(bags.read_bag(cfg.bag, topics), 'eval-bag offline'):
@@ -278,8 +120,10 @@ def run_offline(cfg: EvalConfig, model, meta, settings: NodeSettings,
             result.windows.append(WindowRecord(
                 w.k_last, w.t_ref, end_s, tuple(float(p) for p in w.probs), publish_s, sim_ms,
                 sim_ms + compute_ms))
-    result.dropped = pipe.dropped()
-    result.extra = {'messages': n_msgs, 'model_calls': pipe.fuser.counts.model_calls}
+    result.counts = {'face_crop': dataclasses.asdict(pipe.faces.counts),
+                     'audio_feature': dataclasses.asdict(pipe.audio.counts),
+                     'fusion': dataclasses.asdict(pipe.fuser.counts)}
+    result.extra = {'messages': n_msgs}
     return result
 
 
@@ -295,38 +139,32 @@ def loopback_env(base: dict | None = None) -> dict:
     return env
 
 
-def _node_params(cfg: EvalConfig, settings: NodeSettings) -> dict:
+def _node_params(cfg: EvalConfig) -> dict:
     """ROS parameter YAML content for the three nodes: sim time, the checkpoint, the same
     settings as offline, and reliable inputs deep enough that no message of the replay is
     dropped (a sensor-data subscription may drop frames, which offline never does)."""
     common = {'use_sim_time': True, 'model_path': str(Path(cfg.checkpoint).resolve()),
-              'reference': settings.anchor, 'torch_threads': cfg.threads,
-              'diagnostics_period_s': DIAGNOSTICS_PERIOD_S}
+              'torch_threads': cfg.threads, 'diagnostics_period_s': DIAGNOSTICS_PERIOD_S,
+              **dataclasses.asdict(cfg.settings)}
     return {
         '/**': {'ros__parameters': common},
-        '/face_crop': {'ros__parameters': {'qos_reliability': 'reliable', 'qos_depth': 100,
-                                           'min_face_size': settings.min_face_size}},
+        '/face_crop': {'ros__parameters': {'qos_reliability': 'reliable', 'qos_depth': 100}},
         '/audio_feature': {'ros__parameters': {'qos_reliability': 'reliable',
-                                               'qos_depth': 500,
-                                               'gap_tolerance_s': settings.gap_tolerance_s}},
-        '/fusion': {'ros__parameters': {'missing_policy': settings.policy,
-                                        'min_segments': settings.min_segments,
-                                        'missing_wait_s': settings.wait_s,
-                                        'nearest_max_segments': settings.nearest_max,
-                                        'queue_depth': 100}},
+                                               'qos_depth': 500}},
+        '/fusion': {'ros__parameters': {'queue_depth': 100}},
     }
 
 
 class _NodeProcesses:
     """The three node executables as child processes, logs in `log_dir`."""
 
-    def __init__(self, cfg: EvalConfig, settings: NodeSettings, topics: bags.BagTopics,
+    def __init__(self, cfg: EvalConfig, topics: bags.BagTopics,
                  log_dir: Path):
         import yaml
 
         log_dir.mkdir(parents=True, exist_ok=True)
         params = log_dir / 'params.yaml'
-        params.write_text(yaml.safe_dump(_node_params(cfg, settings), sort_keys=True))
+        params.write_text(yaml.safe_dump(_node_params(cfg), sort_keys=True))
         remaps = {'face_crop': [f'image:={topics.image}'],
                   'audio_feature': [f'audio:={topics.audio}',
                                     f'audio_info:={topics.audio_info}'],
@@ -420,7 +258,7 @@ def _wait_for(condition, timeout_s: float, what: str, nodes: _NodeProcesses) -> 
         time.sleep(0.05)
 
 
-def run_live(cfg: EvalConfig, meta, settings: NodeSettings, topics: bags.BagTopics,
+def run_live(cfg: EvalConfig, meta, topics: bags.BagTopics,
              info: bags.BagInfo) -> RunResult:
     """Play the bag to the three node processes over loopback DDS with sim time; record
     `emotion`. Raises TimeoutError/RuntimeError with the nodes' log tails when they fail."""
@@ -432,7 +270,7 @@ def run_live(cfg: EvalConfig, meta, settings: NodeSettings, topics: bags.BagTopi
     os.environ.update({k: v for k, v in loopback_env().items() if k.startswith('ROS_')})
     with tempfile.TemporaryDirectory(prefix='lightmer-eval-') as tmp:
         log_dir = Path(cfg.out) / 'nodes' if cfg.out is not None else Path(tmp)
-        nodes = _NodeProcesses(cfg, settings, topics, log_dir)
+        nodes = _NodeProcesses(cfg, topics, log_dir)
         try:
             return _play_and_record(cfg, meta, topics, info, nodes)
         finally:
@@ -452,7 +290,7 @@ def _play_and_record(cfg, meta, topics, info, nodes: _NodeProcesses) -> RunResul
     from lightmer.ros.common import close_own_participant, node_with_own_participant
     from lightmer.ros.conversions import float_to_time
     from lightmer.ros.qos import latched_qos
-    from lightmer.streaming import segment_of_reference
+    from lightmer.segments import segment_of_reference
 
     started = time.monotonic()
     mic = None
@@ -557,32 +395,27 @@ def _play_and_record(cfg, meta, topics, info, nodes: _NodeProcesses) -> RunResul
             end_rel = (stamp_ns - t_first) / 1e9 + half
             wall_end = float(np.interp(end_rel, played_t_s, played_wall))
             result.windows.append(WindowRecord(
-                segment_of_reference(stamp, meta.segment_s, cfg.anchor), stamp, end_s, probs,
-                sim_ns / 1e9, (sim_ns / 1e9 - end_s) * 1e3, (wall - wall_end) * 1e3))
-        count = recorder.count
-        result.dropped = {
-            'no_face': count('face_crop', 'no_face') or 0,
-            'audio_gap': count('audio_feature', 'audio_gap') or 0,
-            'unpaired_after_wait': count('fusion', 'dropped') or 0,
-            'late': count('fusion', 'late') or 0,
-            'duplicate': count('fusion', 'duplicates') or 0,
-            'reset': sum(count(n, 'resets') or 0 for n in NODE_MODULES),
-            'rejected': sum(count(n, 'rejected') or 0 for n in NODE_MODULES),
-            'frames_lost': sent[topics.image] - (count('face_crop', 'frames') or 0),
-        }
+                segment_of_reference(stamp, meta.segment_s, cfg.settings.reference), stamp,
+                end_s, probs, sim_ns / 1e9, (sim_ns / 1e9 - end_s) * 1e3, (wall - wall_end) * 1e3))
+        with recorder.lock:
+            result.counts = {
+                name: {key: int(float(value)) for key, value in
+                       recorder.diagnostics.get(f'/{name}', {}).items()
+                       if key not in ('format', 'errors')}
+                for name in NODE_MODULES}
+        frames_lost = sent[topics.image] - result.counts['face_crop'].get('frames', 0)
         # A replay (faster than real time especially) is only faithful while the nodes keep
         # up: no frame lost, no input arriving after its segment was given up. (The player
         # falling behind its schedule on a loaded machine only bunches messages up; it is
         # reported as player_behind_max_s.)
-        kept_up = result.dropped['frames_lost'] == 0 and result.dropped['late'] == 0
+        late = result.counts['fusion'].get('late', 0)
+        kept_up = frames_lost == 0 and late == 0
         if not kept_up:
             print(f'eval-bag --live: the nodes did not keep up at rate {cfg.rate} (late '
-                  f"{result.dropped['late']}, frames lost {result.dropped['frames_lost']}); "
-                  'lower --rate', file=sys.stderr)
+                  f'{late}, frames lost {frames_lost}); lower --rate', file=sys.stderr)
         result.extra = {'messages': sum(sent.values()), 'rate': cfg.rate, 'kept_up': kept_up,
                         'startup_s': startup_s, 'play_wall_s': play_s, 'drain_s': drain_s,
-                        'player_behind_max_s': behind_s,
-                        'model_calls': count('fusion', 'used')}
+                        'player_behind_max_s': behind_s, 'frames_lost': frames_lost}
         return result
     finally:
         executor.shutdown()
@@ -611,7 +444,6 @@ def evaluate_bag(cfg: EvalConfig) -> dict:
     from lightmer.checkpoint import load_checkpoint
 
     torch.set_num_threads(cfg.threads)
-    settings = NodeSettings.resolve(cfg)
     topics = bags.BagTopics(cfg.image_topic, cfg.audio_topic, cfg.audio_info_topic)
     info = bags.bag_info(cfg.bag, topics)            # clear errors before any heavy loading
     rows = bags.read_labels(cfg.labels, info.start_s)
@@ -620,9 +452,9 @@ def evaluate_bag(cfg: EvalConfig) -> dict:
     t0 = time.perf_counter()
     if cfg.live:
         del model                                  # the nodes load their own copy
-        run = run_live(cfg, meta, settings, topics, info)
+        run = run_live(cfg, meta, topics, info)
     else:
-        run = run_offline(cfg, model, meta, settings, topics)
+        run = run_offline(cfg, model, meta, topics)
     elapsed = time.perf_counter() - t0
 
     stamps = np.array([w.stamp_s for w in run.windows])
@@ -632,13 +464,13 @@ def evaluate_bag(cfg: EvalConfig) -> dict:
         'mode': 'live' if cfg.live else 'offline',
         'bag': str(cfg.bag), 'labels_csv': str(cfg.labels), 'checkpoint': str(cfg.checkpoint),
         'labels': list(meta.labels), 'segment_s': meta.segment_s,
-        'n_segments': meta.n_segments, 'settings': dataclasses.asdict(settings),
+        'n_segments': meta.n_segments, 'settings': dataclasses.asdict(cfg.settings),
         'bag_duration_s': (info.end_ns - info.start_ns) / 1e9, 'elapsed_s': elapsed,
-        'latency_ms': _percentiles([w.latency_wall_ms for w in run.windows]),
-        'latency_sim_ms': _percentiles([w.latency_sim_ms for w in run.windows]),
+        'latency_ms': percentiles([w.latency_wall_ms for w in run.windows]),
+        'latency_sim_ms': percentiles([w.latency_sim_ms for w in run.windows]),
         'latency_definition': 'publish time minus window end (last segment stamp + d/2); '
                               'latency_ms in wall time, latency_sim_ms in bag time',
-        'segments_dropped': run.dropped,
+        'counts': run.counts,
         **run.extra,
     })
     if cfg.out is not None:

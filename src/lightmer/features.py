@@ -30,10 +30,15 @@ _STD_FLOOR_DB = 1.0
 
 
 # --- faces -----------------------------------------------------------------------------------
+# Smallest face MTCNN looks for, pixels: the face node's `min_face_size` default too.
+MIN_FACE_SIZE = 40
+
+
 class FaceCropper:
     """MTCNN face detection and cropping (facenet-pytorch; its weights ship in the wheel)."""
 
-    def __init__(self, cfg: FeatureConfig, device: str = 'cpu', min_face_size: int = 40):
+    def __init__(self, cfg: FeatureConfig, device: str = 'cpu',
+                 min_face_size: int = MIN_FACE_SIZE):
         from facenet_pytorch import MTCNN  # heavy import, only where faces are needed
 
         self.cfg = cfg

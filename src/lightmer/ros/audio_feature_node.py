@@ -12,6 +12,8 @@ Image on `log_mel` stamped with the reference time. Windows the audio does not c
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from rclpy.node import Node
 from sensor_msgs.msg import Image
@@ -41,12 +43,10 @@ class AudioFeatureNode(Node):
         self.params = declare_and_read(self, AudioFeatureParams)
         torch.set_num_threads(self.params.torch_threads)
         _, meta, segment_s = load_for_node(self.params)
-        self._segmenter = AudioSegmenter(meta.features, segment_s, self.params.reference,
-                                         self.params.gap_tolerance_s)
+        self._segmenter = AudioSegmenter(meta.features, segment_s,
+                                         self.params.stream_settings())
         self._segmenter.warm_up()
         self._format: AudioFormat | None = None
-        self._rejected = 0
-        self._resets = 0
         self.reporter = Reporter(self, self.params.diagnostics_period_s, self._counts)
         self._pub = self.create_publisher(Image, 'log_mel', output_qos())
         qos = input_qos(self.params.qos_reliability, self.params.qos_depth)
@@ -69,11 +69,10 @@ class AudioFeatureNode(Node):
                                                  self.mgonzs13_callback, qos)
 
     def _counts(self) -> dict:
-        c = self._segmenter.counts
-        return {'published': c.published, 'audio_gap': c.gaps, 'resets': self._resets,
-                'rejected': self._rejected,
-                'format': 'none' if self._format is None else
-                f'{self._format.channels}ch {self._format.sample_rate} Hz {self._format.dtype}'}
+        fmt = self._format
+        return {**dataclasses.asdict(self._segmenter.counts),
+                'format': 'none' if fmt is None else
+                f'{fmt.channels}ch {fmt.sample_rate} Hz {fmt.dtype}'}
 
     def info_callback(self, msg) -> None:
         try:
@@ -92,7 +91,7 @@ class AudioFeatureNode(Node):
 
     def audio_callback(self, msg) -> None:
         if self._format is None:
-            self._rejected += 1
+            self._segmenter.reject()
             self.reporter.error('audio dropped: no usable AudioInfo on audio_info yet '
                                 '(is audio_capture running with format:=wave?)')
             return
@@ -121,7 +120,6 @@ class AudioFeatureNode(Node):
             self._drop(str(exc))
             return
         if self._segmenter.counts.resets != resets:
-            self._resets += 1
             self.reporter.warn('audio stamps went backwards (a bag looping?): buffer reset')
         for _, t_ref, mel in mels:                                    # mel float32 (128, 43)
             out = Header(stamp=float_to_time(t_ref), frame_id=header.frame_id)
@@ -129,8 +127,7 @@ class AudioFeatureNode(Node):
             self.reporter.clear()                                      # recovered
 
     def _drop(self, reason: str) -> None:
-        self._rejected += 1
-        self._segmenter.discontinuity()
+        self._segmenter.reject()
         self.reporter.error(f'audio chunk dropped: {reason}')
 
 

@@ -1,11 +1,13 @@
 """face_crop_node: camera frames in, one 98x80 grayscale face crop per segment out.
 
 Subscribes `image` (sensor_msgs/Image; or `image/compressed` with compressed_input), keeps per
-segment the frame nearest the segment's reference time (streaming.FrameSelector), runs MTCNN on
-that frame only, and publishes the crop as mono8 on `face_crop` with the source frame's header.
-A segment without a face publishes nothing and counts as `no_face`.
+segment the frame nearest the segment's reference time and runs MTCNN on that frame only
+(streaming.FaceSegmenter), and publishes the crop as mono8 on `face_crop` with the source frame's
+header. A segment without a face publishes nothing and counts as `no_face`.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import torch
@@ -13,7 +15,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 
 from lightmer.features import FaceCropper
-from lightmer.streaming import FrameSelector
+from lightmer.streaming import FaceSegmenter
 
 from .common import Reporter, run_node
 from .conversions import (
@@ -35,13 +37,12 @@ class FaceCropNode(Node):
         self.params = declare_and_read(self, FaceCropParams)
         torch.set_num_threads(self.params.torch_threads)
         _, meta, segment_s = load_for_node(self.params)
-        self._cropper = FaceCropper(meta.features, min_face_size=self.params.min_face_size)
-        self._selector = FrameSelector(segment_s, self.params.reference)
+        cropper = FaceCropper(meta.features, min_face_size=self.params.min_face_size)
         # The first MTCNN call is slower (allocations, lazy imports): pay for it now.
-        self._cropper([np.zeros((120, 160, 3), dtype=np.uint8)])
-        self.counts = {'frames': 0, 'segments': 0, 'published': 0, 'no_face': 0,
-                       'rejected': 0, 'resets': 0}
-        self.reporter = Reporter(self, self.params.diagnostics_period_s, lambda: self.counts)
+        cropper([np.zeros((120, 160, 3), dtype=np.uint8)])
+        self.faces = FaceSegmenter(cropper, segment_s, self.params.stream_settings())
+        self.reporter = Reporter(self, self.params.diagnostics_period_s,
+                                 lambda: dataclasses.asdict(self.faces.counts))
         self._pub = self.create_publisher(Image, 'face_crop', output_qos())
         qos = input_qos(self.params.qos_reliability, self.params.qos_depth)
         if self.params.compressed_input:
@@ -63,33 +64,23 @@ class FaceCropNode(Node):
         # Only one frame per segment is ever used, so the message itself waits in the selector
         # and only the chosen ones are converted (a full JPEG decode for compressed input).
         # The copy-free check here still reports malformed input on arrival.
-        self.counts['frames'] += 1
         try:
             check(msg)
         except ConversionError as exc:
-            self.counts['rejected'] += 1
+            self.faces.reject()
             self.reporter.error(f'frame dropped: {exc}')
             return
-        resets = self._selector.resets
-        chosen = self._selector.push(time_to_float(msg.header.stamp), msg)
-        if self._selector.resets != resets:
-            self.counts['resets'] += 1
+        resets = self.faces.counts.resets
+        results = self.faces.push(time_to_float(msg.header.stamp), msg, convert)
+        if self.faces.counts.resets != resets:
             self.reporter.warn('image stamps went backwards (a bag looping?): segments reset')
-        for _, _, selected in chosen:
-            self.counts['segments'] += 1
-            try:
-                frame = convert(selected)                          # uint8 (H, W, 3) RGB
-            except ConversionError as exc:
-                self.counts['rejected'] += 1
-                self.reporter.error(f'selected frame dropped, no crop for its segment: {exc}')
-                continue
-            crop = self._cropper([frame])[0]                       # uint8 (98, 80) or None
-            if crop is None:
-                self.counts['no_face'] += 1
-                continue
-            self._pub.publish(array_to_image(crop, selected.header))
-            self.counts['published'] += 1
-            self.reporter.clear()                                  # recovered
+        for r in results:
+            if r.error:
+                self.reporter.error(f'selected frame dropped, no crop for its segment: '
+                                    f'{r.error}')
+            elif r.crop is not None:                               # uint8 (98, 80)
+                self._pub.publish(array_to_image(r.crop, r.payload.header))
+                self.reporter.clear()                              # recovered
 
 
 def main(args=None) -> int:

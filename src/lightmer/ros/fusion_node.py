@@ -14,6 +14,8 @@ there with a message that says what to set behaves the same everywhere.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from rclpy.node import Node
@@ -44,23 +46,17 @@ class FusionNode(Node):
         torch.set_num_threads(self.params.torch_threads)
         model, meta, segment_s = load_for_node(self.params)
         n = self.params.n_segments or meta.n_segments
-        if self.params.min_segments > n:
-            raise ValueError(f'min_segments {self.params.min_segments} exceeds the window of '
-                             f'{n} segments; lower it or raise n_segments')
         self.labels = tuple(meta.labels)
         self._face_shape = (meta.features.face_height, meta.features.face_width)
         self._mel_shape = (meta.features.n_mels, meta.features.mel_frames)
         segment_logits, fuse = model_functions(model)
         # The first forward pass is slower (allocator, kernels): pay for it now.
         segment_logits(np.zeros(self._face_shape, np.uint8), np.zeros(self._mel_shape, np.float32))
-        self.fuser = SegmentFuser(
-            segment_logits, fuse, n_segments=n, segment_s=segment_s,
-            anchor=self.params.reference, min_segments=self.params.min_segments or n,
-            policy=self.params.missing_policy, wait_s=self.params.missing_wait_s,
-            nearest_max=self.params.nearest_max_segments)
-        self._rejected = 0
+        self.fuser = SegmentFuser(segment_logits, fuse, n, segment_s,
+                                  self.params.stream_settings())
         self._resets_seen = 0
-        self.reporter = Reporter(self, self.params.diagnostics_period_s, self._counts)
+        self.reporter = Reporter(self, self.params.diagnostics_period_s,
+                                 lambda: dataclasses.asdict(self.fuser.counts))
         self._pub = self.create_publisher(Classification, 'emotion', output_qos())
         self._info_pub = self.create_publisher(LabelInfo, 'emotion/label_info', latched_qos())
         self._info_pub.publish(label_info_msg(self.labels,
@@ -83,12 +79,6 @@ class FusionNode(Node):
             return None
         return self.create_publisher(Expression, 'expression', output_qos())
 
-    def _counts(self) -> dict:
-        c = self.fuser.counts
-        return {'used': c.used, 'filled': c.filled, 'dropped': c.dropped,
-                'windows': c.windows, 'duplicates': c.duplicates, 'late': c.late,
-                'resets': c.resets, 'rejected': self._rejected}
-
     def face_callback(self, msg: Image) -> None:
         crop = self._read(msg, 'mono8', self._face_shape)
         if crop is not None:
@@ -109,7 +99,7 @@ class FusionNode(Node):
                 raise ConversionError(f'expected {shape}, got {array.shape}: was it made with '
                                       'the same checkpoint?')
         except ConversionError as exc:
-            self._rejected += 1
+            self.fuser.reject()
             self.reporter.error(f'input dropped: {exc}')
             return None
         return array
