@@ -51,14 +51,25 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def bench_frame() -> np.ndarray:
-    """uint8 (480, 640, 3): the scikit-image astronaut photo (top 480 rows) on a grey canvas."""
+def camera_frame(people: int = 1) -> np.ndarray:
+    """uint8 (480, 640, 3): a camera image of one or two people on a grey canvas.
+
+    One: the scikit-image astronaut photo (top 480 rows, her face in the top half), centred.
+    Two: her head and shoulders twice, side by side (the right one mirrored), 300 px each.
+    """
     from skimage import data
 
-    photo = data.astronaut()[:FRAME_HW[0]]     # (480, 512, 3); the face is in the top half
+    photo = data.astronaut()
     frame = np.full((*FRAME_HW, 3), 128, dtype=np.uint8)
-    x0 = (FRAME_HW[1] - photo.shape[1]) // 2
-    frame[:, x0:x0 + photo.shape[1]] = photo
+    if people == 1:
+        x0 = (FRAME_HW[1] - photo.shape[1]) // 2
+        frame[:, x0:x0 + photo.shape[1]] = photo[:FRAME_HW[0]]
+    elif people == 2:
+        head = photo[:300, 110:410]                      # (300, 300, 3)
+        frame[90:390, 10:310] = head
+        frame[90:390, 330:630] = head[:, ::-1]
+    else:
+        raise ValueError(f'people must be 1 or 2, got {people}')
     return frame
 
 
@@ -80,7 +91,7 @@ def bench_model(repeats: int, threads: int | None = None, checkpoint=None) -> di
         fcfg = FeatureConfig()
         model = LightmerNet(ModelConfig(n_classes=6)).eval()
     cropper = FaceCropper(fcfg)
-    frame = bench_frame()
+    frame = camera_frame()
     box = cropper.detect([frame])[0]
     if box is None:
         raise RuntimeError('MTCNN found no face in the bench frame; is facenet-pytorch intact?')

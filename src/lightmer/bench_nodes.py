@@ -1,8 +1,7 @@
 """Live-node figures for `lightmer bench`: the three real nodes as three processes over DDS.
 
-A driver in this process plays a camera (640x480 rgb8, the astronaut face) and a microphone
-(S16LE mono 16 kHz, 32 ms chunks) in wall-clock time, stamped with the wall clock, and listens to
-`emotion` and `/diagnostics`. It reports:
+`ros.rig` starts the nodes and plays a camera (640x480 rgb8, the astronaut's face) and a
+microphone (S16LE mono 16 kHz, 32 ms chunks) on the wall clock, stamped with it. Reported:
 
 - end-to-end latency of each `emotion` message: arrival time minus the capture time of the
   newest data the window used (its last segment's reference time + d/2, when the audio window
@@ -15,33 +14,17 @@ DDS stays on loopback: run it under scripts/loopback.sh (`make bench` does).
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from lightmer.evaluate import loopback_env
-from lightmer.ros.description import NODE_MODULES
-
 SAMPLE_RATE = 16000
 CHUNK = 512                         # samples per audio message (32 ms, a usual capture size)
-FRAME_SHAPE = (480, 640)
 SUSTAINED_FRACTION = 0.98
-
-
-def _camera_frame() -> np.ndarray:
-    """uint8 (480, 640, 3): the astronaut's head on a grey canvas (MTCNN finds it)."""
-    from skimage import data
-
-    frame = np.full(FRAME_SHAPE + (3,), 128, np.uint8)
-    face = data.astronaut()[:300, 110:410]
-    frame[90:390, 170:470] = face
-    return frame
+CAMERA_RATES = (30, 60, 120, 240)
+DIAGNOSTICS_PERIOD_S = 0.5
 
 
 def _untrained_checkpoint(directory: Path) -> Path:
@@ -57,163 +40,78 @@ def _untrained_checkpoint(directory: Path) -> Path:
     return path
 
 
-def _start_nodes(checkpoint: Path, env: dict) -> dict[str, subprocess.Popen]:
-    common = ['-p', f'model_path:={checkpoint}', '-p', 'diagnostics_period_s:=0.5']
-    remaps = {
-        # Reliable depth 10, as with a reliable camera driver: across processes, best effort
-        # loses about half of the 640x480 frames at 30 fps (the node still needs only one a
-        # segment, but the rate figure would measure DDS fragment loss, not the node).
-        'face_crop': ['-r', 'image:=/bench/image', '-p', 'qos_reliability:=reliable'],
-        'audio_feature': ['-r', 'audio:=/bench/audio', '-r', 'audio_info:=/bench/audio_info'],
-        'fusion': [],
-    }
-    return {name: subprocess.Popen(
-        [sys.executable, '-m', module, '--ros-args', *common, *remaps[name]],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        for name, module in NODE_MODULES.items()}
+class _Sensors:
+    """A camera and a microphone on the wall clock; the microphone's timeline runs on across
+    `play` calls, as a real one does (restarting it at `now` could step back behind the last
+    chunk sent)."""
 
-
-def _memory_mb(pid: int) -> dict[str, float]:
-    fields = {}
-    with open(f'/proc/{pid}/status', encoding='ascii') as f:
-        for line in f:
-            key, _, value = line.partition(':')
-            if key in ('VmRSS', 'VmHWM'):
-                fields[key] = int(value.split()[0]) / 1024
-    return {'rss_mb': round(fields['VmRSS'], 1), 'peak_mb': round(fields['VmHWM'], 1)}
-
-
-class _Driver:
-    """Publishes camera and audio in wall-clock time; records what comes back."""
-
-    def __init__(self, node, mic, window_half_s: float):
-        from audio_common_msgs.msg import AudioDataStamped, AudioInfo
-        from diagnostic_msgs.msg import DiagnosticArray
-        from sensor_msgs.msg import Image
-        from vision_msgs.msg import Classification
-
-        from lightmer.ros.qos import latched_qos, output_qos
-
-        self.node = node
-        self.window_half_s = window_half_s
-        self.image_pub = node.create_publisher(Image, '/bench/image', output_qos())
-        # Audio from `mic`, a participant of its own as a microphone driver's would be
-        # (node_with_own_participant says what sharing the camera's cost).
-        self.audio_pub = mic.create_publisher(AudioDataStamped, '/bench/audio', output_qos(50))
-        self.info_pub = mic.create_publisher(AudioInfo, '/bench/audio_info', latched_qos())
-        self.info_pub.publish(AudioInfo(channels=1, sample_rate=SAMPLE_RATE,
-                                        sample_format='S16LE', bitrate=SAMPLE_RATE * 16,
-                                        coding_format='wave'))
-        self.latencies_ms: list[float] = []
-        self.frames_received = 0
-        self.lock = threading.Lock()
-        node.create_subscription(Classification, 'emotion', self._on_emotion, 10)
-        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 50)
+    def __init__(self, rig, frame: np.ndarray):
+        self.rig = rig
+        self.frame = frame
+        self.frames_sent = 0
+        self.audio_end = 0.0                 # stamp of the end of the last chunk sent
         self._rng = np.random.default_rng(0)
-        # Stamp of the next audio chunk. It runs on across `play` calls, as a microphone's
-        # does: restarting it at `now` could step back behind the last chunk sent.
-        self._next_audio = 0.0
 
-    def _on_emotion(self, msg) -> None:
-        from lightmer.ros.conversions import time_to_float
+    def play(self, seconds: float, fps: float) -> int:
+        """`seconds` of camera at `fps` and of audio; returns the frames sent."""
+        from lightmer.ros.rig import sensor_events
 
-        newest_data = time_to_float(msg.header.stamp) + self.window_half_s
-        with self.lock:
-            self.latencies_ms.append((time.time() - newest_data) * 1000)
-
-    def _on_diagnostics(self, msg) -> None:
-        from lightmer.ros.conversions import diagnostics_counts
-
-        for name, counts in diagnostics_counts(msg).items():
-            if name.endswith('face_crop') and 'frames' in counts:
-                with self.lock:
-                    self.frames_received = int(counts['frames'])
-
-    def play(self, seconds: float, fps: float, frame: np.ndarray) -> int:
-        """Publish `seconds` of camera at `fps` and audio at real time; returns frames sent."""
-        from audio_common_msgs.msg import AudioDataStamped
-        from sensor_msgs.msg import Image
-
-        from lightmer.ros.conversions import float_to_time
-
-        height, width = frame.shape[:2]
-        image = Image(height=height, width=width, encoding='rgb8', step=width * 3,
-                      data=frame.tobytes())
-        image.header.frame_id = 'camera'
         t0 = time.time()
-        next_frame, sent = t0, 0
-        next_audio = max(self._next_audio, t0)
-        chunk_s = CHUNK / SAMPLE_RATE
-        while (now := time.time()) < t0 + seconds:
-            if now >= next_frame:
-                image.header.stamp = float_to_time(now)
-                self.image_pub.publish(image)
-                sent += 1
-                next_frame += 1 / fps
-            # A microphone delivers a chunk after its last sample is captured.
-            if now >= next_audio + chunk_s:
-                noise = self._rng.normal(0, 3000, CHUNK).clip(-32768, 32767).astype('<i2')
-                msg = AudioDataStamped()
-                msg.header.stamp = float_to_time(next_audio)
-                msg.audio.data = noise.tobytes()
-                self.audio_pub.publish(msg)
-                next_audio += chunk_s
-            time.sleep(max(0.0, min(next_frame, next_audio + chunk_s) - time.time()))
-        self._next_audio = next_audio
-        return sent
+        frames = ((t0 + i / fps, self.frame) for i in range(int(seconds * fps)))
+        audio_t0 = max(self.audio_end, t0)
+        n = int((t0 + seconds - audio_t0) * SAMPLE_RATE) // CHUNK * CHUNK
+        noise = self._rng.normal(0, 3000, n).clip(-32768, 32767).astype('<i2')
+        played = self.rig.play(sensor_events(frames, audio_t0, noise, SAMPLE_RATE, CHUNK))
+        self.audio_end = audio_t0 + n / SAMPLE_RATE
+        self.frames_sent += played.sent['image']
+        return played.sent['image']
+
+    def settle(self) -> int:
+        """Frames the face node has counted, once it has caught up with what was sent."""
+        self.rig.wait_settled(self.frames_sent, 2 * DIAGNOSTICS_PERIOD_S, 30.0)
+        return self.rig.snapshot().counts(self.rig.node_name('face_crop')).get('frames', 0)
 
 
 def bench_nodes(checkpoint: Path | None, repeats: int) -> dict:
     """Start the nodes, measure, stop them. `repeats` scales the run length (20 -> ~15 s of
     latency measurement)."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
+    from lightmer.bench import camera_frame
+    from lightmer.checkpoint import load_checkpoint
+    from lightmer.ros.rig import NodeProcesses, Rig, info_msg
 
-    from lightmer.config import FeatureConfig
-    from lightmer.ros.common import close_own_participant, node_with_own_participant
-
-    env = loopback_env(dict(os.environ, OMP_NUM_THREADS='1'))
-    os.environ.update(loopback_env({}))                  # this process's own participant too
     latency_s = max(6.0, 0.75 * repeats)
+    # Reliable depth 10, as with a reliable camera driver: across processes, best effort loses
+    # about half of the 640x480 frames at 30 fps (the node still needs only one a segment, but
+    # the rate figure would measure DDS fragment loss, not the node).
+    params = {'/**': {'ros__parameters': {'diagnostics_period_s': DIAGNOSTICS_PERIOD_S}},
+              '/**/face_crop': {'ros__parameters': {'qos_reliability': 'reliable'}}}
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoint is None:
             checkpoint = _untrained_checkpoint(Path(tmp))
         model_mb = Path(checkpoint).stat().st_size / 1e6
-        nodes = _start_nodes(checkpoint, env)
-        context = rclpy.Context()
-        rclpy.init(context=context)
-        node = rclpy.create_node('lightmer_bench_driver', context=context)
-        mic = node_with_own_participant('lightmer_bench_microphone')
-        driver = _Driver(node, mic, FeatureConfig().window_s / 2)
-        executor = SingleThreadedExecutor(context=context)
-        executor.add_node(node)
-        spinner = threading.Thread(target=executor.spin, daemon=True)
-        spinner.start()
-        try:
-            frame = _camera_frame()
-            _wait_until_nodes_ready(driver, nodes, frame)
-            with driver.lock:
-                driver.latencies_ms.clear()
-            driver.play(latency_s, 30.0, frame)
-            time.sleep(1.5)                         # the last window's audio closes ~0.75 s later
-            with driver.lock:
-                latencies = np.array(driver.latencies_ms)
-            rates = _max_camera_fps(driver, frame)
-            memory = {name: _memory_mb(p.pid) for name, p in nodes.items()}
-        finally:
-            executor.shutdown()
-            node.destroy_node()
-            close_own_participant(mic)
-            rclpy.try_shutdown(context=context)
-            for p in nodes.values():
-                p.terminate()
-            for p in nodes.values():
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-    if latencies.size == 0:
-        raise RuntimeError('the nodes published no emotion message during the benchmark')
+        meta = load_checkpoint(checkpoint)[1]
+        half = meta.features.window_s / 2
+        with (NodeProcesses({'model': str(checkpoint)}, Path(tmp) / 'nodes', params) as nodes,
+              Rig(nodes=nodes) as rig):
+            rig.wait_ready(90.0)
+            rig.publish('info', info_msg(rate=SAMPLE_RATE))
+            rig.wait_format()
+            sensors = _Sensors(rig, camera_frame())
+            deadline = time.monotonic() + 90.0
+            while not rig.snapshot().emotion:        # models warm, every path connected
+                if time.monotonic() > deadline:
+                    raise RuntimeError('no emotion message within 90 s of starting the nodes; '
+                                       f'node logs:\n{nodes.tails()}')
+                sensors.play(1.0, 30.0)
+            first = len(rig.snapshot().emotion)
+            sensors.play(latency_s, 30.0)
+            last = _last_reference(sensors.audio_end - half, meta.segment_s)
+            rig.wait_for(lambda s: any(_stamp(r) >= last - 1e-6 for r in s.emotion), 20.0,
+                         'the window of the last segment the audio covered')
+            latencies = np.array([(r.wall_s - _stamp(r) - half) * 1000
+                                  for r in rig.snapshot().emotion[first:]])
+            rates = _camera_rates(sensors)
+            memory = nodes.memory_mb()
     sustained = [r for r, frac in rates.items() if frac >= SUSTAINED_FRACTION]
     return {
         'latency_ms': {'p50': float(np.percentile(latencies, 50)),
@@ -233,37 +131,32 @@ def bench_nodes(checkpoint: Path | None, repeats: int) -> dict:
     }
 
 
-def _wait_until_nodes_ready(driver: _Driver, nodes: dict, frame: np.ndarray,
-                            timeout_s: float = 90.0) -> None:
-    """Play input until the first emotion message arrives (models loaded, topics matched)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for name, p in nodes.items():
-            if p.poll() is not None:
-                raise RuntimeError(f'{name} node exited with {p.returncode}: '
-                                   f'{p.stderr.read()[-2000:]}')
-        driver.play(1.0, 30.0, frame)
-        with driver.lock:
-            if driver.latencies_ms:
-                return
-    raise RuntimeError(f'no emotion message within {timeout_s:.0f} s of starting the nodes')
+def _last_reference(t: float, segment_s: float) -> float:
+    """The latest segment reference time (the nodes' default reference) at or before `t`."""
+    from lightmer.segments import reference_time, segment_index
+    from lightmer.streaming import StreamSettings
+
+    reference = StreamSettings().reference
+    k = segment_index(t, segment_s)
+    while reference_time(k, segment_s, reference) > t:
+        k -= 1
+    return reference_time(k, segment_s, reference)
 
 
-CAMERA_RATES = (30, 60, 120, 240)
+def _stamp(received) -> float:
+    from lightmer.ros.conversions import time_to_float
+
+    return time_to_float(received.msg.header.stamp)
 
 
-def _max_camera_fps(driver: _Driver, frame: np.ndarray, seconds: float = 3.0,
-                    rates=CAMERA_RATES) -> dict[int, float]:
-    """Fraction of published frames the face node received, per camera rate."""
+def _camera_rates(sensors: _Sensors, seconds: float = 3.0) -> dict[int, float]:
+    """Fraction of published frames the face node received, per camera rate, stepped up until
+    one is not sustained."""
     fractions = {}
-    for rate in rates:
-        time.sleep(1.0)                             # let diagnostics settle
-        with driver.lock:
-            before = driver.frames_received
-        sent = driver.play(seconds, float(rate), frame)
-        time.sleep(1.5)                             # two diagnostics periods
-        with driver.lock:
-            received = driver.frames_received - before
+    for rate in CAMERA_RATES:
+        before = sensors.settle()
+        sent = sensors.play(seconds, float(rate))
+        received = sensors.settle() - before
         fractions[rate] = min(1.0, received / sent) if sent else 0.0
         if fractions[rate] < SUSTAINED_FRACTION:
             break

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +31,15 @@ def _positive_float(text: str) -> float:
 
 def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def _keep_dds_on_loopback() -> None:
+    """The commands that start lightmer's nodes and talk to them (eval-bag --live, bench,
+    demo) keep this process's DDS on this machine, as its children's: set here, at the
+    program's entry, before anything creates a DDS participant (which reads them)."""
+    from lightmer.ros.rig import LOOPBACK
+
+    os.environ.update(LOOPBACK)
 
 
 # --- summary -------------------------------------------------------------------------------
@@ -97,6 +107,8 @@ def _add_bench(sub) -> None:
 def _run_bench(args) -> int:
     from lightmer.bench import run_bench
 
+    if not args.no_nodes:
+        _keep_dds_on_loopback()
     return run_bench(repeats=args.repeats, threads=args.threads, checkpoint=args.checkpoint,
                      nodes=not args.no_nodes, out_dir=args.out, as_json=args.json)
 
@@ -245,6 +257,8 @@ def _run_eval_bag(args) -> int:
     given = {'reference': args.reference, 'missing_policy': args.missing_policy,
              'min_segments': args.min_segments}
     settings = StreamSettings(**{k: v for k, v in given.items() if v is not None})
+    if args.live:
+        _keep_dds_on_loopback()
     cfg = EvalConfig(bag=args.bag, labels=args.labels, checkpoint=args.checkpoint,
                      live=args.live, out=args.out, image_topic=args.image_topic,
                      audio_topic=args.audio_topic, audio_info_topic=args.audio_info_topic,
@@ -299,6 +313,7 @@ def _add_demo(sub) -> None:
 def _run_demo(args) -> int:
     from lightmer.demo import run_demo
 
+    _keep_dds_on_loopback()
     result = run_demo(args.out, quick=args.quick)
     if args.json:
         _print_json(result)

@@ -1,20 +1,15 @@
 """`lightmer eval-bag`: score a rosbag2 against a labels CSV, offline or through the live nodes.
 
 Offline (default): the bag's camera and audio messages, in bag-time order, go through the same
-message-free processors the nodes wrap (`lightmer.streaming`: FrameSelector -> FaceCropper ->
-SegmentFuser, AudioSegmenter -> SegmentFuser) in one process, with no DDS. Deterministic.
+message-free processors the nodes wrap (`pipeline.OfflinePipeline`) in one process, with no
+DDS. Deterministic.
 
 Live (`--live`): the three node executables run as child processes with use_sim_time and
-reliable inputs; this process plays the bag over DDS on loopback at `rate` x real time
-(publishing /clock from the bag time before each message), records `emotion` and the nodes'
-/diagnostics counts, and scores them the same way.
+reliable inputs (`ros.rig`); this process plays the bag over DDS on loopback at `rate` x real
+time (publishing /clock from the bag time before each message), records `emotion` and the
+nodes' /diagnostics counts, and scores them the same way (`scoring`).
 
-Definitions used in the report:
-- A window's stamp is its last segment's reference time (the `emotion` header stamp); the window
-  belongs to the labelled clip whose [start, end] contains the stamp; windows outside every
-  clip are counted but not scored.
-- Clip decision: argmax of the mean of the window probabilities of the clip's windows. A clip
-  with no window counts as wrong (reported as `clips_without_windows`).
+Both report per node the counters the nodes publish on /diagnostics (`counts`). Latency:
 - Window end: the capture time of the newest data the window uses, i.e. the end of its last
   segment's audio window, stamp + d/2 (the face frame is never later).
 - Latency of a window: publish time minus window end. Sim: offline, the bag time of the
@@ -26,12 +21,9 @@ Definitions used in the report:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +33,8 @@ import numpy as np
 from lightmer import bags
 from lightmer.io_utils import atomic_save_json
 from lightmer.pipeline import OfflinePipeline
-from lightmer.ros.description import NODE_MODULES
 from lightmer.scoring import check_labels, percentiles, score
+from lightmer.segments import segment_of_reference
 from lightmer.streaming import StreamSettings
 
 
@@ -61,7 +53,6 @@ class EvalConfig:
     threads: int = 1                     # torch threads (offline, and per node live)
     # Live only.
     rate: float = 1.0                    # playback speed, x real time
-    emotion_topic: str = 'emotion'
     startup_timeout_s: float = 120.0     # nodes up, matched and holding the AudioInfo
     drain_timeout_s: float = 60.0        # after the last message, for the nodes to finish
 
@@ -131,302 +122,95 @@ def run_offline(cfg: EvalConfig, model, meta, topics: bags.BagTopics) -> RunResu
 DIAGNOSTICS_PERIOD_S = 0.5
 
 
-def loopback_env(base: dict | None = None) -> dict:
-    """An environment whose DDS traffic stays on this machine's loopback."""
-    env = dict(os.environ if base is None else base)
-    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    env['ROS_LOCALHOST_ONLY'] = '1'
-    return env
-
-
 def _node_params(cfg: EvalConfig) -> dict:
-    """ROS parameter YAML content for the three nodes: sim time, the checkpoint, the same
-    settings as offline, and reliable inputs deep enough that no message of the replay is
-    dropped (a sensor-data subscription may drop frames, which offline never does)."""
-    common = {'use_sim_time': True, 'model_path': str(Path(cfg.checkpoint).resolve()),
-              'torch_threads': cfg.threads, 'diagnostics_period_s': DIAGNOSTICS_PERIOD_S,
+    """ROS parameter file content for the three nodes: the same settings as offline, and
+    reliable inputs deep enough that no message of the replay is dropped (a sensor-data
+    subscription may drop frames, which offline never does)."""
+    common = {'torch_threads': cfg.threads, 'diagnostics_period_s': DIAGNOSTICS_PERIOD_S,
               **dataclasses.asdict(cfg.settings)}
     return {
         '/**': {'ros__parameters': common},
-        '/face_crop': {'ros__parameters': {'qos_reliability': 'reliable', 'qos_depth': 100}},
-        '/audio_feature': {'ros__parameters': {'qos_reliability': 'reliable',
-                                               'qos_depth': 500}},
-        '/fusion': {'ros__parameters': {'queue_depth': 100}},
+        '/**/face_crop': {'ros__parameters': {'qos_reliability': 'reliable',
+                                              'qos_depth': 100}},
+        '/**/audio_feature': {'ros__parameters': {'qos_reliability': 'reliable',
+                                                  'qos_depth': 500}},
+        '/**/fusion': {'ros__parameters': {'queue_depth': 100}},
     }
 
 
-class _NodeProcesses:
-    """The three node executables as child processes, logs in `log_dir`."""
-
-    def __init__(self, cfg: EvalConfig, topics: bags.BagTopics,
-                 log_dir: Path):
-        import yaml
-
-        log_dir.mkdir(parents=True, exist_ok=True)
-        params = log_dir / 'params.yaml'
-        params.write_text(yaml.safe_dump(_node_params(cfg), sort_keys=True))
-        remaps = {'face_crop': [f'image:={topics.image}'],
-                  'audio_feature': [f'audio:={topics.audio}',
-                                    f'audio_info:={topics.audio_info}'],
-                  'fusion': [f'emotion:={cfg.emotion_topic}']}
-        env = loopback_env()
-        self.logs = {name: log_dir / f'{name}.log' for name in NODE_MODULES}
-        self.procs: dict[str, subprocess.Popen] = {}
-        for name, module in NODE_MODULES.items():
-            args = [sys.executable, '-m', module, '--ros-args', '--params-file', str(params)]
-            for remap in remaps[name]:
-                args += ['-r', remap]
-            with open(self.logs[name], 'wb') as log:
-                self.procs[name] = subprocess.Popen(args, env=env, stdout=log,
-                                                    stderr=subprocess.STDOUT)
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f'the {name} node exited with status {proc.returncode}:\n'
-                                   + self.tail(name))
-
-    def tail(self, name: str, lines: int = 15) -> str:
-        text = self.logs[name].read_text(encoding='utf-8', errors='replace')
-        return '\n'.join(text.splitlines()[-lines:])
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)       # rclpy shuts down cleanly on SIGINT
-        deadline = time.monotonic() + timeout_s
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-class _Recorder:
-    """Records `emotion` (with sim and wall arrival times) and the nodes' /diagnostics."""
-
-    def __init__(self, node, emotion_topic: str, labels: tuple[str, ...]):
-        from diagnostic_msgs.msg import DiagnosticArray
-        from vision_msgs.msg import Classification
-
-        from lightmer.ros.conversions import diagnostics_counts
-        from lightmer.ros.qos import output_qos
-
-        self._node = node
-        self._labels = labels
-        self._counts_of = diagnostics_counts
-        self.lock = threading.Lock()
-        self.emotions: list[tuple[int, tuple[float, ...], int, float]] = []
-        self.diagnostics: dict[str, dict[str, str]] = {}
-        node.create_subscription(Classification, emotion_topic, self.emotion_callback,
-                                 output_qos(1000))
-        node.create_subscription(DiagnosticArray, '/diagnostics', self.diagnostics_callback,
-                                 100)
-
-    def emotion_callback(self, msg) -> None:
-        wall = time.monotonic()
-        sim_ns = self._node.get_clock().now().nanoseconds
-        scores = {h.class_id: h.score for h in msg.results}
-        probs = tuple(float(scores.get(label, math.nan)) for label in self._labels)
-        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        with self.lock:
-            self.emotions.append((stamp_ns, probs, sim_ns, wall))
-
-    def diagnostics_callback(self, msg) -> None:
-        with self.lock:
-            self.diagnostics.update(self._counts_of(msg))
-
-    def count(self, node_name: str, key: str) -> int | None:
-        with self.lock:
-            value = self.diagnostics.get(f'/{node_name}', {}).get(key)
-        return None if value is None else int(float(value))
-
-    def value(self, node_name: str, key: str) -> str | None:
-        with self.lock:
-            return self.diagnostics.get(f'/{node_name}', {}).get(key)
-
-
-def _wait_for(condition, timeout_s: float, what: str, nodes: _NodeProcesses) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        nodes.check_alive()
-        if time.monotonic() > deadline:
-            logs = '\n'.join(f'--- {n}:\n{nodes.tail(n)}' for n in NODE_MODULES)
-            raise TimeoutError(f'timed out after {timeout_s:.0f} s waiting for {what}; '
-                               f'node logs:\n{logs}')
-        time.sleep(0.05)
-
-
-def run_live(cfg: EvalConfig, meta, topics: bags.BagTopics,
-             info: bags.BagInfo) -> RunResult:
-    """Play the bag to the three node processes over loopback DDS with sim time; record
-    `emotion`. Raises TimeoutError/RuntimeError with the nodes' log tails when they fail."""
+def run_live(cfg: EvalConfig, meta, topics: bags.BagTopics) -> RunResult:
+    """Play the bag to the three node processes over loopback DDS with sim time (`ros.rig`)
+    and record `emotion`. Raises TimeoutError/RuntimeError with the nodes' logs when they
+    fail."""
     import tempfile
+
+    from lightmer.ros.rig import NodeProcesses, Rig, Topics
 
     if not cfg.rate > 0:
         raise ValueError(f'rate must be positive, got {cfg.rate}')
-    # This process speaks DDS too: keep it on loopback like the nodes.
-    os.environ.update({k: v for k, v in loopback_env().items() if k.startswith('ROS_')})
+    rig_topics = Topics(topics.image, topics.audio, topics.audio_info)
+    launch = {'model': str(Path(cfg.checkpoint).resolve()), 'use_sim_time': 'true',
+              **rig_topics.launch_args()}
     with tempfile.TemporaryDirectory(prefix='lightmer-eval-') as tmp:
         log_dir = Path(cfg.out) / 'nodes' if cfg.out is not None else Path(tmp)
-        nodes = _NodeProcesses(cfg, topics, log_dir)
-        try:
-            return _play_and_record(cfg, meta, topics, info, nodes)
-        finally:
-            nodes.stop()
+        started = time.monotonic()
+        with (NodeProcesses(launch, log_dir, _node_params(cfg)) as nodes,
+              Rig(topics=rig_topics, use_sim_time=True, nodes=nodes) as rig):
+            return _replay(cfg, meta, topics, rig, started)
 
 
-def _play_and_record(cfg, meta, topics, info, nodes: _NodeProcesses) -> RunResult:
-    import rclpy
-    from audio_common_msgs.msg import AudioDataStamped, AudioInfo
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.parameter import Parameter
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from rosgraph_msgs.msg import Clock
-    from sensor_msgs.msg import Image
+def _replay(cfg: EvalConfig, meta, topics: bags.BagTopics, rig, started: float) -> RunResult:
+    from lightmer.ros.conversions import time_to_float
+    from lightmer.ros.rig import NODE_NAMES, Event
 
-    from lightmer.ros.common import close_own_participant, node_with_own_participant
-    from lightmer.ros.conversions import float_to_time
-    from lightmer.ros.qos import latched_qos
-    from lightmer.segments import segment_of_reference
+    kinds = {topics.image: 'image', topics.audio: 'audio', topics.audio_info: 'info'}
+    messages = (Event(stamp_seconds(t_ns), kinds[topic], raw)
+                for topic, _, t_ns, raw in bags.iter_raw(cfg.bag, topics))
+    first = next(messages)
+    rig.publish_clock(first.t_s)
+    for topic, _, _, raw in bags.iter_raw(cfg.bag, topics):
+        if topic == topics.audio_info:         # latched: the audio node gets it on match
+            rig.publish('info', raw)
+            break
+    rig.wait_ready(cfg.startup_timeout_s)
+    rig.wait_format(timeout_s=cfg.startup_timeout_s)
+    startup_s = time.monotonic() - started
 
-    started = time.monotonic()
-    mic = None
-    ctx = Context()
-    rclpy.init(args=[], context=ctx)
-    executor = SingleThreadedExecutor(context=ctx)
-    try:
-        player = rclpy.create_node('lightmer_bag_player', context=ctx)
-        rec_node = rclpy.create_node(
-            'lightmer_emotion_recorder', context=ctx,
-            parameter_overrides=[Parameter('use_sim_time', Parameter.Type.BOOL, True)])
-        recorder = _Recorder(rec_node, cfg.emotion_topic, meta.labels)
-        executor.add_node(rec_node)
-        spinner = threading.Thread(target=executor.spin, daemon=True)
-        spinner.start()
+    wall0 = time.monotonic()
+    played = rig.play(itertools.chain([first], messages), cfg.rate, clock=True,
+                      progress='eval-bag live')
+    play_s = time.monotonic() - wall0
+    rig.wait_settled(played.sent['image'], 4 * DIAGNOSTICS_PERIOD_S, cfg.drain_timeout_s)
+    drain_s = time.monotonic() - wall0 - play_s
 
-        def reliable(depth):
-            return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
-
-        clock_pub = player.create_publisher(Clock, '/clock', reliable(10))
-        # The bag's audio goes out from a participant of its own, as a microphone driver's
-        # would (node_with_own_participant says what sharing one with the camera cost).
-        mic = node_with_own_participant('lightmer_bag_player_audio')
-        pubs = {topics.image: player.create_publisher(Image, topics.image, reliable(100)),
-                topics.audio: mic.create_publisher(AudioDataStamped, topics.audio,
-                                                   reliable(500)),
-                topics.audio_info: mic.create_publisher(AudioInfo, topics.audio_info,
-                                                        latched_qos())}
-
-        def publish_clock(t_ns: int) -> None:
-            clock_pub.publish(Clock(clock=float_to_time(stamp_seconds(t_ns))))
-
-        messages = bags.iter_raw(cfg.bag, topics)
-        first = next(messages)                     # (topic, msgtype, t_ns, raw)
-        publish_clock(first[2])
-        for topic, _, _, raw in bags.iter_raw(cfg.bag, topics):
-            if topic == topics.audio_info:         # latched: the audio node gets it on match
-                pubs[topic].publish(raw)
-                break
-
-        def ready() -> bool:
-            return (pubs[topics.image].get_subscription_count() >= 1
-                    and pubs[topics.audio].get_subscription_count() >= 1
-                    and rec_node.count_publishers(cfg.emotion_topic) >= 1
-                    and recorder.value('audio_feature', 'format') not in (None, 'none')
-                    and recorder.count('fusion', 'windows') is not None
-                    and recorder.count('face_crop', 'frames') is not None)
-
-        _wait_for(ready, cfg.startup_timeout_s, 'the nodes to start, match and read the '
-                  'AudioInfo', nodes)
-        startup_s = time.monotonic() - started
-
-        sent = {topics.image: 0, topics.audio: 0, topics.audio_info: 0}
-        played_t: list[int] = []
-        played_wall: list[float] = []
-        behind_s = 0.0
-        wall0 = time.monotonic()
-        t_first = first[2]
-        for topic, _, t_ns, raw in _progress(_chain(first, messages), 'eval-bag live'):
-            target = wall0 + (t_ns - t_first) / 1e9 / cfg.rate
-            delay = target - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                behind_s = max(behind_s, -delay)
-            publish_clock(t_ns)
-            pubs[topic].publish(raw)
-            sent[topic] += 1
-            played_t.append(t_ns - t_first)
-            played_wall.append(time.monotonic())
-        play_s = time.monotonic() - wall0
-
-        # Done when the face node has taken every frame, the fusion node has published what
-        # we received, and nothing changed for a few diagnostics periods.
-        state = {'last': None, 'since': time.monotonic()}
-
-        def drained() -> bool:
-            snapshot = (recorder.count('face_crop', 'frames'),
-                        recorder.count('audio_feature', 'published'),
-                        recorder.count('fusion', 'used'), recorder.count('fusion', 'windows'),
-                        len(recorder.emotions))
-            if snapshot != state['last']:
-                state['last'], state['since'] = snapshot, time.monotonic()
-                return False
-            quiet = time.monotonic() - state['since'] > 4 * DIAGNOSTICS_PERIOD_S
-            frames, _, _, windows, received = snapshot
-            all_frames = frames is not None and frames >= sent[topics.image]
-            return quiet and windows == received and (
-                all_frames or time.monotonic() - state['since'] > 10 * DIAGNOSTICS_PERIOD_S)
-
-        _wait_for(drained, cfg.drain_timeout_s, 'the nodes to finish the replay', nodes)
-        drain_s = time.monotonic() - wall0 - play_s
-
-        half = meta.features.window_s / 2
-        played_t_s = np.asarray(played_t, dtype=np.float64) / 1e9
-        with recorder.lock:
-            emotions = list(recorder.emotions)
-        result = RunResult()
-        for stamp_ns, probs, sim_ns, wall in sorted(emotions):
-            stamp = stamp_seconds(stamp_ns)
-            end_s = stamp + half
-            end_rel = (stamp_ns - t_first) / 1e9 + half
-            wall_end = float(np.interp(end_rel, played_t_s, played_wall))
-            result.windows.append(WindowRecord(
-                segment_of_reference(stamp, meta.segment_s, cfg.settings.reference), stamp,
-                end_s, probs, sim_ns / 1e9, (sim_ns / 1e9 - end_s) * 1e3, (wall - wall_end) * 1e3))
-        with recorder.lock:
-            result.counts = {
-                name: {key: int(float(value)) for key, value in
-                       recorder.diagnostics.get(f'/{name}', {}).items()
-                       if key not in ('format', 'errors')}
-                for name in NODE_MODULES}
-        frames_lost = sent[topics.image] - result.counts['face_crop'].get('frames', 0)
-        # A replay (faster than real time especially) is only faithful while the nodes keep
-        # up: no frame lost, no input arriving after its segment was given up. (The player
-        # falling behind its schedule on a loaded machine only bunches messages up; it is
-        # reported as player_behind_max_s.)
-        late = result.counts['fusion'].get('late', 0)
-        kept_up = frames_lost == 0 and late == 0
-        if not kept_up:
-            print(f'eval-bag --live: the nodes did not keep up at rate {cfg.rate} (late '
-                  f'{late}, frames lost {frames_lost}); lower --rate', file=sys.stderr)
-        result.extra = {'messages': sum(sent.values()), 'rate': cfg.rate, 'kept_up': kept_up,
-                        'startup_s': startup_s, 'play_wall_s': play_s, 'drain_s': drain_s,
-                        'player_behind_max_s': behind_s, 'frames_lost': frames_lost}
-        return result
-    finally:
-        executor.shutdown()
-        if mic is not None:
-            close_own_participant(mic)
-        rclpy.try_shutdown(context=ctx)
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
+    snap = rig.snapshot()
+    half = meta.features.window_s / 2
+    result = RunResult()
+    for got in sorted(snap.emotion, key=lambda r: time_to_float(r.msg.header.stamp)):
+        stamp = time_to_float(got.msg.header.stamp)
+        scores = {h.class_id: h.score for h in got.msg.results}
+        end_s = stamp + half
+        wall_end = float(np.interp(end_s, played.t_s, played.wall_s))
+        result.windows.append(WindowRecord(
+            segment_of_reference(stamp, meta.segment_s, cfg.settings.reference), stamp, end_s,
+            tuple(float(scores.get(label, math.nan)) for label in meta.labels), got.clock_s,
+            (got.clock_s - end_s) * 1e3, (got.wall_s - wall_end) * 1e3))
+    result.counts = {name: snap.counts(rig.node_name(name)) for name in NODE_NAMES}
+    frames_lost = played.sent['image'] - result.counts['face_crop'].get('frames', 0)
+    # A replay (faster than real time especially) is only faithful while the nodes keep up:
+    # no frame lost, no input arriving after its segment was given up. (The player falling
+    # behind its schedule on a loaded machine only bunches messages up; it is reported as
+    # player_behind_max_s.)
+    late = result.counts['fusion'].get('late', 0)
+    kept_up = frames_lost == 0 and late == 0
+    if not kept_up:
+        print(f'eval-bag --live: the nodes did not keep up at rate {cfg.rate} (late {late}, '
+              f'frames lost {frames_lost}); lower --rate', file=sys.stderr)
+    result.extra = {'messages': sum(played.sent.values()), 'rate': cfg.rate,
+                    'kept_up': kept_up, 'startup_s': startup_s, 'play_wall_s': play_s,
+                    'drain_s': drain_s, 'player_behind_max_s': played.behind_max_s,
+                    'frames_lost': frames_lost}
+    return result
 
 
 def _progress(items, desc: str):
@@ -452,7 +236,7 @@ def evaluate_bag(cfg: EvalConfig) -> dict:
     t0 = time.perf_counter()
     if cfg.live:
         del model                                  # the nodes load their own copy
-        run = run_live(cfg, meta, topics, info)
+        run = run_live(cfg, meta, topics)
     else:
         run = run_offline(cfg, model, meta, topics)
     elapsed = time.perf_counter() - t0
