@@ -1,17 +1,25 @@
 """The three nodes as three processes (the setup.py executables' `main`), started from the same
 description as the launch file (`ros.rig.NodeProcesses`), over real DDS on loopback:
-probabilities equal the offline model's, and Ctrl-C ends each node cleanly."""
+probabilities equal the offline model's, one-process replay with the shipped Fast DDS profile
+loses nothing, and Ctrl-C ends each node cleanly. The tests share the processes, in file
+order."""
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import ros_helpers as rh
-from lightmer.ros.rig import NodeProcesses, Rig, info_msg
+from lightmer.ros.rig import NodeProcesses, Rig, info_msg, loopback_env
 from lightmer.segments import reference_time, segment_index
 
 N, MIN_SEGMENTS, SEGMENT_S = 5, 2, 0.5
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
@@ -31,10 +39,9 @@ def processes(tmp_path_factory):
 
 def test_three_processes_give_the_offline_probabilities(processes):
     torch.set_num_threads(1)
-    nodes = processes['nodes']
     clip = rh.make_clip(SEGMENT_S, seed=1)
     expected = rh.expected_windows(clip, processes['checkpoint'], N, MIN_SEGMENTS)
-    with Rig(nodes=nodes, name='rig_processes') as rig:
+    with Rig(nodes=processes['nodes'], name='rig_processes') as rig:
         rig.wait_ready(timeout_s=90)     # three cold starts of torch + MTCNN on two cores
         rig.publish('info', info_msg())
         rig.wait_format('1ch 16000 Hz int16')
@@ -59,7 +66,29 @@ def test_three_processes_give_the_offline_probabilities(processes):
         wanted = len(expected) + MIN_SEGMENTS - 1
         rig.wait_for(lambda s: s.counts('/audio_feature').get('published', 0) >= wanted, 10,
                      f'{wanted} log-mels published')
-    codes = nodes.stop()                     # Ctrl-C ends each node cleanly
+
+
+def test_one_participant_replay_with_the_shipped_profile_loses_nothing(processes):
+    """Camera (640x480 at 30 fps) and microphone from ONE participant, as `ros2 bag play`
+    publishes a bag, with config/fastdds_replay.xml given to that player alone: no segment
+    given up, no input late, a window for every segment. (With Fast DDS's defaults, audio
+    chunks queued behind the frames came seconds late: scripts/measure_replay.py.)"""
+    env = {**loopback_env(),
+           'FASTRTPS_DEFAULT_PROFILES_FILE': str(ROOT / 'config' / 'fastdds_replay.xml')}
+    done = subprocess.run([sys.executable, str(ROOT / 'scripts' / 'replay_one_participant.py'),
+                           '12', str(processes['checkpoint'])], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result['windows'] >= 20                      # 12 s of segments of 0.5 s
+    assert result['fusion']['late'] == 0, result
+    assert result['fusion']['dropped'] == 0, result
+    assert result['missing_segments'] == [], result
+
+
+def test_ctrl_c_ends_each_node_cleanly(processes):
+    nodes = processes['nodes']
+    codes = nodes.stop()
     for name, code in codes.items():
         log = nodes.log_path(name).read_text()
         assert code == 0, log

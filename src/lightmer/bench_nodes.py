@@ -1,7 +1,7 @@
 """Live-node figures for `lightmer bench`: the three real nodes as three processes over DDS.
 
 `ros.rig` starts the nodes and plays a camera (640x480 rgb8, the astronaut's face) and a
-microphone (S16LE mono 16 kHz, 32 ms chunks) on the wall clock, stamped with it. Reported:
+microphone (S16LE mono 16 kHz, 32 ms chunks) on the wall clock (`WallClockSensors`). Reported:
 
 - end-to-end latency of each `emotion` message: arrival time minus the capture time of the
   newest data the window used (its last segment's reference time + d/2, when the audio window
@@ -15,7 +15,7 @@ DDS stays on loopback: run it under scripts/loopback.sh (`make bench` does).
 from __future__ import annotations
 
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ CAMERA_RATES = (30, 60, 120, 240)
 DIAGNOSTICS_PERIOD_S = 0.5
 
 
-def _untrained_checkpoint(directory: Path) -> Path:
+def untrained_checkpoint(directory: Path) -> Path:
     import torch
 
     from lightmer.checkpoint import meta_for_preset, save_checkpoint
@@ -40,36 +40,11 @@ def _untrained_checkpoint(directory: Path) -> Path:
     return path
 
 
-class _Sensors:
-    """A camera and a microphone on the wall clock; the microphone's timeline runs on across
-    `play` calls, as a real one does (restarting it at `now` could step back behind the last
-    chunk sent)."""
-
-    def __init__(self, rig, frame: np.ndarray):
-        self.rig = rig
-        self.frame = frame
-        self.frames_sent = 0
-        self.audio_end = 0.0                 # stamp of the end of the last chunk sent
-        self._rng = np.random.default_rng(0)
-
-    def play(self, seconds: float, fps: float) -> int:
-        """`seconds` of camera at `fps` and of audio; returns the frames sent."""
-        from lightmer.ros.rig import sensor_events
-
-        t0 = time.time()
-        frames = ((t0 + i / fps, self.frame) for i in range(int(seconds * fps)))
-        audio_t0 = max(self.audio_end, t0)
-        n = int((t0 + seconds - audio_t0) * SAMPLE_RATE) // CHUNK * CHUNK
-        noise = self._rng.normal(0, 3000, n).clip(-32768, 32767).astype('<i2')
-        played = self.rig.play(sensor_events(frames, audio_t0, noise, SAMPLE_RATE, CHUNK))
-        self.audio_end = audio_t0 + n / SAMPLE_RATE
-        self.frames_sent += played.sent['image']
-        return played.sent['image']
-
-    def settle(self) -> int:
-        """Frames the face node has counted, once it has caught up with what was sent."""
-        self.rig.wait_settled(self.frames_sent, 2 * DIAGNOSTICS_PERIOD_S, 30.0)
-        return self.rig.snapshot().counts(self.rig.node_name('face_crop')).get('frames', 0)
+def _settle(sensors) -> int:
+    """Frames the face node has counted, once it has caught up with what was sent."""
+    rig = sensors.rig
+    rig.wait_settled(sensors.frames_sent, 2 * DIAGNOSTICS_PERIOD_S, 30.0)
+    return rig.snapshot().counts(rig.node_name('face_crop')).get('frames', 0)
 
 
 def bench_nodes(checkpoint: Path | None, repeats: int) -> dict:
@@ -77,7 +52,7 @@ def bench_nodes(checkpoint: Path | None, repeats: int) -> dict:
     latency measurement)."""
     from lightmer.bench import camera_frame
     from lightmer.checkpoint import load_checkpoint
-    from lightmer.ros.rig import NodeProcesses, Rig, info_msg
+    from lightmer.ros.rig import NodeProcesses, Rig, WallClockSensors
 
     latency_s = max(6.0, 0.75 * repeats)
     # Reliable depth 10, as with a reliable camera driver: across processes, best effort loses
@@ -87,29 +62,13 @@ def bench_nodes(checkpoint: Path | None, repeats: int) -> dict:
               '/**/face_crop': {'ros__parameters': {'qos_reliability': 'reliable'}}}
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoint is None:
-            checkpoint = _untrained_checkpoint(Path(tmp))
+            checkpoint = untrained_checkpoint(Path(tmp))
         model_mb = Path(checkpoint).stat().st_size / 1e6
         meta = load_checkpoint(checkpoint)[1]
-        half = meta.features.window_s / 2
         with (NodeProcesses({'model': str(checkpoint)}, Path(tmp) / 'nodes', params) as nodes,
               Rig(nodes=nodes) as rig):
-            rig.wait_ready(90.0)
-            rig.publish('info', info_msg(rate=SAMPLE_RATE))
-            rig.wait_format()
-            sensors = _Sensors(rig, camera_frame())
-            deadline = time.monotonic() + 90.0
-            while not rig.snapshot().emotion:        # models warm, every path connected
-                if time.monotonic() > deadline:
-                    raise RuntimeError('no emotion message within 90 s of starting the nodes; '
-                                       f'node logs:\n{nodes.tails()}')
-                sensors.play(1.0, 30.0)
-            first = len(rig.snapshot().emotion)
-            sensors.play(latency_s, 30.0)
-            last = _last_reference(sensors.audio_end - half, meta.segment_s)
-            rig.wait_for(lambda s: any(_stamp(r) >= last - 1e-6 for r in s.emotion), 20.0,
-                         'the window of the last segment the audio covered')
-            latencies = np.array([(r.wall_s - _stamp(r) - half) * 1000
-                                  for r in rig.snapshot().emotion[first:]])
+            sensors = WallClockSensors(rig, camera_frame(), SAMPLE_RATE, CHUNK)
+            latencies = np.array(list(latency_run(sensors, latency_s, meta).values()))
             rates = _camera_rates(sensors)
             memory = nodes.memory_mb()
     sustained = [r for r, frac in rates.items() if frac >= SUSTAINED_FRACTION]
@@ -131,6 +90,31 @@ def bench_nodes(checkpoint: Path | None, repeats: int) -> dict:
     }
 
 
+def latency_run(sensors, seconds: float, meta, timeout_s: float = 90.0,
+                on_start: Callable[[], None] | None = None) -> dict[float, float]:
+    """Bring the nodes up to speed, then (calling `on_start` first) play `seconds` of camera
+    (30 fps) and microphone through `sensors` (a `rig.WallClockSensors`) and wait for the window
+    of the last segment the audio covered. Returns {window stamp (s): latency (ms)} of the
+    windows of that run: arrival minus the capture time of the newest data used (stamp +
+    d/2)."""
+    from lightmer.ros.rig import info_msg
+
+    rig, half = sensors.rig, meta.features.window_s / 2
+    rig.wait_ready(timeout_s)
+    rig.publish('info', info_msg(rate=sensors.sr))
+    rig.wait_format()
+    sensors.warm_up(timeout_s)
+    first = len(rig.snapshot().emotion)
+    if on_start is not None:
+        on_start()
+    sensors.play(seconds, 30.0)
+    last = _last_reference(sensors.audio_end - half, meta.segment_s)
+    rig.wait_for(lambda s: any(_stamp(r) >= last - 1e-6 for r in s.emotion), 20.0,
+                 'the window of the last segment the audio covered')
+    return {_stamp(r): (r.wall_s - _stamp(r) - half) * 1000
+            for r in rig.snapshot().emotion[first:]}
+
+
 def _last_reference(t: float, segment_s: float) -> float:
     """The latest segment reference time (the nodes' default reference) at or before `t`."""
     from lightmer.segments import reference_time, segment_index
@@ -149,14 +133,14 @@ def _stamp(received) -> float:
     return time_to_float(received.msg.header.stamp)
 
 
-def _camera_rates(sensors: _Sensors, seconds: float = 3.0) -> dict[int, float]:
+def _camera_rates(sensors, seconds: float = 3.0) -> dict[int, float]:
     """Fraction of published frames the face node received, per camera rate, stepped up until
     one is not sustained."""
     fractions = {}
     for rate in CAMERA_RATES:
-        before = sensors.settle()
-        sent = sensors.play(seconds, float(rate))
-        received = sensors.settle() - before
+        before = _settle(sensors)
+        sent = sensors.play(seconds, float(rate)).sent['image']
+        received = _settle(sensors) - before
         fractions[rate] = min(1.0, received / sent) if sent else 0.0
         if fractions[rate] < SUSTAINED_FRACTION:
             break

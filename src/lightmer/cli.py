@@ -241,6 +241,9 @@ def _add_eval_bag(sub) -> None:
     p.add_argument('--rate', type=_positive_float, default=1.0,
                    help='--live playback speed, x real time (the report says if the nodes '
                    'kept up)')
+    p.add_argument('--one-participant', action='store_true',
+                   help='--live: publish camera and audio from one DDS participant, as '
+                   '`ros2 bag play` does (default: audio from a participant of its own)')
     p.add_argument('--missing-policy', choices=('skip', 'nearest'), default=None,
                    help="missing-modality policy of the fusion node (default: the node's)")
     p.add_argument('--min-segments', type=_positive_int, default=None,
@@ -262,7 +265,8 @@ def _run_eval_bag(args) -> int:
     cfg = EvalConfig(bag=args.bag, labels=args.labels, checkpoint=args.checkpoint,
                      live=args.live, out=args.out, image_topic=args.image_topic,
                      audio_topic=args.audio_topic, audio_info_topic=args.audio_info_topic,
-                     settings=settings, rate=args.rate)
+                     settings=settings, rate=args.rate,
+                     one_participant=args.one_participant)
     try:
         result = evaluate_bag(cfg)
     except (BagFormatError, CheckpointError, FileNotFoundError, ValueError) as e:

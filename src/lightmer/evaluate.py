@@ -53,6 +53,9 @@ class EvalConfig:
     threads: int = 1                     # torch threads (offline, and per node live)
     # Live only.
     rate: float = 1.0                    # playback speed, x real time
+    # Camera and audio from one DDS participant, as `ros2 bag play` publishes them (default:
+    # the audio from a participant of its own, as a microphone driver's).
+    one_participant: bool = False
     startup_timeout_s: float = 120.0     # nodes up, matched and holding the AudioInfo
     drain_timeout_s: float = 60.0        # after the last message, for the nodes to finish
 
@@ -155,7 +158,8 @@ def run_live(cfg: EvalConfig, meta, topics: bags.BagTopics) -> RunResult:
         log_dir = Path(cfg.out) / 'nodes' if cfg.out is not None else Path(tmp)
         started = time.monotonic()
         with (NodeProcesses(launch, log_dir, _node_params(cfg)) as nodes,
-              Rig(topics=rig_topics, use_sim_time=True, nodes=nodes) as rig):
+              Rig(topics=rig_topics, use_sim_time=True, nodes=nodes,
+                  own_mic_participant=not cfg.one_participant) as rig):
             return _replay(cfg, meta, topics, rig, started)
 
 
