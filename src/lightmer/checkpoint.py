@@ -105,13 +105,11 @@ def save_checkpoint(path, model: LightmerNet, meta: CheckpointMeta) -> None:
                              'meta': meta_dict, 'state_dict': state})
 
 
-def load_checkpoint(path, map_location='cpu', expected_classes: int | None = None
-                    ) -> tuple[LightmerNet, CheckpointMeta]:
+def load_checkpoint(path, map_location='cpu') -> tuple[LightmerNet, CheckpointMeta]:
     """Read, validate and build the model of a checkpoint; the model is in eval mode.
 
     Raises CheckpointError (with what to do) for a missing, truncated or foreign file, missing
-    keys, a newer format, weights that do not fit the stored config, or a class count other
-    than `expected_classes`.
+    keys, a newer format, or weights that do not fit the stored config.
     """
     path = Path(path)
     if not path.is_file():
@@ -143,11 +141,6 @@ def load_checkpoint(path, map_location='cpu', expected_classes: int | None = Non
         meta = CheckpointMeta.from_dict(meta_d)
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f'checkpoint {path} has invalid metadata: {e}') from e
-    if expected_classes is not None and meta.model.n_classes != expected_classes:
-        raise CheckpointError(
-            f'checkpoint {path} predicts {meta.model.n_classes} classes {list(meta.labels)} '
-            f'(preset {meta.preset}) but {expected_classes} are expected; use a checkpoint '
-            'trained for this label set')
     model = LightmerNet(meta.model)
     try:
         model.load_state_dict(blob['state_dict'], strict=True)

@@ -46,8 +46,6 @@ def _keep_dds_on_loopback() -> None:
 def _add_summary(sub) -> None:
     p = sub.add_parser('summary', help='parameter count and float32 size of the model')
     p.add_argument('--classes', type=_positive_int, required=True, help='number of classes C')
-    p.add_argument('--segments', type=_positive_int, default=5,
-                   help='temporal segments N (shared networks: the count does not depend on it)')
     p.add_argument('--json', action='store_true', help='print JSON')
 
 
@@ -57,14 +55,14 @@ def _run_summary(args) -> int:
     model = LightmerNet(ModelConfig(n_classes=args.classes))
     n_params = count_parameters(model)
     # size_mib is the paper's "10.3 MB" (2^20 bytes); size_mb uses 10^6 bytes.
-    info = {'classes': args.classes, 'segments': args.segments, 'parameters': n_params,
+    info = {'classes': args.classes, 'parameters': n_params,
             'size_mb': n_params * 4 / 1e6, 'size_mib': n_params * 4 / 2**20}
     if args.json:
         _print_json(info)
     else:
         print(layer_table(model))
         print(f'total parameters: {n_params}  ({info["size_mib"]:.2f} MiB as float32; '
-              f'the same for any N, here N={args.segments})')
+              'the same for any number of segments N: the networks are shared)')
     return 0
 
 

@@ -121,10 +121,6 @@ def _check_qos(reliability: str, depth: int) -> None:
 P = TypeVar('P', bound=CommonParams)
 
 
-def parameter_names(cls: type[CommonParams]) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
 def declare_and_read(node, cls: type[P]) -> P:
     """Declare every field of `cls` on `node` (with its description, read-only) and return the
     values as a frozen `cls`. Raises ValueError naming the parameter when a value is invalid.
