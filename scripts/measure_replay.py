@@ -45,8 +45,10 @@ def main(out: Path, runs: int, seconds: float) -> int:
             for run in range(runs):
                 for name, (env, extra) in CONFIGS.items():
                     cmd = [sys.executable, str(PLAYER), str(seconds), str(checkpoint), *extra]
-                    done = subprocess.run(cmd, env={**loopback_env(), **env}, check=True,
+                    done = subprocess.run(cmd, env={**loopback_env(), **env},
                                           capture_output=True, text=True, timeout=600)
+                    if done.returncode != 0:
+                        raise RuntimeError(f'the player failed ({name}):\n{done.stderr[-3000:]}')
                     results[name].append(json.loads(done.stdout))
                     r = results[name][-1]
                     print(f"run {run}: {name}: late {r['fusion']['late']}, dropped "

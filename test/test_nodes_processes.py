@@ -6,6 +6,7 @@ order."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,20 @@ def test_one_participant_replay_with_the_shipped_profile_loses_nothing(processes
     assert result['fusion']['late'] == 0, result
     assert result['fusion']['dropped'] == 0, result
     assert result['missing_segments'] == [], result
+
+
+def test_a_killed_node_started_again_rejoins(processes):
+    """NodeProcesses.restart: the fusion process killed (SIGKILL, as a crash) and started from the
+    same command line comes back: fresh counters, its topics matched, LabelInfo latched again."""
+    nodes = processes['nodes']
+    with Rig(nodes=nodes, name='rig_restart') as rig:
+        rig.wait_for(lambda s: s.counts('/fusion').get('used', 0) > 0 and s.label_info, 20,
+                     'the first fusion process and its LabelInfo')
+        assert nodes.restart('fusion') == -signal.SIGKILL
+        rig.wait_for(lambda s: s.counts('/fusion').get('used') == 0, 90,
+                     'the new fusion process reporting')
+        rig.wait_ready(90)
+        rig.wait_for(lambda s: len(s.label_info) >= 2, 20, 'LabelInfo from the new process')
 
 
 def test_ctrl_c_ends_each_node_cleanly(processes):

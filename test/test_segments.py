@@ -67,13 +67,16 @@ def test_training_frames_fall_inside_their_segments(duration, n, seed, jitter, f
     assert picks.shape == centres.shape == (n,)
     frames = times[picks]
     assert np.all(np.abs(centres - frames) <= jitter + 1e-12)
-    # a segment holding frames draws one of them; an empty one the frame nearest a time in it
+    # a segment holding frames draws one of them; an empty one the frame nearest some time in
+    # it: the span of times nearest that frame (halfway to its neighbours) meets the segment
     for s, inside in enumerate(segment_members(times, bounds)):
         if inside.size:
             assert picks[s] in inside
         else:
-            gap = max(bounds[s, 0] - frames[s], frames[s] - bounds[s, 1], 0.0)
-            assert gap <= np.min(np.abs(times[:, None] - bounds[s][None, :])) + 1e-12
+            i = picks[s]
+            lo = (times[i - 1] + times[i]) / 2 if i > 0 else -np.inf
+            hi = (times[i] + times[i + 1]) / 2 if i + 1 < times.size else np.inf
+            assert lo <= bounds[s, 1] + 1e-12 and hi >= bounds[s, 0] - 1e-12
 
 
 def test_nearest_index():

@@ -109,7 +109,7 @@ def latency_run(sensors, seconds: float, meta, timeout_s: float = 90.0,
         on_start()
     sensors.play(seconds, 30.0)
     last = _last_reference(sensors.audio_end - half, meta.segment_s)
-    rig.wait_for(lambda s: any(_stamp(r) >= last - 1e-6 for r in s.emotion), 20.0,
+    rig.wait_for(lambda s: any(_stamp(r) >= last - 1e-6 for r in s.emotion), timeout_s,
                  'the window of the last segment the audio covered')
     return {_stamp(r): (r.wall_s - _stamp(r) - half) * 1000
             for r in rig.snapshot().emotion[first:]}

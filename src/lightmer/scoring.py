@@ -10,22 +10,15 @@ evaluation.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 
 CLIP_DECISION = 'argmax of the mean window probabilities over the windows stamped in the clip'
+# `rows` below are labelled clips (bags.LabelRow): .start and .end in seconds of ROS time and
+# .label, a class name.
 
 
-class LabelledClip(Protocol):
-    """A row of a labels CSV (bags.LabelRow): seconds of ROS time and a class name."""
-
-    start: float
-    end: float
-    label: str
-
-
-def check_labels(rows: Sequence[LabelledClip], labels: tuple[str, ...],
+def check_labels(rows: Sequence, labels: tuple[str, ...],
                  source: str = 'the labels CSV') -> None:
     """Raise ValueError when a row names a class the checkpoint does not predict."""
     unknown = sorted({r.label for r in rows} - set(labels))
@@ -34,7 +27,7 @@ def check_labels(rows: Sequence[LabelledClip], labels: tuple[str, ...],
                          f'(it knows {list(labels)}); fix the CSV or use a matching checkpoint')
 
 
-def assign_clips(stamps_s: np.ndarray, rows: Sequence[LabelledClip]) -> np.ndarray:
+def assign_clips(stamps_s: np.ndarray, rows: Sequence) -> np.ndarray:
     """int (M,) index of the row whose [start, end] contains each stamp, -1 for none."""
     out = np.full(len(stamps_s), -1, dtype=np.int64)
     for i, t in enumerate(np.asarray(stamps_s, dtype=np.float64)):
@@ -45,7 +38,7 @@ def assign_clips(stamps_s: np.ndarray, rows: Sequence[LabelledClip]) -> np.ndarr
     return out
 
 
-def score(stamps_s: np.ndarray, probs: np.ndarray, rows: Sequence[LabelledClip],
+def score(stamps_s: np.ndarray, probs: np.ndarray, rows: Sequence,
           labels: tuple[str, ...]) -> dict:
     """Window- and clip-level accuracy and confusion matrices.
 

@@ -86,13 +86,15 @@ class NodeProcesses:
                  params: Mapping | None = None):
         import yaml
 
+        from lightmer.io_utils import atomic_write_text
+
         self.log_dir = Path(log_dir)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         args = dict(launch_args)
         if params is not None:
-            path = self.log_dir / 'params.yaml'
-            path.write_text(yaml.safe_dump(dict(params), sort_keys=True), encoding='utf-8')
+            path = atomic_write_text(self.log_dir / 'params.yaml',
+                                     yaml.safe_dump(dict(params), sort_keys=True))
             args['params_file'] = str(path)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.invocations = {inv.name: inv for inv in resolve(args)}
         self.env = loopback_env()
         self.procs: dict[str, subprocess.Popen] = {}
@@ -104,12 +106,6 @@ class NodeProcesses:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Fully qualified node names, as their /diagnostics statuses are named."""
-        return tuple(f"{inv.namespace.rstrip('/')}/{inv.name}"
-                     for inv in self.invocations.values())
 
     def log_path(self, name: str) -> Path:
         return self.log_dir / f'{name}.log'
@@ -129,6 +125,13 @@ class NodeProcesses:
         if proc.poll() is None:
             proc.send_signal(sig)
         return proc.wait(timeout=timeout_s)
+
+    def restart(self, name: str, sig: int = signal.SIGKILL) -> int:
+        """Kill node `name` with `sig` and start it again (a crash and a respawn); returns the
+        exit status it ended with."""
+        status = self.kill(name, sig)
+        self.start(name)
+        return status
 
     def check_alive(self) -> None:
         """Raise RuntimeError naming the first node process that has ended, with its log."""
@@ -502,16 +505,12 @@ class Rig:
 
     def wait_ready(self, timeout_s: float = 120.0, nodes: tuple[str, ...] = NODE_NAMES) -> None:
         """The one readiness rule (`missing`), polled until it holds."""
-        state = {'missing': ''}
-
-        def ready(snap: Outputs) -> bool:
-            state['missing'] = self.missing(snap, nodes)
-            return not state['missing']
-
         try:
-            self.wait_for(ready, timeout_s, 'the nodes to start and match')
+            self.wait_for(lambda s: not self.missing(s, nodes), timeout_s,
+                          'the nodes to start and match')
         except TimeoutError as exc:
-            raise TimeoutError(f"still missing {state['missing']}: {exc}") from None
+            raise TimeoutError(f'still missing {self.missing(self.snapshot(), nodes)}: '
+                               f'{exc}') from None
 
     def wait_format(self, text: str | None = None, timeout_s: float = 20.0) -> None:
         """Until the audio node holds an audio format (`text`, e.g. '1ch 16000 Hz int16', or
