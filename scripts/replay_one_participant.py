@@ -36,7 +36,6 @@ def replay(seconds: float, checkpoint: str, one_participant: bool = True) -> dic
             before.update(rig.snapshot().counts(rig.node_name('fusion')))
 
         latencies = latency_run(sensors, seconds, meta, on_start=start_counts)
-        rig.wait_settled(sensors.frames_sent, 1.0, 30.0)
         after = rig.snapshot().counts(rig.node_name('fusion'))
     ks = sorted(segment_of_reference(t, meta.segment_s, reference) for t in latencies)
     return {

@@ -93,10 +93,9 @@ def bench_nodes(checkpoint: Path | None, repeats: int) -> dict:
 def latency_run(sensors, seconds: float, meta, timeout_s: float = 90.0,
                 on_start: Callable[[], None] | None = None) -> dict[float, float]:
     """Bring the nodes up to speed, then (calling `on_start` first) play `seconds` of camera
-    (30 fps) and microphone through `sensors` (a `rig.WallClockSensors`) and wait for the window
-    of the last segment the audio covered. Returns {window stamp (s): latency (ms)} of the
-    windows of that run: arrival minus the capture time of the newest data used (stamp +
-    d/2)."""
+    (30 fps) and microphone through `sensors` (a `rig.WallClockSensors`) and wait for the nodes
+    to settle. Returns {window stamp (s): latency (ms)} of the windows of that run: arrival
+    minus the capture time of the newest data used (stamp + d/2)."""
     from lightmer.ros.rig import info_msg
 
     rig, half = sensors.rig, meta.features.window_s / 2
@@ -108,23 +107,11 @@ def latency_run(sensors, seconds: float, meta, timeout_s: float = 90.0,
     if on_start is not None:
         on_start()
     sensors.play(seconds, 30.0)
-    last = _last_reference(sensors.audio_end - half, meta.segment_s)
-    rig.wait_for(lambda s: any(_stamp(r) >= last - 1e-6 for r in s.emotion), timeout_s,
-                 'the window of the last segment the audio covered')
+    # Settled: nothing moved for two periods of the nodes' default diagnostics (1 s), longer
+    # than the d/2 of audio the last window waits for after its reference time.
+    rig.wait_settled(sensors.frames_sent, 2.0, timeout_s)
     return {_stamp(r): (r.wall_s - _stamp(r) - half) * 1000
             for r in rig.snapshot().emotion[first:]}
-
-
-def _last_reference(t: float, segment_s: float) -> float:
-    """The latest segment reference time (the nodes' default reference) at or before `t`."""
-    from lightmer.segments import reference_time, segment_index
-    from lightmer.streaming import StreamSettings
-
-    reference = StreamSettings().reference
-    k = segment_index(t, segment_s)
-    while reference_time(k, segment_s, reference) > t:
-        k -= 1
-    return reference_time(k, segment_s, reference)
 
 
 def _stamp(received) -> float:
