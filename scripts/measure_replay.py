@@ -58,7 +58,7 @@ def main(out: Path, runs: int, seconds: float) -> int:
                                            'seconds': seconds, 'results': results})
     plot_latency_groups({f'{name} #{i}': r['latency_ms'] for name, rs in results.items()
                          for i, r in enumerate(rs)}, out / 'replay.png',
-                        'window latency, one process replaying camera and microphone')
+                        'window latency per run')
     print('| player | late | dropped | windows missing | latency p50 / p95 / max (ms) |')
     print('|---|---:|---:|---:|---:|')
     for name, rs in results.items():

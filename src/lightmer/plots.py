@@ -144,7 +144,7 @@ def plot_latency_groups(groups: Mapping[str, Sequence[float]], path: str | os.Pa
                         title: str = '') -> Path:
     """Every latency (ms) of each named group as a strip of points, log scale, so that a few
     seconds-late outliers and the usual tens of milliseconds show on one axis."""
-    plt, fig = _figure((7.0, 0.9 * len(groups) + 1.5))
+    plt, fig = _figure((9.0, 0.45 * len(groups) + 1.5))
     ax = fig.add_subplot(1, 1, 1)
     rng = np.random.default_rng(0)
     for i, values in enumerate(groups.values()):
