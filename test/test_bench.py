@@ -1,6 +1,8 @@
 """`lightmer bench` runs and reports every stage (timings themselves are not asserted)."""
 import json
 
+import pytest
+
 from lightmer.cli import main
 
 STAGES = ('mtcnn_detect_640x480', 'face_crop', 'log_mel', 'visual_net', 'audio_net',
@@ -42,3 +44,20 @@ def test_bench_with_live_nodes_reports_every_field(tmp_path, capsys):
     sustained = [r for r, f in fractions.items() if f >= 0.98]
     assert result['max_camera_fps'] == max(sustained, default=0)
     assert (tmp_path / 'latency_histogram.png').stat().st_size > 0
+
+
+def test_the_camera_frame_shows_one_or_two_people():
+    """bench.camera_frame is what the live figures and the rig's camera show: MTCNN finds as
+    many confident faces as people were asked for."""
+    from lightmer.bench import camera_frame
+    from lightmer.config import FeatureConfig
+    from lightmer.features import FaceCropper
+
+    cropper = FaceCropper(FeatureConfig())
+    for people in (1, 2):
+        frame = camera_frame(people)
+        assert frame.shape == (480, 640, 3)
+        _, probs = cropper.detect_all([frame])[0]
+        assert int((probs >= 0.9).sum()) == people
+    with pytest.raises(ValueError, match='people'):
+        camera_frame(3)

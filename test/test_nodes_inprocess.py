@@ -153,12 +153,11 @@ def test_parameters_are_described_and_compressed_images_are_read(setup):
 
     from PIL import Image as PILImage
     from rclpy.executors import SingleThreadedExecutor
-    from sensor_msgs.msg import CompressedImage, Image
+    from sensor_msgs.msg import CompressedImage
     from std_msgs.msg import Header
 
     from lightmer.ros.conversions import float_to_time
     from lightmer.ros.face_crop_node import FaceCropNode
-    from lightmer.ros.qos import output_qos
 
     for node in setup['running'].nodes:
         for name in node.params.__dataclass_fields__:
@@ -167,31 +166,30 @@ def test_parameters_are_described_and_compressed_images_are_read(setup):
     face = FaceCropNode(context=context, cli_args=[
         '--ros-args', '-r', '__ns:=/cmp', '-p', f'model_path:={setup["checkpoint"]}',
         '-p', 'compressed_input:=true', '-p', 'reference:=start'])
-    probe = rclpy.create_node('probe_compressed', namespace='/cmp', context=context)
-    crops = []
-    probe.create_subscription(Image, 'face_crop', crops.append, output_qos())
-    pub = probe.create_publisher(CompressedImage, 'image/compressed', 10)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(face)
-    executor.add_node(probe)
+    topics = Topics('/cmp/image/compressed', '/cmp/audio', '/cmp/audio_info')
     try:
-        buf = io.BytesIO()
-        PILImage.fromarray(setup['clip'].frames[0]).save(buf, format='JPEG', quality=95)
-        deadline = time.monotonic() + 30
-        t = 500.0
-        while not crops and time.monotonic() < deadline:
-            if pub.get_subscription_count():
-                pub.publish(CompressedImage(header=Header(stamp=float_to_time(t)),
-                                            format='jpeg', data=buf.getvalue()))
-                t += 0.5                      # one frame per segment; 'start' emits at once
-            executor.spin_once(timeout_sec=0.1)
+        with Rig(context=context, namespace='/cmp', topics=topics, compressed=True,
+                 name='rig_compressed') as rig:
+            buf = io.BytesIO()
+            PILImage.fromarray(setup['clip'].frames[0]).save(buf, format='JPEG', quality=95)
+            deadline = time.monotonic() + 30
+            t = 500.0
+            while not rig.snapshot().crops and time.monotonic() < deadline:
+                if rig.image_pub.get_subscription_count():
+                    rig.publish('image', CompressedImage(header=Header(stamp=float_to_time(t)),
+                                                         format='jpeg', data=buf.getvalue()))
+                    t += 0.5                  # one frame per segment; 'start' emits at once
+                executor.spin_once(timeout_sec=0.1)
+            crops = rig.snapshot().crops
         assert crops, 'no crop from the compressed frames'
-        assert (crops[0].height, crops[0].width, crops[0].encoding) == (98, 80, 'mono8')
+        assert (crops[0].msg.height, crops[0].msg.width, crops[0].msg.encoding) == (
+            98, 80, 'mono8')
         assert face.faces.counts.rejected == 0
     finally:
         executor.shutdown()
         face.destroy_node()
-        probe.destroy_node()
 
 
 def test_compressed_frames_are_checked_on_arrival_and_decoded_only_when_selected(setup):
