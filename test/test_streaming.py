@@ -59,7 +59,7 @@ def test_frame_selector_emits_each_segment_once_with_its_nearest_frame(reference
     assert set(expected) <= set(ks)
 
 
-def test_frame_selector_start_anchor_emits_on_the_first_frame_of_a_segment():
+def test_frame_selector_start_reference_emits_on_the_first_frame_of_a_segment():
     sel = FrameSelector(0.5, 'start')
     assert [(k, p) for k, _, p in sel.push(10.49, 'a')] == [(20, 'a')]   # past 10.0 already
     assert [(k, p) for k, _, p in sel.push(10.51, 'b')] == [(21, 'b')]   # first of 21
@@ -336,3 +336,18 @@ def test_fuser_with_the_real_model_equals_its_forward():
     assert len(out) == 1
     np.testing.assert_allclose(out[0].probs, want.numpy(), atol=1e-6)
     assert abs(out[0].probs.sum() - 1) < 1e-9
+
+
+def test_audio_segmenter_applies_the_checkpoints_mel_normalisation():
+    """The node computes the same level-preserving features as training when the checkpoint
+    says mel_norm 'dataset' (one log_mel for both)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, mel_norm='dataset', mel_db_mean=-45.0, mel_db_std=15.0)
+    sr, t0 = 16000, 50.0
+    audio = _voice(3 * sr, sr)
+    out = _feed(AudioSegmenter(cfg, 0.5, DEFAULTS), audio, sr, t0, chunk=1024)
+    assert out
+    for _, t_ref, mel in out:
+        np.testing.assert_allclose(mel, log_mel_at(audio, t_ref - t0, cfg), atol=1e-4)
+        assert not np.allclose(mel, log_mel_at(audio, t_ref - t0, CFG), atol=0.1)

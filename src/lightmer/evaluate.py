@@ -125,26 +125,27 @@ def run_offline(cfg: EvalConfig, model, meta, topics: bags.BagTopics) -> RunResu
 DIAGNOSTICS_PERIOD_S = 0.5
 
 
-def _node_params(cfg: EvalConfig) -> dict:
-    """ROS parameter file content for the three nodes: the same settings as offline, and
-    reliable inputs deep enough that no message of the replay is dropped (a sensor-data
-    subscription may drop frames, which offline never does)."""
+def _node_params(cfg: EvalConfig, compressed: bool) -> dict:
+    """ROS parameter file content for the three nodes: the same settings as offline, the
+    camera's message type, and reliable inputs deep enough that no message of the replay is
+    dropped (a sensor-data subscription may drop frames, which offline never does)."""
     common = {'torch_threads': cfg.threads, 'diagnostics_period_s': DIAGNOSTICS_PERIOD_S,
               **dataclasses.asdict(cfg.settings)}
     return {
         '/**': {'ros__parameters': common},
         '/**/face_crop': {'ros__parameters': {'qos_reliability': 'reliable',
-                                              'qos_depth': 100}},
+                                              'qos_depth': 100,
+                                              'compressed_input': compressed}},
         '/**/audio_feature': {'ros__parameters': {'qos_reliability': 'reliable',
                                                   'qos_depth': 500}},
         '/**/fusion': {'ros__parameters': {'queue_depth': 100}},
     }
 
 
-def run_live(cfg: EvalConfig, meta, topics: bags.BagTopics) -> RunResult:
+def run_live(cfg: EvalConfig, meta, topics: bags.BagTopics, compressed: bool) -> RunResult:
     """Play the bag to the three node processes over loopback DDS with sim time (`ros.rig`)
-    and record `emotion`. Raises TimeoutError/RuntimeError with the nodes' logs when they
-    fail."""
+    and record `emotion`; `compressed`: the camera topic carries CompressedImage. Raises
+    TimeoutError/RuntimeError with the nodes' logs when they fail."""
     import tempfile
 
     from lightmer.ros.rig import NodeProcesses, Rig, Topics
@@ -154,11 +155,14 @@ def run_live(cfg: EvalConfig, meta, topics: bags.BagTopics) -> RunResult:
     rig_topics = Topics(topics.image, topics.audio, topics.audio_info)
     launch = {'model': str(Path(cfg.checkpoint).resolve()), 'use_sim_time': 'true',
               **rig_topics.launch_args()}
+    # A face node reading CompressedImage subscribes image/compressed, which the camera_topic
+    # launch argument (a remap of `image`) does not reach.
+    remaps = {'face_crop': [('image/compressed', topics.image)]} if compressed else {}
     with tempfile.TemporaryDirectory(prefix='lightmer-eval-') as tmp:
         log_dir = Path(cfg.out) / 'nodes' if cfg.out is not None else Path(tmp)
         started = time.monotonic()
-        with (NodeProcesses(launch, log_dir, _node_params(cfg)) as nodes,
-              Rig(topics=rig_topics, use_sim_time=True, nodes=nodes,
+        with (NodeProcesses(launch, log_dir, _node_params(cfg, compressed), remaps) as nodes,
+              Rig(topics=rig_topics, use_sim_time=True, nodes=nodes, compressed=compressed,
                   own_mic_participant=not cfg.one_participant) as rig):
             return _replay(cfg, meta, topics, rig, started)
 
@@ -234,13 +238,14 @@ def evaluate_bag(cfg: EvalConfig) -> dict:
     torch.set_num_threads(cfg.threads)
     topics = bags.BagTopics(cfg.image_topic, cfg.audio_topic, cfg.audio_info_topic)
     info = bags.bag_info(cfg.bag, topics)            # clear errors before any heavy loading
+    topics = dataclasses.replace(topics, image=info.image_topic)   # may be its /compressed
     rows = bags.read_labels(cfg.labels, info.start_s)
     model, meta = load_checkpoint(cfg.checkpoint)
     check_labels(rows, meta.labels, str(cfg.labels))
     t0 = time.perf_counter()
     if cfg.live:
         del model                                  # the nodes load their own copy
-        run = run_live(cfg, meta, topics)
+        run = run_live(cfg, meta, topics, info.image_compressed)
     else:
         run = run_offline(cfg, model, meta, topics)
     elapsed = time.perf_counter() - t0

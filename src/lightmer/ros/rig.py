@@ -19,6 +19,7 @@ that way (`require_loopback`), which `lightmer`'s DDS commands and the test suit
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import os
 import signal
@@ -80,10 +81,12 @@ class NodeProcesses:
             `camera_topic`, ...); `params_file` is this object's own when `params` is given.
         log_dir: where `<node>.log` (stdout and stderr) and `params.yaml` go.
         params: ROS parameter file content ({'/**': {'ros__parameters': {...}}, ...}).
+        remappings: node name -> extra (from, to) remappings, after the launch file's.
     """
 
     def __init__(self, launch_args: Mapping[str, str], log_dir: Path,
-                 params: Mapping | None = None):
+                 params: Mapping | None = None,
+                 remappings: Mapping[str, Iterable[tuple[str, str]]] | None = None):
         import yaml
 
         from lightmer.io_utils import atomic_write_text
@@ -95,7 +98,10 @@ class NodeProcesses:
                                      yaml.safe_dump(dict(params), sort_keys=True))
             args['params_file'] = str(path)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.invocations = {inv.name: inv for inv in resolve(args)}
+        extra = remappings or {}
+        self.invocations = {inv.name: dataclasses.replace(
+            inv, remappings=inv.remappings + tuple(extra.get(inv.name, ())))
+            for inv in resolve(args)}
         self.env = loopback_env()
         self.procs: dict[str, subprocess.Popen] = {}
         for name in self.invocations:
