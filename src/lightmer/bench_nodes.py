@@ -8,13 +8,19 @@ microphone (S16LE mono 16 kHz, 32 ms chunks) on the wall clock (`WallClockSensor
   closes), at 30 fps;
 - the highest camera rate the face node takes in without loss: rates are stepped up and a rate
   counts as sustained when the node received at least 98 % of the frames published at it;
-- resident memory of each node process (VmRSS after the run, VmHWM peak).
+- resident memory of each node process (VmRSS after the run, VmHWM peak) and their total;
+- start-to-ready of each node process: from its start to its first /diagnostics message,
+  which a node publishes once it is built (imports done, model loaded, first inference made).
+
+`checkpoint` may be a .pt checkpoint (the nodes run torch) or an ONNX export (onnxruntime);
+`lightmer bench` runs this once for each.
 
 DDS stays on loopback: run it under scripts/loopback.sh (`make bench` does).
 """
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,9 +56,9 @@ def _settle(sensors) -> int:
 def bench_nodes(checkpoint: Path | None, repeats: int) -> dict:
     """Start the nodes, measure, stop them. `repeats` scales the run length (20 -> ~15 s of
     latency measurement)."""
+    from lightmer.backend import read_meta
     from lightmer.bench import camera_frame
-    from lightmer.checkpoint import load_checkpoint
-    from lightmer.ros.rig import NodeProcesses, Rig, WallClockSensors
+    from lightmer.ros.rig import NODE_NAMES, NodeProcesses, Rig, WallClockSensors
 
     latency_s = max(6.0, 0.75 * repeats)
     # Reliable depth 10, as with a reliable camera driver: across processes, best effort loses
@@ -64,13 +70,15 @@ def bench_nodes(checkpoint: Path | None, repeats: int) -> dict:
         if checkpoint is None:
             checkpoint = untrained_checkpoint(Path(tmp))
         model_mb = Path(checkpoint).stat().st_size / 1e6
-        meta = load_checkpoint(checkpoint)[1]
+        meta = read_meta(checkpoint)
+        started = time.time()
         with (NodeProcesses({'model': str(checkpoint)}, Path(tmp) / 'nodes', params) as nodes,
               Rig(nodes=nodes) as rig):
             sensors = WallClockSensors(rig, camera_frame(), SAMPLE_RATE, CHUNK)
             latencies = np.array(list(latency_run(sensors, latency_s, meta).values()))
             rates = _camera_rates(sensors)
             memory = nodes.memory_mb()
+            first_seen = rig.snapshot().first_seen
     sustained = [r for r, frac in rates.items() if frac >= SUSTAINED_FRACTION]
     return {
         'latency_ms': {'p50': float(np.percentile(latencies, 50)),
@@ -82,7 +90,11 @@ def bench_nodes(checkpoint: Path | None, repeats: int) -> dict:
         'max_camera_fps': max(sustained) if sustained else 0,
         'max_camera_fps_is_highest_tested': bool(sustained) and max(sustained) == CAMERA_RATES[-1],
         'rss_mb': {name: m['rss_mb'] for name, m in memory.items()},
+        'rss_total_mb': round(sum(m['rss_mb'] for m in memory.values()), 1),
         'peak_rss_mb': {name: m['peak_mb'] for name, m in memory.items()},
+        'start_to_ready_s': {name: round(first_seen[f'/{name}'] - started, 2)
+                             for name in NODE_NAMES if f'/{name}' in first_seen},
+        'model': Path(checkpoint).name,
         'model_mb': round(model_mb, 2),
         'latency_run_s': latency_s,
         'camera_qos': 'reliable, depth 10',

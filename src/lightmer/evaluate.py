@@ -50,7 +50,7 @@ class EvalConfig:
     audio_info_topic: str = bags.AUDIO_INFO_TOPIC
     # The nodes' processing settings, offline and live alike (defaults: the nodes' own).
     settings: StreamSettings = field(default_factory=StreamSettings)
-    threads: int = 1                     # torch threads (offline, and per node live)
+    threads: int = 1                     # runtime threads (offline, and per node live)
     # Live only.
     rate: float = 1.0                    # playback speed, x real time
     # Camera and audio from one DDS participant, as `ros2 bag play` publishes them (default:
@@ -93,9 +93,10 @@ def stamp_seconds(stamp_ns: int) -> float:
     return stamp_to_seconds(*divmod(int(stamp_ns), 1_000_000_000))
 
 
-def run_offline(cfg: EvalConfig, model, meta, topics: bags.BagTopics) -> RunResult:
+def run_offline(cfg: EvalConfig, meta, topics: bags.BagTopics) -> RunResult:
     half = meta.features.window_s / 2
-    pipe = OfflinePipeline(model, meta, cfg.settings, frame_id=bags.CAMERA_FRAME)
+    pipe = OfflinePipeline(cfg.checkpoint, cfg.settings, cfg.threads,
+                           frame_id=bags.CAMERA_FRAME)
     result = RunResult()
     n_msgs = 0
     for msg in _progress(bags.read_bag(cfg.bag, topics), 'eval-bag offline'):
@@ -231,23 +232,19 @@ def _progress(items, desc: str):
 def evaluate_bag(cfg: EvalConfig) -> dict:
     """Replay `cfg.bag`, score the windows against `cfg.labels`; returns the summary dict that
     is also written to `<out>/eval.json` (with windows.json, confusion.png, latency.png)."""
-    import torch
+    from lightmer.backend import read_meta
 
-    from lightmer.checkpoint import load_checkpoint
-
-    torch.set_num_threads(cfg.threads)
     topics = bags.BagTopics(cfg.image_topic, cfg.audio_topic, cfg.audio_info_topic)
     info = bags.bag_info(cfg.bag, topics)            # clear errors before any heavy loading
     topics = dataclasses.replace(topics, image=info.image_topic)   # may be its /compressed
     rows = bags.read_labels(cfg.labels, info.start_s)
-    model, meta = load_checkpoint(cfg.checkpoint)
+    meta = read_meta(cfg.checkpoint)              # a checkpoint or an ONNX export
     check_labels(rows, meta.labels, str(cfg.labels))
     t0 = time.perf_counter()
     if cfg.live:
-        del model                                  # the nodes load their own copy
         run = run_live(cfg, meta, topics, info.image_compressed)
     else:
-        run = run_offline(cfg, model, meta, topics)
+        run = run_offline(cfg, meta, topics)
     elapsed = time.perf_counter() - t0
 
     stamps = np.array([w.stamp_s for w in run.windows])

@@ -2,9 +2,10 @@
 
 `OfflinePipeline` pushes camera frames and audio chunks, in stamp order, through the processors
 the nodes wrap (`lightmer.streaming`): FaceSegmenter (frame choice + MTCNN) and AudioSegmenter
-feed SegmentFuser, exactly as face_crop, audio_feature and fusion do over DDS. One thread, no
-queues, so the result is deterministic. eval-bag offline runs it; anything else that wants
-"what the nodes would say about these frames and this audio" can too.
+feed SegmentFuser, exactly as face_crop, audio_feature and fusion do over DDS, on the model's
+own backend (a checkpoint on torch, an ONNX export on onnxruntime: `lightmer.backend`). One
+thread, no queues, so the result is deterministic. eval-bag offline runs it; anything else
+that wants "what the nodes would say about these frames and this audio" can too.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from lightmer.streaming import (
     SegmentFuser,
     StreamSettings,
     WindowResult,
-    model_functions,
 )
 
 
@@ -25,24 +25,28 @@ class OfflinePipeline:
     """face_crop + audio_feature + fusion over numpy.
 
     Args:
-        model: LightmerNet (eval mode is set); meta: its CheckpointMeta (features, N, T).
+        model_path: a checkpoint (.pt) or its ONNX export (.onnx), as the nodes' model_path.
         settings: the nodes' processing settings (the ROS parameters' defaults if omitted).
-        cropper: a FaceCropper to share (one is built with settings.min_face_size otherwise).
+        threads: intra-op threads of the model's runtime.
+        cropper: a FaceCropper to share (one is built for the model otherwise).
         frame_id: frame_id of the windows (the camera's).
-    Attributes `faces`, `audio`, `fuser` are the processors; their `counts` are what the nodes
-    publish on /diagnostics.
+    Attributes: `meta` (the model's CheckpointMeta) and the processors `faces`, `audio`,
+    `fuser`, whose `counts` are what the nodes publish on /diagnostics.
     """
 
-    def __init__(self, model, meta, settings: StreamSettings | None = None,
+    def __init__(self, model_path, settings: StreamSettings | None = None, threads: int = 1,
                  cropper: FaceCropper | None = None, frame_id: str = ''):
+        from lightmer.backend import face_cropper, load_model
+
         settings = settings or StreamSettings()
-        segment_s = meta.segment_s
+        model = load_model(model_path, threads)
+        self.meta = meta = model.meta
         self.frame_id = frame_id
-        cropper = cropper or FaceCropper(meta.features, min_face_size=settings.min_face_size)
-        self.faces = FaceSegmenter(cropper, segment_s, settings)
-        self.audio = AudioSegmenter(meta.features, segment_s, settings)
-        segment_logits, fuse = model_functions(model)
-        self.fuser = SegmentFuser(segment_logits, fuse, meta.n_segments, segment_s, settings)
+        cropper = cropper or face_cropper(model_path, settings.min_face_size, threads)
+        self.faces = FaceSegmenter(cropper, meta.segment_s, settings)
+        self.audio = AudioSegmenter(meta.features, meta.segment_s, settings)
+        self.fuser = SegmentFuser(model.segment_logits, model.fuse, meta.n_segments,
+                                  meta.segment_s, settings)
 
     def push_image(self, t: float, frame: np.ndarray) -> list[WindowResult]:
         """A camera frame (uint8 (H, W, 3) RGB) stamped `t` seconds -> windows it completed."""

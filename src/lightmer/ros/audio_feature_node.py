@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -41,7 +40,8 @@ class AudioFeatureNode(Node):
     def __init__(self, **kwargs):
         super().__init__('audio_feature', **kwargs)
         self.params = declare_and_read(self, AudioFeatureParams)
-        torch.set_num_threads(self.params.torch_threads)
+        # Only the metadata: librosa does the rest, so with an ONNX export nothing here
+        # imports torch or onnxruntime.
         _, meta, segment_s = load_for_node(self.params)
         self._segmenter = AudioSegmenter(meta.features, segment_s,
                                          self.params.stream_settings())

@@ -333,6 +333,8 @@ class Outputs:
     mels: list[Received] = field(default_factory=list)        # log_mel
     diagnostics: dict[str, dict[str, str]] = field(default_factory=dict)
     # ^ status name (node FQN) -> its latest key/values, and '_message' (the problem text)
+    first_seen: dict[str, float] = field(default_factory=dict)
+    # ^ status name -> time.time() of its first /diagnostics (a node reports once it is built)
 
     def counts(self, node: str) -> dict[str, int]:
         """The numeric counters of node `node` (FQN) in its latest /diagnostics."""
@@ -456,15 +458,19 @@ class Rig:
         counts = diagnostics_counts(msg)
         for status in msg.status:            # keep the problem text beside the counts
             counts[status.name]['_message'] = status.message
+        now = time.time()
         with self._lock:
             self._got.diagnostics.update(counts)
+            for name in counts:
+                self._got.first_seen.setdefault(name, now)
 
     def snapshot(self) -> Outputs:
         """A copy of everything recorded so far."""
         with self._lock:
             g = self._got
             return Outputs(list(g.emotion), list(g.label_info), list(g.crops), list(g.mels),
-                           {k: dict(v) for k, v in g.diagnostics.items()})
+                           {k: dict(v) for k, v in g.diagnostics.items()},
+                           dict(g.first_seen))
 
     def node_name(self, name: str) -> str:
         """FQN of lightmer node `name` under the rig's namespace (its /diagnostics name)."""
