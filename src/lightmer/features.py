@@ -24,6 +24,8 @@ from lightmer.config import FeatureConfig
 _MAX_DETECT_BATCH = 16
 # Floor of the mel power before the log: -100 dB, so digital silence stays finite.
 _POWER_FLOOR = 1e-10
+# Largest peak of digital silence: one step of 16-bit PCM (-90 dBFS), i.e. dither at most.
+_SILENCE_PEAK = 2.0 ** -15
 # Floor of the per-window standard deviation in dB: a constant window (silence) maps to all
 # zeros instead of dividing by zero, and near-silent hiss is not blown up to unit variance.
 _STD_FLOOR_DB = 1.0
@@ -37,6 +39,7 @@ class FaceCropper:
         from facenet_pytorch import MTCNN  # heavy import, only where faces are needed
 
         self.cfg = cfg
+        self.min_face_size = min_face_size
         # keep_all: we choose the face ourselves (largest above threshold) so that each box
         # stays paired with its own probability; post_process off: we only use the boxes.
         self._mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size,
@@ -57,7 +60,8 @@ class FaceCropper:
         out: list[tuple[np.ndarray, np.ndarray]] = [empty] * len(frames)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, f in enumerate(frames):
-            by_shape.setdefault(f.shape, []).append(i)
+            if not too_small_for_a_face(f.shape, self.min_face_size):
+                by_shape.setdefault(f.shape, []).append(i)
         for idx in by_shape.values():
             for s in range(0, len(idx), _MAX_DETECT_BATCH):
                 chunk = idx[s:s + _MAX_DETECT_BATCH]
@@ -94,6 +98,17 @@ class FaceCropper:
             except ValueError:   # a box entirely outside the frame: treat as no face
                 crops.append(None)
         return crops
+
+
+def too_small_for_a_face(shape: tuple[int, ...], min_face_size: int) -> bool:
+    """True when an (H, W, ...) image is too small to hold a face of `min_face_size` pixels.
+
+    MTCNN scans an image pyramid whose first level scales the image by 12 / min_face_size; when
+    that level is already under the 12-pixel detection window, upstream detect() has no level
+    at all and fails on an empty concatenation. This is its own condition, written the same way
+    (same floating-point operations), so exactly the images it cannot scan are refused.
+    """
+    return min(shape[0], shape[1]) * (12.0 / min_face_size) < 12.0
 
 
 def _check_frame(frame: np.ndarray) -> np.ndarray:
@@ -175,6 +190,17 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
     return a.mean(axis=1, dtype=np.float32) if a.ndim == 2 else a.copy()
 
 
+def is_digital_silence(audio: np.ndarray) -> bool:
+    """True when float samples (any shape, full scale [-1, 1]) never exceed one 16-bit step.
+
+    Digital silence is a muted or absent source (a video-only file's empty track, a muted
+    microphone), not a quiet room: real capture noise spans several steps, while silence
+    holds 0 and at most +-1 step of dither. Empty input counts as silence.
+    """
+    a = np.asarray(audio)
+    return not a.size or float(np.max(np.abs(a))) <= _SILENCE_PEAK
+
+
 def resample(audio: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
     """float mono (n,) at `sr` Hz -> float32 (round(n * target_sr / sr),) at `target_sr` Hz."""
     a = np.asarray(audio, dtype=np.float32)
@@ -228,7 +254,7 @@ def log_mel(window: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     over this window only. A pure function of the window: training and the nodes compute the
     same numbers. Per-window standardisation drops the absolute level, which depends on the
     microphone's gain (dataset studio vs robot) more than on the speaker; digital silence gives
-    all zeros, never NaN or inf.
+    all zeros, never NaN or inf. Raises ValueError when the power overflows (`power_to_db`).
     """
     import librosa
 
@@ -237,11 +263,25 @@ def log_mel(window: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
         raise ValueError(f'expected a ({cfg.window_samples},) window, got {w.shape}; '
                          'cut it with audio_window')
     spec = librosa.stft(y=w, n_fft=cfg.n_fft, hop_length=cfg.hop_length, center=False)
-    power = np.abs(spec) ** 2                                                  # (1025, 43)
-    mel = _mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels) @ power           # (128, 43)
-    db = 10.0 * np.log10(np.maximum(mel, _POWER_FLOOR))
+    with np.errstate(over='ignore', invalid='ignore'):     # checked just below
+        power = np.abs(spec) ** 2                                              # (1025, 43)
+        mel = _mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels) @ power       # (128, 43)
+    db = power_to_db(mel)
     z = (db - db.mean()) / max(float(db.std()), _STD_FLOOR_DB)
     return z.astype(np.float32)
+
+
+def power_to_db(mel_power: np.ndarray) -> np.ndarray:
+    """Mel power (any shape) -> dB with a -100 dB floor; ValueError when a power is not finite.
+
+    The one guard every log-mel normalisation passes through: finite float32 samples can still
+    overflow the squared spectrum (samples of 1e20 give inf, and inf - inf gives NaN), and such
+    a window must be refused, never turned into NaN features.
+    """
+    if not np.isfinite(mel_power).all():
+        raise ValueError('log-mel power is not finite (samples far beyond [-1, 1]?); '
+                         'window refused')
+    return 10.0 * np.log10(np.maximum(mel_power, _POWER_FLOOR))
 
 
 def log_mel_at(audio16k: np.ndarray, centre_s: float, cfg: FeatureConfig) -> np.ndarray:

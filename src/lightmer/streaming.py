@@ -12,16 +12,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from lightmer.config import FeatureConfig
-from lightmer.features import audio_window, face_to_input, log_mel, resample
+from lightmer.features import (
+    audio_window,
+    face_to_input,
+    is_digital_silence,
+    log_mel,
+    resample,
+)
 from lightmer.segments import reference_time, segment_index, window_indices
 
 MISSING_POLICIES = ('skip', 'nearest')
+# A forward stamp step at least this long is a jump (a clock set, a replay seek, an outage of
+# hours), logged and counted once rather than as the segments it skipped. Seconds.
+DEFAULT_JUMP_S = 10.0
+# A hole at least this long in one input stream of the fuser (its node restarting, its sensor
+# stalled) ends the run of windows: no window averages segments from both sides. Seconds.
+DEFAULT_BREAK_S = 3.0
 
 
 def segment_of_reference(t_ref: float, segment_s: float, anchor: str) -> int:
@@ -43,14 +55,17 @@ class FrameSelector:
     segment arrives; so with anchor 'start' the first frame of a segment is emitted at once.
     The payload is opaque (the node keeps the unconverted message there, so only emitted frames
     are ever decoded).
-    A stamp earlier than the previous one (a bag looping) resets the selector and counts it.
+    A stamp earlier than the previous one (a bag looping) resets the selector and counts it; a
+    step forward of at least `jump_s` is counted in `jumps` (the caller logs it).
     """
 
-    def __init__(self, segment_s: float, anchor: str = 'centre'):
+    def __init__(self, segment_s: float, anchor: str = 'centre', jump_s: float = DEFAULT_JUMP_S):
         reference_time(0, segment_s, anchor)   # validate early, with the grid's own message
         self.segment_s = segment_s
         self.anchor = anchor
+        self.jump_s = jump_s
         self.resets = 0
+        self.jumps = 0
         self._clear()
 
     def _clear(self) -> None:
@@ -67,6 +82,8 @@ class FrameSelector:
         if self._last_t is not None and t < self._last_t:
             self.resets += 1
             self._clear()
+        elif self._last_t is not None and t - self._last_t >= self.jump_s:
+            self.jumps += 1
         self._last_t = t
         out: list[tuple[int, float, Any]] = []
         k = segment_index(t, self.segment_s)
@@ -93,9 +110,12 @@ class FrameSelector:
 @dataclass
 class AudioCounts:
     published: int = 0
-    gaps: int = 0        # segments whose window the audio did not cover
+    gaps: int = 0        # segments whose window a hole (shorter than jump_s) left uncovered
+    jumps: int = 0       # forward stamp jumps of at least jump_s (not counted in gaps)
     resets: int = 0      # stamps went backwards
     discontinuities: int = 0
+    invalid: int = 0     # windows refused: their power spectrum overflowed (huge samples)
+    silent: int = 0      # published windows of digital silence (features.is_digital_silence)
 
 
 class AudioSegmenter:
@@ -104,7 +124,11 @@ class AudioSegmenter:
     Chunks are placed back to back while each stamp agrees with the end of the previous chunk
     within `gap_tolerance_s` (capture stamps jitter; the sample count is the better clock).
     A later stamp starts a new run: segments whose window needs the missing audio are counted
-    in `counts.gaps` and skipped. An earlier stamp beyond the tolerance resets everything.
+    in `counts.gaps` and skipped, unless the step is a jump of at least `jump_s` (counted once
+    in `counts.jumps`: a clock set or a replay seek is not billions of lost segments). An
+    earlier stamp beyond the tolerance resets everything. A window whose power spectrum
+    overflows is refused (`counts.invalid`); windows of digital silence are published and
+    counted (`counts.silent`).
     Audio is kept at its own rate; each window is resampled to cfg.sample_rate with a margin on
     both sides, so chunk edges never touch the resampler's edge effects.
     """
@@ -113,14 +137,18 @@ class AudioSegmenter:
     RESAMPLE_MARGIN_S = 0.05
 
     def __init__(self, cfg: FeatureConfig, segment_s: float, anchor: str = 'centre',
-                 gap_tolerance_s: float = 0.05):
+                 gap_tolerance_s: float = 0.05, jump_s: float = DEFAULT_JUMP_S):
         reference_time(0, segment_s, anchor)
         if gap_tolerance_s < 0:
             raise ValueError(f'gap_tolerance_s must be >= 0, got {gap_tolerance_s}')
+        if not jump_s > gap_tolerance_s:
+            raise ValueError(f'jump_s ({jump_s}) must exceed gap_tolerance_s '
+                             f'({gap_tolerance_s})')
         self.cfg = cfg
         self.segment_s = segment_s
         self.anchor = anchor
         self.gap_tolerance_s = gap_tolerance_s
+        self.jump_s = jump_s
         self.counts = AudioCounts()
         self._clear()
 
@@ -180,6 +208,9 @@ class AudioSegmenter:
                 self.counts.resets += 1
                 self._clear()
                 self._start_run(t_start, x, sr, first=True)
+            elif delta >= self.jump_s:
+                self.counts.jumps += 1
+                self._start_run(t_start, x, sr, first=True)
             elif delta > self.gap_tolerance_s or self._broken:
                 self._start_run(t_start, x, sr, first=False)
             else:
@@ -215,8 +246,15 @@ class AudioSegmenter:
             ref = reference_time(self._next_k, self.segment_s, self.anchor)
             if self._end_t < ref + half + margin:
                 break
-            out.append((self._next_k, ref, self._mel_at(ref, margin)))
-            self.counts.published += 1
+            window = self._window_at(ref, margin)
+            try:
+                mel = log_mel(window, self.cfg)
+            except ValueError:                 # power overflow: this window only is refused
+                self.counts.invalid += 1
+            else:
+                out.append((self._next_k, ref, mel))
+                self.counts.published += 1
+                self.counts.silent += is_digital_silence(window)
             self._next_k += 1
         # Keep only what the next window can still need.
         ref = reference_time(self._next_k, self.segment_s, self.anchor)
@@ -227,7 +265,8 @@ class AudioSegmenter:
             self._base += keep_from
         return out
 
-    def _mel_at(self, ref: float, margin: float) -> np.ndarray:
+    def _window_at(self, ref: float, margin: float) -> np.ndarray:
+        """The float32 (window_samples,) window centred on `ref`, at cfg.sample_rate."""
         half = self.cfg.window_s / 2
         sr = self._sr
         i0 = max(0, math.floor((ref - half - margin - self._run_t0) * sr) - self._base)
@@ -235,7 +274,7 @@ class AudioSegmenter:
                  math.ceil((ref + half + margin - self._run_t0) * sr) - self._base + 1)
         piece = resample(self._buf[i0:i1], sr, self.cfg.sample_rate)
         centre = ref - self._run_t0 - (self._base + i0) / sr   # seconds from piece[0]
-        return log_mel(audio_window(piece, centre, self.cfg), self.cfg)
+        return audio_window(piece, centre, self.cfg)
 
 
 @dataclass(frozen=True)
@@ -254,10 +293,14 @@ class FusionCounts:
     used: int = 0        # segments with logits (both modalities, or filled per the policy)
     filled: int = 0      # of those, segments completed with a neighbour's modality ('nearest')
     dropped: int = 0     # segments given up after the wait (policy 'skip', or nothing near)
+    no_face: int = 0     # segments the face stream reported without a face (no person)
+    invalid: int = 0     # segments dropped for a non-finite log-mel or non-finite logits
     duplicates: int = 0  # a second input for a segment that already has that modality
     late: int = 0        # an input for a segment already completed or given up
     resets: int = 0
+    breaks: int = 0      # outages of one stream (>= break_s) that restarted the windows
     windows: int = 0
+    partial: int = 0     # of those, windows fused from fewer than N segments
     model_calls: int = 0
 
 
@@ -267,7 +310,7 @@ class _Pending:
     face: np.ndarray | None = None        # uint8 (98, 80)
     mel: np.ndarray | None = None         # float32 (128, 43)
     frame_id: str = ''
-    extra: dict = field(default_factory=dict)
+    no_face: bool = False                 # the face stream said: no face in this segment
 
 
 class SegmentFuser:
@@ -283,12 +326,21 @@ class SegmentFuser:
     unlike zeros), and drops it when there is none.
     A window is emitted when a segment completes in order (never for a segment older than one
     already emitted) and at least `min_segments` of its N segments are cached.
+
+    Guards (the output is always finite, non-negative and sums to 1): a non-finite log-mel, or
+    a segment whose logits are not finite, is dropped and counted in `counts.invalid`; a
+    fused result that is not a probability vector is not emitted (also `invalid`). A face
+    stream that says "no face in segment k" (`push_no_face`) settles k at once. When one
+    stream resumes after a hole of at least `break_s` (its node restarted, its sensor
+    stalled), the segments cached before the hole are forgotten (`counts.breaks`): a window
+    never averages segments from both sides of an outage.
     """
 
     def __init__(self, segment_logits: Callable[[np.ndarray, np.ndarray], np.ndarray],
                  fuse: Callable[[np.ndarray], np.ndarray], n_segments: int, segment_s: float,
                  anchor: str = 'centre', min_segments: int | None = None,
-                 policy: str = 'skip', wait_s: float = 1.0, nearest_max: int = 2):
+                 policy: str = 'skip', wait_s: float = 1.0, nearest_max: int = 2,
+                 break_s: float = DEFAULT_BREAK_S):
         reference_time(0, segment_s, anchor)
         if policy not in MISSING_POLICIES:
             raise ValueError(f'missing-modality policy must be one of {MISSING_POLICIES}, '
@@ -305,6 +357,7 @@ class SegmentFuser:
         self.policy = policy
         self.wait_s = wait_s
         self.nearest_max = nearest_max
+        self.break_s = break_s
         self.counts = FusionCounts()
         self._clear()
 
@@ -327,11 +380,17 @@ class SegmentFuser:
     def cached_segments(self) -> tuple[int, ...]:
         return tuple(sorted(self._logits))
 
+    @property
+    def pending_segments(self) -> tuple[int, ...]:
+        """Segments holding one modality, waiting for the other."""
+        return tuple(sorted(self._pending))
+
     def push_face(self, t: float, crop: np.ndarray, frame_id: str = '') -> list[WindowResult]:
         """A face crop (uint8 (98, 80)) from a frame stamped `t` (seconds)."""
         k = segment_index(t, self.segment_s)
         if self._backwards(k, self._last_face_k):
             return self.poll(t)
+        self._after_hole(k, self._last_face_k)
         self._last_face_k = k
         p = self._pending_for(k)
         p.face = np.asarray(crop)
@@ -341,14 +400,37 @@ class SegmentFuser:
             self._frame_ids[k] = frame_id
         return self._after_push(k, t)
 
+    def push_no_face(self, t: float, frame_id: str = '') -> list[WindowResult]:
+        """The face stream's word that the frame stamped `t` (seconds), its segment's chosen
+        frame, holds no usable face: the segment is settled now (skipped, or filled by the
+        'nearest' policy) instead of after the wait."""
+        k = segment_index(t, self.segment_s)
+        if self._backwards(k, self._last_face_k):
+            return self.poll(t)
+        self._after_hole(k, self._last_face_k)
+        self._last_face_k = k
+        self.counts.no_face += 1
+        p = self._pending_for(k)
+        p.no_face = True
+        p.frame_id = frame_id
+        return self._after_push(k, t)
+
     def push_mel(self, t_ref: float, mel: np.ndarray) -> list[WindowResult]:
-        """A log-mel (float32 (128, 43)) stamped with its segment's reference time (seconds)."""
+        """A log-mel (float32 (128, 43)) stamped with its segment's reference time (seconds).
+        A mel holding NaN or inf is dropped and counted (`counts.invalid`)."""
         k = segment_of_reference(t_ref, self.segment_s, self.anchor)
         if self._backwards(k, self._last_mel_k):
             return self.poll(t_ref)
+        self._after_hole(k, self._last_mel_k)
         self._last_mel_k = k
+        mel = np.asarray(mel)
+        if not np.isfinite(mel).all():
+            self.counts.invalid += 1
+            self._given_up.add(k)
+            self._pending.pop(k, None)
+            return self.poll(t_ref)
         p = self._pending_for(k)
-        p.mel = np.asarray(mel)
+        p.mel = mel
         self._mels[k] = p.mel
         return self._after_push(k, t_ref)
 
@@ -363,18 +445,20 @@ class SegmentFuser:
         out: list[WindowResult] = []
         for k in sorted(self._pending):
             p = self._pending[k]
-            passed = ((p.face is None and self._last_face_k is not None
-                       and self._last_face_k > k)
-                      or (p.mel is None and self._last_mel_k is not None
-                          and self._last_mel_k > k))
-            if not passed and self._latest_t - p.t_ref < self.wait_s:
+            face_known = p.face is not None or p.no_face or (
+                self._last_face_k is not None and self._last_face_k > k)
+            mel_known = p.mel is not None or (
+                self._last_mel_k is not None and self._last_mel_k > k)
+            if not (face_known and mel_known) and self._latest_t - p.t_ref < self.wait_s:
                 continue
             del self._pending[k]
-            if self.policy == 'nearest' and self._fill(k, p):
-                out.extend(self._complete(k, p.face, p.mel))
+            if p.face is None and p.mel is None:     # a no-face word whose audio never came
+                self._given_up.add(k)
+            elif self.policy == 'nearest' and self._fill(k, p):
                 self.counts.filled += 1
+                out.extend(self._complete(k, p.face, p.mel))
             else:
-                self.counts.dropped += 1
+                self.counts.dropped += not p.no_face    # no person: counted as no_face
                 self._given_up.add(k)
         self._prune()
         return out
@@ -396,6 +480,16 @@ class SegmentFuser:
         self.counts.resets += 1
         self._clear()
         return False
+
+    def _after_hole(self, k: int, last_k: int | None) -> None:
+        """A stream reaches segment k after its last input at `last_k`: after a hole of at
+        least break_s, forget what was cached before it (the windows start again)."""
+        if last_k is None or (k - last_k - 1) * self.segment_s < self.break_s - 1e-9:
+            return
+        self.counts.breaks += 1
+        for d in (self._logits, self._faces, self._mels, self._frame_ids):
+            for j in [j for j in d if j < k]:
+                del d[j]
 
     def _pending_for(self, k: int) -> _Pending:
         if k not in self._pending:
@@ -424,8 +518,13 @@ class SegmentFuser:
         return True
 
     def _complete(self, k: int, face: np.ndarray, mel: np.ndarray) -> list[WindowResult]:
-        self._logits[k] = np.asarray(self._segment_logits(face, mel), dtype=np.float64)
+        logits = np.asarray(self._segment_logits(face, mel), dtype=np.float64)
         self.counts.model_calls += 1
+        if not np.isfinite(logits).all():
+            self.counts.invalid += 1
+            self._given_up.add(k)
+            return []
+        self._logits[k] = logits
         self.counts.used += 1
         if self._emitted_k is not None and k <= self._emitted_k:
             return []                      # too late for its own window; later ones use it
@@ -434,8 +533,12 @@ class SegmentFuser:
             return []
         probs = np.asarray(self._fuse(np.stack([self._logits[j] for j in ks])),
                            dtype=np.float64)
+        if not is_probability_vector(probs):
+            self.counts.invalid += 1
+            return []
         self._emitted_k = k
         self.counts.windows += 1
+        self.counts.partial += len(ks) < self.n_segments
         frame_id = self._frame_ids.get(k) or next(
             (self._frame_ids[j] for j in reversed(ks) if j in self._frame_ids), '')
         return [WindowResult(k_last=k, t_ref=reference_time(k, self.segment_s, self.anchor),
@@ -455,6 +558,14 @@ class SegmentFuser:
             for j in [j for j in d if j < floor]:
                 del d[j]
         self._given_up = {j for j in self._given_up if j >= keep_inputs}
+
+
+def is_probability_vector(probs: np.ndarray, tolerance: float = 1e-6) -> bool:
+    """float (C,): every entry finite and >= 0, summing to 1 within `tolerance`: what every
+    `emotion` message must carry."""
+    p = np.asarray(probs, dtype=np.float64)
+    return bool(p.ndim == 1 and p.size and np.isfinite(p).all() and (p >= 0).all()
+                and abs(p.sum() - 1.0) <= tolerance)
 
 
 def model_functions(model) -> tuple[Callable, Callable]:
