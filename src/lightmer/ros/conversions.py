@@ -33,6 +33,8 @@ SAMPLE_FORMATS = {
     'F32LE': np.dtype('<f4'),
     'U8': np.dtype('u1'),
 }
+# Usable capture rates, Hz: telephone audio up to the highest rate sound cards offer.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384_000
 # coding_format values that mean raw interleaved PCM
 PCM_CODINGS = ('wave', 'wav', 'raw', 'pcm', '')
 
@@ -48,6 +50,14 @@ MGONZS13_FORMATS = {
 
 class ConversionError(ValueError):
     """A message that cannot be converted; the text says what to change at the source."""
+
+
+# Largest compressed image decoded by default: 8K UHD (7680 x 4320), 100 MB as RGB.
+DEFAULT_MAX_PIXELS = 7680 * 4320
+# What PIL raises on corrupt data: its parsers' internal errors (struct, EOF, index, syntax)
+# become OSError (UnidentifiedImageError on open, "truncated" on load); ValueError for
+# arguments it cannot use. Decompression bombs get an Exception of their own (caught apart).
+_DECODE_ERRORS = (OSError, ValueError)
 
 
 # --- time ------------------------------------------------------------------------------------
@@ -145,17 +155,34 @@ def check_compressed(msg: CompressedImage) -> None:
                               'PNG data; publish jpeg or png (image_transport compressed)')
 
 
-def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg, png: anything PIL reads) -> uint8 (H, W, 3) RGB."""
+def compressed_to_rgb(msg: CompressedImage, *,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg, png: anything PIL reads) -> uint8 (H, W, 3) RGB.
+
+    The width and height the file's header declares are checked against `max_pixels` before
+    anything is decoded (a few bytes can claim 60000x60000 and ask for gigabytes). Every
+    failure, whatever the decoder raises on hostile bytes, is a ConversionError.
+    """
     from PIL import Image as PILImage
-    from PIL import UnidentifiedImageError
 
     try:
         with PILImage.open(io.BytesIO(bytes(msg.data))) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ConversionError(
+                    f'compressed image (format {msg.format!r}) declares {width}x{height} '
+                    f'pixels, more than max_image_pixels ({max_pixels}); refused before '
+                    'decoding (raise max_image_pixels for a larger camera)')
             return np.asarray(img.convert('RGB'), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ConversionError(f'cannot decode compressed image (format {msg.format!r}): {exc}; '
-                              'publish jpeg or png') from exc
+    except ConversionError:
+        raise
+    except PILImage.DecompressionBombError as exc:   # PIL's own bound, checked on open
+        raise ConversionError(f'compressed image (format {msg.format!r}) declares more pixels '
+                              f'than max_image_pixels ({max_pixels}): {exc}; refused before '
+                              'decoding') from exc
+    except _DECODE_ERRORS as exc:
+        raise ConversionError(f'cannot decode compressed image (format {msg.format!r}): '
+                              f'{type(exc).__name__}: {exc}; publish jpeg or png') from exc
 
 
 def array_to_image(array: np.ndarray, header: Header) -> Image:
@@ -200,11 +227,21 @@ def audio_format_from_info(channels: int, sample_rate: int, sample_format: str,
                               f'{sorted(SAMPLE_FORMATS)} (audio_capture sample_format:=S16LE)')
     if channels < 1:
         raise ConversionError(f'AudioInfo says {channels} channels; it must be at least 1')
-    if sample_rate < 1000:
-        raise ConversionError(f'AudioInfo sample_rate {sample_rate} Hz is not a usable rate; '
-                              'publish the real capture rate (e.g. 16000)')
-    return AudioFormat(channels=int(channels), sample_rate=int(sample_rate),
+    return AudioFormat(channels=int(channels), sample_rate=check_sample_rate(sample_rate),
                        dtype=SAMPLE_FORMATS[fmt])
+
+
+def check_sample_rate(sample_rate: int) -> int:
+    """A capture rate in Hz within [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE], or ConversionError.
+
+    Anything outside is a broken or uninitialised field (4294967295 is an unsigned -1), and
+    resampling from it would cost gigabytes.
+    """
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise ConversionError(f'audio sample_rate {sample_rate} Hz is not a usable rate (must '
+                              f'be {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}); publish the real '
+                              'capture rate (e.g. 16000)')
+    return int(sample_rate)
 
 
 def pcm_to_samples(data, fmt: AudioFormat) -> np.ndarray:
