@@ -67,8 +67,9 @@ def _publish_frames(probe, frames) -> None:
 
 
 def _stamps(msgs, lo: float, hi: float) -> list[float]:
+    """Stamps in [lo, hi] of the messages that carry data (not the empty no-face word)."""
     return [time_to_float(m.header.stamp) for m in msgs
-            if lo <= time_to_float(m.header.stamp) <= hi]
+            if lo <= time_to_float(m.header.stamp) <= hi and m.width]
 
 
 def test_unsupported_empty_and_truncated_images_are_refused_then_frames_work(env):

@@ -14,6 +14,7 @@ from lightmer.streaming import (
     SegmentFuser,
     model_functions,
     segment_of_reference,
+    stall_status,
 )
 
 CFG = FeatureConfig()
@@ -436,3 +437,12 @@ def test_fuser_a_short_hole_does_not_restart_the_windows():
         outs += fuser.push_face(k * 0.5 + 0.1, _face(k))
     assert fuser.counts.breaks == 0
     assert outs[-1].segments == tuple(j for j in range(108, 120) if not 105 <= j < 109)
+
+
+def test_stall_status_tells_a_stopped_input_from_an_idle_pair():
+    assert stall_status({'face_crop': 0.1, 'log_mel': 0.2}, 3.0, 10.0) == ('ok', '')
+    level, message = stall_status({'face_crop': 4.0, 'log_mel': 0.2}, 3.0, 10.0)
+    assert level == 'warn' and 'face_crop silent for 4.0 s' in message and 'camera' in message
+    level, message = stall_status({'face_crop': 0.0, 'log_mel': 12.0}, 3.0, 10.0)
+    assert level == 'error' and 'microphone' in message
+    assert stall_status({'face_crop': 50.0, 'log_mel': 12.0}, 3.0, 10.0)[0] == 'ok'

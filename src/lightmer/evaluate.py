@@ -239,6 +239,7 @@ class OfflinePipeline:
             (crop,) = self.cropper([chosen])          # uint8 (98, 80) or None
             if crop is None:
                 self.no_face += 1
+                out.extend(self.fuser.push_no_face(t_frame, bags.CAMERA_FRAME))
             else:
                 out.extend(self.fuser.push_face(t_frame, crop, bags.CAMERA_FRAME))
         return out

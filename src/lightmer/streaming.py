@@ -590,3 +590,30 @@ def model_functions(model) -> tuple[Callable, Callable]:
         return torch_fuse(torch.from_numpy(np.asarray(logits, dtype=np.float64))).numpy()
 
     return segment_logits, fuse
+
+
+# What a consumer should suspect when one input of the fusion stops (stall_status messages).
+_STALL_CAUSE = {'face_crop': 'the face_crop node, the camera or their link is down',
+                'log_mel': 'the audio_feature node, the microphone or their link is down'}
+
+
+def stall_status(silent_s: dict[str, float], warn_s: float,
+                 error_s: float) -> tuple[str, str]:
+    """The health of two inputs from how long each has been silent.
+
+    Args:
+        silent_s: input name ('face_crop', 'log_mel') -> seconds since its last message (since
+            the node started, for one never seen). warn_s <= error_s, seconds.
+    Returns:
+        ('ok' | 'warn' | 'error', message). An input silent for warn_s (error_s) while the
+        other flows (silent for less than warn_s) is a stall: 'warn' ('error'), with a message
+        naming it and what is likely down. Both flowing, or both silent (nothing to fuse:
+        sensors off, a replay paused), is 'ok'.
+    """
+    flowing = [name for name, age in silent_s.items() if age < warn_s]
+    if len(flowing) != 1:
+        return 'ok', '' if flowing else 'no input on face_crop or log_mel'
+    (stalled, age), = ((n, a) for n, a in silent_s.items() if n not in flowing)
+    level = 'error' if age >= error_s else 'warn'
+    return level, (f'{stalled} silent for {age:.1f} s while {flowing[0]} flows: '
+                   f'{_STALL_CAUSE.get(stalled, "its source is down")}')

@@ -5,12 +5,14 @@ import sys
 from collections.abc import Callable
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 from .conversions import diagnostics_msg
+
+OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 
 # Throttle period of repeated input errors in the log, seconds.
 ERROR_THROTTLE_S = 5.0
@@ -21,24 +23,40 @@ class Reporter:
 
     The timer runs on the steady clock, so the counts keep coming while a bag replay (sim time)
     is paused. `problem` (the status message, level WARN) holds the latest input error until
-    the node publishes a result again (`clear()`); the counts keep the history.
+    the node publishes a result again (`clear()`); the counts keep the history. `health`, when
+    given, returns the node's own view of its state as (level, message) (level a
+    diagnostic_msgs/DiagnosticStatus level byte; the fusion node reports stalled inputs there);
+    the status carries the worse of the two.
     """
 
-    def __init__(self, node: Node, period_s: float, counts: Callable[[], dict]):
+    def __init__(self, node: Node, period_s: float, counts: Callable[[], dict],
+                 health: Callable[[], tuple[int, str]] | None = None):
         self._node = node
         self._counts = counts
+        self._health = health
         self.problem = ''
         self.errors = 0
         self._pub = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._timer = node.create_timer(period_s, self.publish,
                                         clock=Clock(clock_type=ClockType.STEADY_TIME))
 
+    def status(self) -> tuple[int, str]:
+        """(level, message) now: OK 'ok', WARN with the latest input error, or the node's own
+        health when that is worse."""
+        level, message = (WARN, self.problem) if self.problem else (OK, 'ok')
+        if self._health is not None:
+            own_level, own_message = self._health()
+            if own_level > level or (own_level == level and level == OK and own_message):
+                level, message = own_level, own_message
+        return level, message
+
     def publish(self) -> None:
         counts = dict(self._counts())
         counts['errors'] = self.errors
+        level, message = self.status()
         self._pub.publish(diagnostics_msg(self._node.get_clock().now().to_msg(),
                                           self._node.get_fully_qualified_name(), counts,
-                                          self.problem))
+                                          message, level))
 
     def error(self, text: str) -> None:
         """An input was dropped: count it, remember why, log it at most every few seconds."""
@@ -48,10 +66,22 @@ class Reporter:
 
     def warn(self, text: str) -> None:
         self.problem = text
-        self._node.get_logger().warning(text)
+        self._node.get_logger().warning(text, throttle_duration_sec=ERROR_THROTTLE_S)
+
+    def note(self, text: str) -> None:
+        """Something worth a log line (throttled) but not a problem: a stamp jump."""
+        self._node.get_logger().warning(text, throttle_duration_sec=ERROR_THROTTLE_S)
 
     def clear(self) -> None:
         self.problem = ''
+
+
+def set_torch_threads(n: int) -> None:
+    """Intra-op threads of this process's torch (imported here, not at module level, so that a
+    node module imports quickly)."""
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:

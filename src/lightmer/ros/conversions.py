@@ -185,6 +185,17 @@ def compressed_to_rgb(msg: CompressedImage, *,
                               f'{type(exc).__name__}: {exc}; publish jpeg or png') from exc
 
 
+def no_face_image(header: Header) -> Image:
+    """The face_crop node's word for "this segment's frame holds no usable face": an empty
+    (0 x 0) mono8 image with the frame's header. One message per segment either way, so the
+    fusion node settles the segment at once and can tell "no person" from "no face node"."""
+    return Image(header=header, height=0, width=0, encoding='mono8', step=0)
+
+
+def is_no_face_image(msg: Image) -> bool:
+    return msg.height == 0 and msg.width == 0 and msg.encoding == 'mono8'
+
+
 def array_to_image(array: np.ndarray, header: Header) -> Image:
     """uint8 (H, W) -> mono8 Image; float32 (H, W) -> 32FC1 Image (native byte order)."""
     a = np.ascontiguousarray(array)
@@ -290,14 +301,16 @@ def label_info_msg(labels: tuple[str, ...], header: Header) -> LabelInfo:
 
 
 def diagnostics_msg(stamp: Time, name: str, counts: dict[str, int | float | str],
-                    problem: str = ''):
-    """One node's per-segment counts as a diagnostic_msgs/DiagnosticArray (level WARN with a
-    message when `problem` is set, OK otherwise)."""
+                    message: str = '', level: bytes | None = None):
+    """One node's per-segment counts as a diagnostic_msgs/DiagnosticArray: one status named
+    `name` with `message` ('ok' when empty) at `level` (default: OK, or WARN with a
+    message)."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
+    if level is None:
+        level = DiagnosticStatus.WARN if message else DiagnosticStatus.OK
     status = DiagnosticStatus(
-        level=DiagnosticStatus.WARN if problem else DiagnosticStatus.OK, name=name,
-        message=problem or 'ok', hardware_id='lightmer',
+        level=level, name=name, message=message or 'ok', hardware_id='lightmer',
         values=[KeyValue(key=k, value=str(v)) for k, v in counts.items()])
     return DiagnosticArray(header=Header(stamp=stamp), status=[status])
 

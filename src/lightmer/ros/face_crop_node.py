@@ -3,19 +3,21 @@
 Subscribes `image` (sensor_msgs/Image; or `image/compressed` with compressed_input), keeps per
 segment the frame nearest the segment's reference time (streaming.FrameSelector), runs MTCNN on
 that frame only, and publishes the crop as mono8 on `face_crop` with the source frame's header.
-A segment without a face publishes nothing and counts as `no_face`.
+A segment without a usable face (none found, or its frame would not decode) publishes the
+empty no-face image instead (conversions.no_face_image), so every segment is announced.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
-import torch
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 
 from lightmer.features import FaceCropper
 from lightmer.streaming import FrameSelector
 
-from .common import Reporter, run_node
+from .common import Reporter, run_node, set_torch_threads
 from .conversions import (
     ConversionError,
     array_to_image,
@@ -23,6 +25,7 @@ from .conversions import (
     check_image,
     compressed_to_rgb,
     image_to_rgb,
+    no_face_image,
     time_to_float,
 )
 from .params import FaceCropParams, declare_and_read, load_for_node
@@ -33,33 +36,37 @@ class FaceCropNode(Node):
     def __init__(self, **kwargs):
         super().__init__('face_crop', **kwargs)
         self.params = declare_and_read(self, FaceCropParams)
-        torch.set_num_threads(self.params.torch_threads)
+        set_torch_threads(self.params.torch_threads)
         _, meta, segment_s = load_for_node(self.params)
         self._cropper = FaceCropper(meta.features, min_face_size=self.params.min_face_size)
-        self._selector = FrameSelector(segment_s, self.params.reference)
+        self._selector = FrameSelector(segment_s, self.params.reference,
+                                       jump_s=self.params.stamp_jump_s)
         # The first MTCNN call is slower (allocations, lazy imports): pay for it now.
         self._cropper([np.zeros((120, 160, 3), dtype=np.uint8)])
+        # undecodable: selected frames that failed to convert (also counted in rejected)
         self.counts = {'frames': 0, 'segments': 0, 'published': 0, 'no_face': 0,
-                       'rejected': 0, 'resets': 0}
+                       'rejected': 0, 'undecodable': 0, 'resets': 0, 'jumps': 0}
         self.reporter = Reporter(self, self.params.diagnostics_period_s, lambda: self.counts)
         self._pub = self.create_publisher(Image, 'face_crop', output_qos())
         qos = input_qos(self.params.qos_reliability, self.params.qos_depth)
         if self.params.compressed_input:
+            self._convert = partial(compressed_to_rgb, max_pixels=self.params.max_image_pixels)
             self._sub = self.create_subscription(CompressedImage, 'image/compressed',
                                                  self.compressed_callback, qos)
         else:
+            self._convert = image_to_rgb
             self._sub = self.create_subscription(Image, 'image', self.image_callback, qos)
         self.get_logger().info(
             f'T={segment_s:.3f} s, reference {self.params.reference}, '
             f'subscribing {self._sub.topic_name} ({self.params.qos_reliability})')
 
     def image_callback(self, msg: Image) -> None:
-        self._on_frame(msg, check_image, image_to_rgb)
+        self._on_frame(msg, check_image)
 
     def compressed_callback(self, msg: CompressedImage) -> None:
-        self._on_frame(msg, check_compressed, compressed_to_rgb)
+        self._on_frame(msg, check_compressed)
 
-    def _on_frame(self, msg, check, convert) -> None:
+    def _on_frame(self, msg, check) -> None:
         # Only one frame per segment is ever used, so the message itself waits in the selector
         # and only the chosen ones are converted (a full JPEG decode for compressed input).
         # The copy-free check here still reports malformed input on arrival.
@@ -70,26 +77,37 @@ class FaceCropNode(Node):
             self.counts['rejected'] += 1
             self.reporter.error(f'frame dropped: {exc}')
             return
-        resets = self._selector.resets
+        resets, jumps = self._selector.resets, self._selector.jumps
         chosen = self._selector.push(time_to_float(msg.header.stamp), msg)
         if self._selector.resets != resets:
             self.counts['resets'] += 1
             self.reporter.warn('image stamps went backwards (a bag looping?): segments reset')
+        if self._selector.jumps != jumps:
+            self.counts['jumps'] += 1
+            self.reporter.note(f'image stamps jumped forward by {self.params.stamp_jump_s} s '
+                               'or more (clock set, replay seek?)')
         for _, _, selected in chosen:
             self.counts['segments'] += 1
-            try:
-                frame = convert(selected)                          # uint8 (H, W, 3) RGB
-            except ConversionError as exc:
-                self.counts['rejected'] += 1
-                self.reporter.error(f'selected frame dropped, no crop for its segment: {exc}')
-                continue
-            crop = self._cropper([frame])[0]                       # uint8 (98, 80) or None
+            crop = self._crop(selected)                            # uint8 (98, 80) or None
             if crop is None:
-                self.counts['no_face'] += 1
+                self._pub.publish(no_face_image(selected.header))
                 continue
             self._pub.publish(array_to_image(crop, selected.header))
             self.counts['published'] += 1
             self.reporter.clear()                                  # recovered
+
+    def _crop(self, selected) -> np.ndarray | None:
+        try:
+            frame = self._convert(selected)                        # uint8 (H, W, 3) RGB
+        except ConversionError as exc:
+            self.counts['rejected'] += 1
+            self.counts['undecodable'] += 1
+            self.reporter.error(f'selected frame dropped, no crop for its segment: {exc}')
+            return None
+        crop = self._cropper([frame])[0]
+        if crop is None:
+            self.counts['no_face'] += 1
+        return crop
 
 
 def main(args=None) -> int:

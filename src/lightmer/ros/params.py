@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from lightmer.segments import ANCHORS
-from lightmer.streaming import MISSING_POLICIES
+from lightmer.streaming import DEFAULT_BREAK_S, DEFAULT_JUMP_S, MISSING_POLICIES
 
+from .conversions import DEFAULT_MAX_PIXELS
 from .qos import RELIABILITIES
 
 AUDIO_MSG_VARIANTS = ('ros-drivers', 'mgonzs13')
@@ -36,6 +37,9 @@ class CommonParams:
                         "inference) or 'start' (lower latency)")
     torch_threads: int = _p(1, 'torch intra-op threads of this node (nodes share few cores)')
     diagnostics_period_s: float = _p(1.0, 'period of the /diagnostics counts, wall seconds')
+    stamp_jump_s: float = _p(DEFAULT_JUMP_S, 'a forward step of input stamps at least this '
+                             'long is a jump (clock set, replay seek): logged and counted '
+                             'once, not as lost segments; seconds')
 
     def __post_init__(self) -> None:
         if self.reference not in ANCHORS:
@@ -45,6 +49,8 @@ class CommonParams:
                              f'got {self.segment_s}')
         if self.torch_threads < 1 or not self.diagnostics_period_s > 0:
             raise ValueError('torch_threads must be >= 1 and diagnostics_period_s > 0')
+        if not self.stamp_jump_s > 0:
+            raise ValueError(f'stamp_jump_s must be > 0, got {self.stamp_jump_s}')
 
 
 @dataclass(frozen=True)
@@ -55,12 +61,17 @@ class FaceCropParams(CommonParams):
                               "data, matches any publisher) or 'reliable'")
     qos_depth: int = _p(10, 'image subscription queue depth')
     min_face_size: int = _p(40, 'smallest face MTCNN looks for, pixels')
+    max_image_pixels: int = _p(DEFAULT_MAX_PIXELS, 'compressed_input: largest width x height '
+                               'a compressed frame may declare; larger ones are refused '
+                               'before decoding')
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_qos(self.qos_reliability, self.qos_depth)
         if self.min_face_size < 1:
             raise ValueError(f'min_face_size must be >= 1, got {self.min_face_size}')
+        if self.max_image_pixels < 1:
+            raise ValueError(f'max_image_pixels must be >= 1, got {self.max_image_pixels}')
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,11 @@ class FusionParams(CommonParams):
     queue_depth: int = _p(20, 'face_crop and log_mel subscription depth (reliable)')
     publish_expression: bool = _p(False, 'also publish hri_msgs/Expression on expression '
                                   '(needs hri_msgs)')
+    stall_warn_s: float = _p(DEFAULT_BREAK_S, 'one input (face_crop or log_mel) silent this '
+                             'long while the other flows: /diagnostics WARN; an input gap this '
+                             'long in stamp time also restarts the windows; seconds')
+    stall_error_s: float = _p(10.0, 'one input silent this long while the other flows: '
+                              '/diagnostics ERROR (its node or sensor is down); seconds')
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -111,6 +127,9 @@ class FusionParams(CommonParams):
                              'nearest_max_segments >= 1')
         if self.missing_wait_s < 0 or self.queue_depth < 1:
             raise ValueError('missing_wait_s must be >= 0 and queue_depth >= 1')
+        if not 0 < self.stall_warn_s <= self.stall_error_s:
+            raise ValueError(f'need 0 < stall_warn_s <= stall_error_s, got '
+                             f'{self.stall_warn_s} and {self.stall_error_s}')
 
 
 def _check_qos(reliability: str, depth: int) -> None:
