@@ -180,7 +180,7 @@ def test_every_parameter_has_a_description():
 def test_bringup_without_a_model_exits_with_a_fix_it_message(capsys):
     from lightmer.ros.bringup import run_bringup
 
-    assert run_bringup(model=ROOT / 'no-such-model.pt') == 1
+    assert run_bringup({'model': str(ROOT / 'no-such-model.pt')}) == 1
     err = capsys.readouterr().err
     assert 'no checkpoint' in err and 'lightmer train' in err
     assert run_bringup() == 1

@@ -1,14 +1,17 @@
 """What the three nodes share: a /diagnostics reporter and the `main()` of a node executable."""
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 
 from .conversions import diagnostics_msg
 
@@ -84,25 +87,52 @@ def set_torch_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
+class ShutdownRequest:
+    """SIGINT and SIGTERM set `event` instead of raising KeyboardInterrupt or ending the process.
+
+    `ros2 launch` on Ctrl-C delivers SIGINT twice (the terminal's to the process group, then its
+    own), and escalates to SIGTERM: the second signal used to land in `destroy_node()` or in
+    torch's atexit hooks and print a traceback. Here every further signal only sets the event
+    again, so cleanup finishes and the process exits 0. Build it in the main thread before
+    rclpy.init(signal_handler_options=NO), so that rclpy installs no handler of its own.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.event.set()
+
+
 def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
-    """`main()` of a node executable: init, build, spin until Ctrl-C or shutdown, clean up.
+    """`main()` of a node executable: init, build, spin until Ctrl-C, SIGTERM or shutdown,
+    clean up; exit status 0 however many signals arrive.
 
     A configuration error (ValueError from the parameters or the checkpoint) ends the process
-    with its message and exit status 1 instead of a traceback.
+    with its message and exit status 1 instead of a traceback. The executor is spun in short
+    slices so that the signal flag is seen within 0.1 s.
     """
-    rclpy.init(args=args)
+    shutdown = ShutdownRequest()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
-        node = factory()
-    except ValueError as exc:
-        print(f'lightmer: {exc}', file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        try:
+            node = factory()
+        except ValueError as exc:
+            print(f'lightmer: {exc}', file=sys.stderr)
+            return 1
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        try:
+            while not shutdown.event.is_set() and rclpy.ok():
+                executor.spin_once(timeout_sec=0.1)
+        except ExternalShutdownException:
+            pass
+        finally:
+            executor.shutdown()
+            node.destroy_node()
     finally:
-        node.destroy_node()
         rclpy.try_shutdown()
     return 0
 
