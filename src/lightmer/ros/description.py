@@ -177,21 +177,27 @@ def _as_bool(name: str, text: str) -> bool:
     raise ValueError(f'launch argument {name} must be true or false, got {text!r}')
 
 
-def default_params_file() -> str:
-    """config/lightmer.yaml: the installed share directory's, else the source tree's."""
+def share_dirs() -> list[Path]:
+    """Where lightmer's installed files may be, first match first: the ament index's share
+    directory (colcon / apt), this Python's prefix (pip), then the source tree (a checkout)."""
+    dirs = []
     try:
         from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 
         try:
-            path = Path(get_package_share_directory(PACKAGE)) / 'config' / CONFIG_FILE
-            if path.is_file():
-                return str(path)
-        except (PackageNotFoundError, OSError):   # OSError: no AMENT_PREFIX_PATH (pip)
+            dirs.append(Path(get_package_share_directory(PACKAGE)))
+        except (PackageNotFoundError, OSError, ValueError):   # OSError: no AMENT_PREFIX_PATH
             pass
     except ImportError:
         pass
-    for path in (Path(sys.prefix) / 'share' / PACKAGE / 'config' / CONFIG_FILE,
-                 Path(__file__).resolve().parents[3] / 'config' / CONFIG_FILE):
+    dirs += [Path(sys.prefix) / 'share' / PACKAGE, Path(__file__).resolve().parents[3]]
+    return list(dict.fromkeys(dirs))
+
+
+def default_params_file() -> str:
+    """config/lightmer.yaml: the installed share directory's, else the source tree's."""
+    for share in share_dirs():
+        path = share / 'config' / CONFIG_FILE
         if path.is_file():
             return str(path)
     raise ValueError(f'cannot find {CONFIG_FILE}: pass params_file:=/path/to/{CONFIG_FILE}')

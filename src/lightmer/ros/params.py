@@ -8,13 +8,16 @@ only the checkpoint path to compute exactly what the model was trained on.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from lightmer.segments import ANCHORS
 from lightmer.streaming import DEFAULT_BREAK_S, DEFAULT_JUMP_S, MISSING_POLICIES
 
 from .conversions import DEFAULT_MAX_PIXELS
+from .description import share_dirs
 from .qos import RELIABILITIES
 
 AUDIO_MSG_VARIANTS = ('ros-drivers', 'mgonzs13')
@@ -28,8 +31,9 @@ def _p(default: Any, description: str) -> Any:
 class CommonParams:
     """Parameters all three nodes read (the YAML's `/**:` block sets them for all)."""
 
-    model_path: str = _p('', 'path of the lightmer checkpoint (.pt); every node reads its '
-                         'feature and segment settings from it')
+    model_path: str = _p('', 'the lightmer checkpoint: a path (.pt), or the bare name of one '
+                         'in the installed models/ folder; every node reads its feature and '
+                         'segment settings from it')
     expected_preset: str = _p('', "if set ('crema-d' or 'ravdess'), refuse a checkpoint "
                               'trained on another preset')
     segment_s: float = _p(0.0, 'segment length T in seconds; 0 = the checkpoint preset\'s')
@@ -160,18 +164,53 @@ def declare_and_read(node, cls: type[P]) -> P:
     return cls(**values)
 
 
+def model_dirs() -> list[Path]:
+    """The models/ folders a bare model name is looked up in: installed share directory first
+    (see description.share_dirs), then the source tree's."""
+    return [share / 'models' for share in share_dirs()]
+
+
+def resolve_model_path(value: str, search: Sequence[Path] | None = None,
+                       suffixes: Sequence[str] = ('.pt',)) -> Path:
+    """`model_path` as given -> the file to load.
+
+    A value with a directory part or that names an existing file is a path, taken as it is.
+    Anything else is a bare name (`crema_d_fold0`, `crema_d_fold0.pt`) looked up, as it is
+    and with each suffix, in `search` (default `model_dirs()`), first folder first.
+    Raises ValueError saying what was searched and what is there.
+    """
+    if not value:
+        raise ValueError('parameter model_path is empty: pass the checkpoint, e.g. '
+                         '`model:=/path/to/model.pt` (or the name of one in the installed '
+                         'models/ folder) to the launch file or --model to `lightmer '
+                         'bringup` (`lightmer train` writes one)')
+    path = Path(value).expanduser()
+    if path.is_file() or path.name != value:
+        if not path.is_file():
+            raise ValueError(f'no checkpoint at {path}; train one with `lightmer train` or '
+                             'give the path of an existing file')
+        return path
+    folders = list(model_dirs() if search is None else search)
+    for folder in folders:
+        for name in (value, *(value + s for s in suffixes if not value.endswith(s))):
+            if (folder / name).is_file():
+                return folder / name
+    found = sorted({f.stem for folder in folders if folder.is_dir() for f in folder.iterdir()
+                    if f.suffix in suffixes})
+    raise ValueError(f'no model named {value!r} in {[str(f) for f in folders]} (there: '
+                     f'{found or "nothing"}); give a path, or put the checkpoint in models/ '
+                     'and rebuild (see models/README.md)')
+
+
 def load_for_node(params: CommonParams):
-    """The checkpoint named by `model_path`: (model, meta, segment_s) for a node.
+    """The checkpoint named by `model_path` (a path, or a bare name in models/): (model, meta,
+    segment_s) for a node.
 
     Raises ValueError with a message that says what to set.
     """
     from lightmer.checkpoint import load_checkpoint
 
-    if not params.model_path:
-        raise ValueError('parameter model_path is empty: pass the checkpoint, e.g. '
-                         '`model:=/path/to/model.pt` to the launch file or --model to '
-                         '`lightmer bringup` (`lightmer train` writes one)')
-    model, meta = load_checkpoint(params.model_path)
+    model, meta = load_checkpoint(resolve_model_path(params.model_path))
     if params.expected_preset and meta.preset != params.expected_preset:
         raise ValueError(f'{params.model_path} was trained on preset {meta.preset!r} but the '
                          f'parameters expect {params.expected_preset!r}; use the matching '
