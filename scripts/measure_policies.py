@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--demo', type=Path, required=True, help='a `lightmer demo` output dir')
     parser.add_argument('--occlude', type=float, default=0.3,
                         help='fraction of frames blanked in the occluded bag')
-    parser.add_argument('--min-segments', type=int, default=3)
+    parser.add_argument('--min-segments', type=int, default=None,
+                        help="default: the fusion node's own")
     parser.add_argument('--out', type=Path, default=None, help='default: DEMO/policies')
     args = parser.parse_args(argv)
 

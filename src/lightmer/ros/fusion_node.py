@@ -67,6 +67,7 @@ class FusionNode(Node):
             nearest_max=self.params.nearest_max_segments, break_s=self.params.stall_warn_s)
         self._rejected = 0
         self._resets_seen = 0
+        self._breaks_seen = 0
         self._window_segments = ''
         # Steady-clock arrival of each input (node start for one not seen yet), for stalls.
         self._arrived = dict.fromkeys(('face_crop', 'log_mel'), time.monotonic())
@@ -146,10 +147,14 @@ class FusionNode(Node):
         return array
 
     def _publish(self, results: list[WindowResult]) -> None:
-        resets = self.fuser.counts.resets
-        if resets != self._resets_seen:
-            self._resets_seen = resets
+        counts = self.fuser.counts
+        if counts.resets != self._resets_seen:
+            self._resets_seen = counts.resets
             self.reporter.warn('segment stamps went backwards (a bag looping?): caches reset')
+        if counts.breaks != self._breaks_seen:
+            self._breaks_seen = counts.breaks
+            self.reporter.note(f'an input resumed after a gap of {self.params.stall_warn_s} s '
+                               'or more in its stamps: windows start again after the gap')
         for r in results:
             self._window_segments = f'{len(r.segments)}/{self.fuser.n_segments}'
             header = Header(stamp=float_to_time(r.t_ref), frame_id=r.frame_id)
