@@ -2,11 +2,13 @@
 against coverage on short utterances, in both dataset layouts.
 
 For each layout (CREMA-D: N = 5, T = 0.5 s; RAVDESS: N = 12, T = 0.6 s) this generates a corpus
-of short clips, prepares it, trains one actor-disjoint fold with the demo's recipe, writes a bag
-of the held-out actors (clips on one timeline, 1 s gaps without a face), and evaluates the bag
-offline (the nodes' own processors) for each min_segments value. Reported per value: window and
-clip accuracy, windows, clips without any window (coverage), and the time from a clip's first
-frame to its first window.
+of short clips, prepares it, trains one actor-disjoint fold with the demo's recipe, writes bags
+of the held-out actors (clips on one timeline, gaps without a face between them), and evaluates
+each bag offline (the nodes' own processors) for each min_segments value. Two gaps: 1 s (as
+`make-bag` and the demo lay clips: a window early in a clip may still hold the previous clip's
+last segments) and N*T + T ('isolated': every window sees one clip only, as an utterance after
+a long silence). Reported per value: window and clip accuracy, windows, clips without any
+window (coverage), and the time from a clip's start to its first window.
 
 Usage (two cores: about an hour; each stage is skipped when its output exists):
   bash scripts/loopback.sh .venv/bin/python scripts/measure_min_segments.py --out runs/min_seg
@@ -62,24 +64,37 @@ def first_window_delays(windows: list[dict], rows) -> list[float]:
 
 
 def measure(layout: str, out: Path) -> list[dict]:
+    from lightmer.config import PRESETS
+
+    checkpoint, test_actors, corpus = build_model(layout, out)
+    preset = PRESETS[layout]
+    results = []
+    for gap_name, gap_s in (('1s', 1.0),
+                            ('isolated', (preset.n_segments + 1) * preset.segment_s)):
+        results += measure_bag(layout, out, checkpoint, test_actors, corpus, gap_name, gap_s)
+    return results
+
+
+def measure_bag(layout, out, checkpoint, test_actors, corpus, gap_name, gap_s) -> list[dict]:
     from lightmer.bags import default_labels_path, make_bag, read_labels
     from lightmer.evaluate import EvalConfig, evaluate_bag
 
-    checkpoint, test_actors, corpus = build_model(layout, out)
-    bag = out / 'bag'
+    bag = out / f'bag_gap_{gap_name}'
     if not bag.exists():
-        print(make_bag(layout, corpus, bag, actors=test_actors, gap_s=1.0))
+        print(make_bag(layout, corpus, bag, actors=test_actors, gap_s=gap_s))
     labels = default_labels_path(bag)
     rows = read_labels(labels)
     durations = [r.end - r.start for r in rows]
     results = []
     for m in VALUES[layout]:
+        eval_dir = out / f'eval_gap_{gap_name}_min{m}'
         r = evaluate_bag(EvalConfig(bag=bag, labels=labels, checkpoint=checkpoint,
-                                    min_segments=m, out=out / f'eval_min{m}'))
-        windows = json.loads((out / f'eval_min{m}' / 'windows.json').read_text())
+                                    min_segments=m, out=eval_dir))
+        windows = json.loads((eval_dir / 'windows.json').read_text())
         delays = first_window_delays(windows, rows)
         results.append({
-            'layout': layout, 'min_segments': m, 'n_segments': r['n_segments'],
+            'layout': layout, 'gap': gap_name, 'gap_s': round(gap_s, 2),
+            'min_segments': m, 'n_segments': r['n_segments'],
             'segment_s': r['segment_s'], 'window_accuracy': r['window_accuracy'],
             'clip_accuracy': r['clip_accuracy'], 'windows': r['windows'],
             'clips': r['clips'], 'clips_without_windows': r['clips_without_windows'],
@@ -97,16 +112,18 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for layout in VALUES:
-        mine = [r for r in rows if r['layout'] == layout]
-        if not mine:
-            continue
-        m = [r['min_segments'] for r in mine]
-        axes[0].plot(m, [r['clip_accuracy'] for r in mine], 'o-', label=f'{layout} clip acc')
-        axes[0].plot(m, [r['window_accuracy'] or 0 for r in mine], 's--',
-                     label=f'{layout} window acc')
-        axes[1].plot(m, [r['coverage'] for r in mine], 'o-', label=layout)
+        for gap in ('1s', 'isolated'):
+            mine = [r for r in rows if r['layout'] == layout and r['gap'] == gap]
+            if not mine:
+                continue
+            m = [r['min_segments'] for r in mine]
+            axes[0].plot(m, [r['clip_accuracy'] for r in mine], 'o-',
+                         label=f'{layout}, gap {gap}: clip')
+            axes[0].plot(m, [r['window_accuracy'] or 0 for r in mine], 's--',
+                         label=f'{layout}, gap {gap}: window')
+            axes[1].plot(m, [r['coverage'] for r in mine], 'o-', label=f'{layout}, gap {gap}')
     axes[0].set(xlabel='min_segments', ylabel='accuracy', title='accuracy (clips without a '
                 'window count wrong)')
     axes[1].set(xlabel='min_segments', ylabel='clips with >= 1 window', title='coverage',
@@ -131,12 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         rows += measure(layout, args.out / layout)
     atomic_save_json(args.out / 'min_segments.json', {'rows': rows})
     plot(rows, args.out / 'min_segments.png')
-    print('| layout | min_segments | window acc | clip acc | windows | clips without a window '
-          '| first window after clip start (median) |')
-    print('|---|---:|---:|---:|---:|---:|---:|')
+    print('| layout | gap | min_segments | window acc | clip acc | windows | clips without a '
+          'window | first window after clip start (median) |')
+    print('|---|---|---:|---:|---:|---:|---:|---:|')
     for r in rows:
         first = r['first_window_s_median']
-        print(f"| {r['layout']} | {r['min_segments']}/{r['n_segments']} | "
+        print(f"| {r['layout']} | {r['gap']} | {r['min_segments']}/{r['n_segments']} | "
               f"{r['window_accuracy'] or 0:.3f} | {r['clip_accuracy']:.3f} | {r['windows']} | "
               f"{r['clips_without_windows']}/{r['clips']} | "
               f"{'-' if first is None else f'{first:.2f} s'} |")

@@ -92,17 +92,24 @@ class ShutdownRequest:
 
     `ros2 launch` on Ctrl-C delivers SIGINT twice (the terminal's to the process group, then its
     own), and escalates to SIGTERM: the second signal used to land in `destroy_node()` or in
-    torch's atexit hooks and print a traceback. Here every further signal only sets the event
-    again, so cleanup finishes and the process exits 0. Build it in the main thread before
+    torch's atexit hooks and print a traceback, or, once Python had restored the default
+    handlers while exiting, end the process with status -2. So the first signal sets the event
+    and makes the process ignore both signals from then on: cleanup finishes and it exits 0
+    (SIGKILL, launch's last resort, still ends it). Build it in the main thread before
     rclpy.init(signal_handler_options=NO), so that rclpy installs no handler of its own.
     """
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __init__(self) -> None:
         self.event = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in self.SIGNALS:
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
+        # SIG_IGN, unlike a Python handler, survives interpreter shutdown.
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         self.event.set()
 
 

@@ -1,0 +1,233 @@
+"""The node processes (the setup.py executables, started from the launch description) under
+hostile input, Ctrl-C as `ros2 launch` delivers it, and a killed node coming back.
+
+- Inputs that used to end a process or put NaN on /emotion (tiny frames, absurd AudioInfo
+  rates, huge F32 samples, NaN and misshapen log-mels, stamps jumping by hours) leave all three
+  processes running, and every emotion message is a probability vector.
+- A node process killed with SIGKILL and started again rejoins: /emotion flows again, and the
+  fusion restarts its windows after the gap (no window mixes both sides of it).
+- Two SIGINTs in a row (the terminal's, then launch's), or SIGTERM: exit status 0 and no
+  traceback.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import rclpy
+import torch
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+import ros_helpers as rh
+from lightmer.ros.conversions import float_to_time, time_to_float
+from lightmer.ros.description import resolve
+from lightmer.streaming import is_probability_vector
+
+SEGMENT_S = 0.5
+
+
+class Nodes:
+    """The three node processes, logs in files (a full pipe would block a node)."""
+
+    def __init__(self, tmp, checkpoint, params, env):
+        self.tmp, self.env = tmp, env
+        self.invocations = {inv.name: inv for inv in resolve(
+            {'model': str(checkpoint), 'params_file': str(params)})}
+        self.procs: dict[str, subprocess.Popen] = {}
+        for name in self.invocations:
+            self.start(name)
+
+    def start(self, name: str) -> None:
+        inv = self.invocations[name]
+        with open(self.tmp / f'{name}.log', 'a') as log:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, '-m', inv.description.module, *inv.ros_args()], env=self.env,
+                stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f'{name}.log').read_text()
+
+    def alive(self) -> None:
+        for name, p in self.procs.items():
+            assert p.poll() is None, f'{name} exited {p.returncode}:\n{self.log(name)[-3000:]}'
+
+    def kill_all(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+
+
+@pytest.fixture(scope='module')
+def live(tmp_path_factory, ros_env):
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp('robust')
+    checkpoint = rh.make_checkpoint(tmp / 'model.pt', seed=4)
+    params = tmp / 'params.yaml'
+    params.write_text('/**:\n  ros__parameters:\n    diagnostics_period_s: 0.2\n'
+                      '/**/face_crop:\n  ros__parameters:\n    qos_reliability: reliable\n'
+                      '/**/fusion:\n  ros__parameters:\n    min_segments: 2\n'
+                      '    stall_warn_s: 2.0\n')
+    nodes = Nodes(tmp, checkpoint, params, ros_env)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    probe = rh.Probe(context, name='probe_robust')
+    try:
+        probe.wait_matched(timeout_s=120)
+        probe.publish_info()
+        probe.wait_format('/audio_feature')
+        yield {'nodes': nodes, 'probe': probe, 'checkpoint': checkpoint}
+    finally:
+        probe.close()
+        rclpy.shutdown(context=context)
+        nodes.kill_all()
+
+
+def _emotion_ok(snap) -> None:
+    for m in snap.emotion:
+        assert is_probability_vector(np.array([h.score for h in m.results])), m
+
+
+def test_hostile_input_leaves_every_process_running_and_emotion_valid(live):
+    probe, nodes = live['probe'], live['nodes']
+    t = 4000.0
+    # frames too small for any face, in three encodings (these used to end face_crop)
+    for frame, enc in ((np.zeros((1, 1, 3), np.uint8), 'rgb8'),
+                       (np.zeros((3, 5000), np.uint8), 'mono8'),
+                       (np.zeros((5000, 3, 4), np.uint8), 'bgra8')):
+        for _ in range(3):
+            probe.image_pub.publish(probe.image_msg(t, frame, encoding=enc))
+            t += SEGMENT_S
+    # an AudioInfo claiming 4294967295 Hz is refused; huge finite F32 samples and NaN
+    probe.publish_info(rate=4294967295)
+    probe.wait_for(lambda s: 'sample_rate' in s.diagnostics.get('/audio_feature', {}).get(
+        '_message', '') and s, 20, 'the absurd rate refused')
+    probe.publish_info(sample_format='F32LE')
+    probe.wait_format('/audio_feature', dtype='float32')
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        chunk = (0.1 * rng.standard_normal(1600)).astype('<f4')
+        if 10 <= i < 13:
+            chunk[::3] = 1e30
+        if i == 20:
+            chunk[5] = np.nan
+        probe.audio_pub.publish(probe.audio_msg(t + i * 0.1, chunk.tobytes()))
+        time.sleep(0.01)
+    # log-mels straight onto the fusion's input: NaN, inf, wrong shape, wrong encoding
+    mel_pub = probe.node.create_publisher(Image, 'log_mel', 10)
+    for i, (shape, fill, enc) in enumerate((((128, 43), np.nan, '32FC1'),
+                                            ((128, 43), np.inf, '32FC1'),
+                                            ((43, 128), 0.0, '32FC1'),
+                                            ((128, 43), 0.0, 'mono8'))):
+        mel = np.full(shape, fill, np.float32)
+        mel_pub.publish(Image(header=Header(stamp=float_to_time((8200 + i + 0.5) * SEGMENT_S)),
+                              height=shape[0], width=shape[1], encoding=enc, step=shape[1] * 4,
+                              data=mel.tobytes()))
+    snap = probe.wait_for(
+        lambda s: int(s.diagnostics.get('/audio_feature', {}).get('invalid', 0)) > 0
+        and int(s.diagnostics.get('/fusion', {}).get('rejected', 0)) >= 2 and s,
+        30, 'the overflowing audio windows and the bad log-mels counted')
+    nodes.alive()
+    # stamps jump forward by 3 h, then ordinary input works and gives valid windows
+    probe.publish_info()
+    probe.wait_format('/audio_feature')
+    clip = rh.make_clip(SEGMENT_S, seed=6)
+    offset = 3 * 3600.0 + 10000.0
+    probe.prime_audio(rh.T0 + offset - 30)
+    probe.play(clip, offset_s=offset)
+    snap = probe.wait_for(lambda s: [m for m in s.emotion if time_to_float(m.header.stamp)
+                                     > rh.T0 + offset] and s, 60, 'windows after the jump')
+    _emotion_ok(snap)
+    assert int(snap.diagnostics['/face_crop']['no_face']) >= 3
+    assert int(snap.diagnostics['/audio_feature']['jumps']) >= 1
+    nodes.alive()
+
+
+class _Stream:
+    """Camera and microphone in real time (stamps = wall time), until stopped: what a robot's
+    drivers keep sending while a node restarts."""
+
+    def __init__(self, probe):
+        self.probe = probe
+        self.clip = rh.make_clip(SEGMENT_S, seed=8)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        audio = self.clip.audio
+        frames = self.clip.frames
+        t0 = time.time()
+        i = 0
+        while not self.stop.is_set():
+            t = t0 + i * 0.1
+            self.probe.image_pub.publish(self.probe.image_msg(t, frames[i % len(frames)]))
+            s = (i * rh.CHUNK) % (len(audio) - rh.CHUNK)
+            self.probe.audio_pub.publish(self.probe.audio_msg(t, audio[s:s + rh.CHUNK]
+                                                              .tobytes()))
+            i += 1
+            time.sleep(max(0.0, t0 + i * 0.1 - time.time()))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+@pytest.mark.parametrize('name', ['face_crop', 'fusion'])
+def test_a_killed_node_restarted_rejoins_and_emotion_flows_again(live, name):
+    probe, nodes = live['probe'], live['nodes']
+    stream = _Stream(probe)
+    try:
+        probe.wait_for(lambda s: [m for m in s.emotion
+                                  if time_to_float(m.header.stamp) > time.time() - 5], 60,
+                       'emotion from the live stream')
+        breaks = int(probe.snapshot().diagnostics['/fusion'].get('breaks', 0))
+        nodes.procs[name].kill()
+        nodes.procs[name].wait(timeout=10)
+        killed = time.time()
+        nodes.start(name)
+        snap = probe.wait_for(lambda s: [m for m in s.emotion
+                                         if time_to_float(m.header.stamp) > killed] and s,
+                              120, f'emotion after {name} restarted')
+        nodes.alive()
+        _emotion_ok(snap)
+        if name == 'face_crop':     # the fusion saw a gap of faces: its windows restarted
+            probe.wait_for(lambda s: int(s.diagnostics['/fusion'].get('breaks', 0)) > breaks,
+                           10, 'the fusion to restart its windows after the face gap')
+    finally:
+        stream.close()
+
+
+def test_two_sigints_or_sigterm_end_each_node_cleanly(live):
+    """Last in this module: it ends the processes. The later signals come while the first is
+    being handled (destroying the node, torch's exit hooks), as launch's own SIGINT follows
+    the terminal's."""
+    nodes = live['nodes']
+    nodes.alive()
+    # (delay before it, signal), per node
+    plans = {'face_crop': ((0.0, signal.SIGINT), (0.15, signal.SIGINT)),
+             'audio_feature': ((0.0, signal.SIGTERM), (0.3, signal.SIGINT)),
+             'fusion': ((0.0, signal.SIGINT), (0.05, signal.SIGINT), (0.5, signal.SIGTERM))}
+
+    def deliver(proc, plan):
+        for delay, sig in plan:
+            time.sleep(delay)
+            proc.send_signal(sig)
+
+    senders = [threading.Thread(target=deliver, args=(nodes.procs[n], plan))
+               for n, plan in plans.items()]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join()
+    for name, proc in nodes.procs.items():
+        proc.wait(timeout=30)
+        log = nodes.log(name)
+        assert proc.returncode == 0, f'{name}: {proc.returncode}\n{log[-3000:]}'
+        assert 'Traceback' not in log and 'KeyboardInterrupt' not in log, log[-3000:]
