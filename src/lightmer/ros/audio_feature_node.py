@@ -41,6 +41,10 @@ class AudioFeatureNode(Node):
     def __init__(self, **kwargs):
         super().__init__('audio_feature', **kwargs)
         self.params = declare_and_read(self, AudioFeatureParams)
+        # Subscribe first, load second: chunks queue up while torch and librosa load (the
+        # subscription's depth), as in face_crop_node.
+        self._pub = self.create_publisher(Image, 'log_mel', output_qos())
+        self._subscribe()
         set_torch_threads(self.params.torch_threads)
         _, meta, segment_s = load_for_node(self.params)
         self._segmenter = AudioSegmenter(meta.features, segment_s, self.params.reference,
@@ -50,7 +54,8 @@ class AudioFeatureNode(Node):
         self._format: AudioFormat | None = None
         self._rejected = 0
         self.reporter = Reporter(self, self.params.diagnostics_period_s, self.diagnostic_counts)
-        self._pub = self.create_publisher(Image, 'log_mel', output_qos())
+
+    def _subscribe(self) -> None:
         qos = input_qos(self.params.qos_reliability, self.params.qos_depth)
         if self.params.audio_msg == 'ros-drivers':
             from audio_common_msgs.msg import AudioDataStamped, AudioInfo

@@ -36,6 +36,19 @@ class FaceCropNode(Node):
     def __init__(self, **kwargs):
         super().__init__('face_crop', **kwargs)
         self.params = declare_and_read(self, FaceCropParams)
+        # Subscribe first, then spend seconds importing torch and loading MTCNN: DDS discovery
+        # runs meanwhile and frames wait in the subscription's queue, so a (re)started node
+        # has its first segment at once instead of after discovery. Callbacks only run once
+        # the executor spins, after this constructor.
+        self._pub = self.create_publisher(Image, 'face_crop', output_qos())
+        qos = input_qos(self.params.qos_reliability, self.params.qos_depth)
+        if self.params.compressed_input:
+            self._convert = partial(compressed_to_rgb, max_pixels=self.params.max_image_pixels)
+            self._sub = self.create_subscription(CompressedImage, 'image/compressed',
+                                                 self.compressed_callback, qos)
+        else:
+            self._convert = image_to_rgb
+            self._sub = self.create_subscription(Image, 'image', self.image_callback, qos)
         set_torch_threads(self.params.torch_threads)
         _, meta, segment_s = load_for_node(self.params)
         self._cropper = FaceCropper(meta.features, min_face_size=self.params.min_face_size)
@@ -47,15 +60,6 @@ class FaceCropNode(Node):
         self.counts = {'frames': 0, 'segments': 0, 'published': 0, 'no_face': 0,
                        'rejected': 0, 'undecodable': 0, 'resets': 0, 'jumps': 0}
         self.reporter = Reporter(self, self.params.diagnostics_period_s, lambda: self.counts)
-        self._pub = self.create_publisher(Image, 'face_crop', output_qos())
-        qos = input_qos(self.params.qos_reliability, self.params.qos_depth)
-        if self.params.compressed_input:
-            self._convert = partial(compressed_to_rgb, max_pixels=self.params.max_image_pixels)
-            self._sub = self.create_subscription(CompressedImage, 'image/compressed',
-                                                 self.compressed_callback, qos)
-        else:
-            self._convert = image_to_rgb
-            self._sub = self.create_subscription(Image, 'image', self.image_callback, qos)
         self.get_logger().info(
             f'T={segment_s:.3f} s, reference {self.params.reference}, '
             f'subscribing {self._sub.topic_name} ({self.params.qos_reliability})')

@@ -48,6 +48,12 @@ class FusionNode(Node):
     def __init__(self, **kwargs):
         super().__init__('fusion', **kwargs)
         self.params = declare_and_read(self, FusionParams)
+        # Subscribe first, load second: inputs queue up while the model loads (queue_depth),
+        # as in face_crop_node.
+        self._pub = self.create_publisher(Classification, 'emotion', output_qos())
+        qos = output_qos(self.params.queue_depth)
+        self._face_sub = self.create_subscription(Image, 'face_crop', self.face_callback, qos)
+        self._mel_sub = self.create_subscription(Image, 'log_mel', self.mel_callback, qos)
         set_torch_threads(self.params.torch_threads)
         model, meta, segment_s = load_for_node(self.params)
         n = self.params.n_segments or meta.n_segments
@@ -74,14 +80,10 @@ class FusionNode(Node):
         self._face_in_view = True
         self.reporter = Reporter(self, self.params.diagnostics_period_s,
                                  self.diagnostic_counts, self.health)
-        self._pub = self.create_publisher(Classification, 'emotion', output_qos())
         self._info_pub = self.create_publisher(LabelInfo, 'emotion/label_info', latched_qos())
         self._info_pub.publish(label_info_msg(self.labels,
                                               Header(stamp=self.get_clock().now().to_msg())))
         self._expression_pub = self._expression_publisher()
-        qos = output_qos(self.params.queue_depth)
-        self._face_sub = self.create_subscription(Image, 'face_crop', self.face_callback, qos)
-        self._mel_sub = self.create_subscription(Image, 'log_mel', self.mel_callback, qos)
         self.get_logger().info(f'{meta.preset}: {len(self.labels)} classes, N={n}, '
                                f'T={segment_s:.3f} s, policy {self.params.missing_policy}')
 
