@@ -446,3 +446,18 @@ def test_stall_status_tells_a_stopped_input_from_an_idle_pair():
     level, message = stall_status({'face_crop': 0.0, 'log_mel': 12.0}, 3.0, 10.0)
     assert level == 'error' and 'microphone' in message
     assert stall_status({'face_crop': 50.0, 'log_mel': 12.0}, 3.0, 10.0)[0] == 'ok'
+
+
+def test_audio_segmenter_applies_the_checkpoints_mel_normalisation():
+    """The node computes the same level-preserving features as training when the checkpoint
+    says mel_norm 'dataset' (one log_mel for both)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, mel_norm='dataset', mel_db_mean=-45.0, mel_db_std=15.0)
+    sr, t0 = 16000, 50.0
+    audio = _voice(3 * sr, sr)
+    out = _feed(AudioSegmenter(cfg, 0.5, 'centre'), audio, sr, t0, chunk=1024)
+    assert out
+    for _, t_ref, mel in out:
+        np.testing.assert_allclose(mel, log_mel_at(audio, t_ref - t0, cfg), atol=1e-4)
+        assert not np.allclose(mel, log_mel_at(audio, t_ref - t0, CFG), atol=0.1)

@@ -47,8 +47,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from lightmer.checkpoint import CheckpointMeta, make_provenance, save_checkpoint
-from lightmer.config import get_preset
-from lightmer.datasets.cache import CacheIndex, SegmentDataset, load_index
+from lightmer.config import MEL_NORMS, get_preset
+from lightmer.datasets.cache import CacheIndex, SegmentDataset, dataset_mel_norm, load_index
 from lightmer.folds import Split, check_disjoint, split_fold
 from lightmer.io_utils import atomic_save_json, atomic_torch_save
 from lightmer.model import LightmerNet, ModelConfig
@@ -61,7 +61,7 @@ STATE_VERSION = 1
 _INIT, _DROPOUT, _GLOBAL, _SHUFFLE = 1, 2, 3, 4
 # Settings that change the numbers; a resumed or extended run must agree on all of them.
 _RUN_KEYS = ('dataset', 'strategy', 'n_folds', 'epochs', 'n_uncertain', 'n_segments',
-             'batch_size', 'lr', 'lr_decay', 'decay_epoch', 'dropout', 'seed')
+             'batch_size', 'lr', 'lr_decay', 'decay_epoch', 'dropout', 'seed', 'mel_norm')
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,14 @@ class TrainConfig:
     eval_memory_mb: int = 4096    # eval-mode inputs kept in RAM across epochs (CREMA-D's
     # 7,442 clips at N=5 take ~2 GB); 0 recomputes them every epoch
     progress: bool = True         # tqdm bars (folds, epochs, batches) on stderr
+    mel_norm: str = 'window'      # log-mel normalisation (FeatureConfig.mel_norm); 'dataset'
+    # takes the dB statistics of each fold's training clips into its checkpoints
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f'strategy must be one of {STRATEGIES}, got {self.strategy!r}')
+        if self.mel_norm not in MEL_NORMS:
+            raise ValueError(f'mel_norm must be one of {MEL_NORMS}, got {self.mel_norm!r}')
         for name in ('n_uncertain', 'n_segments', 'epochs', 'batch_size', 'n_folds'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
@@ -352,8 +356,10 @@ def _train_fold(cfg: TrainConfig, fold: int, split: Split, ids: dict[str, list[s
     # Every training clip (D0 then U) in one fixed order: draws stay tied to the clip.
     all_ids = ids['d0'] + ids['pool']
     position = {c: i for i, c in enumerate(all_ids)}
+    features = (dataset_mel_norm(cfg.cache, all_ids, cfg.n_segments)
+                if cfg.mel_norm == 'dataset' else index.features)
     dataset = functools.partial(SegmentDataset, cfg.cache, n_segments=cfg.n_segments,
-                                labels=preset.labels, seed=cfg.seed)
+                                labels=preset.labels, seed=cfg.seed, features=features)
     train_items = dataset(all_ids, train=True)     # random frame + jittered audio per segment
     f = index.features   # float32 faces + log-mels of one clip: 0.27 MB at N=5
     clip_mb = cfg.n_segments * (f.face_height * f.face_width + f.n_mels * f.mel_frames) * 4 / 2**20
@@ -399,7 +405,7 @@ def _train_fold(cfg: TrainConfig, fold: int, split: Split, ids: dict[str, list[s
         dataset=cfg.dataset, fold=fold, strategy=cfg.strategy, seed=cfg.seed,
         best_criterion='min eval-mode cross-entropy on D_train(0)')
     meta = dict(preset=preset.name, labels=preset.labels, n_segments=cfg.n_segments,
-                segment_s=preset.segment_s, features=index.features, model=model_cfg)
+                segment_s=preset.segment_s, features=features, model=model_cfg)
     epochs = tqdm(range(len(metrics), cfg.epochs), desc=f'fold {fold} epochs', leave=False,
                   initial=len(metrics), total=cfg.epochs, disable=not cfg.progress)
     for epoch in epochs:
