@@ -104,8 +104,11 @@ class AudioFeatureParams(CommonParams):
 @dataclass(frozen=True)
 class FusionParams(CommonParams):
     n_segments: int = _p(0, 'segments N per window; 0 = the checkpoint\'s')
-    min_segments: int = _p(0, 'publish a window only when at least this many of its N '
-                           'segments are cached; 0 = all N')
+    # 2: a 1.5 s utterance holds 3 segments at T = 0.5 s (CREMA-D models) but may hold only 2
+    # at T = 0.6 s (RAVDESS); measured against accuracy in docs/ROBOT_OPERATIONS.md.
+    min_segments: int = _p(2, 'publish a window once at least this many of its N segments are '
+                           'cached (at most N); 0 = all N. Fewer: windows on short '
+                           'utterances; more: each window sees more')
     missing_policy: str = _p('skip', "a segment with one modality after missing_wait_s: "
                              "'skip' it, or 'nearest' (pair it with the nearest segment's "
                              'input of the missing modality)')
