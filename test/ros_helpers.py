@@ -338,3 +338,71 @@ def emotion_by_segment(msgs, segment_s: float, anchor: str = 'centre') -> dict[i
         k = segment_of_reference(time_to_float(m.header.stamp), segment_s, anchor)
         out[k] = np.array([h.score for h in m.results])
     return out
+
+
+class NodeProcesses:
+    """The three node executables as processes, started from the launch description
+    (`description.resolve` + `NodeInvocation.ros_args`, the command line launch_ros builds),
+    each logging to `<log_dir>/<name>.log` (a file: a full pipe would block a node). One node
+    can be stopped and started again (restart tests, the recovery benchmark)."""
+
+    def __init__(self, log_dir: Path, launch_args: dict[str, str], env: dict):
+        from lightmer.ros.description import resolve
+
+        self.log_dir, self.env = Path(log_dir), env
+        self.invocations = {inv.name: inv for inv in resolve(launch_args)}
+        self.procs: dict = {}
+        for name in self.invocations:
+            self.start(name)
+
+    def start(self, name: str) -> None:
+        import subprocess
+        import sys
+
+        inv = self.invocations[name]
+        with open(self.log_dir / f'{name}.log', 'a') as log:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, '-m', inv.description.module, *inv.ros_args()], env=self.env,
+                stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f'{name}.log').read_text()
+
+    def alive(self) -> None:
+        for name, p in self.procs.items():
+            assert p.poll() is None, f'{name} exited {p.returncode}:\n{self.log(name)[-3000:]}'
+
+    def kill_all(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+
+
+class LiveStream:
+    """Camera (10 fps, the generated clip's frames) and microphone (0.1 s chunks) published in
+    real time with wall-clock stamps through `probe`, until `close()`: what a robot's drivers
+    keep sending while a node restarts."""
+
+    def __init__(self, probe: Probe, segment_s: float = 0.5):
+        self.probe = probe
+        self.clip = make_clip(segment_s, seed=8)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        audio, frames = self.clip.audio, self.clip.frames
+        t0 = time.time()
+        i = 0
+        while not self.stop.is_set():
+            t = t0 + i / FPS
+            self.probe.image_pub.publish(self.probe.image_msg(t, frames[i % len(frames)]))
+            s = (i * CHUNK) % (len(audio) - CHUNK)
+            self.probe.audio_pub.publish(self.probe.audio_msg(t, audio[s:s + CHUNK].tobytes()))
+            i += 1
+            time.sleep(max(0.0, t0 + i / FPS - time.time()))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)

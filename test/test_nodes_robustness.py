@@ -12,8 +12,6 @@ hostile input, Ctrl-C as `ros2 launch` delivers it, and a killed node coming bac
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -26,42 +24,9 @@ from std_msgs.msg import Header
 
 import ros_helpers as rh
 from lightmer.ros.conversions import float_to_time, time_to_float
-from lightmer.ros.description import resolve
 from lightmer.streaming import is_probability_vector
 
 SEGMENT_S = 0.5
-
-
-class Nodes:
-    """The three node processes, logs in files (a full pipe would block a node)."""
-
-    def __init__(self, tmp, checkpoint, params, env):
-        self.tmp, self.env = tmp, env
-        self.invocations = {inv.name: inv for inv in resolve(
-            {'model': str(checkpoint), 'params_file': str(params)})}
-        self.procs: dict[str, subprocess.Popen] = {}
-        for name in self.invocations:
-            self.start(name)
-
-    def start(self, name: str) -> None:
-        inv = self.invocations[name]
-        with open(self.tmp / f'{name}.log', 'a') as log:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, '-m', inv.description.module, *inv.ros_args()], env=self.env,
-                stdout=log, stderr=subprocess.STDOUT)
-
-    def log(self, name: str) -> str:
-        return (self.tmp / f'{name}.log').read_text()
-
-    def alive(self) -> None:
-        for name, p in self.procs.items():
-            assert p.poll() is None, f'{name} exited {p.returncode}:\n{self.log(name)[-3000:]}'
-
-    def kill_all(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=10)
 
 
 @pytest.fixture(scope='module')
@@ -74,7 +39,8 @@ def live(tmp_path_factory, ros_env):
                       '/**/face_crop:\n  ros__parameters:\n    qos_reliability: reliable\n'
                       '/**/fusion:\n  ros__parameters:\n    min_segments: 2\n'
                       '    stall_warn_s: 2.0\n')
-    nodes = Nodes(tmp, checkpoint, params, ros_env)
+    nodes = rh.NodeProcesses(tmp, {'model': str(checkpoint), 'params_file': str(params)},
+                             ros_env)
     context = rclpy.Context()
     rclpy.init(context=context)
     probe = rh.Probe(context, name='probe_robust')
@@ -149,40 +115,10 @@ def test_hostile_input_leaves_every_process_running_and_emotion_valid(live):
     nodes.alive()
 
 
-class _Stream:
-    """Camera and microphone in real time (stamps = wall time), until stopped: what a robot's
-    drivers keep sending while a node restarts."""
-
-    def __init__(self, probe):
-        self.probe = probe
-        self.clip = rh.make_clip(SEGMENT_S, seed=8)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        audio = self.clip.audio
-        frames = self.clip.frames
-        t0 = time.time()
-        i = 0
-        while not self.stop.is_set():
-            t = t0 + i * 0.1
-            self.probe.image_pub.publish(self.probe.image_msg(t, frames[i % len(frames)]))
-            s = (i * rh.CHUNK) % (len(audio) - rh.CHUNK)
-            self.probe.audio_pub.publish(self.probe.audio_msg(t, audio[s:s + rh.CHUNK]
-                                                              .tobytes()))
-            i += 1
-            time.sleep(max(0.0, t0 + i * 0.1 - time.time()))
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
-
-
 @pytest.mark.parametrize('name', ['face_crop', 'fusion'])
 def test_a_killed_node_restarted_rejoins_and_emotion_flows_again(live, name):
     probe, nodes = live['probe'], live['nodes']
-    stream = _Stream(probe)
+    stream = rh.LiveStream(probe)
     try:
         probe.wait_for(lambda s: [m for m in s.emotion
                                   if time_to_float(m.header.stamp) > time.time() - 5], 60,
