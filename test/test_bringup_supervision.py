@@ -139,3 +139,33 @@ def test_respawn_rebuilds_the_dead_node_in_process_and_it_works(bringup, capsys)
         feeder.close()
         running.stop()
     assert result == {'code': 0}
+
+
+def test_bringup_process_ends_cleanly_on_two_sigints(tmp_path, ros_env):
+    """`lightmer bringup` as a user runs it: Ctrl-C twice in a row (as a terminal and a
+    supervisor may both send it) ends it with status 0 and no traceback."""
+    import signal
+    import subprocess
+    import sys
+
+    checkpoint = rh.make_checkpoint(tmp_path / 'model.pt')
+    log = tmp_path / 'bringup.log'
+    with open(log, 'w') as out:
+        proc = subprocess.Popen([sys.executable, '-m', 'lightmer.cli', 'bringup', '--model',
+                                 str(checkpoint), '--namespace', 'sigint'], env=ros_env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        # the fusion node is built last and logs its classes: all three nodes are up
+        _until(lambda: 'classes, N=' in log.read_text() or proc.poll() is not None, 120,
+               'the bringup nodes to start')
+        assert proc.poll() is None, log.read_text()
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.1)                 # the second one lands while the first is handled
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+        text = log.read_text()
+        assert 'Traceback' not in text and 'KeyboardInterrupt' not in text, text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
