@@ -21,7 +21,7 @@ from std_msgs.msg import Header
 from lightmer.features import to_mono
 from lightmer.streaming import AudioSegmenter
 
-from .common import Reporter, run_node, set_torch_threads
+from .common import Reporter, run_node
 from .conversions import (
     AudioFormat,
     ConversionError,
@@ -41,11 +41,12 @@ class AudioFeatureNode(Node):
     def __init__(self, **kwargs):
         super().__init__('audio_feature', **kwargs)
         self.params = declare_and_read(self, AudioFeatureParams)
-        # Subscribe first, load second: chunks queue up while torch and librosa load (the
-        # subscription's depth), as in face_crop_node.
+        # Subscribe first, load second: chunks queue up while the model's metadata and librosa
+        # load (the subscription's depth), as in face_crop_node.
         self._pub = self.create_publisher(Image, 'log_mel', output_qos())
         self._subscribe()
-        set_torch_threads(self.params.torch_threads)
+        # Only the metadata: librosa does the rest, so with an ONNX export nothing here
+        # imports torch or onnxruntime.
         _, meta, segment_s = load_for_node(self.params)
         self._segmenter = AudioSegmenter(meta.features, segment_s, self.params.reference,
                                          self.params.gap_tolerance_s,

@@ -14,10 +14,10 @@ import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 
-from lightmer.features import FaceCropper
+from lightmer.backend import face_cropper
 from lightmer.streaming import FrameSelector
 
-from .common import Reporter, run_node, set_torch_threads
+from .common import Reporter, run_node
 from .conversions import (
     ConversionError,
     array_to_image,
@@ -49,9 +49,10 @@ class FaceCropNode(Node):
         else:
             self._convert = image_to_rgb
             self._sub = self.create_subscription(Image, 'image', self.image_callback, qos)
-        set_torch_threads(self.params.torch_threads)
-        _, meta, segment_s = load_for_node(self.params)
-        self._cropper = FaceCropper(meta.features, min_face_size=self.params.min_face_size)
+        path, _, segment_s = load_for_node(self.params)
+        # facenet-pytorch's MTCNN for a checkpoint, the export's MTCNN nets on onnxruntime for
+        # an ONNX export (equal boxes); no torch import in the latter.
+        self._cropper = face_cropper(path, self.params.min_face_size, self.params.torch_threads)
         self._selector = FrameSelector(segment_s, self.params.reference,
                                        jump_s=self.params.stamp_jump_s)
         # The first MTCNN call is slower (allocations, lazy imports): pay for it now.

@@ -27,9 +27,10 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Classification, LabelInfo
 
-from lightmer.streaming import SegmentFuser, WindowResult, model_functions, stall_status
+from lightmer.backend import load_model
+from lightmer.streaming import SegmentFuser, WindowResult, stall_status
 
-from .common import ERROR, OK, WARN, Reporter, run_node, set_torch_threads
+from .common import ERROR, OK, WARN, Reporter, run_node
 from .conversions import (
     ConversionError,
     classification_msg,
@@ -54,8 +55,7 @@ class FusionNode(Node):
         qos = output_qos(self.params.queue_depth)
         self._face_sub = self.create_subscription(Image, 'face_crop', self.face_callback, qos)
         self._mel_sub = self.create_subscription(Image, 'log_mel', self.mel_callback, qos)
-        set_torch_threads(self.params.torch_threads)
-        model, meta, segment_s = load_for_node(self.params)
+        path, meta, segment_s = load_for_node(self.params)
         n = self.params.n_segments or meta.n_segments
         if self.params.min_segments > n:
             raise ValueError(f'min_segments {self.params.min_segments} exceeds the window of '
@@ -63,7 +63,9 @@ class FusionNode(Node):
         self.labels = tuple(meta.labels)
         self._face_shape = (meta.features.face_height, meta.features.face_width)
         self._mel_shape = (meta.features.n_mels, meta.features.mel_frames)
-        segment_logits, fuse = model_functions(model)
+        # torch for a checkpoint, onnxruntime for an ONNX export: the same numpy callables.
+        model = load_model(path, self.params.torch_threads)
+        segment_logits, fuse = model.segment_logits, model.fuse
         # The first forward pass is slower (allocator, kernels): pay for it now.
         segment_logits(np.zeros(self._face_shape, np.uint8), np.zeros(self._mel_shape, np.float32))
         self.fuser = SegmentFuser(

@@ -31,15 +31,18 @@ def _p(default: Any, description: str) -> Any:
 class CommonParams:
     """Parameters all three nodes read (the YAML's `/**:` block sets them for all)."""
 
-    model_path: str = _p('', 'the lightmer checkpoint: a path (.pt), or the bare name of one '
-                         'in the installed models/ folder; every node reads its feature and '
+    model_path: str = _p('', 'the lightmer model: a checkpoint (.pt, run on torch) or the '
+                         '<stem>.onnx of `lightmer export --format onnx` (run on '
+                         'onnxruntime, no torch), as a path or as the bare name of one in '
+                         'the installed models/ folder; every node reads its feature and '
                          'segment settings from it')
     expected_preset: str = _p('', "if set ('crema-d' or 'ravdess'), refuse a checkpoint "
                               'trained on another preset')
     segment_s: float = _p(0.0, 'segment length T in seconds; 0 = the checkpoint preset\'s')
     reference: str = _p('centre', "segment reference time: 'centre' (as trained at "
                         "inference) or 'start' (lower latency)")
-    torch_threads: int = _p(1, 'torch intra-op threads of this node (nodes share few cores)')
+    torch_threads: int = _p(1, 'intra-op threads of this node\'s runtime, torch or '
+                            'onnxruntime (nodes share few cores)')
     diagnostics_period_s: float = _p(1.0, 'period of the /diagnostics counts, wall seconds')
     stamp_jump_s: float = _p(DEFAULT_JUMP_S, 'a forward step of input stamps at least this '
                              'long is a jump (clock set, replay seek): logged and counted '
@@ -64,7 +67,9 @@ class FaceCropParams(CommonParams):
     qos_reliability: str = _p('best_effort', "image subscription: 'best_effort' (sensor "
                               "data, matches any publisher) or 'reliable'")
     qos_depth: int = _p(10, 'image subscription queue depth')
-    min_face_size: int = _p(40, 'smallest face MTCNN looks for, pixels')
+    min_face_size: int = _p(40, 'smallest face MTCNN looks for, in pixels of the image it '
+                            'runs on (the frame, or its copy downscaled to the model\'s '
+                            'detect_max_side)')
     max_image_pixels: int = _p(DEFAULT_MAX_PIXELS, 'compressed_input: largest width x height '
                                'a compressed frame may declare; larger ones are refused '
                                'before decoding')
@@ -167,6 +172,10 @@ def declare_and_read(node, cls: type[P]) -> P:
     return cls(**values)
 
 
+# Model files a bare name may stand for: a checkpoint (torch), then an ONNX export.
+MODEL_SUFFIXES = ('.pt', '.onnx')
+
+
 def model_dirs() -> list[Path]:
     """The models/ folders a bare model name is looked up in: installed share directory first
     (see description.share_dirs), then the source tree's."""
@@ -174,24 +183,26 @@ def model_dirs() -> list[Path]:
 
 
 def resolve_model_path(value: str, search: Sequence[Path] | None = None,
-                       suffixes: Sequence[str] = ('.pt',)) -> Path:
+                       suffixes: Sequence[str] = MODEL_SUFFIXES) -> Path:
     """`model_path` as given -> the file to load.
 
     A value with a directory part or that names an existing file is a path, taken as it is.
     Anything else is a bare name (`crema_d_fold0`, `crema_d_fold0.pt`) looked up, as it is
-    and with each suffix, in `search` (default `model_dirs()`), first folder first.
-    Raises ValueError saying what was searched and what is there.
+    and then with each suffix in order (a checkpoint before an export), in `search` (default
+    `model_dirs()`), first folder first. Raises ValueError saying what was searched and what
+    is there.
     """
     if not value:
-        raise ValueError('parameter model_path is empty: pass the checkpoint, e.g. '
-                         '`model:=/path/to/model.pt` (or the name of one in the installed '
-                         'models/ folder) to the launch file or --model to `lightmer '
-                         'bringup` (`lightmer train` writes one)')
+        raise ValueError('parameter model_path is empty: pass the model, e.g. '
+                         '`model:=/path/to/model.pt` (or its ONNX export, model.onnx, or the '
+                         'name of one in the installed models/ folder) to the launch file or '
+                         '--model to `lightmer bringup` (`lightmer train` writes one, '
+                         '`lightmer export --format onnx` exports it)')
     path = Path(value).expanduser()
     if path.is_file() or path.name != value:
         if not path.is_file():
-            raise ValueError(f'no checkpoint at {path}; train one with `lightmer train` or '
-                             'give the path of an existing file')
+            raise ValueError(f'no checkpoint or export at {path}; train one with `lightmer '
+                             'train` or give the path of an existing file')
         return path
     folders = list(model_dirs() if search is None else search)
     for folder in folders:
@@ -206,17 +217,20 @@ def resolve_model_path(value: str, search: Sequence[Path] | None = None,
 
 
 def load_for_node(params: CommonParams):
-    """The checkpoint named by `model_path` (a path, or a bare name in models/): (model, meta,
-    segment_s) for a node.
+    """The model named by `model_path` (a path, or a bare name in models/), a checkpoint or
+    an ONNX export: (its path, its metadata, segment_s) for a node, which then loads the part
+    it runs from the path (`lightmer.backend`). Reading the metadata of an export imports
+    neither torch nor onnxruntime.
 
     Raises ValueError with a message that says what to set.
     """
-    from lightmer.checkpoint import load_checkpoint
+    from lightmer.backend import read_meta
 
-    model, meta = load_checkpoint(resolve_model_path(params.model_path))
+    path = resolve_model_path(params.model_path)
+    meta = read_meta(path)
     if params.expected_preset and meta.preset != params.expected_preset:
         raise ValueError(f'{params.model_path} was trained on preset {meta.preset!r} but the '
                          f'parameters expect {params.expected_preset!r}; use the matching '
                          f'config file or model')
     segment_s = params.segment_s or meta.segment_s
-    return model, meta, segment_s
+    return path, meta, segment_s
