@@ -79,6 +79,32 @@ class Reporter:
         self.problem = ''
 
 
+class ShutdownRequest:
+    """SIGINT and SIGTERM set `event` instead of raising KeyboardInterrupt or ending the process.
+
+    `ros2 launch` on Ctrl-C delivers SIGINT twice (the terminal's to the process group, then its
+    own), and escalates to SIGTERM: the second signal used to land in `destroy_node()` or in
+    torch's atexit hooks and print a traceback, or, once Python had restored the default
+    handlers while exiting, end the process with status -2. So the first signal sets the event
+    and makes the process ignore both signals from then on: cleanup finishes and it exits 0
+    (SIGKILL, launch's last resort, still ends it). Build it in the main thread before
+    rclpy.init(signal_handler_options=NO), so that rclpy installs no handler of its own.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        # SIG_IGN, unlike a Python handler, survives interpreter shutdown.
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        self.event.set()
+
+
 def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
     """`main()` of a node executable: init, build, spin until Ctrl-C, SIGTERM or shutdown,
     clean up; exit status 0 however many signals arrive.
