@@ -228,6 +228,16 @@ def test_an_image_too_small_for_a_face_is_no_face(cropper, shape):
     assert boxes[0] is None and boxes[1] is not None
 
 
+@pytest.mark.parametrize('shape', [(1, 1), (3, 5000), (5000, 3), (39, 640)])
+def test_an_image_too_small_for_a_face_is_no_face_on_the_onnx_detector(onnx_export, shape):
+    from lightmer.backend import face_cropper
+
+    onnx = face_cropper(onnx_export[1])
+    frame = np.full((*shape, 3), 128, np.uint8)
+    assert onnx([frame]) == [None]
+    assert onnx.detect([frame, data.astronaut()])[1] is not None
+
+
 def test_the_smallest_image_mtcnn_scans_is_scanned(cropper):
     """The guard is exact: an image whose shorter side equals min_face_size goes to MTCNN."""
     side = cropper.min_face_size

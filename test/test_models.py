@@ -35,10 +35,15 @@ def test_a_path_is_taken_as_it_is_and_a_bare_name_is_looked_up(tmp_path):
     text = str(err.value)
     assert str(shelf) in text and 'crema_d_fold0' in text and 'other' in text
     # something that looks like a path is never looked up by name
-    with pytest.raises(ValueError, match='no checkpoint at'):
+    with pytest.raises(ValueError, match='no checkpoint or export at'):
         resolve_model_path(str(tmp_path / 'missing.pt'), [shelf])
     with pytest.raises(ValueError, match='model_path is empty'):
         resolve_model_path('', [shelf])
+    # an ONNX export by its bare name; a checkpoint of the same name comes first
+    (shelf / 'ravdess_fold1.onnx').write_bytes(b'x')
+    assert resolve_model_path('ravdess_fold1', [shelf]) == shelf / 'ravdess_fold1.onnx'
+    (shelf / 'ravdess_fold1.pt').write_bytes(b'x')
+    assert resolve_model_path('ravdess_fold1', [shelf]) == shelf / 'ravdess_fold1.pt'
 
 
 def test_the_source_tree_models_folder_is_searched_and_documented():

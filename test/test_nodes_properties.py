@@ -222,13 +222,17 @@ def _emotion_invariant(msgs) -> None:
         assert is_probability_vector(probs), probs
 
 
-def test_face_crop_node_survives_any_image_and_compressed_image(ros):
+@pytest.mark.parametrize('backend', ['torch', 'onnxruntime'])
+def test_face_crop_node_survives_any_image_and_compressed_image(ros, onnx_export, backend):
     from lightmer.ros.face_crop_node import FaceCropNode
 
-    raw = _node(FaceCropNode, ros, '/prop_face')
-    packed = _node(FaceCropNode, ros, '/prop_face_c', 'compressed_input:=true',
+    if backend == 'onnxruntime':     # the export's MTCNN on onnxruntime instead of facenet's
+        ros = {**ros, 'checkpoint': onnx_export[1]}
+    ns = f'/prop_face_{backend}'
+    raw = _node(FaceCropNode, ros, ns)
+    packed = _node(FaceCropNode, ros, f'{ns}_c', 'compressed_input:=true',
                    'max_image_pixels:=1000000')
-    probe = _EmotionProbe(ros['context'], '/prop_face')
+    probe = _EmotionProbe(ros['context'], ns)
     try:
         @SETTINGS
         @given(st.lists(images(), min_size=1, max_size=6))
