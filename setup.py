@@ -15,7 +15,10 @@ setup(
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
         ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')),
-        ('share/' + package_name + '/models', glob('models/*.pt')),
+        # checkpoints (and ONNX exports with their descriptions) put in models/; see its README
+        ('share/' + package_name + '/models',
+         ['models/README.md', *glob('models/*.pt'), *glob('models/*.onnx'),
+          *glob('models/*.json')]),
     ],
     install_requires=['setuptools'],
     zip_safe=True,

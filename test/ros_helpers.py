@@ -2,6 +2,8 @@
 and its sensor stream. The nodes are driven and watched through `lightmer.ros.rig`."""
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from lightmer.ros.conversions import time_to_float
-from lightmer.ros.rig import Event, sensor_events
+from lightmer.ros.rig import Event, audio_msg, image_msg, sensor_events
 
 T0 = 1000.3          # clip start, stamp seconds (not on the segment grid)
 FPS = 10.0
@@ -144,5 +146,36 @@ def emotion_by_segment(received, segment_s: float,
 
 
 def stamps(received, lo: float, hi: float) -> list[float]:
-    """Header stamps (seconds) of the received messages stamped within [lo, hi]."""
-    return [t for t in (time_to_float(r.msg.header.stamp) for r in received) if lo <= t <= hi]
+    """Header stamps (seconds) of the received messages stamped within [lo, hi] that carry
+    data (not the face node's empty no-face word)."""
+    return [t for t in (time_to_float(r.msg.header.stamp) for r in received
+                        if r.msg.width) if lo <= t <= hi]
+
+
+class LiveStream:
+    """Camera (10 fps, a generated clip's frames, looped) and microphone (0.1 s chunks)
+    published through `rig` in real time with wall-clock stamps until `close()`: what a
+    robot's drivers keep sending while a node restarts."""
+
+    def __init__(self, rig, segment_s: float = 0.5):
+        self.rig = rig
+        self.clip = make_clip(segment_s, seed=8)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        audio, frames = self.clip.audio, self.clip.frames
+        t0 = time.time()
+        i = 0
+        while not self.stop.is_set():
+            t = t0 + i / FPS
+            self.rig.publish('image', image_msg(t, frames[i % len(frames)], FRAME_ID))
+            s = (i * CHUNK) % (len(audio) - CHUNK)
+            self.rig.publish('audio', audio_msg(t, audio[s:s + CHUNK].tobytes()))
+            i += 1
+            time.sleep(max(0.0, t0 + i / FPS - time.time()))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)

@@ -15,6 +15,7 @@ from lightmer.streaming import (
     SegmentFuser,
     StreamSettings,
     model_functions,
+    stall_status,
 )
 
 CFG = FeatureConfig()
@@ -336,6 +337,162 @@ def test_fuser_with_the_real_model_equals_its_forward():
     assert len(out) == 1
     np.testing.assert_allclose(out[0].probs, want.numpy(), atol=1e-6)
     assert abs(out[0].probs.sum() - 1) < 1e-9
+
+
+# --- input guards (non-finite, silence, stamp jumps, restarts) --------------------------------
+def test_audio_segmenter_refuses_windows_whose_power_overflows_and_keeps_the_rest():
+    """Huge but finite F32 samples (1e30) overflow the power spectrum: every window touching
+    them is refused and counted; the windows around them are published and finite."""
+    sr, t0 = 16000, 20.0
+    audio = _voice(8 * sr, sr)
+    audio[3 * sr:3 * sr + 1600] = 1e30                      # 3.0 s .. 3.1 s
+    seg = AudioSegmenter(CFG, 0.5, StreamSettings())
+    out = _feed(seg, audio, sr, t0, chunk=1600)
+    half = CFG.window_s / 2
+    touching = [k for k in range(segment_index(t0, 0.5), segment_index(t0 + 8, 0.5) + 1)
+                if reference_time(k, 0.5, 'centre') - half < t0 + 3.1
+                and reference_time(k, 0.5, 'centre') + half > t0 + 3.0]
+    assert seg.counts.invalid == len(touching) > 0
+    assert not {k for k, _, _ in out} & set(touching)
+    assert all(np.isfinite(mel).all() for _, _, mel in out)
+    assert [k for k, _, _ in out if k > max(touching)], 'windows after the burst come back'
+
+
+def test_audio_segmenter_counts_windows_of_digital_silence():
+    sr, t0 = 16000, 30.0
+    audio = _voice(6 * sr, sr)
+    audio[2 * sr:5 * sr] = 0.0                                # 3 s of digital silence
+    seg = AudioSegmenter(CFG, 0.5, StreamSettings())
+    out = _feed(seg, audio, sr, t0, chunk=1600)
+    half = CFG.window_s / 2
+    silent = [k for k, t_ref, _ in out if t_ref - half >= t0 + 2 and t_ref + half <= t0 + 5]
+    assert silent and seg.counts.silent == len(silent)
+    assert seg.counts.published == len(out), 'silent windows are still published'
+
+
+def test_audio_segmenter_counts_a_stamp_jump_once_not_as_billions_of_lost_segments():
+    sr = 16000
+    audio = _voice(3 * sr, sr)
+    seg = AudioSegmenter(CFG, 0.5, StreamSettings(stamp_jump_s=10.0))
+    _feed(seg, audio, sr, 0.0, chunk=1600)                     # a stamp-0 source (unset clock)
+    out = _feed(seg, audio, sr, 1.79e9, chunk=1600)            # then wall-clock stamps
+    _feed(seg, audio, sr, 1.79e9 + 3 * 3600 + 3, chunk=1600)   # a +3 h jump
+    assert seg.counts.jumps == 2 and seg.counts.audio_gap == 0
+    assert out
+    _feed(seg, audio, sr, 1.79e9 + 3 * 3600 + 3 + 3 + 2.0, chunk=1600)   # a 2 s hole
+    assert seg.counts.jumps == 2 and 0 < seg.counts.audio_gap <= 2.0 / 0.5 + 3
+
+
+def test_frame_selector_counts_forward_stamp_jumps():
+    sel = FrameSelector(0.5, 'centre', jump_s=10.0)
+    for t in (1.0, 1.1, 1.2, 5.0, 20.0, 20.1):
+        sel.push(t, None)
+    assert sel.jumps == 1 and sel.resets == 0
+
+
+def _finite_simplex(w) -> bool:
+    return bool(np.isfinite(w.probs).all() and (w.probs >= 0).all()
+                and abs(w.probs.sum() - 1) < 1e-9)
+
+
+def test_fuser_drops_a_non_finite_log_mel_and_counts_it():
+    fuser = SegmentFuser(_Counting(), _softmax_mean, 3, 0.5, StreamSettings(min_segments=1))
+    outs = []
+    for k in range(10, 16):
+        mel = _mel(k)
+        if k == 12:
+            mel = mel.copy()
+            mel[5, 5] = np.nan
+        outs += fuser.push_face(k * 0.5 + 0.1, _face(k))
+        outs += fuser.push_mel(reference_time(k, 0.5, 'centre'), mel)
+    assert fuser.counts.invalid == 1
+    assert 12 not in fuser.cached_segments
+    assert [w.k_last for w in outs] == [10, 11, 13, 14, 15]
+    assert all(_finite_simplex(w) for w in outs)
+
+
+def test_fuser_drops_a_segment_whose_logits_are_not_finite():
+    def seg_fn(face, mel):
+        return np.array([np.inf if face[0, 0] == 12 else 0.0, 1.0, np.nan if face[0, 0] == 13
+                         else 0.0])
+
+    fuser = SegmentFuser(seg_fn, _softmax_mean, 3, 0.5, StreamSettings(min_segments=1))
+    outs = []
+    for k in range(10, 16):
+        outs += fuser.push_face(k * 0.5 + 0.1, _face(k))
+        outs += fuser.push_mel(reference_time(k, 0.5, 'centre'), _mel(k))
+    assert fuser.counts.invalid == 2
+    assert [w.k_last for w in outs] == [10, 11, 14, 15]
+    assert all(_finite_simplex(w) for w in outs)
+
+
+def test_fuser_no_face_marker_settles_the_segment_at_once():
+    """The face node says 'no face in segment k': the fuser need not wait for the face stream
+    to pass k or for wait_s; 'no person' is counted apart from dropped segments."""
+    fuser = SegmentFuser(_Counting(), _softmax_mean, 3, 0.5,
+                         StreamSettings(min_segments=1, missing_wait_s=100.0))
+    fuser.push_mel(reference_time(10, 0.5, 'centre'), _mel(10))
+    assert fuser.push_no_face(10 * 0.5 + 0.2) == []
+    assert fuser.counts.no_face == 1 and fuser.counts.dropped == 0
+    assert fuser.pending_segments == ()
+    fuser.push_no_face(11 * 0.5 + 0.2)                 # marker first, then the mel
+    fuser.push_mel(reference_time(11, 0.5, 'centre'), _mel(11))
+    assert fuser.counts.no_face == 2 and fuser.pending_segments == ()
+    out = fuser.push_face(12 * 0.5 + 0.2, _face(12), 'cam')
+    out += fuser.push_mel(reference_time(12, 0.5, 'centre'), _mel(12))
+    assert [w.segments for w in out] == [(12,)]
+
+
+def test_fuser_nearest_policy_fills_a_no_face_segment_from_its_neighbour():
+    seg_fn = _Counting()
+    fuser = SegmentFuser(seg_fn, _softmax_mean, 3, 0.5,
+                         StreamSettings(min_segments=1, missing_policy='nearest'))
+    fuser.push_face(10 * 0.5 + 0.1, _face(10))
+    fuser.push_mel(reference_time(10, 0.5, 'centre'), _mel(10))
+    fuser.push_no_face(11 * 0.5 + 0.1)
+    out = fuser.push_mel(reference_time(11, 0.5, 'centre'), _mel(11))
+    assert [w.segments for w in out] == [(10, 11)] and (10, 11.0) in seg_fn.calls
+    assert fuser.counts.filled == 1
+
+
+@pytest.mark.parametrize('stream', ['face', 'mel'])
+def test_fuser_never_mixes_segments_from_before_and_after_a_stream_outage(stream):
+    """One input stops for longer than stall_warn_s (its node restarted, its sensor stalled)
+    while the other flows: windows after its return use only segments after the outage."""
+    fuser = SegmentFuser(_Counting(), _softmax_mean, 12, 0.5,
+                         StreamSettings(min_segments=1, missing_wait_s=1.0, stall_warn_s=3.0))
+    outs = []
+    for k in range(100, 130):
+        down = 105 <= k < 112                                  # 3.5 s without this stream
+        if not (stream == 'face' and down):
+            outs += fuser.push_face(k * 0.5 + 0.1, _face(k))
+        if not (stream == 'mel' and down):
+            outs += fuser.push_mel(reference_time(k, 0.5, 'centre'), _mel(k))
+    assert fuser.counts.breaks == 1
+    after = [w for w in outs if w.k_last >= 112]
+    assert after and all(min(w.segments) >= 112 for w in after)
+    assert [w.segments for w in outs if w.k_last == 104][0] == tuple(range(100, 105))
+
+
+def test_fuser_a_short_hole_does_not_restart_the_windows():
+    fuser = SegmentFuser(_Counting(), _softmax_mean, 12, 0.5,
+                         StreamSettings(min_segments=1, stall_warn_s=3.0))
+    outs = []
+    for k in range(100, 120):
+        if not 105 <= k < 109:                                 # 2 s: a lost audio chunk
+            outs += fuser.push_mel(reference_time(k, 0.5, 'centre'), _mel(k))
+        outs += fuser.push_face(k * 0.5 + 0.1, _face(k))
+    assert fuser.counts.breaks == 0
+    assert outs[-1].segments == tuple(j for j in range(108, 120) if not 105 <= j < 109)
+
+
+def test_stall_status_tells_a_stopped_input_from_an_idle_pair():
+    assert stall_status({'face_crop': 0.1, 'log_mel': 0.2}, 3.0, 10.0) == ('ok', '')
+    level, message = stall_status({'face_crop': 4.0, 'log_mel': 0.2}, 3.0, 10.0)
+    assert level == 'warn' and 'face_crop silent for 4.0 s' in message and 'camera' in message
+    level, message = stall_status({'face_crop': 0.0, 'log_mel': 12.0}, 3.0, 10.0)
+    assert level == 'error' and 'microphone' in message
+    assert stall_status({'face_crop': 50.0, 'log_mel': 12.0}, 3.0, 10.0)[0] == 'ok'
 
 
 def test_audio_segmenter_applies_the_checkpoints_mel_normalisation():

@@ -298,22 +298,31 @@ def _add_bringup(sub) -> None:
     p = sub.add_parser('bringup', help='run the three nodes in one process (launch without '
                        'launch_ros)')
     p.add_argument('--params-file', type=Path, default=None, help='ROS parameter YAML')
-    p.add_argument('--model', type=Path, default=None,
-                   help='checkpoint (.pt, torch) or ONNX export (.onnx, onnxruntime, no torch)')
+    p.add_argument('--model', default=None,
+                   help='checkpoint (.pt, torch) or ONNX export (.onnx, onnxruntime, no torch): '
+                   'a path, or the name of one in the installed models/ folder')
     p.add_argument('--camera-topic', default=None)
     p.add_argument('--audio-topic', default=None)
+    p.add_argument('--audio-info-topic', default=None)
     p.add_argument('--audio-msg', choices=('ros-drivers', 'mgonzs13'), default=None)
     p.add_argument('--use-sim-time', action='store_true')
-    p.add_argument('--namespace', default='')
+    p.add_argument('--namespace', default=None)
+    p.add_argument('--respawn', action=argparse.BooleanOptionalAction, default=None,
+                   help='rebuild a node that died, in this process (default: on, as the '
+                   'launch file); --no-respawn ends the process with status 1 instead')
+    p.add_argument('--respawn-delay', type=float, default=None, metavar='S',
+                   help='seconds before a rebuild (default 1.0)')
 
 
 def _run_bringup(args) -> int:
     from lightmer.ros.bringup import run_bringup
 
-    return run_bringup(params_file=args.params_file, model=args.model,
-                       camera_topic=args.camera_topic, audio_topic=args.audio_topic,
-                       audio_msg=args.audio_msg, use_sim_time=args.use_sim_time,
-                       namespace=args.namespace)
+    values = {'use_sim_time': 'true' if args.use_sim_time else None,
+              'respawn': None if args.respawn is None else str(args.respawn).lower()}
+    for name in ('params_file', 'model', 'camera_topic', 'audio_topic', 'audio_info_topic',
+                 'audio_msg', 'namespace', 'respawn_delay'):
+        values[name] = getattr(args, name)
+    return run_bringup({k: str(v) for k, v in values.items() if v is not None})
 
 
 def _add_demo(sub) -> None:

@@ -37,9 +37,9 @@ class DemoSize:
     batch_size: int = 4
     n_folds: int = 5             # the split is the paper's 5-fold one; the demo trains fold 0
     playback_rate: float = 1.0   # live bag playback speed: real time, as a robot sees it
-    # The 1 s gaps between clips have no face, so a window never mixes two clips; windows
-    # publish from the nodes' default min_segments on (generated clips, like CREMA-D's, last
-    # 1.4-3.2 s, shorter than a full window).
+    # The bag's 1 s gaps between clips have no face, so a window never mixes two clips; the
+    # nodes' own min_segments default lets the 1.4-3.2 s clips publish (see
+    # docs/ROBOT_OPERATIONS.md, "Short utterances").
     gap_s: float = 1.0
 
 

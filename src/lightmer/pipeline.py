@@ -52,7 +52,9 @@ class OfflinePipeline:
         """A camera frame (uint8 (H, W, 3) RGB) stamped `t` seconds -> windows it completed."""
         out = []
         for r in self.faces.push(t, frame):
-            if r.crop is not None:
+            if r.crop is None:             # the face node's no-face word settles the segment
+                out.extend(self.fuser.push_no_face(r.t_frame))
+            else:
                 out.extend(self.fuser.push_face(r.t_frame, r.crop, self.frame_id))
         return out
 

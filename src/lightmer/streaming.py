@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 
 from lightmer.config import FeatureConfig
-from lightmer.features import MIN_FACE_SIZE, audio_window, face_to_input, log_mel, resample
+from lightmer.features import (
+    MIN_FACE_SIZE,
+    audio_window,
+    face_to_input,
+    is_digital_silence,
+    log_mel,
+    resample,
+)
 from lightmer.segments import (
     REFERENCES,
     reference_time,
@@ -43,13 +50,19 @@ class StreamSettings:
     min_face_size: int = MIN_FACE_SIZE  # smallest face MTCNN looks for, pixels
     gap_tolerance_s: float = 0.05      # chunk stamp mismatch still continuous audio, seconds
     # Publish a window once this many of its N segments are cached (at most N; 0 = all N).
-    # 3 = the first output about 2 s after a face appears at T = 0.5 s (the third segment's
-    # centre at 1.25 s plus the 0.75 s of audio after it), and CREMA-D-length clips (1.4-3.2
-    # s, shorter than a 2.5 s window) get windows.
-    min_segments: int = 3
+    # 2: a 1.5 s utterance holds 3 segments at T = 0.5 s (CREMA-D models) but may hold only 2
+    # at T = 0.6 s (RAVDESS); measured against accuracy in docs/ROBOT_OPERATIONS.md.
+    min_segments: int = 2
     missing_policy: str = 'skip'       # a segment with one modality: 'skip' it | 'nearest'
     missing_wait_s: float = 2.0        # how long (stamp seconds) a half segment waits
     nearest_max_segments: int = 2      # 'nearest': the farthest segment to borrow from
+    # A forward stamp step at least this long is a jump (a clock set, a replay seek, an outage
+    # of hours), logged and counted once rather than as the segments it skipped. Seconds.
+    stamp_jump_s: float = 10.0
+    # A hole at least this long in one input stream of the fuser (its node restarting, its
+    # sensor stalled) ends the run of windows: no window averages segments from both sides;
+    # the fusion node's /diagnostics also warns after this long. Seconds.
+    stall_warn_s: float = 3.0
 
     def __post_init__(self) -> None:
         if self.reference not in REFERENCES:
@@ -62,6 +75,11 @@ class StreamSettings:
                              'nearest_max_segments >= 1')
         if self.gap_tolerance_s < 0 or self.missing_wait_s < 0:
             raise ValueError('gap_tolerance_s and missing_wait_s must be >= 0')
+        if not self.stamp_jump_s > self.gap_tolerance_s:
+            raise ValueError(f'stamp_jump_s ({self.stamp_jump_s}) must exceed '
+                             f'gap_tolerance_s ({self.gap_tolerance_s})')
+        if not self.stall_warn_s > 0:
+            raise ValueError(f'stall_warn_s must be > 0, got {self.stall_warn_s}')
 
     def window_minimum(self, n_segments: int) -> int:
         """Segments a window needs before it is published: min_segments, at most N (0 = N)."""
@@ -76,14 +94,17 @@ class FrameSelector:
     segment arrives; so with reference 'start' the first frame of a segment is emitted at once.
     The payload is opaque (the node keeps the unconverted message there, so only emitted frames
     are ever decoded).
-    A stamp earlier than the previous one (a bag looping) resets the selector and counts it.
+    A stamp earlier than the previous one (a bag looping) resets the selector and counts it; a
+    step forward of at least `jump_s` is counted in `jumps` (the caller logs it).
     """
 
-    def __init__(self, segment_s: float, reference: str):
+    def __init__(self, segment_s: float, reference: str, jump_s: float = 10.0):
         reference_time(0, segment_s, reference)   # validate early, with the grid's own message
         self.segment_s = segment_s
         self.reference = reference
+        self.jump_s = jump_s
         self.resets = 0
+        self.jumps = 0
         self._clear()
 
     def _clear(self) -> None:
@@ -97,6 +118,8 @@ class FrameSelector:
         if self._last_t is not None and t < self._last_t:
             self.resets += 1
             self._clear()
+        elif self._last_t is not None and t - self._last_t >= self.jump_s:
+            self.jumps += 1
         self._last_t = t
         out: list[tuple[int, float, Any]] = []
         k = segment_index(t, self.segment_s)
@@ -127,7 +150,9 @@ class FaceCounts:
     published: int = 0   # of those, with a face crop
     no_face: int = 0     # of those, no face found
     rejected: int = 0    # frames refused: malformed, or undecodable once chosen
+    undecodable: int = 0  # of those, chosen frames that failed to decode (no crop)
     resets: int = 0      # stamps went backwards (a bag looping)
+    jumps: int = 0       # stamps jumped forward by stamp_jump_s or more
 
 
 @dataclass(frozen=True)
@@ -148,7 +173,7 @@ class FaceSegmenter:
     def __init__(self, cropper: Callable[[list[np.ndarray]], list[np.ndarray | None]],
                  segment_s: float, settings: StreamSettings):
         self._cropper = cropper
-        self._selector = FrameSelector(segment_s, settings.reference)
+        self._selector = FrameSelector(segment_s, settings.reference, settings.stamp_jump_s)
         self.counts = FaceCounts()
 
     def reject(self) -> None:
@@ -162,9 +187,10 @@ class FaceSegmenter:
         frame (the payload itself by default) and may raise ValueError; it runs only on the
         chosen frames. Returns the segments whose frame was chosen now."""
         self.counts.frames += 1
-        resets = self._selector.resets
+        resets, jumps = self._selector.resets, self._selector.jumps
         chosen = self._selector.push(t, payload)
         self.counts.resets += self._selector.resets - resets
+        self.counts.jumps += self._selector.jumps - jumps
         out = []
         for k, t_frame, selected in chosen:
             self.counts.segments += 1
@@ -172,6 +198,7 @@ class FaceSegmenter:
                 frame = selected if decode is None else decode(selected)
             except ValueError as exc:
                 self.counts.rejected += 1
+                self.counts.undecodable += 1
                 out.append(FaceResult(k, t_frame, None, selected, str(exc)))
                 continue
             crop = self._cropper([frame])[0]
@@ -186,9 +213,12 @@ class FaceSegmenter:
 @dataclass
 class AudioCounts:
     published: int = 0   # log-mels computed
-    audio_gap: int = 0   # segments whose window the audio did not cover
+    audio_gap: int = 0   # segments whose window a hole (< stamp_jump_s) left uncovered
+    jumps: int = 0       # forward stamp jumps of at least stamp_jump_s (not in audio_gap)
     resets: int = 0      # stamps went backwards
     rejected: int = 0    # chunks refused (malformed, non-finite, no usable format)
+    invalid: int = 0     # windows refused: their power spectrum overflowed (huge samples)
+    silent: int = 0      # published windows of digital silence (features.is_digital_silence)
 
 
 class AudioSegmenter:
@@ -197,7 +227,11 @@ class AudioSegmenter:
     Chunks are placed back to back while each stamp agrees with the end of the previous chunk
     within `gap_tolerance_s` (capture stamps jitter; the sample count is the better clock).
     A later stamp starts a new run: segments whose window needs the missing audio are counted
-    in `counts.audio_gap` and skipped. An earlier stamp beyond the tolerance resets everything.
+    in `counts.audio_gap` and skipped, unless the step is a jump of at least `stamp_jump_s`
+    (counted once in `counts.jumps`: a clock set or a replay seek is not billions of lost
+    segments). An earlier stamp beyond the tolerance resets everything. A window whose power
+    spectrum overflows is refused (`counts.invalid`); windows of digital silence are published
+    and counted (`counts.silent`).
     Audio is kept at its own rate; each window is resampled to cfg.sample_rate with a margin on
     both sides, so chunk edges never touch the resampler's edge effects.
     """
@@ -211,6 +245,7 @@ class AudioSegmenter:
         self.segment_s = segment_s
         self.reference = settings.reference
         self.gap_tolerance_s = settings.gap_tolerance_s
+        self.jump_s = settings.stamp_jump_s
         self.counts = AudioCounts()
         self._clear()
 
@@ -272,6 +307,9 @@ class AudioSegmenter:
                 self.counts.resets += 1
                 self._clear()
                 self._start_run(t_start, x, sr, first=True)
+            elif delta >= self.jump_s:
+                self.counts.jumps += 1
+                self._start_run(t_start, x, sr, first=True)
             elif delta > self.gap_tolerance_s or self._broken:
                 self._start_run(t_start, x, sr, first=False)
             else:
@@ -307,8 +345,15 @@ class AudioSegmenter:
             ref = reference_time(self._next_k, self.segment_s, self.reference)
             if self._end_t < ref + half + margin:
                 break
-            out.append((self._next_k, ref, self._mel_at(ref, margin)))
-            self.counts.published += 1
+            window = self._window_at(ref, margin)
+            try:
+                mel = log_mel(window, self.cfg)
+            except ValueError:                 # power overflow: this window only is refused
+                self.counts.invalid += 1
+            else:
+                out.append((self._next_k, ref, mel))
+                self.counts.published += 1
+                self.counts.silent += is_digital_silence(window)
             self._next_k += 1
         # Keep only what the next window can still need.
         ref = reference_time(self._next_k, self.segment_s, self.reference)
@@ -319,7 +364,8 @@ class AudioSegmenter:
             self._base += keep_from
         return out
 
-    def _mel_at(self, ref: float, margin: float) -> np.ndarray:
+    def _window_at(self, ref: float, margin: float) -> np.ndarray:
+        """The float32 (window_samples,) window centred on `ref`, at cfg.sample_rate."""
         half = self.cfg.window_s / 2
         sr = self._sr
         i0 = max(0, math.floor((ref - half - margin - self._run_t0) * sr) - self._base)
@@ -327,7 +373,7 @@ class AudioSegmenter:
                  math.ceil((ref + half + margin - self._run_t0) * sr) - self._base + 1)
         piece = resample(self._buf[i0:i1], sr, self.cfg.sample_rate)
         centre = ref - self._run_t0 - (self._base + i0) / sr   # seconds from piece[0]
-        return log_mel(audio_window(piece, centre, self.cfg), self.cfg)
+        return audio_window(piece, centre, self.cfg)
 
 
 @dataclass(frozen=True)
@@ -346,10 +392,14 @@ class FusionCounts:
     used: int = 0        # segments with logits, i.e. model calls (both modalities, or filled)
     filled: int = 0      # of those, segments completed with a neighbour's modality ('nearest')
     dropped: int = 0     # segments given up after the wait (policy 'skip', or nothing near)
+    no_face: int = 0     # segments the face stream reported without a face (no person)
+    invalid: int = 0     # segments dropped for a non-finite log-mel or non-finite logits
     duplicates: int = 0  # a second input for a segment that already has that modality
     late: int = 0        # an input for a segment already completed or given up
     resets: int = 0      # stamps went backwards
+    breaks: int = 0      # outages of one stream (>= stall_warn_s) that restarted the windows
     windows: int = 0     # windows emitted
+    partial: int = 0     # of those, windows fused from fewer than N segments
     rejected: int = 0    # inputs refused by the caller (wrong encoding or shape)
 
 
@@ -358,6 +408,7 @@ class _Pending:
     t_ref: float
     face: np.ndarray | None = None        # uint8 (98, 80)
     mel: np.ndarray | None = None         # float32 (128, 43)
+    no_face: bool = False                 # the face stream said: no face in this segment
 
 
 class SegmentFuser:
@@ -373,6 +424,14 @@ class SegmentFuser:
     none.
     A window is emitted when a segment completes in order (never for a segment older than one
     already emitted) and enough of its N segments are cached (`StreamSettings.window_minimum`).
+
+    Guards (the output is always finite, non-negative and sums to 1): a non-finite log-mel, or
+    a segment whose logits are not finite, is dropped and counted in `counts.invalid`; a
+    fused result that is not a probability vector is not emitted (also `invalid`). A face
+    stream that says "no face in segment k" (`push_no_face`) settles k at once. When one
+    stream resumes after a hole of at least `stall_warn_s` (its node restarted, its sensor
+    stalled), the segments cached before the hole are forgotten (`counts.breaks`): a window
+    never averages segments from both sides of an outage.
     """
 
     def __init__(self, segment_logits: Callable[[np.ndarray, np.ndarray], np.ndarray],
@@ -390,6 +449,7 @@ class SegmentFuser:
         self.policy = settings.missing_policy
         self.wait_s = settings.missing_wait_s
         self.nearest_max = settings.nearest_max_segments
+        self.break_s = settings.stall_warn_s
         self.counts = FusionCounts()
         self._clear()
 
@@ -413,11 +473,17 @@ class SegmentFuser:
     def cached_segments(self) -> tuple[int, ...]:
         return tuple(sorted(self._logits))
 
+    @property
+    def pending_segments(self) -> tuple[int, ...]:
+        """Segments holding one modality, waiting for the other."""
+        return tuple(sorted(self._pending))
+
     def push_face(self, t: float, crop: np.ndarray, frame_id: str = '') -> list[WindowResult]:
         """A face crop (uint8 (98, 80)) from a frame stamped `t` (seconds)."""
         k = segment_index(t, self.segment_s)
         if self._backwards(k, self._last_face_k):
             return self.poll(t)
+        self._after_hole(k, self._last_face_k)
         self._last_face_k = k
         p = self._pending_for(k)
         p.face = np.asarray(crop)
@@ -426,14 +492,35 @@ class SegmentFuser:
             self._frame_ids[k] = frame_id
         return self._after_push(k, t)
 
+    def push_no_face(self, t: float) -> list[WindowResult]:
+        """The face stream's word that the frame stamped `t` (seconds), its segment's chosen
+        frame, holds no usable face: the segment is settled now (skipped, or filled by the
+        'nearest' policy) instead of after the wait."""
+        k = segment_index(t, self.segment_s)
+        if self._backwards(k, self._last_face_k):
+            return self.poll(t)
+        self._after_hole(k, self._last_face_k)
+        self._last_face_k = k
+        self.counts.no_face += 1
+        self._pending_for(k).no_face = True
+        return self._after_push(k, t)
+
     def push_mel(self, t_ref: float, mel: np.ndarray) -> list[WindowResult]:
-        """A log-mel (float32 (128, 43)) stamped with its segment's reference time (seconds)."""
+        """A log-mel (float32 (128, 43)) stamped with its segment's reference time (seconds).
+        A mel holding NaN or inf is dropped and counted (`counts.invalid`)."""
         k = segment_of_reference(t_ref, self.segment_s, self.reference)
         if self._backwards(k, self._last_mel_k):
             return self.poll(t_ref)
+        self._after_hole(k, self._last_mel_k)
         self._last_mel_k = k
+        mel = np.asarray(mel)
+        if not np.isfinite(mel).all():
+            self.counts.invalid += 1
+            self._given_up.add(k)
+            self._pending.pop(k, None)
+            return self.poll(t_ref)
         p = self._pending_for(k)
-        p.mel = np.asarray(mel)
+        p.mel = mel
         self._mels[k] = p.mel
         return self._after_push(k, t_ref)
 
@@ -449,18 +536,20 @@ class SegmentFuser:
         out: list[WindowResult] = []
         for k in sorted(self._pending):
             p = self._pending[k]
-            passed = ((p.face is None and self._last_face_k is not None
-                       and self._last_face_k > k)
-                      or (p.mel is None and self._last_mel_k is not None
-                          and self._last_mel_k > k))
-            if not passed and self._latest_t - p.t_ref < self.wait_s:
+            face_known = p.face is not None or p.no_face or (
+                self._last_face_k is not None and self._last_face_k > k)
+            mel_known = p.mel is not None or (
+                self._last_mel_k is not None and self._last_mel_k > k)
+            if not (face_known and mel_known) and self._latest_t - p.t_ref < self.wait_s:
                 continue
             del self._pending[k]
-            if self.policy == 'nearest' and self._fill(k, p):
-                out.extend(self._complete(k, p.face, p.mel))
+            if p.face is None and p.mel is None:     # a no-face word whose audio never came
+                self._given_up.add(k)
+            elif self.policy == 'nearest' and self._fill(k, p):
                 self.counts.filled += 1
+                out.extend(self._complete(k, p.face, p.mel))
             else:
-                self.counts.dropped += 1
+                self.counts.dropped += not p.no_face    # no person: counted as no_face
                 self._given_up.add(k)
         self._prune()
         return out
@@ -482,6 +571,16 @@ class SegmentFuser:
         self.counts.resets += 1
         self._clear()
         return False
+
+    def _after_hole(self, k: int, last_k: int | None) -> None:
+        """A stream reaches segment k after its last input at `last_k`: after a hole of at
+        least break_s, forget what was cached before it (the windows start again)."""
+        if last_k is None or (k - last_k - 1) * self.segment_s < self.break_s - 1e-9:
+            return
+        self.counts.breaks += 1
+        for d in (self._logits, self._faces, self._mels, self._frame_ids):
+            for j in [j for j in d if j < k]:
+                del d[j]
 
     def _pending_for(self, k: int) -> _Pending:
         if k not in self._pending:
@@ -510,7 +609,12 @@ class SegmentFuser:
         return True
 
     def _complete(self, k: int, face: np.ndarray, mel: np.ndarray) -> list[WindowResult]:
-        self._logits[k] = np.asarray(self._segment_logits(face, mel), dtype=np.float64)
+        logits = np.asarray(self._segment_logits(face, mel), dtype=np.float64)
+        if not np.isfinite(logits).all():
+            self.counts.invalid += 1
+            self._given_up.add(k)
+            return []
+        self._logits[k] = logits
         self.counts.used += 1
         if self._emitted_k is not None and k <= self._emitted_k:
             return []                      # too late for its own window; later ones use it
@@ -519,8 +623,12 @@ class SegmentFuser:
             return []
         probs = np.asarray(self._fuse(np.stack([self._logits[j] for j in ks])),
                            dtype=np.float64)
+        if not is_probability_vector(probs):
+            self.counts.invalid += 1
+            return []
         self._emitted_k = k
         self.counts.windows += 1
+        self.counts.partial += len(ks) < self.n_segments
         frame_id = self._frame_ids.get(k) or next(
             (self._frame_ids[j] for j in reversed(ks) if j in self._frame_ids), '')
         return [WindowResult(k_last=k, t_ref=reference_time(k, self.segment_s, self.reference),
@@ -540,6 +648,14 @@ class SegmentFuser:
             for j in [j for j in d if j < floor]:
                 del d[j]
         self._given_up = {j for j in self._given_up if j >= keep_inputs}
+
+
+def is_probability_vector(probs: np.ndarray, tolerance: float = 1e-6) -> bool:
+    """float (C,): every entry finite and >= 0, summing to 1 within `tolerance`: what every
+    `emotion` message must carry."""
+    p = np.asarray(probs, dtype=np.float64)
+    return bool(p.ndim == 1 and p.size and np.isfinite(p).all() and (p >= 0).all()
+                and abs(p.sum() - 1.0) <= tolerance)
 
 
 def model_functions(model) -> tuple[Callable, Callable]:
@@ -564,3 +680,28 @@ def model_functions(model) -> tuple[Callable, Callable]:
         return torch_fuse(torch.from_numpy(np.asarray(logits, dtype=np.float64))).numpy()
 
     return segment_logits, fuse
+# What a consumer should suspect when one input of the fusion stops (stall_status messages).
+_STALL_CAUSE = {'face_crop': 'the face_crop node, the camera or their link is down',
+                'log_mel': 'the audio_feature node, the microphone or their link is down'}
+
+
+def stall_status(silent_s: dict[str, float], warn_s: float,
+                 error_s: float) -> tuple[str, str]:
+    """The health of two inputs from how long each has been silent.
+
+    Args:
+        silent_s: input name ('face_crop', 'log_mel') -> seconds since its last message (since
+            the node started, for one never seen). warn_s <= error_s, seconds.
+    Returns:
+        ('ok' | 'warn' | 'error', message). An input silent for warn_s (error_s) while the
+        other flows (silent for less than warn_s) is a stall: 'warn' ('error'), with a message
+        naming it and what is likely down. Both flowing, or both silent (nothing to fuse:
+        sensors off, a replay paused), is 'ok'.
+    """
+    flowing = [name for name, age in silent_s.items() if age < warn_s]
+    if len(flowing) != 1:
+        return 'ok', '' if flowing else 'no input on face_crop or log_mel'
+    (stalled, age), = ((n, a) for n, a in silent_s.items() if n not in flowing)
+    level = 'error' if age >= error_s else 'warn'
+    return level, (f'{stalled} silent for {age:.1f} s while {flowing[0]} flows: '
+                   f'{_STALL_CAUSE.get(stalled, "its source is down")}')

@@ -8,7 +8,9 @@ format; that package is not installed where lightmer is tested, so the node then
 unless `audio_common_msgs.msg.AudioStamped` is importable.
 For each segment, once audio reaches its reference time + d/2, publishes the log-mel as a 32FC1
 Image on `log_mel` stamped with the reference time. Windows the audio does not cover are counted
-(`audio_gap`) and skipped.
+(`audio_gap`, in segments; a stamp jump of stamp_jump_s or more counts once in `jumps`) and
+skipped; windows whose power overflows are refused (`invalid`); windows of digital silence are
+published and counted (`silent`).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from .conversions import (
     ConversionError,
     array_to_image,
     audio_format_from_info,
+    check_sample_rate,
     float_to_time,
     mgonzs13_to_samples,
     pcm_to_samples,
@@ -40,6 +43,10 @@ class AudioFeatureNode(Node):
     def __init__(self, **kwargs):
         super().__init__('audio_feature', **kwargs)
         self.params = declare_and_read(self, AudioFeatureParams)
+        # Subscribe first, load second: chunks queue up while the model's metadata and librosa
+        # load (the subscription's depth), as in face_crop_node.
+        self._pub = self.create_publisher(Image, 'log_mel', output_qos())
+        self._subscribe()
         # Only the metadata: librosa does the rest, so with an ONNX export nothing here
         # imports torch or onnxruntime.
         _, meta, segment_s = load_for_node(self.params)
@@ -47,8 +54,9 @@ class AudioFeatureNode(Node):
                                          self.params.stream_settings())
         self._segmenter.warm_up()
         self._format: AudioFormat | None = None
-        self.reporter = Reporter(self, self.params.diagnostics_period_s, self._counts)
-        self._pub = self.create_publisher(Image, 'log_mel', output_qos())
+        self.reporter = Reporter(self, self.params.diagnostics_period_s, self.diagnostic_counts)
+
+    def _subscribe(self) -> None:
         qos = input_qos(self.params.qos_reliability, self.params.qos_depth)
         if self.params.audio_msg == 'ros-drivers':
             from audio_common_msgs.msg import AudioDataStamped, AudioInfo
@@ -68,7 +76,7 @@ class AudioFeatureNode(Node):
             self._sub = self.create_subscription(AudioStamped, 'audio',
                                                  self.mgonzs13_callback, qos)
 
-    def _counts(self) -> dict:
+    def diagnostic_counts(self) -> dict:
         fmt = self._format
         return {**dataclasses.asdict(self._segmenter.counts),
                 'format': 'none' if fmt is None else
@@ -106,21 +114,26 @@ class AudioFeatureNode(Node):
         info = msg.audio.info
         try:
             samples = mgonzs13_to_samples(msg.audio.audio_data, info.format, info.channels)
+            rate = check_sample_rate(info.rate)
         except ConversionError as exc:
             self._drop(str(exc))
             return
-        self._push(msg.header, samples, int(info.rate))
+        self._push(msg.header, samples, rate)
 
     def _push(self, header: Header, samples, sample_rate: int) -> None:
-        resets = self._segmenter.counts.resets
+        counts = self._segmenter.counts
+        resets, jumps = counts.resets, counts.jumps
         try:
             mels = self._segmenter.push(time_to_float(header.stamp), to_mono(samples),
                                         sample_rate)
         except ValueError as exc:
             self._drop(str(exc))
             return
-        if self._segmenter.counts.resets != resets:
+        if counts.resets != resets:
             self.reporter.warn('audio stamps went backwards (a bag looping?): buffer reset')
+        if counts.jumps != jumps:
+            self.reporter.note(f'audio stamps jumped forward by {self.params.stamp_jump_s} s '
+                               'or more (clock set, replay seek?): a new run, not a gap')
         for _, t_ref, mel in mels:                                    # mel float32 (128, 43)
             out = Header(stamp=float_to_time(t_ref), frame_id=header.frame_id)
             self._pub.publish(array_to_image(mel, out))
