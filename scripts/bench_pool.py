@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     from lightmer.bags import make_bag
     from lightmer.pool import PoolConfig, build_pool
     from lightmer.query import QueryConfig, run_query
+    from lightmer.streaming import StreamSettings
 
     torch.set_num_threads(args.threads)
     out = args.out
@@ -86,7 +87,8 @@ def main(argv=None) -> int:
     pool = out / 'pool'
     shutil.rmtree(pool, ignore_errors=True)
     pooled = build_pool(PoolConfig(bags=(bag,), checkpoint=checkpoint, out=pool,
-                                   min_segments=3, threads=args.threads))
+                                   settings=StreamSettings(min_segments=3),
+                                   threads=args.threads))
 
     n = _replicate(pool, args.windows)
     other = _untrained(out / 'other.pt', 1)

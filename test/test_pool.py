@@ -19,6 +19,7 @@ from lightmer import bags
 from lightmer.cli import main
 from lightmer.pool import Pool, PoolConfig, PoolError, build_pool
 from lightmer.query import window_probs
+from lightmer.streaming import StreamSettings
 
 
 def test_pool_windows_are_the_windows_eval_bag_publishes(robot_pool, robot_bags,
@@ -159,7 +160,8 @@ def test_refused_inputs_write_nothing(robot_bags, untrained_checkpoint, robot_po
     before = {p: p.stat().st_mtime_ns for p in robot_pool.rglob('*') if p.is_file()}
     with pytest.raises(PoolError, match='other settings'):
         build_pool(PoolConfig(bags=(robot_bags[1],), checkpoint=untrained_checkpoint,
-                              out=robot_pool, min_segments=4, progress=False))
+                              out=robot_pool, settings=StreamSettings(min_segments=4),
+                              progress=False))
     assert before == {p: p.stat().st_mtime_ns for p in robot_pool.rglob('*') if p.is_file()}
 
 

@@ -1,11 +1,11 @@
 """The pool: a robot's own recordings as its nodes saw them, stored to be ranked and labelled.
 
-`build_pool` replays rosbag2 recordings through the nodes' own processors (the offline pipeline
-of `lightmer.evaluate`: FrameSelector -> FaceCropper -> SegmentFuser, AudioSegmenter ->
-SegmentFuser) and stores every segment whose logits the fusion computed (the face crop and the
-log-mel the model saw, with its segment id and reference time) and every window the fusion
-published (the items people label), plus the recording's 16 kHz audio for listening. `Pool`
-reads it back for selection, training and the labelling page.
+`build_pool` replays rosbag2 recordings through the nodes' own processors
+(`lightmer.pipeline.OfflinePipeline`, as eval-bag offline) and stores every segment whose
+logits the fusion computed (the face crop and the log-mel the model saw, with its segment id
+and reference time) and every window the fusion published (the items people label), plus
+the recording's 16 kHz audio for listening. `Pool` reads it back for selection, training and
+the labelling page.
 
 On disk (docs/ACTIVE_LEARNING.md describes every field):
 
@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -38,6 +38,7 @@ import numpy as np
 from lightmer import bags
 from lightmer.io_utils import atomic_save_json, atomic_savez, atomic_write, atomic_write_wav
 from lightmer.segments import reference_time, window_indices
+from lightmer.streaming import StreamSettings
 
 POOL_FORMAT = 'lightmer-pool'
 POOL_VERSION = 1
@@ -52,16 +53,14 @@ class PoolError(ValueError):
 # --- settings --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PoolConfig:
-    """What `build_pool` needs. Node settings left None take the nodes' own defaults."""
+    """What `build_pool` needs."""
 
     bags: tuple[Path, ...]
     checkpoint: Path
     out: Path
     topics: bags.BagTopics = bags.BagTopics()
-    anchor: str = 'centre'               # segment reference time: 'centre' | 'start'
-    policy: str | None = None            # missing modality: 'skip' | 'nearest'
-    min_segments: int | None = None      # 0 or None: all N
-    min_face_size: int | None = None
+    # The nodes' processing settings (defaults: the nodes' own), as eval-bag takes them.
+    settings: StreamSettings = field(default_factory=StreamSettings)
     threads: int = 1                     # torch threads
     progress: bool = True
 
@@ -175,15 +174,6 @@ class _AudioTimeline:
         return out, t0
 
 
-def _node_settings(cfg: PoolConfig):
-    """The nodes' settings for the replay, resolved by the one function eval-bag uses."""
-    from lightmer.evaluate import EvalConfig, NodeSettings
-
-    return NodeSettings.resolve(EvalConfig(
-        bag=Path(), labels=Path(), checkpoint=cfg.checkpoint, anchor=cfg.anchor,
-        policy=cfg.policy, min_segments=cfg.min_segments, min_face_size=cfg.min_face_size))
-
-
 def build_pool(cfg: PoolConfig) -> dict:
     """Pool every bag of `cfg.bags` into `cfg.out` (created, or extended and resumed).
 
@@ -194,7 +184,7 @@ def build_pool(cfg: PoolConfig) -> dict:
     of recording, wall seconds, throughput (seconds of recording per second).
     """
     from lightmer.backend import read_meta
-    from lightmer.evaluate import OfflinePipeline
+    from lightmer.pipeline import OfflinePipeline
 
     if not cfg.bags:
         raise PoolError('no bags given; pass --bag DIR [DIR ...]')
@@ -204,7 +194,7 @@ def build_pool(cfg: PoolConfig) -> dict:
         raise PoolError(f'the same bag is given twice ({repeated}); pass each bag once')
     infos = [bags.bag_info(b, cfg.topics) for b in cfg.bags]   # BagFormatError says what to do
     meta = read_meta(cfg.checkpoint)      # a checkpoint or its ONNX export, as the nodes take
-    settings = _node_settings(cfg)
+    settings = cfg.settings
     header = _pool_header(meta, settings)
     out = Path(cfg.out)
     index = _read_index(out) if (out / 'pool.json').exists() else None
@@ -264,7 +254,7 @@ def _pool_recording(out: Path, rec: str, bag: Path, info: bags.BagInfo, pipe, me
         else:
             audio.add(t, msg.data, msg.sample_rate)
             windows.extend(pipe.push_audio(t, msg.data, msg.sample_rate))
-        if pipe.dropped()['reset']:
+        if sum(c['resets'] for c in pipe.counts().values()):
             raise PoolError(f'{bag}: stamps go back in time near t = {t:.3f} s (a looped or '
                             'concatenated recording); the pool needs one forward timeline per '
                             'bag: split the bag where the stamps jump and pool the parts')
@@ -300,7 +290,7 @@ def _pool_recording(out: Path, rec: str, bag: Path, info: bags.BagInfo, pipe, me
         'bag_end_ns': info.end_ns, 'duration_s': (info.end_ns - info.start_ns) / 1e9,
         'audio': {'file': 'audio.wav', 'sample_rate': meta.features.sample_rate,
                   'samples': int(len(samples)), 't0_s': audio_t0},
-        'segments': int(len(seg_k)), 'windows': len(windows), 'dropped': pipe.dropped(),
+        'segments': int(len(seg_k)), 'windows': len(windows), 'counts': pipe.counts(),
         'checkpoint': {'path': str(Path(cfg.checkpoint).resolve()), 'key': key},
         'labels': list(meta.labels),
         'created': dt.datetime.now(dt.UTC).isoformat(timespec='seconds'),
@@ -532,8 +522,9 @@ class Pool:
             crops[present] = self.segment_inputs(rows[present])[0]
         k_last = int(table.k_last[i])
         ks = tuple(window_indices(k_last, self.n_segments))
-        anchor = self.settings['anchor']
-        t_refs = np.array([reference_time(k, self.segment_s, anchor) for k in ks])
+        # Pools written before StreamSettings named it 'reference' call it 'anchor'.
+        reference = self.settings.get('reference', self.settings.get('anchor', 'centre'))
+        t_refs = np.array([reference_time(k, self.segment_s, reference) for k in ks])
         half = f.window_s / 2
         return WindowView(
             window_id=wid, recording=rec, bag=Path(info['bag']), topics=dict(info['topics']),

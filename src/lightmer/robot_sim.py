@@ -240,6 +240,7 @@ def simulate_robot(out: str | os.PathLike, quick: bool = False,
     result also written to `out/robot_sim.json` (with learning_curves.png)."""
     from lightmer.plots import plot_label_curves
     from lightmer.pool import PoolConfig, build_pool, recording_id
+    from lightmer.streaming import StreamSettings
 
     size = SIZES['quick' if quick else 'full']
     out = Path(out)
@@ -252,7 +253,8 @@ def simulate_robot(out: str | os.PathLike, quick: bool = False,
     with _stage('pool every session bag through the base model', timings):
         pooled = build_pool(PoolConfig(bags=tuple(made['pool'] + made['eval']),
                                        checkpoint=base['checkpoint'], out=pool,
-                                       min_segments=size.min_segments))
+                                       settings=StreamSettings(
+                                           min_segments=size.min_segments)))
     reports = {}
     for strategy in size.strategies:
         for seed in size.seeds:
