@@ -13,6 +13,7 @@ from lightmer.datasets.cache import load_index
 from lightmer.datasets.loaders import index_dataset
 from lightmer.datasets.media import decode_audio, decode_video, probe_video
 from lightmer.datasets.prepare import duration_tolerance, prepare
+from lightmer.io_utils import atomic_write_wav
 
 ACTOR = '1001'
 
@@ -106,7 +107,7 @@ def test_a_clip_whose_audio_is_digital_silence_is_skipped(tiny_corpus, tiny_ravd
     root = _crema_root(tiny_corpus, tmp_path / 'crema', clips, 'AudioWAV')
     silent = clips[1]
     samples, sr = decode_audio(root / 'AudioWAV' / f'{silent}.wav')
-    synth._write_wav(root / 'AudioWAV' / f'{silent}.wav', np.zeros_like(samples), sr)
+    atomic_write_wav(root / 'AudioWAV' / f'{silent}.wav', np.zeros_like(samples), sr)
     summary = prepare('crema-d', root, tmp_path / 'cache', workers=1, progress=False)
     assert summary.status == {'ok': 1, 'silent': 1}
     assert f'{silent}: silent (the audio is digital silence' in str(summary)
@@ -172,7 +173,7 @@ def test_a_truncated_mp4_with_its_speech_wav_intact_is_not_cached_ok(tiny_ravdes
     mp4s = sorted((tiny_ravdess / 'Actor_01').glob('*.mp4'))[:4]
     for mp4 in mp4s:
         audio, sr = decode_audio(mp4)           # the take's separate speech WAV (03-01-...)
-        synth._write_wav(actor / f'03{mp4.stem[2:]}.wav', audio, sr)
+        atomic_write_wav(actor / f'03{mp4.stem[2:]}.wav', audio, sr)
     intact, fast30, fast90, plain = mp4s
     shutil.copy(intact, actor / intact.name)
     for mp4, fraction in ((fast30, 0.3), (fast90, 0.9)):

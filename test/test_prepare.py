@@ -18,6 +18,7 @@ from lightmer.datasets import synth
 from lightmer.datasets.cache import load_index
 from lightmer.datasets.media import decode_audio
 from lightmer.datasets.prepare import FRAMES_PER_SEGMENT, prepare, select_frames
+from lightmer.io_utils import atomic_write_wav
 from lightmer.segments import segment_bounds
 
 N = PRESETS['crema-d'].n_segments
@@ -75,7 +76,7 @@ def test_clip_without_a_face_gets_status_no_face_and_is_left_out(tiny_corpus, tm
     frames = [np.full((360, 480, 3), 100 + i, np.uint8) for i in range(30)]   # 1 s, no face
     synth._write_flv(root / 'VideoFlash' / f'{blank}.flv', frames, synth.Fraction(30))
     speech, sr = decode_audio(tiny_corpus / 'AudioWAV' / f'{good}.wav')
-    synth._write_wav(root / 'AudioWAV' / f'{blank}.wav', speech[:sr], sr)   # 1 s too
+    atomic_write_wav(root / 'AudioWAV' / f'{blank}.wav', speech[:sr], sr)   # 1 s too
 
     summary = prepare('crema-d', root, tmp_path / 'cache', workers=1, progress=False)
     assert summary.status == {'ok': 1, 'no_face': 1}
