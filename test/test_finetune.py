@@ -116,12 +116,14 @@ def test_csv_oracle_run_changes_the_model(robot_pool, robot_bags, untrained_chec
     # The fine-tuned checkpoint loads in the nodes unchanged (their loader and processors).
     from lightmer.evaluate import EvalConfig, evaluate_bag
     from lightmer.ros.params import CommonParams, load_for_node
+    from lightmer.streaming import StreamSettings
 
     _, node_meta, segment_s = load_for_node(CommonParams(model_path=str(out / 'finetuned.pt')))
     assert node_meta.labels == meta.labels and segment_s == meta.segment_s
     result = evaluate_bag(EvalConfig(bag=robot_bags[0],
                                      labels=bags.default_labels_path(robot_bags[0]),
-                                     checkpoint=out / 'finetuned.pt', min_segments=3))
+                                     checkpoint=out / 'finetuned.pt',
+                                     settings=StreamSettings(min_segments=3)))
     assert result['windows'] == (Pool(robot_pool).table.rec == 0).sum()
 
 

@@ -17,7 +17,7 @@ import pytest
 from fixtures_data import POOL_MIN_SEGMENTS as MIN_SEGMENTS
 from lightmer import bags
 from lightmer.cli import main
-from lightmer.pool import Pool, PoolConfig, PoolError, build_pool
+from lightmer.pool import Pool, PoolConfig, PoolError, build_pool, checkpoint_key
 from lightmer.query import window_probs
 from lightmer.streaming import StreamSettings
 
@@ -28,7 +28,7 @@ def test_pool_windows_are_the_windows_eval_bag_publishes(robot_pool, robot_bags,
 
     evaluate_bag(EvalConfig(bag=robot_bags[0], labels=bags.default_labels_path(robot_bags[0]),
                             checkpoint=untrained_checkpoint, out=tmp_path,
-                            min_segments=MIN_SEGMENTS))
+                            settings=StreamSettings(min_segments=MIN_SEGMENTS)))
     published = json.loads((tmp_path / 'windows.json').read_text())
     pool = Pool(robot_pool)
     table = pool.table
@@ -61,7 +61,9 @@ def test_pooled_segments_read_back(robot_pool, robot_bags, untrained_checkpoint)
     assert mels.dtype == np.float32 and mels.shape == (len(rows), 128, 43)
     assert crops.std(axis=(1, 2)).min() > 5            # real face crops, not blanks
     model, _ = load_checkpoint(untrained_checkpoint)
-    (key,) = [p.name for p in (robot_pool / 'logits').iterdir()]
+    # The pooling checkpoint's logits, written while pooling (other tests may have added
+    # other checkpoints' caches to this session pool).
+    key = checkpoint_key(untrained_checkpoint)
     cached = np.concatenate([np.load(robot_pool / 'logits' / key / f'{rec}.npy')
                              for rec in table.rec_ids])
     # Batched recomputation agrees with the per-segment logits the fusion computed.
@@ -219,7 +221,7 @@ def test_pool_from_a_bag_with_compressed_images(tiny_corpus, robot_pool, untrain
     assert pool.recording(table.rec_ids[0])['topics']['image'] == '/camera/image_raw'
     evaluate_bag(EvalConfig(bag=bag, labels=bags.default_labels_path(bag),
                             checkpoint=untrained_checkpoint, out=tmp_path / 'eval',
-                            min_segments=MIN_SEGMENTS))
+                            settings=StreamSettings(min_segments=MIN_SEGMENTS)))
     published = json.loads((tmp_path / 'eval' / 'windows.json').read_text())
     assert [w['k_last'] for w in published] == table.k_last.tolist() != []
     np.testing.assert_array_equal(table.probs, [w['probs'] for w in published])

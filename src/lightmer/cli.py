@@ -455,7 +455,7 @@ def _run_import_labels(args) -> int:
 
 
 def _add_finetune(sub) -> None:
-    from lightmer.finetune import ORACLES
+    from lightmer.oracles import ORACLES
     from lightmer.selection import STRATEGIES
 
     p = sub.add_parser('finetune', help='continue training on pooled windows people labelled '

@@ -40,13 +40,12 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from lightmer.io_utils import atomic_save_json, atomic_torch_save
 from lightmer.labels import latest, read_answers
-from lightmer.oracles import NO_LABEL, UnansweredError
+from lightmer.oracles import NO_LABEL, ORACLES, UnansweredError
 from lightmer.pool import Pool, PoolError, checkpoint_key
 from lightmer.query import compute_segment_logits, manifest_items, pool_probs, select
 from lightmer.selection import STRATEGIES, overlapping, select_diverse
 
 STATE_VERSION = 1
-ORACLES = ('answers', 'bag-labels')
 # Settings that change the numbers; a resumed run must agree on all of them.
 _RUN_KEYS = ('strategy', 'per_round', 'eval_windows', 'eval_recordings', 'mix', 'epochs',
              'batch_size', 'lr', 'seed', 'max_per_recording', 'freeze_batchnorm')

@@ -19,6 +19,9 @@ from pathlib import Path
 from lightmer.labels import SKIP, Answer, append_answers, check_labels, latest, read_answers
 from lightmer.pool import Pool, parse_window_id
 
+# `finetune --oracle`: people's answers file, or the bags' labels CSVs (scripts, simulation).
+ORACLES = ('answers', 'bag-labels')
+
 NO_LABEL = -1
 
 
@@ -79,7 +82,7 @@ class IntervalOracle:
             self._rows[rec] = rows
 
     def label_of(self, wid: str) -> str:
-        from lightmer.evaluate import assign_clips
+        from lightmer.scoring import assign_clips
 
         rec, _ = parse_window_id(wid)
         table = self.pool.table
