@@ -218,6 +218,10 @@ def _add_make_bag(sub) -> None:
     p.add_argument('--compressed', choices=('jpeg', 'png'), default=None,
                    help='write the camera as sensor_msgs/CompressedImage on '
                         '/camera/image_raw/compressed (as robots record it) instead of raw Image')
+    p.add_argument('--two-people', action='store_true',
+                   help='two actors (the two --actors, else the first two) side by side '
+                        'taking turns, one leaving and re-entering; per-person rows in the '
+                        'labels CSV (docs/PEOPLE.md)')
 
 
 def _run_make_bag(args) -> int:
@@ -225,7 +229,7 @@ def _run_make_bag(args) -> int:
 
     print(make_bag(args.dataset, args.root, args.out, actors=args.actors, storage=args.storage,
                    gap_s=args.gap, occlude=args.occlude, seed=args.seed,
-                   compressed=args.compressed))
+                   compressed=args.compressed, two_people=args.two_people))
     return 0
 
 

@@ -1,0 +1,68 @@
+"""make-bag --two-people: two generated actors side by side taking turns, per-person labels."""
+import numpy as np
+import pytest
+
+from lightmer import bags
+from lightmer.bags import GAP_GREY, BagClip
+from lightmer.two_people import pair_clips, two_person_clips
+
+
+def _clip(clip_id, label, value, n=3, shape=(4, 5, 3)):
+    frames = np.stack([np.full(shape, value + i, np.uint8) for i in range(n)])
+    return BagClip(clip_id, label, frames, np.arange(n) / 10.0, 10.0,
+                   np.zeros(int(0.3 * bags.SAMPLE_RATE), np.float32))
+
+
+def test_pairs_never_share_an_emotion():
+    left = [_clip('a1', 'happy', 10), _clip('a2', 'sad', 20), _clip('a3', 'angry', 30)]
+    right = [_clip('b1', 'happy', 40), _clip('b2', 'sad', 50)]
+    pairs = [(a.clip_id, b.clip_id) for a, b in pair_clips(left, right)]
+    assert pairs == [('a1', 'b2'), ('a2', 'b1')]                   # a3 has no partner left
+
+
+def test_turns_hold_the_listener_still_and_the_right_person_leaves_every_second_pair():
+    pairs = [(_clip('a1', 'happy', 10), _clip('b1', 'sad', 40)),
+             (_clip('a2', 'sad', 20), _clip('b2', 'happy', 50))]
+    turns = list(two_person_clips(pairs, away_every=2))
+    assert [(t.clip_id, t.person, t.label) for t in turns] == [
+        ('a1', 'left', 'happy'), ('b1', 'right', 'sad'),
+        ('a2', 'left', 'sad'), ('b2', 'right', 'happy')]
+    assert all(t.frames.shape == (3, 4, 10, 3) for t in turns)
+    first, second, third, _ = turns
+    np.testing.assert_array_equal(first.frames[:, :, :5], pairs[0][0].frames)     # speaking
+    assert (first.frames[:, :, 5:] == 40).all()               # right holds its first frame
+    assert (second.frames[:, :, :5] == 12).all()              # left holds its last frame
+    np.testing.assert_array_equal(second.frames[:, :, 5:], pairs[0][1].frames)
+    assert (third.frames[:, :, 5:] == GAP_GREY).all()         # right person away
+    assert second.audio is pairs[0][1].audio                  # the speaker's voice
+
+
+def test_make_bag_two_people_writes_per_person_rows(tiny_corpus, tmp_path):
+    from lightmer.cli import main
+
+    out = tmp_path / 'two.bag'
+    assert main(['make-bag', '--dataset', 'crema-d', '--root', str(tiny_corpus),
+                 '--out', str(out), '--actors', '1001', '1002', '--two-people']) == 0
+    rows = bags.read_labels(bags.default_labels_path(out))
+    assert [r.person for r in rows] == ['left', 'right'] * 6
+    assert all(r.clip_id.startswith('1001_') for r in rows if r.person == 'left')
+    assert all(r.clip_id.startswith('1002_') for r in rows if r.person == 'right')
+    assert all(a.label != b.label for a, b in zip(rows[::2], rows[1::2], strict=True))
+    # turns follow each other with no gap
+    assert all(abs(a.end - b.start) < 1e-6 for a, b in zip(rows, rows[1:], strict=False))
+    info = bags.bag_info(out)
+    frames = [m for m in bags.read_bag(out) if m.kind == 'image']
+    width = {m.data.shape[1] for m in frames}
+    assert width == {960}                                     # two 480-wide halves
+    # in the second pair's left turn the right half is empty
+    second = rows[2]
+    inside = [m.data for m in frames if second.start <= m.stamp_ns / 1e9 < second.end]
+    assert inside and all((f[:, 480:] == GAP_GREY).all() for f in inside)
+    assert (info.end_ns - info.start_ns) / 1e9 == pytest.approx(rows[-1].end - rows[0].start,
+                                                            abs=0.1)
+
+
+def test_two_people_needs_two_actors(tiny_corpus, tmp_path):
+    with pytest.raises(ValueError, match='two different actors'):
+        bags.make_bag('crema-d', tiny_corpus, tmp_path / 'x', actors=['1001'],
+                      two_people=True)
