@@ -154,3 +154,50 @@ def test_an_undecodable_frame_is_counted_not_raised(cropper):
     [result] = faces.push(0.25, 'msg', decode)
     assert result.error == 'unsupported encoding' and result.faces == ()
     assert faces.counts.rejected == 1
+
+
+# --- the face side with face_source ros4hri ----------------------------------------------------
+def _decode(payload):
+    if isinstance(payload, str):
+        raise ValueError(payload)
+    return payload
+
+
+def test_ros4hri_lists_drive_the_segments_and_crops_are_matched_by_stamp(astronaut_face):
+    from lightmer.config import FeatureConfig
+    from lightmer.people import Ros4hriFaceSegmenter
+
+    faces = Ros4hriFaceSegmenter(FeatureConfig(), T, 'centre', max_faces=2, decode=_decode)
+    big, small = astronaut_face, astronaut_face[::2, ::2]
+    results = []
+    for i in range(40):                                        # 30 Hz for 1.3 s
+        t = i / 30
+        faces.push_crop('anhyk', t, big)
+        if i < 20:
+            faces.push_crop('bmzrq', t, small)
+        faces.push_crop('ctuvw', t, 'yuv422 is not supported')  # an odd encoding, every frame
+        results += faces.push_tracked(t, ['bmzrq', 'anhyk', 'ctuvw'])
+    assert [r.k for r in results] == [0, 1, 2]
+    assert [[f.face_id for f in r.faces] for r in results] == [
+        ['anhyk', 'bmzrq'], ['anhyk', 'bmzrq'], ['anhyk']]
+    first = results[0].faces
+    assert all(f.crop.shape == (98, 80) and f.crop.dtype == np.uint8 for f in first)
+    assert first[0].area > first[1].area                       # largest first
+    assert faces.counts.rejected == 3 and faces.counts.segments == 3
+    # bmzrq's crops stop at 0.63 s: segment 1 (reference 0.75 s) still finds one within T/2,
+    # segment 2 (1.25 s) does not
+    assert faces.counts.crop_missing == 1
+
+
+def test_ros4hri_cap_and_missing_crops_are_counted(astronaut_face):
+    from lightmer.config import FeatureConfig
+    from lightmer.people import Ros4hriFaceSegmenter
+
+    faces = Ros4hriFaceSegmenter(FeatureConfig(), T, 'centre', max_faces=1, decode=_decode)
+    faces.push_crop('a', 0.25, astronaut_face)
+    faces.push_crop('b', 0.25, astronaut_face[::2, ::2])
+    [result] = faces.push_tracked(0.25, ['a', 'b', 'nocrop'])
+    assert [f.face_id for f in result.faces] == ['a']
+    assert faces.counts.capped == 1 and faces.counts.crop_missing == 1
+    [empty] = faces.push_tracked(0.75, [])
+    assert empty.faces == () and faces.counts.no_face == 1

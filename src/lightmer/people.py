@@ -6,6 +6,13 @@ the reference time (streaming.FrameSelector, as for one person), every MTCNN fac
 probability reaches the model's threshold, the `max_faces` largest kept (the rest counted),
 ids from `tracking.FaceTracker`, one 98x80 crop each.
 
+`Ros4hriFaceSegmenter` is the face node's side with face_source ros4hri: no detector; the
+robot's face pipeline (hri_face_detect) lists the tracked face ids per camera frame and
+publishes each face's cropped image. The lists drive the segment grid (the list nearest each
+reference time is the segment's "frame"); each listed face's crop nearest that stamp, within
+half a segment, is gray-scaled and stretched to 98x80 as a whole (features.crop_face with the
+image as the box). Ids are ROS4HRI's own.
+
 `PeopleFuser` is the fusion node's side: one `streaming.SegmentFuser` per id, so a window only
 ever averages one person's segments. The audio is shared (no speaker attribution here): each
 segment's log-mel joins the faces seen in that segment, by segment id, whichever arrives first.
@@ -20,12 +27,15 @@ face that comes back under a forgotten id starts afresh (`counts.returned`).
 """
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from lightmer.config import FeatureConfig
+from lightmer.features import crop_face
 from lightmer.segments import segment_index
 from lightmer.streaming import FrameSelector, SegmentFuser, WindowResult, segment_of_reference
 from lightmer.tracking import FaceTracker, TrackerSettings
@@ -143,6 +153,79 @@ class MultiFaceSegmenter:
                 continue
             faces.append(TrackedFace(face_id, crop, box.copy(), float(prob)))
         return tuple(faces), len(keep.nonzero()[0])
+
+
+@dataclass
+class Ros4hriCounts:
+    lists: int = 0         # tracked-id lists offered (one per camera frame upstream)
+    crops_in: int = 0      # cropped images offered
+    segments: int = 0
+    faces: int = 0         # crops published
+    no_face: int = 0       # segments whose list was empty
+    capped: int = 0        # listed faces beyond max_faces, not published
+    crop_missing: int = 0  # listed faces without a crop within half a segment
+    rejected: int = 0      # crops that would not convert (odd encoding or size), bad ids
+    resets: int = 0
+
+
+class Ros4hriFaceSegmenter:
+    """Tracked-id lists and per-id crops in (each stream's stamps in order), per segment every
+    listed face's 98x80 crop out. decode: a crop's payload -> uint8 (h, w, 3) RGB, raising
+    ValueError for one it cannot use."""
+
+    def __init__(self, cfg: FeatureConfig, segment_s: float, reference: str, max_faces: int,
+                 decode: Callable[[Any], np.ndarray]):
+        if max_faces < 1:
+            raise ValueError(f'max_faces must be >= 1, got {max_faces}')
+        self.cfg, self.max_faces, self.segment_s = cfg, max_faces, segment_s
+        self._decode = decode
+        self._selector = FrameSelector(segment_s, reference)
+        # per id: recent (t, payload); a few segments of a 30 Hz stream
+        self._crops: dict[str, deque] = {}
+        self.counts = Ros4hriCounts()
+
+    def push_crop(self, face_id: str, t: float, payload: Any) -> None:
+        self.counts.crops_in += 1
+        self._crops.setdefault(face_id, deque(maxlen=64)).append((t, payload))
+
+    def push_tracked(self, t: float, ids: list[str]) -> list[FacesResult]:
+        self.counts.lists += 1
+        resets = self._selector.resets
+        chosen = self._selector.push(t, list(ids))
+        if self._selector.resets != resets:
+            self.counts.resets += 1
+            self._crops.clear()
+        out = []
+        for k, t_frame, listed in chosen:
+            self.counts.segments += 1
+            faces = self._faces_at(t_frame, listed)
+            self.counts.no_face += not faces
+            self.counts.faces += len(faces)
+            out.append(FacesResult(k, t_frame, listed, faces, len(listed)))
+        # ids no longer listed lose their buffers once their last crop is old
+        for face_id in [i for i, q in self._crops.items() if t - q[-1][0] > 2 * self.segment_s]:
+            del self._crops[face_id]
+        return out
+
+    def _faces_at(self, t_frame: float, listed: list[str]) -> tuple[TrackedFace, ...]:
+        faces = []
+        for face_id in listed:
+            near = [(abs(t - t_frame), t, p) for t, p in self._crops.get(face_id, ())
+                    if abs(t - t_frame) <= self.segment_s / 2]
+            if not near:
+                self.counts.crop_missing += 1
+                continue
+            _, _, payload = min(near, key=lambda x: x[:2])
+            try:
+                image = self._decode(payload)                     # uint8 (h, w, 3)
+                h, w = image.shape[:2]
+                box = np.array([0.0, 0.0, w, h])
+                faces.append(TrackedFace(face_id, crop_face(image, box, self.cfg), box))
+            except ValueError:
+                self.counts.rejected += 1
+        faces.sort(key=lambda f: -f.area)
+        self.counts.capped += max(0, len(faces) - self.max_faces)
+        return tuple(faces[:self.max_faces])
 
 
 # --- fusion side -------------------------------------------------------------------------------
