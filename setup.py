@@ -14,7 +14,7 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
-        ('share/' + package_name + '/config', glob('config/*.yaml')),
+        ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')),
         # checkpoints (and ONNX exports with their descriptions) put in models/; see its README
         ('share/' + package_name + '/models',
          ['models/README.md', *glob('models/*.pt'), *glob('models/*.onnx'),

@@ -34,8 +34,9 @@ import numpy as np
 
 from lightmer.io_utils import atomic_save_json, atomic_write_bytes
 from lightmer.ros.conversions import time_to_float
+from lightmer.ros.rig import NodeProcesses, Rig, info_msg, loopback_env
 
-# The tests' node processes, probe and live stream (test/ros_helpers.py).
+# The tests' generated model and live stream (test/ros_helpers.py).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'test'))
 import ros_helpers as rh  # noqa: E402
 
@@ -69,32 +70,27 @@ def _until(predicate, what: str, timeout_s: float = TIMEOUT_S) -> float:
     raise TimeoutError(f'timed out waiting for {what}')
 
 
-def _first_after(probe, attr: str, t: float, by_stamp: bool) -> bool:
-    msgs = getattr(probe.snapshot(), attr)
+def _first_after(rig: Rig, attr: str, t: float, by_stamp: bool) -> bool:
+    """An output `attr` stamped after `t` (by_stamp) or arrived after `t` (wall seconds)."""
+    received = getattr(rig.snapshot(), attr)
     if by_stamp:
-        return any(time_to_float(m.header.stamp) > t for m in msgs)
-    return len(msgs) > 0
+        return any(time_to_float(r.msg.header.stamp) > t for r in received)
+    return any(r.wall_s > t for r in received)
 
 
-def start_to_first_output(nodes, probe, name: str) -> float:
-    proc = nodes.procs[name]
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=30)
-    with probe._lock:                       # forget earlier outputs of this node
-        getattr(probe.got, OUTPUT[name]).clear()
+def start_to_first_output(nodes: NodeProcesses, rig: Rig, name: str) -> float:
+    nodes.kill(name, signal.SIGINT, timeout_s=30)
     t0 = time.time()
     nodes.start(name)
-    return _until(lambda: _first_after(probe, OUTPUT[name], t0, False),
+    return _until(lambda: _first_after(rig, OUTPUT[name], t0, False),
                   f'the first output of {name}') - t0
 
 
-def kill_to_emotion(nodes, probe, name: str) -> float:
-    proc = nodes.procs[name]
+def kill_to_emotion(nodes: NodeProcesses, rig: Rig, name: str) -> float:
     t_kill = time.time()
-    proc.kill()
-    proc.wait(timeout=30)
+    nodes.kill(name, signal.SIGKILL, timeout_s=30)
     nodes.start(name)
-    return _until(lambda: _first_after(probe, 'emotion', t_kill, True),
+    return _until(lambda: _first_after(rig, 'emotion', t_kill, True),
                   f'emotion after killing {name}') - t_kill
 
 
@@ -104,15 +100,8 @@ def phases(name: str, checkpoint: Path) -> dict:
     d = next(n for n in DESCRIBED if n.name == name)
     out = subprocess.run([sys.executable, '-c', PHASES, d.module, d.class_name,
                           str(checkpoint)], capture_output=True, text=True, check=True,
-                         env=rh_env(), timeout=TIMEOUT_S)
+                         env=loopback_env(), timeout=TIMEOUT_S)
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def rh_env() -> dict:
-    env = dict(os.environ)
-    env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    env.setdefault('OMP_NUM_THREADS', '1')
-    return env
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -138,8 +127,6 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import rclpy
-
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', type=Path, required=True)
     parser.add_argument('--runs', type=int, default=3)
@@ -148,40 +135,35 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = args.checkpoint or rh.make_checkpoint(args.out / 'model.pt')
-    params = args.out / 'params.yaml'
-    params.write_text('/**:\n  ros__parameters:\n    diagnostics_period_s: 0.5\n'
-                      '/**/face_crop:\n  ros__parameters:\n    qos_reliability: reliable\n')
+    params = {'/**': {'ros__parameters': {'diagnostics_period_s': 0.5}},
+              '/**/face_crop': {'ros__parameters': {'qos_reliability': 'reliable'}}}
     raw: dict[str, dict[str, list[float]]] = {n: {} for n in NODES}
     for name in NODES:
         for _ in range(args.runs):
             for key, value in phases(name, checkpoint).items():
                 raw[name].setdefault(key, []).append(value)
-    nodes = rh.NodeProcesses(args.out, {'model': str(checkpoint), 'params_file': str(params)},
-                             rh_env())
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    probe = rh.Probe(context, name='recovery_probe')
+    nodes = NodeProcesses({'model': str(checkpoint)}, args.out, params=params)
+    rig = Rig(nodes=nodes, name='recovery_rig')
     stream = None
     try:
-        probe.wait_matched(timeout_s=TIMEOUT_S)
-        probe.publish_info()
-        probe.wait_format('/audio_feature')
-        stream = rh.LiveStream(probe)
-        _until(lambda: _first_after(probe, 'emotion', time.time() - 5, True), 'first emotion')
+        rig.wait_ready(timeout_s=TIMEOUT_S)
+        rig.publish('info', info_msg())
+        rig.wait_format('1ch 16000 Hz int16')
+        stream = rh.LiveStream(rig)
+        _until(lambda: _first_after(rig, 'emotion', time.time() - 5, True), 'first emotion')
         for name in NODES:
             for run in range(args.runs):
                 for key, measure in (('start_to_first_output_s', start_to_first_output),
                                      ('kill_to_emotion_s', kill_to_emotion)):
-                    value = measure(nodes, probe, name)
+                    value = measure(nodes, rig, name)
                     raw[name].setdefault(key, []).append(value)
                     print(f'{name} run {run}: {key} {value:.2f}', flush=True)
-                    nodes.alive()
+                    nodes.check_alive()
     finally:
         if stream is not None:
             stream.close()
-        probe.close()
-        rclpy.shutdown(context=context)
-        nodes.kill_all()
+        rig.close()
+        nodes.stop(timeout_s=5)
     summary = {n: {k: round(float(np.median(v)), 2) for k, v in raw[n].items()} for n in NODES}
     atomic_save_json(args.out / 'recovery.json', {
         'median_s': summary, 'runs': raw, 'cpu_count': os.cpu_count(),

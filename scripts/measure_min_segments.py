@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from lightmer.io_utils import atomic_save_json, atomic_write_bytes
+from lightmer.streaming import StreamSettings
 
 VALUES = {'crema-d': (1, 2, 3, 4, 5), 'ravdess': (1, 2, 3, 4, 6, 8, 12)}
 ACTORS, CLIPS_PER_EMOTION, EPOCHS, N_UNCERTAIN = 10, 2, 20, 8
@@ -89,7 +90,7 @@ def measure_bag(layout, out, checkpoint, test_actors, corpus, gap_name, gap_s) -
     for m in VALUES[layout]:
         eval_dir = out / f'eval_gap_{gap_name}_min{m}'
         r = evaluate_bag(EvalConfig(bag=bag, labels=labels, checkpoint=checkpoint,
-                                    min_segments=m, out=eval_dir))
+                                    settings=StreamSettings(min_segments=m), out=eval_dir))
         windows = json.loads((eval_dir / 'windows.json').read_text())
         delays = first_window_delays(windows, rows)
         results.append({

@@ -20,7 +20,6 @@ from lightmer.ros.params import (
     CommonParams,
     FaceCropParams,
     FusionParams,
-    parameter_names,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,6 +161,17 @@ def test_parameter_files_only_set_declared_parameters_of_the_right_type(name):
         PARAMS_OF[node](**common, **values)           # and the values are valid together
 
 
+def test_the_default_parameter_file_repeats_only_defaults():
+    """config/lightmer.yaml shows the tunable parameters with their values: those must be the
+    defaults, or the file and params.py would be two definitions that disagree."""
+    doc = yaml.safe_load((ROOT / 'config' / 'lightmer.yaml').read_text())
+    for key, section in doc.items():
+        node = key.removeprefix('/**/')
+        defaults = dataclasses.asdict(PARAMS_OF.get(node, CommonParams)())
+        for name, value in section['ros__parameters'].items():
+            assert value == defaults[name], f'{key} {name}: {value!r} != {defaults[name]!r}'
+
+
 def _check_types(cls, values: dict) -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     for key, value in values.items():
@@ -174,7 +184,8 @@ def test_every_parameter_has_a_description():
     for cls in PARAMS_OF.values():
         for f in dataclasses.fields(cls):
             assert len(f.metadata.get('description', '')) > 10, f.name
-        assert set(parameter_names(CommonParams)) <= set(parameter_names(cls))
+        assert {f.name for f in dataclasses.fields(CommonParams)} <= {
+            f.name for f in dataclasses.fields(cls)}
 
 
 def test_bringup_without_a_model_exits_with_a_fix_it_message(capsys):

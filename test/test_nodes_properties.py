@@ -248,19 +248,19 @@ def test_face_crop_node_survives_any_image_and_compressed_image(ros, onnx_export
 
         run_raw()
         run_compressed()
-        assert raw.counts['rejected'] > 0 and packed.counts['rejected'] > 0
+        assert raw.faces.counts.rejected > 0 and packed.faces.counts.rejected > 0
         for node in (raw, packed):
-            assert node.counts['segments'] == node.counts['published'] + node.counts[
-                'no_face'] + node.counts['undecodable'], node.counts
+            c = node.faces.counts
+            assert c.segments == c.published + c.no_face + c.undecodable, c
         # every segment the face node settles is announced on face_crop: a crop or no-face
-        crops = probe.wait('crops', raw.counts['segments'])
+        crops = probe.wait('crops', raw.faces.counts.segments)
         assert {(c.height, c.width) for c in crops} <= {(98, 80), (0, 0)}
         # ordinary frames with a face still give crops
-        before = raw.counts['published']
+        before = raw.faces.counts.published
         clip = rh.make_clip(0.5)
         for i, t in enumerate(clip.frame_times[:12]):
             raw.image_callback(_rgb(clip.frames[i], 5000.0 + float(t) - rh.T0))
-        assert raw.counts['published'] >= before + 2
+        assert raw.faces.counts.published >= before + 2
     finally:
         probe.close()
         raw.destroy_node()

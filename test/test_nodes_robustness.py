@@ -17,13 +17,13 @@ import time
 
 import numpy as np
 import pytest
-import rclpy
 import torch
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 import ros_helpers as rh
 from lightmer.ros.conversions import float_to_time, time_to_float
+from lightmer.ros.rig import NodeProcesses, Rig, image_msg, info_msg
 from lightmer.streaming import is_probability_vector
 
 SEGMENT_S = 0.5
@@ -34,48 +34,46 @@ def live(tmp_path_factory, ros_env):
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp('robust')
     checkpoint = rh.make_checkpoint(tmp / 'model.pt', seed=4)
-    params = tmp / 'params.yaml'
-    params.write_text('/**:\n  ros__parameters:\n    diagnostics_period_s: 0.2\n'
-                      '/**/face_crop:\n  ros__parameters:\n    qos_reliability: reliable\n'
-                      '/**/fusion:\n  ros__parameters:\n    min_segments: 2\n'
-                      '    stall_warn_s: 2.0\n')
-    nodes = rh.NodeProcesses(tmp, {'model': str(checkpoint), 'params_file': str(params)},
-                             ros_env)
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    probe = rh.Probe(context, name='probe_robust')
+    params = {'/**': {'ros__parameters': {'diagnostics_period_s': 0.2}},
+              '/**/face_crop': {'ros__parameters': {'qos_reliability': 'reliable'}},
+              '/**/fusion': {'ros__parameters': {'min_segments': 2, 'stall_warn_s': 2.0}}}
+    nodes = NodeProcesses({'model': str(checkpoint)}, tmp, params=params)
+    rig = Rig(nodes=nodes, name='rig_robust')
     try:
-        probe.wait_matched(timeout_s=120)
-        probe.publish_info()
-        probe.wait_format('/audio_feature')
-        yield {'nodes': nodes, 'probe': probe, 'checkpoint': checkpoint}
+        rig.wait_ready()
+        rig.publish('info', info_msg())
+        rig.wait_format('1ch 16000 Hz int16')
+        yield {'nodes': nodes, 'rig': rig, 'checkpoint': checkpoint}
     finally:
-        probe.close()
-        rclpy.shutdown(context=context)
-        nodes.kill_all()
+        rig.close()
+        nodes.stop(timeout_s=5)
 
 
 def _emotion_ok(snap) -> None:
-    for m in snap.emotion:
-        assert is_probability_vector(np.array([h.score for h in m.results])), m
+    for r in snap.emotion:
+        assert is_probability_vector(np.array([h.score for h in r.msg.results])), r.msg
+
+
+def _after(snap, t: float) -> list:
+    return [r for r in snap.emotion if time_to_float(r.msg.header.stamp) > t]
 
 
 def test_hostile_input_leaves_every_process_running_and_emotion_valid(live):
-    probe, nodes = live['probe'], live['nodes']
+    rig, nodes = live['rig'], live['nodes']
     t = 4000.0
     # frames too small for any face, in three encodings (these used to end face_crop)
     for frame, enc in ((np.zeros((1, 1, 3), np.uint8), 'rgb8'),
                        (np.zeros((3, 5000), np.uint8), 'mono8'),
                        (np.zeros((5000, 3, 4), np.uint8), 'bgra8')):
         for _ in range(3):
-            probe.image_pub.publish(probe.image_msg(t, frame, encoding=enc))
+            rig.publish('image', image_msg(t, frame, rh.FRAME_ID, encoding=enc))
             t += SEGMENT_S
     # an AudioInfo claiming 4294967295 Hz is refused; huge finite F32 samples and NaN
-    probe.publish_info(rate=4294967295)
-    probe.wait_for(lambda s: 'sample_rate' in s.diagnostics.get('/audio_feature', {}).get(
+    rig.publish('info', info_msg(rate=4294967295))
+    rig.wait_for(lambda s: 'sample_rate' in s.diagnostics.get('/audio_feature', {}).get(
         '_message', '') and s, 20, 'the absurd rate refused')
-    probe.publish_info(sample_format='F32LE')
-    probe.wait_format('/audio_feature', dtype='float32')
+    rig.publish('info', info_msg(sample_format='F32LE'))
+    rig.wait_format('1ch 16000 Hz float32')
     rng = np.random.default_rng(0)
     for i in range(30):
         chunk = (0.1 * rng.standard_normal(1600)).astype('<f4')
@@ -83,10 +81,10 @@ def test_hostile_input_leaves_every_process_running_and_emotion_valid(live):
             chunk[::3] = 1e30
         if i == 20:
             chunk[5] = np.nan
-        probe.audio_pub.publish(probe.audio_msg(t + i * 0.1, chunk.tobytes()))
+        rig.publish('audio', rh.audio_msg(t + i * 0.1, chunk.tobytes()))
         time.sleep(0.01)
     # log-mels straight onto the fusion's input: NaN, inf, wrong shape, wrong encoding
-    mel_pub = probe.node.create_publisher(Image, 'log_mel', 10)
+    mel_pub = rig.node.create_publisher(Image, 'log_mel', 10)
     for i, (shape, fill, enc) in enumerate((((128, 43), np.nan, '32FC1'),
                                             ((128, 43), np.inf, '32FC1'),
                                             ((43, 128), 0.0, '32FC1'),
@@ -95,47 +93,43 @@ def test_hostile_input_leaves_every_process_running_and_emotion_valid(live):
         mel_pub.publish(Image(header=Header(stamp=float_to_time((8200 + i + 0.5) * SEGMENT_S)),
                               height=shape[0], width=shape[1], encoding=enc, step=shape[1] * 4,
                               data=mel.tobytes()))
-    snap = probe.wait_for(
-        lambda s: int(s.diagnostics.get('/audio_feature', {}).get('invalid', 0)) > 0
-        and int(s.diagnostics.get('/fusion', {}).get('rejected', 0)) >= 2 and s,
+    snap = rig.wait_for(
+        lambda s: s.counts('/audio_feature').get('invalid', 0) > 0
+        and s.counts('/fusion').get('rejected', 0) >= 2 and s,
         30, 'the overflowing audio windows and the bad log-mels counted')
-    nodes.alive()
+    nodes.check_alive()
     # stamps jump forward by 3 h, then ordinary input works and gives valid windows
-    probe.publish_info()
-    probe.wait_format('/audio_feature')
+    rig.publish('info', info_msg())
+    rig.wait_format('1ch 16000 Hz int16')
     clip = rh.make_clip(SEGMENT_S, seed=6)
     offset = 3 * 3600.0 + 10000.0
-    probe.prime_audio(rh.T0 + offset - 30)
-    probe.play(clip, offset_s=offset)
-    snap = probe.wait_for(lambda s: [m for m in s.emotion if time_to_float(m.header.stamp)
-                                     > rh.T0 + offset] and s, 60, 'windows after the jump')
+    rig.prime_audio(rh.T0 + offset - 30)
+    rig.play(rh.clip_events(clip, offset_s=offset))
+    snap = rig.wait_for(lambda s: _after(s, rh.T0 + offset) and s, 60,
+                        'windows after the jump')
     _emotion_ok(snap)
-    assert int(snap.diagnostics['/face_crop']['no_face']) >= 3
-    assert int(snap.diagnostics['/audio_feature']['jumps']) >= 1
-    nodes.alive()
+    assert snap.counts('/face_crop')['no_face'] >= 3
+    assert snap.counts('/audio_feature')['jumps'] >= 1
+    nodes.check_alive()
 
 
 @pytest.mark.parametrize('name', ['face_crop', 'fusion'])
 def test_a_killed_node_restarted_rejoins_and_emotion_flows_again(live, name):
-    probe, nodes = live['probe'], live['nodes']
-    stream = rh.LiveStream(probe)
+    rig, nodes = live['rig'], live['nodes']
+    stream = rh.LiveStream(rig)
     try:
-        probe.wait_for(lambda s: [m for m in s.emotion
-                                  if time_to_float(m.header.stamp) > time.time() - 5], 60,
-                       'emotion from the live stream')
-        breaks = int(probe.snapshot().diagnostics['/fusion'].get('breaks', 0))
-        nodes.procs[name].kill()
-        nodes.procs[name].wait(timeout=10)
+        rig.wait_for(lambda s: _after(s, time.time() - 5), 60, 'emotion from the live stream')
+        breaks = rig.snapshot().counts('/fusion').get('breaks', 0)
+        nodes.kill(name)
         killed = time.time()
         nodes.start(name)
-        snap = probe.wait_for(lambda s: [m for m in s.emotion
-                                         if time_to_float(m.header.stamp) > killed] and s,
-                              120, f'emotion after {name} restarted')
-        nodes.alive()
+        snap = rig.wait_for(lambda s: _after(s, killed) and s, 120,
+                            f'emotion after {name} restarted')
+        nodes.check_alive()
         _emotion_ok(snap)
         if name == 'face_crop':     # the fusion saw a gap of faces: its windows restarted
-            probe.wait_for(lambda s: int(s.diagnostics['/fusion'].get('breaks', 0)) > breaks,
-                           10, 'the fusion to restart its windows after the face gap')
+            rig.wait_for(lambda s: s.counts('/fusion').get('breaks', 0) > breaks,
+                         10, 'the fusion to restart its windows after the face gap')
     finally:
         stream.close()
 
@@ -145,7 +139,7 @@ def test_two_sigints_or_sigterm_end_each_node_cleanly(live):
     being handled (destroying the node, torch's exit hooks), as launch's own SIGINT follows
     the terminal's."""
     nodes = live['nodes']
-    nodes.alive()
+    nodes.check_alive()
     # (delay before it, signal), per node
     plans = {'face_crop': ((0.0, signal.SIGINT), (0.15, signal.SIGINT)),
              'audio_feature': ((0.0, signal.SIGTERM), (0.3, signal.SIGINT)),
@@ -164,6 +158,6 @@ def test_two_sigints_or_sigterm_end_each_node_cleanly(live):
         t.join()
     for name, proc in nodes.procs.items():
         proc.wait(timeout=30)
-        log = nodes.log(name)
+        log = nodes.log_path(name).read_text()
         assert proc.returncode == 0, f'{name}: {proc.returncode}\n{log[-3000:]}'
         assert 'Traceback' not in log and 'KeyboardInterrupt' not in log, log[-3000:]

@@ -1,7 +1,7 @@
 """People speak to a robot in utterances of 1.5-3 s, shorter than a full window (CREMA-D models:
 N = 5 x 0.5 s; RAVDESS: 12 x 0.6 s). With the default settings every generated clip of a bag
-gets at least one window, in both presets; the default is defined once (FusionParams) and is
-what eval-bag, the launch presets and the demo use."""
+gets at least one window, in both presets; the default is defined once (StreamSettings, which
+the nodes' FusionParams declare) and is what eval-bag, the launch presets and the demo use."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +11,9 @@ import yaml
 
 import ros_helpers as rh
 from lightmer import bags
-from lightmer.evaluate import EvalConfig, NodeSettings, evaluate_bag
+from lightmer.evaluate import EvalConfig, evaluate_bag
 from lightmer.ros.params import FusionParams
+from lightmer.streaming import StreamSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,15 +41,15 @@ def test_every_short_clip_gets_a_window_with_the_default_settings(layout_bag):
 
 
 def test_the_default_is_defined_once():
-    default = FusionParams().min_segments
-    assert 1 <= default
-    assert NodeSettings.resolve(EvalConfig(bag=Path('b'), labels=Path('l'),
-                                           checkpoint=Path('c'))).min_segments == default
+    default = StreamSettings().min_segments
+    assert 1 <= default == FusionParams().min_segments
+    assert EvalConfig(bag=Path('b'), labels=Path('l'),
+                      checkpoint=Path('c')).settings.min_segments == default
     for name in ('lightmer.yaml', 'crema_d.yaml', 'ravdess.yaml'):
         doc = yaml.safe_load((ROOT / 'config' / name).read_text())
         for section in doc.values():
             assert 'min_segments' not in section['ros__parameters'], \
-                f'config/{name} sets min_segments: the default lives in FusionParams'
+                f'config/{name} sets min_segments: the default lives in StreamSettings'
     from lightmer import demo
 
     assert 'min_segments' not in demo.DemoSize.__dataclass_fields__

@@ -146,7 +146,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
         'window_accuracy_offline': evals['offline']['window_accuracy'],
         'window_accuracy_live': evals['live']['window_accuracy'],
         'latency_ms': evals['live']['latency_ms'],
-        'dropped_live': evals['live']['segments_dropped'],
+        'counts_live': evals['live']['counts'],
         'train_summary': summaries,
         'stage_s': timings,
         'wall_s': round(time.perf_counter() - t_start, 1),

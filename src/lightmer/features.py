@@ -36,6 +36,10 @@ _STD_FLOOR_DB = 1.0
 
 
 # --- faces -----------------------------------------------------------------------------------
+# Smallest face MTCNN looks for, pixels: the face node's `min_face_size` default too.
+MIN_FACE_SIZE = 40
+
+
 class FaceCropper:
     """MTCNN face detection and cropping, with either of two detectors whose boxes are equal:
 
@@ -47,8 +51,8 @@ class FaceCropper:
     exceeds `cfg.detect_max_side`; `min_face_size` is in pixels of the image MTCNN sees.
     """
 
-    def __init__(self, cfg: FeatureConfig, device: str = 'cpu', min_face_size: int = 40,
-                 nets: MTCNNNets | None = None):
+    def __init__(self, cfg: FeatureConfig, device: str = 'cpu',
+                 min_face_size: int = MIN_FACE_SIZE, nets: MTCNNNets | None = None):
         self.cfg = cfg
         self.min_face_size = min_face_size
         self._nets = nets

@@ -14,6 +14,8 @@ published and counted (`silent`).
 """
 from __future__ import annotations
 
+import dataclasses
+
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -48,12 +50,10 @@ class AudioFeatureNode(Node):
         # Only the metadata: librosa does the rest, so with an ONNX export nothing here
         # imports torch or onnxruntime.
         _, meta, segment_s = load_for_node(self.params)
-        self._segmenter = AudioSegmenter(meta.features, segment_s, self.params.reference,
-                                         self.params.gap_tolerance_s,
-                                         jump_s=self.params.stamp_jump_s)
+        self._segmenter = AudioSegmenter(meta.features, segment_s,
+                                         self.params.stream_settings())
         self._segmenter.warm_up()
         self._format: AudioFormat | None = None
-        self._rejected = 0
         self.reporter = Reporter(self, self.params.diagnostics_period_s, self.diagnostic_counts)
 
     def _subscribe(self) -> None:
@@ -77,12 +77,10 @@ class AudioFeatureNode(Node):
                                                  self.mgonzs13_callback, qos)
 
     def diagnostic_counts(self) -> dict:
-        c = self._segmenter.counts
-        return {'published': c.published, 'audio_gap': c.gaps, 'jumps': c.jumps,
-                'silent': c.silent, 'invalid': c.invalid, 'resets': c.resets,
-                'rejected': self._rejected,
-                'format': 'none' if self._format is None else
-                f'{self._format.channels}ch {self._format.sample_rate} Hz {self._format.dtype}'}
+        fmt = self._format
+        return {**dataclasses.asdict(self._segmenter.counts),
+                'format': 'none' if fmt is None else
+                f'{fmt.channels}ch {fmt.sample_rate} Hz {fmt.dtype}'}
 
     def info_callback(self, msg) -> None:
         try:
@@ -101,7 +99,7 @@ class AudioFeatureNode(Node):
 
     def audio_callback(self, msg) -> None:
         if self._format is None:
-            self._rejected += 1
+            self._segmenter.reject()
             self.reporter.error('audio dropped: no usable AudioInfo on audio_info yet '
                                 '(is audio_capture running with format:=wave?)')
             return
@@ -142,8 +140,7 @@ class AudioFeatureNode(Node):
             self.reporter.clear()                                      # recovered
 
     def _drop(self, reason: str) -> None:
-        self._rejected += 1
-        self._segmenter.discontinuity()
+        self._segmenter.reject()
         self.reporter.error(f'audio chunk dropped: {reason}')
 
 

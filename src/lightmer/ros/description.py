@@ -75,9 +75,6 @@ NODES = (
 )
 
 
-# node name -> module whose `main` runs it (tools that start the nodes as processes)
-NODE_MODULES = {n.name: n.module for n in NODES}
-
 @dataclass(frozen=True)
 class NodeInvocation:
     """One node as it is started: what launch_ros's `Node` action takes."""

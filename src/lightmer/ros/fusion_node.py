@@ -19,6 +19,7 @@ there with a message that says what to set behaves the same everywhere.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -57,9 +58,6 @@ class FusionNode(Node):
         self._mel_sub = self.create_subscription(Image, 'log_mel', self.mel_callback, qos)
         path, meta, segment_s = load_for_node(self.params)
         n = self.params.n_segments or meta.n_segments
-        if self.params.min_segments > n:
-            raise ValueError(f'min_segments {self.params.min_segments} exceeds the window of '
-                             f'{n} segments; lower it or raise n_segments')
         self.labels = tuple(meta.labels)
         self._face_shape = (meta.features.face_height, meta.features.face_width)
         self._mel_shape = (meta.features.n_mels, meta.features.mel_frames)
@@ -68,12 +66,8 @@ class FusionNode(Node):
         segment_logits, fuse = model.segment_logits, model.fuse
         # The first forward pass is slower (allocator, kernels): pay for it now.
         segment_logits(np.zeros(self._face_shape, np.uint8), np.zeros(self._mel_shape, np.float32))
-        self.fuser = SegmentFuser(
-            segment_logits, fuse, n_segments=n, segment_s=segment_s,
-            anchor=self.params.reference, min_segments=self.params.min_segments or n,
-            policy=self.params.missing_policy, wait_s=self.params.missing_wait_s,
-            nearest_max=self.params.nearest_max_segments, break_s=self.params.stall_warn_s)
-        self._rejected = 0
+        self.fuser = SegmentFuser(segment_logits, fuse, n, segment_s,
+                                  self.params.stream_settings())
         self._resets_seen = 0
         self._breaks_seen = 0
         self._window_segments = ''
@@ -101,12 +95,8 @@ class FusionNode(Node):
         return self.create_publisher(Expression, 'expression', output_qos())
 
     def diagnostic_counts(self) -> dict:
-        c = self.fuser.counts
-        return {'used': c.used, 'filled': c.filled, 'dropped': c.dropped,
-                'no_face': c.no_face, 'invalid': c.invalid, 'windows': c.windows,
-                'partial': c.partial, 'window_segments': self._window_segments,
-                'duplicates': c.duplicates, 'late': c.late, 'resets': c.resets,
-                'breaks': c.breaks, 'rejected': self._rejected}
+        return {**dataclasses.asdict(self.fuser.counts),
+                'window_segments': self._window_segments}
 
     def health(self) -> tuple[bytes, str]:
         """(level, message) of the inputs: a stall (one silent while the other flows) is WARN
@@ -123,7 +113,7 @@ class FusionNode(Node):
         t = time_to_float(msg.header.stamp)
         if is_no_face_image(msg):
             self._face_in_view = False
-            self._publish(self.fuser.push_no_face(t, msg.header.frame_id))
+            self._publish(self.fuser.push_no_face(t))
             return
         crop = self._read(msg, 'mono8', self._face_shape)
         if crop is not None:
@@ -145,7 +135,7 @@ class FusionNode(Node):
                 raise ConversionError(f'expected {shape}, got {array.shape}: was it made with '
                                       'the same checkpoint?')
         except ConversionError as exc:
-            self._rejected += 1
+            self.fuser.reject()
             self.reporter.error(f'input dropped: {exc}')
             return None
         return array

@@ -1,9 +1,11 @@
 """Node parameters: one frozen dataclass per node, declared and read once by one helper.
 
-Defaults live here; `config/*.yaml` only overrides them. Every field carries its description
-in `metadata`, which `declare_and_read` hands to ROS, so `ros2 param describe` explains it.
-Zero means "take it from the checkpoint" for `segment_s` and `n_segments`, because a node needs
-only the checkpoint path to compute exactly what the model was trained on.
+Defaults live here, except those of the processing settings, which come from
+`streaming.StreamSettings` (the one definition eval-bag, the benchmark and the demo share);
+`config/*.yaml` only overrides them. Every field carries its description in `metadata`, which
+`declare_and_read` hands to ROS, so `ros2 param describe` explains it. Zero means "take it from
+the checkpoint" for `segment_s` and `n_segments`, because a node needs only the checkpoint path
+to compute exactly what the model was trained on.
 """
 from __future__ import annotations
 
@@ -13,14 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lightmer.segments import ANCHORS
-from lightmer.streaming import DEFAULT_BREAK_S, DEFAULT_JUMP_S, MISSING_POLICIES
+from lightmer.streaming import StreamSettings
 
 from .conversions import DEFAULT_MAX_PIXELS
 from .description import share_dirs
 from .qos import RELIABILITIES
 
 AUDIO_MSG_VARIANTS = ('ros-drivers', 'mgonzs13')
+DEFAULTS = StreamSettings()
+_SETTINGS = tuple(f.name for f in dataclasses.fields(StreamSettings))
 
 
 def _p(default: Any, description: str) -> Any:
@@ -39,25 +42,27 @@ class CommonParams:
     expected_preset: str = _p('', "if set ('crema-d' or 'ravdess'), refuse a checkpoint "
                               'trained on another preset')
     segment_s: float = _p(0.0, 'segment length T in seconds; 0 = the checkpoint preset\'s')
-    reference: str = _p('centre', "segment reference time: 'centre' (as trained at "
-                        "inference) or 'start' (lower latency)")
+    reference: str = _p(DEFAULTS.reference, "segment reference time: 'centre' (as trained "
+                        "at inference) or 'start' (lower latency)")
     torch_threads: int = _p(1, 'intra-op threads of this node\'s runtime, torch or '
                             'onnxruntime (nodes share few cores)')
     diagnostics_period_s: float = _p(1.0, 'period of the /diagnostics counts, wall seconds')
-    stamp_jump_s: float = _p(DEFAULT_JUMP_S, 'a forward step of input stamps at least this '
-                             'long is a jump (clock set, replay seek): logged and counted '
-                             'once, not as lost segments; seconds')
+    stamp_jump_s: float = _p(DEFAULTS.stamp_jump_s, 'a forward step of input stamps at least '
+                             'this long is a jump (clock set, replay seek): logged and '
+                             'counted once, not as lost segments; seconds')
 
     def __post_init__(self) -> None:
-        if self.reference not in ANCHORS:
-            raise ValueError(f'reference must be one of {ANCHORS}, got {self.reference!r}')
+        self.stream_settings()                 # validates the processing settings
         if self.segment_s < 0:
             raise ValueError(f'segment_s must be >= 0 (0 = from the checkpoint), '
                              f'got {self.segment_s}')
         if self.torch_threads < 1 or not self.diagnostics_period_s > 0:
             raise ValueError('torch_threads must be >= 1 and diagnostics_period_s > 0')
-        if not self.stamp_jump_s > 0:
-            raise ValueError(f'stamp_jump_s must be > 0, got {self.stamp_jump_s}')
+
+    def stream_settings(self) -> StreamSettings:
+        """The processors' settings: this node's values; the defaults for other nodes' ones."""
+        return StreamSettings(**{name: getattr(self, name) for name in _SETTINGS
+                                 if hasattr(self, name)})
 
 
 @dataclass(frozen=True)
@@ -67,9 +72,9 @@ class FaceCropParams(CommonParams):
     qos_reliability: str = _p('best_effort', "image subscription: 'best_effort' (sensor "
                               "data, matches any publisher) or 'reliable'")
     qos_depth: int = _p(10, 'image subscription queue depth')
-    min_face_size: int = _p(40, 'smallest face MTCNN looks for, in pixels of the image it '
-                            'runs on (the frame, or its copy downscaled to the model\'s '
-                            'detect_max_side)')
+    min_face_size: int = _p(DEFAULTS.min_face_size, 'smallest face MTCNN looks for, in pixels '
+                            'of the image it runs on (the frame, or its copy downscaled to '
+                            'the model\'s detect_max_side)')
     max_image_pixels: int = _p(DEFAULT_MAX_PIXELS, 'compressed_input: largest width x height '
                                'a compressed frame may declare; larger ones are refused '
                                'before decoding')
@@ -77,8 +82,6 @@ class FaceCropParams(CommonParams):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_qos(self.qos_reliability, self.qos_depth)
-        if self.min_face_size < 1:
-            raise ValueError(f'min_face_size must be >= 1, got {self.min_face_size}')
         if self.max_image_pixels < 1:
             raise ValueError(f'max_image_pixels must be >= 1, got {self.max_image_pixels}')
 
@@ -93,8 +96,8 @@ class AudioFeatureParams(CommonParams):
     qos_reliability: str = _p('reliable', "audio subscription: 'reliable' (ros-drivers "
                               "audio_capture) or 'best_effort' (any publisher)")
     qos_depth: int = _p(100, 'audio subscription queue depth (chunks are small and frequent)')
-    gap_tolerance_s: float = _p(0.05, 'stamp mismatch between consecutive chunks still '
-                                'treated as continuous audio, seconds')
+    gap_tolerance_s: float = _p(DEFAULTS.gap_tolerance_s, 'stamp mismatch between '
+                                'consecutive chunks still treated as continuous audio, seconds')
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -102,45 +105,36 @@ class AudioFeatureParams(CommonParams):
         if self.audio_msg not in AUDIO_MSG_VARIANTS:
             raise ValueError(f'audio_msg must be one of {AUDIO_MSG_VARIANTS}, '
                              f'got {self.audio_msg!r}')
-        if self.gap_tolerance_s < 0:
-            raise ValueError(f'gap_tolerance_s must be >= 0, got {self.gap_tolerance_s}')
 
 
 @dataclass(frozen=True)
 class FusionParams(CommonParams):
     n_segments: int = _p(0, 'segments N per window; 0 = the checkpoint\'s')
-    # 2: a 1.5 s utterance holds 3 segments at T = 0.5 s (CREMA-D models) but may hold only 2
-    # at T = 0.6 s (RAVDESS); measured against accuracy in docs/ROBOT_OPERATIONS.md.
-    min_segments: int = _p(2, 'publish a window once at least this many of its N segments are '
-                           'cached (at most N); 0 = all N. Fewer: windows on short '
-                           'utterances; more: each window sees more')
-    missing_policy: str = _p('skip', "a segment with one modality after missing_wait_s: "
-                             "'skip' it, or 'nearest' (pair it with the nearest segment's "
-                             'input of the missing modality)')
-    missing_wait_s: float = _p(2.0, 'how long (stamp seconds past its reference time) a '
-                               'segment waits for its other modality')
-    nearest_max_segments: int = _p(2, "'nearest' policy: farthest segment to borrow from")
+    min_segments: int = _p(DEFAULTS.min_segments, 'publish a window once at least this many '
+                           'of its N segments are cached (at most N); 0 = all N. Fewer: '
+                           'windows on short utterances; more: each window sees more')
+    missing_policy: str = _p(DEFAULTS.missing_policy, "a segment with one modality after "
+                             "missing_wait_s: 'skip' it, or 'nearest' (pair it with the "
+                             "nearest segment's input of the missing modality)")
+    missing_wait_s: float = _p(DEFAULTS.missing_wait_s, 'how long (stamp seconds past its '
+                               'reference time) a segment waits for its other modality')
+    nearest_max_segments: int = _p(DEFAULTS.nearest_max_segments, "'nearest' policy: "
+                                   'farthest segment to borrow from')
     queue_depth: int = _p(20, 'face_crop and log_mel subscription depth (reliable)')
     publish_expression: bool = _p(False, 'also publish hri_msgs/Expression on expression '
                                   '(needs hri_msgs)')
-    stall_warn_s: float = _p(DEFAULT_BREAK_S, 'one input (face_crop or log_mel) silent this '
-                             'long while the other flows: /diagnostics WARN; an input gap this '
-                             'long in stamp time also restarts the windows; seconds')
+    stall_warn_s: float = _p(DEFAULTS.stall_warn_s, 'one input (face_crop or log_mel) silent '
+                             'this long while the other flows: /diagnostics WARN; an input '
+                             'gap this long in stamp time also restarts the windows; seconds')
     stall_error_s: float = _p(10.0, 'one input silent this long while the other flows: '
                               '/diagnostics ERROR (its node or sensor is down); seconds')
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.missing_policy not in MISSING_POLICIES:
-            raise ValueError(f'missing_policy must be one of {MISSING_POLICIES}, '
-                             f'got {self.missing_policy!r}')
-        if self.n_segments < 0 or self.min_segments < 0 or self.nearest_max_segments < 1:
-            raise ValueError('n_segments and min_segments must be >= 0, '
-                             'nearest_max_segments >= 1')
-        if self.missing_wait_s < 0 or self.queue_depth < 1:
-            raise ValueError('missing_wait_s must be >= 0 and queue_depth >= 1')
-        if not 0 < self.stall_warn_s <= self.stall_error_s:
-            raise ValueError(f'need 0 < stall_warn_s <= stall_error_s, got '
+        if self.n_segments < 0 or self.queue_depth < 1:
+            raise ValueError('n_segments must be >= 0 and queue_depth >= 1')
+        if not self.stall_warn_s <= self.stall_error_s:
+            raise ValueError(f'need stall_warn_s <= stall_error_s, got '
                              f'{self.stall_warn_s} and {self.stall_error_s}')
 
 
@@ -152,10 +146,6 @@ def _check_qos(reliability: str, depth: int) -> None:
 
 
 P = TypeVar('P', bound=CommonParams)
-
-
-def parameter_names(cls: type[CommonParams]) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def declare_and_read(node, cls: type[P]) -> P:
