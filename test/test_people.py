@@ -4,7 +4,7 @@ import pytest
 
 from lightmer.people import MultiFaceSegmenter, PeopleFuser, TrackedFace
 from lightmer.segments import reference_time
-from lightmer.streaming import SegmentFuser
+from lightmer.streaming import SegmentFuser, StreamSettings
 
 T = 0.5
 
@@ -29,7 +29,8 @@ def _softmax_mean(logits):
 
 def _people(audio_to='all', forget_after_s=3.0):
     seg = _Recording()
-    fuser = PeopleFuser(lambda: SegmentFuser(seg, _softmax_mean, 3, T, min_segments=1),
+    settings = StreamSettings(min_segments=1)
+    fuser = PeopleFuser(lambda: SegmentFuser(seg, _softmax_mean, 3, T, settings),
                         T, 'centre', np.full((128, 43), -1.0, np.float32), audio_to=audio_to,
                         forget_after_s=forget_after_s)
     return fuser, seg

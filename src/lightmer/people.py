@@ -36,8 +36,8 @@ import numpy as np
 
 from lightmer.config import FeatureConfig
 from lightmer.features import crop_face
-from lightmer.segments import segment_index
-from lightmer.streaming import FrameSelector, SegmentFuser, WindowResult, segment_of_reference
+from lightmer.segments import segment_index, segment_of_reference
+from lightmer.streaming import FrameSelector, SegmentFuser, WindowResult
 from lightmer.tracking import FaceTracker, TrackerSettings
 
 AUDIO_TO = ('all', 'largest')
