@@ -267,6 +267,11 @@ def _add_eval_bag(sub) -> None:
     p.add_argument('--min-segments', type=_positive_int, default=None,
                    help="publish windows with at least this many of N segments (default: "
                    "the node's)")
+    p.add_argument('--people', action='store_true',
+                   help='offline: track every face (max_faces 4) and score per person; the '
+                        'labels CSV needs a person column (make-bag --two-people)')
+    p.add_argument('--audio-to', choices=('all', 'largest'), default='all',
+                   help="--people: which faces a segment's audio is fused with")
 
 
 def _run_eval_bag(args) -> int:
@@ -282,7 +287,8 @@ def _run_eval_bag(args) -> int:
                      live=args.live, out=args.out, image_topic=args.image_topic,
                      audio_topic=args.audio_topic, audio_info_topic=args.audio_info_topic,
                      settings=settings, rate=args.rate,
-                     one_participant=args.one_participant)
+                     one_participant=args.one_participant, people=args.people,
+                     audio_to=args.audio_to)
     result = evaluate_bag(cfg)
     if args.json:
         _print_json(result)
@@ -294,6 +300,11 @@ def _run_eval_bag(args) -> int:
         print(f"window accuracy {fmt(result['window_accuracy'])}  "
               f"clip accuracy {fmt(result['clip_accuracy'])}  windows {result['windows']}  "
               f"latency p50 {'n/a' if p50 is None else f'{p50:.1f} ms'}")
+        if args.people:
+            per = '  '.join(f"{name} {fmt(r['clip_accuracy'])}"
+                            for name, r in result['people'].items())
+            print(f"per person clip accuracy: {per}  id switches {result['id_switches']}  "
+                  f"ids {result['ids']}")
     return 0
 
 

@@ -27,6 +27,7 @@ face that comes back under a forgotten id starts afresh (`counts.returned`).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ import numpy as np
 from lightmer.config import FeatureConfig
 from lightmer.features import crop_face
 from lightmer.segments import segment_index, segment_of_reference
-from lightmer.streaming import FrameSelector, SegmentFuser, WindowResult
+from lightmer.streaming import FrameSelector, FusionCounts, SegmentFuser, WindowResult
 from lightmer.tracking import FaceTracker, TrackerSettings
 
 AUDIO_TO = ('all', 'largest')
@@ -73,6 +74,7 @@ class MultiFaceCounts:
     capped: int = 0        # confident faces beyond max_faces, not published
     rejected: int = 0      # frames dropped (malformed, undecodable) and faces not croppable
     resets: int = 0        # stamps went backwards
+    jumps: int = 0         # stamps stepped forward by stamp_jump_s or more
     tracks_started: int = 0
     tracks_forgotten: int = 0
 
@@ -94,13 +96,14 @@ class MultiFaceSegmenter:
     """
 
     def __init__(self, cropper, segment_s: float, reference: str, max_faces: int,
-                 tracker: TrackerSettings | None = None, id_prefix: str = 'f'):
+                 tracker: TrackerSettings | None = None, id_prefix: str = 'f',
+                 jump_s: float = 10.0):
         if max_faces < 1:
             raise ValueError(f'max_faces must be >= 1, got {max_faces}')
         self.cropper = cropper
         self.max_faces = max_faces
         self.tracker = FaceTracker(tracker or TrackerSettings(), prefix=id_prefix)
-        self._selector = FrameSelector(segment_s, reference)
+        self._selector = FrameSelector(segment_s, reference, jump_s)
         self.counts = MultiFaceCounts()
 
     def reject(self) -> None:
@@ -114,6 +117,7 @@ class MultiFaceSegmenter:
         self.counts.frames += 1
         resets = self._selector.resets
         chosen = self._selector.push(t, payload)
+        self.counts.jumps = self._selector.jumps
         if self._selector.resets != resets:
             self.counts.resets += 1
             self.tracker.reset()
@@ -183,6 +187,11 @@ class Ros4hriFaceSegmenter:
         # per id: recent (t, payload); a few segments of a 30 Hz stream
         self._crops: dict[str, deque] = {}
         self.counts = Ros4hriCounts()
+
+    @property
+    def buffered_ids(self) -> set[str]:
+        """Ids whose recent crops are kept."""
+        return set(self._crops)
 
     def push_crop(self, face_id: str, t: float, payload: Any) -> None:
         self.counts.crops_in += 1
@@ -269,6 +278,7 @@ class PeopleFuser:
     _faces_at: dict[int, dict[str, float]] = field(default_factory=dict)   # k -> {id: area}
     _mels_at: dict[int, tuple[float, np.ndarray]] = field(default_factory=dict)
     _forgotten: list[str] = field(default_factory=list)
+    _retired: dict[str, int] = field(default_factory=dict)   # counts of forgotten fusers
 
     def __post_init__(self) -> None:
         if self.audio_to not in AUDIO_TO:
@@ -279,6 +289,15 @@ class PeopleFuser:
     @property
     def ids(self) -> tuple[str, ...]:
         return tuple(self._people)
+
+    def fusion_counts(self) -> dict[str, int]:
+        """streaming.FusionCounts summed over every id, present and forgotten."""
+        total = dict.fromkeys((f.name for f in dataclasses.fields(FusionCounts)), 0)
+        for counts in [self._retired, *(dataclasses.asdict(p.fuser.counts)
+                                        for p in self._people.values())]:
+            for key, value in counts.items():
+                total[key] += value
+        return total
 
     def fuser_of(self, face_id: str) -> SegmentFuser:
         return self._people[face_id].fuser
@@ -354,13 +373,15 @@ class PeopleFuser:
     def _forget(self, t_now: float) -> list[str]:
         gone = [i for i, p in self._people.items() if t_now - p.last_seen > self.forget_after_s]
         for face_id in gone:
-            del self._people[face_id]
             self._remember(face_id)
+            del self._people[face_id]
         self.counts.forgotten += len(gone)
         self.counts.people = len(self._people)
         return gone
 
     def _remember(self, face_id: str) -> None:
+        for key, value in dataclasses.asdict(self._people[face_id].fuser.counts).items():
+            self._retired[key] = self._retired.get(key, 0) + value
         self._forgotten.append(face_id)
         del self._forgotten[:-_FORGOTTEN_MEMORY]
 
