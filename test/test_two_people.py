@@ -37,12 +37,18 @@ def test_turns_hold_the_listener_still_and_the_right_person_leaves_every_second_
     assert second.audio is pairs[0][1].audio                  # the speaker's voice
 
 
-def test_make_bag_two_people_writes_per_person_rows(tiny_corpus, tmp_path):
+@pytest.fixture(scope='module')
+def two_bag(tiny_corpus, tmp_path_factory):
     from lightmer.cli import main
 
-    out = tmp_path / 'two.bag'
+    out = tmp_path_factory.mktemp('two_people') / 'two.bag'
     assert main(['make-bag', '--dataset', 'crema-d', '--root', str(tiny_corpus),
                  '--out', str(out), '--actors', '1001', '1002', '--two-people']) == 0
+    return out
+
+
+def test_make_bag_two_people_writes_per_person_rows(two_bag):
+    out = two_bag
     rows = bags.read_labels(bags.default_labels_path(out))
     assert [r.person for r in rows] == ['left', 'right'] * 6
     assert all(r.clip_id.startswith('1001_') for r in rows if r.person == 'left')
@@ -66,3 +72,32 @@ def test_two_people_needs_two_actors(tiny_corpus, tmp_path):
     with pytest.raises(ValueError, match='two different actors'):
         bags.make_bag('crema-d', tiny_corpus, tmp_path / 'x', actors=['1001'],
                       two_people=True)
+
+
+def test_eval_bag_people_scores_each_person_without_id_switches(two_bag, tmp_path, capsys):
+    import json
+
+    import ros_helpers as rh
+    from lightmer.cli import main
+
+    checkpoint = rh.make_checkpoint(tmp_path / 'model.pt', seed=2)
+    assert main(['eval-bag', '--bag', str(two_bag), '--labels',
+                 str(bags.default_labels_path(two_bag)), '--checkpoint', str(checkpoint),
+                 '--people', '--out', str(tmp_path / 'eval')]) == 0
+    assert 'per person clip accuracy: left' in capsys.readouterr().out
+    result = json.loads((tmp_path / 'eval' / 'eval.json').read_text())
+    assert result['id_switches'] == 0 and result['ids_on_both_sides'] == []
+    left, right = result['people']['left'], result['people']['right']
+    assert left['clips'] == right['clips'] == 6
+    assert left['windows_scored'] > 0 and right['windows_scored'] > 0
+    assert left['ids'] and right['ids'] and not set(left['ids']) & set(right['ids'])
+    # the right person walks out in every second pair and comes back under a new id
+    assert len(right['ids']) >= 2 and len(left['ids']) == 1
+    assert (tmp_path / 'eval' / 'confusion.png').is_file()
+    # per-person scoring needs the person column, and runs offline
+    with pytest.raises(ValueError, match='person column'):
+        from lightmer.evaluate import EvalConfig, evaluate_bag
+
+        one = tmp_path / 'one.csv'
+        one.write_text('start,end,label,clip_id\n0,1,happy,a\n')
+        evaluate_bag(EvalConfig(two_bag, one, checkpoint, people=True))
