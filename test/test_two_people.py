@@ -37,14 +37,34 @@ def test_turns_hold_the_listener_still_and_the_right_person_leaves_every_second_
     assert second.audio is pairs[0][1].audio                  # the speaker's voice
 
 
+def _readme_command(prefix: str) -> list[str]:
+    """The README's one command starting with `prefix` (continuation lines joined), split."""
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / 'README.md').read_text(encoding='utf-8')
+    lines = text.replace('\\\n', ' ').splitlines()
+    (line,) = [x.strip() for x in lines if x.strip().startswith(prefix)]
+    return shlex.split(line)[1:]
+
+
 @pytest.fixture(scope='module')
 def two_bag(tiny_corpus, tmp_path_factory):
+    """The README's two-person make-bag line, run as written in a directory of its own."""
+    import os
+
     from lightmer.cli import main
 
-    out = tmp_path_factory.mktemp('two_people') / 'two.bag'
-    assert main(['make-bag', '--dataset', 'crema-d', '--root', str(tiny_corpus),
-                 '--out', str(out), '--actors', '1001', '1002', '--two-people']) == 0
-    return out
+    where = tmp_path_factory.mktemp('two_people')
+    args = _readme_command('lightmer make-bag --dataset crema-d --root corpus/ ')
+    args = [str(tiny_corpus) if a == 'corpus/' else a for a in args]
+    old = os.getcwd()
+    os.chdir(where)
+    try:
+        assert main(args) == 0
+    finally:
+        os.chdir(old)
+    return where / 'two.bag'
 
 
 def test_make_bag_two_people_writes_per_person_rows(two_bag):
@@ -74,18 +94,20 @@ def test_two_people_needs_two_actors(tiny_corpus, tmp_path):
                       two_people=True)
 
 
-def test_eval_bag_people_scores_each_person_without_id_switches(two_bag, tmp_path, capsys):
+def test_eval_bag_people_scores_each_person_without_id_switches(two_bag, tmp_path, capsys,
+                                                                monkeypatch):
+    """The README's eval-bag --people line, run as written beside the bag."""
     import json
 
     import ros_helpers as rh
     from lightmer.cli import main
 
     checkpoint = rh.make_checkpoint(tmp_path / 'model.pt', seed=2)
-    assert main(['eval-bag', '--bag', str(two_bag), '--labels',
-                 str(bags.default_labels_path(two_bag)), '--checkpoint', str(checkpoint),
-                 '--people', '--out', str(tmp_path / 'eval')]) == 0
+    monkeypatch.chdir(two_bag.parent)
+    args = _readme_command('lightmer eval-bag --bag two.bag ')
+    assert main([str(checkpoint) if a == 'best.pt' else a for a in args]) == 0
     assert 'per person clip accuracy: left' in capsys.readouterr().out
-    result = json.loads((tmp_path / 'eval' / 'eval.json').read_text())
+    result = json.loads((two_bag.parent / 'eval_two' / 'eval.json').read_text())
     assert result['id_switches'] == 0 and result['ids_on_both_sides'] == []
     left, right = result['people']['left'], result['people']['right']
     assert left['clips'] == right['clips'] == 6
@@ -93,8 +115,8 @@ def test_eval_bag_people_scores_each_person_without_id_switches(two_bag, tmp_pat
     assert left['ids'] and right['ids'] and not set(left['ids']) & set(right['ids'])
     # the right person walks out in every second pair and comes back under a new id
     assert len(right['ids']) >= 2 and len(left['ids']) == 1
-    assert (tmp_path / 'eval' / 'confusion.png').is_file()
-    # per-person scoring needs the person column, and runs offline
+    assert (two_bag.parent / 'eval_two' / 'confusion.png').is_file()
+    # per-person scoring needs the person column
     with pytest.raises(ValueError, match='person column'):
         from lightmer.evaluate import EvalConfig, evaluate_bag
 

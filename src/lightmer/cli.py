@@ -268,8 +268,8 @@ def _add_eval_bag(sub) -> None:
                    help="publish windows with at least this many of N segments (default: "
                    "the node's)")
     p.add_argument('--people', action='store_true',
-                   help='offline: track every face (max_faces 4) and score per person; the '
-                        'labels CSV needs a person column (make-bag --two-people)')
+                   help='track every face (max_faces 4) and score per person; the labels '
+                        'CSV needs a person column (make-bag --two-people)')
     p.add_argument('--audio-to', choices=('all', 'largest'), default='all',
                    help="--people: which faces a segment's audio is fused with")
 

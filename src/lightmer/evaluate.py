@@ -9,10 +9,11 @@ reliable inputs (`ros.rig`); this process plays the bag over DDS on loopback at 
 time (publishing /clock from the bag time before each message), records `emotion` and the
 nodes' /diagnostics counts, and scores them the same way (`scoring`).
 
-Per person (`people`, offline): the nodes' several-people mode (max_faces > 1) on a bag of
-several people (`make-bag --two-people`), scored per person (`people_scoring`): each id is the
-person on whose half of the frame its faces were, each person scored on their own rows, id
-switches counted. Live per-person scoring is not implemented (docs/PEOPLE.md).
+Per person (`people`): the nodes' several-people mode (max_faces > 1) on a bag of several
+people (`make-bag --two-people`), scored per person (`people_scoring`): each id is the person on
+whose half of the frame its faces were, each person scored on their own rows, id switches
+counted. Live, the windows are those of /humans/faces/<id>/emotion and the faces' positions
+those of the face node's face_crops.
 
 Both report per node the counters the nodes publish on /diagnostics (`counts`). Latency:
 - Window end: the capture time of the newest data the window uses, i.e. the end of its last
@@ -150,6 +151,7 @@ def run_offline(cfg: EvalConfig, meta, topics: bags.BagTopics) -> RunResult:
 
 # --- live replay through the three nodes over DDS ------------------------------------------
 DIAGNOSTICS_PERIOD_S = 0.5
+PEOPLE_PREFIX = '/humans/faces'
 
 
 def _node_params(cfg: EvalConfig, compressed: bool) -> dict:
@@ -158,14 +160,17 @@ def _node_params(cfg: EvalConfig, compressed: bool) -> dict:
     dropped (a sensor-data subscription may drop frames, which offline never does)."""
     common = {'torch_threads': cfg.threads, 'diagnostics_period_s': DIAGNOSTICS_PERIOD_S,
               **dataclasses.asdict(cfg.settings)}
+    people = {'max_faces': cfg.max_faces} if cfg.people else {}
     return {
         '/**': {'ros__parameters': common},
         '/**/face_crop': {'ros__parameters': {'qos_reliability': 'reliable',
                                               'qos_depth': 100,
-                                              'compressed_input': compressed}},
+                                              'compressed_input': compressed, **people}},
         '/**/audio_feature': {'ros__parameters': {'qos_reliability': 'reliable',
                                                   'qos_depth': 500}},
-        '/**/fusion': {'ros__parameters': {'queue_depth': 100}},
+        '/**/fusion': {'ros__parameters': {'queue_depth': 100, **people,
+                                           **({'audio_to': cfg.audio_to} if cfg.people
+                                              else {})}},
     }
 
 
@@ -190,7 +195,8 @@ def run_live(cfg: EvalConfig, meta, topics: bags.BagTopics, compressed: bool) ->
         started = time.monotonic()
         with (NodeProcesses(launch, log_dir, _node_params(cfg, compressed), remaps) as nodes,
               Rig(topics=rig_topics, use_sim_time=True, nodes=nodes, compressed=compressed,
-                  own_mic_participant=not cfg.one_participant) as rig):
+                  own_mic_participant=not cfg.one_participant,
+                  people=PEOPLE_PREFIX if cfg.people else None) as rig):
             return _replay(cfg, meta, topics, rig, started)
 
 
@@ -221,7 +227,10 @@ def _replay(cfg: EvalConfig, meta, topics: bags.BagTopics, rig, started: float) 
     snap = rig.snapshot()
     half = meta.features.window_s / 2
     result = RunResult()
-    for got in sorted(snap.emotion, key=lambda r: time_to_float(r.msg.header.stamp)):
+    received = [('', r) for r in snap.emotion]
+    if cfg.people:
+        received = [(i, r) for i, rs in snap.person_emotion.items() for r in rs]
+    for face_id, got in sorted(received, key=lambda x: time_to_float(x[1].msg.header.stamp)):
         stamp = time_to_float(got.msg.header.stamp)
         scores = {h.class_id: h.score for h in got.msg.results}
         end_s = stamp + half
@@ -229,7 +238,7 @@ def _replay(cfg: EvalConfig, meta, topics: bags.BagTopics, rig, started: float) 
         result.windows.append(WindowRecord(
             segment_of_reference(stamp, meta.segment_s, cfg.settings.reference), stamp, end_s,
             tuple(float(scores.get(label, math.nan)) for label in meta.labels), got.clock_s,
-            (got.clock_s - end_s) * 1e3, (got.wall_s - wall_end) * 1e3))
+            (got.clock_s - end_s) * 1e3, (got.wall_s - wall_end) * 1e3, face_id))
     result.counts = {name: snap.counts(rig.node_name(name)) for name in NODE_NAMES}
     frames_lost = played.sent['image'] - result.counts['face_crop'].get('frames', 0)
     # A replay (faster than real time especially) is only faithful while the nodes keep up:
@@ -245,6 +254,13 @@ def _replay(cfg: EvalConfig, meta, topics: bags.BagTopics, rig, started: float) 
                     'kept_up': kept_up, 'startup_s': startup_s, 'play_wall_s': play_s,
                     'drain_s': drain_s, 'player_behind_max_s': played.behind_max_s,
                     'frames_lost': frames_lost}
+    if cfg.people:
+        centres: dict[str, list[float]] = {}
+        for r in snap.face_crops:
+            for f in r.msg.faces:
+                centres.setdefault(f.id, []).append(f.roi.x_offset + f.roi.width / 2)
+        first_image = next(m for m in bags.read_bag(cfg.bag, topics) if m.kind == 'image')
+        result.extra.update(centres_x=centres, frame_width=first_image.data.shape[1])
     return result
 
 
@@ -266,9 +282,9 @@ def evaluate_bag(cfg: EvalConfig) -> dict:
     rows = bags.read_labels(cfg.labels, info.start_s)
     meta = read_meta(cfg.checkpoint)              # a checkpoint or an ONNX export
     check_labels(rows, meta.labels, str(cfg.labels))
-    if cfg.people and (cfg.live or not all(r.person for r in rows)):
-        raise ValueError('per-person scoring runs offline on a labels CSV with a person column '
-                         '(make-bag --two-people writes one); drop --live')
+    if cfg.people and not all(r.person for r in rows):
+        raise ValueError('per-person scoring needs a labels CSV with a person column '
+                         '(make-bag --two-people writes one)')
     t0 = time.perf_counter()
     if cfg.live:
         run = run_live(cfg, meta, topics, info.image_compressed)
