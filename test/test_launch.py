@@ -146,6 +146,13 @@ def test_resolve_refuses_unknown_arguments_and_bad_booleans():
         resolve({'camera': '/x'})
     with pytest.raises(ValueError, match='use_sim_time'):
         resolve({'use_sim_time': 'maybe'})
+    with pytest.raises(ValueError, match='max_faces must be int'):
+        resolve({'max_faces': 'four'})
+    # the several-people arguments reach face_crop and fusion, typed; empty leaves the file's
+    face, audio, fusion = resolve({'max_faces': '3', 'audio_to': 'largest'})
+    assert face.parameters['max_faces'] == fusion.parameters['max_faces'] == 3
+    assert 'max_faces' not in audio.parameters and fusion.parameters['audio_to'] == 'largest'
+    assert all('face_source' not in n.parameters for n in resolve({}))
 
 
 @pytest.mark.parametrize('name', ['lightmer.yaml', 'crema_d.yaml', 'ravdess.yaml'])

@@ -193,6 +193,47 @@ def test_twenty_faces_hold_the_cap_and_the_rest_are_counted(mtcnn):
     _alive(mtcnn['running'])
 
 
+def test_hostile_face_crops_are_refused_and_counted(mtcnn):
+    """What a broken or foreign face_crops publisher may send to fusion: crops of the wrong
+    encoding or size, ids that cannot name a topic, an id twice, more faces than max_faces."""
+    from lightmer_msgs.msg import FaceCrop, FaceCrops
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    from lightmer.ros.conversions import array_to_image, float_to_time
+    from lightmer.ros.qos import output_qos
+
+    rig = mtcnn['rig']
+    fusion = rig.node_name('fusion')
+    pub = rig.node.create_publisher(FaceCrops, 'face_crops', output_qos())
+    good = np.full((98, 80), 120, np.uint8)
+
+    def face(face_id, image):
+        return FaceCrop(id=face_id, crop=image)
+
+    t = rh.T0 + 60
+    rig.wait_for(lambda s: pub.get_subscription_count() >= 2, 10, 'fusion matching the test')
+    before = rig.snapshot().counts(fusion).get('rejected', 0)
+    messages = [
+        [face('rgb', Image(height=98, width=80, encoding='rgb8', step=240,
+                           data=bytes(98 * 240)))],
+        [face('small', array_to_image(np.zeros((10, 10), np.uint8), Header()))],
+        [face('bad id!', array_to_image(good, Header())),
+         face('twice', array_to_image(good, Header())),
+         face('twice', array_to_image(good, Header()))],
+        [face(f'many{i}', array_to_image(good, Header())) for i in range(9)],
+    ]
+    for i, faces in enumerate(messages):
+        pub.publish(FaceCrops(header=Header(stamp=float_to_time(t + i * SEGMENT_S)),
+                              faces=faces, detected=len(faces)))
+    # rgb8, the 10x10 crop, the bad id, the repeated id, the faces beyond max_faces (4)
+    snap = rig.wait_for(lambda s: s.counts(fusion).get('rejected', 0) >= before + 5 and s,
+                        20, 'the hostile faces counted')
+    assert snap.counts(fusion)['people'] <= 4 + 2           # the cap held (and earlier ids)
+    rig.node.destroy_publisher(pub)
+    _alive(mtcnn['running'])
+
+
 # --- face_source ros4hri: hri_face_detect imitated -----------------------------------------------
 class _FaceDetectImitation:
     """Publishes what hri_face_detect does: <prefix>/tracked (hri_msgs/IdsList) per frame and

@@ -155,6 +155,17 @@ class FusionNode(Node):
         """One segment's tracked faces (lightmer_msgs/FaceCrops; none: nobody in view)."""
         self._arrived['face_crop'] = time.monotonic()
         faces, errors = faces_from_msg(msg, self._face_shape)
+        unique: dict[str, object] = {}
+        for face in faces:                 # the same id twice in one segment: keep the first
+            if face.face_id in unique:
+                errors.append(f'face {face.face_id!r}: listed twice in one segment')
+            else:
+                unique[face.face_id] = face
+        faces = list(unique.values())
+        if len(faces) > self.params.max_faces:       # a face publisher not honouring the cap
+            errors.append(f'{len(faces)} faces in one segment, more than max_faces '
+                          f'{self.params.max_faces}: the largest kept')
+            faces = sorted(faces, key=lambda f: -f.area)[:self.params.max_faces]
         for error in errors:
             self.fuser.reject()
             self.reporter.error(f'face dropped: {error}')

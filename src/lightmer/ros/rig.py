@@ -478,10 +478,15 @@ class Rig:
         from hri_msgs.msg import Expression
         from vision_msgs.msg import Classification
 
+        from .conversions import ConversionError, check_face_id
         from .qos import output_qos
 
         self._keeper('face_crops', 'face_crops')(msg)
         for face in msg.faces:
+            try:
+                check_face_id(face.id)            # the fusion node refuses the others too
+            except ConversionError:
+                continue
             with self._lock:
                 if face.id in self._got.person_emotion:
                     continue
