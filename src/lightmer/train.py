@@ -325,7 +325,7 @@ def prepare_model(model: LightmerNet, ranks: Ranks, device: torch.device
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset,
                 batches: Sequence[Sequence[int]], device: torch.device, *,
-                sample_keys: Sequence[int], ranks: Ranks = SINGLE,
+                sample_keys: Sequence[int] | None = None, ranks: Ranks = SINGLE,
                 precision: Precision = FLOAT32, scaler: torch.amp.GradScaler | None = None,
                 workers: int = 0, loader_seed: int = 0, progress: bool = False
                 ) -> tuple[float, float]:
@@ -335,7 +335,9 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dat
     model: the second value of `prepare_model`. dataset: index -> (faces (N, 1, H, W),
     log-mels (N, 1, M, T), class index). batches: the global batches as dataset indices
     (`epoch_batches`), the same on every rank; each rank trains on its `split_batch` slice.
-    sample_keys: per dataset index, the seed of that sample's dropout mask. loader_seed seeds
+    sample_keys: per dataset index, the seed of that sample's dropout mask (needed once
+    `prepare_model` has made the dropout keyed; a plain nn.Dropout draws from torch's global
+    generator and gives up equality across ranks and resumes). loader_seed seeds
     the DataLoader workers (torch, numpy and random in each), one value per rank and epoch.
     """
     model.train()
@@ -356,7 +358,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dat
         faces = faces[:rows].to(device, non_blocking=True)             # (b, N, 1, H, W)
         mels = mels[:rows].to(device, non_blocking=True)               # (b, N, 1, M, T)
         labels = labels[:rows].to(device, non_blocking=True)           # (b,)
-        set_dropout_keys(model, [sample_keys[i] for i in mine])
+        if sample_keys is not None:
+            set_dropout_keys(model, [sample_keys[i] for i in mine])
         with precision.autocast(device):
             logits = model(faces, mels)                                 # (b, C)
         loss_sum = F.cross_entropy(logits.float(), labels, reduction='sum')
@@ -742,7 +745,10 @@ def _check_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
     settings = cfg.run_settings()
     if path.is_file():
         old = json.loads(path.read_text('utf-8'))
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        # A setting newer than the run directory had its default then (amp: float32).
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        old = {k: old.get(k, defaults.get(k)) for k in settings}
+        diff = {k: (old[k], v) for k, v in settings.items() if old[k] != v}
         if diff:
             raise ValueError(f'{run_dir} was run with other settings {diff} (old, new); use the '
                              'same options or another --out')
