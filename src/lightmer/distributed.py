@@ -3,7 +3,7 @@
 `lightmer train` started by torchrun (`torchrun --nproc-per-node K -m lightmer train ...`)
 finds RANK, WORLD_SIZE and LOCAL_RANK in its environment (`launched_ranks`) and joins one
 process group (`join`): gloo on CPUs, NCCL on GPUs, one GPU per local rank. For a single
-process every function here does nothing, so the trainer has one code path.
+process the collectives below do nothing, so the trainer has one code path.
 
 K ranks train the same model one process would, up to float rounding:
 - a global batch (`--batch-size`, the paper's 16) is cut into K contiguous slices
