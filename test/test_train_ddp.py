@@ -55,7 +55,9 @@ def _torchrun(nproc: int, args: list[str]) -> list[str]:
 
 
 def _env() -> dict:
-    return {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
+    # gloo would otherwise pick the interface the host name resolves to
+    return {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1',
+            'GLOO_SOCKET_IFNAME': 'lo'}
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -194,7 +196,7 @@ def _eval_items(cache: Path) -> SegmentDataset:
 def _score_on_rank(rank: int, port: int, cache: str, out: str) -> None:
     """One of two spawned ranks: score the items sharded, save what this rank received."""
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE='2', LOCAL_RANK=str(rank))
+                      WORLD_SIZE='2', LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME='lo')
     torch.set_num_threads(1)
     ranks = launched_ranks()
     device = join(ranks, 'cpu', 60)
