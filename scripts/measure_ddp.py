@@ -77,22 +77,26 @@ def _epoch_seconds(metrics: list[dict]) -> float:
 
 
 def _compare(a: list[dict], b: list[dict]) -> dict:
-    same_ids = all([s['clip_id'] for s in x['selected']] == [s['clip_id'] for s in y['selected']]
-                   for x, y in zip(a, b, strict=True))
+    """Selections and metrics of two runs of the same fold, epoch by epoch."""
+    differ = [x['epoch'] for x, y in zip(a, b, strict=True)
+              if [s['clip_id'] for s in x['selected']] != [s['clip_id'] for s in y['selected']]]
     diffs = {key: max(abs(x[key] - y[key]) for x, y in zip(a, b, strict=True))
              for key in ('train_loss', 'val_loss', 'test_loss', 'train_acc', 'test_acc')}
     diffs['entropy'] = max((abs(s['entropy'] - t['entropy'])
                             for x, y in zip(a, b, strict=True)
                             for s, t in zip(x['selected'], y['selected'], strict=False)),
                            default=0.0)
-    return {'selected_ids_identical': same_ids, 'max_abs_diff': diffs,
+    return {'selected_ids_identical': not differ, 'epochs_selecting_other_clips': differ,
+            'max_abs_diff': diffs,
             'within_tolerance': all(v <= TOLERANCE for k, v in diffs.items()
                                     if not k.endswith('acc'))}
 
 
 def _per_clip_costs(cache: Path, n_segments: int, batch_size: int) -> dict:
     """Seconds per clip of one training pass and of eval scoring (cold, then remembered),
-    measured in this process with the trainer's own functions."""
+    measured in this process with the trainer's own functions on one thread (one core's
+    cost: on a shared machine several threads mostly wait for each other)."""
+    torch.set_num_threads(1)
     index = load_index(cache)
     ids = index.clip_ids
     labels = ('ANG', 'DIS', 'FEA', 'HAP', 'NEU', 'SAD')
@@ -213,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     report['selected_per_epoch'] = {n: [[s['clip_id'] for s in m['selected']]
                                         for m in r['metrics']] for n, r in runs.items()}
     report['two_ranks_vs_one'] = _compare(one['metrics'], two['metrics'])
+    # The yardstick for the above: one process, only its thread count changed.
+    report['one_thread_vs_all_cores'] = _compare(one['metrics'], one_t1['metrics'])
     report['tolerance'] = TOLERANCE
     report['per_clip'] = _per_clip_costs(cache, 5, 16)
     report['crema_d_projection_cpu'] = _project_crema(report['per_clip'])
@@ -228,14 +234,19 @@ def main(argv: list[str] | None = None) -> int:
 
     cmp_, proj, pc = (report[k] for k in ('two_ranks_vs_one', 'crema_d_projection_cpu',
                                           'per_clip'))
-    diffs = ', '.join(f'{k} {v:.1e}' for k, v in cmp_['max_abs_diff'].items())
+    diffs, diffs_t1 = (', '.join(f'{k} {v:.1e}' for k, v in c['max_abs_diff'].items())
+                       for c in (cmp_, report['one_thread_vs_all_cores']))
     lines = ['| run | mean epoch s (epochs 2..) |', '|---|---|',
              *(f'| {n} | {s:.2f} |' for n, s in report['epoch_s'].items()), '',
              f"2 ranks / 1 rank (all cores): {report['ratio_2_ranks_vs_1_rank_all_cores']:.2f}; "
              f"2 ranks / 1 rank (1 thread): {report['ratio_2_ranks_vs_1_rank_1_thread']:.2f}",
-             f"selected clip ids identical in every epoch: {cmp_['selected_ids_identical']}",
-             f'largest differences, 2 ranks vs 1: {diffs}; tolerance {TOLERANCE} on losses and '
-             f"entropies: {'within' if cmp_['within_tolerance'] else 'OUTSIDE'}",
+             f"2 ranks vs 1 rank (all cores): selected clip ids identical in every epoch: "
+             f"{cmp_['selected_ids_identical']}; largest differences {diffs}; tolerance "
+             f"{TOLERANCE} on losses and entropies: "
+             f"{'within' if cmp_['within_tolerance'] else 'OUTSIDE'}",
+             '1 rank, 1 thread vs all cores: epochs selecting other clips '
+             f"{report['one_thread_vs_all_cores']['epochs_selecting_other_clips']}; "
+             f'largest differences {diffs_t1}',
              f"per clip ({pc['threads']} threads): training pass "
              f"{pc['train_s_per_clip'] * 1e3:.1f} ms, eval {pc['eval_cold_s_per_clip'] * 1e3:.1f}"
              f" ms cold / {pc['eval_remembered_s_per_clip'] * 1e3:.1f} ms remembered",
