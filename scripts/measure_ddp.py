@@ -18,6 +18,7 @@ import argparse
 import io
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -63,12 +64,20 @@ def _train_run(nproc: int, threads: int | None, train_args: list[str], out: Path
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', str(nproc),
            '--master-addr', '127.0.0.1', '--master-port', str(_free_port()),
            '-m', 'lightmer', 'train', *train_args, '--out', str(out)]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _children_cpu_s()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f'training run failed:\n{done.stderr[-4000:]}')
     metrics = json.loads(next(out.glob('uncertainty/fold_*/metrics.json')).read_text())
-    return {'wall_s': time.perf_counter() - t0, 'metrics': metrics}
+    # CPU seconds of torchrun and all its ranks, start-up included: unlike wall time, hardly
+    # touched by other work on a shared machine.
+    return {'wall_s': time.perf_counter() - t0, 'cpu_s': _children_cpu_s() - cpu0,
+            'metrics': metrics}
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _epoch_seconds(metrics: list[dict]) -> float:
@@ -93,33 +102,40 @@ def _compare(a: list[dict], b: list[dict]) -> dict:
 
 
 def _per_clip_costs(cache: Path, n_segments: int, batch_size: int) -> dict:
-    """Seconds per clip of one training pass and of eval scoring (cold, then remembered),
-    measured in this process with the trainer's own functions on one thread (one core's
-    cost: on a shared machine several threads mostly wait for each other)."""
+    """CPU seconds per clip of a training pass and of eval scoring (cold: inputs computed;
+    remembered: as from the second epoch on), with the trainer's own functions on one thread.
+
+    Process time, not wall time: it is one core's cost whatever else the machine runs, which
+    is what a projection needs (wall time on a shared machine mostly measures the others).
+    Each figure follows an untimed warm-up pass (clip files read, kernels prepared).
+    """
     torch.set_num_threads(1)
-    index = load_index(cache)
-    ids = index.clip_ids
+    ids = load_index(cache).clip_ids
     labels = ('ANG', 'DIS', 'FEA', 'HAP', 'NEU', 'SAD')
     torch.manual_seed(0)
     model = LightmerNet(ModelConfig(n_classes=6))
     replace_modules(model, to_keyed_dropout)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     items = SegmentDataset(cache, ids, n_segments=n_segments, labels=labels, train=True, seed=0)
-    t0 = time.perf_counter()
-    train_epoch(model, optimizer, items, epoch_batches(len(ids), batch_size, 0),
-                torch.device('cpu'), sample_keys=list(range(len(ids))), ranks=SINGLE)
-    train_s = (time.perf_counter() - t0) / len(ids)
     eval_items = SegmentDataset(cache, ids, n_segments=n_segments, labels=labels, train=False,
                                 seed=0)
-    cached = [eval_items[i] for i in range(len(ids))]     # what the trainer's memory holds
-    t0 = time.perf_counter()
-    predict(model, eval_items, batch_size, torch.device('cpu'))
-    cold_s = (time.perf_counter() - t0) / len(ids)
-    t0 = time.perf_counter()
-    predict(model, cached, batch_size, torch.device('cpu'))
-    warm_s = (time.perf_counter() - t0) / len(ids)
+    cpu = torch.device('cpu')
+
+    def per_clip(work) -> float:
+        work()
+        t0 = time.process_time()
+        work()
+        return (time.process_time() - t0) / len(ids)
+
+    train_s = per_clip(lambda: train_epoch(
+        model, optimizer, items, epoch_batches(len(ids), batch_size, 0), cpu,
+        sample_keys=list(range(len(ids))), ranks=SINGLE))
+    cold_s = per_clip(lambda: predict(model, eval_items, batch_size, cpu))
+    remembered = [eval_items[i] for i in range(len(ids))]   # what the trainer's memory holds
+    warm_s = per_clip(lambda: predict(model, remembered, batch_size, cpu))
     return {'train_s_per_clip': train_s, 'eval_cold_s_per_clip': cold_s,
-            'eval_remembered_s_per_clip': warm_s, 'threads': torch.get_num_threads()}
+            'eval_remembered_s_per_clip': warm_s, 'threads': torch.get_num_threads(),
+            'clock': 'process CPU time'}
 
 
 def _project_crema(costs: dict) -> dict:
@@ -210,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     report['train_args'] = train_args
     report['repeats'] = args.repeats
     report['epoch_s'] = {n: _epoch_seconds(r['metrics']) for n, r in runs.items()}
+    report['run_cpu_s'] = {n: r['cpu_s'] for n, r in runs.items()}
+    report['run_wall_s'] = {n: r['wall_s'] for n, r in runs.items()}
     report['ratio_2_ranks_vs_1_rank_all_cores'] = (_epoch_seconds(two['metrics'])
                                                    / _epoch_seconds(one['metrics']))
     report['ratio_2_ranks_vs_1_rank_1_thread'] = (_epoch_seconds(two['metrics'])
@@ -236,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                                           'per_clip'))
     diffs, diffs_t1 = (', '.join(f'{k} {v:.1e}' for k, v in c['max_abs_diff'].items())
                        for c in (cmp_, report['one_thread_vs_all_cores']))
-    lines = ['| run | mean epoch s (epochs 2..) |', '|---|---|',
-             *(f'| {n} | {s:.2f} |' for n, s in report['epoch_s'].items()), '',
+    lines = ['| run | mean epoch s (epochs 2..), wall | whole run, CPU s |', '|---|---|---|',
+             *(f"| {n} | {s:.2f} | {report['run_cpu_s'][n]:.0f} |"
+               for n, s in report['epoch_s'].items()), '',
              f"2 ranks / 1 rank (all cores): {report['ratio_2_ranks_vs_1_rank_all_cores']:.2f}; "
              f"2 ranks / 1 rank (1 thread): {report['ratio_2_ranks_vs_1_rank_1_thread']:.2f}",
              f"2 ranks vs 1 rank (all cores): selected clip ids identical in every epoch: "
@@ -247,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
              '1 rank, 1 thread vs all cores: epochs selecting other clips '
              f"{report['one_thread_vs_all_cores']['epochs_selecting_other_clips']}; "
              f'largest differences {diffs_t1}',
-             f"per clip ({pc['threads']} threads): training pass "
+             f"CPU time per clip (one thread): training pass "
              f"{pc['train_s_per_clip'] * 1e3:.1f} ms, eval {pc['eval_cold_s_per_clip'] * 1e3:.1f}"
              f" ms cold / {pc['eval_remembered_s_per_clip'] * 1e3:.1f} ms remembered",
              f"CREMA-D protocol on this CPU, one process: {proj['protocol_hours']:.0f} h "
