@@ -28,9 +28,9 @@ from lightmer.train import FLOAT32, Precision, TrainConfig, predict, train
 FOLD = 1
 OPTIONS = ['--dataset', 'crema-d', '--folds', '4', '--fold', str(FOLD), '--epochs', '4',
            '--n-uncertain', '4', '--lr', '3e-4', '--seed', '5']
-# Two ranks add their gradients in another order than one process: measured here, the
-# entropies and losses of the two runs differ by < 2e-4 while the entropies at the selection
-# boundary are >= 7e-4 apart, so the same clips are picked.
+# Two ranks add their gradients in another order than one process, so the runs agree up to
+# float rounding. Measured here: entropies and losses differ by < 2e-4 between the runs, while
+# the selected clips' entropies lie >= 8e-4 apart, far from a tie that rounding could flip.
 TOLERANCE = 1e-3
 
 
