@@ -564,7 +564,8 @@ def _train_fold(run: _FoldRun, split: Split, ids: dict[str, list[str]], index: C
     scaler = run.precision.scaler(run.device)
     if state is not None:
         optimizer.load_state_dict(state['optimizer'])
-        scaler.load_state_dict(state.get('scaler', {}))
+        if state.get('scaler'):   # empty when saved disabled (float32, bfloat16)
+            scaler.load_state_dict(state['scaler'])
         _set_rng_state(state['rng'])
         train_ids, pool = list(state['train_ids']), list(state['pool'])
         labels_of = dict(state['labels_of'])
