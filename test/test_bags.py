@@ -155,6 +155,67 @@ def test_cdr_bytes_equal_rclpys(written, clips):
     _assert_same_cdr(aud, raw)
 
 
+def _smooth_clip(clip_id: str, n_frames: int) -> bags.BagClip:
+    """Frames JPEG keeps close to the original (gradients, not noise)."""
+    y, x = np.mgrid[0:48, 0:64]
+    frames = np.stack([np.stack([(x * 4 + i) % 256, (y * 5) % 256, (x + y + 3 * i) % 256], -1)
+                       for i in range(n_frames)]).astype(np.uint8)
+    audio = np.zeros(int(n_frames / FPS * bags.SAMPLE_RATE), np.float32)
+    return bags.BagClip(clip_id, 'happy', frames, np.arange(n_frames) / FPS, FPS, audio)
+
+
+@pytest.mark.parametrize('fmt', ['jpeg', 'png'])
+def test_compressed_bags_are_written_and_read(tmp_path, fmt):
+    from PIL import Image as PILImage
+
+    clip = _smooth_clip('c1', 10)
+    bag = tmp_path / 'bag'
+    bags.write_bag([clip], bag, gap_s=0.2, compressed=fmt)
+    info = bags.bag_info(bag)         # the default topic's /compressed sibling is found
+    assert info.image_topic == bags.IMAGE_TOPIC + '/compressed'
+    assert info.image_compressed
+    assert info.topics[info.image_topic][0] == bags.COMPRESSED_TYPE
+    assert bags.IMAGE_TOPIC not in info.topics
+    raw = [(topic, data) for topic, _, _, data in bags.iter_raw(bag)
+           if topic == info.image_topic]
+    assert len(raw) == info.topics[info.image_topic][1]
+    store = bags.typestore()
+    msg = store.deserialize_cdr(raw[0][1], bags.COMPRESSED_TYPE)
+    assert msg.format == f'rgb8; {fmt} compressed bgr8'      # compressed_image_transport's
+    images = [m for m in bags.read_bag(bag) if m.kind == 'image']
+    in_clip = [m for m in images if m.data.std() > 0]        # not the grey gap frames
+    assert len(in_clip) == 10
+    for m, frame in zip(in_clip, clip.frames, strict=True):
+        assert m.data.dtype == np.uint8 and m.data.shape == frame.shape
+        if fmt == 'png':
+            np.testing.assert_array_equal(m.data, frame)      # lossless
+        else:
+            assert np.abs(m.data.astype(int) - frame).mean() < 4
+    first = store.deserialize_cdr(raw[0][1], bags.COMPRESSED_TYPE)
+    import io
+    with PILImage.open(io.BytesIO(bytes(first.data))) as img:
+        assert img.format == {'jpeg': 'JPEG', 'png': 'PNG'}[fmt]
+
+
+def test_compressed_frames_are_bounded_in_size(tmp_path):
+    from lightmer.ros.conversions import ConversionError
+
+    bag = tmp_path / 'bag'
+    bags.write_bag([_smooth_clip('c1', 3)], bag, gap_s=0.1, compressed='png')
+    with pytest.raises(ConversionError, match='refused before decoding'):
+        list(bags.read_bag(bag, max_image_pixels=48 * 64 - 1))
+    assert len(list(bags.read_bag(bag, max_image_pixels=48 * 64))) > 3
+
+
+def test_cli_make_bag_compressed(tiny_corpus, tmp_path):
+    from lightmer.cli import main
+
+    assert main(['make-bag', '--dataset', 'crema-d', '--root', str(tiny_corpus), '--actors',
+                 '1002', '--out', str(tmp_path / 'bag'), '--compressed', 'jpeg']) == 0
+    info = bags.bag_info(tmp_path / 'bag')
+    assert info.image_topic == '/camera/image_raw/compressed' and info.image_compressed
+
+
 def test_write_refuses_existing_and_cleans_up_on_error(tmp_path, clips):
     out = tmp_path / 'bag'
     with pytest.raises(ValueError, match='no clips'):
@@ -216,8 +277,32 @@ def test_minimal_valid_bag_reads(tmp_path):
 
 
 def test_not_a_bag(tmp_path):
-    with pytest.raises(FileNotFoundError, match='not a rosbag2 directory'):
+    with pytest.raises(FileNotFoundError, match='not a rosbag2 bag'):
         bags.bag_info(tmp_path)
+    with pytest.raises(FileNotFoundError, match='no such bag'):
+        bags.bag_info(tmp_path / 'missing.bag')
+    (tmp_path / 'notes.txt').write_text('hello')
+    with pytest.raises(FileNotFoundError, match='not a rosbag2 bag'):
+        bags.bag_info(tmp_path / 'notes.txt')
+    (tmp_path / 'ros1.bag').write_bytes(b'#ROSBAG V2.0\n')
+    with pytest.raises(FileNotFoundError, match='ROS 1 bag'):
+        bags.bag_info(tmp_path / 'ros1.bag')
+
+
+@pytest.mark.parametrize('storage, suffix', [('mcap', '.mcap'), ('sqlite3', '.db3')])
+def test_bags_open_whatever_their_name_and_as_single_files(tmp_path, clips, storage, suffix):
+    """A rosbag2 directory named *.bag (as `--out eval.bag` makes) is rosbag2, not ROS 1; the
+    storage file inside it opens on its own too (as `ros2 bag` allows)."""
+    named = tmp_path / 'eval.bag'
+    bags.write_bag(clips, named, storage=storage, gap_s=0.5)
+    reference = [(m.kind, m.t_ns, m.stamp_ns) for m in bags.read_bag(named)]
+    assert len(reference) > 20
+    (single,) = named.glob(f'*{suffix}')
+    for path in (named, single):
+        info = bags.bag_info(path)
+        assert info.storage == storage
+        assert [(m.kind, m.t_ns, m.stamp_ns) for m in bags.read_bag(path)] == reference
+        assert [t for t, *_ in bags.iter_raw(path)] != []
 
 
 def test_labels_csv(tmp_path):

@@ -108,3 +108,50 @@ def test_meta_checks_consistency():
                        features=meta.features, model=meta.model)
     with pytest.raises(ValueError, match='unknown preset'):
         meta_for_preset('iemocap')
+
+
+@pytest.mark.parametrize('value', [float('nan'), float('inf')])
+def test_non_finite_weights_are_refused(saved, tmp_path, value):
+    path, _, _ = saved
+    blob = torch.load(path, weights_only=True)
+    blob['state_dict']['audio.features.0.weight'][0, 0, 1, 1] = value
+    torch.save(blob, tmp_path / 'diverged.pt')
+    with pytest.raises(CheckpointError, match="non-finite .*'audio.features.0.weight'") as err:
+        load_checkpoint(tmp_path / 'diverged.pt')
+    assert 'best.pt' in str(err.value)          # says what to use instead
+
+
+class _RunsCode:
+    """A pickle payload that would run a command if unpickled without weights_only."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f'touch {self.marker}',)
+
+
+def test_hostile_or_foreign_pickles_are_not_lightmer_checkpoints(saved, tmp_path):
+    import pickle
+
+    path, model, meta = saved
+    marker = tmp_path / 'code-ran'
+    hostile = tmp_path / 'hostile.pt'
+    blob = torch.load(path, weights_only=True)
+    blob['meta']['provenance'] = {'note': _RunsCode(marker)}   # looks like ours otherwise
+    torch.save(blob, hostile)
+    whole_module = tmp_path / 'module.pt'
+    torch.save(model, whole_module)                # another tool's habit: the pickled nn.Module
+    plain = tmp_path / 'plain.pkl'
+    plain.write_bytes(pickle.dumps({'format': 'lightmer-checkpoint'}))
+    for foreign in (hostile, whole_module, plain):
+        with pytest.raises(CheckpointError, match='not a lightmer checkpoint') as err:
+            load_checkpoint(foreign)
+        message = str(err.value)
+        # torch's own advice (allow-list globals, or weights_only=False) is never passed on
+        for advice in ('weights_only', 'safe_globals', 'add_safe_globals', 'trust'):
+            assert advice not in message, (foreign.name, message)
+        assert 'truncated' not in message
+    assert not marker.exists()                     # nothing in the file was executed

@@ -72,8 +72,9 @@ def test_make_bag_carries_the_clips(corpus_bags, tiny_corpus):
     assert len(images) == len(frames)
     np.testing.assert_array_equal(images[0].data, frames[0])
     np.testing.assert_array_equal(images[-1].data, frames[-1])
-    assert images[-1].stamp_ns / 1e9 == pytest.approx(rows[0].start + times[-1] - times[0],
-                                                      abs=1e-6)
+    # container times on the clip's clock: a first frame 25 ms in stays 25 ms after its start
+    assert images[0].stamp_ns / 1e9 == pytest.approx(rows[0].start + times[0], abs=1e-6)
+    assert images[-1].stamp_ns / 1e9 == pytest.approx(rows[0].start + times[-1], abs=1e-6)
     stream = np.concatenate([c.data for c in chunks])
     i0 = round((rows[0].start - info.start_s) * bags.SAMPLE_RATE)
     np.testing.assert_allclose(stream[i0:i0 + len(audio)], audio, atol=1 / 16000)
@@ -189,3 +190,70 @@ def test_score_definitions():
     assert s['clip_accuracy'] == pytest.approx(2 / 3)
     assert s['confusion_clips'] == [[1, 0], [0, 1]]
     assert s['confusion_windows'] == [[1, 2], [0, 1]]
+
+
+def _readme_commands(prefix: str, bag: str = 'eval.bag') -> list[str]:
+    """The README's command lines starting with `prefix` that name the bag `bag`."""
+    readme = Path(__file__).resolve().parents[1] / 'README.md'
+    return [line.strip() for line in readme.read_text(encoding='utf-8').splitlines()
+            if line.strip().startswith(prefix) and f' {bag} ' in f'{line} ']
+
+
+def test_the_readme_bag_commands_run_verbatim(tiny_corpus, checkpoint, tmp_path, monkeypatch,
+                                              capsys):
+    """The README's make-bag and eval-bag lines, run as written (the dataset root and model
+    placeholders swapped for real ones): `--out eval.bag` makes a rosbag2 directory whose name
+    ends in .bag, which eval-bag must open."""
+    import shlex
+
+    (make,) = _readme_commands('lightmer make-bag ')
+    (evaluate,) = _readme_commands('lightmer eval-bag --bag ')
+    monkeypatch.chdir(tmp_path)
+    make = make.replace('~/data/CREMA-D', str(tiny_corpus))
+    evaluate = evaluate.replace('model.pt', str(checkpoint))
+    assert main(shlex.split(make)[1:]) == 0
+    assert (tmp_path / 'eval.bag' / 'metadata.yaml').exists()
+    assert main(shlex.split(evaluate)[1:]) == 0
+    printed = capsys.readouterr().out
+    assert 'window accuracy' in printed
+    result = json.loads((tmp_path / 'eval' / 'eval.json').read_text())
+    assert result['clips'] == 12 and result['windows'] > 0
+
+
+@pytest.fixture(scope='module')
+def compressed_bags(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
+    """The first two clips of ACTOR, raw and as JPEG and PNG camera topics."""
+    from lightmer.config import PRESETS
+    from lightmer.datasets.loaders import index_dataset
+
+    preset = PRESETS['crema-d']
+    records = [r for r in index_dataset('crema-d', tiny_corpus)[0] if r.actor == ACTOR][:2]
+    clips = [bags._load_clip(r, preset.labels[preset.codes.index(r.label)]) for r in records]
+    out = tmp_path_factory.mktemp('compressed')
+    made = {}
+    for fmt in ('raw', 'jpeg', 'png'):
+        made[fmt] = out / fmt
+        bags.write_bag(clips, made[fmt], gap_s=1.0, compressed=None if fmt == 'raw' else fmt)
+    return made
+
+
+def _evaluate(bag: Path, checkpoint: Path, out: Path, live: bool = False) -> list[dict]:
+    # 2 of N segments: windows on these short clips whatever the nodes' default
+    evaluate_bag(EvalConfig(bag=bag, labels=bags.default_labels_path(bag), checkpoint=checkpoint,
+                            out=out, live=live, min_segments=2))
+    return _windows(out)
+
+
+def test_compressed_camera_offline_and_live(compressed_bags, checkpoint, tmp_path):
+    """PNG decodes to the very frames: the same windows as the raw bag. JPEG: the live nodes
+    (compressed_input) and the offline replay decode the same bytes the same way."""
+    raw = _evaluate(compressed_bags['raw'], checkpoint, tmp_path / 'raw')
+    png = _evaluate(compressed_bags['png'], checkpoint, tmp_path / 'png')
+    assert len(raw) >= 2
+    assert [(w['k_last'], w['probs']) for w in png] == [(w['k_last'], w['probs']) for w in raw]
+
+    jpeg = _evaluate(compressed_bags['jpeg'], checkpoint, tmp_path / 'jpeg')
+    live = _evaluate(compressed_bags['jpeg'], checkpoint, tmp_path / 'jpeg_live', live=True)
+    assert [w['k_last'] for w in live] == [w['k_last'] for w in jpeg]
+    for a, b in zip(live, jpeg, strict=True):
+        np.testing.assert_allclose(a['probs'], b['probs'], atol=1e-5)

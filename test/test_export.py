@@ -53,3 +53,17 @@ def test_onnx_and_bad_checkpoint_give_clear_errors(tmp_path, capsys):
     assert 'torchscript' in capsys.readouterr().err
     assert main(['export', '--checkpoint', str(tmp_path / 'missing.pt')]) == 2
     assert 'no checkpoint' in capsys.readouterr().err
+
+
+def test_export_carries_the_mel_normalisation(tmp_path, capsys):
+    """A robot running the exported parts computes the log-mel the checkpoint was trained on:
+    the normalisation and its statistics travel in export.json's features."""
+    from lightmer.config import FeatureConfig
+
+    features = FeatureConfig(mel_norm='dataset', mel_db_mean=-48.5, mel_db_std=14.25)
+    meta = meta_for_preset('crema-d', features=features)
+    ckpt = tmp_path / 'loud.pt'
+    save_checkpoint(ckpt, LightmerNet(meta.model), meta)
+    assert main(['export', '--checkpoint', str(ckpt)]) == 0
+    info = json.loads((tmp_path / 'loud.export.json').read_text())
+    assert FeatureConfig.from_dict(info['features']) == features

@@ -16,6 +16,8 @@ from lightmer.features import (
     face_to_input,
     log_mel,
     log_mel_at,
+    mel_db,
+    mel_db_statistics,
     resample,
     select_largest_confident,
     to_mono,
@@ -129,6 +131,60 @@ def test_log_mel_on_silence_is_finite():
         assert np.abs(mel).max() < 1e-3                          # flat -> all zeros
     with pytest.raises(ValueError, match='audio_window'):
         log_mel(np.zeros(1000, np.float32), CFG)
+
+
+# --- the level-preserving option (mel_norm 'dataset') ----------------------------------------
+def test_default_normalisation_is_blind_to_level_and_dataset_normalisation_keeps_it(speech16k):
+    centre = speech16k.shape[0] / CFG.sample_rate / 2
+    loud, quiet = speech16k, speech16k * 0.1          # the same speech 20 dB quieter
+    # default: per-window standardisation removes the level (both have mean 0; they differ
+    # only where the quieter one reaches the -100 dB floor)
+    a, b = log_mel_at(loud, centre, CFG), log_mel_at(quiet, centre, CFG)
+    assert abs(float(a.mean()) - float(b.mean())) < 1e-4
+    assert float(np.abs(a - b).mean()) < 0.1
+    # 'dataset': dB standardised with fixed (training-set) statistics keeps it
+    cfg = FeatureConfig(mel_norm='dataset', mel_db_mean=-40.0, mel_db_std=12.0)
+    a, b = log_mel_at(loud, centre, cfg), log_mel_at(quiet, centre, cfg)
+    db = mel_db(audio_window(loud, centre, cfg), cfg)
+    voiced = db > -70                                  # well above the -100 dB floor
+    np.testing.assert_allclose((a - b)[voiced], 20.0 / 12.0, atol=1e-3)
+    np.testing.assert_allclose(a, (db + 40.0) / 12.0, atol=1e-5)
+    assert a.dtype == np.float32 and np.all(np.isfinite(a))
+    silence = log_mel_at(np.zeros(32000, np.float32), 1.0, cfg)
+    np.testing.assert_allclose(silence, (-100.0 + 40.0) / 12.0, atol=1e-5)   # finite, low
+
+
+def test_log_mel_is_the_normalised_mel_db(speech16k):
+    window = audio_window(speech16k, 1.0, CFG)
+    db = mel_db(window, CFG)
+    assert db.shape == (128, 43) and db.dtype == np.float32 and db.min() >= -100.001
+    z = (db - db.mean()) / db.std()
+    np.testing.assert_allclose(log_mel(window, CFG), z, atol=1e-4)
+
+
+def test_mel_db_statistics_are_those_of_every_value(speech16k):
+    windows = [audio_window(speech16k, c, CFG) for c in (0.8, 1.2, 1.6)]
+    mean, std = mel_db_statistics(windows, CFG)
+    every = np.stack([mel_db(w, CFG) for w in windows]).astype(np.float64)
+    assert mean == pytest.approx(every.mean(), abs=1e-4)
+    assert std == pytest.approx(every.std(), abs=1e-4)
+    with pytest.raises(ValueError, match='no audio windows'):
+        mel_db_statistics([], CFG)
+
+
+def test_feature_config_mel_norm_is_checked_and_old_dicts_still_load():
+    with pytest.raises(ValueError, match="mel_norm must be 'window' or 'dataset'"):
+        FeatureConfig(mel_norm='loudness')
+    with pytest.raises(ValueError, match='mel_db_std'):
+        FeatureConfig(mel_norm='dataset', mel_db_std=0.0)
+    with pytest.raises(ValueError, match='mel_db_mean'):
+        FeatureConfig(mel_norm='dataset', mel_db_mean=float('nan'))
+    cfg = FeatureConfig(mel_norm='dataset', mel_db_mean=-50.5, mel_db_std=11.25)
+    assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
+    old = FeatureConfig().to_dict()
+    for key in ('mel_norm', 'mel_db_mean', 'mel_db_std'):   # a checkpoint from before
+        del old[key]
+    assert FeatureConfig.from_dict(old) == FeatureConfig()
 
 
 def test_audio_window_zero_pads_past_the_edges():

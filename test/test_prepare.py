@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from lightmer.cli import main
 from lightmer.config import PRESETS, FeatureConfig
 from lightmer.datasets import synth
 from lightmer.datasets.cache import load_index
+from lightmer.datasets.media import decode_audio
 from lightmer.datasets.prepare import FRAMES_PER_SEGMENT, prepare, select_frames
 from lightmer.segments import segment_bounds
 
@@ -44,6 +46,8 @@ def test_tiny_cache_layout(tiny_cache, tiny_corpus):
     assert all(c['status'] == 'ok' for c in clips)
     for c in clips:
         assert {'clip_id', 'actor', 'label', 'duration', 'frames', 'faces', 'status'} <= set(c)
+        assert c['audio_source'] == 'wav'
+        assert abs(c['audio_duration'] - c['duration']) < 0.05    # the same recording
         # the face detector ran only on the N x K frames training can draw, not on every frame
         assert c['tried'] == N * FRAMES_PER_SEGMENT < c['frames']
         assert c['faces'] == c['tried']                 # the synthetic face is always found
@@ -70,7 +74,8 @@ def test_clip_without_a_face_gets_status_no_face_and_is_left_out(tiny_corpus, tm
     blank = '1002_DFA_SAD_XX'
     frames = [np.full((360, 480, 3), 100 + i, np.uint8) for i in range(30)]   # 1 s, no face
     synth._write_flv(root / 'VideoFlash' / f'{blank}.flv', frames, synth.Fraction(30))
-    shutil.copy(tiny_corpus / 'AudioWAV' / f'{good}.wav', root / 'AudioWAV' / f'{blank}.wav')
+    speech, sr = decode_audio(tiny_corpus / 'AudioWAV' / f'{good}.wav')
+    synth._write_wav(root / 'AudioWAV' / f'{blank}.wav', speech[:sr], sr)   # 1 s too
 
     summary = prepare('crema-d', root, tmp_path / 'cache', workers=1, progress=False)
     assert summary.status == {'ok': 1, 'no_face': 1}
@@ -98,21 +103,64 @@ def _wait_for(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_prepare_killed_then_resumed_equals_an_uninterrupted_run(tiny_corpus, tiny_cache,
-                                                                  tmp_path, capsys):
+def _process_table() -> dict[int, tuple[int, str, int]]:
+    """pid -> (parent pid, state, start time in clock ticks) of every process, from /proc."""
+    table = {}
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            text = stat.read_text()
+        except OSError:            # ended while we looked
+            continue
+        fields = text[text.rindex(')') + 2:].split()     # after 'pid (comm) '
+        table[int(stat.parent.name)] = (int(fields[1]), fields[0], int(fields[19]))
+    return table
+
+
+def _descendants(pid: int) -> dict[int, int]:
+    """pid -> start time of every living descendant of `pid`."""
+    table = _process_table()
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, state, start) in table.items():
+            if ppid == parent and child not in found and state != 'Z':
+                found[child] = start
+                frontier.append(child)
+    return found
+
+
+def _alive(processes: dict[int, int]) -> list[int]:
+    """Those of `processes` (pid -> start time) still running (not ended, not a zombie)."""
+    table = _process_table()
+    return [pid for pid, start in processes.items()
+            if pid in table and table[pid][2] == start and table[pid][1] != 'Z']
+
+
+def test_prepare_killed_leaves_no_worker_and_resumes_to_an_uninterrupted_run(
+        tiny_corpus, tiny_cache, tmp_path, capsys):
     cache = tmp_path / 'cache'
     cmd = [sys.executable, '-m', 'lightmer.cli', 'prepare', '--dataset', 'crema-d',
-           '--root', str(tiny_corpus), '--cache', str(cache), '--workers', '1']
+           '--root', str(tiny_corpus), '--cache', str(cache), '--workers', '2']
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
+    children: dict[int, int] = {}
     try:
-        _wait_for(lambda: len(list((cache / 'clips').glob('*.npz'))) >= 3 or
-                  proc.poll() is not None, 120, 'three finished clips')
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)      # the whole job, as a crash or OOM kill would
+        def working() -> bool:
+            children.update(_descendants(proc.pid))
+            return (len(list((cache / 'clips').glob('*.npz'))) >= 3 and len(children) >= 2
+                    or proc.poll() is not None)
+
+        _wait_for(working, 180, 'three finished clips and two workers')
+        # SIGKILL to prepare alone, as the OOM killer or `kill -9` does: no handler runs and
+        # nothing is sent to the workers, which must notice on their own.
+        os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
-    proc.stderr.close()
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+        assert len(children) >= 2              # the two workers (and the resource tracker)
+        _wait_for(lambda: not _alive(children), 30, 'the workers to end with their parent')
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)    # whatever survived a failed test
+        proc.stderr.close()
     done = len(list((cache / 'clips').glob('*.npz')))
     assert 3 <= done < 24
     assert not (cache / 'index.json').exists()     # unfinished: nothing claims completeness

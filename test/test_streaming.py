@@ -292,3 +292,18 @@ def test_fuser_with_the_real_model_equals_its_forward():
     assert len(out) == 1
     np.testing.assert_allclose(out[0].probs, want.numpy(), atol=1e-6)
     assert abs(out[0].probs.sum() - 1) < 1e-9
+
+
+def test_audio_segmenter_applies_the_checkpoints_mel_normalisation():
+    """The node computes the same level-preserving features as training when the checkpoint
+    says mel_norm 'dataset' (one log_mel for both)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, mel_norm='dataset', mel_db_mean=-45.0, mel_db_std=15.0)
+    sr, t0 = 16000, 50.0
+    audio = _voice(3 * sr, sr)
+    out = _feed(AudioSegmenter(cfg, 0.5, 'centre'), audio, sr, t0, chunk=1024)
+    assert out
+    for _, t_ref, mel in out:
+        np.testing.assert_allclose(mel, log_mel_at(audio, t_ref - t0, cfg), atol=1e-4)
+        assert not np.allclose(mel, log_mel_at(audio, t_ref - t0, CFG), atol=0.1)

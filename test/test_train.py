@@ -212,3 +212,31 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny_cache, tmp_path)
     for name in ('last.pt', 'best.pt'):
         assert _same_weights(whole / 'uncertainty' / 'fold_1' / name,
                              killed / 'uncertainty' / 'fold_1' / name), name
+
+
+def test_dataset_mel_norm_takes_training_set_statistics_into_the_checkpoint(tiny_cache,
+                                                                            tmp_path):
+    """--mel-norm dataset: dB statistics of the fold's training clips (D0 and U, never the
+    test actor), stored in the checkpoint's FeatureConfig, which the nodes apply."""
+    from lightmer.checkpoint import load_checkpoint
+    from lightmer.datasets.cache import dataset_mel_norm, load_index
+
+    run = tmp_path / 'run'
+    train(_cfg(tiny_cache, run, strategy='full', fold=2, epochs=1, mel_norm='dataset'))
+    fold_dir = run / 'full' / 'fold_2'
+    split = json.loads((fold_dir / 'split.json').read_text())
+    _, meta = load_checkpoint(fold_dir / 'best.pt')
+    index = load_index(tiny_cache)
+    expected = dataset_mel_norm(tiny_cache, split['clips']['d0'] + split['clips']['pool'],
+                                PRESETS['crema-d'].n_segments)
+    assert meta.features == expected
+    assert meta.features.mel_norm == 'dataset' and meta.features != index.features
+    assert -90 < meta.features.mel_db_mean < -10 and 3 < meta.features.mel_db_std < 40
+    # with the test actor's clips the numbers would differ: they are not in there
+    with_test = dataset_mel_norm(tiny_cache, split['clips']['d0'] + split['clips']['pool']
+                                 + split['clips']['test'], PRESETS['crema-d'].n_segments)
+    assert with_test.mel_db_mean != expected.mel_db_mean
+    # the default stays per-window standardisation
+    train(_cfg(tiny_cache, tmp_path / 'default', strategy='full', fold=2, epochs=1))
+    _, meta = load_checkpoint(tmp_path / 'default' / 'full' / 'fold_2' / 'best.pt')
+    assert meta.features == index.features and meta.features.mel_norm == 'window'

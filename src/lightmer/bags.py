@@ -6,7 +6,10 @@ node records):
 
 - `/camera/image_raw`  sensor_msgs/msg/Image, rgb8, frame_id `camera`, each clip frame at its own
   timestamp; between clips the camera keeps streaming mid-grey frames (no face) at the first
-  clip's frame rate, as a real camera would.
+  clip's frame rate, as a real camera would. With `compressed` ('jpeg' / 'png'):
+  `/camera/image_raw/compressed` sensor_msgs/msg/CompressedImage instead, encoded as
+  image_transport's compressed plugin does by default (JPEG quality 95, PNG level 3; format
+  string 'rgb8; jpeg compressed bgr8').
 - `/audio/audio_stamped`  audio_common_msgs/msg/AudioDataStamped (ros-drivers), S16LE mono
   16 kHz, `AUDIO_CHUNK` samples per message, header stamp = time of the chunk's first sample;
   silence between clips (a real microphone keeps sending).
@@ -16,6 +19,11 @@ Times: header stamps are capture times. A message's bag (log) time is when it co
 been received: an image at its stamp, an audio chunk once its last sample exists (stamp + chunk
 duration), so replay never delivers audio before it was recorded.
 
+Reading: a bag is a rosbag2 directory (whatever its name, `*.bag` included) or a single .mcap /
+.db3 file. The camera topic may carry Image or CompressedImage (JPEG, PNG); when the camera
+topic asked for is absent but its `/compressed` sibling exists, that one is read. Compressed
+frames are decoded by the face node's own `compressed_to_rgb`, bounded by `max_image_pixels`.
+
 Labels CSV beside the bag (`<bag>.labels.csv`): `start,end,label,clip_id`; start/end in seconds
 of ROS time (the header-stamp clock), label the class name. A hand-made CSV may instead give
 seconds from the bag's start: `read_labels` treats a file whose every start lies before the
@@ -23,6 +31,7 @@ bag's start time as offsets from it.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import heapq
@@ -43,6 +52,10 @@ IMAGE_TOPIC = '/camera/image_raw'
 AUDIO_TOPIC = '/audio/audio_stamped'
 AUDIO_INFO_TOPIC = '/audio/audio_info'
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
+COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
+COMPRESSED_SUFFIX = '/compressed'          # image_transport's topic for the compressed plugin
+# compressed_image_transport's defaults (jpeg_quality, png_level)
+COMPRESSION = {'jpeg': ('JPEG', {'quality': 95}), 'png': ('PNG', {'compress_level': 3})}
 AUDIO_TYPE = 'audio_common_msgs/msg/AudioDataStamped'
 AUDIO_INFO_TYPE = 'audio_common_msgs/msg/AudioInfo'
 CAMERA_FRAME = 'camera'
@@ -129,6 +142,22 @@ def image_message(store, t_ns: int, frame: np.ndarray, frame_id: str = CAMERA_FR
         step=width * 3, data=np.ascontiguousarray(frame).reshape(-1))
 
 
+def compressed_image_message(store, t_ns: int, frame: np.ndarray, fmt: str,
+                             frame_id: str = CAMERA_FRAME):
+    """rosbags sensor_msgs/CompressedImage ('jpeg' or 'png') of a uint8 (H, W, 3) RGB frame."""
+    from PIL import Image as PILImage
+
+    if fmt not in COMPRESSION:
+        raise ValueError(f'compressed must be one of {sorted(COMPRESSION)}, got {fmt!r}')
+    pil_format, options = COMPRESSION[fmt]
+    buf = io.BytesIO()
+    PILImage.fromarray(np.ascontiguousarray(frame)).save(buf, format=pil_format, **options)
+    header = store.types['std_msgs/msg/Header'](stamp=_stamp(store, t_ns), frame_id=frame_id)
+    return store.types[COMPRESSED_TYPE](
+        header=header, format=f'rgb8; {fmt} compressed bgr8',
+        data=np.frombuffer(buf.getvalue(), np.uint8))
+
+
 def audio_message(store, t_ns: int, samples_s16: np.ndarray, frame_id: str = MIC_FRAME):
     """rosbags AudioDataStamped from int16 (n,) mono samples whose first sample is at t_ns."""
     header = store.types['std_msgs/msg/Header'](stamp=_stamp(store, t_ns), frame_id=frame_id)
@@ -203,9 +232,11 @@ class _BagSink:
 
 
 def write_bag(clips: Iterable[BagClip], out, storage: str = 'mcap', gap_s: float = 1.0,
-              start_ns: int = DEFAULT_START_NS, labels_path=None) -> dict:
+              start_ns: int = DEFAULT_START_NS, labels_path=None,
+              compressed: str | None = None) -> dict:
     """Lay `clips` on one timeline, `gap_s` of silence and no-face frames before, between and
-    after them, and write the bag `out` plus its labels CSV.
+    after them, and write the bag `out` plus its labels CSV. `compressed` 'jpeg' / 'png':
+    CompressedImage on IMAGE_TOPIC + '/compressed' instead of raw Image on IMAGE_TOPIC.
 
     Returns a summary dict: bag, labels, storage, clips, duration_s, messages per topic.
     Raises FileExistsError if `out` exists (rosbag2 never overwrites).
@@ -217,6 +248,8 @@ def write_bag(clips: Iterable[BagClip], out, storage: str = 'mcap', gap_s: float
     plugins = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
     if storage not in plugins:
         raise ValueError(f"storage must be one of {sorted(plugins)}, got {storage!r}")
+    if compressed is not None and compressed not in COMPRESSION:
+        raise ValueError(f'compressed must be one of {sorted(COMPRESSION)}, got {compressed!r}')
     out = Path(out)
     if out.exists():
         raise FileExistsError(f'{out} exists; rosbag2 bags are never overwritten, remove it '
@@ -226,7 +259,7 @@ def write_bag(clips: Iterable[BagClip], out, storage: str = 'mcap', gap_s: float
 
     try:
         summary = _write(Writer(out, version=9, storage_plugin=plugins[storage]), store, clips,
-                         gap_s, start_ns)
+                         gap_s, start_ns, compressed)
     except BaseException:
         # Leave no half-written bag behind: a later run would refuse to overwrite it.
         shutil.rmtree(out, ignore_errors=True)
@@ -235,14 +268,25 @@ def write_bag(clips: Iterable[BagClip], out, storage: str = 'mcap', gap_s: float
     return {'bag': str(out), 'labels': str(labels_path), 'storage': storage, **summary}
 
 
-def _write(writer, store, clips: Iterable[BagClip], gap_s: float, start_ns: int) -> dict:
+def _write(writer, store, clips: Iterable[BagClip], gap_s: float, start_ns: int,
+           compressed: str | None) -> dict:
     gap_samples = int(round(gap_s * SAMPLE_RATE))
     rows: list[LabelRow] = []
     chunk_ns = AUDIO_CHUNK * _NS_PER_SAMPLE
+    if compressed is None:
+        camera_topic, camera_type = IMAGE_TOPIC, IMAGE_TYPE
+
+        def image(t_ns: int, frame: np.ndarray):
+            return image_message(store, t_ns, frame)
+    else:
+        camera_topic, camera_type = IMAGE_TOPIC + COMPRESSED_SUFFIX, COMPRESSED_TYPE
+
+        def image(t_ns: int, frame: np.ndarray):
+            return compressed_image_message(store, t_ns, frame, compressed)
     with writer:
         conns = {
-            IMAGE_TOPIC: writer.add_connection(
-                IMAGE_TOPIC, IMAGE_TYPE, typestore=store,
+            camera_topic: writer.add_connection(
+                camera_topic, camera_type, typestore=store,
                 offered_qos_profiles=[_qos(reliable=True, transient_local=False, depth=10)]),
             AUDIO_TOPIC: writer.add_connection(
                 AUDIO_TOPIC, AUDIO_TYPE, typestore=store,
@@ -284,7 +328,7 @@ def _write(writer, store, clips: Iterable[BagClip], gap_s: float, start_ns: int)
                 # Stop half a period before the next clip's first frame (at end_ns), so that
                 # the stream never carries two frames closer than that.
                 while next_cam_ns < end_ns - cam_period_ns // 2:
-                    sink.push(next_cam_ns, IMAGE_TOPIC, image_message(store, next_cam_ns, grey))
+                    sink.push(next_cam_ns, camera_topic, image(next_cam_ns, grey))
                     next_cam_ns += cam_period_ns
             add_audio(np.zeros(n_samples, np.int16))
 
@@ -303,7 +347,7 @@ def _write(writer, store, clips: Iterable[BagClip], gap_s: float, start_ns: int)
             n_clip = int(math.ceil(clip.duration_s * SAMPLE_RATE))
             for t_rel, frame in zip(clip.frame_times, clip.frames, strict=True):
                 t_ns = t_of(clip_start) + int(round(float(t_rel) * 1e9))
-                sink.push(t_ns, IMAGE_TOPIC, image_message(store, t_ns, frame))
+                sink.push(t_ns, camera_topic, image(t_ns, frame))
             audio = np.zeros(n_clip, np.int16)
             audio[:len(clip.audio)] = to_s16(np.asarray(clip.audio, np.float32))[:n_clip]
             add_audio(audio)
@@ -370,7 +414,7 @@ def read_labels(path, bag_start_s: float | None = None) -> list[LabelRow]:
 
 def make_bag(dataset: str, root, out, actors: Sequence[str] | None = None,
              storage: str = 'mcap', gap_s: float = 1.0, occlude: float = 0.0,
-             seed: int = 0) -> str:
+             seed: int = 0, compressed: str | None = None) -> str:
     """Lay a dataset's clips (optionally only `actors`) on one timeline in a rosbag2 at `out`,
     with a labels CSV beside it. Returns a one-paragraph report.
 
@@ -404,9 +448,10 @@ def make_bag(dataset: str, root, out, actors: Sequence[str] | None = None,
                 clip = occluded(clip, rng.random(len(clip.frames)) < occlude)
             yield clip
 
-    summary = write_bag(clips(), out, storage=storage, gap_s=gap_s)
+    summary = write_bag(clips(), out, storage=storage, gap_s=gap_s, compressed=compressed)
     counts = ', '.join(f'{t} {n}' for t, n in summary['messages'].items())
-    return (f"wrote {summary['bag']} ({storage}): {summary['clips']} clips, "
+    kind = f'{storage}, {compressed} camera' if compressed else storage
+    return (f"wrote {summary['bag']} ({kind}): {summary['clips']} clips, "
             f"{summary['duration_s']:.1f} s, messages: {counts}; labels {summary['labels']}; "
             f'{len(skipped)} file(s) skipped while indexing')
 
@@ -453,6 +498,8 @@ class BagInfo:
     end_ns: int
     topics: dict          # topic -> (msgtype, message count)
     audio_format: object  # lightmer.ros.conversions.AudioFormat of the audio info
+    image_topic: str      # the camera topic read (the one asked for, or its /compressed)
+    image_compressed: bool   # its messages are CompressedImage
 
     @property
     def start_s(self) -> float:
@@ -463,8 +510,9 @@ class BagInfo:
 class BagMessage:
     """One camera or audio message as numpy.
 
-    kind 'image': data uint8 (H, W, 3) RGB; kind 'audio': data float32 (n,) mono in [-1, 1]
-    at `sample_rate`. t_ns: bag (receive) time; stamp_ns: header stamp (capture time).
+    kind 'image': data uint8 (H, W, 3) RGB (decoded when compressed); kind 'audio': data
+    float32 (n,) mono in [-1, 1] at `sample_rate`. t_ns: bag (receive) time; stamp_ns: header
+    stamp (capture time).
     """
 
     kind: str
@@ -474,38 +522,88 @@ class BagMessage:
     sample_rate: int = 0
 
 
-def _open_reader(path):
-    from rosbags.highlevel import AnyReader
+STORAGE_SUFFIXES = {'.mcap': 'mcap', '.db3': 'sqlite3'}
 
+
+def bag_path(path) -> Path:
+    """`path` checked to be a rosbag2 bag: a directory holding metadata.yaml (whatever its
+    name: `--out eval.bag` makes one), or a single .mcap / .db3 storage file. FileNotFoundError
+    saying what to pass otherwise."""
     path = Path(path)
-    if not (path / 'metadata.yaml').exists():
-        raise FileNotFoundError(f'{path} is not a rosbag2 directory (no metadata.yaml); pass '
-                                'the bag directory that `lightmer make-bag` or `ros2 bag '
-                                'record` created')
-    return AnyReader([path], default_typestore=typestore())
+    if not path.exists():
+        raise FileNotFoundError(f'no such bag: {path}')
+    if path.is_dir():
+        if (path / 'metadata.yaml').exists():
+            return path
+        raise FileNotFoundError(f'{path} is not a rosbag2 bag (a directory without '
+                                'metadata.yaml); pass the directory that `lightmer make-bag` '
+                                'or `ros2 bag record` created, or its .mcap / .db3 file')
+    if path.suffix.lower() in STORAGE_SUFFIXES:
+        return path
+    with open(path, 'rb') as f:
+        if f.read(8) == b'#ROSBAG ':
+            raise FileNotFoundError(f'{path} is a ROS 1 bag; lightmer reads rosbag2: convert '
+                                    f'it with `rosbags-convert --src {path} --dst <new dir>`')
+    raise FileNotFoundError(f'{path} is not a rosbag2 bag; pass a bag directory (with '
+                            'metadata.yaml) or a single .mcap / .db3 file')
 
 
-def _check_topic(reader, topic: str, expected: str, option: str, what: str):
+@contextlib.contextmanager
+def _open_reader(path):
+    """An open rosbags Reader of the bag at `path` (see `bag_path`). rosbags' AnyReader is not
+    used: it takes any path ending in .bag for a ROS 1 bag file."""
+    from rosbags.rosbag2 import Reader, ReaderError
+
+    path = bag_path(path)
+    reader = Reader(path)
+    try:
+        reader.open()
+    except ReaderError as e:
+        raise BagFormatError(f'cannot read the bag {path}: {e}') from None
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def _decode(raw, msgtype: str):
+    """CDR bytes -> a rosbags message, with lightmer's typestore (the definitions the bag's
+    type hashes are checked against in `_check_topic`)."""
+    return typestore().deserialize_cdr(raw, msgtype)
+
+
+def _camera_topic(reader, topic: str) -> str:
+    """`topic`, or its image_transport '/compressed' sibling when only that one is recorded."""
+    present = {c.topic for c in reader.connections}
+    if topic not in present and topic + COMPRESSED_SUFFIX in present:
+        return topic + COMPRESSED_SUFFIX
+    return topic
+
+
+def _check_topic(reader, topic: str, expected: str | tuple[str, ...], option: str, what: str):
+    """The connections of `topic`, checked to carry one of the `expected` types with the
+    definitions lightmer's typestore holds."""
+    expected = (expected,) if isinstance(expected, str) else tuple(expected)
     conns = [c for c in reader.connections if c.topic == topic]
     if not conns:
         present = ', '.join(f'{c.topic} ({c.msgtype})' for c in reader.connections) or 'none'
         raise BagFormatError(f'the bag has no {what} topic {topic}; topics present: {present}. '
                              f'Pass the right one with {option}.')
-    wrong = [c.msgtype for c in conns if c.msgtype != expected]
+    wrong = [c.msgtype for c in conns if c.msgtype not in expected]
     if wrong:
         hint = ''
         if 'AudioStamped' in wrong[0] or 'msg/Audio' in wrong[0]:
             hint = (' This looks like the mgonzs13 audio_common; record ros-drivers '
                     'audio_common (AudioDataStamped + AudioInfo, wave S16LE) instead.')
-        raise BagFormatError(f'{what} topic {topic} carries {wrong[0]}, expected {expected}.'
-                             + hint)
+        raise BagFormatError(f'{what} topic {topic} carries {wrong[0]}, expected '
+                             f'{" or ".join(expected)}.' + hint)
     store = typestore()
-    want_hash = store.hash_rihs01(expected)
     for c in conns:
         # rosbag2 v9 stores the RIHS01 hash; an older bag stores '' and is judged by type name.
+        want_hash = store.hash_rihs01(c.msgtype)
         if c.digest.startswith('RIHS01_') and c.digest != want_hash:
             raise BagFormatError(
-                f'{topic}: the bag\'s {expected} definition (hash {c.digest}) differs from '
+                f'{topic}: the bag\'s {c.msgtype} definition (hash {c.digest}) differs from '
                 f'the ros-drivers audio_common / sensor_msgs one ({want_hash}); the messages '
                 'cannot be decoded as lightmer expects.')
     return conns
@@ -517,7 +615,7 @@ def _audio_format(reader, topic: str):
 
     conns = _check_topic(reader, topic, AUDIO_INFO_TYPE, '--audio-info-topic', 'audio info')
     for conn, _, raw in reader.messages(connections=conns):
-        msg = reader.deserialize(raw, conn.msgtype)
+        msg = _decode(raw, conn.msgtype)
         break
     else:
         raise BagFormatError(f'{topic} has no AudioInfo message; record the bag with the '
@@ -534,49 +632,66 @@ def bag_info(path, topics: BagTopics = BagTopics()) -> BagInfo:
     """Check that the bag has usable camera, audio and audio-info topics; BagFormatError (with
     what to do) otherwise."""
     with _open_reader(path) as reader:
-        _check_topic(reader, topics.image, IMAGE_TYPE, '--image-topic', 'camera')
+        image_topic = _camera_topic(reader, topics.image)
+        camera = _check_topic(reader, image_topic, (IMAGE_TYPE, COMPRESSED_TYPE),
+                              '--image-topic', 'camera')
         _check_topic(reader, topics.audio, AUDIO_TYPE, '--audio-topic', 'audio')
         fmt = _audio_format(reader, topics.audio_info)
         counts = {t: (info.msgtype, info.msgcount) for t, info in reader.topics.items()}
         storage = _storage_of(Path(path))
-        return BagInfo(Path(path), storage, reader.start_time, reader.end_time, counts, fmt)
+        return BagInfo(Path(path), storage, reader.start_time, reader.end_time, counts, fmt,
+                       image_topic, camera[0].msgtype == COMPRESSED_TYPE)
 
 
 def _storage_of(path: Path) -> str:
-    if any(path.glob('*.mcap')):
-        return 'mcap'
-    if any(path.glob('*.db3')):
-        return 'sqlite3'
+    files = list(path.iterdir()) if path.is_dir() else [path]
+    for suffix, storage in STORAGE_SUFFIXES.items():
+        if any(f.suffix.lower() == suffix for f in files):
+            return storage
     return 'unknown'
 
 
 def iter_raw(path, topics: BagTopics = BagTopics()) -> Iterator[tuple[str, str, int, bytes]]:
     """(topic, msgtype, bag time ns, CDR bytes) of the camera, audio and audio-info topics, in
     bag-time order, after the same checks as `bag_info`."""
-    bag_info(path, topics)
+    info = bag_info(path, topics)
     with _open_reader(path) as reader:
-        wanted = {topics.image, topics.audio, topics.audio_info}
+        wanted = {info.image_topic, topics.audio, topics.audio_info}
         conns = [c for c in reader.connections if c.topic in wanted]
         for conn, t_ns, raw in reader.messages(connections=conns):
             yield conn.topic, conn.msgtype, t_ns, bytes(raw)
 
 
-def read_bag(path, topics: BagTopics = BagTopics()) -> Iterator[BagMessage]:
+def read_bag(path, topics: BagTopics = BagTopics(),
+             max_image_pixels: int | None = None) -> Iterator[BagMessage]:
     """Camera frames and audio chunks of the bag as numpy, in bag-time order, decoded by the
     nodes' own conversions (lightmer.ros.conversions; rosbags messages carry the same fields).
-    Raises ConversionError (a ValueError) at a message the nodes would drop."""
+    Compressed frames larger than `max_image_pixels` (default: the face node's) are refused
+    before decoding. Raises ConversionError (a ValueError) at a message the nodes would drop."""
     from lightmer.features import to_mono
-    from lightmer.ros.conversions import image_to_rgb, pcm_to_samples
+    from lightmer.ros.conversions import (
+        DEFAULT_MAX_PIXELS,
+        compressed_to_rgb,
+        image_to_rgb,
+        pcm_to_samples,
+    )
 
     info = bag_info(path, topics)
     fmt = info.audio_format
+    bound = DEFAULT_MAX_PIXELS if max_image_pixels is None else max_image_pixels
+
+    def to_rgb(msg) -> np.ndarray:
+        if info.image_compressed:
+            return compressed_to_rgb(msg, max_pixels=bound)
+        return image_to_rgb(msg)
+
     with _open_reader(path) as reader:
-        conns = [c for c in reader.connections if c.topic in (topics.image, topics.audio)]
+        conns = [c for c in reader.connections if c.topic in (info.image_topic, topics.audio)]
         for conn, t_ns, raw in reader.messages(connections=conns):
-            msg = reader.deserialize(raw, conn.msgtype)
+            msg = _decode(raw, conn.msgtype)
             stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-            if conn.topic == topics.image:
-                yield BagMessage('image', t_ns, stamp, image_to_rgb(msg))
+            if conn.topic == info.image_topic:
+                yield BagMessage('image', t_ns, stamp, to_rgb(msg))
             else:
                 samples = to_mono(pcm_to_samples(msg.audio.data, fmt))
                 yield BagMessage('audio', t_ns, stamp, samples, fmt.sample_rate)

@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import pickle
 import subprocess
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,12 +118,7 @@ def load_checkpoint(path, map_location='cpu', expected_classes: int | None = Non
     if not path.is_file():
         raise CheckpointError(f'no checkpoint at {path}; train one with `lightmer train` or '
                               'give the path of an existing .pt file')
-    try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError,
-            ValueError) as e:
-        raise CheckpointError(f'cannot read checkpoint {path} (truncated, corrupt or not a '
-                              f'torch file: {e}); copy it again or re-run training') from e
+    blob = _read(path, map_location)
     if not isinstance(blob, dict) or blob.get('format') != FORMAT:
         raise CheckpointError(f'{path} is not a lightmer checkpoint (no format '
                               f'{FORMAT!r}); save models with lightmer.checkpoint')
@@ -154,9 +150,50 @@ def load_checkpoint(path, map_location='cpu', expected_classes: int | None = Non
     except (RuntimeError, TypeError, AttributeError) as e:
         raise CheckpointError(f'weights in {path} do not fit the stored model config: {e}; '
                               'the file was edited or written by another version') from e
+    _check_finite(path, model)
     model.to(map_location)
     model.eval()
     return model, meta
+
+
+def _read(path: Path, map_location) -> Any:
+    """torch.load with weights_only (never anything looser), its failures told apart.
+
+    A file whose pickle holds anything but tensors and plain data is not one lightmer wrote
+    (a pickled nn.Module, another tool's file, or a file made to run code when unpickled): it
+    is refused as such. torch's message is not passed on, since it suggests loosening the
+    check, which would run whatever the file holds.
+    """
+    if not zipfile.is_zipfile(path):     # torch.save writes a zip archive
+        with open(path, 'rb') as f:
+            if f.read(2) == b'PK':           # a zip's first bytes but no directory at its end
+                raise CheckpointError(f'cannot read checkpoint {path}: the archive is '
+                                      'truncated or corrupt; copy it again or re-run training')
+        raise CheckpointError(f'{path} is not a lightmer checkpoint (not a torch archive at '
+                              'all); use a checkpoint written by `lightmer train`')
+    try:
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it did not write before refusing the file
+            warnings.simplefilter('ignore', UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f'{path} is not a lightmer checkpoint: it holds Python objects '
+                              'other than tensors and plain data, which lightmer never writes, '
+                              'and it is not loaded (loading it could run code it carries); '
+                              'use a checkpoint written by `lightmer train`') from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f'cannot read checkpoint {path} (truncated or corrupt: {e}); copy '
+                              'it again or re-run training') from None
+
+
+def _check_finite(path: Path, model: LightmerNet) -> None:
+    """Refuse NaN or infinite weights: such a model outputs NaN probabilities for any input."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f'checkpoint {path} has non-finite values (NaN or inf) in {name!r}: training '
+                'diverged or the file was damaged; use an earlier checkpoint of the run (its '
+                'best.pt) or retrain (a lower --lr helps against divergence)')
 
 
 def meta_for_preset(preset_name: str, features: FeatureConfig | None = None,

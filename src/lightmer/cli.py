@@ -1,17 +1,30 @@
 """`lightmer` command line: the only place that parses argv.
 
 Each subcommand has a `_add_<name>` that declares its options and a `_run_<name>` that turns
-the parsed options into the implementing module's call. Implementations are imported lazily so
-that `lightmer --help` and light subcommands do not pay for torch or rclpy imports.
+the parsed options into the implementing module's call; both go into COMMANDS. Implementations
+are imported lazily so that `lightmer --help` and light subcommands do not pay for torch or
+rclpy imports.
+
+Errors: a `_run_<name>` does not catch anything. What a user can cause and fix (a wrong path, a
+damaged or foreign file, a bad setting) is raised by the library as one of USER_ERRORS with a
+message that says what to do, and `main` prints it as one line, `lightmer <command>: <message>`,
+and exits 2. Anything else is a bug and keeps its traceback. LIGHTMER_TRACEBACK=1 shows the
+traceback of user errors too.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 DATASETS = ('crema-d', 'ravdess')
+# The library's errors for input a user can fix: OSError (missing, unreadable or existing files,
+# a worker that died: ChildProcessError) and ValueError (bad settings, and its subclasses
+# CheckpointError, BagFormatError, MediaError, ConversionError, ExportError).
+USER_ERRORS = (OSError, ValueError)
+EXIT_USER_ERROR = 2
 
 
 def _positive_int(text: str) -> int:
@@ -26,6 +39,16 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f'expected a positive number, got {text}')
     return value
+
+
+def _fold(text: str) -> int | None:
+    if text == 'all':
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fold index or 'all', got {text!r}") \
+            from None
 
 
 def _non_negative_int(text: str) -> int:
@@ -86,14 +109,9 @@ def _add_export(sub) -> None:
 
 
 def _run_export(args) -> int:
-    from lightmer.checkpoint import CheckpointError
-    from lightmer.export import ExportError, export_checkpoint
+    from lightmer.export import export_checkpoint
 
-    try:
-        paths = export_checkpoint(args.checkpoint, args.format, args.out)
-    except (CheckpointError, ExportError) as e:
-        print(f'lightmer export: {e}', file=sys.stderr)
-        return 2
+    paths = export_checkpoint(args.checkpoint, args.format, args.out)
     for path in paths:
         print(path)
     return 0
@@ -171,12 +189,7 @@ def _add_merge_shards(sub) -> None:
 def _run_merge_shards(args) -> int:
     from lightmer.datasets.prepare import merge_shards
 
-    try:
-        report = merge_shards(args.cache)
-    except (FileNotFoundError, ValueError) as e:
-        print(f'lightmer merge-shards: {e}', file=sys.stderr)
-        return 2
-    print(report)
+    print(merge_shards(args.cache))
     return 0
 
 
@@ -188,7 +201,7 @@ def _add_train(sub) -> None:
     p.add_argument('--out', type=Path, required=True, help='run directory')
     p.add_argument('--strategy', choices=('uncertainty', 'full'), default='uncertainty')
     p.add_argument('--folds', type=_positive_int, default=5)
-    p.add_argument('--fold', default='all', help="fold index (0-based) or 'all'")
+    p.add_argument('--fold', type=_fold, default=None, help="fold index (0-based) or 'all'")
     p.add_argument('--epochs', type=_positive_int, default=100)
     # Two spellings: torchrun rejects `--nu` after `-m lightmer` (an ambiguous abbreviation of
     # its own --numa-binding), so the long one is the one to use there.
@@ -204,6 +217,10 @@ def _add_train(sub) -> None:
     p.add_argument('--resume', action='store_true')
     p.add_argument('--device', choices=('cpu', 'cuda'), default='cpu',
                    help='under torchrun each rank takes the GPU of its local rank')
+    p.add_argument('--mel-norm', choices=('window', 'dataset'), default='window',
+                   help="log-mel normalisation: 'window' standardises each window (level "
+                        "removed); 'dataset' uses the training clips' dB statistics, stored in "
+                        'the checkpoint (level kept; see docs/DATASETS.md)')
     p.add_argument('--amp', action='store_true',
                    help='mixed precision on CUDA (bfloat16 where supported, else float16 with '
                         'a gradient scaler); refused on CPU')
@@ -219,46 +236,24 @@ def _run_train(args) -> int:
     from lightmer.distributed import launched_ranks
     from lightmer.train import TrainConfig, train
 
-    if args.fold != 'all':
-        try:
-            fold = int(args.fold)
-        except ValueError:
-            raise SystemExit(f"--fold must be an integer or 'all', got {args.fold!r}") from None
-    else:
-        fold = None
-    try:
-        ranks = launched_ranks()
-    except ValueError as e:
-        raise SystemExit(f'lightmer train: {e}') from None
-    who = (f'lightmer train (rank {ranks.rank} of {ranks.world_size})' if ranks.active
-           else 'lightmer train')
-    if ranks.active:
+    cfg = TrainConfig.for_dataset(
+        args.dataset, cache=args.cache, out=args.out, strategy=args.strategy,
+        n_folds=args.folds, fold=args.fold, epochs=args.epochs, n_uncertain=args.nu,
+        n_segments=args.segments, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        resume=args.resume, device=args.device, mel_norm=args.mel_norm, amp=args.amp,
+        workers=args.workers, dist_timeout_s=args.dist_timeout)
+    ranks = launched_ranks()
+    if args.parallel > 1:
+        from lightmer.fold_launcher import train_folds_in_parallel
+
+        summary = train_folds_in_parallel(cfg, args.parallel)
+    elif ranks.active:
         # torchrun's failure summary then shows this rank's traceback, not only its exit code.
         from torch.distributed.elastic.multiprocessing.errors import record
 
-        train = record(train)
-    try:
-        cfg = TrainConfig.for_dataset(
-            args.dataset, cache=args.cache, out=args.out, strategy=args.strategy,
-            n_folds=args.folds, fold=fold, epochs=args.epochs, n_uncertain=args.nu,
-            n_segments=args.segments, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-            resume=args.resume, device=args.device, amp=args.amp, workers=args.workers,
-            dist_timeout_s=args.dist_timeout)
-        if args.parallel > 1:
-            from lightmer.fold_launcher import train_folds_in_parallel
-
-            summary = train_folds_in_parallel(cfg, args.parallel)
-        else:
-            summary = train(cfg)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        # Settings and cache problems: the message says what to do; a traceback would not help.
-        raise SystemExit(f'{who}: {e}') from None
-    except RuntimeError:
-        if ranks.active:   # most often a partner rank died and a collective failed
-            print(f'{who}: stopped; if another rank failed first, torchrun\'s summary names '
-                  'it. Fix the cause and run the same command with --resume to continue from '
-                  'the last completed epoch.', file=sys.stderr)
-        raise
+        summary = record(train)(cfg)
+    else:
+        summary = train(cfg)
     if ranks.is_main:
         _print_json(summary)
     return 1 if summary.get('failed_folds') else 0
@@ -273,12 +268,7 @@ def _add_merge_folds(sub) -> None:
 def _run_merge_folds(args) -> int:
     from lightmer.train import summarize_run
 
-    try:
-        summary = summarize_run(args.out)
-    except (ValueError, FileNotFoundError) as e:
-        print(f'lightmer merge-folds: {e}', file=sys.stderr)
-        return 2
-    _print_json(summary)
+    _print_json(summarize_run(args.out))
     return 0
 
 
@@ -295,19 +285,17 @@ def _add_make_bag(sub) -> None:
                    help='fraction of camera frames to blank (seeded), to test the '
                         'missing-modality policies')
     p.add_argument('--seed', type=int, default=0, help='seed of --occlude')
+    p.add_argument('--compressed', choices=('jpeg', 'png'), default=None,
+                   help='write the camera as sensor_msgs/CompressedImage on '
+                        '/camera/image_raw/compressed (as robots record it) instead of raw Image')
 
 
 def _run_make_bag(args) -> int:
     from lightmer.bags import make_bag
 
-    try:
-        report = make_bag(args.dataset, args.root, args.out, actors=args.actors,
-                          storage=args.storage, gap_s=args.gap, occlude=args.occlude,
-                          seed=args.seed)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f'lightmer make-bag: {e}', file=sys.stderr)
-        return 2
-    print(report)
+    print(make_bag(args.dataset, args.root, args.out, actors=args.actors, storage=args.storage,
+                   gap_s=args.gap, occlude=args.occlude, seed=args.seed,
+                   compressed=args.compressed))
     return 0
 
 
@@ -334,8 +322,6 @@ def _add_eval_bag(sub) -> None:
 
 
 def _run_eval_bag(args) -> int:
-    from lightmer.bags import BagFormatError
-    from lightmer.checkpoint import CheckpointError
     from lightmer.evaluate import EvalConfig, evaluate_bag
 
     cfg = EvalConfig(bag=args.bag, labels=args.labels, checkpoint=args.checkpoint,
@@ -343,11 +329,7 @@ def _run_eval_bag(args) -> int:
                      audio_topic=args.audio_topic, audio_info_topic=args.audio_info_topic,
                      anchor=args.anchor, rate=args.rate, policy=args.policy,
                      min_segments=args.min_segments)
-    try:
-        result = evaluate_bag(cfg)
-    except (BagFormatError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f'lightmer eval-bag: {e}', file=sys.stderr)
-        return 2
+    result = evaluate_bag(cfg)
     if args.json:
         _print_json(result)
     else:
@@ -432,6 +414,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         return 130
+    except USER_ERRORS as e:
+        if os.environ.get('LIGHTMER_TRACEBACK'):
+            raise
+        print(f'lightmer {args.command}: {one_line(e)}', file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (messages that list several things join them with ';')."""
+    text = str(error) or type(error).__name__
+    return '; '.join(part.strip() for part in text.splitlines() if part.strip())
 
 
 if __name__ == '__main__':

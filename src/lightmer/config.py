@@ -6,6 +6,7 @@ model was trained. `Preset` holds the per-dataset choices of the paper (section 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,9 @@ def _strict_kwargs(cls: type, d: dict[str, Any]) -> dict[str, Any]:
     return dict(d)
 
 
+MEL_NORMS = ('window', 'dataset')
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     """How a face crop and an audio window are turned into network inputs."""
@@ -36,6 +40,13 @@ class FeatureConfig:
     face_margin: float = 0.1      # fraction of box size added on each side before cropping
     face_min_prob: float = 0.9    # MTCNN probability threshold
     jitter_s: float = 0.010       # max audio-centre offset from the frame in training (±10 ms)
+    # Log-mel normalisation (features.log_mel). 'window': each window's dB standardised by its
+    # own mean and std, so the input is blind to level (the default, as trained so far).
+    # 'dataset': (dB - mel_db_mean) / mel_db_std with the training set's statistics (set by
+    # `lightmer train --mel-norm dataset`), so louder speech gives larger inputs.
+    mel_norm: str = 'window'
+    mel_db_mean: float = 0.0      # dB, mean of every mel value of the training windows
+    mel_db_std: float = 1.0       # dB, their standard deviation
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0 or self.window_s <= 0:
@@ -49,6 +60,12 @@ class FeatureConfig:
             raise ValueError('face_height and face_width must be positive')
         if self.face_margin < 0 or not 0 <= self.face_min_prob <= 1 or self.jitter_s < 0:
             raise ValueError('face_margin >= 0, 0 <= face_min_prob <= 1 and jitter_s >= 0')
+        if self.mel_norm not in MEL_NORMS:
+            raise ValueError(f"mel_norm must be 'window' or 'dataset', got {self.mel_norm!r}")
+        if not math.isfinite(self.mel_db_mean):
+            raise ValueError(f'mel_db_mean must be a finite number of dB, got {self.mel_db_mean}')
+        if not (math.isfinite(self.mel_db_std) and self.mel_db_std > 0):
+            raise ValueError(f'mel_db_std must be a positive number of dB, got {self.mel_db_std}')
 
     @property
     def window_samples(self) -> int:

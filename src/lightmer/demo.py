@@ -65,6 +65,20 @@ def _stage(name: str, timings: dict[str, float]):
     return _Stage()
 
 
+# What a demo folder holds: `run_demo` replaces a folder only when it looks like one.
+_DEMO_ENTRIES = {'demo.json', 'corpus', 'cache', 'run', 'bag', 'eval_offline', 'eval_live'}
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse an --out that is a file, or a non-empty folder that is not an earlier demo's: the
+    demo deletes what is there."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f'{out} is a file; give --out a new or demo folder')
+    if out.is_dir() and any(out.iterdir()) and not {p.name for p in out.iterdir()} & _DEMO_ENTRIES:
+        raise FileExistsError(f'{out} is not a demo output (it holds other files) and would be '
+                              'deleted; give --out a new or empty folder')
+
+
 def run_demo(out: Path, quick: bool = False) -> dict:
     """Run every stage into `out` (created; an earlier demo there is replaced) and return the
     result that is also written to `out/demo.json`."""
@@ -76,6 +90,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
 
     size = SIZES['quick' if quick else 'full']
     out = Path(out)
+    _check_replaceable(out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)

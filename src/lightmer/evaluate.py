@@ -321,13 +321,16 @@ class _NodeProcesses:
     """The three node executables as child processes, logs in `log_dir`."""
 
     def __init__(self, cfg: EvalConfig, settings: NodeSettings, topics: bags.BagTopics,
-                 log_dir: Path):
+                 log_dir: Path, compressed: bool = False):
         import yaml
 
         log_dir.mkdir(parents=True, exist_ok=True)
         params = log_dir / 'params.yaml'
-        params.write_text(yaml.safe_dump(_node_params(cfg, settings), sort_keys=True))
-        remaps = {'face_crop': [f'image:={topics.image}'],
+        node_params = _node_params(cfg, settings)
+        node_params['/face_crop']['ros__parameters']['compressed_input'] = compressed
+        params.write_text(yaml.safe_dump(node_params, sort_keys=True))
+        camera = 'image/compressed' if compressed else 'image'
+        remaps = {'face_crop': [f'{camera}:={topics.image}'],
                   'audio_feature': [f'audio:={topics.audio}',
                                     f'audio_info:={topics.audio_info}'],
                   'fusion': [f'emotion:={cfg.emotion_topic}']}
@@ -432,7 +435,7 @@ def run_live(cfg: EvalConfig, meta, settings: NodeSettings, topics: bags.BagTopi
     os.environ.update({k: v for k, v in loopback_env().items() if k.startswith('ROS_')})
     with tempfile.TemporaryDirectory(prefix='lightmer-eval-') as tmp:
         log_dir = Path(cfg.out) / 'nodes' if cfg.out is not None else Path(tmp)
-        nodes = _NodeProcesses(cfg, settings, topics, log_dir)
+        nodes = _NodeProcesses(cfg, settings, topics, log_dir, info.image_compressed)
         try:
             return _play_and_record(cfg, meta, topics, info, nodes)
         finally:
@@ -447,7 +450,7 @@ def _play_and_record(cfg, meta, topics, info, nodes: _NodeProcesses) -> RunResul
     from rclpy.parameter import Parameter
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rosgraph_msgs.msg import Clock
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import CompressedImage, Image
 
     from lightmer.ros.common import close_own_participant, node_with_own_participant
     from lightmer.ros.conversions import float_to_time
@@ -476,7 +479,8 @@ def _play_and_record(cfg, meta, topics, info, nodes: _NodeProcesses) -> RunResul
         # The bag's audio goes out from a participant of its own, as a microphone driver's
         # would (node_with_own_participant says what sharing one with the camera cost).
         mic = node_with_own_participant('lightmer_bag_player_audio')
-        pubs = {topics.image: player.create_publisher(Image, topics.image, reliable(100)),
+        camera_type = CompressedImage if info.image_compressed else Image
+        pubs = {topics.image: player.create_publisher(camera_type, topics.image, reliable(100)),
                 topics.audio: mic.create_publisher(AudioDataStamped, topics.audio,
                                                    reliable(500)),
                 topics.audio_info: mic.create_publisher(AudioInfo, topics.audio_info,
@@ -614,6 +618,7 @@ def evaluate_bag(cfg: EvalConfig) -> dict:
     settings = NodeSettings.resolve(cfg)
     topics = bags.BagTopics(cfg.image_topic, cfg.audio_topic, cfg.audio_info_topic)
     info = bags.bag_info(cfg.bag, topics)            # clear errors before any heavy loading
+    topics = dataclasses.replace(topics, image=info.image_topic)   # may be its /compressed
     rows = bags.read_labels(cfg.labels, info.start_s)
     model, meta = load_checkpoint(cfg.checkpoint)
     check_labels(rows, meta.labels, str(cfg.labels))

@@ -10,7 +10,8 @@ Face pipeline: RGB uint8 frame -> MTCNN boxes -> the largest face whose probabil
 
 Audio pipeline: any rate, any channels -> mono float32 -> 16 kHz (soxr via librosa) -> the
 1.5 s window centred on a time, zero-padded past the clip edges -> power mel spectrogram
-(n_fft 2048, hop 512, Hann, no centre padding: 128 x 43) -> dB -> per-window standardisation.
+(n_fft 2048, hop 512, Hann, no centre padding: 128 x 43) -> dB (`mel_db`) -> normalised: per
+window by default, or with the training set's dB statistics (`FeatureConfig.mel_norm`).
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ from lightmer.config import FeatureConfig
 _MAX_DETECT_BATCH = 16
 # Floor of the mel power before the log: -100 dB, so digital silence stays finite.
 _POWER_FLOOR = 1e-10
+# Digital silence: no sample reaches one step of 16-bit PCM (what a muted or absent microphone
+# and the audio track of a video-only recording hold).
+_SILENCE_PEAK = 1.0 / 32768.0
 # Floor of the per-window standard deviation in dB: a constant window (silence) maps to all
 # zeros instead of dividing by zero, and near-silent hiss is not blown up to unit variance.
 _STD_FLOOR_DB = 1.0
@@ -175,6 +179,13 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
     return a.mean(axis=1, dtype=np.float32) if a.ndim == 2 else a.copy()
 
 
+def is_digital_silence(samples: np.ndarray) -> bool:
+    """True when float samples (any shape, full scale +-1) hold no sound at all: every |x| is
+    below one 16-bit step (1/32768). Empty input counts as silence."""
+    a = np.asarray(samples, dtype=np.float32)
+    return a.size == 0 or float(np.max(np.abs(a))) < _SILENCE_PEAK
+
+
 def resample(audio: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
     """float mono (n,) at `sr` Hz -> float32 (round(n * target_sr / sr),) at `target_sr` Hz."""
     a = np.asarray(audio, dtype=np.float32)
@@ -220,15 +231,11 @@ def _mel_basis(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
     return basis
 
 
-def log_mel(window: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
-    """float32 (24000,) window -> float32 (128, 43) normalised log-mel spectrogram.
+def mel_db(window: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """float32 (24000,) window -> float32 (128, 43) mel power in dB, floored at -100 dB.
 
     Power mel spectrogram (Hann window, n_fft 2048, hop 512, no centre padding, Slaney mel
-    filters) -> dB = 10 log10(max(power, 1e-10)) -> (dB - mean) / max(std, 1 dB), mean and std
-    over this window only. A pure function of the window: training and the nodes compute the
-    same numbers. Per-window standardisation drops the absolute level, which depends on the
-    microphone's gain (dataset studio vs robot) more than on the speaker; digital silence gives
-    all zeros, never NaN or inf.
+    filters) -> dB = 10 log10(max(power, 1e-10)). Full scale is a sample amplitude of 1.
     """
     import librosa
 
@@ -239,9 +246,43 @@ def log_mel(window: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     spec = librosa.stft(y=w, n_fft=cfg.n_fft, hop_length=cfg.hop_length, center=False)
     power = np.abs(spec) ** 2                                                  # (1025, 43)
     mel = _mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels) @ power           # (128, 43)
-    db = 10.0 * np.log10(np.maximum(mel, _POWER_FLOOR))
-    z = (db - db.mean()) / max(float(db.std()), _STD_FLOOR_DB)
+    return (10.0 * np.log10(np.maximum(mel, _POWER_FLOOR))).astype(np.float32)
+
+
+def log_mel(window: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """float32 (24000,) window -> float32 (128, 43) normalised log-mel spectrogram: the network
+    input of one segment, for training, the nodes and export alike.
+
+    `mel_db` normalised as cfg.mel_norm says:
+    - 'window' (default): (dB - mean) / max(std, 1 dB), mean and std over this window only.
+      The absolute level is dropped: it depends on the microphone's gain (dataset studio vs
+      robot) as much as on the speaker, and so does loudness, which carries emotion.
+    - 'dataset': (dB - cfg.mel_db_mean) / cfg.mel_db_std, fixed statistics of the training set:
+      a window 20 dB louder is 20 / mel_db_std higher everywhere. Level is kept, so the
+      microphone's gain matters: calibrate it against the training material.
+    Digital silence is finite in both (all zeros / (-100 - mean) / std), never NaN or inf.
+    """
+    db = mel_db(window, cfg)
+    if cfg.mel_norm == 'dataset':
+        z = (db - cfg.mel_db_mean) / cfg.mel_db_std
+    else:
+        z = (db - db.mean()) / max(float(db.std()), _STD_FLOOR_DB)
     return z.astype(np.float32)
+
+
+def mel_db_statistics(windows, cfg: FeatureConfig) -> tuple[float, float]:
+    """(mean, std) in dB of every value of `mel_db` over `windows` (iterable of float32
+    (24000,) windows): the statistics of mel_norm 'dataset'. Accumulated in float64."""
+    n, total, squares = 0, 0.0, 0.0
+    for w in windows:
+        db = mel_db(w, cfg).astype(np.float64)
+        n += db.size
+        total += float(db.sum())
+        squares += float(np.square(db).sum())
+    if n == 0:
+        raise ValueError('no audio windows to take mel statistics from')
+    mean = total / n
+    return mean, float(np.sqrt(max(squares / n - mean * mean, 0.0)))
 
 
 def log_mel_at(audio16k: np.ndarray, centre_s: float, cfg: FeatureConfig) -> np.ndarray:

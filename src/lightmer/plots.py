@@ -138,3 +138,21 @@ def plot_latency(latencies_ms: Sequence[float], path: str | os.PathLike,
     ax.set_ylabel('count')
     ax.set_title(title)
     return _save(plt, fig, path)
+
+
+def plot_grouped_bars(values: Mapping[str, Sequence[float]], groups: Sequence[str],
+                      path: str | os.PathLike, title: str = '', ylabel: str = '') -> Path:
+    """One bar per (series, group): values maps a series name to one value per group."""
+    plt, fig = _figure((6.5, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(1, len(values))
+    x = np.arange(len(groups))
+    for i, (name, series) in enumerate(values.items()):
+        ax.bar(x + (i - (len(values) - 1) / 2) * width, series, width, label=name)
+    ax.set_xticks(x, list(groups))
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis='y')
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(plt, fig, path)

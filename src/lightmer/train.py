@@ -61,8 +61,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from lightmer.checkpoint import CheckpointMeta, make_provenance, save_checkpoint
-from lightmer.config import get_preset
-from lightmer.datasets.cache import CacheIndex, SegmentDataset, load_index
+from lightmer.config import MEL_NORMS, FeatureConfig, get_preset
+from lightmer.datasets.cache import CacheIndex, SegmentDataset, dataset_mel_norm, load_index
 from lightmer.distributed import (
     SINGLE,
     Ranks,
@@ -92,7 +92,8 @@ STATE_VERSION = 1
 _INIT, _DROPOUT, _GLOBAL, _SHUFFLE, _WORKERS = 1, 2, 3, 4, 5
 # Settings that change the numbers; a resumed or extended run must agree on all of them.
 _RUN_KEYS = ('dataset', 'strategy', 'n_folds', 'epochs', 'n_uncertain', 'n_segments',
-             'batch_size', 'lr', 'lr_decay', 'decay_epoch', 'dropout', 'seed', 'amp')
+             'batch_size', 'lr', 'lr_decay', 'decay_epoch', 'dropout', 'seed', 'mel_norm',
+             'amp')
 
 
 @dataclass(frozen=True)
@@ -125,10 +126,14 @@ class TrainConfig:
     eval_memory_mb: int = 4096    # eval-mode inputs kept in RAM across epochs (CREMA-D's
     # 7,442 clips at N=5 take ~2 GB); 0 recomputes them every epoch
     progress: bool = True         # tqdm bars (folds, epochs, batches) on stderr
+    mel_norm: str = 'window'      # log-mel normalisation (FeatureConfig.mel_norm); 'dataset'
+    # takes the dB statistics of each fold's training clips into its checkpoints
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f'strategy must be one of {STRATEGIES}, got {self.strategy!r}')
+        if self.mel_norm not in MEL_NORMS:
+            raise ValueError(f'mel_norm must be one of {MEL_NORMS}, got {self.mel_norm!r}')
         for name in ('n_uncertain', 'n_segments', 'epochs', 'batch_size', 'n_folds'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
@@ -523,15 +528,21 @@ def _open_fold(run: _FoldRun, split: Split, ids: dict[str, list[str]]) -> dict |
     return None
 
 
-def _fold_items(cfg: TrainConfig, index: CacheIndex, train_ids: list[str],
-                test_ids: list[str]) -> tuple[SegmentDataset, _Memo, _Memo]:
-    """(training items with random draws, eval-mode training items, eval-mode test items)."""
+def _fold_items(cfg: TrainConfig, index: CacheIndex, train_ids: list[str], test_ids: list[str]
+                ) -> tuple[FeatureConfig, SegmentDataset, _Memo, _Memo]:
+    """(the fold's features, training items with random draws, eval-mode training items,
+    eval-mode test items). With mel_norm 'dataset' the features carry the dB statistics of
+    the fold's training clips."""
+    features = (dataset_mel_norm(cfg.cache, train_ids, cfg.n_segments)
+                if cfg.mel_norm == 'dataset' else index.features)
     dataset = functools.partial(SegmentDataset, cfg.cache, n_segments=cfg.n_segments,
-                                labels=get_preset(cfg.dataset).labels, seed=cfg.seed)
+                                labels=get_preset(cfg.dataset).labels, seed=cfg.seed,
+                                features=features)
     f = index.features   # float32 faces + log-mels of one clip: 0.27 MB at N=5
     clip_mb = cfg.n_segments * (f.face_height * f.face_width + f.n_mels * f.mel_frames) * 4 / 2**20
     memo = max(0, int(cfg.eval_memory_mb / clip_mb))
-    return (dataset(train_ids, train=True),          # random frame + jittered audio per segment
+    return (features,
+            dataset(train_ids, train=True),          # random frame + jittered audio per segment
             _Memo(dataset(train_ids, train=False), memo),   # segment centres, as at inference
             _Memo(dataset(test_ids, train=False), max(0, memo - len(train_ids))))
 
@@ -547,7 +558,8 @@ def _train_fold(run: _FoldRun, split: Split, ids: dict[str, list[str]], index: C
     # Every training clip (D0 then U) in one fixed order: draws stay tied to the clip.
     all_ids = ids['d0'] + ids['pool']
     position = {c: i for i, c in enumerate(all_ids)}
-    train_items, eval_items, test_items = _fold_items(cfg, index, all_ids, ids['test'])
+    features, train_items, eval_items, test_items = _fold_items(cfg, index, all_ids,
+                                                                ids['test'])
     d0_items = Subset(eval_items, [position[c] for c in ids['d0']])
 
     model_cfg = ModelConfig(
@@ -590,7 +602,7 @@ def _train_fold(run: _FoldRun, split: Split, ids: dict[str, list[str]], index: C
         best_criterion='min eval-mode cross-entropy on D_train(0)',
         ranks=ranks.world_size, precision=run.precision.name)
     meta = dict(preset=preset.name, labels=preset.labels, n_segments=cfg.n_segments,
-                segment_s=preset.segment_s, features=index.features, model=model_cfg)
+                segment_s=preset.segment_s, features=features, model=model_cfg)
     scoring = dict(ranks=ranks, precision=run.precision, progress=cfg.progress)
     epochs = tqdm(range(len(metrics), cfg.epochs), desc=f'fold {fold} epochs', leave=False,
                   initial=len(metrics), total=cfg.epochs, disable=not cfg.progress)

@@ -11,6 +11,7 @@ Per sample and segment (the clip cut into N equal segments):
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lightmer.config import FeatureConfig, get_preset
-from lightmer.features import face_to_input, log_mel_at
+from lightmer.features import audio_window, face_to_input, log_mel_at, mel_db_statistics
 from lightmer.segments import (
     choose_times,
     jitter_centres,
@@ -115,11 +116,18 @@ class SegmentDataset(Dataset):
     """(faces float32 (N, 1, 98, 80), log-mels float32 (N, 1, 128, 43), class index) per clip."""
 
     def __init__(self, cache_dir: str | Path, clip_ids, n_segments: int,
-                 labels: tuple[str, ...], train: bool, seed: int):
+                 labels: tuple[str, ...], train: bool, seed: int,
+                 features: FeatureConfig | None = None):
         """`labels`: the class order, as preset class names or dataset codes (`label_index`).
-        `clip_ids` must have status 'ok' in the cache index."""
+        `clip_ids` must have status 'ok' in the cache index. `features`: the cache's own
+        (default), or the same with another log-mel normalisation (`dataset_mel_norm`)."""
         self.cache_dir = Path(cache_dir)
         self.index = load_index(self.cache_dir)
+        self.cfg = self.index.features if features is None else features
+        if _without_mel_norm(self.cfg) != _without_mel_norm(self.index.features):
+            raise ValueError(f'features {self.cfg} differ from those {self.cache_dir} was '
+                             f'prepared with ({self.index.features}) beyond the log-mel '
+                             'normalisation; prepare a cache with these settings')
         by_id = {c['clip_id']: c for c in self.index.clips}
         self.clip_ids = list(clip_ids)
         for cid in self.clip_ids:
@@ -133,7 +141,6 @@ class SegmentDataset(Dataset):
             raise ValueError(f'n_segments must be >= 1, got {n_segments}')
         self.n_segments = n_segments
         self.label_names = tuple(labels)
-        self.cfg = self.index.features
         self.train = train
         self.seed = seed
         self.epoch = 0
@@ -185,3 +192,27 @@ class SegmentDataset(Dataset):
         mels = np.stack([log_mel_at(clip['audio'], float(c), self.cfg)
                          for c in centres])[:, None]                         # (N, 1, 128, 43)
         return torch.from_numpy(faces), torch.from_numpy(mels), self.targets[i]
+
+
+def _without_mel_norm(cfg: FeatureConfig) -> FeatureConfig:
+    """`cfg` with the default log-mel normalisation: the settings a cache depends on."""
+    return dataclasses.replace(cfg, mel_norm='window', mel_db_mean=0.0, mel_db_std=1.0)
+
+
+def dataset_mel_norm(cache_dir: str | Path, clip_ids, n_segments: int) -> FeatureConfig:
+    """The cache's FeatureConfig with mel_norm 'dataset' and the dB statistics of `clip_ids`
+    (the training clips: never the test actors'), over the audio windows at their N segment
+    centres, the windows evaluation and the nodes use (`segments.choose_times`)."""
+    cache_dir = Path(cache_dir)
+    cfg = load_index(cache_dir).features
+
+    def windows():
+        for clip_id in clip_ids:
+            with np.load(cache_dir / 'clips' / f'{clip_id}.npz') as z:
+                audio, duration = z['audio'], float(z['duration'])
+            _, centres = choose_times(duration, n_segments, None, 0.0)
+            for c in centres:
+                yield audio_window(audio, float(c), cfg)
+
+    mean, std = mel_db_statistics(windows(), cfg)
+    return dataclasses.replace(cfg, mel_norm='dataset', mel_db_mean=mean, mel_db_std=std)

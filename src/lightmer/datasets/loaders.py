@@ -1,6 +1,8 @@
 """Index a CREMA-D or RAVDESS root as downloaded: clip records plus a report of what was skipped.
 
-CREMA-D root: `VideoFlash/<clip>.flv` (video) and `AudioWAV/<clip>.wav` (16 kHz speech).
+CREMA-D root: `VideoFlash/<clip>.flv` (video with its own MP3 track). A clip's audio is, in
+this order, `AudioWAV/<clip>.wav` (16 kHz speech), `AudioMP3/<clip>.mp3`, or else the FLV's own
+audio track; `ClipRecord.audio_source` says which ('wav', 'mp3', 'video').
 RAVDESS root: `Actor_XX/01-01-EE-II-SS-RR-XX.mp4` (audio-video speech; the MP4's AAC track is
 the audio). When the separate speech WAVs `Actor_XX/03-01-EE-II-SS-RR-XX.wav` are present
 anywhere under the root (the Audio_Speech_Actors_01-24 download), the clip's audio comes from
@@ -35,6 +37,14 @@ class ClipRecord:
     sentence: str
     video_path: Path
     audio_path: Path | None      # None: the audio is the video container's audio track
+
+    @property
+    def audio_source(self) -> str:
+        """Where the clip's audio comes from: 'wav' / 'mp3' (a separate file) or 'video' (the
+        video container's own audio track)."""
+        if self.audio_path is None:
+            return 'video'
+        return self.audio_path.suffix.lower().lstrip('.')
 
 
 @dataclass(frozen=True)
@@ -79,16 +89,21 @@ def _visible_files(folder: Path, suffix: str) -> Iterable[Path]:
             if p.is_file() and not p.name.startswith('.') and p.suffix.lower() == suffix)
 
 
+# CREMA-D's separate audio folders, in the order they are preferred, with their file suffix.
+CREMA_AUDIO_DIRS = (('AudioWAV', '.wav'), ('AudioMP3', '.mp3'))
+
+
 def _index_crema(root: Path) -> tuple[list[ClipRecord], list[Skipped]]:
-    video_dir, audio_dir = root / 'VideoFlash', root / 'AudioWAV'
-    for d in (video_dir, audio_dir):
-        if not d.is_dir():
-            raise FileNotFoundError(f'{d} not found: a CREMA-D root holds VideoFlash/ (*.flv) '
-                                    'and AudioWAV/ (*.wav)')
+    video_dir = root / 'VideoFlash'
+    if not video_dir.is_dir():
+        raise FileNotFoundError(f'{video_dir} not found: a CREMA-D root holds VideoFlash/ '
+                                '(*.flv), and optionally AudioWAV/ (*.wav) or AudioMP3/ (*.mp3)')
     skipped: list[Skipped] = []
 
     def names(folder: Path, suffix: str) -> dict:
         found = {}
+        if not folder.is_dir():
+            return found
         for p in _visible_files(folder, suffix):
             try:
                 parsed = parse_crema(p.stem)
@@ -101,18 +116,19 @@ def _index_crema(root: Path) -> tuple[list[ClipRecord], list[Skipped]]:
             found[parsed.clip_id] = (parsed, p)
         return found
 
-    videos, audios = names(video_dir, '.flv'), names(audio_dir, '.wav')
+    videos = names(video_dir, '.flv')
+    audio_files = [names(root / folder, suffix) for folder, suffix in CREMA_AUDIO_DIRS]
     records = []
     for clip_id, (parsed, video) in videos.items():
-        if clip_id not in audios:
-            skipped.append(Skipped(video, f'no AudioWAV/{clip_id}.wav for this video'))
-            continue
+        # The first separate file that exists; none: the FLV's own track (checked later).
+        audio = next((found[clip_id][1] for found in audio_files if clip_id in found), None)
         records.append(ClipRecord(clip_id=clip_id, actor=parsed.actor, label=parsed.emotion,
                                   intensity=parsed.level, sentence=parsed.sentence,
-                                  video_path=video, audio_path=audios[clip_id][1]))
-    for clip_id, (_, audio) in audios.items():
-        if clip_id not in videos:
-            skipped.append(Skipped(audio, f'no VideoFlash/{clip_id}.flv for this audio'))
+                                  video_path=video, audio_path=audio))
+    for found in audio_files:
+        for clip_id, (_, audio) in found.items():
+            if clip_id not in videos:
+                skipped.append(Skipped(audio, f'no VideoFlash/{clip_id}.flv for this audio'))
     return records, skipped
 
 
@@ -161,11 +177,18 @@ def _index_ravdess(root: Path) -> tuple[list[ClipRecord], list[Skipped]]:
     return records, skipped
 
 
+NO_AUDIO = ('no audio: the video has no audio track and no separate audio file was found '
+            '(CREMA-D: AudioWAV/<clip>.wav or AudioMP3/<clip>.mp3; RAVDESS: 03-01-*.wav)')
+
+
 def _check_records(records: list[ClipRecord]) -> tuple[list[ClipRecord], list[Skipped]]:
     good, bad = [], []
     for r in records:
         try:
-            media.check_media(r.video_path, video=True, audio=r.audio_path is None)
+            media.check_media(r.video_path, video=True, audio=False)
+            if r.audio_path is None and not media.has_audio(r.video_path):
+                bad.append(Skipped(r.video_path, NO_AUDIO))
+                continue
             if r.audio_path is not None:
                 media.check_media(r.audio_path, video=False, audio=True)
         except media.MediaError as e:

@@ -174,6 +174,12 @@ def decode_audio(path: str | Path) -> tuple[np.ndarray, int]:
     return to_mono(planar.T), rate
 
 
+def has_audio(path: str | Path) -> bool:
+    """True when the container at `path` has an audio stream (MediaError if it does not open)."""
+    with _open(path) as container:
+        return bool(container.streams.audio)
+
+
 def check_media(path: str | Path, video: bool, audio: bool) -> None:
     """Raise MediaError unless `path` opens and has the streams asked for.
 

@@ -11,7 +11,17 @@ segment a third of the frames' variety at a fifth of the detector cost.
 No face: when none of a segment's K frames has a face, the segment's other frames are tried too.
 When a segment still has none, the clip gets status 'no_face' and training leaves it out (a
 segment without a face has no visual input; inventing one would teach the model a blank face).
-Unreadable media gets status 'unreadable'. Both are listed in the closing summary.
+
+Before any face is looked for, the clip's audio and video are checked against each other:
+- 'silent': the audio is digital silence (`features.is_digital_silence`), as in the audio track
+  of a video-only take: there is no speech to learn from.
+- 'truncated': the video and audio durations differ by more than `duration_tolerance` (a cut
+  download: the video ends early while its separate WAV is intact, or the other way round).
+Unreadable media gets status 'unreadable'. Only 'ok' clips are used; the others are listed,
+with their reason, in the closing summary and in the index.
+
+Audio: from the clip's `audio_source` ('wav', 'mp3' or the video's own track, `ClipRecord`),
+recorded per clip in the cache and counted in the summary.
 
 Cache layout (docs/ARCHITECTURE.md):
   CACHE/index.json            dataset, preset, features, settings, skipped files, clips[]
@@ -31,9 +41,13 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,8 +60,13 @@ from lightmer.io_utils import atomic_save_json, atomic_savez
 from lightmer.segments import segment_bounds, segment_members
 
 FRAMES_PER_SEGMENT = 3
-CACHE_VERSION = 1
-STATUSES = ('ok', 'no_face', 'unreadable')
+CACHE_VERSION = 2       # 2: audio_source, audio_duration; statuses silent and truncated
+STATUSES = ('ok', 'no_face', 'silent', 'truncated', 'unreadable')
+# Video and audio of one recording may differ by codec padding and priming (AAC: 1024 samples,
+# MP3: 1105 plus up to a frame) and by the last video frame's length: tens of milliseconds. A
+# larger difference means a cut file. Tolerance: the larger of these two.
+DURATION_TOLERANCE_S = 0.1
+DURATION_TOLERANCE_FRACTION = 0.05    # of the longer of the two durations
 
 
 @dataclass
@@ -61,6 +80,7 @@ class PrepareSummary:
     skipped: list[Skipped] = field(default_factory=list)
     frames_tried: int = 0
     frames_without_face: int = 0
+    audio_sources: dict[str, int] = field(default_factory=dict)   # 'wav' / 'mp3' / 'video'
     problems: list[str] = field(default_factory=list)     # 'clip_id: status (why)'
     seconds: float = 0.0
     workers: int = 1
@@ -71,6 +91,7 @@ class PrepareSummary:
             f'prepare {self.dataset}: {self.clips} clips in {self.cache} ({self.new} new, '
             f'{self.reused} already done) in {self.seconds:.1f} s with {self.workers} worker(s)',
             f'status: {counts} (only "ok" clips are used for training)',
+            'audio from: ' + ', '.join(f'{k} {n}' for k, n in sorted(self.audio_sources.items())),
             f'frames without a face: {self.frames_without_face} of {self.frames_tried} tried',
             format_skipped(self.skipped),
         ]
@@ -107,8 +128,9 @@ def prepare(dataset: str, root: str | Path, cache: str | Path, workers: int | No
     _check_existing_index(cache, settings)
     records, skipped = index_dataset(dataset, root)
     if not records:
-        raise FileNotFoundError(f'no usable clips under {root} for {dataset}:\n'
-                                f'{format_skipped(skipped)}')
+        first = f' (first: {skipped[0].path.name}: {skipped[0].reason})' if skipped else ''
+        raise FileNotFoundError(f'no usable clips under {root} for {dataset}: '
+                                f'{format_skipped(skipped).splitlines()[0]}{first}')
     if shard is not None:
         records = [r for r in records if shard_of(r.clip_id, shard[1]) == shard[0]]
     settings_json = json.dumps(settings, sort_keys=True)
@@ -130,11 +152,17 @@ def prepare(dataset: str, root: str | Path, cache: str | Path, workers: int | No
             # initialised its thread pools), each with one torch thread.
             ctx = multiprocessing.get_context('spawn')
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                     initializer=_init_worker) as pool:
+                                     initializer=_init_worker,
+                                     initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(process_clip, r, cache, settings_json) for r in todo]
-                for fut in as_completed(futures):
-                    fut.result()
-                    bar.update()
+                try:
+                    for fut in as_completed(futures):
+                        fut.result()
+                        bar.update()
+                except BrokenProcessPool:
+                    raise ChildProcessError(
+                        'a prepare worker died (killed, or out of memory); run prepare again '
+                        'to resume, with fewer --workers if memory is short') from None
     finally:
         bar.close()
     entries = []
@@ -145,6 +173,8 @@ def prepare(dataset: str, root: str | Path, cache: str | Path, workers: int | No
                                'run prepare again')
         entries.append(entry)
         summary.status[entry['status']] = summary.status.get(entry['status'], 0) + 1
+        source = entry['audio_source']
+        summary.audio_sources[source] = summary.audio_sources.get(source, 0) + 1
         summary.frames_tried += entry['tried']
         summary.frames_without_face += entry['tried'] - entry['faces']
         if entry['status'] != 'ok':
@@ -238,11 +268,16 @@ def _cached_entry(cache: Path, record: ClipRecord, settings_json: str) -> dict |
         return None
     try:
         with np.load(path) as z:      # lazy: only the small members below are read
-            if str(z['settings']) != settings_json:
+            # Other settings, or the audio now comes from another file (say AudioWAV/ was
+            # added after a run that used the FLV's track): redo the clip.
+            if (str(z['settings']) != settings_json
+                    or str(z['audio_source']) != record.audio_source):
                 return None
             return {'clip_id': record.clip_id, 'actor': record.actor, 'label': record.label,
                     'intensity': record.intensity, 'sentence': record.sentence,
-                    'duration': float(z['duration']), 'frames': int(z['frames']),
+                    'duration': float(z['duration']),
+                    'audio_duration': float(z['audio_duration']),
+                    'audio_source': record.audio_source, 'frames': int(z['frames']),
                     'faces': int(z['crops'].shape[0]), 'tried': int(z['tried']),
                     'status': str(z['status']), 'error': str(z['error'])}
     except (OSError, ValueError, KeyError):   # damaged or foreign file: redo the clip
@@ -253,10 +288,42 @@ def _cached_entry(cache: Path, record: ClipRecord, settings_json: str) -> dict |
 _CROPPER = None
 
 
-def _init_worker() -> None:
+def _init_worker(parent_pid: int) -> None:
+    _end_with_parent(parent_pid)
     import torch
 
     torch.set_num_threads(1)
+
+
+_PR_SET_PDEATHSIG = 1     # linux/prctl.h
+
+
+def _end_with_parent(parent_pid: int) -> None:
+    """Make this worker end when `parent_pid` does, however it ends.
+
+    A SIGKILLed parent (the OOM killer, `kill -9`) runs no clean-up, and a worker blocked in a
+    C call never reads its closed pipe: left alone it would keep its GB of memory. On Linux the
+    kernel sends this process SIGKILL when its parent dies (PR_SET_PDEATHSIG; the thread that
+    started the pool outlives the pool, which is what that setting watches). Elsewhere a
+    daemon thread polls the parent id. If the parent died before either was in place, this
+    process was already re-parented: end now.
+    """
+    if sys.platform.startswith('linux'):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        armed = libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    else:
+        armed = False
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, name='parent-watch', daemon=True).start()
 
 
 def _cropper(cfg: FeatureConfig):
@@ -289,21 +356,53 @@ def select_frames(times: np.ndarray, bounds: np.ndarray, k: int) -> list[np.ndar
     return out
 
 
+def duration_tolerance(video_s: float, audio_s: float) -> float:
+    """Largest |video - audio| duration difference (s) still taken as one intact recording."""
+    return max(DURATION_TOLERANCE_S, DURATION_TOLERANCE_FRACTION * max(video_s, audio_s))
+
+
+def check_streams(audio: np.ndarray, video_s: float, audio_s: float) -> tuple[str, str]:
+    """(status, reason) of a clip from its decoded audio (float (n,)) and the video and audio
+    durations (s): ('ok', ''), ('silent', why) or ('truncated', why)."""
+    from lightmer.features import is_digital_silence
+
+    if is_digital_silence(audio):
+        return 'silent', ('the audio is digital silence (no sample reaches one 16-bit step): '
+                          'no speech to learn from')
+    gap = video_s - audio_s
+    if abs(gap) > duration_tolerance(video_s, audio_s):
+        early, late = ('video', 'audio') if gap < 0 else ('audio', 'video')
+        return 'truncated', (f'{early} ends {abs(gap):.2f} s before the {late} (video '
+                             f'{video_s:.2f} s, audio {audio_s:.2f} s; tolerance '
+                             f'{duration_tolerance(video_s, audio_s):.2f} s): a cut download? '
+                             'copy the file again')
+    return 'ok', ''
+
+
 def process_clip(record: ClipRecord, cache: Path, settings_json: str) -> str:
-    """Decode, crop and cache one clip; writes CACHE/clips/<clip_id>.npz; returns its status."""
+    """Decode, check, crop and cache one clip; writes CACHE/clips/<clip_id>.npz; returns its
+    status."""
     settings = json.loads(settings_json)
     cfg = FeatureConfig.from_dict(settings['features'])
-    arrays = {'settings': np.array(settings_json)}
+    arrays = {'settings': np.array(settings_json),
+              'audio_source': np.array(record.audio_source)}
     try:
         arrays.update(_extract(record, cfg, settings['n_segments'],
                                settings['frames_per_segment']))
     except media.MediaError as e:
-        arrays.update(crops=np.zeros((0, cfg.face_height, cfg.face_width), np.uint8),
-                      crop_times=np.zeros(0), audio=np.zeros(0, np.float32),
-                      duration=np.array(0.0), frames=np.array(0), tried=np.array(0),
-                      status=np.array('unreadable'), error=np.array(str(e)))
+        arrays.update(_without_faces(cfg, 'unreadable', str(e), 0.0, 0.0, 0))
     atomic_savez(clip_path(cache, record.clip_id), **arrays)
     return str(arrays['status'])
+
+
+def _without_faces(cfg: FeatureConfig, status: str, error: str, duration: float,
+                   audio_duration: float, frames: int) -> dict:
+    """The cache arrays of a clip that training cannot use: no crops, no audio, the reason."""
+    return {'crops': np.zeros((0, cfg.face_height, cfg.face_width), np.uint8),
+            'crop_times': np.zeros(0), 'audio': np.zeros(0, np.float32),
+            'duration': np.array(duration), 'audio_duration': np.array(audio_duration),
+            'frames': np.array(frames), 'tried': np.array(0), 'status': np.array(status),
+            'error': np.array(error)}
 
 
 def _extract(record: ClipRecord, cfg: FeatureConfig, n_segments: int, k: int) -> dict:
@@ -311,6 +410,11 @@ def _extract(record: ClipRecord, cfg: FeatureConfig, n_segments: int, k: int) ->
 
     info = media.probe_video(record.video_path)
     duration = float(info.times[-1] + 1.0 / info.fps)
+    audio, sr = media.decode_audio(record.audio_path or record.video_path)
+    audio_duration = len(audio) / sr
+    status, why = check_streams(audio, duration, audio_duration)
+    if status != 'ok':      # checked before the detector runs: a rejected clip costs no MTCNN
+        return _without_faces(cfg, status, why, duration, audio_duration, len(info.times))
     bounds = segment_bounds(duration, n_segments)
     chosen = select_frames(info.times, bounds, k)
     cropper = _cropper(cfg)
@@ -338,13 +442,13 @@ def _extract(record: ClipRecord, cfg: FeatureConfig, n_segments: int, k: int) ->
         run([i for s in empty for i in candidates[s]])
     missing = [s for s, idx in enumerate(candidates) if not any(i in faces for i in idx)]
     order = sorted(faces)
-    audio, sr = media.decode_audio(record.audio_path or record.video_path)
     return {
         'crops': (np.stack([faces[i] for i in order]) if order
                   else np.zeros((0, cfg.face_height, cfg.face_width), np.uint8)),
         'crop_times': info.times[order].astype(np.float64),
         'audio': resample(audio, sr, cfg.sample_rate),
         'duration': np.array(duration),
+        'audio_duration': np.array(audio_duration),
         'frames': np.array(len(info.times)),
         'tried': np.array(len(tried)),
         'status': np.array('no_face' if missing else 'ok'),

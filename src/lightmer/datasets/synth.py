@@ -6,7 +6,8 @@ reached on it says nothing about real-world emotion recognition.
 
 Layouts and containers:
 - CREMA-D: `VideoFlash/<actor>_<sentence>_<emotion>_<level>.flv` (FLV1 = Sorenson H.263,
-  480x360, 30 fps, as the real files) and `AudioWAV/<same>.wav` (16 kHz, 16-bit PCM, mono).
+  480x360, 30 fps, with an MP3 audio track (44.1 kHz mono), as the real files carry one) and
+  `AudioWAV/<same>.wav` (16 kHz, 16-bit PCM, mono). `write_mp3` makes the `AudioMP3/` form.
 - RAVDESS: `Actor_XX/01-01-EE-II-SS-RR-XX.mp4`, H.264 (libx264) with an AAC 48 kHz stereo track,
   29.97 fps. Frames are 640x360 instead of the real 1280x720 to keep face detection cheap.
 
@@ -70,6 +71,10 @@ _FACE_CENTRE = np.array([224.4, 117.1])
 _FACE_WIDTH = 86.7
 
 # espeak-ng voice variants (`en+<variant>`), one per actor, reused cyclically past 24 actors.
+# Audio codecs' frame sizes (samples) and the rate of the FLVs' MP3 track (a rate FLV allows).
+AAC_FRAME, MP3_FRAME = 1024, 1152
+FLV_AUDIO_RATE = 44100
+
 _VARIANTS = ('m1', 'f1', 'm2', 'f2', 'm3', 'f3', 'm4', 'f4', 'm5', 'f5', 'm6', 'm7', 'm8',
              'adam', 'anika', 'belinda', 'benjamin', 'david', 'edward', 'john', 'linda',
              'paul', 'robert', 'steph')
@@ -254,8 +259,9 @@ def _check_espeak() -> None:
     try:
         subprocess.run(['espeak-ng', '--version'], check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError) as e:
-        raise RuntimeError('espeak-ng is needed to generate speech: install it '
-                           f'(Debian: apt-get install espeak-ng) ({e})') from None
+        # FileNotFoundError: a missing program the user can install (one line on the CLI)
+        raise FileNotFoundError('espeak-ng is needed to generate speech: install it '
+                                f'(Debian: apt-get install espeak-ng) ({e})') from None
 
 
 # --- one clip --------------------------------------------------------------------------------
@@ -275,7 +281,8 @@ def write_clip(spec: ClipSpec) -> float:
     audio += rng.normal(0.0, 0.002, size=audio.shape).astype(np.float32)   # room noise
     frames = _render_frames(spec, layout, audio, sr, n_frames, rng)
     if spec.layout == 'crema-d':
-        _write_flv(spec.video_path, frames, layout.fps)
+        _write_flv(spec.video_path, frames, layout.fps, _resample(audio, sr, FLV_AUDIO_RATE),
+                   FLV_AUDIO_RATE)
         _write_wav(spec.audio_path, _resample(audio, sr, 16000), 16000)
     else:
         a48 = _resample(audio, sr, 48000)
@@ -465,7 +472,9 @@ def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
     atomic_write(path, write)
 
 
-def _write_flv(path: Path, frames: list[np.ndarray], fps: Fraction) -> None:
+def _write_flv(path: Path, frames: list[np.ndarray], fps: Fraction,
+               audio: np.ndarray | None = None, sr: int = FLV_AUDIO_RATE) -> None:
+    """FLV1 video, plus an MP3 mono track when `audio` (float32 (n,) at `sr`) is given."""
     import av
 
     def write(tmp: Path) -> None:
@@ -474,9 +483,29 @@ def _write_flv(path: Path, frames: list[np.ndarray], fps: Fraction) -> None:
             stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
             stream.pix_fmt = 'yuv420p'
             stream.bit_rate = 1_500_000
+            astream = None
+            if audio is not None:
+                astream = container.add_stream('libmp3lame', rate=sr)
+                astream.layout = 'mono'
             _encode_video(container, stream, frames, fps)
+            if astream is not None:
+                _encode_audio(container, astream, audio[None], sr, MP3_FRAME)
 
     atomic_write(path, write)
+
+
+def write_mp3(path: str | Path, audio: np.ndarray, sr: int) -> None:
+    """An MP3 file (libmp3lame, mono) of float32 (n,) samples at `sr` Hz, as CREMA-D's
+    `AudioMP3/` folder holds."""
+    import av
+
+    def write(tmp: Path) -> None:
+        with av.open(str(tmp), 'w', format='mp3') as container:
+            stream = container.add_stream('libmp3lame', rate=sr)
+            stream.layout = 'mono'
+            _encode_audio(container, stream, np.asarray(audio, np.float32)[None], sr, MP3_FRAME)
+
+    atomic_write(Path(path), write)
 
 
 def _write_mp4(path: Path, frames: list[np.ndarray], fps: Fraction, audio: np.ndarray,
@@ -492,20 +521,27 @@ def _write_mp4(path: Path, frames: list[np.ndarray], fps: Fraction, audio: np.nd
             astream = container.add_stream('aac', rate=sr)
             astream.layout = 'stereo'
             _encode_video(container, stream, frames, fps)
-            stereo = np.stack([audio, audio]).astype(np.float32)          # (2, n)
-            size = 1024                                                   # AAC frame size
-            for k, i in enumerate(range(0, stereo.shape[1], size)):
-                chunk = np.ascontiguousarray(stereo[:, i:i + size])
-                frame = av.AudioFrame.from_ndarray(chunk, format='fltp', layout='stereo')
-                frame.sample_rate = sr
-                frame.pts = k * size
-                frame.time_base = Fraction(1, sr)
-                for packet in astream.encode(frame):
-                    container.mux(packet)
-            for packet in astream.encode(None):
-                container.mux(packet)
+            _encode_audio(container, astream, np.stack([audio, audio]), sr, AAC_FRAME)
 
     atomic_write(path, write)
+
+
+def _encode_audio(container, stream, planar: np.ndarray, sr: int, frame_size: int) -> None:
+    """Encode float (channels, n) samples in codec frames of `frame_size` and mux them."""
+    import av
+
+    planar = planar.astype(np.float32)
+    layout = 'mono' if planar.shape[0] == 1 else 'stereo'
+    for i in range(0, planar.shape[1], frame_size):
+        chunk = np.ascontiguousarray(planar[:, i:i + frame_size])
+        frame = av.AudioFrame.from_ndarray(chunk, format='fltp', layout=layout)
+        frame.sample_rate = sr
+        frame.pts = i
+        frame.time_base = Fraction(1, sr)
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode(None):
+        container.mux(packet)
 
 
 def _encode_video(container, stream, frames: list[np.ndarray], fps: Fraction) -> None:

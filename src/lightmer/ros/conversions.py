@@ -50,6 +50,10 @@ class ConversionError(ValueError):
     """A message that cannot be converted; the text says what to change at the source."""
 
 
+# Largest compressed image decoded by default: 8K UHD (7680 x 4320), 100 MB as RGB.
+DEFAULT_MAX_PIXELS = 7680 * 4320
+
+
 # --- time ------------------------------------------------------------------------------------
 def stamp_to_seconds(sec: int, nanosec: int) -> float:
     """A stamp's two fields -> seconds (float64). The one place this sum is written, so that
@@ -145,14 +149,29 @@ def check_compressed(msg: CompressedImage) -> None:
                               'PNG data; publish jpeg or png (image_transport compressed)')
 
 
-def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg, png: anything PIL reads) -> uint8 (H, W, 3) RGB."""
+def compressed_to_rgb(msg: CompressedImage, *,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg, png: anything PIL reads) -> uint8 (H, W, 3) RGB.
+
+    The width and height the file's header declares are checked against `max_pixels` before
+    anything is decoded (a few bytes can claim 60000x60000 and ask for gigabytes).
+    """
     from PIL import Image as PILImage
     from PIL import UnidentifiedImageError
 
     try:
         with PILImage.open(io.BytesIO(bytes(msg.data))) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ConversionError(
+                    f'compressed image (format {msg.format!r}) declares {width}x{height} '
+                    f'pixels, more than max_image_pixels ({max_pixels}); refused before '
+                    'decoding')
             return np.asarray(img.convert('RGB'), dtype=np.uint8).copy()
+    except PILImage.DecompressionBombError as exc:     # PIL's own bound, checked on open
+        raise ConversionError(f'compressed image (format {msg.format!r}) declares more pixels '
+                              f'than max_image_pixels ({max_pixels}): {exc}; refused before '
+                              'decoding') from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise ConversionError(f'cannot decode compressed image (format {msg.format!r}): {exc}; '
                               'publish jpeg or png') from exc
