@@ -110,7 +110,7 @@ fi
 "$venv/bin/python" - <<'PY'
 import importlib
 for name in ("rclpy", "torch", "torchvision", "facenet_pytorch", "librosa", "rosbags", "av",
-             "vision_msgs.msg", "audio_common_msgs.msg", "lightmer"):
+             "onnx", "onnxruntime", "vision_msgs.msg", "audio_common_msgs.msg", "lightmer"):
     importlib.import_module(name)
 PY
 say "ready: $venv (activate with 'source .venv/bin/activate')"

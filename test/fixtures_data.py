@@ -40,3 +40,27 @@ def tiny_cache(tiny_corpus, tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp('tiny_cache')
     prepare('crema-d', tiny_corpus, cache, workers=2, progress=False)
     return cache
+
+
+@pytest.fixture(scope='session')
+def onnx_export(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint .pt, its ONNX export .onnx): an untrained crema-d model whose BatchNorm
+    statistics are not the identity (so that eval-mode BN is really exercised)."""
+    import torch
+
+    from lightmer.checkpoint import meta_for_preset, save_checkpoint
+    from lightmer.export import export_checkpoint
+    from lightmer.model import LightmerNet
+
+    directory = tmp_path_factory.mktemp('onnx_export')
+    meta = meta_for_preset('crema-d', dataset='test (untrained)')
+    torch.manual_seed(0)
+    model = LightmerNet(meta.model)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    checkpoint = directory / 'model.pt'
+    save_checkpoint(checkpoint, model, meta)
+    export_checkpoint(checkpoint, 'onnx')
+    return checkpoint, directory / 'model.onnx'

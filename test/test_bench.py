@@ -1,6 +1,8 @@
 """`lightmer bench` runs and reports every stage (timings themselves are not asserted)."""
 import json
 
+import pytest
+
 from lightmer.cli import main
 
 STAGES = ('mtcnn_detect_640x480', 'face_crop', 'log_mel', 'visual_net', 'audio_net',
@@ -19,6 +21,13 @@ def test_bench_json_has_every_key(tmp_path, capsys):
     assert result['machine']['torch_threads'] == 1
     assert result['machine']['cores'] >= 1 and result['machine']['cpu_model']
     assert 'latency_ms' not in result          # --no-nodes: no live-node figures
+    stages = result['backends']['cpu_ms']      # one segment on each runtime, side by side
+    assert set(stages) == {'torch', 'onnxruntime'}
+    assert set(stages['torch']) == set(stages['onnxruntime']) == set(
+        result['backends']['torch_over_onnxruntime'])
+    assert {'mtcnn_detect_640x480', 'mtcnn_detect_1280x720', 'segment_total_640x480',
+            'segment_total_1280x720', 'segment_networks'} <= set(stages['onnxruntime'])
+    assert all(v > 0 for s in stages.values() for v in s.values())
     assert json.loads((tmp_path / 'bench.json').read_text()) == result
 
 
@@ -35,6 +44,16 @@ def test_bench_with_live_nodes_reports_every_field(tmp_path, capsys):
     assert result['latency_ms']['p95'] >= result['latency_ms']['p50']
     assert set(result['rss_mb']) == {'face_crop', 'audio_feature', 'fusion'}
     assert all(mb > 0 for mb in result['rss_mb'].values())
+    # the same live figures with the nodes on the ONNX export
+    ort = result['onnxruntime_nodes']
+    assert ort['model'].endswith('.onnx') and ort['latency_ms']['n'] >= 1
+    assert set(ort['rss_mb']) == set(ort['start_to_ready_s']) == set(result['rss_mb'])
+    assert ort['rss_total_mb'] == pytest.approx(sum(ort['rss_mb'].values()), abs=0.2)
     assert 10 < result['model_mb'] < 12            # 2.7 M float32 parameters + metadata
     assert result['max_camera_fps'] >= 0
     assert (tmp_path / 'latency_histogram.png').stat().st_size > 0
+
+
+def test_bench_wants_the_checkpoint_not_its_export(tmp_path, capsys):
+    assert main(['bench', '--no-nodes', '--checkpoint', str(tmp_path / 'model.onnx')]) == 2
+    assert 'give its .pt checkpoint' in capsys.readouterr().err

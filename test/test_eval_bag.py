@@ -192,6 +192,42 @@ def test_score_definitions():
     assert s['confusion_windows'] == [[1, 2], [0, 1]]
 
 
+@pytest.fixture(scope='module')
+def onnx_model(checkpoint, tmp_path_factory) -> Path:
+    from lightmer.export import export_checkpoint
+
+    return export_checkpoint(checkpoint, 'onnx', tmp_path_factory.mktemp('onnx'))[0]
+
+
+def _same_windows(a: list[dict], b: list[dict]) -> None:
+    """Window for window: the same segments and stamps, probabilities within 1e-4."""
+    assert [w['k_last'] for w in a] == [w['k_last'] for w in b] and a
+    for wa, wb in zip(a, b, strict=True):
+        assert wa['stamp_s'] == pytest.approx(wb['stamp_s'], abs=1e-6)
+        np.testing.assert_allclose(wa['probs'], wb['probs'], rtol=0, atol=1e-4)
+
+
+def test_onnx_export_gives_the_same_windows_offline(corpus_bags, onnx_model, offline,
+                                                    tmp_path):
+    bag = corpus_bags['mcap']
+    result = evaluate_bag(EvalConfig(bag=bag, labels=bags.default_labels_path(bag),
+                                     checkpoint=onnx_model, out=tmp_path))
+    torch_result, torch_out = offline['mcap']
+    _same_windows(_windows(tmp_path), _windows(torch_out))
+    assert result['segments_dropped'] == torch_result['segments_dropped']
+    assert result['window_accuracy'] == torch_result['window_accuracy']
+
+
+def test_onnx_export_through_the_live_nodes(corpus_bags, onnx_model, offline, tmp_path):
+    """The three node processes on the ONNX export (onnxruntime, no torch) publish the windows
+    the checkpoint gives offline on torch."""
+    bag = corpus_bags['mcap']
+    live = evaluate_bag(EvalConfig(bag=bag, labels=bags.default_labels_path(bag),
+                                   checkpoint=onnx_model, live=True, out=tmp_path, rate=1.0))
+    assert live['kept_up'] is True and live['segments_dropped']['frames_lost'] == 0
+    _same_windows(_windows(tmp_path), _windows(offline['mcap'][1]))
+
+
 def _readme_commands(prefix: str, bag: str = 'eval.bag') -> list[str]:
     """The README's command lines starting with `prefix` that name the bag `bag`."""
     readme = Path(__file__).resolve().parents[1] / 'README.md'

@@ -45,13 +45,28 @@ def test_torchscript_export_matches_pytorch(tmp_path, capsys):
         torch.testing.assert_close(fusion(cached[0, :5]), fuse(cached[0, :5]), rtol=0, atol=0)
 
 
-def test_onnx_and_bad_checkpoint_give_clear_errors(tmp_path, capsys):
-    meta = meta_for_preset('crema-d')
-    ckpt = tmp_path / 'c.pt'
+def test_onnx_export_from_the_command_line(tmp_path, capsys):
+    meta = meta_for_preset('ravdess')
+    ckpt = tmp_path / 'rav.pt'
     save_checkpoint(ckpt, LightmerNet(meta.model), meta)
-    assert main(['export', '--checkpoint', str(ckpt), '--format', 'onnx']) == 2
-    assert 'torchscript' in capsys.readouterr().err
+    out = tmp_path / 'robot'
+    assert main(['export', '--checkpoint', str(ckpt), '--format', 'onnx', '--out',
+                 str(out)]) == 0
+    paths = capsys.readouterr().out.split()
+    assert [p.split('/')[-1] for p in paths] == [
+        'rav.onnx', 'rav.fusion.onnx', 'rav.mtcnn_pnet.onnx', 'rav.mtcnn_rnet.onnx',
+        'rav.mtcnn_onet.onnx', 'rav.mtcnn_integral.onnx', 'rav.onnx.json']
+    info = json.loads((out / 'rav.onnx.json').read_text())
+    assert info['format'] == 'lightmer-onnx' and info['meta']['n_segments'] == 12
+    assert info['meta']['labels'] == list(meta.labels) and info['meta']['preset'] == 'ravdess'
+    assert info['meta']['features'] == meta.features.to_dict()
+
+
+def test_bad_checkpoint_gives_a_clear_error(tmp_path, capsys):
     assert main(['export', '--checkpoint', str(tmp_path / 'missing.pt')]) == 2
+    assert 'no checkpoint' in capsys.readouterr().err
+    assert main(['export', '--checkpoint', str(tmp_path / 'missing.pt'), '--format',
+                 'onnx']) == 2
     assert 'no checkpoint' in capsys.readouterr().err
 
 

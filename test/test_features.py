@@ -212,3 +212,63 @@ def test_resample_and_mono():
     assert abs(np.argmax(spectrum) - 440) <= 1                     # 1 Hz bins over 1 s
     np.testing.assert_allclose(to_mono(np.array([-32768, 0, 16384], np.int16)),
                                [-1.0, 0.0, 0.5])
+
+
+def _head_in_720p(x0: int, y0: int, side: int) -> np.ndarray:
+    """uint8 (720, 1280, 3): the astronaut's head (face ~side / 3.5 px wide) on a real photo."""
+    from PIL import Image
+
+    frame = np.asarray(Image.fromarray(data.coffee()).resize((1280, 720))).copy()
+    head = np.asarray(Image.fromarray(data.astronaut()[:300, 110:410]).resize((side, side)))
+    frame[y0:y0 + side, x0:x0 + side] = head
+    return frame
+
+
+# How far detection on the downscaled copy may move the box and the crop from full-resolution
+# detection (docs/RUNTIME.md): as far as MTCNN itself moves them when the camera moves by one
+# pixel, measured at 720p: box corners <= 10.2 % of the face width, crops <= 23.4 grey levels
+# apart on average (scripts/measure_detect_side.py), rounded up.
+COPY_BOX_TOLERANCE = 0.12          # of the face width
+COPY_CROP_TOLERANCE = 25.0         # mean absolute grey-level difference of the 98x80 crops
+
+
+@pytest.mark.parametrize('x0, y0, side', [(500, 100, 420), (60, 300, 400), (900, 40, 330)])
+def test_detection_on_a_downscaled_copy_crops_as_full_resolution(x0, y0, side):
+    """720p frame, face 95-120 px: the crop from detection on the 640x360 copy equals the crop
+    from full-resolution detection within the documented tolerance."""
+    frame = _head_in_720p(x0, y0, side)
+    full = FaceCropper(FeatureConfig(detect_max_side=0))
+    small = FaceCropper(FeatureConfig(detect_max_side=640))
+    [box_full], [box_small] = full.detect([frame]), small.detect([frame])
+    assert box_full is not None and box_small is not None
+    width = box_full[2] - box_full[0]
+    assert np.abs(box_small - box_full).max() <= COPY_BOX_TOLERANCE * width
+    crop_full, crop_small = full.crop(frame, box_full), small.crop(frame, box_small)
+    diff = np.abs(crop_small.astype(float) - crop_full.astype(float)).mean()
+    assert diff <= COPY_CROP_TOLERANCE
+    # the same faces, not just similar numbers: the crops correlate strongly
+    assert np.corrcoef(crop_small.ravel(), crop_full.ravel())[0, 1] > 0.8
+
+
+def test_detection_copy_sizes_and_factors():
+    from lightmer.features import detection_copy
+
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    copy, to_frame = detection_copy(frame, 640)
+    assert copy.shape == (360, 640, 3) and copy.dtype == np.uint8
+    np.testing.assert_allclose(to_frame, [2.0, 2.0])
+    odd, to_frame = detection_copy(np.zeros((481, 333, 3), np.uint8), 320)
+    assert odd.shape == (320, 222, 3)
+    np.testing.assert_allclose(to_frame, [333 / 222, 481 / 320])
+    for side in (0, 1280, 2000):                                   # no copy: the frame itself
+        same, to_frame = detection_copy(frame, side)
+        assert same is frame and (to_frame == 1).all()
+
+
+def test_feature_files_from_before_detect_max_side_detect_on_the_full_frame():
+    old = FeatureConfig().to_dict()
+    del old['detect_max_side']
+    assert FeatureConfig.from_dict(old).detect_max_side == 0
+    assert FeatureConfig.from_dict(FeatureConfig().to_dict()) == FeatureConfig()
+    with pytest.raises(ValueError, match='detect_max_side'):
+        FeatureConfig(detect_max_side=-1)

@@ -3,6 +3,9 @@
 The result is a dict of sections merged into one JSON object:
 - model section (`bench_model`): `stage_ms` (medians over repeats, milliseconds),
   `incremental_vs_recompute_ratio` and `machine` (CPU model, cores, torch threads);
+- `backends` (`bench_backends`): one segment's stages on torch (the checkpoint) and on
+  onnxruntime (its ONNX export) side by side, CPU milliseconds of one core, with the
+  torch / onnxruntime ratios, at 640x480 and 1280x720 with the default `detect_max_side`;
 - the live-node figures of `lightmer.bench_nodes` (latency_ms, max_camera_fps, rss_mb,
   model_mb, ...), merged at the top level, unless `--no-nodes`.
 
@@ -18,6 +21,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,14 +33,16 @@ RECOMPUTE_N = (5, 12)
 FRAME_HW = (480, 640)
 
 
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of fn() in ms over `repeats` calls, after one untimed warm-up call."""
+def _median_ms(fn: Callable[[], object], repeats: int,
+               clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median time of fn() in ms on `clock` (wall by default) over `repeats` calls, after one
+    untimed warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append((time.perf_counter() - t0) * 1e3)
+        times.append((clock() - t0) * 1e3)
     return statistics.median(times)
 
 
@@ -60,6 +66,77 @@ def bench_frame() -> np.ndarray:
     x0 = (FRAME_HW[1] - photo.shape[1]) // 2
     frame[:, x0:x0 + photo.shape[1]] = photo
     return frame
+
+
+def _median_cpu_ms(fn: Callable[[], object], repeats: int) -> float:
+    """`_median_ms` in CPU time of this thread. Both runtimes compute on the calling thread when
+    given one thread, so this is the cost on one core, unaffected by other processes sharing
+    the machine (wall time is not)."""
+    return _median_ms(fn, repeats, time.thread_time)
+
+
+def bench_frame_720p() -> np.ndarray:
+    """uint8 (720, 1280, 3): the astronaut's head and shoulders, face ~120 px wide, on grey."""
+    from PIL import Image
+    from skimage import data
+
+    head = Image.fromarray(data.astronaut()[:300, 110:410]).resize((420, 420))
+    frame = np.full((720, 1280, 3), 128, dtype=np.uint8)
+    frame[150:570, 430:850] = np.asarray(head)
+    return frame
+
+
+def bench_backends(checkpoint, repeats: int) -> dict[str, Any]:
+    """One segment on each backend: CPU ms per stage (one thread each) and torch / onnxruntime.
+
+    `checkpoint`: a .pt file; it is exported to ONNX in a temporary directory.
+    """
+    from lightmer.backend import read_meta
+    from lightmer.export import export_checkpoint
+
+    frames = {'640x480': bench_frame(), '1280x720': bench_frame_720p()}
+    with tempfile.TemporaryDirectory() as tmp:
+        export = export_checkpoint(checkpoint, 'onnx', tmp)[0]
+        stages = {name: _segment_stages(path, frames, repeats)
+                  for name, path in (('torch', checkpoint), ('onnxruntime', export))}
+    detect_max_side = read_meta(checkpoint).features.detect_max_side
+    return {'cpu_ms': stages, 'detect_max_side': detect_max_side,
+            'torch_over_onnxruntime': {
+                k: round(stages['torch'][k] / max(stages['onnxruntime'][k], 1e-6), 2)
+                for k in stages['torch']},
+            'definition': 'median CPU ms of one thread (one core), after a warm-up call'}
+
+
+def _segment_stages(path, frames: dict[str, np.ndarray], repeats: int) -> dict[str, float]:
+    """CPU ms per stage of one segment with the model at `path`, on one thread."""
+    from lightmer.backend import face_cropper, load_model
+    from lightmer.features import face_to_input, log_mel_at
+
+    model = load_model(path, threads=1)
+    meta, cropper = model.meta, face_cropper(path, threads=1)
+    audio = np.random.default_rng(0).normal(0, 0.1, 4 * meta.features.sample_rate)
+    audio = audio.astype(np.float32)
+    mel = log_mel_at(audio, 2.0, meta.features)
+    cached = np.zeros((meta.n_segments - 1, len(meta.labels)))     # the window's other logits
+
+    def segment(frame: np.ndarray) -> np.ndarray:   # detect + crop + log-mel + nets + fusion
+        crop = cropper([frame])[0]
+        m = log_mel_at(audio, 2.0, meta.features)
+        return model.fuse(np.vstack([cached, model.segment_logits(crop, m)]))
+
+    ms: dict[str, float] = {}
+    for size, frame in frames.items():
+        if cropper.detect([frame])[0] is None:
+            raise RuntimeError(f'MTCNN ({path}) found no face in the {size} bench frame')
+        ms[f'mtcnn_detect_{size}'] = _median_cpu_ms(lambda f=frame: cropper.detect([f]),
+                                                    repeats)
+        ms[f'segment_total_{size}'] = _median_cpu_ms(lambda f=frame: segment(f), repeats)
+    crop = cropper([frames['640x480']])[0]
+    ms['log_mel'] = _median_cpu_ms(lambda: log_mel_at(audio, 2.0, meta.features), repeats)
+    ms['face_to_input'] = _median_cpu_ms(lambda: face_to_input(crop), repeats)
+    ms['segment_networks'] = _median_cpu_ms(lambda: model.segment_logits(crop, mel), repeats)
+    ms['fusion'] = _median_cpu_ms(lambda: model.fuse(np.vstack([cached, cached[:1]])), repeats)
+    return {k: round(v, 3) for k, v in ms.items()}
 
 
 def bench_model(repeats: int, threads: int | None = None, checkpoint=None) -> dict[str, Any]:
@@ -147,6 +224,14 @@ def _markdown(result: dict[str, Any]) -> str:
     lines += [f'| {k} | {v:.2f} |' for k, v in result['stage_ms'].items()]
     lines += ['', '| N | incremental / recompute |', '|---|---:|']
     lines += [f'| {n} | {r:.3f} |' for n, r in result['incremental_vs_recompute_ratio'].items()]
+    if 'backends' in result:
+        b = result['backends']
+        lines += ['', f"one segment per backend, CPU ms on one core (detect_max_side "
+                      f"{b['detect_max_side']})", '',
+                  '| stage | torch | onnxruntime | torch / onnxruntime |', '|---|---:|---:|---:|']
+        lines += [f"| {k} | {v:.2f} | {b['cpu_ms']['onnxruntime'][k]:.2f} | "
+                  f"{b['torch_over_onnxruntime'][k]:.2f} |"
+                  for k, v in b['cpu_ms']['torch'].items()]
     if 'latency_ms' not in result:
         lines += ['', 'live nodes: not measured']
         return '\n'.join(lines)
@@ -160,6 +245,26 @@ def _markdown(result: dict[str, Any]) -> str:
               f"| model file | {result['model_mb']:.2f} MB |"]
     lines += [f'| resident memory, {name} | {mb:.0f} MB |'
               for name, mb in result['rss_mb'].items()]
+    if 'onnxruntime_nodes' in result:
+        lines += ['', _nodes_by_backend(result, result['onnxruntime_nodes'])]
+    return '\n'.join(lines)
+
+
+def _nodes_by_backend(torch_run: dict[str, Any], ort_run: dict[str, Any]) -> str:
+    """Markdown: the live-node figures of the torch and the onnxruntime runs side by side."""
+    rows = [('end-to-end latency p50, ms', lambda r: r['latency_ms']['p50']),
+            ('end-to-end latency p95, ms', lambda r: r['latency_ms']['p95']),
+            ('resident memory, all three nodes, MB', lambda r: r['rss_total_mb'])]
+    rows += [(f'resident memory, {n}, MB', lambda r, n=n: r['rss_mb'][n])
+             for n in torch_run['rss_mb']]
+    rows += [(f'start to ready, {n}, s',
+              lambda r, n=n: r['start_to_ready_s'].get(n, float('nan')))
+             for n in torch_run['rss_mb']]
+    lines = ['| live nodes, 3 processes | torch (.pt) | onnxruntime (.onnx) | '
+             'torch / onnxruntime |', '|---|---:|---:|---:|']
+    for label, get in rows:
+        a, b = get(torch_run), get(ort_run)
+        lines.append(f'| {label} | {a:.1f} | {b:.1f} | {a / b if b else float("nan"):.2f} |')
     return '\n'.join(lines)
 
 
@@ -169,15 +274,23 @@ def run_bench(repeats: int = 20, threads: int | None = None, checkpoint=None,
     and (with the nodes) latency_histogram.png there."""
     import json
 
+    from lightmer.bench_nodes import _untrained_checkpoint
     from lightmer.io_utils import atomic_save_json
 
     result: dict[str, Any] = dict(bench_model(repeats, threads, checkpoint))
-    if nodes:
-        from lightmer.bench_nodes import bench_nodes
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = checkpoint if checkpoint is not None else _untrained_checkpoint(Path(tmp))
+        result['backends'] = bench_backends(model_path, repeats)
+        if nodes:
+            from lightmer.bench_nodes import bench_nodes
+            from lightmer.export import export_checkpoint
 
-        # The node figures (latency_ms, max_camera_fps, rss_mb, model_mb, ...) sit at the top
-        # level beside the model's, as one flat report.
-        result.update(bench_nodes(checkpoint, repeats))
+            # The torch run's figures (latency_ms, max_camera_fps, rss_mb, model_mb, ...) sit
+            # at the top level beside the model's, as one flat report; the same figures with
+            # the nodes on the ONNX export under `onnxruntime_nodes`.
+            result.update(bench_nodes(model_path, repeats))
+            export = export_checkpoint(model_path, 'onnx', Path(tmp) / 'onnx')[0]
+            result['onnxruntime_nodes'] = bench_nodes(export, repeats)
     if out_dir is not None:
         out_dir = Path(out_dir)
         atomic_save_json(out_dir / 'bench.json', result)

@@ -9,7 +9,12 @@ A driver in this process plays a camera (640x480 rgb8, the astronaut face) and a
   closes), at 30 fps;
 - the highest camera rate the face node takes in without loss: rates are stepped up and a rate
   counts as sustained when the node received at least 98 % of the frames published at it;
-- resident memory of each node process (VmRSS after the run, VmHWM peak).
+- resident memory of each node process (VmRSS after the run, VmHWM peak) and their total;
+- start-to-ready of each node process: from its start to its first /diagnostics message,
+  which a node publishes once it is built (imports done, model loaded, first inference made).
+
+`checkpoint` may be a .pt checkpoint (the nodes run torch) or an ONNX export (onnxruntime);
+`lightmer bench` runs this once for each.
 
 DDS stays on loopback: run it under scripts/loopback.sh (`make bench` does).
 """
@@ -106,6 +111,7 @@ class _Driver:
                                         coding_format='wave'))
         self.latencies_ms: list[float] = []
         self.frames_received = 0
+        self.first_diagnostics: dict[str, float] = {}      # node name -> time.monotonic()
         self.lock = threading.Lock()
         node.create_subscription(Classification, 'emotion', self._on_emotion, 10)
         node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 50)
@@ -125,6 +131,8 @@ class _Driver:
         from lightmer.ros.conversions import diagnostics_counts
 
         for name, counts in diagnostics_counts(msg).items():
+            with self.lock:
+                self.first_diagnostics.setdefault(name.strip('/'), time.monotonic())
             if name.endswith('face_crop') and 'frames' in counts:
                 with self.lock:
                     self.frames_received = int(counts['frames'])
@@ -179,6 +187,7 @@ def bench_nodes(checkpoint: Path | None, repeats: int) -> dict:
         if checkpoint is None:
             checkpoint = _untrained_checkpoint(Path(tmp))
         model_mb = Path(checkpoint).stat().st_size / 1e6
+        started = time.monotonic()
         nodes = _start_nodes(checkpoint, env)
         context = rclpy.Context()
         rclpy.init(context=context)
@@ -225,7 +234,11 @@ def bench_nodes(checkpoint: Path | None, repeats: int) -> dict:
         'max_camera_fps': max(sustained) if sustained else 0,
         'max_camera_fps_is_highest_tested': bool(sustained) and max(sustained) == CAMERA_RATES[-1],
         'rss_mb': {name: m['rss_mb'] for name, m in memory.items()},
+        'rss_total_mb': round(sum(m['rss_mb'] for m in memory.values()), 1),
         'peak_rss_mb': {name: m['peak_mb'] for name, m in memory.items()},
+        'start_to_ready_s': {name: round(driver.first_diagnostics[name] - started, 2)
+                             for name in nodes if name in driver.first_diagnostics},
+        'model': Path(checkpoint).name,
         'model_mb': round(model_mb, 2),
         'latency_run_s': latency_s,
         'camera_qos': 'reliable, depth 10',

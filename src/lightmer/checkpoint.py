@@ -20,14 +20,14 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from lightmer import __version__
-from lightmer.config import FeatureConfig
+from lightmer.config import FeatureConfig, ModelConfig
 from lightmer.io_utils import atomic_torch_save
-from lightmer.model import LightmerNet, ModelConfig
+
+if TYPE_CHECKING:
+    from lightmer.model import LightmerNet
 
 FORMAT = 'lightmer-checkpoint'
 FORMAT_VERSION = 1
@@ -114,6 +114,8 @@ def load_checkpoint(path, map_location='cpu', expected_classes: int | None = Non
     keys, a newer format, weights that do not fit the stored config, or a class count other
     than `expected_classes`.
     """
+    from lightmer.model import LightmerNet
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'no checkpoint at {path}; train one with `lightmer train` or '
@@ -130,20 +132,7 @@ def load_checkpoint(path, map_location='cpu', expected_classes: int | None = Non
         raise CheckpointError(f'checkpoint {path} has format version {blob["format_version"]}; '
                               f'this lightmer reads version {FORMAT_VERSION}; use the lightmer '
                               'version that wrote it or retrain')
-    meta_d = blob['meta']
-    missing = [k for k in _META_KEYS if not isinstance(meta_d, dict) or k not in meta_d]
-    if missing:
-        raise CheckpointError(f'checkpoint {path} metadata lacks {missing}; re-run training '
-                              'to write a complete checkpoint')
-    try:
-        meta = CheckpointMeta.from_dict(meta_d)
-    except (TypeError, ValueError, KeyError) as e:
-        raise CheckpointError(f'checkpoint {path} has invalid metadata: {e}') from e
-    if expected_classes is not None and meta.model.n_classes != expected_classes:
-        raise CheckpointError(
-            f'checkpoint {path} predicts {meta.model.n_classes} classes {list(meta.labels)} '
-            f'(preset {meta.preset}) but {expected_classes} are expected; use a checkpoint '
-            'trained for this label set')
+    meta = meta_from_dict(blob['meta'], path, expected_classes)
     model = LightmerNet(meta.model)
     try:
         model.load_state_dict(blob['state_dict'], strict=True)
@@ -156,6 +145,29 @@ def load_checkpoint(path, map_location='cpu', expected_classes: int | None = Non
     return model, meta
 
 
+def meta_from_dict(meta_d: Any, path, expected_classes: int | None = None) -> CheckpointMeta:
+    """Validate the metadata dict of the model file at `path` (a checkpoint or an ONNX export:
+    both carry the same dict) and build its `CheckpointMeta`.
+
+    Raises CheckpointError (with what to do) for missing keys, invalid values, or a class
+    count other than `expected_classes`.
+    """
+    missing = [k for k in _META_KEYS if not isinstance(meta_d, dict) or k not in meta_d]
+    if missing:
+        raise CheckpointError(f'{path} metadata lacks {missing}; re-run training '
+                              'to write a complete checkpoint')
+    try:
+        meta = CheckpointMeta.from_dict(meta_d)
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f'{path} has invalid metadata: {e}') from e
+    if expected_classes is not None and meta.model.n_classes != expected_classes:
+        raise CheckpointError(
+            f'{path} predicts {meta.model.n_classes} classes {list(meta.labels)} '
+            f'(preset {meta.preset}) but {expected_classes} are expected; use a model '
+            'trained for this label set')
+    return meta
+
+
 def _read(path: Path, map_location) -> Any:
     """torch.load with weights_only (never anything looser), its failures told apart.
 
@@ -164,6 +176,8 @@ def _read(path: Path, map_location) -> Any:
     is refused as such. torch's message is not passed on, since it suggests loosening the
     check, which would run whatever the file holds.
     """
+    import torch
+
     if not zipfile.is_zipfile(path):     # torch.save writes a zip archive
         with open(path, 'rb') as f:
             if f.read(2) == b'PK':           # a zip's first bytes but no directory at its end
@@ -188,6 +202,8 @@ def _read(path: Path, map_location) -> Any:
 
 def _check_finite(path: Path, model: LightmerNet) -> None:
     """Refuse NaN or infinite weights: such a model outputs NaN probabilities for any input."""
+    import torch
+
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(

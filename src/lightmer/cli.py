@@ -103,7 +103,8 @@ def _run_summary(args) -> int:
 def _add_export(sub) -> None:
     p = sub.add_parser('export', help='export the per-segment and fusion parts for small robots')
     p.add_argument('--checkpoint', type=Path, required=True)
-    p.add_argument('--format', choices=('torchscript', 'onnx'), default='torchscript')
+    p.add_argument('--format', choices=('torchscript', 'onnx'), default='torchscript',
+                   help='onnx: what the nodes run without torch (docs/RUNTIME.md)')
     p.add_argument('--out', type=Path, default=None,
                    help='output directory (default: next to the checkpoint)')
 
@@ -125,14 +126,21 @@ def _add_bench(sub) -> None:
     p.add_argument('--threads', type=_positive_int, default=None,
                    help='torch threads (default: torch default, stated in the output)')
     p.add_argument('--checkpoint', type=Path, default=None,
-                   help='model for the live-node figures (default: an untrained model)')
+                   help='a .pt checkpoint for the figures (default: an untrained model); '
+                        'bench exports it to ONNX itself for the onnxruntime figures')
     p.add_argument('--no-nodes', action='store_true', help='skip the live-node measurements')
     p.add_argument('--out', type=Path, default=None, help='directory for bench.json and PNGs')
 
 
 def _run_bench(args) -> int:
+    from lightmer.backend import backend_of
     from lightmer.bench import run_bench
 
+    if args.checkpoint is not None and backend_of(args.checkpoint) != 'torch':
+        print(f'lightmer bench: --checkpoint {args.checkpoint} is an ONNX export; give its .pt '
+              'checkpoint: bench runs it on torch and exports it for onnxruntime itself',
+              file=sys.stderr)
+        return 2
     return run_bench(repeats=args.repeats, threads=args.threads, checkpoint=args.checkpoint,
                      nodes=not args.no_nodes, out_dir=args.out, as_json=args.json)
 
@@ -303,7 +311,8 @@ def _add_eval_bag(sub) -> None:
     p = sub.add_parser('eval-bag', help='score a bag against a labels CSV')
     p.add_argument('--bag', type=Path, required=True)
     p.add_argument('--labels', type=Path, required=True, help='CSV: start,end,label,clip_id')
-    p.add_argument('--checkpoint', type=Path, required=True)
+    p.add_argument('--checkpoint', type=Path, required=True,
+                   help='a checkpoint (.pt, torch) or its ONNX export (.onnx, onnxruntime)')
     p.add_argument('--live', action='store_true', help='through the three nodes over DDS')
     p.add_argument('--out', type=Path, default=None, help='directory for JSON and PNGs')
     p.add_argument('--json', action='store_true')
@@ -348,7 +357,8 @@ def _add_bringup(sub) -> None:
     p = sub.add_parser('bringup', help='run the three nodes in one process (launch without '
                        'launch_ros)')
     p.add_argument('--params-file', type=Path, default=None, help='ROS parameter YAML')
-    p.add_argument('--model', type=Path, default=None, help='checkpoint path')
+    p.add_argument('--model', type=Path, default=None,
+                   help='checkpoint (.pt, torch) or ONNX export (.onnx, onnxruntime, no torch)')
     p.add_argument('--camera-topic', default=None)
     p.add_argument('--audio-topic', default=None)
     p.add_argument('--audio-msg', choices=('ros-drivers', 'mgonzs13'), default=None)

@@ -1,7 +1,9 @@
 """Frozen configuration shared by training, the offline evaluator and the ROS nodes.
 
-`FeatureConfig` travels inside every checkpoint, so a node computes its features exactly as the
-model was trained. `Preset` holds the per-dataset choices of the paper (section V-A).
+`FeatureConfig` and `ModelConfig` travel inside every checkpoint and export, so a node computes
+its features exactly as the model was trained. Nothing here imports torch: a node running the
+ONNX export reads them without it. `Preset` holds the per-dataset choices of the paper
+(section V-A).
 """
 from __future__ import annotations
 
@@ -47,6 +49,10 @@ class FeatureConfig:
     mel_norm: str = 'window'
     mel_db_mean: float = 0.0      # dB, mean of every mel value of the training windows
     mel_db_std: float = 1.0       # dB, their standard deviation
+    # MTCNN runs on an area-downscaled copy whose longer side is at most this many pixels (0:
+    # on the frame itself); boxes are mapped back and the crop is cut from the full frame.
+    # The crop is 98 x 80: detection needs no more resolution than a face that size has.
+    detect_max_side: int = 640
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0 or self.window_s <= 0:
@@ -66,6 +72,9 @@ class FeatureConfig:
             raise ValueError(f'mel_db_mean must be a finite number of dB, got {self.mel_db_mean}')
         if not (math.isfinite(self.mel_db_std) and self.mel_db_std > 0):
             raise ValueError(f'mel_db_std must be a positive number of dB, got {self.mel_db_std}')
+        if self.detect_max_side < 0:
+            raise ValueError(f'detect_max_side must be >= 0 (0 = detect on the full frame), '
+                             f'got {self.detect_max_side}')
 
     @property
     def window_samples(self) -> int:
@@ -82,7 +91,61 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
+        kw = _strict_kwargs(cls, d)
+        # Checkpoints and caches written before detect_max_side existed detected on the full
+        # frame: read them as they were made, not with today's default.
+        kw.setdefault('detect_max_side', 0)
+        return cls(**kw)
+
+
+# Filters of the three conv blocks of the Visual Net and the Audio Net (paper Table 1).
+VISUAL_CHANNELS = (16, 32, 64)
+AUDIO_CHANNELS = (4, 8, 12)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the network; `n_classes` is the only one that changes between presets."""
+
+    n_classes: int
+    dropout: float = 0.2               # before the FC (Table 1, Table 2)
+    visual_dim: int = 512              # VN embedding length
+    audio_dim: int = 128               # AN embedding length
+    face_shape: tuple[int, int] = (98, 80)   # crop height, width (FeatureConfig.face_*)
+    mel_shape: tuple[int, int] = (128, 43)   # n_mels, frames (FeatureConfig.n_mels/mel_frames)
+
+    def __post_init__(self) -> None:
+        if self.n_classes < 2:
+            raise ValueError(f'n_classes must be >= 2, got {self.n_classes}')
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f'dropout must be in [0, 1), got {self.dropout}')
+        # Tuples may arrive as lists from JSON; keep the frozen dataclass hashable.
+        object.__setattr__(self, 'face_shape', tuple(int(x) for x in self.face_shape))
+        object.__setattr__(self, 'mel_shape', tuple(int(x) for x in self.mel_shape))
+        for name, shape, chans in (('face_shape', self.face_shape, VISUAL_CHANNELS),
+                                   ('mel_shape', self.mel_shape, AUDIO_CHANNELS)):
+            h, w = conv_stack_out(shape, len(chans))
+            if h < 1 or w < 1:
+                raise ValueError(f'{name} {shape} is too small for {len(chans)} conv+pool '
+                                 'blocks (needs at least 22 x 22)')
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d['face_shape'] = list(self.face_shape)
+        d['mel_shape'] = list(self.mel_shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         return cls(**_strict_kwargs(cls, d))
+
+
+def conv_stack_out(shape: tuple[int, int], n_blocks: int) -> tuple[int, int]:
+    """Spatial size after n blocks of [3x3 conv, stride 1, no padding; 2x2 max pool, floor]."""
+    h, w = shape
+    for _ in range(n_blocks):
+        h, w = (h - 2) // 2, (w - 2) // 2
+    return h, w
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ class EvalConfig:
     nearest_max: int | None = None
     min_face_size: int | None = None     # MTCNN minimum face size in pixels
     gap_tolerance_s: float | None = None
-    threads: int = 1                     # torch threads (offline, and per node live)
+    threads: int = 1                     # runtime threads (offline, and per node live)
     # Live only.
     rate: float = 1.0                    # playback speed, x real time
     emotion_topic: str = 'emotion'
@@ -211,23 +211,20 @@ class OfflinePipeline:
     message completed, as streaming.WindowResult.
     """
 
-    def __init__(self, model, meta, settings: NodeSettings, cropper=None):
-        from lightmer.features import FaceCropper
-        from lightmer.streaming import (
-            AudioSegmenter,
-            FrameSelector,
-            SegmentFuser,
-            model_functions,
-        )
+    def __init__(self, model_path, settings: NodeSettings, threads: int = 1):
+        from lightmer.backend import face_cropper, load_model
+        from lightmer.streaming import AudioSegmenter, FrameSelector, SegmentFuser
 
+        # The checkpoint on torch or the ONNX export on onnxruntime, as the nodes run it.
+        model = load_model(model_path, threads)
+        meta = model.meta
         segment_s, n = meta.segment_s, meta.n_segments
         self.selector = FrameSelector(segment_s, settings.anchor)
         self.segmenter = AudioSegmenter(meta.features, segment_s, settings.anchor,
                                         settings.gap_tolerance_s)
-        self.cropper = cropper or FaceCropper(meta.features,
-                                              min_face_size=settings.min_face_size)
-        seg_logits, fuse = model_functions(model)
-        self.fuser = SegmentFuser(seg_logits, fuse, n, segment_s, settings.anchor,
+        self.cropper = face_cropper(model_path, settings.min_face_size, threads)
+        self.fuser = SegmentFuser(model.segment_logits, model.fuse, n, segment_s,
+                                  settings.anchor,
                                   min_segments=settings.min_segments or n,
                                   policy=settings.policy, wait_s=settings.wait_s,
                                   nearest_max=settings.nearest_max)
@@ -256,10 +253,10 @@ class OfflinePipeline:
                 'reset': f.resets + a.resets + self.selector.resets, 'rejected': 0}
 
 
-def run_offline(cfg: EvalConfig, model, meta, settings: NodeSettings,
+def run_offline(cfg: EvalConfig, meta, settings: NodeSettings,
                 topics: bags.BagTopics) -> RunResult:
     half = meta.features.window_s / 2
-    pipe = OfflinePipeline(model, meta, settings)
+    pipe = OfflinePipeline(cfg.checkpoint, settings, cfg.threads)
     result = RunResult()
     n_msgs = 0
     for msg in _progress(bags.read_bag(cfg.bag, topics), 'eval-bag offline'):
@@ -610,24 +607,20 @@ def _progress(items, desc: str):
 def evaluate_bag(cfg: EvalConfig) -> dict:
     """Replay `cfg.bag`, score the windows against `cfg.labels`; returns the summary dict that
     is also written to `<out>/eval.json` (with windows.json, confusion.png, latency.png)."""
-    import torch
+    from lightmer.backend import read_meta
 
-    from lightmer.checkpoint import load_checkpoint
-
-    torch.set_num_threads(cfg.threads)
     settings = NodeSettings.resolve(cfg)
     topics = bags.BagTopics(cfg.image_topic, cfg.audio_topic, cfg.audio_info_topic)
     info = bags.bag_info(cfg.bag, topics)            # clear errors before any heavy loading
     topics = dataclasses.replace(topics, image=info.image_topic)   # may be its /compressed
     rows = bags.read_labels(cfg.labels, info.start_s)
-    model, meta = load_checkpoint(cfg.checkpoint)
+    meta = read_meta(cfg.checkpoint)              # a checkpoint or an ONNX export
     check_labels(rows, meta.labels, str(cfg.labels))
     t0 = time.perf_counter()
     if cfg.live:
-        del model                                  # the nodes load their own copy
         run = run_live(cfg, meta, settings, topics, info)
     else:
-        run = run_offline(cfg, model, meta, settings, topics)
+        run = run_offline(cfg, meta, settings, topics)
     elapsed = time.perf_counter() - t0
 
     stamps = np.array([w.stamp_s for w in run.windows])

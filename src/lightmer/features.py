@@ -3,7 +3,8 @@
 Training (`datasets.prepare`, `datasets.cache`) and the ROS nodes call these same functions
 with the `FeatureConfig` stored in the checkpoint, so the two cannot drift apart.
 
-Face pipeline: RGB uint8 frame -> MTCNN boxes -> the largest face whose probability is at least
+Face pipeline: RGB uint8 frame -> (its copy downscaled to `detect_max_side`) -> MTCNN boxes
+(mapped back to the frame) -> the largest face whose probability is at least
 `face_min_prob` -> box grown by `face_margin` on each side, clipped to the frame -> grayscale
 (ITU-R 601 luma, as PIL's 'L') -> resized to 98 high x 80 wide (bilinear) -> uint8 crop.
 `face_to_input` then maps uint8 to float32 with a fixed affine map.
@@ -20,6 +21,7 @@ import functools
 import numpy as np
 
 from lightmer.config import FeatureConfig
+from lightmer.mtcnn import MTCNNNets, detect_faces
 
 # Largest batch handed to MTCNN at once: bounds its memory on a small robot computer.
 _MAX_DETECT_BATCH = 16
@@ -35,37 +37,60 @@ _STD_FLOOR_DB = 1.0
 
 # --- faces -----------------------------------------------------------------------------------
 class FaceCropper:
-    """MTCNN face detection and cropping (facenet-pytorch; its weights ship in the wheel)."""
+    """MTCNN face detection and cropping, with either of two detectors whose boxes are equal:
 
-    def __init__(self, cfg: FeatureConfig, device: str = 'cpu', min_face_size: int = 40):
-        from facenet_pytorch import MTCNN  # heavy import, only where faces are needed
+    - facenet-pytorch's `MTCNN` (torch; its weights ship in its wheel), the default;
+    - given `nets`, `lightmer.mtcnn.detect_faces`, the same cascade in numpy around the same
+      networks exported to ONNX (no torch; `lightmer.backend.face_cropper` builds it).
 
+    Detection runs on the frame, or on its area-downscaled copy when the frame's longer side
+    exceeds `cfg.detect_max_side`; `min_face_size` is in pixels of the image MTCNN sees.
+    """
+
+    def __init__(self, cfg: FeatureConfig, device: str = 'cpu', min_face_size: int = 40,
+                 nets: MTCNNNets | None = None):
         self.cfg = cfg
-        # keep_all: we choose the face ourselves (largest above threshold) so that each box
-        # stays paired with its own probability; post_process off: we only use the boxes.
-        self._mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size,
-                            post_process=False, select_largest=False)
+        self.min_face_size = min_face_size
+        self._nets = nets
+        self._mtcnn = None
+        if nets is None:
+            from facenet_pytorch import MTCNN  # heavy import, only where faces are needed
+
+            # keep_all: we choose the face ourselves (largest above threshold) so that each
+            # box stays paired with its own probability; post_process off: we use the boxes.
+            self._mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size,
+                                post_process=False, select_largest=False)
 
     def detect_all(self, frames_rgb: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Every face MTCNN reports, per frame, before any threshold.
 
         Args:
-            frames_rgb: uint8 (H, W, 3) RGB frames; sizes may differ (MTCNN's batched detect
-                needs equal sizes, so frames are grouped by size and run one batch per size).
+            frames_rgb: uint8 (H, W, 3) RGB frames; sizes may differ.
         Returns:
-            per frame (boxes float64 (K, 4) x1 y1 x2 y2 pixels, probs float64 (K,)), row k of
-            both describing the same face; K = 0 when there is none.
+            per frame (boxes float64 (K, 4) x1 y1 x2 y2 pixels of the frame, probs float64
+            (K,)), row k of both describing the same face; K = 0 when there is none.
         """
-        frames = [_check_frame(f) for f in frames_rgb]
+        copies = [detection_copy(_check_frame(f), self.cfg.detect_max_side) for f in frames_rgb]
+        found = self._detect([image for image, _ in copies])
+        return [(boxes * np.tile(to_frame, 2), probs)
+                for (boxes, probs), (_, to_frame) in zip(found, copies, strict=True)]
+
+    def _detect(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`detect_all` on the images MTCNN sees (boxes in their pixels)."""
+        if self._nets is not None:
+            return [tuple(a.astype(np.float64) for a in
+                          detect_faces(image, self._nets, self.min_face_size))
+                    for image in images]
         empty = (np.zeros((0, 4)), np.zeros(0))
-        out: list[tuple[np.ndarray, np.ndarray]] = [empty] * len(frames)
+        out: list[tuple[np.ndarray, np.ndarray]] = [empty] * len(images)
+        # facenet-pytorch's batched detect needs equal sizes: one batch per size.
         by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, f in enumerate(frames):
-            by_shape.setdefault(f.shape, []).append(i)
+        for i, image in enumerate(images):
+            by_shape.setdefault(image.shape, []).append(i)
         for idx in by_shape.values():
             for s in range(0, len(idx), _MAX_DETECT_BATCH):
                 chunk = idx[s:s + _MAX_DETECT_BATCH]
-                batch = np.stack([frames[i] for i in chunk])          # (B, H, W, 3) uint8
+                batch = np.stack([images[i] for i in chunk])          # (B, H, W, 3) uint8
                 boxes, probs = self._mtcnn.detect(batch)
                 for i, b, p in zip(chunk, boxes, probs, strict=True):
                     if b is not None:
@@ -98,6 +123,25 @@ class FaceCropper:
             except ValueError:   # a box entirely outside the frame: treat as no face
                 crops.append(None)
         return crops
+
+
+def detection_copy(frame_rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The image MTCNN runs on: uint8 (h, w, 3), the frame itself when its longer side is at
+    most `max_side` (or max_side is 0), else its area-downscaled copy with that longer side
+    (PIL's box filter: each copy pixel the mean of the frame area it covers); and the float64
+    (2,) factors (x, y) that map the copy's pixels back to the frame's. Both detectors and
+    `prepare` get the same copy.
+    """
+    from PIL import Image
+
+    h, w = frame_rgb.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return frame_rgb, np.ones(2)
+    scale = max_side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    copy = Image.fromarray(np.ascontiguousarray(frame_rgb)).resize(
+        (size[1], size[0]), Image.Resampling.BOX)
+    return np.asarray(copy, dtype=np.uint8), np.array([w / size[1], h / size[0]])
 
 
 def _check_frame(frame: np.ndarray) -> np.ndarray:

@@ -16,66 +16,13 @@ the parameter count is 2,715,218 for C = 6 and 2,716,500 for C = 8, as in the pa
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-VISUAL_CHANNELS = (16, 32, 64)
-AUDIO_CHANNELS = (4, 8, 12)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Sizes of the network; `n_classes` is the only one that changes between presets."""
-
-    n_classes: int
-    dropout: float = 0.2               # before the FC (Table 1, Table 2)
-    visual_dim: int = 512              # VN embedding length
-    audio_dim: int = 128               # AN embedding length
-    face_shape: tuple[int, int] = (98, 80)   # crop height, width (FeatureConfig.face_*)
-    mel_shape: tuple[int, int] = (128, 43)   # n_mels, frames (FeatureConfig.n_mels/mel_frames)
-
-    def __post_init__(self) -> None:
-        if self.n_classes < 2:
-            raise ValueError(f'n_classes must be >= 2, got {self.n_classes}')
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f'dropout must be in [0, 1), got {self.dropout}')
-        # Tuples may arrive as lists from JSON; keep the frozen dataclass hashable.
-        object.__setattr__(self, 'face_shape', tuple(int(x) for x in self.face_shape))
-        object.__setattr__(self, 'mel_shape', tuple(int(x) for x in self.mel_shape))
-        for name, shape, chans in (('face_shape', self.face_shape, VISUAL_CHANNELS),
-                                   ('mel_shape', self.mel_shape, AUDIO_CHANNELS)):
-            h, w = _conv_stack_out(shape, len(chans))
-            if h < 1 or w < 1:
-                raise ValueError(f'{name} {shape} is too small for {len(chans)} conv+pool '
-                                 'blocks (needs at least 22 x 22)')
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d['face_shape'] = list(self.face_shape)
-        d['mel_shape'] = list(self.mel_shape)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f'ModelConfig: unknown keys {unknown}; known keys are '
-                             f'{sorted(names)}')
-        return cls(**d)
-
-
-def _conv_stack_out(shape: tuple[int, int], n_blocks: int) -> tuple[int, int]:
-    """Spatial size after n blocks of [3x3 conv, stride 1, no padding; 2x2 max pool, floor]."""
-    h, w = shape
-    for _ in range(n_blocks):
-        h, w = (h - 2) // 2, (w - 2) // 2
-    return h, w
+# ModelConfig lives in config.py so that metadata is readable without torch; it is imported
+# from here as well, beside the network it sizes.
+from lightmer.config import AUDIO_CHANNELS, VISUAL_CHANNELS, ModelConfig, conv_stack_out
 
 
 class ConvEmbedding(nn.Module):
@@ -93,7 +40,7 @@ class ConvEmbedding(nn.Module):
                        nn.BatchNorm2d(c_out), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             c_in = c_out
         self.features = nn.Sequential(*layers)
-        h, w = _conv_stack_out(in_shape, len(channels))
+        h, w = conv_stack_out(in_shape, len(channels))
         self.in_shape = tuple(in_shape)
         self.linear = nn.Linear(c_in * h * w, out_dim)
 

@@ -12,7 +12,6 @@ Image on `log_mel` stamped with the reference time. Windows the audio does not c
 """
 from __future__ import annotations
 
-import torch
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -39,7 +38,8 @@ class AudioFeatureNode(Node):
     def __init__(self, **kwargs):
         super().__init__('audio_feature', **kwargs)
         self.params = declare_and_read(self, AudioFeatureParams)
-        torch.set_num_threads(self.params.torch_threads)
+        # Only the metadata: librosa does the rest, so with an ONNX export nothing here
+        # imports torch or onnxruntime.
         _, meta, segment_s = load_for_node(self.params)
         self._segmenter = AudioSegmenter(meta.features, segment_s, self.params.reference,
                                          self.params.gap_tolerance_s)

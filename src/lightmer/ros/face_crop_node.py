@@ -8,11 +8,10 @@ A segment without a face publishes nothing and counts as `no_face`.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 
-from lightmer.features import FaceCropper
+from lightmer.backend import face_cropper
 from lightmer.streaming import FrameSelector
 
 from .common import Reporter, run_node
@@ -33,9 +32,10 @@ class FaceCropNode(Node):
     def __init__(self, **kwargs):
         super().__init__('face_crop', **kwargs)
         self.params = declare_and_read(self, FaceCropParams)
-        torch.set_num_threads(self.params.torch_threads)
-        _, meta, segment_s = load_for_node(self.params)
-        self._cropper = FaceCropper(meta.features, min_face_size=self.params.min_face_size)
+        path, _, segment_s = load_for_node(self.params)
+        # facenet-pytorch's MTCNN for a checkpoint, the export's MTCNN nets on onnxruntime for
+        # an ONNX export (equal boxes); no torch import in the latter.
+        self._cropper = face_cropper(path, self.params.min_face_size, self.params.torch_threads)
         self._selector = FrameSelector(segment_s, self.params.reference)
         # The first MTCNN call is slower (allocations, lazy imports): pay for it now.
         self._cropper([np.zeros((120, 160, 3), dtype=np.uint8)])

@@ -15,13 +15,13 @@ there with a message that says what to set behaves the same everywhere.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Classification, LabelInfo
 
-from lightmer.streaming import SegmentFuser, WindowResult, model_functions
+from lightmer.backend import load_model
+from lightmer.streaming import SegmentFuser, WindowResult
 
 from .common import Reporter, run_node
 from .conversions import (
@@ -41,8 +41,7 @@ class FusionNode(Node):
     def __init__(self, **kwargs):
         super().__init__('fusion', **kwargs)
         self.params = declare_and_read(self, FusionParams)
-        torch.set_num_threads(self.params.torch_threads)
-        model, meta, segment_s = load_for_node(self.params)
+        path, meta, segment_s = load_for_node(self.params)
         n = self.params.n_segments or meta.n_segments
         if self.params.min_segments > n:
             raise ValueError(f'min_segments {self.params.min_segments} exceeds the window of '
@@ -50,7 +49,9 @@ class FusionNode(Node):
         self.labels = tuple(meta.labels)
         self._face_shape = (meta.features.face_height, meta.features.face_width)
         self._mel_shape = (meta.features.n_mels, meta.features.mel_frames)
-        segment_logits, fuse = model_functions(model)
+        # torch for a checkpoint, onnxruntime for an ONNX export: the same numpy callables.
+        model = load_model(path, self.params.torch_threads)
+        segment_logits, fuse = model.segment_logits, model.fuse
         # The first forward pass is slower (allocator, kernels): pay for it now.
         segment_logits(np.zeros(self._face_shape, np.uint8), np.zeros(self._mel_shape, np.float32))
         self.fuser = SegmentFuser(

@@ -27,14 +27,17 @@ def _p(default: Any, description: str) -> Any:
 class CommonParams:
     """Parameters all three nodes read (the YAML's `/**:` block sets them for all)."""
 
-    model_path: str = _p('', 'path of the lightmer checkpoint (.pt); every node reads its '
-                         'feature and segment settings from it')
+    model_path: str = _p('', 'the lightmer model: a checkpoint (.pt, run on torch) or the '
+                         '<stem>.onnx of `lightmer export --format onnx` (run on '
+                         'onnxruntime, no torch); every node reads its feature and segment '
+                         'settings from it')
     expected_preset: str = _p('', "if set ('crema-d' or 'ravdess'), refuse a checkpoint "
                               'trained on another preset')
     segment_s: float = _p(0.0, 'segment length T in seconds; 0 = the checkpoint preset\'s')
     reference: str = _p('centre', "segment reference time: 'centre' (as trained at "
                         "inference) or 'start' (lower latency)")
-    torch_threads: int = _p(1, 'torch intra-op threads of this node (nodes share few cores)')
+    torch_threads: int = _p(1, 'intra-op threads of this node\'s runtime, torch or '
+                            'onnxruntime (nodes share few cores)')
     diagnostics_period_s: float = _p(1.0, 'period of the /diagnostics counts, wall seconds')
 
     def __post_init__(self) -> None:
@@ -54,7 +57,9 @@ class FaceCropParams(CommonParams):
     qos_reliability: str = _p('best_effort', "image subscription: 'best_effort' (sensor "
                               "data, matches any publisher) or 'reliable'")
     qos_depth: int = _p(10, 'image subscription queue depth')
-    min_face_size: int = _p(40, 'smallest face MTCNN looks for, pixels')
+    min_face_size: int = _p(40, 'smallest face MTCNN looks for, in pixels of the image it '
+                            'runs on (the frame, or its copy downscaled to the model\'s '
+                            'detect_max_side)')
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -142,20 +147,27 @@ def declare_and_read(node, cls: type[P]) -> P:
 
 
 def load_for_node(params: CommonParams):
-    """The checkpoint named by `model_path`: (model, meta, segment_s) for a node.
+    """The model named by `model_path`, a checkpoint or an ONNX export: (its path, its metadata,
+    segment_s) for a node, which then loads the part it runs from the path
+    (`lightmer.backend`). Reading the metadata of an export imports neither torch nor
+    onnxruntime.
 
     Raises ValueError with a message that says what to set.
     """
-    from lightmer.checkpoint import load_checkpoint
+    from pathlib import Path
+
+    from lightmer.backend import read_meta
 
     if not params.model_path:
-        raise ValueError('parameter model_path is empty: pass the checkpoint, e.g. '
-                         '`model:=/path/to/model.pt` to the launch file or --model to '
-                         '`lightmer bringup` (`lightmer train` writes one)')
-    model, meta = load_checkpoint(params.model_path)
+        raise ValueError('parameter model_path is empty: pass the model, e.g. '
+                         '`model:=/path/to/model.pt` (or its ONNX export, model.onnx) to the '
+                         'launch file or --model to `lightmer bringup` (`lightmer train` '
+                         'writes one, `lightmer export --format onnx` exports it)')
+    path = Path(params.model_path)
+    meta = read_meta(path)
     if params.expected_preset and meta.preset != params.expected_preset:
         raise ValueError(f'{params.model_path} was trained on preset {meta.preset!r} but the '
                          f'parameters expect {params.expected_preset!r}; use the matching '
                          f'config file or model')
     segment_s = params.segment_s or meta.segment_s
-    return model, meta, segment_s
+    return path, meta, segment_s
