@@ -14,8 +14,11 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
-        ('share/' + package_name + '/config', glob('config/*.yaml')),
-        ('share/' + package_name + '/models', glob('models/*.pt')),
+        ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')),
+        # checkpoints (and ONNX exports with their descriptions) put in models/; see its README
+        ('share/' + package_name + '/models',
+         ['models/README.md', *glob('models/*.pt'), *glob('models/*.onnx'),
+          *glob('models/*.json')]),
     ],
     install_requires=['setuptools'],
     zip_safe=True,

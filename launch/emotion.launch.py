@@ -15,10 +15,12 @@ def _nodes(context, *args, **kwargs):
     # Resolved here (not as substitutions) so that launch and bringup share `resolve`.
     values = {a.name: LaunchConfiguration(a.name).perform(context) for a in LAUNCH_ARGUMENTS}
     return [
+        # The overrides go in a file of their own, after the user's (see description.py):
+        # a dict here would land under /**, behind the file's node-specific blocks.
         Node(package=PACKAGE, executable=n.executable, name=n.name,
-             namespace=n.namespace or None,
-             parameters=[*n.params_files, n.parameters],
-             remappings=list(n.remappings), output='screen')
+             namespace=n.namespace or None, parameters=n.parameter_files(),
+             remappings=list(n.remappings), respawn=n.respawn,
+             respawn_delay=n.respawn_delay, output='screen')
         for n in resolve(values)
     ]
 

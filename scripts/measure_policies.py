@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from lightmer.bags import default_labels_path, make_bag
 from lightmer.config import FeatureConfig
 from lightmer.evaluate import EvalConfig, evaluate_bag
 from lightmer.io_utils import atomic_save_json
+from lightmer.streaming import StreamSettings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--demo', type=Path, required=True, help='a `lightmer demo` output dir')
     parser.add_argument('--occlude', type=float, default=0.3,
                         help='fraction of frames blanked in the occluded bag')
-    parser.add_argument('--min-segments', type=int, default=3)
+    parser.add_argument('--min-segments', type=int, default=StreamSettings().min_segments)
     parser.add_argument('--out', type=Path, default=None, help='default: DEMO/policies')
     args = parser.parse_args(argv)
 
@@ -48,19 +50,21 @@ def main(argv: list[str] | None = None) -> int:
     half_window_s = FeatureConfig().window_s / 2
     rows = []
     for bag_name, bag in bags.items():
-        for anchor in ('centre', 'start'):
+        for reference in ('centre', 'start'):
             for policy in ('skip', 'nearest'):
+                settings = replace(StreamSettings(), reference=reference,
+                                   missing_policy=policy, min_segments=args.min_segments)
                 r = evaluate_bag(EvalConfig(
                     bag=bag, labels=default_labels_path(bag), checkpoint=checkpoint,
-                    anchor=anchor, policy=policy, min_segments=args.min_segments,
-                    out=out / f'eval_{bag_name}_{anchor}_{policy}'))
+                    settings=settings, out=out / f'eval_{bag_name}_{reference}_{policy}'))
                 segment_s = r['segment_s']
-                look_ahead_s = half_window_s - (segment_s / 2 if anchor == 'centre' else segment_s)
+                look_ahead_s = half_window_s - (segment_s / 2 if reference == 'centre'
+                                                else segment_s)
                 rows.append({
-                    'bag': bag_name, 'anchor': anchor, 'policy': policy,
+                    'bag': bag_name, 'reference': reference, 'policy': policy,
                     'window_accuracy': r['window_accuracy'],
                     'clip_accuracy': r['clip_accuracy'], 'windows': r['windows'],
-                    'segments_dropped': r['segments_dropped'],
+                    'counts': r['counts'],
                     'look_ahead_after_segment_end_ms': round(look_ahead_s * 1000),
                     'processing_latency_ms_p50': r['latency_ms']['p50'],
                 })
@@ -70,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
           'look-ahead after segment end | processing p50 |')
     print('|---|---|---|---:|---:|---:|---:|---:|')
     for r in rows:
-        print(f"| {r['bag']} | {r['anchor']} | {r['policy']} | {r['window_accuracy']:.3f} | "
+        print(f"| {r['bag']} | {r['reference']} | {r['policy']} | {r['window_accuracy']:.3f} | "
               f"{r['clip_accuracy']:.3f} | {r['windows']} | "
               f"{r['look_ahead_after_segment_end_ms']} ms | "
               f"{r['processing_latency_ms_p50']:.0f} ms |")

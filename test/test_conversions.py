@@ -6,6 +6,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -14,6 +16,7 @@ from lightmer.ros.conversions import (
     ConversionError,
     array_to_image,
     audio_format_from_info,
+    check_sample_rate,
     classification_msg,
     compressed_to_rgb,
     expression_fields,
@@ -177,3 +180,99 @@ def test_expression_merges_calm_into_neutral():
     probs = np.array([0.2, 0.2, 0.3, 0.1, 0.05, 0.05, 0.05, 0.05])
     assert expression_fields(probs, labels) == ('neutral', pytest.approx(0.4))
     assert expression_fields(np.eye(8)[5], labels)[0] == 'scared'
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A real 4x4 PNG whose IHDR is rewritten to claim width x height (CRC fixed up), as a
+    hostile or broken camera could send: PIL reads the size from the header alone."""
+    import struct
+    import zlib
+
+    from PIL import Image as PILImage
+
+    buf = io.BytesIO()
+    PILImage.fromarray(np.zeros((4, 4, 3), np.uint8)).save(buf, format='PNG')
+    data = bytearray(buf.getvalue())
+    at = data.index(b'IHDR')
+    data[at + 4:at + 12] = struct.pack('>II', width, height)
+    data[at + 17:at + 21] = struct.pack('>I', zlib.crc32(bytes(data[at:at + 17])))
+    return bytes(data)
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    import struct
+
+    from PIL import Image as PILImage
+
+    buf = io.BytesIO()
+    PILImage.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format='JPEG')
+    data = bytearray(buf.getvalue())
+    at = data.index(b'\xff\xc0')                       # SOF0: length, precision, height, width
+    data[at + 5:at + 9] = struct.pack('>HH', height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize('make', [_png_claiming, _jpeg_claiming])
+def test_compressed_image_claiming_huge_dimensions_is_refused_before_decoding(make):
+    msg = CompressedImage(format='png', data=make(60000, 60000))
+    with pytest.raises(ConversionError, match='max_image_pixels'):
+        compressed_to_rgb(msg, max_pixels=4096 * 4096)
+    with pytest.raises(ConversionError, match='max_image_pixels'):
+        compressed_to_rgb(msg)                         # the default bound refuses it too
+    with pytest.raises(ConversionError, match='12000x9000'):
+        compressed_to_rgb(CompressedImage(format='png', data=make(12000, 9000)))
+    small = CompressedImage(format='png', data=make(64, 48))
+    with pytest.raises(ConversionError, match='max_image_pixels'):
+        compressed_to_rgb(small, max_pixels=64 * 48 - 1)
+
+
+def test_compressed_image_within_the_bound_that_fails_to_decode_is_a_conversion_error():
+    # header says 640x480, the pixel data is a 4x4 image's: truncated for PIL
+    with pytest.raises(ConversionError, match='decode'):
+        compressed_to_rgb(CompressedImage(format='png', data=_png_claiming(640, 480)),
+                          max_pixels=640 * 480)
+
+
+def test_absurd_sample_rates_are_refused():
+    for rate in (4294967295, 10_000_000, 999):
+        with pytest.raises(ConversionError, match='sample_rate'):
+            audio_format_from_info(1, rate, 'S16LE', 'wave')
+    assert audio_format_from_info(1, 384000, 'S16LE', 'wave').sample_rate == 384000
+    for rate in (-16000, 0, 2**31 - 1):
+        with pytest.raises(ConversionError, match='rate'):
+            check_sample_rate(rate)
+    assert check_sample_rate(48000) == 48000
+
+
+def _valid_compressed() -> list[bytes]:
+    from PIL import Image as PILImage
+
+    out = []
+    for fmt in ('PNG', 'JPEG'):
+        buf = io.BytesIO()
+        PILImage.fromarray(RNG.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(buf, fmt)
+        out.append(buf.getvalue())
+    return out
+
+
+VALID_COMPRESSED = _valid_compressed()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(base=st.sampled_from(VALID_COMPRESSED),
+       edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8),
+       cut=st.integers(0, 10_000), tail=st.binary(max_size=64))
+def test_any_corruption_of_a_compressed_image_decodes_or_is_a_conversion_error(base, edits,
+                                                                              cut, tail):
+    """Flipped bytes, truncation and trailing garbage on real PNG/JPEG files: the decoder
+    returns an RGB image or raises ConversionError, never anything else."""
+    data = bytearray(base)
+    for at, value in edits:
+        data[at % len(data)] = value
+    data = bytes(data[:max(1, len(data) - cut % len(data))]) + tail
+    try:
+        rgb = compressed_to_rgb(CompressedImage(format='png', data=data), max_pixels=1 << 20)
+    except ConversionError:
+        return
+    assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+    assert rgb.shape[0] * rgb.shape[1] <= 1 << 20

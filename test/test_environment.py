@@ -1,6 +1,7 @@
 """The environment scripts/setup.sh builds, and the package metadata colcon reads."""
 import ast
 import importlib
+import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -61,13 +62,28 @@ def test_package_xml_declares_every_imported_ros_package():
     assert not undeclared, f'ROS packages imported but not declared in package.xml: {undeclared}'
 
 
+def _setup_arguments() -> dict:
+    """The keyword arguments setup.py hands to setuptools.setup, read by running it."""
+    probe = ('import json, setuptools\n'
+             'setuptools.setup = lambda **kw: print(json.dumps({k: kw[k] for k in '
+             '("data_files", "entry_points")}))\n'
+             'exec(compile(open("setup.py").read(), "setup.py", "exec"))\n')
+    out = subprocess.run([sys.executable, '-c', probe], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    return json.loads(out)
+
+
 def test_setup_installs_what_colcon_expects():
-    text = (REPO / 'setup.py').read_text(encoding='utf-8')
-    for data_dir in ('launch', 'config', 'models', 'resource_index/packages'):
-        assert data_dir in text
-    for executable in ('lightmer =', 'face_crop_node =', 'audio_feature_node =',
-                       'fusion_node ='):
-        assert executable in text
+    args = _setup_arguments()
+    installed = {(Path(dest) / Path(src).name).as_posix()
+                 for dest, sources in args['data_files'] for src in sources}
+    wanted = {'share/ament_index/resource_index/packages/lightmer', 'share/lightmer/package.xml'}
+    for folder in ('launch', 'config'):       # every file a robot user is told to use
+        wanted |= {f'share/lightmer/{folder}/{p.name}' for p in (REPO / folder).iterdir()
+                   if p.is_file() and p.suffix != '.pyc'}
+    assert wanted <= installed, sorted(wanted - installed)
+    scripts = {entry.split('=')[0].strip() for entry in args['entry_points']['console_scripts']}
+    assert {'lightmer', 'face_crop_node', 'audio_feature_node', 'fusion_node'} <= scripts
     cfg = (REPO / 'setup.cfg').read_text(encoding='utf-8')
     assert 'script_dir=$base/lib/lightmer' in cfg
     assert 'install_scripts=$base/lib/lightmer' in cfg

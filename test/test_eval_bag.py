@@ -11,7 +11,9 @@ import pytest
 
 from lightmer import bags
 from lightmer.cli import main
-from lightmer.evaluate import EvalConfig, evaluate_bag, score
+from lightmer.evaluate import EvalConfig, evaluate_bag
+from lightmer.scoring import score
+from lightmer.streaming import StreamSettings
 
 ACTOR = '1001'
 
@@ -104,9 +106,15 @@ def test_offline_report(offline):
     assert result['mode'] == 'offline'
     assert result['windows'] >= 3
     assert result['windows'] == len(_windows(out))
-    assert 0 <= result['window_accuracy'] <= 1 and 0 <= result['clip_accuracy'] <= 1
+    # the accuracies are those of the windows written beside them, scored against the CSV
+    windows = _windows(out)
+    rows = bags.read_labels(result['labels_csv'])
+    rescored = score(np.array([w['stamp_s'] for w in windows]),
+                     np.array([w['probs'] for w in windows]), rows, tuple(result['labels']))
+    assert result['window_accuracy'] == rescored['window_accuracy']
+    assert result['clip_accuracy'] == rescored['clip_accuracy']
     assert result['clips'] == 6
-    assert result['segments_dropped']['no_face'] > 0      # grey gap frames have no face
+    assert result['counts']['face_crop']['no_face'] > 0   # grey gap frames have no face
     # A window completes when its last audio chunk arrives: the bag time of a chunk is its
     # last sample's, so the sim latency lies in [0, one chunk] (64 ms).
     for w in _windows(out):
@@ -125,7 +133,7 @@ def test_offline_is_deterministic_across_storages(offline):
     wa = [{k: w[k] for k in strip} for w in _windows(out_a)]
     wb = [{k: w[k] for k in strip} for w in _windows(out_b)]
     assert wa == wb
-    assert a['segments_dropped'] == b['segments_dropped']
+    assert a['counts'] == b['counts']
 
 
 def test_live_agrees_with_offline(corpus_bags, checkpoint, offline, tmp_path):
@@ -137,7 +145,7 @@ def test_live_agrees_with_offline(corpus_bags, checkpoint, offline, tmp_path):
     live = evaluate_bag(cfg)
     off, off_out = offline['mcap']
     assert live['mode'] == 'live'
-    assert live['segments_dropped']['frames_lost'] == 0
+    assert live['frames_lost'] == 0
     assert live['kept_up'] is True
     wl, wo = _windows(tmp_path), _windows(off_out)
     assert [w['k_last'] for w in wl] == [w['k_last'] for w in wo]
@@ -147,7 +155,7 @@ def test_live_agrees_with_offline(corpus_bags, checkpoint, offline, tmp_path):
         assert a['latency_sim_ms'] > 0 and a['latency_wall_ms'] > 0
     assert live['window_accuracy'] == off['window_accuracy']
     assert live['clip_accuracy'] == off['clip_accuracy']
-    assert live['segments_dropped']['no_face'] == off['segments_dropped']['no_face']
+    assert live['counts']['face_crop']['no_face'] == off['counts']['face_crop']['no_face']
     assert (tmp_path / 'confusion.png').exists() and (tmp_path / 'latency.png').exists()
 
 
@@ -158,7 +166,7 @@ def test_cli_eval_bag_json(corpus_bags, checkpoint, offline, tmp_path, capsys):
                  '--json']) == 0
     printed = json.loads(capsys.readouterr().out)
     expected = offline['sqlite3'][0]
-    for key in ('window_accuracy', 'clip_accuracy', 'windows', 'segments_dropped'):
+    for key in ('window_accuracy', 'clip_accuracy', 'windows', 'counts'):
         assert printed[key] == expected[key]
     assert set(printed['latency_ms']) >= {'p50', 'p95'}
 
@@ -214,7 +222,7 @@ def test_onnx_export_gives_the_same_windows_offline(corpus_bags, onnx_model, off
                                      checkpoint=onnx_model, out=tmp_path))
     torch_result, torch_out = offline['mcap']
     _same_windows(_windows(tmp_path), _windows(torch_out))
-    assert result['segments_dropped'] == torch_result['segments_dropped']
+    assert result['counts'] == torch_result['counts']
     assert result['window_accuracy'] == torch_result['window_accuracy']
 
 
@@ -224,7 +232,7 @@ def test_onnx_export_through_the_live_nodes(corpus_bags, onnx_model, offline, tm
     bag = corpus_bags['mcap']
     live = evaluate_bag(EvalConfig(bag=bag, labels=bags.default_labels_path(bag),
                                    checkpoint=onnx_model, live=True, out=tmp_path, rate=1.0))
-    assert live['kept_up'] is True and live['segments_dropped']['frames_lost'] == 0
+    assert live['kept_up'] is True and live['frames_lost'] == 0
     _same_windows(_windows(tmp_path), _windows(offline['mcap'][1]))
 
 
@@ -276,7 +284,7 @@ def compressed_bags(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
 def _evaluate(bag: Path, checkpoint: Path, out: Path, live: bool = False) -> list[dict]:
     # 2 of N segments: windows on these short clips whatever the nodes' default
     evaluate_bag(EvalConfig(bag=bag, labels=bags.default_labels_path(bag), checkpoint=checkpoint,
-                            out=out, live=live, min_segments=2))
+                            out=out, live=live, settings=StreamSettings(min_segments=2)))
     return _windows(out)
 
 

@@ -21,6 +21,7 @@ from lightmer.features import (
     resample,
     select_largest_confident,
     to_mono,
+    too_small_for_a_face,
 )
 
 torch.set_num_threads(1)
@@ -212,6 +213,54 @@ def test_resample_and_mono():
     assert abs(np.argmax(spectrum) - 440) <= 1                     # 1 Hz bins over 1 s
     np.testing.assert_allclose(to_mono(np.array([-32768, 0, 16384], np.int16)),
                                [-1.0, 0.0, 0.5])
+
+
+@pytest.mark.parametrize('shape', [(1, 1), (3, 5000), (5000, 3), (39, 640), (640, 39),
+                                   (20, 20)])
+def test_an_image_too_small_for_a_face_is_no_face(cropper, shape):
+    """MTCNN's image pyramid has no scale for an image narrower than min_face_size; upstream
+    then concatenates an empty list. Such an image holds no face the detector could find."""
+    frame = np.full((*shape, 3), 128, np.uint8)
+    assert cropper.detect_all([frame])[0][0].shape == (0, 4)
+    assert cropper([frame]) == [None]
+    # mixed with a real face in one call, the face is still found
+    boxes = cropper.detect([frame, data.astronaut()])
+    assert boxes[0] is None and boxes[1] is not None
+
+
+@pytest.mark.parametrize('shape', [(1, 1), (3, 5000), (5000, 3), (39, 640)])
+def test_an_image_too_small_for_a_face_is_no_face_on_the_onnx_detector(onnx_export, shape):
+    from lightmer.backend import face_cropper
+
+    onnx = face_cropper(onnx_export[1])
+    frame = np.full((*shape, 3), 128, np.uint8)
+    assert onnx([frame]) == [None]
+    assert onnx.detect([frame, data.astronaut()])[1] is not None
+
+
+def test_the_smallest_image_mtcnn_scans_is_scanned(cropper):
+    """The guard is exact: an image whose shorter side equals min_face_size goes to MTCNN."""
+    side = cropper.min_face_size
+    assert not too_small_for_a_face((side, 4 * side), side)
+    assert too_small_for_a_face((side - 1, 4 * side), side)
+    frame = np.full((side, 4 * side, 3), 128, np.uint8)
+    assert cropper([frame]) == [None]
+
+
+@pytest.mark.parametrize('amplitude', [1e30, 3e38, 1e20])
+def test_log_mel_refuses_a_window_whose_power_is_not_finite(amplitude):
+    """Finite float32 samples can still overflow the power spectrum; such a window is refused
+    (ValueError) rather than turned into NaN features."""
+    window = np.zeros(CFG.window_samples, np.float32)
+    window[::7] = amplitude
+    window[3::7] = -amplitude
+    with np.errstate(over='ignore', invalid='ignore'):
+        try:
+            mel = log_mel(window, CFG)
+        except ValueError as exc:
+            assert 'not finite' in str(exc)
+        else:
+            assert np.isfinite(mel).all()
 
 
 def _head_in_720p(x0: int, y0: int, side: int) -> np.ndarray:

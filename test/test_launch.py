@@ -20,7 +20,6 @@ from lightmer.ros.params import (
     CommonParams,
     FaceCropParams,
     FusionParams,
-    parameter_names,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +101,7 @@ def _fake_launch_modules(values: dict[str, str]) -> dict[str, types.ModuleType]:
     {},
     {'model': '/m/model.pt', 'camera_topic': '/cam/image', 'audio_topic': '/mic/audio',
      'audio_msg': 'mgonzs13', 'use_sim_time': 'true', 'namespace': 'robot1',
-     'params_file': '/cfg/ravdess.yaml'},
+     'params_file': str(ROOT / 'config' / 'ravdess.yaml')},
 ])
 def test_launch_file_starts_what_bringup_starts(values, monkeypatch):
     for name, module in _fake_launch_modules(values).items():
@@ -125,7 +124,7 @@ def test_launch_file_starts_what_bringup_starts(values, monkeypatch):
         kw = node.kwargs
         assert kw['package'] == PACKAGE
         assert (kw['executable'], kw['name']) == (inv.executable, inv.name)
-        assert kw['parameters'] == [*inv.params_files, inv.parameters]
+        assert kw['parameters'] == inv.parameter_files()
         assert kw['remappings'] == list(inv.remappings)
         assert (kw['namespace'] or '') == inv.namespace
     if values:
@@ -133,11 +132,13 @@ def test_launch_file_starts_what_bringup_starts(values, monkeypatch):
         assert ('image', '/cam/image') in face.remappings
         assert audio.parameters['audio_msg'] == 'mgonzs13'
         assert fusion.parameters == {'use_sim_time': True, 'model_path': '/m/model.pt'}
-        assert face.namespace == '/robot1' and face.params_files == ('/cfg/ravdess.yaml',)
+        assert face.namespace == '/robot1'
+        assert face.params_files == (str(ROOT / 'config' / 'ravdess.yaml'),)
         args = face.ros_args()
         assert args[:3] == ['--ros-args', '-r', '__node:=face_crop']
         assert '__ns:=/robot1' in args and 'image:=/cam/image' in args
-        assert 'use_sim_time:=true' in args
+        overrides = yaml.safe_load(Path(face.parameter_files()[-1]).read_text())
+        assert overrides['/**/face_crop']['ros__parameters']['use_sim_time'] is True
 
 
 def test_resolve_refuses_unknown_arguments_and_bad_booleans():
@@ -160,6 +161,17 @@ def test_parameter_files_only_set_declared_parameters_of_the_right_type(name):
         PARAMS_OF[node](**common, **values)           # and the values are valid together
 
 
+def test_the_default_parameter_file_repeats_only_defaults():
+    """config/lightmer.yaml shows the tunable parameters with their values: those must be the
+    defaults, or the file and params.py would be two definitions that disagree."""
+    doc = yaml.safe_load((ROOT / 'config' / 'lightmer.yaml').read_text())
+    for key, section in doc.items():
+        node = key.removeprefix('/**/')
+        defaults = dataclasses.asdict(PARAMS_OF.get(node, CommonParams)())
+        for name, value in section['ros__parameters'].items():
+            assert value == defaults[name], f'{key} {name}: {value!r} != {defaults[name]!r}'
+
+
 def _check_types(cls, values: dict) -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     for key, value in values.items():
@@ -172,14 +184,119 @@ def test_every_parameter_has_a_description():
     for cls in PARAMS_OF.values():
         for f in dataclasses.fields(cls):
             assert len(f.metadata.get('description', '')) > 10, f.name
-        assert set(parameter_names(CommonParams)) <= set(parameter_names(cls))
+        assert {f.name for f in dataclasses.fields(CommonParams)} <= {
+            f.name for f in dataclasses.fields(cls)}
 
 
 def test_bringup_without_a_model_exits_with_a_fix_it_message(capsys):
     from lightmer.ros.bringup import run_bringup
 
-    assert run_bringup(model=ROOT / 'no-such-model.pt') == 1
+    assert run_bringup({'model': str(ROOT / 'no-such-model.pt')}) == 1
     err = capsys.readouterr().err
     assert 'no checkpoint' in err and 'lightmer train' in err
     assert run_bringup() == 1
     assert 'model_path is empty' in capsys.readouterr().err
+
+
+# --- launch arguments beat the parameter file (rclpy's own override resolution) --------------
+def _declared(inv, names: dict[str, object]) -> dict[str, object]:
+    """The values a real rclpy node started with `inv.ros_args()` gets for `names`."""
+    import rclpy
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = rclpy.create_node(inv.name, context=context, cli_args=inv.ros_args(),
+                                 use_global_arguments=False)
+        try:
+            return {n: (node.get_parameter(n) if node.has_parameter(n)      # use_sim_time
+                        else node.declare_parameter(n, default)).value
+                    for n, default in names.items()}
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+
+
+# Every way a parameter file can address a node: all nodes, any namespace + name, the name,
+# the fully qualified name; each sets the launch-mapped parameters to a YAML value.
+_KEYS = ('/**', '/**/{name}', '{name}', '/{name}', '/robot1/{name}')
+
+
+@pytest.mark.parametrize('key', _KEYS)
+@pytest.mark.parametrize('namespace', ['', 'robot1'])
+def test_launch_arguments_win_over_every_key_of_the_parameter_file(tmp_path, key, namespace):
+    values = {'model': '/from/launch.pt', 'audio_msg': 'mgonzs13', 'use_sim_time': 'true',
+              'namespace': namespace}
+    for node in NODES:
+        # as in real files, an all-nodes block comes first (rclpy applies the blocks that match
+        # a node in the order their keys first appear, launch_ros's overrides included)
+        yaml_file = tmp_path / f'{node.name}.yaml'
+        yaml_file.write_text(
+            "/**:\n  ros__parameters:\n    diagnostics_period_s: 0.5\n"
+            + yaml.safe_dump({key.format(name=node.name): {'ros__parameters': {
+                'model_path': '/from/yaml.pt', 'audio_msg': 'ros-drivers',
+                'use_sim_time': False, 'torch_threads': 3}}}))
+        inv = next(i for i in resolve({**values, 'params_file': str(yaml_file)})
+                   if i.name == node.name)
+        got = _declared(inv, {'model_path': '', 'audio_msg': '', 'use_sim_time': False,
+                              'torch_threads': 1})
+        want = {param: values[arg] for param, arg in node.arg_parameters}
+        assert {k: got[k] for k in want} == want, (key, node.name)
+        assert got['use_sim_time'] is True
+        # a key naming the node with a namespace (none, or /robot1) applies in that one only
+        applies = {'{name}': not namespace, '/{name}': not namespace,
+                   '/robot1/{name}': namespace == 'robot1'}.get(key, True)
+        assert got['torch_threads'] == (3 if applies else 1), 'the rest of the file still holds'
+
+
+def test_the_shipped_parameter_file_does_not_hide_launch_arguments():
+    """config/lightmer.yaml sets audio_msg under the node's own key; `audio_msg:=mgonzs13`
+    must still reach the node (it used to read ros-drivers)."""
+    (audio,) = [i for i in resolve({'audio_msg': 'mgonzs13', 'model': '/m.pt'})
+                if i.name == 'audio_feature']
+    assert _declared(audio, {'audio_msg': '', 'model_path': ''}) == {
+        'audio_msg': 'mgonzs13', 'model_path': '/m.pt'}
+    (fusion,) = [i for i in resolve({}) if i.name == 'fusion']
+    assert _declared(fusion, {'missing_policy': ''}) == {'missing_policy': 'skip'}
+
+
+def test_the_launch_file_passes_the_override_file_after_the_parameter_file(monkeypatch):
+    for name, module in _fake_launch_modules({}).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location('emotion_launch', LAUNCH)
+    launch_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch_module)
+    actions = launch_module.generate_launch_description().args[0]
+    (opaque,) = [a for a in actions if type(a).__name__ == 'OpaqueFunction']
+    values = {a.name: a.default for a in LAUNCH_ARGUMENTS} | {'audio_msg': 'mgonzs13'}
+    for node, inv in zip(opaque.kwargs['function'](values), resolve(values), strict=True):
+        files = node.kwargs['parameters']
+        # launch_ros turns each path into --params-file, in order: the overrides come last
+        assert files == inv.parameter_files() and files[-1] != inv.params_files[-1]
+        assert all(isinstance(f, str) and Path(f).is_file() for f in files)
+
+
+# --- respawn -----------------------------------------------------------------------------------
+def test_respawn_is_on_by_default_and_reaches_every_node_action(monkeypatch):
+    assert {i.respawn for i in resolve({})} == {True}
+    assert {i.respawn_delay for i in resolve({})} == {1.0}
+    off = resolve({'respawn': 'false', 'respawn_delay': '2.5'})
+    assert {(i.respawn, i.respawn_delay) for i in off} == {(False, 2.5)}
+    with pytest.raises(ValueError, match='respawn_delay'):
+        resolve({'respawn_delay': '-1'})
+    for name, module in _fake_launch_modules({}).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location('emotion_launch', LAUNCH)
+    launch_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch_module)
+    actions = launch_module.generate_launch_description().args[0]
+    declared = {a.args[0]: a.kwargs['default_value'] for a in actions
+                if type(a).__name__ == 'DeclareLaunchArgument'}
+    assert declared['respawn'] == 'true' and float(declared['respawn_delay']) == 1.0
+    (opaque,) = [a for a in actions if type(a).__name__ == 'OpaqueFunction']
+    values = {a.name: a.default for a in LAUNCH_ARGUMENTS} | {'respawn': 'false',
+                                                              'respawn_delay': '4'}
+    for node in opaque.kwargs['function'](values):
+        # launch.actions.ExecuteProcess takes respawn (bool) and respawn_delay (float)
+        assert node.kwargs['respawn'] is False and node.kwargs['respawn_delay'] == 4.0

@@ -17,6 +17,7 @@ from std_msgs.msg import Header
 import ros_helpers as rh
 from lightmer.ros.bringup import start_bringup
 from lightmer.ros.conversions import float_to_time, time_to_float
+from lightmer.ros.rig import Rig, audio_msg, image_msg, info_msg
 
 N, MIN_SEGMENTS, SEGMENT_S = 5, 2, 0.5
 
@@ -34,21 +35,21 @@ def env(tmp_path_factory):
     rclpy.init(context=context)
     running = start_bringup({'model': str(checkpoint), 'params_file': str(params)},
                             context=context)
-    probe = rh.Probe(context, name='probe_bad_input')
-    probe.wait_matched()
-    yield {'probe': probe, 'running': running, 'checkpoint': checkpoint}
-    probe.close()
+    rig = Rig(context=context, name='rig_bad_input')
+    rig.wait_ready(30)
+    yield {'rig': rig, 'running': running, 'checkpoint': checkpoint}
+    rig.close()
     running.stop()
     rclpy.shutdown(context=context)
 
 
 def _count(snap, node: str, key: str) -> int:
-    return int(snap.diagnostics.get(node, {}).get(key, 0))
+    return snap.counts(node).get(key, 0)
 
 
-def _wait_count(probe, node, key, at_least, timeout_s=20.0):
-    return probe.wait_for(lambda s: _count(s, node, key) >= at_least and s, timeout_s,
-                          f'{node} {key} >= {at_least}')
+def _wait_count(rig, node, key, at_least, timeout_s=20.0):
+    return rig.wait_for(lambda s: _count(s, node, key) >= at_least and s, timeout_s,
+                        f'{node} {key} >= {at_least}')
 
 
 def _alive(running) -> None:
@@ -60,45 +61,40 @@ def _face_frames(t0: float, n: int, face: bool = True):
     return [(t0 + i * 0.1, clip.frames[i % len(clip.frames)]) for i in range(n)]
 
 
-def _publish_frames(probe, frames) -> None:
+def _publish_frames(rig, frames) -> None:
     for t, frame in frames:
-        probe.image_pub.publish(probe.image_msg(t, frame))
+        rig.publish('image', image_msg(t, frame, rh.FRAME_ID))
         time.sleep(0.05)
 
 
-def _stamps(msgs, lo: float, hi: float) -> list[float]:
-    return [time_to_float(m.header.stamp) for m in msgs
-            if lo <= time_to_float(m.header.stamp) <= hi]
-
-
 def test_unsupported_empty_and_truncated_images_are_refused_then_frames_work(env):
-    probe = env['probe']
-    base = _count(probe.snapshot(), '/face_crop', 'rejected')
+    rig = env['rig']
+    base = _count(rig.snapshot(), '/face_crop', 'rejected')
     frame = rh.make_clip(SEGMENT_S).frames[0]
-    yuv = probe.image_msg(2000.0, frame[:, :, :2].copy(), encoding='yuv422')
+    yuv = image_msg(2000.0, frame[:, :, :2].copy(), encoding='yuv422')
     empty = Image(header=Header(stamp=float_to_time(2000.05)), encoding='rgb8')
-    truncated = probe.image_msg(2000.1, frame)
+    truncated = image_msg(2000.1, frame)
     truncated.data = bytes(truncated.data)[:1000]
     for msg in (yuv, empty, truncated):
-        probe.image_pub.publish(msg)
-    snap = _wait_count(probe, '/face_crop', 'rejected', base + 3)
+        rig.publish('image', msg)
+    snap = _wait_count(rig, '/face_crop', 'rejected', base + 3)
     assert 'truncated' in snap.diagnostics['/face_crop']['_message']
-    _publish_frames(probe, _face_frames(2000.2, 12))
-    snap = probe.wait_for(lambda s: len(_stamps(s.crops, 2000.2, 2001.4)) >= 2 and s, 20,
+    _publish_frames(rig, _face_frames(2000.2, 12))
+    snap = rig.wait_for(lambda s: len(rh.stamps(s.crops, 2000.2, 2001.4)) >= 2 and s, 20,
                           'crops from the good frames after the bad ones')
     assert _count(snap, '/face_crop', 'rejected') == base + 3
     _alive(env['running'])
 
 
 def test_frames_without_a_face_are_counted_and_publish_nothing(env):
-    probe = env['probe']
-    before = probe.snapshot()
-    _publish_frames(probe, _face_frames(2100.0, 10, face=False))     # segments 4200, 4201
-    _publish_frames(probe, _face_frames(2101.0, 6))                  # faces again
-    snap = probe.wait_for(lambda s: len(_stamps(s.crops, 2101.0, 2101.6)) >= 1 and s, 20,
+    rig = env['rig']
+    before = rig.snapshot()
+    _publish_frames(rig, _face_frames(2100.0, 10, face=False))     # segments 4200, 4201
+    _publish_frames(rig, _face_frames(2101.0, 6))                  # faces again
+    snap = rig.wait_for(lambda s: len(rh.stamps(s.crops, 2101.0, 2101.6)) >= 1 and s, 20,
                           'a crop once faces are back')
     assert _count(snap, '/face_crop', 'no_face') >= _count(before, '/face_crop', 'no_face') + 2
-    assert _stamps(snap.crops, 2100.0, 2100.95) == []
+    assert rh.stamps(snap.crops, 2100.0, 2100.95) == []
     _alive(env['running'])
 
 
@@ -116,84 +112,84 @@ def _chunks(t0: float, seconds: float, sr: int, channels: int, dtype, seed: int 
         yield t0 + s / sr, piece
 
 
-def _publish_audio(probe, chunks, nan_at: float | None = None) -> None:
+def _publish_audio(rig, chunks, nan_at: float | None = None) -> None:
     for t, piece in chunks:
         if nan_at is not None and abs(t - nan_at) < 1e-6:
             piece = piece.copy()
             piece[3] = np.nan
-        probe.audio_pub.publish(probe.audio_msg(t, piece.tobytes()))
+        rig.publish('audio', audio_msg(t, piece.tobytes()))
         time.sleep(0.005)
 
 
 def test_mp3_stream_is_refused_naming_the_fix_then_wave_works(env):
-    probe = env['probe']
-    base = _count(probe.snapshot(), '/audio_feature', 'rejected')
-    probe.publish_info(coding='mp3')
-    snap = probe.wait_for(lambda s: 'format:=wave' in s.diagnostics.get(
+    rig = env['rig']
+    base = _count(rig.snapshot(), '/audio_feature', 'rejected')
+    rig.publish('info', info_msg(coding='mp3'))
+    snap = rig.wait_for(lambda s: 'format:=wave' in s.diagnostics.get(
         '/audio_feature', {}).get('_message', '') and s, 20, 'the mp3 refusal')
-    _publish_audio(probe, _chunks(3000.0, 0.5, 16000, 1, np.int16))
-    _wait_count(probe, '/audio_feature', 'rejected', base + 5)
-    probe.publish_info()                                          # S16LE 16 kHz mono wave
-    probe.wait_format('/audio_feature')
-    _publish_audio(probe, _chunks(3001.0, 3.0, 16000, 1, np.int16))
-    snap = probe.wait_for(lambda s: len(_stamps(s.mels, 3001.0, 3004.0)) >= 3 and s, 20,
+    _publish_audio(rig, _chunks(3000.0, 0.5, 16000, 1, np.int16))
+    _wait_count(rig, '/audio_feature', 'rejected', base + 5)
+    rig.publish('info', info_msg())                        # S16LE 16 kHz mono wave
+    rig.wait_format('1ch 16000 Hz int16')
+    _publish_audio(rig, _chunks(3001.0, 3.0, 16000, 1, np.int16))
+    snap = rig.wait_for(lambda s: len(rh.stamps(s.mels, 3001.0, 3004.0)) >= 3 and s, 20,
                           'log-mels once the stream is wave')
-    assert _stamps(snap.mels, 3000.0, 3000.99) == []
+    assert rh.stamps(snap.mels, 3000.0, 3000.99) == []
     _alive(env['running'])
 
 
 def test_nan_samples_are_dropped_and_the_stream_recovers(env):
-    probe = env['probe']
-    before = probe.snapshot()
-    probe.publish_info(sample_format='F32LE')
-    probe.wait_format('/audio_feature', dtype='float32')
-    _publish_audio(probe, _chunks(3100.0, 5.0, 16000, 1, np.float32), nan_at=3102.0)
-    snap = _wait_count(probe, '/audio_feature', 'rejected',
+    rig = env['rig']
+    before = rig.snapshot()
+    rig.publish('info', info_msg(sample_format='F32LE'))
+    rig.wait_format('1ch 16000 Hz float32')
+    _publish_audio(rig, _chunks(3100.0, 5.0, 16000, 1, np.float32), nan_at=3102.0)
+    snap = _wait_count(rig, '/audio_feature', 'rejected',
                        _count(before, '/audio_feature', 'rejected') + 1)
-    snap = probe.wait_for(lambda s: len(_stamps(s.mels, 3103.0, 3105.0)) >= 1 and s, 20,
+    snap = rig.wait_for(lambda s: len(rh.stamps(s.mels, 3103.0, 3105.0)) >= 1 and s, 20,
                           'log-mels after the NaN chunk')
     assert _count(snap, '/audio_feature', 'audio_gap') > _count(before, '/audio_feature',
                                                                 'audio_gap')
-    for m in snap.mels:
-        assert np.isfinite(np.frombuffer(bytes(m.data), np.float32)).all()
+    for r in snap.mels:
+        assert np.isfinite(np.frombuffer(bytes(r.msg.data), np.float32)).all()
     # no window may contain the NaN chunk [3102.0, 3102.1)
-    for t in _stamps(snap.mels, 3100.0, 3105.0):
+    for t in rh.stamps(snap.mels, 3100.0, 3105.0):
         assert t + 0.75 <= 3102.0 + 1e-6 or t - 0.75 >= 3102.1 - 1e-6
     _alive(env['running'])
 
 
 def test_wrong_rate_is_refused_and_other_rates_and_channels_are_resampled(env):
-    probe = env['probe']
-    probe.publish_info(rate=0)
-    probe.wait_for(lambda s: 'rate' in s.diagnostics.get('/audio_feature', {}).get(
+    rig = env['rig']
+    rig.publish('info', info_msg(rate=0))
+    rig.wait_for(lambda s: 'rate' in s.diagnostics.get('/audio_feature', {}).get(
         '_message', '') and s, 20, 'the sample-rate refusal')
-    probe.publish_info(rate=44100, channels=2)
-    probe.wait_format('/audio_feature', channels=2, rate=44100)
-    _publish_audio(probe, _chunks(3200.0, 3.0, 44100, 2, np.int16))
-    snap = probe.wait_for(lambda s: len(_stamps(s.mels, 3200.0, 3203.0)) >= 2 and s, 20,
+    rig.publish('info', info_msg(rate=44100, channels=2))
+    rig.wait_format('2ch 44100 Hz int16')
+    _publish_audio(rig, _chunks(3200.0, 3.0, 44100, 2, np.int16))
+    snap = rig.wait_for(lambda s: len(rh.stamps(s.mels, 3200.0, 3203.0)) >= 2 and s, 20,
                           'log-mels of a 44.1 kHz stereo stream')
-    assert {(m.height, m.width) for m in snap.mels} == {(128, 43)}
-    probe.publish_info()                                          # back to 16 kHz mono
-    probe.wait_format('/audio_feature')
-    _publish_audio(probe, _chunks(3300.0, 0.5, 16000, 1, np.int16))
+    assert {(r.msg.height, r.msg.width) for r in snap.mels} == {(128, 43)}
+    rig.publish('info', info_msg())                        # back to 16 kHz mono
+    rig.wait_format('1ch 16000 Hz int16')
+    _publish_audio(rig, _chunks(3300.0, 0.5, 16000, 1, np.int16))
     _alive(env['running'])
 
 
 def test_stamps_going_backwards_reset_the_nodes_which_then_match_offline(env):
-    probe, running = env['probe'], env['running']
-    before = probe.snapshot()
+    rig, running = env['rig'], env['running']
+    before = rig.snapshot()
     clip = rh.make_clip(SEGMENT_S, seed=2)
     expected = rh.expected_windows(clip, env['checkpoint'], N, MIN_SEGMENTS)
-    probe.play(clip)                                  # stamps ~1000 s: far behind 2000-3300 s
-    snap = probe.wait_for(
+    rig.play(rh.clip_events(clip))                  # stamps ~1000 s: far behind 2000-3300 s
+    snap = rig.wait_for(
         lambda s: set(expected) <= set(rh.emotion_by_segment(
-            [m for m in s.emotion if time_to_float(m.header.stamp) < 1010], SEGMENT_S)) and s,
+            [r for r in s.emotion if time_to_float(r.msg.header.stamp) < 1010], SEGMENT_S)) and s,
         60, 'windows after the jump back')
     got = rh.emotion_by_segment(
-        [m for m in snap.emotion if time_to_float(m.header.stamp) < 1010], SEGMENT_S)
+        [r for r in snap.emotion if time_to_float(r.msg.header.stamp) < 1010], SEGMENT_S)
     for k, probs in expected.items():
         np.testing.assert_allclose(got[k], probs, atol=1e-5)
-    snap = probe.wait_for(
+    snap = rig.wait_for(
         lambda s: all(_count(s, n, 'resets') > _count(before, n, 'resets')
                       for n in ('/face_crop', '/audio_feature', '/fusion')) and s, 10,
         'a reset reported by each node')

@@ -12,8 +12,10 @@ import torch
 import ros_helpers as rh
 from lightmer.ros.bringup import start_bringup
 from lightmer.ros.conversions import time_to_float
+from lightmer.ros.rig import Rig, Topics, info_msg
 
 N, MIN_SEGMENTS, SEGMENT_S = 5, 2, 0.5
+FORMAT = '1ch 16000 Hz int16'           # what the audio node holds after rig's AudioInfo
 OFFSET_BEST_EFFORT = 100.0       # a multiple of T: segment k + 200 replays segment k
 
 
@@ -54,84 +56,82 @@ def test_reliable_publishers_give_the_offline_probabilities(setup):
     assert len(expected) >= 4
     # the windows differ from each other, so equality below is not a coincidence
     assert np.ptp(np.stack(list(expected.values())), axis=0).max() > 1e-3
-    probe = rh.Probe(setup['context'], name='probe_reliable')
-    try:
-        probe.wait_matched()
-        probe.publish_info()
-        probe.wait_format('/audio_feature')
-        probe.prime_audio(rh.T0 - 30)
-        probe.play(setup['clip'])
-        snap = probe.wait_for(
+    with Rig(context=setup['context'], name='rig_reliable') as rig:
+        rig.wait_ready(30)
+        rig.publish('info', info_msg())
+        rig.wait_format(FORMAT)
+        rig.prime_audio(rh.T0 - 30)
+        rig.play(rh.clip_events(setup['clip']))
+        snap = rig.wait_for(
             lambda s: len(rh.emotion_by_segment(s.emotion, SEGMENT_S)) >= len(expected) and s,
             60, 'one emotion window per expected segment')
         got = rh.emotion_by_segment(snap.emotion, SEGMENT_S)
         _check_equal(got, expected)
         assert set(got) == set(expected), 'no window beyond those the clip supports'
-        m = snap.emotion[0]
+        m = snap.emotion[0].msg
         assert m.header.frame_id == rh.FRAME_ID
         assert [h.class_id for h in m.results] == ['angry', 'disgusted', 'fearful', 'happy',
                                                    'neutral', 'sad']
-        assert [c.class_name for c in snap.label_info[0].class_map][0] == 'angry'
+        assert [c.class_name for c in snap.label_info[0].msg.class_map][0] == 'angry'
         # crops carry their source frame's header; mels are stamped with reference times
         frame_stamps = {round(float(t), 6) for t in setup['clip'].frame_times}
-        assert all(round(time_to_float(c.header.stamp), 6) in frame_stamps for c in snap.crops)
-        assert {(c.height, c.width, c.encoding) for c in snap.crops} == {(98, 80, 'mono8')}
-        assert {(m.height, m.width, m.encoding) for m in snap.mels} == {(128, 43, '32FC1')}
+        crops = [r.msg for r in snap.crops]
+        assert all(round(time_to_float(c.header.stamp), 6) in frame_stamps for c in crops)
+        assert {(c.height, c.width, c.encoding) for c in crops} == {(98, 80, 'mono8')}
+        assert {(r.msg.height, r.msg.width, r.msg.encoding) for r in snap.mels} == {
+            (128, 43, '32FC1')}
         # the per-segment model ran once per segment, whatever the number of windows
         fusion = setup['running'].node('fusion')
-        assert fusion.fuser.counts.model_calls == len(expected) + MIN_SEGMENTS - 1
-        diag = probe.wait_for(
-            lambda s: s.diagnostics.get('/fusion', {}).get('used') == str(
-                fusion.fuser.counts.used) and s.diagnostics, 10, 'fusion diagnostics')
-        assert diag['/face_crop']['no_face'] == '0'
-        assert int(diag['/audio_feature']['published']) >= len(expected)
-        # the primer's run ended 30 s before the clip: the segments between count as gaps
-        assert int(diag['/audio_feature']['audio_gap']) >= 50
-    finally:
-        probe.close()
+        assert fusion.fuser.counts.used == len(expected) + MIN_SEGMENTS - 1
+        diag = rig.wait_for(
+            lambda s: s.counts('/fusion').get('used') == fusion.fuser.counts.used and s, 10,
+            'fusion diagnostics')
+        assert diag.counts('/face_crop')['no_face'] == 0
+        assert diag.counts('/audio_feature')['published'] >= len(expected)
+        # the primer's run ended 30 s before the clip: a stamp jump (>= stamp_jump_s), counted
+        # once, not as the 60 segments between
+        assert diag.counts('/audio_feature')['jumps'] >= 1
+        assert diag.counts('/audio_feature')['audio_gap'] == 0
 
 
 def test_best_effort_camera_works_too(setup):
     # the default image subscription is best effort, so it takes both kinds of camera
-    probe = rh.Probe(setup['context'], image_reliable=False, audio_reliable=True,
-                     name='probe_best_effort')
-    try:
-        probe.wait_matched()
-        probe.publish_info()
-        probe.wait_format('/audio_feature')
-        probe.prime_audio(rh.T0 + OFFSET_BEST_EFFORT - 30)
-        probe.play(setup['clip'], offset_s=OFFSET_BEST_EFFORT)
+    with Rig(context=setup['context'], camera_reliable=False, name='rig_best_effort') as rig:
+        rig.wait_ready(30)
+        rig.publish('info', info_msg())
+        rig.wait_format(FORMAT)
+        rig.prime_audio(rh.T0 + OFFSET_BEST_EFFORT - 30)
+        rig.play(rh.clip_events(setup['clip'], offset_s=OFFSET_BEST_EFFORT))
         shift = int(round(OFFSET_BEST_EFFORT / SEGMENT_S))
         want = {k + shift for k in setup['expected']}
-        snap = probe.wait_for(
+        snap = rig.wait_for(
             lambda s: want <= set(rh.emotion_by_segment(s.emotion, SEGMENT_S)) and s,
             60, 'the best-effort replay windows')
         _check_equal(rh.emotion_by_segment(snap.emotion, SEGMENT_S), setup['expected'], shift)
-    finally:
-        probe.close()
 
 
 def test_sim_time_and_best_effort_audio(setup):
     """use_sim_time: the nodes' clocks follow /clock; the output is still stamped and equal.
     Here every publisher is best effort, with the audio subscription set to best_effort."""
     ns = '/sim'
+    topics = Topics(f'{ns}/camera/image_raw', f'{ns}/audio/audio_stamped',
+                    f'{ns}/audio/audio_info')
     running = start_bringup({
         'model': str(setup['checkpoint']), 'use_sim_time': 'true', 'namespace': ns,
         'params_file': write_params(setup['tmp'] / 'sim.yaml', audio_qos='best_effort'),
-        'camera_topic': f'{ns}/camera/image_raw', 'audio_topic': f'{ns}/audio/audio_stamped',
-        'audio_info_topic': f'{ns}/audio/audio_info'}, context=setup['context'])
-    probe = rh.Probe(setup['context'], namespace=ns, name='probe_sim', image_reliable=False,
-                     audio_reliable=False)
+        **topics.launch_args()}, context=setup['context'])
+    rig = Rig(context=setup['context'], namespace=ns, topics=topics, name='rig_sim',
+              camera_reliable=False, audio_reliable=False)
     try:
         fusion = running.node('fusion')
         assert fusion.get_parameter('use_sim_time').value is True
         assert fusion.get_fully_qualified_name() == '/sim/fusion'
-        probe.wait_matched()
-        probe.publish_info()
-        probe.wait_format(f'{ns}/audio_feature')
-        probe.prime_audio(rh.T0 - 30)
-        probe.play(setup['clip'], clock=True)
-        snap = probe.wait_for(
+        rig.wait_ready(30)
+        rig.publish('info', info_msg())
+        rig.wait_format(FORMAT)
+        rig.prime_audio(rh.T0 - 30)
+        rig.play(rh.clip_events(setup['clip']), clock=True)
+        snap = rig.wait_for(
             lambda s: set(setup['expected']) <= set(rh.emotion_by_segment(s.emotion, SEGMENT_S))
             and s, 60, 'sim-time windows')
         _check_equal(rh.emotion_by_segment(snap.emotion, SEGMENT_S), setup['expected'])
@@ -145,7 +145,7 @@ def test_sim_time_and_best_effort_audio(setup):
         assert abs(now - last) < 0.5, f'node clock {now} does not follow /clock ({last})'
         assert abs(now - time.time()) > 1e6, 'the node clock is not wall time'
     finally:
-        probe.close()
+        rig.close()
         running.stop()
 
 
@@ -155,12 +155,11 @@ def test_parameters_are_described_and_compressed_images_are_read(setup):
 
     from PIL import Image as PILImage
     from rclpy.executors import SingleThreadedExecutor
-    from sensor_msgs.msg import CompressedImage, Image
+    from sensor_msgs.msg import CompressedImage
     from std_msgs.msg import Header
 
     from lightmer.ros.conversions import float_to_time
     from lightmer.ros.face_crop_node import FaceCropNode
-    from lightmer.ros.qos import output_qos
 
     for node in setup['running'].nodes:
         for name in node.params.__dataclass_fields__:
@@ -169,31 +168,30 @@ def test_parameters_are_described_and_compressed_images_are_read(setup):
     face = FaceCropNode(context=context, cli_args=[
         '--ros-args', '-r', '__ns:=/cmp', '-p', f'model_path:={setup["checkpoint"]}',
         '-p', 'compressed_input:=true', '-p', 'reference:=start'])
-    probe = rclpy.create_node('probe_compressed', namespace='/cmp', context=context)
-    crops = []
-    probe.create_subscription(Image, 'face_crop', crops.append, output_qos())
-    pub = probe.create_publisher(CompressedImage, 'image/compressed', 10)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(face)
-    executor.add_node(probe)
+    topics = Topics('/cmp/image/compressed', '/cmp/audio', '/cmp/audio_info')
     try:
-        buf = io.BytesIO()
-        PILImage.fromarray(setup['clip'].frames[0]).save(buf, format='JPEG', quality=95)
-        deadline = time.monotonic() + 30
-        t = 500.0
-        while not crops and time.monotonic() < deadline:
-            if pub.get_subscription_count():
-                pub.publish(CompressedImage(header=Header(stamp=float_to_time(t)),
-                                            format='jpeg', data=buf.getvalue()))
-                t += 0.5                      # one frame per segment; 'start' emits at once
-            executor.spin_once(timeout_sec=0.1)
+        with Rig(context=context, namespace='/cmp', topics=topics, compressed=True,
+                 name='rig_compressed') as rig:
+            buf = io.BytesIO()
+            PILImage.fromarray(setup['clip'].frames[0]).save(buf, format='JPEG', quality=95)
+            deadline = time.monotonic() + 30
+            t = 500.0
+            while not rig.snapshot().crops and time.monotonic() < deadline:
+                if rig.image_pub.get_subscription_count():
+                    rig.publish('image', CompressedImage(header=Header(stamp=float_to_time(t)),
+                                                         format='jpeg', data=buf.getvalue()))
+                    t += 0.5                  # one frame per segment; 'start' emits at once
+                executor.spin_once(timeout_sec=0.1)
+            crops = rig.snapshot().crops
         assert crops, 'no crop from the compressed frames'
-        assert (crops[0].height, crops[0].width, crops[0].encoding) == (98, 80, 'mono8')
-        assert face.counts['rejected'] == 0
+        assert (crops[0].msg.height, crops[0].msg.width, crops[0].msg.encoding) == (
+            98, 80, 'mono8')
+        assert face.faces.counts.rejected == 0
     finally:
         executor.shutdown()
         face.destroy_node()
-        probe.destroy_node()
 
 
 def test_compressed_frames_are_checked_on_arrival_and_decoded_only_when_selected(setup):
@@ -223,14 +221,15 @@ def test_compressed_frames_are_checked_on_arrival_and_decoded_only_when_selected
 
         face.compressed_callback(msg(600.0, b'not an image'))
         face.compressed_callback(msg(600.1, b''))
-        assert face.counts['rejected'] == 2 and face.counts['segments'] == 0
+        counts = face.faces.counts
+        assert counts.rejected == 2 and counts.segments == 0
         assert 'empty compressed image' in face.reporter.problem
         face.compressed_callback(msg(600.5, jpeg[:300]))   # JPEG header, no image data
-        assert face.counts == {**face.counts, 'frames': 3, 'segments': 1, 'rejected': 3,
-                               'published': 0}
+        assert (counts.frames, counts.segments, counts.rejected, counts.published) == (
+            3, 1, 3, 0)
         assert 'selected frame dropped' in face.reporter.problem
         face.compressed_callback(msg(601.0, jpeg))
-        assert face.counts['published'] == 1 and face.counts['rejected'] == 3
+        assert counts.published == 1 and counts.rejected == 3
         assert face.reporter.problem == ''
     finally:
         face.destroy_node()

@@ -12,7 +12,9 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 
-from lightmer.ros.description import NODE_MODULES
+from lightmer.ros.description import NODES
+
+NODE_MODULES = {n.name: n.module for n in NODES}   # node name -> module run with -X importtime
 
 # A torch import always maps these native libraries; onnxruntime's Python binding this one.
 TORCH_LIBS = ('libtorch_cpu', 'libc10.so')

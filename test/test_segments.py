@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lightmer.segments import (
-    choose_times,
+    choose_frames,
     jitter_centres,
     nearest_index,
     reference_time,
@@ -27,39 +27,56 @@ def test_segment_bounds_tile_the_clip():
         segment_bounds(1.0, 0)
 
 
-def test_inference_times_are_segment_centres_without_jitter():
-    frames, centres = choose_times(3.0, 12, None, 0.010)
-    np.testing.assert_allclose(frames, (np.arange(12) + 0.5) * 0.25)
-    np.testing.assert_array_equal(frames, centres)
+FRAMES = np.arange(0.0, 3.0, 1 / 25)          # a 3 s clip at 25 fps
 
 
-def test_training_times_are_seeded_and_deterministic():
-    a = choose_times(2.4, 5, np.random.default_rng(7), 0.010)
-    b = choose_times(2.4, 5, np.random.default_rng(7), 0.010)
-    c = choose_times(2.4, 5, np.random.default_rng(8), 0.010)
+def test_inference_picks_the_frame_nearest_each_segment_centre():
+    picks, centres = choose_frames(FRAMES, 3.0, 12)
+    np.testing.assert_allclose(centres, (np.arange(12) + 0.5) * 0.25)
+    np.testing.assert_array_equal(picks, [nearest_index(FRAMES, c) for c in centres])
+
+
+def test_training_draws_are_seeded_and_deterministic():
+    a = choose_frames(FRAMES, 2.4, 5, np.random.default_rng(7), 0.010)
+    b = choose_frames(FRAMES, 2.4, 5, np.random.default_rng(7), 0.010)
+    c = choose_frames(FRAMES, 2.4, 5, np.random.default_rng(8), 0.010)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert not np.array_equal(a[0], c[0])
-    assert not np.array_equal(a[0], a[1])              # jitter was applied
+    assert not np.array_equal(FRAMES[a[0]], a[1])       # jitter was applied
 
 
 def test_jitter_spreads_over_plus_minus_10ms():
     rng = np.random.default_rng(0)
-    offsets = np.concatenate([np.subtract(*choose_times(2.0, 5, rng, 0.010)[::-1])
-                              for _ in range(200)])
+    offsets = []
+    for _ in range(200):
+        picks, centres = choose_frames(FRAMES, 2.0, 5, rng, 0.010)
+        offsets.append(centres - FRAMES[picks])
+    offsets = np.concatenate(offsets)
     assert offsets.min() < -0.008 and offsets.max() > 0.008
     assert np.abs(offsets).max() <= 0.010
 
 
 @settings(max_examples=60, deadline=None, database=None)   # no .hypothesis dir in the tree
 @given(duration=st.floats(0.05, 30.0), n=st.integers(1, 16), seed=st.integers(0, 2**32 - 1),
-       jitter=st.floats(0.0, 0.05))
-def test_training_frames_fall_inside_their_segments(duration, n, seed, jitter):
+       jitter=st.floats(0.0, 0.05), fps=st.floats(1.0, 60.0))
+def test_training_frames_fall_inside_their_segments(duration, n, seed, jitter, fps):
+    times = np.arange(0.0, duration, 1 / fps)
     bounds = segment_bounds(duration, n)
-    frames, centres = choose_times(duration, n, np.random.default_rng(seed), jitter)
-    assert frames.shape == centres.shape == (n,)
-    assert np.all(frames >= bounds[:, 0]) and np.all(frames <= bounds[:, 1])
+    picks, centres = choose_frames(times, duration, n, np.random.default_rng(seed), jitter)
+    assert picks.shape == centres.shape == (n,)
+    frames = times[picks]
     assert np.all(np.abs(centres - frames) <= jitter + 1e-12)
+    # a segment holding frames draws one of them; an empty one the frame nearest some time in
+    # it: the span of times nearest that frame (halfway to its neighbours) meets the segment
+    for s, inside in enumerate(segment_members(times, bounds)):
+        if inside.size:
+            assert picks[s] in inside
+        else:
+            i = picks[s]
+            lo = (times[i - 1] + times[i]) / 2 if i > 0 else -np.inf
+            hi = (times[i] + times[i + 1]) / 2 if i + 1 < times.size else np.inf
+            assert lo <= bounds[s, 1] + 1e-12 and hi >= bounds[s, 0] - 1e-12
 
 
 def test_nearest_index():
@@ -77,7 +94,7 @@ def test_streaming_grid():
     assert segment_index(1.49, 0.5) == 2
     assert reference_time(2, 0.5, 'centre') == pytest.approx(1.25)
     assert reference_time(2, 0.5, 'start') == pytest.approx(1.0)
-    with pytest.raises(ValueError, match='anchor'):
+    with pytest.raises(ValueError, match='reference'):
         reference_time(2, 0.5, 'middle')
     assert list(window_indices(6, 5)) == [2, 3, 4, 5, 6]
     assert list(window_indices(1, 3)) == [-1, 0, 1]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lightmer.checkpoint import CheckpointError, CheckpointMeta, meta_from_dict
-from lightmer.features import FaceCropper, face_to_input
+from lightmer.features import MIN_FACE_SIZE, FaceCropper, face_to_input
 from lightmer.mtcnn import MTCNNNets
 
 BACKENDS = ('torch', 'onnxruntime')
@@ -94,7 +94,7 @@ def load_model(path, threads: int = 1) -> LoadedModel:
     return LoadedModel(meta, 'onnxruntime', segment_logits, fuse)
 
 
-def face_cropper(path, min_face_size: int = 40, threads: int = 1) -> FaceCropper:
+def face_cropper(path, min_face_size: int = MIN_FACE_SIZE, threads: int = 1) -> FaceCropper:
     """A `FaceCropper` with the feature settings of the model at `path`: facenet-pytorch's
     MTCNN for a checkpoint, the export's MTCNN nets on onnxruntime for an ONNX export."""
     features = read_meta(path).features

@@ -57,14 +57,25 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def bench_frame() -> np.ndarray:
-    """uint8 (480, 640, 3): the scikit-image astronaut photo (top 480 rows) on a grey canvas."""
+def camera_frame(people: int = 1) -> np.ndarray:
+    """uint8 (480, 640, 3): a camera image of one or two people on a grey canvas.
+
+    One: the scikit-image astronaut photo (top 480 rows, her face in the top half), centred.
+    Two: her head and shoulders twice, side by side (the right one mirrored), 300 px each.
+    """
     from skimage import data
 
-    photo = data.astronaut()[:FRAME_HW[0]]     # (480, 512, 3); the face is in the top half
+    photo = data.astronaut()
     frame = np.full((*FRAME_HW, 3), 128, dtype=np.uint8)
-    x0 = (FRAME_HW[1] - photo.shape[1]) // 2
-    frame[:, x0:x0 + photo.shape[1]] = photo
+    if people == 1:
+        x0 = (FRAME_HW[1] - photo.shape[1]) // 2
+        frame[:, x0:x0 + photo.shape[1]] = photo[:FRAME_HW[0]]
+    elif people == 2:
+        head = photo[:300, 110:410]                      # (300, 300, 3)
+        frame[90:390, 10:310] = head
+        frame[90:390, 330:630] = head[:, ::-1]
+    else:
+        raise ValueError(f'people must be 1 or 2, got {people}')
     return frame
 
 
@@ -94,7 +105,7 @@ def bench_backends(checkpoint, repeats: int) -> dict[str, Any]:
     from lightmer.backend import read_meta
     from lightmer.export import export_checkpoint
 
-    frames = {'640x480': bench_frame(), '1280x720': bench_frame_720p()}
+    frames = {'640x480': camera_frame(), '1280x720': bench_frame_720p()}
     with tempfile.TemporaryDirectory() as tmp:
         export = export_checkpoint(checkpoint, 'onnx', tmp)[0]
         stages = {name: _segment_stages(path, frames, repeats)
@@ -157,7 +168,7 @@ def bench_model(repeats: int, threads: int | None = None, checkpoint=None) -> di
         fcfg = FeatureConfig()
         model = LightmerNet(ModelConfig(n_classes=6)).eval()
     cropper = FaceCropper(fcfg)
-    frame = bench_frame()
+    frame = camera_frame()
     box = cropper.detect([frame])[0]
     if box is None:
         raise RuntimeError('MTCNN found no face in the bench frame; is facenet-pytorch intact?')
@@ -274,12 +285,12 @@ def run_bench(repeats: int = 20, threads: int | None = None, checkpoint=None,
     and (with the nodes) latency_histogram.png there."""
     import json
 
-    from lightmer.bench_nodes import _untrained_checkpoint
+    from lightmer.bench_nodes import untrained_checkpoint
     from lightmer.io_utils import atomic_save_json
 
     result: dict[str, Any] = dict(bench_model(repeats, threads, checkpoint))
     with tempfile.TemporaryDirectory() as tmp:
-        model_path = checkpoint if checkpoint is not None else _untrained_checkpoint(Path(tmp))
+        model_path = checkpoint if checkpoint is not None else untrained_checkpoint(Path(tmp))
         result['backends'] = bench_backends(model_path, repeats)
         if nodes:
             from lightmer.bench_nodes import bench_nodes

@@ -106,13 +106,11 @@ def save_checkpoint(path, model: LightmerNet, meta: CheckpointMeta) -> None:
                              'meta': meta_dict, 'state_dict': state})
 
 
-def load_checkpoint(path, map_location='cpu', expected_classes: int | None = None
-                    ) -> tuple[LightmerNet, CheckpointMeta]:
+def load_checkpoint(path, map_location='cpu') -> tuple[LightmerNet, CheckpointMeta]:
     """Read, validate and build the model of a checkpoint; the model is in eval mode.
 
     Raises CheckpointError (with what to do) for a missing, truncated or foreign file, missing
-    keys, a newer format, weights that do not fit the stored config, or a class count other
-    than `expected_classes`.
+    keys, a newer format, or weights that do not fit the stored config.
     """
     from lightmer.model import LightmerNet
 
@@ -132,7 +130,7 @@ def load_checkpoint(path, map_location='cpu', expected_classes: int | None = Non
         raise CheckpointError(f'checkpoint {path} has format version {blob["format_version"]}; '
                               f'this lightmer reads version {FORMAT_VERSION}; use the lightmer '
                               'version that wrote it or retrain')
-    meta = meta_from_dict(blob['meta'], path, expected_classes)
+    meta = meta_from_dict(blob['meta'], path)
     model = LightmerNet(meta.model)
     try:
         model.load_state_dict(blob['state_dict'], strict=True)
@@ -145,12 +143,11 @@ def load_checkpoint(path, map_location='cpu', expected_classes: int | None = Non
     return model, meta
 
 
-def meta_from_dict(meta_d: Any, path, expected_classes: int | None = None) -> CheckpointMeta:
+def meta_from_dict(meta_d: Any, path) -> CheckpointMeta:
     """Validate the metadata dict of the model file at `path` (a checkpoint or an ONNX export:
     both carry the same dict) and build its `CheckpointMeta`.
 
-    Raises CheckpointError (with what to do) for missing keys, invalid values, or a class
-    count other than `expected_classes`.
+    Raises CheckpointError (with what to do) for missing keys or invalid values.
     """
     missing = [k for k in _META_KEYS if not isinstance(meta_d, dict) or k not in meta_d]
     if missing:
@@ -160,11 +157,6 @@ def meta_from_dict(meta_d: Any, path, expected_classes: int | None = None) -> Ch
         meta = CheckpointMeta.from_dict(meta_d)
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f'{path} has invalid metadata: {e}') from e
-    if expected_classes is not None and meta.model.n_classes != expected_classes:
-        raise CheckpointError(
-            f'{path} predicts {meta.model.n_classes} classes {list(meta.labels)} '
-            f'(preset {meta.preset}) but {expected_classes} are expected; use a model '
-            'trained for this label set')
     return meta
 
 

@@ -73,12 +73,19 @@ def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True))
 
 
+def _keep_dds_on_loopback() -> None:
+    """The commands that start lightmer's nodes and talk to them (eval-bag --live, bench,
+    demo) keep this process's DDS on this machine, as its children's: set here, at the
+    program's entry, before anything creates a DDS participant (which reads them)."""
+    from lightmer.ros.rig import LOOPBACK
+
+    os.environ.update(LOOPBACK)
+
+
 # --- summary -------------------------------------------------------------------------------
 def _add_summary(sub) -> None:
     p = sub.add_parser('summary', help='parameter count and float32 size of the model')
     p.add_argument('--classes', type=_positive_int, required=True, help='number of classes C')
-    p.add_argument('--segments', type=_positive_int, default=5,
-                   help='temporal segments N (shared networks: the count does not depend on it)')
     p.add_argument('--json', action='store_true', help='print JSON')
 
 
@@ -88,14 +95,14 @@ def _run_summary(args) -> int:
     model = LightmerNet(ModelConfig(n_classes=args.classes))
     n_params = count_parameters(model)
     # size_mib is the paper's "10.3 MB" (2^20 bytes); size_mb uses 10^6 bytes.
-    info = {'classes': args.classes, 'segments': args.segments, 'parameters': n_params,
+    info = {'classes': args.classes, 'parameters': n_params,
             'size_mb': n_params * 4 / 1e6, 'size_mib': n_params * 4 / 2**20}
     if args.json:
         _print_json(info)
     else:
         print(layer_table(model))
         print(f'total parameters: {n_params}  ({info["size_mib"]:.2f} MiB as float32; '
-              f'the same for any N, here N={args.segments})')
+              'the same for any number of segments N: the networks are shared)')
     return 0
 
 
@@ -141,6 +148,8 @@ def _run_bench(args) -> int:
               'checkpoint: bench runs it on torch and exports it for onnxruntime itself',
               file=sys.stderr)
         return 2
+    if not args.no_nodes:
+        _keep_dds_on_loopback()
     return run_bench(repeats=args.repeats, threads=args.threads, checkpoint=args.checkpoint,
                      nodes=not args.no_nodes, out_dir=args.out, as_json=args.json)
 
@@ -319,25 +328,35 @@ def _add_eval_bag(sub) -> None:
     p.add_argument('--image-topic', default='/camera/image_raw')
     p.add_argument('--audio-topic', default='/audio/audio_stamped')
     p.add_argument('--audio-info-topic', default='/audio/audio_info')
-    p.add_argument('--anchor', choices=('centre', 'start'), default='centre',
-                   help='segment reference time')
+    p.add_argument('--reference', choices=('centre', 'start'), default=None,
+                   help="segment reference time (default: the nodes', centre)")
     p.add_argument('--rate', type=_positive_float, default=1.0,
                    help='--live playback speed, x real time (the report says if the nodes '
                    'kept up)')
-    p.add_argument('--policy', choices=('skip', 'nearest'), default=None,
-                   help='missing-modality policy of the fusion node (default: the node\'s)')
+    p.add_argument('--one-participant', action='store_true',
+                   help='--live: publish camera and audio from one DDS participant, as '
+                   '`ros2 bag play` does (default: audio from a participant of its own)')
+    p.add_argument('--missing-policy', choices=('skip', 'nearest'), default=None,
+                   help="missing-modality policy of the fusion node (default: the node's)")
     p.add_argument('--min-segments', type=_positive_int, default=None,
-                   help='publish windows with at least this many of N segments (default: N)')
+                   help="publish windows with at least this many of N segments (default: "
+                   "the node's)")
 
 
 def _run_eval_bag(args) -> int:
     from lightmer.evaluate import EvalConfig, evaluate_bag
+    from lightmer.streaming import StreamSettings
 
+    given = {'reference': args.reference, 'missing_policy': args.missing_policy,
+             'min_segments': args.min_segments}
+    settings = StreamSettings(**{k: v for k, v in given.items() if v is not None})
+    if args.live:
+        _keep_dds_on_loopback()
     cfg = EvalConfig(bag=args.bag, labels=args.labels, checkpoint=args.checkpoint,
                      live=args.live, out=args.out, image_topic=args.image_topic,
                      audio_topic=args.audio_topic, audio_info_topic=args.audio_info_topic,
-                     anchor=args.anchor, rate=args.rate, policy=args.policy,
-                     min_segments=args.min_segments)
+                     settings=settings, rate=args.rate,
+                     one_participant=args.one_participant)
     result = evaluate_bag(cfg)
     if args.json:
         _print_json(result)
@@ -357,22 +376,31 @@ def _add_bringup(sub) -> None:
     p = sub.add_parser('bringup', help='run the three nodes in one process (launch without '
                        'launch_ros)')
     p.add_argument('--params-file', type=Path, default=None, help='ROS parameter YAML')
-    p.add_argument('--model', type=Path, default=None,
-                   help='checkpoint (.pt, torch) or ONNX export (.onnx, onnxruntime, no torch)')
+    p.add_argument('--model', default=None,
+                   help='checkpoint (.pt, torch) or ONNX export (.onnx, onnxruntime, no torch): '
+                   'a path, or the name of one in the installed models/ folder')
     p.add_argument('--camera-topic', default=None)
     p.add_argument('--audio-topic', default=None)
+    p.add_argument('--audio-info-topic', default=None)
     p.add_argument('--audio-msg', choices=('ros-drivers', 'mgonzs13'), default=None)
     p.add_argument('--use-sim-time', action='store_true')
-    p.add_argument('--namespace', default='')
+    p.add_argument('--namespace', default=None)
+    p.add_argument('--respawn', action=argparse.BooleanOptionalAction, default=None,
+                   help='rebuild a node that died, in this process (default: on, as the '
+                   'launch file); --no-respawn ends the process with status 1 instead')
+    p.add_argument('--respawn-delay', type=float, default=None, metavar='S',
+                   help='seconds before a rebuild (default 1.0)')
 
 
 def _run_bringup(args) -> int:
     from lightmer.ros.bringup import run_bringup
 
-    return run_bringup(params_file=args.params_file, model=args.model,
-                       camera_topic=args.camera_topic, audio_topic=args.audio_topic,
-                       audio_msg=args.audio_msg, use_sim_time=args.use_sim_time,
-                       namespace=args.namespace)
+    values = {'use_sim_time': 'true' if args.use_sim_time else None,
+              'respawn': None if args.respawn is None else str(args.respawn).lower()}
+    for name in ('params_file', 'model', 'camera_topic', 'audio_topic', 'audio_info_topic',
+                 'audio_msg', 'namespace', 'respawn_delay'):
+        values[name] = getattr(args, name)
+    return run_bringup({k: str(v) for k, v in values.items() if v is not None})
 
 
 def _add_demo(sub) -> None:
@@ -385,6 +413,7 @@ def _add_demo(sub) -> None:
 def _run_demo(args) -> int:
     from lightmer.demo import run_demo
 
+    _keep_dds_on_loopback()
     result = run_demo(args.out, quick=args.quick)
     if args.json:
         _print_json(result)

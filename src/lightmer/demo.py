@@ -37,10 +37,9 @@ class DemoSize:
     batch_size: int = 4
     n_folds: int = 5             # the split is the paper's 5-fold one; the demo trains fold 0
     playback_rate: float = 1.0   # live bag playback speed: real time, as a robot sees it
-    # Windows may publish with 3 of N=5 segments: generated clips (like CREMA-D's) last
-    # 1.4-3.2 s, shorter than a full 2.5 s window, and the 1 s gaps between clips have no
-    # face, so a window never mixes two clips (see README, "Evaluating with bags").
-    min_segments: int = 3
+    # The bag's 1 s gaps between clips have no face, so a window never mixes two clips; the
+    # nodes' own min_segments default lets the 1.4-3.2 s clips publish (see
+    # docs/ROBOT_OPERATIONS.md, "Short utterances").
     gap_s: float = 1.0
 
 
@@ -130,8 +129,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
         with _stage(f'evaluate the bag {mode}', timings):
             evals[mode] = evaluate_bag(EvalConfig(
                 bag=bag, labels=labels_csv, checkpoint=checkpoint, live=mode == 'live',
-                out=out / f'eval_{mode}', rate=size.playback_rate,
-                min_segments=size.min_segments))
+                out=out / f'eval_{mode}', rate=size.playback_rate))
             print(f"{mode}: window accuracy {evals[mode]['window_accuracy']:.3f}, "
                   f"clip accuracy {evals[mode]['clip_accuracy']:.3f}, "
                   f"{evals[mode]['windows']} windows")
@@ -148,7 +146,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
         'window_accuracy_offline': evals['offline']['window_accuracy'],
         'window_accuracy_live': evals['live']['window_accuracy'],
         'latency_ms': evals['live']['latency_ms'],
-        'dropped_live': evals['live']['segments_dropped'],
+        'counts_live': evals['live']['counts'],
         'train_summary': summaries,
         'stage_s': timings,
         'wall_s': round(time.perf_counter() - t_start, 1),

@@ -36,6 +36,10 @@ _STD_FLOOR_DB = 1.0
 
 
 # --- faces -----------------------------------------------------------------------------------
+# Smallest face MTCNN looks for, pixels: the face node's `min_face_size` default too.
+MIN_FACE_SIZE = 40
+
+
 class FaceCropper:
     """MTCNN face detection and cropping, with either of two detectors whose boxes are equal:
 
@@ -47,8 +51,8 @@ class FaceCropper:
     exceeds `cfg.detect_max_side`; `min_face_size` is in pixels of the image MTCNN sees.
     """
 
-    def __init__(self, cfg: FeatureConfig, device: str = 'cpu', min_face_size: int = 40,
-                 nets: MTCNNNets | None = None):
+    def __init__(self, cfg: FeatureConfig, device: str = 'cpu',
+                 min_face_size: int = MIN_FACE_SIZE, nets: MTCNNNets | None = None):
         self.cfg = cfg
         self.min_face_size = min_face_size
         self._nets = nets
@@ -77,16 +81,20 @@ class FaceCropper:
 
     def _detect(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """`detect_all` on the images MTCNN sees (boxes in their pixels)."""
-        if self._nets is not None:
-            return [tuple(a.astype(np.float64) for a in
-                          detect_faces(image, self._nets, self.min_face_size))
-                    for image in images]
         empty = (np.zeros((0, 4)), np.zeros(0))
         out: list[tuple[np.ndarray, np.ndarray]] = [empty] * len(images)
+        # An image too small for a face goes to neither detector: it has no face to find.
+        scannable = [i for i, image in enumerate(images)
+                     if not too_small_for_a_face(image.shape, self.min_face_size)]
+        if self._nets is not None:
+            for i in scannable:
+                out[i] = tuple(a.astype(np.float64) for a in
+                               detect_faces(images[i], self._nets, self.min_face_size))
+            return out
         # facenet-pytorch's batched detect needs equal sizes: one batch per size.
         by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, image in enumerate(images):
-            by_shape.setdefault(image.shape, []).append(i)
+        for i in scannable:
+            by_shape.setdefault(images[i].shape, []).append(i)
         for idx in by_shape.values():
             for s in range(0, len(idx), _MAX_DETECT_BATCH):
                 chunk = idx[s:s + _MAX_DETECT_BATCH]
@@ -123,6 +131,17 @@ class FaceCropper:
             except ValueError:   # a box entirely outside the frame: treat as no face
                 crops.append(None)
         return crops
+
+
+def too_small_for_a_face(shape: tuple[int, ...], min_face_size: int) -> bool:
+    """True when an (H, W, ...) image is too small to hold a face of `min_face_size` pixels.
+
+    MTCNN scans an image pyramid whose first level scales the image by 12 / min_face_size; when
+    that level is already under the 12-pixel detection window, upstream detect() has no level
+    at all and fails on an empty concatenation. This is its own condition, written the same way
+    (same floating-point operations), so exactly the images it cannot scan are refused.
+    """
+    return min(shape[0], shape[1]) * (12.0 / min_face_size) < 12.0
 
 
 def detection_copy(frame_rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -280,6 +299,7 @@ def mel_db(window: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
 
     Power mel spectrogram (Hann window, n_fft 2048, hop 512, no centre padding, Slaney mel
     filters) -> dB = 10 log10(max(power, 1e-10)). Full scale is a sample amplitude of 1.
+    Raises ValueError when the power is not finite (`power_to_db`).
     """
     import librosa
 
@@ -288,9 +308,23 @@ def mel_db(window: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
         raise ValueError(f'expected a ({cfg.window_samples},) window, got {w.shape}; '
                          'cut it with audio_window')
     spec = librosa.stft(y=w, n_fft=cfg.n_fft, hop_length=cfg.hop_length, center=False)
-    power = np.abs(spec) ** 2                                                  # (1025, 43)
-    mel = _mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels) @ power           # (128, 43)
-    return (10.0 * np.log10(np.maximum(mel, _POWER_FLOOR))).astype(np.float32)
+    with np.errstate(over='ignore', invalid='ignore'):     # checked in power_to_db
+        power = np.abs(spec) ** 2                                              # (1025, 43)
+        mel = _mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels) @ power       # (128, 43)
+    return power_to_db(mel).astype(np.float32)
+
+
+def power_to_db(mel_power: np.ndarray) -> np.ndarray:
+    """Mel power (any shape) -> dB with a -100 dB floor; ValueError when a power is not finite.
+
+    The one guard both log-mel normalisations pass through: finite float32 samples can still
+    overflow the squared spectrum (samples of 1e20 give inf, and inf - inf gives NaN), and such
+    a window must be refused, never turned into NaN features.
+    """
+    if not np.isfinite(mel_power).all():
+        raise ValueError('log-mel power is not finite (samples far beyond [-1, 1]?); '
+                         'window refused')
+    return 10.0 * np.log10(np.maximum(mel_power, _POWER_FLOOR))
 
 
 def log_mel(window: np.ndarray, cfg: FeatureConfig) -> np.ndarray:

@@ -140,6 +140,23 @@ def plot_latency(latencies_ms: Sequence[float], path: str | os.PathLike,
     return _save(plt, fig, path)
 
 
+def plot_latency_groups(groups: Mapping[str, Sequence[float]], path: str | os.PathLike,
+                        title: str = '') -> Path:
+    """Every latency (ms) of each named group as a strip of points, log scale, so that a few
+    seconds-late outliers and the usual tens of milliseconds show on one axis."""
+    plt, fig = _figure((9.0, 0.45 * len(groups) + 1.5))
+    ax = fig.add_subplot(1, 1, 1)
+    rng = np.random.default_rng(0)
+    for i, values in enumerate(groups.values()):
+        v = np.asarray(values, dtype=np.float64)
+        ax.scatter(np.clip(v, 1.0, None), i + rng.uniform(-0.2, 0.2, v.size), s=8)
+    ax.set_yticks(range(len(groups)), list(groups))
+    ax.set_xscale('log')
+    ax.set_xlabel('latency (ms, log scale)')
+    ax.set_title(title)
+    return _save(plt, fig, path)
+
+
 def plot_grouped_bars(values: Mapping[str, Sequence[float]], groups: Sequence[str],
                       path: str | os.PathLike, title: str = '', ylabel: str = '') -> Path:
     """One bar per (series, group): values maps a series name to one value per group."""

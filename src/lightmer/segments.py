@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-ANCHORS = ('centre', 'start')
+REFERENCES = ('centre', 'start')   # where in its segment a reference time lies
 
 # Guards floor(t / T) against t / T landing a hair below an integer (0.3 / 0.1 = 2.999...):
 # a time exactly on a boundary belongs to the segment that starts there.
@@ -80,29 +80,37 @@ def jitter_centres(frame_times: np.ndarray, rng: np.random.Generator,
     return frame_times + rng.uniform(-jitter_s, jitter_s, size=frame_times.shape)
 
 
-def choose_times(duration_s: float, n_segments: int, rng: np.random.Generator | None,
-                 jitter_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """The frame time and the audio-window centre of each segment.
+def choose_frames(times: np.ndarray, duration_s: float, n_segments: int,
+                  rng: np.random.Generator | None = None,
+                  jitter_s: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The frame and the audio-window centre of each of a clip's N segments.
 
-    Inference (`rng` None): the segment centres, no jitter; the evaluation dataset and the
-    streaming nodes use these.
-    Random (`rng` given): the frame time is uniform inside its segment (any time, not only a
-    decoded frame's) and the audio centre is drawn by `jitter_centres`. Training does not use
-    this branch: `datasets.cache.SegmentDataset` draws among the segment's cached crops
-    (`segment_members`) and jitters with `jitter_centres` itself. The draw depends only on the
-    generator's state, so a seeded generator gives the same times every run.
+    Inference (`rng` None): the frame nearest each segment centre, audio centred on the segment
+    centre, as the streaming nodes do. Training (`rng` given, paper III and V-A): one of the
+    segment's frames (`segment_members`) drawn at random, so every epoch sees other frames, and
+    the audio centred on that frame's time plus U(-jitter_s, +jitter_s) (`jitter_centres`); a
+    segment holding no frame (N larger than the frames cached) takes the frame nearest a random
+    time inside it. The draw depends only on the generator's state.
 
+    Args:
+        times: float (F,) frame times, seconds from the clip start, F >= 1.
+        duration_s: clip length, seconds. n_segments: N >= 1. jitter_s: >= 0 seconds.
     Returns:
-        (frame_times, audio_centres): float64 (N,) each, seconds from the clip start.
+        (indices into `times` int64 (N,), audio centres float64 (N,) seconds).
     """
-    if jitter_s < 0:
-        raise ValueError(f'jitter_s must be >= 0, got {jitter_s}')
+    times = np.asarray(times, dtype=np.float64)
     bounds = segment_bounds(duration_s, n_segments)
     if rng is None:
-        frame_times = bounds.mean(axis=1)
-        return frame_times, frame_times.copy()
-    frame_times = rng.uniform(bounds[:, 0], bounds[:, 1])
-    return frame_times, jitter_centres(frame_times, rng, jitter_s)
+        centres = bounds.mean(axis=1)
+        return np.array([nearest_index(times, t) for t in centres], dtype=np.int64), centres
+    picks = []
+    for (a, b), inside in zip(bounds, segment_members(times, bounds), strict=True):
+        if inside.size:
+            picks.append(int(inside[rng.integers(inside.size)]))
+        else:
+            picks.append(nearest_index(times, rng.uniform(a, b)))
+    chosen = np.asarray(picks, dtype=np.int64)
+    return chosen, jitter_centres(times[chosen], rng, jitter_s)
 
 
 def nearest_index(times: np.ndarray, t: float) -> int:
@@ -124,16 +132,27 @@ def segment_index(t: float, segment_s: float) -> int:
     return math.floor(t / segment_s + _EPS)
 
 
-def reference_time(k: int, segment_s: float, anchor: str) -> float:
+def reference_time(k: int, segment_s: float, reference: str) -> float:
     """The time a segment's frame and audio centre are chosen at.
 
-    anchor 'centre': (k + 0.5) * T, as the clip grid at inference; 'start': k * T.
+    reference 'centre': (k + 0.5) * T, as the clip grid at inference; 'start': k * T.
     """
-    if anchor == 'centre':
+    if reference == 'centre':
         return (k + 0.5) * segment_s
-    if anchor == 'start':
+    if reference == 'start':
         return k * segment_s
-    raise ValueError(f'anchor must be one of {ANCHORS}, got {anchor!r}')
+    raise ValueError(f'reference must be one of {REFERENCES}, got {reference!r}')
+
+
+def segment_of_reference(t_ref: float, segment_s: float, reference: str) -> int:
+    """Inverse of `reference_time`: the id k whose reference time is `t_ref`.
+
+    Rounds instead of flooring, because a reference time that went through a message stamp
+    (integer nanoseconds) can land a hair below k*T with reference 'start'.
+    """
+    reference_time(0, segment_s, reference)   # validates `reference` with a helpful message
+    offset = 0.5 if reference == 'centre' else 0.0
+    return int(round(t_ref / segment_s - offset))
 
 
 def window_indices(k_last: int, n_segments: int) -> range:

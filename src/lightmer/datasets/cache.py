@@ -1,13 +1,10 @@
 """Training and evaluation samples from a `lightmer prepare` cache.
 
-Per sample and segment (the clip cut into N equal segments):
-- training: one of the segment's cached face crops (`segments.segment_members`, the rule
-  prepare used to cache them) drawn at random (paper III: a random frame per segment, so every
-  epoch sees other frames) and the audio window centred on that frame's time plus
-  U(-10 ms, +10 ms) (`segments.jitter_centres`, paper V-A). The draws depend only on
-  (seed, epoch, index), set with `set_epoch`, so a rerun is identical and two epochs differ.
-- evaluation: the crop nearest the segment centre and the audio window centred on the segment
-  centre (`segments.choose_times` without a generator), as the streaming nodes do.
+Per sample and segment (the clip cut into N equal segments), `segments.choose_frames` picks the
+cached face crop and the audio-window centre: in training one of the segment's crops at random
+with the audio centre jittered by up to 10 ms, in evaluation the crop nearest the segment centre.
+Training draws depend only on (seed, epoch, index), set with `set_epoch`, so a rerun is identical
+and two epochs differ.
 """
 from __future__ import annotations
 
@@ -23,13 +20,7 @@ from torch.utils.data import Dataset
 
 from lightmer.config import FeatureConfig, get_preset
 from lightmer.features import audio_window, face_to_input, log_mel_at, mel_db_statistics
-from lightmer.segments import (
-    choose_times,
-    jitter_centres,
-    nearest_index,
-    segment_bounds,
-    segment_members,
-)
+from lightmer.segments import choose_frames, segment_bounds
 
 # Clips held in memory per dataset object (~0.3 MB each for CREMA-D): the whole generated
 # corpus, a useful working set of a real one.
@@ -170,20 +161,10 @@ class SegmentDataset(Dataset):
         """The crop indices int (N,) and audio centres float64 (N,) s used for sample `i`."""
         clip = self._clip(self.clip_ids[i])
         times, duration = clip['crop_times'], float(clip['duration'])
-        if self.train:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            bounds = segment_bounds(duration, self.n_segments)
-            picks = []
-            for (a, b), inside in zip(bounds, segment_members(times, bounds), strict=True):
-                if inside.size:
-                    picks.append(int(inside[rng.integers(inside.size)]))
-                else:   # N larger than at prepare time: the crop nearest a random time
-                    picks.append(nearest_index(times, rng.uniform(a, b)))
-            picks = np.asarray(picks)
-            return picks, jitter_centres(times[picks], rng, self.cfg.jitter_s)
-        frame_times, centres = choose_times(duration, self.n_segments, None, 0.0)
-        picks = np.asarray([nearest_index(times, t) for t in frame_times])
-        return picks, centres
+        if not self.train:
+            return choose_frames(times, duration, self.n_segments)
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        return choose_frames(times, duration, self.n_segments, rng, self.cfg.jitter_s)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         clip = self._clip(self.clip_ids[i])
@@ -202,7 +183,7 @@ def _without_mel_norm(cfg: FeatureConfig) -> FeatureConfig:
 def dataset_mel_norm(cache_dir: str | Path, clip_ids, n_segments: int) -> FeatureConfig:
     """The cache's FeatureConfig with mel_norm 'dataset' and the dB statistics of `clip_ids`
     (the training clips: never the test actors'), over the audio windows at their N segment
-    centres, the windows evaluation and the nodes use (`segments.choose_times`)."""
+    centres, the windows evaluation and the nodes use."""
     cache_dir = Path(cache_dir)
     cfg = load_index(cache_dir).features
 
@@ -210,8 +191,7 @@ def dataset_mel_norm(cache_dir: str | Path, clip_ids, n_segments: int) -> Featur
         for clip_id in clip_ids:
             with np.load(cache_dir / 'clips' / f'{clip_id}.npz') as z:
                 audio, duration = z['audio'], float(z['duration'])
-            _, centres = choose_times(duration, n_segments, None, 0.0)
-            for c in centres:
+            for c in segment_bounds(duration, n_segments).mean(axis=1):
                 yield audio_window(audio, float(c), cfg)
 
     mean, std = mel_db_statistics(windows(), cfg)

@@ -57,7 +57,7 @@ from lightmer.config import FeatureConfig, get_preset
 from lightmer.datasets import media
 from lightmer.datasets.loaders import ClipRecord, Skipped, format_skipped, index_dataset
 from lightmer.io_utils import atomic_save_json, atomic_savez
-from lightmer.segments import segment_bounds, segment_members
+from lightmer.segments import nearest_index, segment_bounds, segment_members
 
 FRAMES_PER_SEGMENT = 3
 CACHE_VERSION = 2       # 2: audio_source, audio_duration; statuses silent and truncated
@@ -348,7 +348,7 @@ def select_frames(times: np.ndarray, bounds: np.ndarray, k: int) -> list[np.ndar
     out = []
     for (a, b), inside in zip(bounds, segment_members(times, bounds), strict=True):
         if inside.size == 0:
-            out.append(np.array([int(np.argmin(np.abs(times - (a + b) / 2)))]))
+            out.append(np.array([nearest_index(times, (a + b) / 2)]))
         elif inside.size <= k:
             out.append(inside)
         else:   # the middle frame of each of k equal runs

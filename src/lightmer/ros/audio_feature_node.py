@@ -8,9 +8,13 @@ format; that package is not installed where lightmer is tested, so the node then
 unless `audio_common_msgs.msg.AudioStamped` is importable.
 For each segment, once audio reaches its reference time + d/2, publishes the log-mel as a 32FC1
 Image on `log_mel` stamped with the reference time. Windows the audio does not cover are counted
-(`audio_gap`) and skipped.
+(`audio_gap`, in segments; a stamp jump of stamp_jump_s or more counts once in `jumps`) and
+skipped; windows whose power overflows are refused (`invalid`); windows of digital silence are
+published and counted (`silent`).
 """
 from __future__ import annotations
+
+import dataclasses
 
 from rclpy.node import Node
 from sensor_msgs.msg import Image
@@ -25,6 +29,7 @@ from .conversions import (
     ConversionError,
     array_to_image,
     audio_format_from_info,
+    check_sample_rate,
     float_to_time,
     mgonzs13_to_samples,
     pcm_to_samples,
@@ -38,17 +43,20 @@ class AudioFeatureNode(Node):
     def __init__(self, **kwargs):
         super().__init__('audio_feature', **kwargs)
         self.params = declare_and_read(self, AudioFeatureParams)
+        # Subscribe first, load second: chunks queue up while the model's metadata and librosa
+        # load (the subscription's depth), as in face_crop_node.
+        self._pub = self.create_publisher(Image, 'log_mel', output_qos())
+        self._subscribe()
         # Only the metadata: librosa does the rest, so with an ONNX export nothing here
         # imports torch or onnxruntime.
         _, meta, segment_s = load_for_node(self.params)
-        self._segmenter = AudioSegmenter(meta.features, segment_s, self.params.reference,
-                                         self.params.gap_tolerance_s)
+        self._segmenter = AudioSegmenter(meta.features, segment_s,
+                                         self.params.stream_settings())
         self._segmenter.warm_up()
         self._format: AudioFormat | None = None
-        self._rejected = 0
-        self._resets = 0
-        self.reporter = Reporter(self, self.params.diagnostics_period_s, self._counts)
-        self._pub = self.create_publisher(Image, 'log_mel', output_qos())
+        self.reporter = Reporter(self, self.params.diagnostics_period_s, self.diagnostic_counts)
+
+    def _subscribe(self) -> None:
         qos = input_qos(self.params.qos_reliability, self.params.qos_depth)
         if self.params.audio_msg == 'ros-drivers':
             from audio_common_msgs.msg import AudioDataStamped, AudioInfo
@@ -68,12 +76,11 @@ class AudioFeatureNode(Node):
             self._sub = self.create_subscription(AudioStamped, 'audio',
                                                  self.mgonzs13_callback, qos)
 
-    def _counts(self) -> dict:
-        c = self._segmenter.counts
-        return {'published': c.published, 'audio_gap': c.gaps, 'resets': self._resets,
-                'rejected': self._rejected,
-                'format': 'none' if self._format is None else
-                f'{self._format.channels}ch {self._format.sample_rate} Hz {self._format.dtype}'}
+    def diagnostic_counts(self) -> dict:
+        fmt = self._format
+        return {**dataclasses.asdict(self._segmenter.counts),
+                'format': 'none' if fmt is None else
+                f'{fmt.channels}ch {fmt.sample_rate} Hz {fmt.dtype}'}
 
     def info_callback(self, msg) -> None:
         try:
@@ -92,7 +99,7 @@ class AudioFeatureNode(Node):
 
     def audio_callback(self, msg) -> None:
         if self._format is None:
-            self._rejected += 1
+            self._segmenter.reject()
             self.reporter.error('audio dropped: no usable AudioInfo on audio_info yet '
                                 '(is audio_capture running with format:=wave?)')
             return
@@ -107,30 +114,33 @@ class AudioFeatureNode(Node):
         info = msg.audio.info
         try:
             samples = mgonzs13_to_samples(msg.audio.audio_data, info.format, info.channels)
+            rate = check_sample_rate(info.rate)
         except ConversionError as exc:
             self._drop(str(exc))
             return
-        self._push(msg.header, samples, int(info.rate))
+        self._push(msg.header, samples, rate)
 
     def _push(self, header: Header, samples, sample_rate: int) -> None:
-        resets = self._segmenter.counts.resets
+        counts = self._segmenter.counts
+        resets, jumps = counts.resets, counts.jumps
         try:
             mels = self._segmenter.push(time_to_float(header.stamp), to_mono(samples),
                                         sample_rate)
         except ValueError as exc:
             self._drop(str(exc))
             return
-        if self._segmenter.counts.resets != resets:
-            self._resets += 1
+        if counts.resets != resets:
             self.reporter.warn('audio stamps went backwards (a bag looping?): buffer reset')
+        if counts.jumps != jumps:
+            self.reporter.note(f'audio stamps jumped forward by {self.params.stamp_jump_s} s '
+                               'or more (clock set, replay seek?): a new run, not a gap')
         for _, t_ref, mel in mels:                                    # mel float32 (128, 43)
             out = Header(stamp=float_to_time(t_ref), frame_id=header.frame_id)
             self._pub.publish(array_to_image(mel, out))
             self.reporter.clear()                                      # recovered
 
     def _drop(self, reason: str) -> None:
-        self._rejected += 1
-        self._segmenter.discontinuity()
+        self._segmenter.reject()
         self.reporter.error(f'audio chunk dropped: {reason}')
 
 

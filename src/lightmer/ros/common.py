@@ -1,16 +1,21 @@
 """What the three nodes share: a /diagnostics reporter and the `main()` of a node executable."""
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 
 from .conversions import diagnostics_msg
+
+OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 
 # Throttle period of repeated input errors in the log, seconds.
 ERROR_THROTTLE_S = 5.0
@@ -21,24 +26,40 @@ class Reporter:
 
     The timer runs on the steady clock, so the counts keep coming while a bag replay (sim time)
     is paused. `problem` (the status message, level WARN) holds the latest input error until
-    the node publishes a result again (`clear()`); the counts keep the history.
+    the node publishes a result again (`clear()`); the counts keep the history. `health`, when
+    given, returns the node's own view of its state as (level, message) (level a
+    diagnostic_msgs/DiagnosticStatus level byte; the fusion node reports stalled inputs there);
+    the status carries the worse of the two.
     """
 
-    def __init__(self, node: Node, period_s: float, counts: Callable[[], dict]):
+    def __init__(self, node: Node, period_s: float, counts: Callable[[], dict],
+                 health: Callable[[], tuple[int, str]] | None = None):
         self._node = node
         self._counts = counts
+        self._health = health
         self.problem = ''
         self.errors = 0
         self._pub = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._timer = node.create_timer(period_s, self.publish,
                                         clock=Clock(clock_type=ClockType.STEADY_TIME))
 
+    def status(self) -> tuple[int, str]:
+        """(level, message) now: OK 'ok', WARN with the latest input error, or the node's own
+        health when that is worse."""
+        level, message = (WARN, self.problem) if self.problem else (OK, 'ok')
+        if self._health is not None:
+            own_level, own_message = self._health()
+            if own_level > level or (own_level == level and level == OK and own_message):
+                level, message = own_level, own_message
+        return level, message
+
     def publish(self) -> None:
         counts = dict(self._counts())
         counts['errors'] = self.errors
+        level, message = self.status()
         self._pub.publish(diagnostics_msg(self._node.get_clock().now().to_msg(),
                                           self._node.get_fully_qualified_name(), counts,
-                                          self.problem))
+                                          message, level))
 
     def error(self, text: str) -> None:
         """An input was dropped: count it, remember why, log it at most every few seconds."""
@@ -48,31 +69,69 @@ class Reporter:
 
     def warn(self, text: str) -> None:
         self.problem = text
-        self._node.get_logger().warning(text)
+        self._node.get_logger().warning(text, throttle_duration_sec=ERROR_THROTTLE_S)
+
+    def note(self, text: str) -> None:
+        """Something worth a log line (throttled) but not a problem: a stamp jump."""
+        self._node.get_logger().warning(text, throttle_duration_sec=ERROR_THROTTLE_S)
 
     def clear(self) -> None:
         self.problem = ''
 
 
+class ShutdownRequest:
+    """SIGINT and SIGTERM set `event` instead of raising KeyboardInterrupt or ending the process.
+
+    `ros2 launch` on Ctrl-C delivers SIGINT twice (the terminal's to the process group, then its
+    own), and escalates to SIGTERM: the second signal used to land in `destroy_node()` or in
+    torch's atexit hooks and print a traceback, or, once Python had restored the default
+    handlers while exiting, end the process with status -2. So the first signal sets the event
+    and makes the process ignore both signals from then on: cleanup finishes and it exits 0
+    (SIGKILL, launch's last resort, still ends it). Build it in the main thread before
+    rclpy.init(signal_handler_options=NO), so that rclpy installs no handler of its own.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        # SIG_IGN, unlike a Python handler, survives interpreter shutdown.
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        self.event.set()
+
+
 def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
-    """`main()` of a node executable: init, build, spin until Ctrl-C or shutdown, clean up.
+    """`main()` of a node executable: init, build, spin until Ctrl-C, SIGTERM or shutdown,
+    clean up; exit status 0 however many signals arrive.
 
     A configuration error (ValueError from the parameters or the checkpoint) ends the process
-    with its message and exit status 1 instead of a traceback.
+    with its message and exit status 1 instead of a traceback. The executor is spun in short
+    slices so that the signal flag is seen within 0.1 s.
     """
-    rclpy.init(args=args)
+    shutdown = ShutdownRequest()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
-        node = factory()
-    except ValueError as exc:
-        print(f'lightmer: {exc}', file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        try:
+            node = factory()
+        except ValueError as exc:
+            print(f'lightmer: {exc}', file=sys.stderr)
+            return 1
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        try:
+            while not shutdown.event.is_set() and rclpy.ok():
+                executor.spin_once(timeout_sec=0.1)
+        except ExternalShutdownException:
+            pass
+        finally:
+            executor.shutdown()
+            node.destroy_node()
     finally:
-        node.destroy_node()
         rclpy.try_shutdown()
     return 0
 

@@ -33,6 +33,8 @@ SAMPLE_FORMATS = {
     'F32LE': np.dtype('<f4'),
     'U8': np.dtype('u1'),
 }
+# Usable capture rates, Hz: telephone audio up to the highest rate sound cards offer.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384_000
 # coding_format values that mean raw interleaved PCM
 PCM_CODINGS = ('wave', 'wav', 'raw', 'pcm', '')
 
@@ -52,6 +54,10 @@ class ConversionError(ValueError):
 
 # Largest compressed image decoded by default: 8K UHD (7680 x 4320), 100 MB as RGB.
 DEFAULT_MAX_PIXELS = 7680 * 4320
+# What PIL raises on corrupt data: its parsers' internal errors (struct, EOF, index, syntax)
+# become OSError (UnidentifiedImageError on open, "truncated" on load); ValueError for
+# arguments it cannot use. Decompression bombs get an Exception of their own (caught apart).
+_DECODE_ERRORS = (OSError, ValueError)
 
 
 # --- time ------------------------------------------------------------------------------------
@@ -154,10 +160,10 @@ def compressed_to_rgb(msg: CompressedImage, *,
     """sensor_msgs/CompressedImage (jpeg, png: anything PIL reads) -> uint8 (H, W, 3) RGB.
 
     The width and height the file's header declares are checked against `max_pixels` before
-    anything is decoded (a few bytes can claim 60000x60000 and ask for gigabytes).
+    anything is decoded (a few bytes can claim 60000x60000 and ask for gigabytes). Every
+    failure, whatever the decoder raises on hostile bytes, is a ConversionError.
     """
     from PIL import Image as PILImage
-    from PIL import UnidentifiedImageError
 
     try:
         with PILImage.open(io.BytesIO(bytes(msg.data))) as img:
@@ -166,15 +172,28 @@ def compressed_to_rgb(msg: CompressedImage, *,
                 raise ConversionError(
                     f'compressed image (format {msg.format!r}) declares {width}x{height} '
                     f'pixels, more than max_image_pixels ({max_pixels}); refused before '
-                    'decoding')
+                    'decoding (raise max_image_pixels for a larger camera)')
             return np.asarray(img.convert('RGB'), dtype=np.uint8).copy()
-    except PILImage.DecompressionBombError as exc:     # PIL's own bound, checked on open
+    except ConversionError:
+        raise
+    except PILImage.DecompressionBombError as exc:   # PIL's own bound, checked on open
         raise ConversionError(f'compressed image (format {msg.format!r}) declares more pixels '
                               f'than max_image_pixels ({max_pixels}): {exc}; refused before '
                               'decoding') from exc
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ConversionError(f'cannot decode compressed image (format {msg.format!r}): {exc}; '
-                              'publish jpeg or png') from exc
+    except _DECODE_ERRORS as exc:
+        raise ConversionError(f'cannot decode compressed image (format {msg.format!r}): '
+                              f'{type(exc).__name__}: {exc}; publish jpeg or png') from exc
+
+
+def no_face_image(header: Header) -> Image:
+    """The face_crop node's word for "this segment's frame holds no usable face": an empty
+    (0 x 0) mono8 image with the frame's header. One message per segment either way, so the
+    fusion node settles the segment at once and can tell "no person" from "no face node"."""
+    return Image(header=header, height=0, width=0, encoding='mono8', step=0)
+
+
+def is_no_face_image(msg: Image) -> bool:
+    return msg.height == 0 and msg.width == 0 and msg.encoding == 'mono8'
 
 
 def array_to_image(array: np.ndarray, header: Header) -> Image:
@@ -219,11 +238,21 @@ def audio_format_from_info(channels: int, sample_rate: int, sample_format: str,
                               f'{sorted(SAMPLE_FORMATS)} (audio_capture sample_format:=S16LE)')
     if channels < 1:
         raise ConversionError(f'AudioInfo says {channels} channels; it must be at least 1')
-    if sample_rate < 1000:
-        raise ConversionError(f'AudioInfo sample_rate {sample_rate} Hz is not a usable rate; '
-                              'publish the real capture rate (e.g. 16000)')
-    return AudioFormat(channels=int(channels), sample_rate=int(sample_rate),
+    return AudioFormat(channels=int(channels), sample_rate=check_sample_rate(sample_rate),
                        dtype=SAMPLE_FORMATS[fmt])
+
+
+def check_sample_rate(sample_rate: int) -> int:
+    """A capture rate in Hz within [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE], or ConversionError.
+
+    Anything outside is a broken or uninitialised field (4294967295 is an unsigned -1), and
+    resampling from it would cost gigabytes.
+    """
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise ConversionError(f'audio sample_rate {sample_rate} Hz is not a usable rate (must '
+                              f'be {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}); publish the real '
+                              'capture rate (e.g. 16000)')
+    return int(sample_rate)
 
 
 def pcm_to_samples(data, fmt: AudioFormat) -> np.ndarray:
@@ -272,14 +301,16 @@ def label_info_msg(labels: tuple[str, ...], header: Header) -> LabelInfo:
 
 
 def diagnostics_msg(stamp: Time, name: str, counts: dict[str, int | float | str],
-                    problem: str = ''):
-    """One node's per-segment counts as a diagnostic_msgs/DiagnosticArray (level WARN with a
-    message when `problem` is set, OK otherwise)."""
+                    message: str = '', level: bytes | None = None):
+    """One node's per-segment counts as a diagnostic_msgs/DiagnosticArray: one status named
+    `name` with `message` ('ok' when empty) at `level` (default: OK, or WARN with a
+    message)."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
+    if level is None:
+        level = DiagnosticStatus.WARN if message else DiagnosticStatus.OK
     status = DiagnosticStatus(
-        level=DiagnosticStatus.WARN if problem else DiagnosticStatus.OK, name=name,
-        message=problem or 'ok', hardware_id='lightmer',
+        level=level, name=name, message=message or 'ok', hardware_id='lightmer',
         values=[KeyValue(key=k, value=str(v)) for k, v in counts.items()])
     return DiagnosticArray(header=Header(stamp=stamp), status=[status])
 

@@ -1,14 +1,24 @@
 """The one description of lightmer's three nodes, used by the launch file and `lightmer bringup`.
 
 `resolve(values)` turns the launch arguments (strings, as `ros2 launch` gives them) into one
-`NodeInvocation` per node: executable, name, namespace, parameter files, parameter overrides
-and remappings. `launch/emotion.launch.py` hands these to launch_ros `Node` actions;
-`bringup.py` hands `NodeInvocation.ros_args()` (what launch_ros puts on the command line) to the
-node classes in one process. Nothing here imports rclpy or launch.
+`NodeInvocation` per node: executable, name, namespace, parameter files, parameter overrides,
+remappings and respawn settings. `launch/emotion.launch.py` hands these to launch_ros `Node`
+actions; `bringup.py` hands `NodeInvocation.ros_args()` (what launch_ros puts on the command
+line) to the node classes in one process. Nothing here imports rclpy or launch.
+
+Why the overrides travel in a file of their own: rclpy applies the parameter-file blocks that
+match a node in the order their keys first appeared, across all files and `-p` rules. launch_ros
+writes a `parameters` dict under `/**` (and `-p` means `/**` too), which the user's file has
+already used, so a node-specific block of that file (`/**/audio_feature:`) came later and won
+over `audio_msg:=...`. The override file repeats every key of the user's files that can match
+the node, plus `/**/<name>`: an existing key takes the new value in place, a new one is
+applied last, so the launch argument wins whatever form the file uses.
 """
 from __future__ import annotations
 
+import hashlib
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +46,9 @@ LAUNCH_ARGUMENTS = (
                    "'mgonzs13'"),
     LaunchArgument('use_sim_time', 'false', 'use /clock (bag replay)'),
     LaunchArgument('namespace', '', 'namespace of the three nodes and their outputs'),
+    LaunchArgument('respawn', 'true', 'restart a node whose process ends (perception nodes '
+                   'should come back by themselves)'),
+    LaunchArgument('respawn_delay', '1.0', 'seconds to wait before restarting a node'),
 )
 
 
@@ -62,9 +75,6 @@ NODES = (
 )
 
 
-# node name -> module whose `main` runs it (tools that start the nodes as processes)
-NODE_MODULES = {n.name: n.module for n in NODES}
-
 @dataclass(frozen=True)
 class NodeInvocation:
     """One node as it is started: what launch_ros's `Node` action takes."""
@@ -74,6 +84,8 @@ class NodeInvocation:
     params_files: tuple[str, ...]
     parameters: dict                        # overrides, after the files
     remappings: tuple[tuple[str, str], ...]
+    respawn: bool = True                    # restart the node when its process ends
+    respawn_delay: float = 1.0              # seconds before that restart
 
     @property
     def executable(self) -> str:
@@ -83,19 +95,70 @@ class NodeInvocation:
     def name(self) -> str:
         return self.description.name
 
+    def override_keys(self) -> list[str]:
+        """Keys of the parameter files that may address this node (the last part of the key is
+        its name or a wildcard), then `/**/<name>`: where the overrides are written."""
+        keys = [key for path in self.params_files for key in _node_keys(path)
+                if key.rstrip('/').rsplit('/', 1)[-1] in (self.name, '*', '**')]
+        return list(dict.fromkeys([*keys, f'/**/{self.name}']))
+
+    def overrides_yaml(self) -> str:
+        import yaml
+
+        # one dict per key: rcl's parser refuses YAML aliases, which a shared one would make
+        return yaml.safe_dump({key: {'ros__parameters': dict(self.parameters)}
+                               for key in self.override_keys()}, sort_keys=False)
+
+    def parameter_files(self) -> list[str]:
+        """The user's parameter files, then the overrides file: what launch_ros and
+        `ros_args` pass as --params-file, in this order."""
+        return [*self.params_files, _write_overrides(self.overrides_yaml())]
+
     def ros_args(self) -> list[str]:
         """The node's command-line arguments, as launch_ros builds them."""
         args = ['--ros-args', '-r', f'__node:={self.name}']
         if self.namespace:
             args += ['-r', f'__ns:={self.namespace}']
-        for path in self.params_files:
+        for path in self.parameter_files():
             args += ['--params-file', path]
-        for key, value in self.parameters.items():
-            text = ('true' if value else 'false') if isinstance(value, bool) else str(value)
-            args += ['-p', f'{key}:={text}']
         for src, dst in self.remappings:
             args += ['-r', f'{src}:={dst}']
         return args
+
+
+def _node_keys(path: str) -> list[str]:
+    """The node keys of a ROS parameter file, nested namespaces joined with '/'."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f'cannot read parameter file {path}: {exc}; pass an existing '
+                         'params_file') from exc
+    keys: list[str] = []
+
+    def walk(mapping, prefix: str) -> None:
+        for key, value in mapping.items():
+            if key == 'ros__parameters':
+                keys.append(prefix)
+            elif isinstance(value, dict):
+                walk(value, f'{prefix}/{key}' if prefix else str(key))
+    if isinstance(doc, dict):
+        walk(doc, '')
+    return keys
+
+
+def _write_overrides(text: str) -> str:
+    """Write launch overrides to a file named by its content (the same overrides reuse one
+    file; launch_ros leaves its own parameter files in the temporary directory too)."""
+    from lightmer.io_utils import atomic_write_text
+
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / 'lightmer-launch' / f'overrides-{digest}.yaml'
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    return str(path)
 
 
 def defaults() -> dict[str, str]:
@@ -111,21 +174,27 @@ def _as_bool(name: str, text: str) -> bool:
     raise ValueError(f'launch argument {name} must be true or false, got {text!r}')
 
 
-def default_params_file() -> str:
-    """config/lightmer.yaml: the installed share directory's, else the source tree's."""
+def share_dirs() -> list[Path]:
+    """Where lightmer's installed files may be, first match first: the ament index's share
+    directory (colcon / apt), this Python's prefix (pip), then the source tree (a checkout)."""
+    dirs = []
     try:
         from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 
         try:
-            path = Path(get_package_share_directory(PACKAGE)) / 'config' / CONFIG_FILE
-            if path.is_file():
-                return str(path)
-        except (PackageNotFoundError, OSError):   # OSError: no AMENT_PREFIX_PATH (pip)
+            dirs.append(Path(get_package_share_directory(PACKAGE)))
+        except (PackageNotFoundError, OSError, ValueError):   # OSError: no AMENT_PREFIX_PATH
             pass
     except ImportError:
         pass
-    for path in (Path(sys.prefix) / 'share' / PACKAGE / 'config' / CONFIG_FILE,
-                 Path(__file__).resolve().parents[3] / 'config' / CONFIG_FILE):
+    dirs += [Path(sys.prefix) / 'share' / PACKAGE, Path(__file__).resolve().parents[3]]
+    return list(dict.fromkeys(dirs))
+
+
+def default_params_file() -> str:
+    """config/lightmer.yaml: the installed share directory's, else the source tree's."""
+    for share in share_dirs():
+        path = share / 'config' / CONFIG_FILE
         if path.is_file():
             return str(path)
     raise ValueError(f'cannot find {CONFIG_FILE}: pass params_file:=/path/to/{CONFIG_FILE}')
@@ -144,6 +213,14 @@ def resolve(values: dict[str, str] | None = None) -> list[NodeInvocation]:
     v.update({k: str(x) for k, x in (values or {}).items()})
     params_file = v['params_file'] or default_params_file()
     use_sim_time = _as_bool('use_sim_time', v['use_sim_time'])
+    respawn = _as_bool('respawn', v['respawn'])
+    try:
+        respawn_delay = float(v['respawn_delay'])
+    except ValueError:
+        respawn_delay = -1.0
+    if not respawn_delay >= 0:
+        raise ValueError(f'launch argument respawn_delay must be seconds >= 0, got '
+                         f'{v["respawn_delay"]!r}')
     namespace = v['namespace'].strip()
     if namespace and not namespace.startswith('/'):
         namespace = '/' + namespace
@@ -156,5 +233,6 @@ def resolve(values: dict[str, str] | None = None) -> list[NodeInvocation]:
         out.append(NodeInvocation(
             description=node, namespace=namespace, params_files=(params_file,),
             parameters=parameters,
-            remappings=tuple((src, v[arg]) for src, arg in node.remappings)))
+            remappings=tuple((src, v[arg]) for src, arg in node.remappings),
+            respawn=respawn, respawn_delay=respawn_delay))
     return out

@@ -7,12 +7,20 @@ stamped with that segment's reference time and the camera's frame_id. `emotion/l
 (LabelInfo) is latched. With publish_expression and hri_msgs importable, also
 hri_msgs/Expression on `expression`.
 
+/diagnostics says how many of the N segments the last window used (`window_segments`, e.g.
+'3/5'; vision_msgs/Classification has no field for it), counts segments without a face
+(`no_face`: nobody in view) apart from dropped ones, and goes WARN, then ERROR, when one input
+stops while the other flows (stall_warn_s, stall_error_s): a node or sensor is down.
+
 A plain node, not a lifecycle node: nothing here provides a lifecycle manager (launch_ros's
 event handlers, nav2's manager), so a lifecycle node would sit unconfigured under `ros2 launch`
 and under `lightmer bringup` alike; loading the checkpoint in the constructor and failing
 there with a message that says what to set behaves the same everywhere.
 """
 from __future__ import annotations
+
+import dataclasses
+import time
 
 import numpy as np
 from rclpy.node import Node
@@ -21,15 +29,16 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Classification, LabelInfo
 
 from lightmer.backend import load_model
-from lightmer.streaming import SegmentFuser, WindowResult
+from lightmer.streaming import SegmentFuser, WindowResult, stall_status
 
-from .common import Reporter, run_node
+from .common import ERROR, OK, WARN, Reporter, run_node
 from .conversions import (
     ConversionError,
     classification_msg,
     expression_fields,
     float_to_time,
     image_to_array,
+    is_no_face_image,
     label_info_msg,
     time_to_float,
 )
@@ -41,11 +50,14 @@ class FusionNode(Node):
     def __init__(self, **kwargs):
         super().__init__('fusion', **kwargs)
         self.params = declare_and_read(self, FusionParams)
+        # Subscribe first, load second: inputs queue up while the model loads (queue_depth),
+        # as in face_crop_node.
+        self._pub = self.create_publisher(Classification, 'emotion', output_qos())
+        qos = output_qos(self.params.queue_depth)
+        self._face_sub = self.create_subscription(Image, 'face_crop', self.face_callback, qos)
+        self._mel_sub = self.create_subscription(Image, 'log_mel', self.mel_callback, qos)
         path, meta, segment_s = load_for_node(self.params)
         n = self.params.n_segments or meta.n_segments
-        if self.params.min_segments > n:
-            raise ValueError(f'min_segments {self.params.min_segments} exceeds the window of '
-                             f'{n} segments; lower it or raise n_segments')
         self.labels = tuple(meta.labels)
         self._face_shape = (meta.features.face_height, meta.features.face_width)
         self._mel_shape = (meta.features.n_mels, meta.features.mel_frames)
@@ -54,22 +66,20 @@ class FusionNode(Node):
         segment_logits, fuse = model.segment_logits, model.fuse
         # The first forward pass is slower (allocator, kernels): pay for it now.
         segment_logits(np.zeros(self._face_shape, np.uint8), np.zeros(self._mel_shape, np.float32))
-        self.fuser = SegmentFuser(
-            segment_logits, fuse, n_segments=n, segment_s=segment_s,
-            anchor=self.params.reference, min_segments=self.params.min_segments or n,
-            policy=self.params.missing_policy, wait_s=self.params.missing_wait_s,
-            nearest_max=self.params.nearest_max_segments)
-        self._rejected = 0
+        self.fuser = SegmentFuser(segment_logits, fuse, n, segment_s,
+                                  self.params.stream_settings())
         self._resets_seen = 0
-        self.reporter = Reporter(self, self.params.diagnostics_period_s, self._counts)
-        self._pub = self.create_publisher(Classification, 'emotion', output_qos())
+        self._breaks_seen = 0
+        self._window_segments = ''
+        # Steady-clock arrival of each input (node start for one not seen yet), for stalls.
+        self._arrived = dict.fromkeys(('face_crop', 'log_mel'), time.monotonic())
+        self._face_in_view = True
+        self.reporter = Reporter(self, self.params.diagnostics_period_s,
+                                 self.diagnostic_counts, self.health)
         self._info_pub = self.create_publisher(LabelInfo, 'emotion/label_info', latched_qos())
         self._info_pub.publish(label_info_msg(self.labels,
                                               Header(stamp=self.get_clock().now().to_msg())))
         self._expression_pub = self._expression_publisher()
-        qos = output_qos(self.params.queue_depth)
-        self._face_sub = self.create_subscription(Image, 'face_crop', self.face_callback, qos)
-        self._mel_sub = self.create_subscription(Image, 'log_mel', self.mel_callback, qos)
         self.get_logger().info(f'{meta.preset}: {len(self.labels)} classes, N={n}, '
                                f'T={segment_s:.3f} s, policy {self.params.missing_policy}')
 
@@ -84,19 +94,34 @@ class FusionNode(Node):
             return None
         return self.create_publisher(Expression, 'expression', output_qos())
 
-    def _counts(self) -> dict:
-        c = self.fuser.counts
-        return {'used': c.used, 'filled': c.filled, 'dropped': c.dropped,
-                'windows': c.windows, 'duplicates': c.duplicates, 'late': c.late,
-                'resets': c.resets, 'rejected': self._rejected}
+    def diagnostic_counts(self) -> dict:
+        return {**dataclasses.asdict(self.fuser.counts),
+                'window_segments': self._window_segments}
+
+    def health(self) -> tuple[bytes, str]:
+        """(level, message) of the inputs: a stall (one silent while the other flows) is WARN
+        or ERROR; otherwise OK, saying 'no face in view' when the face node reports none."""
+        now = time.monotonic()
+        level, message = stall_status({k: now - t for k, t in self._arrived.items()},
+                                      self.params.stall_warn_s, self.params.stall_error_s)
+        if level == 'ok' and not message and not self._face_in_view:
+            message = 'no face in view'
+        return {'ok': OK, 'warn': WARN, 'error': ERROR}[level], message
 
     def face_callback(self, msg: Image) -> None:
+        self._arrived['face_crop'] = time.monotonic()
+        t = time_to_float(msg.header.stamp)
+        if is_no_face_image(msg):
+            self._face_in_view = False
+            self._publish(self.fuser.push_no_face(t))
+            return
         crop = self._read(msg, 'mono8', self._face_shape)
         if crop is not None:
-            self._publish(self.fuser.push_face(time_to_float(msg.header.stamp), crop,
-                                               msg.header.frame_id))
+            self._face_in_view = True
+            self._publish(self.fuser.push_face(t, crop, msg.header.frame_id))
 
     def mel_callback(self, msg: Image) -> None:
+        self._arrived['log_mel'] = time.monotonic()
         mel = self._read(msg, '32FC1', self._mel_shape)
         if mel is not None:
             self._publish(self.fuser.push_mel(time_to_float(msg.header.stamp), mel))
@@ -110,17 +135,22 @@ class FusionNode(Node):
                 raise ConversionError(f'expected {shape}, got {array.shape}: was it made with '
                                       'the same checkpoint?')
         except ConversionError as exc:
-            self._rejected += 1
+            self.fuser.reject()
             self.reporter.error(f'input dropped: {exc}')
             return None
         return array
 
     def _publish(self, results: list[WindowResult]) -> None:
-        resets = self.fuser.counts.resets
-        if resets != self._resets_seen:
-            self._resets_seen = resets
+        counts = self.fuser.counts
+        if counts.resets != self._resets_seen:
+            self._resets_seen = counts.resets
             self.reporter.warn('segment stamps went backwards (a bag looping?): caches reset')
+        if counts.breaks != self._breaks_seen:
+            self._breaks_seen = counts.breaks
+            self.reporter.note(f'an input resumed after a gap of {self.params.stall_warn_s} s '
+                               'or more in its stamps: windows start again after the gap')
         for r in results:
+            self._window_segments = f'{len(r.segments)}/{self.fuser.n_segments}'
             header = Header(stamp=float_to_time(r.t_ref), frame_id=r.frame_id)
             self._pub.publish(classification_msg(r.probs, self.labels, header))
             self.reporter.clear()                                      # recovered

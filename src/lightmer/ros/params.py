@@ -1,22 +1,29 @@
 """Node parameters: one frozen dataclass per node, declared and read once by one helper.
 
-Defaults live here; `config/*.yaml` only overrides them. Every field carries its description
-in `metadata`, which `declare_and_read` hands to ROS, so `ros2 param describe` explains it.
-Zero means "take it from the checkpoint" for `segment_s` and `n_segments`, because a node needs
-only the checkpoint path to compute exactly what the model was trained on.
+Defaults live here, except those of the processing settings, which come from
+`streaming.StreamSettings` (the one definition eval-bag, the benchmark and the demo share);
+`config/*.yaml` only overrides them. Every field carries its description in `metadata`, which
+`declare_and_read` hands to ROS, so `ros2 param describe` explains it. Zero means "take it from
+the checkpoint" for `segment_s` and `n_segments`, because a node needs only the checkpoint path
+to compute exactly what the model was trained on.
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
-from lightmer.segments import ANCHORS
-from lightmer.streaming import MISSING_POLICIES
+from lightmer.streaming import StreamSettings
 
+from .conversions import DEFAULT_MAX_PIXELS
+from .description import share_dirs
 from .qos import RELIABILITIES
 
 AUDIO_MSG_VARIANTS = ('ros-drivers', 'mgonzs13')
+DEFAULTS = StreamSettings()
+_SETTINGS = tuple(f.name for f in dataclasses.fields(StreamSettings))
 
 
 def _p(default: Any, description: str) -> Any:
@@ -29,25 +36,33 @@ class CommonParams:
 
     model_path: str = _p('', 'the lightmer model: a checkpoint (.pt, run on torch) or the '
                          '<stem>.onnx of `lightmer export --format onnx` (run on '
-                         'onnxruntime, no torch); every node reads its feature and segment '
-                         'settings from it')
+                         'onnxruntime, no torch), as a path or as the bare name of one in '
+                         'the installed models/ folder; every node reads its feature and '
+                         'segment settings from it')
     expected_preset: str = _p('', "if set ('crema-d' or 'ravdess'), refuse a checkpoint "
                               'trained on another preset')
     segment_s: float = _p(0.0, 'segment length T in seconds; 0 = the checkpoint preset\'s')
-    reference: str = _p('centre', "segment reference time: 'centre' (as trained at "
-                        "inference) or 'start' (lower latency)")
+    reference: str = _p(DEFAULTS.reference, "segment reference time: 'centre' (as trained "
+                        "at inference) or 'start' (lower latency)")
     torch_threads: int = _p(1, 'intra-op threads of this node\'s runtime, torch or '
                             'onnxruntime (nodes share few cores)')
     diagnostics_period_s: float = _p(1.0, 'period of the /diagnostics counts, wall seconds')
+    stamp_jump_s: float = _p(DEFAULTS.stamp_jump_s, 'a forward step of input stamps at least '
+                             'this long is a jump (clock set, replay seek): logged and '
+                             'counted once, not as lost segments; seconds')
 
     def __post_init__(self) -> None:
-        if self.reference not in ANCHORS:
-            raise ValueError(f'reference must be one of {ANCHORS}, got {self.reference!r}')
+        self.stream_settings()                 # validates the processing settings
         if self.segment_s < 0:
             raise ValueError(f'segment_s must be >= 0 (0 = from the checkpoint), '
                              f'got {self.segment_s}')
         if self.torch_threads < 1 or not self.diagnostics_period_s > 0:
             raise ValueError('torch_threads must be >= 1 and diagnostics_period_s > 0')
+
+    def stream_settings(self) -> StreamSettings:
+        """The processors' settings: this node's values; the defaults for other nodes' ones."""
+        return StreamSettings(**{name: getattr(self, name) for name in _SETTINGS
+                                 if hasattr(self, name)})
 
 
 @dataclass(frozen=True)
@@ -57,15 +72,18 @@ class FaceCropParams(CommonParams):
     qos_reliability: str = _p('best_effort', "image subscription: 'best_effort' (sensor "
                               "data, matches any publisher) or 'reliable'")
     qos_depth: int = _p(10, 'image subscription queue depth')
-    min_face_size: int = _p(40, 'smallest face MTCNN looks for, in pixels of the image it '
-                            'runs on (the frame, or its copy downscaled to the model\'s '
-                            'detect_max_side)')
+    min_face_size: int = _p(DEFAULTS.min_face_size, 'smallest face MTCNN looks for, in pixels '
+                            'of the image it runs on (the frame, or its copy downscaled to '
+                            'the model\'s detect_max_side)')
+    max_image_pixels: int = _p(DEFAULT_MAX_PIXELS, 'compressed_input: largest width x height '
+                               'a compressed frame may declare; larger ones are refused '
+                               'before decoding')
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_qos(self.qos_reliability, self.qos_depth)
-        if self.min_face_size < 1:
-            raise ValueError(f'min_face_size must be >= 1, got {self.min_face_size}')
+        if self.max_image_pixels < 1:
+            raise ValueError(f'max_image_pixels must be >= 1, got {self.max_image_pixels}')
 
 
 @dataclass(frozen=True)
@@ -78,8 +96,8 @@ class AudioFeatureParams(CommonParams):
     qos_reliability: str = _p('reliable', "audio subscription: 'reliable' (ros-drivers "
                               "audio_capture) or 'best_effort' (any publisher)")
     qos_depth: int = _p(100, 'audio subscription queue depth (chunks are small and frequent)')
-    gap_tolerance_s: float = _p(0.05, 'stamp mismatch between consecutive chunks still '
-                                'treated as continuous audio, seconds')
+    gap_tolerance_s: float = _p(DEFAULTS.gap_tolerance_s, 'stamp mismatch between '
+                                'consecutive chunks still treated as continuous audio, seconds')
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -87,35 +105,37 @@ class AudioFeatureParams(CommonParams):
         if self.audio_msg not in AUDIO_MSG_VARIANTS:
             raise ValueError(f'audio_msg must be one of {AUDIO_MSG_VARIANTS}, '
                              f'got {self.audio_msg!r}')
-        if self.gap_tolerance_s < 0:
-            raise ValueError(f'gap_tolerance_s must be >= 0, got {self.gap_tolerance_s}')
 
 
 @dataclass(frozen=True)
 class FusionParams(CommonParams):
     n_segments: int = _p(0, 'segments N per window; 0 = the checkpoint\'s')
-    min_segments: int = _p(0, 'publish a window only when at least this many of its N '
-                           'segments are cached; 0 = all N')
-    missing_policy: str = _p('skip', "a segment with one modality after missing_wait_s: "
-                             "'skip' it, or 'nearest' (pair it with the nearest segment's "
-                             'input of the missing modality)')
-    missing_wait_s: float = _p(2.0, 'how long (stamp seconds past its reference time) a '
-                               'segment waits for its other modality')
-    nearest_max_segments: int = _p(2, "'nearest' policy: farthest segment to borrow from")
+    min_segments: int = _p(DEFAULTS.min_segments, 'publish a window once at least this many '
+                           'of its N segments are cached (at most N); 0 = all N. Fewer: '
+                           'windows on short utterances; more: each window sees more')
+    missing_policy: str = _p(DEFAULTS.missing_policy, "a segment with one modality after "
+                             "missing_wait_s: 'skip' it, or 'nearest' (pair it with the "
+                             "nearest segment's input of the missing modality)")
+    missing_wait_s: float = _p(DEFAULTS.missing_wait_s, 'how long (stamp seconds past its '
+                               'reference time) a segment waits for its other modality')
+    nearest_max_segments: int = _p(DEFAULTS.nearest_max_segments, "'nearest' policy: "
+                                   'farthest segment to borrow from')
     queue_depth: int = _p(20, 'face_crop and log_mel subscription depth (reliable)')
     publish_expression: bool = _p(False, 'also publish hri_msgs/Expression on expression '
                                   '(needs hri_msgs)')
+    stall_warn_s: float = _p(DEFAULTS.stall_warn_s, 'one input (face_crop or log_mel) silent '
+                             'this long while the other flows: /diagnostics WARN; an input '
+                             'gap this long in stamp time also restarts the windows; seconds')
+    stall_error_s: float = _p(10.0, 'one input silent this long while the other flows: '
+                              '/diagnostics ERROR (its node or sensor is down); seconds')
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.missing_policy not in MISSING_POLICIES:
-            raise ValueError(f'missing_policy must be one of {MISSING_POLICIES}, '
-                             f'got {self.missing_policy!r}')
-        if self.n_segments < 0 or self.min_segments < 0 or self.nearest_max_segments < 1:
-            raise ValueError('n_segments and min_segments must be >= 0, '
-                             'nearest_max_segments >= 1')
-        if self.missing_wait_s < 0 or self.queue_depth < 1:
-            raise ValueError('missing_wait_s must be >= 0 and queue_depth >= 1')
+        if self.n_segments < 0 or self.queue_depth < 1:
+            raise ValueError('n_segments must be >= 0 and queue_depth >= 1')
+        if not self.stall_warn_s <= self.stall_error_s:
+            raise ValueError(f'need stall_warn_s <= stall_error_s, got '
+                             f'{self.stall_warn_s} and {self.stall_error_s}')
 
 
 def _check_qos(reliability: str, depth: int) -> None:
@@ -126,10 +146,6 @@ def _check_qos(reliability: str, depth: int) -> None:
 
 
 P = TypeVar('P', bound=CommonParams)
-
-
-def parameter_names(cls: type[CommonParams]) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def declare_and_read(node, cls: type[P]) -> P:
@@ -146,24 +162,61 @@ def declare_and_read(node, cls: type[P]) -> P:
     return cls(**values)
 
 
+# Model files a bare name may stand for: a checkpoint (torch), then an ONNX export.
+MODEL_SUFFIXES = ('.pt', '.onnx')
+
+
+def model_dirs() -> list[Path]:
+    """The models/ folders a bare model name is looked up in: installed share directory first
+    (see description.share_dirs), then the source tree's."""
+    return [share / 'models' for share in share_dirs()]
+
+
+def resolve_model_path(value: str, search: Sequence[Path] | None = None,
+                       suffixes: Sequence[str] = MODEL_SUFFIXES) -> Path:
+    """`model_path` as given -> the file to load.
+
+    A value with a directory part or that names an existing file is a path, taken as it is.
+    Anything else is a bare name (`crema_d_fold0`, `crema_d_fold0.pt`) looked up, as it is
+    and then with each suffix in order (a checkpoint before an export), in `search` (default
+    `model_dirs()`), first folder first. Raises ValueError saying what was searched and what
+    is there.
+    """
+    if not value:
+        raise ValueError('parameter model_path is empty: pass the model, e.g. '
+                         '`model:=/path/to/model.pt` (or its ONNX export, model.onnx, or the '
+                         'name of one in the installed models/ folder) to the launch file or '
+                         '--model to `lightmer bringup` (`lightmer train` writes one, '
+                         '`lightmer export --format onnx` exports it)')
+    path = Path(value).expanduser()
+    if path.is_file() or path.name != value:
+        if not path.is_file():
+            raise ValueError(f'no checkpoint or export at {path}; train one with `lightmer '
+                             'train` or give the path of an existing file')
+        return path
+    folders = list(model_dirs() if search is None else search)
+    for folder in folders:
+        for name in (value, *(value + s for s in suffixes if not value.endswith(s))):
+            if (folder / name).is_file():
+                return folder / name
+    found = sorted({f.stem for folder in folders if folder.is_dir() for f in folder.iterdir()
+                    if f.suffix in suffixes})
+    raise ValueError(f'no model named {value!r} in {[str(f) for f in folders]} (there: '
+                     f'{found or "nothing"}); give a path, or put the checkpoint in models/ '
+                     'and rebuild (see models/README.md)')
+
+
 def load_for_node(params: CommonParams):
-    """The model named by `model_path`, a checkpoint or an ONNX export: (its path, its metadata,
-    segment_s) for a node, which then loads the part it runs from the path
-    (`lightmer.backend`). Reading the metadata of an export imports neither torch nor
-    onnxruntime.
+    """The model named by `model_path` (a path, or a bare name in models/), a checkpoint or
+    an ONNX export: (its path, its metadata, segment_s) for a node, which then loads the part
+    it runs from the path (`lightmer.backend`). Reading the metadata of an export imports
+    neither torch nor onnxruntime.
 
     Raises ValueError with a message that says what to set.
     """
-    from pathlib import Path
-
     from lightmer.backend import read_meta
 
-    if not params.model_path:
-        raise ValueError('parameter model_path is empty: pass the model, e.g. '
-                         '`model:=/path/to/model.pt` (or its ONNX export, model.onnx) to the '
-                         'launch file or --model to `lightmer bringup` (`lightmer train` '
-                         'writes one, `lightmer export --format onnx` exports it)')
-    path = Path(params.model_path)
+    path = resolve_model_path(params.model_path)
     meta = read_meta(path)
     if params.expected_preset and meta.preset != params.expected_preset:
         raise ValueError(f'{params.model_path} was trained on preset {meta.preset!r} but the '

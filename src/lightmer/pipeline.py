@@ -1,0 +1,66 @@
+"""The three nodes' processing chain in one object, without ROS or DDS.
+
+`OfflinePipeline` pushes camera frames and audio chunks, in stamp order, through the processors
+the nodes wrap (`lightmer.streaming`): FaceSegmenter (frame choice + MTCNN) and AudioSegmenter
+feed SegmentFuser, exactly as face_crop, audio_feature and fusion do over DDS, on the model's
+own backend (a checkpoint on torch, an ONNX export on onnxruntime: `lightmer.backend`). One
+thread, no queues, so the result is deterministic. eval-bag offline runs it; anything else
+that wants "what the nodes would say about these frames and this audio" can too.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from lightmer.features import FaceCropper
+from lightmer.streaming import (
+    AudioSegmenter,
+    FaceSegmenter,
+    SegmentFuser,
+    StreamSettings,
+    WindowResult,
+)
+
+
+class OfflinePipeline:
+    """face_crop + audio_feature + fusion over numpy.
+
+    Args:
+        model_path: a checkpoint (.pt) or its ONNX export (.onnx), as the nodes' model_path.
+        settings: the nodes' processing settings (the ROS parameters' defaults if omitted).
+        threads: intra-op threads of the model's runtime.
+        cropper: a FaceCropper to share (one is built for the model otherwise).
+        frame_id: frame_id of the windows (the camera's).
+    Attributes: `meta` (the model's CheckpointMeta) and the processors `faces`, `audio`,
+    `fuser`, whose `counts` are what the nodes publish on /diagnostics.
+    """
+
+    def __init__(self, model_path, settings: StreamSettings | None = None, threads: int = 1,
+                 cropper: FaceCropper | None = None, frame_id: str = ''):
+        from lightmer.backend import face_cropper, load_model
+
+        settings = settings or StreamSettings()
+        model = load_model(model_path, threads)
+        self.meta = meta = model.meta
+        self.frame_id = frame_id
+        cropper = cropper or face_cropper(model_path, settings.min_face_size, threads)
+        self.faces = FaceSegmenter(cropper, meta.segment_s, settings)
+        self.audio = AudioSegmenter(meta.features, meta.segment_s, settings)
+        self.fuser = SegmentFuser(model.segment_logits, model.fuse, meta.n_segments,
+                                  meta.segment_s, settings)
+
+    def push_image(self, t: float, frame: np.ndarray) -> list[WindowResult]:
+        """A camera frame (uint8 (H, W, 3) RGB) stamped `t` seconds -> windows it completed."""
+        out = []
+        for r in self.faces.push(t, frame):
+            if r.crop is None:             # the face node's no-face word settles the segment
+                out.extend(self.fuser.push_no_face(r.t_frame))
+            else:
+                out.extend(self.fuser.push_face(r.t_frame, r.crop, self.frame_id))
+        return out
+
+    def push_audio(self, t: float, samples: np.ndarray, sr: int) -> list[WindowResult]:
+        """An audio chunk (float (n,) mono, first sample at `t` s, `sr` Hz) -> windows."""
+        out = []
+        for _k, t_ref, mel in self.audio.push(t, samples, sr):
+            out.extend(self.fuser.push_mel(t_ref, mel))
+        return out
