@@ -185,8 +185,10 @@ def test_twenty_faces_hold_the_cap_and_the_rest_are_counted(mtcnn):
     for i in range(12):
         rig.publish('image', image_msg(t0 + i * 0.1, frame, rh.FRAME_ID))
         time.sleep(0.05)
-    snap = rig.wait_for(lambda s: s.counts(face_node).get('capped', 0) >= 16 and s, 30,
-                        'the faces beyond max_faces counted')
+    # the 12 frames close three segments; wait for all three (later tests need them done)
+    snap = rig.wait_for(lambda s: len([r for r in s.face_crops if r.msg.detected >= 16]) >= 3
+                        and s, 30, 'the three crowded segments')
+    assert snap.counts(face_node)['capped'] >= 16
     crowded = [r.msg for r in snap.face_crops if r.msg.detected >= 16]
     assert crowded and all(len(m.faces) <= 4 for m in crowded)
     assert all(len({f.id for f in m.faces}) == len(m.faces) for m in crowded)

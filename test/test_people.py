@@ -90,6 +90,16 @@ def test_state_is_dropped_after_the_absence_and_a_return_is_counted():
     assert people.primary() == 'b'
 
 
+def test_face_segments_going_back_forget_everyone_and_repeats_are_ignored():
+    people, seg = _people()
+    people.push_faces(20 * T, [_face('a', 10, 80)])
+    assert people.push_faces(20 * T + 0.1, [_face('b', 10, 80)]) == ([], [])   # same segment
+    assert people.counts.repeated == 1 and people.ids == ('a',)
+    _, gone = people.push_faces(5 * T, [_face('a', 10, 80)])                   # a bag loops
+    assert gone == ['a'] and people.ids == ('a',)
+    assert people.counts.restarts == 1 and people.counts.returned == 1
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match='audio_to'):
         _people(audio_to='nearest')

@@ -244,6 +244,8 @@ class PeopleCounts:
     started: int = 0       # ids given state
     forgotten: int = 0     # ids dropped after forget_after_s without their face
     returned: int = 0      # faces that came back under an id already forgotten
+    restarts: int = 0      # face segments went backwards (a bag looping): everyone forgotten
+    repeated: int = 0      # a segment's faces announced twice: the second ignored
 
 
 @dataclass(frozen=True)
@@ -279,6 +281,7 @@ class PeopleFuser:
     _mels_at: dict[int, tuple[float, np.ndarray]] = field(default_factory=dict)
     _forgotten: list[str] = field(default_factory=list)
     _retired: dict[str, int] = field(default_factory=dict)   # counts of forgotten fusers
+    _last_k: int | None = None                               # latest face segment
 
     def __post_init__(self) -> None:
         if self.audio_to not in AUDIO_TO:
@@ -318,6 +321,14 @@ class PeopleFuser:
         """One segment's faces (may be empty: nobody in view). Returns the windows completed and
         the ids forgotten now (their per-id outputs can go)."""
         k = segment_index(t_frame, self.segment_s)
+        gone: list[str] = []
+        if self._last_k is not None and k <= self._last_k:
+            if k == self._last_k:
+                self.counts.repeated += 1
+                return [], []
+            gone = list(self._people)
+            self.reset()
+        self._last_k = k
         self._faces_at[k] = {f.face_id: f.area for f in faces}
         out: list[PersonWindow] = []
         for face in faces:
@@ -335,7 +346,7 @@ class PeopleFuser:
                 out += self._tag(face.face_id,
                                  person.fuser.push_mel(t_ref, self._mel_for(face.face_id, k,
                                                                             mel)))
-        gone = self._forget(t_frame)
+        gone += self._forget(t_frame)
         self._trim(k)
         return out, gone
 
@@ -354,13 +365,16 @@ class PeopleFuser:
         return out
 
     def reset(self) -> None:
-        """Stamps went backwards: forget everyone (their ids are forgotten, not returned)."""
+        """Face stamps went backwards (a bag looping): forget everyone; a face seen again is
+        `returned`."""
         for face_id in self._people:
             self._remember(face_id)
         self.counts.forgotten += len(self._people)
+        self.counts.restarts += 1
         self._people.clear()
         self._faces_at.clear()
         self._mels_at.clear()
+        self._last_k = None
         self.counts.people = 0
 
     def _mel_for(self, face_id: str, k: int, mel: np.ndarray) -> np.ndarray:

@@ -170,8 +170,12 @@ class FusionNode(Node):
             self.fuser.reject()
             self.reporter.error(f'face dropped: {error}')
         self._face_in_view = bool(faces)
+        restarts = self.people.counts.restarts
         windows, gone = self.people.push_faces(time_to_float(msg.header.stamp), faces,
                                                msg.header.frame_id)
+        if self.people.counts.restarts != restarts:
+            self.reporter.warn('face segments went backwards (a bag looping?): every '
+                               'person forgotten')
         self.people_outputs.forget(gone)
         self.people_outputs.tracked(msg.header, [f.face_id for f in faces])
         self._publish_people(windows)
