@@ -100,6 +100,8 @@ mkdir -p "$repo/build/interfaces"
 fix_exports
 build_interface audio_common_msgs
 build_interface vision_msgs
+build_interface hri_msgs
+build_interface lightmer_msgs
 
 # --- lightmer itself -----------------------------------------------------------------------
 sum=$(inputs_sum "$repo/setup.py" "$repo/setup.cfg" "$repo/package.xml")
@@ -114,7 +116,8 @@ fi
 "$venv/bin/python" - <<'PY'
 import importlib
 for name in ("rclpy", "torch", "torchvision", "facenet_pytorch", "librosa", "rosbags", "av",
-             "onnx", "onnxruntime", "vision_msgs.msg", "audio_common_msgs.msg", "lightmer"):
+             "onnx", "onnxruntime", "vision_msgs.msg", "audio_common_msgs.msg",
+             "hri_msgs.msg", "lightmer_msgs.msg", "lightmer"):
     importlib.import_module(name)
 PY
 say "ready: $venv (activate with 'source .venv/bin/activate')"

@@ -7,7 +7,7 @@ from lightmer.cli import main
 
 STAGES = ('mtcnn_detect_640x480', 'face_crop', 'log_mel', 'visual_net', 'audio_net',
           'fc_fusion', 'segment_total', 'window_recompute_n5', 'window_recompute_n12',
-          'networks_window_n5', 'networks_window_n12')
+          'networks_window_n5', 'networks_window_n12', 'segment_total_two_people')
 
 
 def test_bench_json_has_every_key(tmp_path, capsys):
@@ -18,6 +18,7 @@ def test_bench_json_has_every_key(tmp_path, capsys):
     assert all(v > 0 for v in result['stage_ms'].values())
     assert set(result['incremental_vs_recompute_ratio']) == {'5', '12'}
     assert all(0 < r for r in result['incremental_vs_recompute_ratio'].values())
+    assert result['two_people_vs_one_ratio'] > 0
     assert result['machine']['torch_threads'] == 1
     assert result['machine']['cores'] >= 1 and result['machine']['cpu_model']
     assert 'latency_ms' not in result          # --no-nodes: no live-node figures

@@ -25,6 +25,12 @@ UPSTREAM = {
     'audio_common_msgs/msg/AudioInfo':
         'uint8 channels\nuint32 sample_rate\nstring sample_format\nuint32 bitrate\n'
         'string coding_format\n',
+    # ros4hri/hri_msgs (REP-155): constants do not enter the hash, a few are kept to show that
+    # they parse.
+    'hri_msgs/msg/IdsList': 'std_msgs/Header header\nstring[] ids\n',
+    'hri_msgs/msg/Expression':
+        'std_msgs/Header header\nstring NEUTRAL="neutral"\nstring SCARED="scared"\n'
+        'string expression\nfloat32 valence\nfloat32 arousal\nfloat32 confidence\n',
 }
 
 
@@ -88,6 +94,23 @@ def test_cdr_interoperates_with_rosbags(typestore):
         audio=types['audio_common_msgs/msg/AudioData'](data=np.frombuffer(samples, np.uint8)))
     _assert_same_wire_format(typestore, audio, ours, 'audio_common_msgs/msg/AudioDataStamped',
                              AudioDataStamped)
+
+    from hri_msgs.msg import Expression, IdsList
+
+    header = types['std_msgs/msg/Header'](
+        stamp=types['builtin_interfaces/msg/Time'](sec=3, nanosec=9), frame_id='camera')
+    ids = IdsList(ids=['anhyk', 'f2'])
+    ids.header.stamp.sec, ids.header.stamp.nanosec, ids.header.frame_id = 3, 9, 'camera'
+    _assert_same_wire_format(typestore, ids,
+                             types['hri_msgs/msg/IdsList'](header=header, ids=['anhyk', 'f2']),
+                             'hri_msgs/msg/IdsList', IdsList)
+    expression = Expression(expression=Expression.SCARED, valence=-0.5, arousal=0.25,
+                            confidence=0.75)
+    expression.header.stamp.sec, expression.header.stamp.nanosec = 3, 9
+    expression.header.frame_id = 'camera'
+    ours = types['hri_msgs/msg/Expression'](header=header, expression='scared', valence=-0.5,
+                                            arousal=0.25, confidence=0.75)
+    _assert_same_wire_format(typestore, expression, ours, 'hri_msgs/msg/Expression', Expression)
 
 
 PUBLISHER = textwrap.dedent('''

@@ -146,6 +146,13 @@ def test_resolve_refuses_unknown_arguments_and_bad_booleans():
         resolve({'camera': '/x'})
     with pytest.raises(ValueError, match='use_sim_time'):
         resolve({'use_sim_time': 'maybe'})
+    with pytest.raises(ValueError, match='max_faces must be int'):
+        resolve({'max_faces': 'four'})
+    # the several-people arguments reach face_crop and fusion, typed; empty leaves the file's
+    face, audio, fusion = resolve({'max_faces': '3', 'audio_to': 'largest'})
+    assert face.parameters['max_faces'] == fusion.parameters['max_faces'] == 3
+    assert 'max_faces' not in audio.parameters and fusion.parameters['audio_to'] == 'largest'
+    assert all('face_source' not in n.parameters for n in resolve({}))
 
 
 @pytest.mark.parametrize('name', ['lightmer.yaml', 'crema_d.yaml', 'ravdess.yaml'])
@@ -227,7 +234,8 @@ _KEYS = ('/**', '/**/{name}', '{name}', '/{name}', '/robot1/{name}')
 @pytest.mark.parametrize('namespace', ['', 'robot1'])
 def test_launch_arguments_win_over_every_key_of_the_parameter_file(tmp_path, key, namespace):
     values = {'model': '/from/launch.pt', 'audio_msg': 'mgonzs13', 'use_sim_time': 'true',
-              'namespace': namespace}
+              'namespace': namespace, 'max_faces': '3', 'face_source': 'ros4hri',
+              'audio_to': 'largest', 'primary': 'oldest'}
     for node in NODES:
         # as in real files, an all-nodes block comes first (rclpy applies the blocks that match
         # a node in the order their keys first appear, launch_ros's overrides included)
@@ -236,12 +244,15 @@ def test_launch_arguments_win_over_every_key_of_the_parameter_file(tmp_path, key
             "/**:\n  ros__parameters:\n    diagnostics_period_s: 0.5\n"
             + yaml.safe_dump({key.format(name=node.name): {'ros__parameters': {
                 'model_path': '/from/yaml.pt', 'audio_msg': 'ros-drivers',
-                'use_sim_time': False, 'torch_threads': 3}}}))
+                'use_sim_time': False, 'torch_threads': 3, 'max_faces': 1}}}))
         inv = next(i for i in resolve({**values, 'params_file': str(yaml_file)})
                    if i.name == node.name)
         got = _declared(inv, {'model_path': '', 'audio_msg': '', 'use_sim_time': False,
-                              'torch_threads': 1})
-        want = {param: values[arg] for param, arg in node.arg_parameters}
+                              'torch_threads': 1, 'max_faces': 1, 'face_source': '',
+                              'audio_to': '', 'primary': ''})
+        # typed as the parameters are (max_faces is an int)
+        want = {param: int(values[arg]) if arg == 'max_faces' else values[arg]
+                for param, arg in node.arg_parameters}
         assert {k: got[k] for k in want} == want, (key, node.name)
         assert got['use_sim_time'] is True
         # a key naming the node with a namespace (none, or /robot1) applies in that one only

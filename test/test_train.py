@@ -66,16 +66,18 @@ def test_a_short_run_on_the_tiny_corpus_learns(tiny_cache, tmp_path):
     the untrained model, which starts at 1/6 here) scores exactly 1/6. We require a mean test
     accuracy >= 0.4 over the last 4 epochs (>= 10 of 24 predictions, 2.4x chance), >= 3/6 at
     the end, and a halved training loss. Training is deterministic (fixed seed, deterministic
-    CPU kernels), so this is one fixed outcome, not a draw; measured here: 0.71 and 4/6. With
-    the same settings over seeds 0-2 x folds 0-3, the last-4 mean was >= 0.415 in all 12 runs
-    (median 0.56), but a single epoch's 6-clip accuracy was < 3/6 in 1 of 12: 6 test clips
-    are too few for a tighter bound (see the report: more actors are needed for that).
-    lr 3e-4 and batch 2 buy enough optimiser steps (108) inside a test budget.
+    CPU kernels), so this is one fixed outcome, not a draw; measured here: 0.58 and 4/6. With
+    the same settings over seeds 0-2 x folds 0-3 (per-sample keyed dropout, generated corpus
+    with MP3 tracks), the last-4 mean was >= 0.5 in 11 of 12 runs and 0.375 in one (median
+    0.56; the previous global-generator dropout gave >= 0.458 in 11 and 0.333 in one, median
+    0.54), and the final 6-clip accuracy was < 3/6 in 1 of 12: 6 test clips are too few for a
+    tighter bound (see the report: more actors are needed for that). This seed and fold sit
+    near the median. lr 3e-4 and batch 2 buy enough optimiser steps (108) inside a test budget.
     """
     run = tmp_path / 'run'
-    summary = train(_cfg(tiny_cache, run, strategy='full', fold=3, epochs=12, lr=3e-4,
-                         batch_size=2, seed=1))
-    m = _metrics(run, 'full', 3)
+    summary = train(_cfg(tiny_cache, run, strategy='full', fold=0, epochs=12, lr=3e-4,
+                         batch_size=2, seed=0))
+    m = _metrics(run, 'full', 0)
     acc = [e['test_acc'] for e in m]
     assert all(e['train_size'] == 18 and e['pool_size'] == 0 and e['selected'] == []
                for e in m)

@@ -25,9 +25,10 @@ topic asked for is absent but its `/compressed` sibling exists, that one is read
 frames are decoded by the face node's own `compressed_to_rgb`, bounded by `max_image_pixels`.
 
 Labels CSV beside the bag (`<bag>.labels.csv`): `start,end,label,clip_id`; start/end in seconds
-of ROS time (the header-stamp clock), label the class name. A hand-made CSV may instead give
-seconds from the bag's start: `read_labels` treats a file whose every start lies before the
-bag's start time as offsets from it.
+of ROS time (the header-stamp clock), label the class name. A bag of several people
+(`two_people.py`) adds a `person` column naming whose interval a row is ('left' / 'right').
+A hand-made CSV may instead give seconds from the bag's start: `read_labels` treats a file
+whose every start lies before the bag's start time as offsets from it.
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ AUDIO_CHUNK = 1024             # samples per message (64 ms), a common capture b
 DEFAULT_START_NS = 1_700_000_000 * 1_000_000_000
 GAP_GREY = 128                 # value of the no-face frames the camera sends between clips
 LABELS_HEADER = ('start', 'end', 'label', 'clip_id')
+PERSON_COLUMN = 'person'       # optional: whose interval a row labels (several people in view)
 _NS_PER_SAMPLE = 1_000_000_000 // SAMPLE_RATE   # 62500 ns, exact at 16 kHz
 
 
@@ -185,7 +187,9 @@ class BagClip:
     """One clip to lay on the bag's timeline.
 
     frames: uint8 (F, H, W, 3) RGB; frame_times: float64 (F,) seconds from the clip start;
-    audio: float32 (n,) mono at SAMPLE_RATE in [-1, 1]; label: class name.
+    audio: float32 (n,) mono at SAMPLE_RATE in [-1, 1]; label: class name, or '' for a stretch
+    laid on the timeline without a labels row; person: who the label is about ('' when one person
+    is in view).
     """
 
     clip_id: str
@@ -194,6 +198,7 @@ class BagClip:
     frame_times: np.ndarray
     fps: float
     audio: np.ndarray
+    person: str = ''
 
     @property
     def duration_s(self) -> float:
@@ -207,6 +212,7 @@ class LabelRow:
     end: float       # s
     label: str
     clip_id: str
+    person: str = ''
 
 
 class _BagSink:
@@ -352,8 +358,9 @@ def _write(writer, store, clips: Iterable[BagClip], gap_s: float, start_ns: int,
             audio[:len(clip.audio)] = to_s16(np.asarray(clip.audio, np.float32))[:n_clip]
             add_audio(audio)
             cursor += n_clip
-            rows.append(LabelRow(t_of(clip_start) / 1e9, t_of(cursor) / 1e9, clip.label,
-                                 clip.clip_id))
+            if clip.label:
+                rows.append(LabelRow(t_of(clip_start) / 1e9, t_of(cursor) / 1e9, clip.label,
+                                     clip.clip_id, clip.person))
             # The camera's no-face frames resume where the clip ends.
             next_cam_ns = t_of(cursor)
             add_gap(gap_samples)
@@ -377,10 +384,12 @@ def default_labels_path(bag) -> Path:
 def write_labels(path, rows: Sequence[LabelRow]) -> Path:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator='\n')
-    w.writerow(LABELS_HEADER)
+    with_person = any(r.person for r in rows)
+    w.writerow(LABELS_HEADER + ((PERSON_COLUMN,) if with_person else ()))
     for r in rows:
         # Microseconds: finer than one audio sample, and exact-looking at epoch magnitudes.
-        w.writerow([f'{r.start:.6f}', f'{r.end:.6f}', r.label, r.clip_id])
+        w.writerow([f'{r.start:.6f}', f'{r.end:.6f}', r.label, r.clip_id]
+                   + ([r.person] if with_person else []))
     return atomic_write_text(path, buf.getvalue())
 
 
@@ -403,20 +412,24 @@ def read_labels(path, bag_start_s: float | None = None) -> list[LabelRow]:
                                  f'{rec["start"]!r}, {rec["end"]!r}') from None
             if not end > start:
                 raise ValueError(f'{path}:{i}: end {end} must be after start {start}')
-            rows.append(LabelRow(start, end, rec['label'].strip(), rec['clip_id'].strip()))
+            rows.append(LabelRow(start, end, rec['label'].strip(), rec['clip_id'].strip(),
+                                 (rec.get(PERSON_COLUMN) or '').strip()))
     if not rows:
         raise ValueError(f'{path}: no labelled intervals')
     if bag_start_s is not None and all(r.start < bag_start_s for r in rows):
-        rows = [LabelRow(r.start + bag_start_s, r.end + bag_start_s, r.label, r.clip_id)
+        rows = [dataclasses.replace(r, start=r.start + bag_start_s, end=r.end + bag_start_s)
                 for r in rows]
     return sorted(rows, key=lambda r: r.start)
 
 
 def make_bag(dataset: str, root, out, actors: Sequence[str] | None = None,
              storage: str = 'mcap', gap_s: float = 1.0, occlude: float = 0.0,
-             seed: int = 0, compressed: str | None = None) -> str:
+             seed: int = 0, compressed: str | None = None, two_people: bool = False) -> str:
     """Lay a dataset's clips (optionally only `actors`) on one timeline in a rosbag2 at `out`,
     with a labels CSV beside it. Returns a one-paragraph report.
+
+    `two_people`: two actors (the two `actors` given, else the first two) side by side taking
+    turns, per-person rows in the CSV (lightmer.two_people; no gaps between turns).
 
     `occlude` in [0, 1) blanks that fraction of the camera frames (seeded; each frame
     independently), as when a person looks away: the face node then finds no face for some
@@ -443,14 +456,31 @@ def make_bag(dataset: str, root, out, actors: Sequence[str] | None = None,
 
     def clips() -> Iterator[BagClip]:
         for rec in _progress(records, 'make-bag'):
-            clip = _load_clip(rec, code_to_label[rec.label])
+            yield _load_clip(rec, code_to_label[rec.label])
+
+    def masked(laid: Iterable[BagClip]) -> Iterator[BagClip]:
+        for clip in laid:
             if occlude > 0:
                 clip = occluded(clip, rng.random(len(clip.frames)) < occlude)
             yield clip
 
-    summary = write_bag(clips(), out, storage=storage, gap_s=gap_s, compressed=compressed)
+    laid: Iterable[BagClip] = clips()
+    if two_people:
+        from lightmer.two_people import pair_clips, two_person_clips
+
+        pair = list(actors) if actors is not None else sorted({r.actor for r in records})[:2]
+        if len(pair) != 2 or pair[0] == pair[1]:
+            raise ValueError(f'two_people needs two different actors (--actors A B), got {pair}')
+        loaded = list(clips())
+        by_actor = {a: [c for c, r in zip(loaded, records, strict=True) if r.actor == a]
+                    for a in pair}
+        laid = two_person_clips(pair_clips(by_actor[pair[0]], by_actor[pair[1]]))
+        gap_s = 0.0
+    summary = write_bag(masked(laid), out, storage=storage, gap_s=gap_s,
+                        compressed=compressed)
     counts = ', '.join(f'{t} {n}' for t, n in summary['messages'].items())
     kind = f'{storage}, {compressed} camera' if compressed else storage
+    kind += ', two people taking turns' if two_people else ''
     return (f"wrote {summary['bag']} ({kind}): {summary['clips']} clips, "
             f"{summary['duration_s']:.1f} s, messages: {counts}; labels {summary['labels']}; "
             f'{len(skipped)} file(s) skipped while indexing')

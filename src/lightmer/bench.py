@@ -185,6 +185,21 @@ def bench_model(repeats: int, threads: int | None = None, checkpoint=None) -> di
         logits = model.segment_logits(f, m)                                     # (1, C)
         return fuse(torch.cat([cached[n_window], logits]))                      # (C,)
 
+    # Several people: the face node's per-person path (every face, tracked, one crop each),
+    # then one segment and one window per person in fusion.
+    from lightmer.people import MultiFaceSegmenter
+
+    two = camera_frame(people=2)
+    people = MultiFaceSegmenter(cropper, 0.5, 'centre', max_faces=4)
+    if len(people.faces_of(two)[0]) != 2:
+        raise RuntimeError('MTCNN did not find both faces of the two-person bench frame')
+
+    def two_people_segment() -> list[torch.Tensor]:
+        faces, _ = people.faces_of(two)
+        m = torch.from_numpy(log_mel_at(audio, centre, fcfg)[None, None])
+        return [fuse(torch.cat([cached[5], model.segment_logits(
+            torch.from_numpy(face_to_input(f.crop)[None]), m)])) for f in faces]
+
     def recompute(n: int) -> torch.Tensor:
         boxes = cropper.detect([frame] * n)                                     # one batch
         faces = np.stack([face_to_input(crop_face(frame, b, fcfg)) for b in boxes])
@@ -205,6 +220,7 @@ def bench_model(repeats: int, threads: int | None = None, checkpoint=None) -> di
         stage_ms['fc_fusion'] = _median_ms(
             lambda: fuse(torch.cat([cached[5], model.head(v, a)])), repeats)
         stage_ms['segment_total'] = _median_ms(lambda: one_segment(5), repeats)
+        stage_ms['segment_total_two_people'] = _median_ms(two_people_segment, repeats)
         ratios = {}
         for n in RECOMPUTE_N:
             seg = stage_ms['segment_total'] if n == 5 else _median_ms(
@@ -220,6 +236,8 @@ def bench_model(repeats: int, threads: int | None = None, checkpoint=None) -> di
     return {
         'stage_ms': {k: round(v_, 4) for k, v_ in stage_ms.items()},
         'incremental_vs_recompute_ratio': {k: round(r, 4) for k, r in ratios.items()},
+        'two_people_vs_one_ratio': round(stage_ms['segment_total_two_people']
+                                         / stage_ms['segment_total'], 3),
         'repeats': repeats,
         'machine': {'cpu_model': _cpu_model(), 'cores': os.cpu_count(),
                     'torch_threads': torch.get_num_threads(), 'torch': torch.__version__,
@@ -235,6 +253,8 @@ def _markdown(result: dict[str, Any]) -> str:
     lines += [f'| {k} | {v:.2f} |' for k, v in result['stage_ms'].items()]
     lines += ['', '| N | incremental / recompute |', '|---|---:|']
     lines += [f'| {n} | {r:.3f} |' for n, r in result['incremental_vs_recompute_ratio'].items()]
+    lines += ['', f"two people / one person, one segment: {result['two_people_vs_one_ratio']:.2f}"
+                  " (segment_total_two_people / segment_total)"]
     if 'backends' in result:
         b = result['backends']
         lines += ['', f"one segment per backend, CPU ms on one core (detect_max_side "

@@ -52,6 +52,24 @@ def _fold(text: str) -> int | None:
             from None
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {text}')
+    return value
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """'I/K' -> (I, K), shard I (0-based) of K."""
+    try:
+        i, k = (int(x) for x in text.split('/'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/K such as 0/2, got {text!r}") from None
+    if not 0 <= i < k:
+        raise argparse.ArgumentTypeError(f'shard I/K needs 0 <= I < K, got {text}')
+    return i, k
+
+
 def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True))
 
@@ -165,13 +183,31 @@ def _add_prepare(sub) -> None:
     p.add_argument('--cache', type=Path, required=True)
     p.add_argument('--workers', type=_positive_int, default=None,
                    help='processes (default: available cores)')
+    p.add_argument('--shard', type=_shard, default=None, metavar='I/K',
+                   help='prepare only shard I of K (a fixed rule on clip ids, the same on every '
+                        'machine); then `lightmer merge-shards` on the gathered cache')
 
 
 def _run_prepare(args) -> int:
     from lightmer.datasets.prepare import prepare
 
-    summary = prepare(args.dataset, args.root, args.cache, workers=args.workers)
+    summary = prepare(args.dataset, args.root, args.cache, workers=args.workers,
+                      shard=args.shard)
     print(summary)
+    return 0
+
+
+def _add_merge_shards(sub) -> None:
+    p = sub.add_parser('merge-shards', help='merge the shard indexes of `prepare --shard` '
+                       'into one cache index')
+    p.add_argument('--cache', type=Path, required=True,
+                   help='cache folder holding every shard\'s clips/ and index.shard-*.json')
+
+
+def _run_merge_shards(args) -> int:
+    from lightmer.datasets.prepare import merge_shards
+
+    print(merge_shards(args.cache))
     return 0
 
 
@@ -185,30 +221,72 @@ def _add_train(sub) -> None:
     p.add_argument('--folds', type=_positive_int, default=5)
     p.add_argument('--fold', type=_fold, default=None, help="fold index (0-based) or 'all'")
     p.add_argument('--epochs', type=_positive_int, default=100)
-    p.add_argument('--nu', type=_positive_int, default=None,
+    # Two spellings: torchrun rejects `--nu` after `-m lightmer` (an ambiguous abbreviation of
+    # its own --numa-binding), so the long one is the one to use there.
+    p.add_argument('--nu', '--n-uncertain', dest='nu', type=_positive_int, default=None,
                    help='uncertain samples per epoch N_u (default: the preset\'s)')
     p.add_argument('--segments', type=_positive_int, default=None,
                    help='temporal segments N (default: the preset\'s)')
-    p.add_argument('--batch-size', type=_positive_int, default=16)
+    p.add_argument('--batch-size', type=_positive_int, default=16,
+                   help='global batch: under torchrun the K ranks share it (default: the '
+                        "paper's 16)")
     p.add_argument('--lr', type=_positive_float, default=1e-4)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--resume', action='store_true')
-    p.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
+    p.add_argument('--device', choices=('cpu', 'cuda'), default='cpu',
+                   help='under torchrun each rank takes the GPU of its local rank')
     p.add_argument('--mel-norm', choices=('window', 'dataset'), default='window',
                    help="log-mel normalisation: 'window' standardises each window (level "
                         "removed); 'dataset' uses the training clips' dB statistics, stored in "
                         'the checkpoint (level kept; see docs/DATASETS.md)')
+    p.add_argument('--amp', action='store_true',
+                   help='mixed precision on CUDA (bfloat16 where supported, else float16 with '
+                        'a gradient scaler); refused on CPU')
+    p.add_argument('--workers', type=_non_negative_int, default=0,
+                   help='DataLoader worker processes per rank (results do not depend on it)')
+    p.add_argument('--parallel', type=_positive_int, default=1,
+                   help='with --fold all: train this many folds at once as separate processes')
+    p.add_argument('--dist-timeout', type=_positive_float, default=600.0, metavar='SECONDS',
+                   help='under torchrun: how long a rank waits for the others before giving up')
 
 
 def _run_train(args) -> int:
+    from lightmer.distributed import launched_ranks
     from lightmer.train import TrainConfig, train
 
     cfg = TrainConfig.for_dataset(
         args.dataset, cache=args.cache, out=args.out, strategy=args.strategy,
         n_folds=args.folds, fold=args.fold, epochs=args.epochs, n_uncertain=args.nu,
         n_segments=args.segments, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        resume=args.resume, device=args.device, mel_norm=args.mel_norm)
-    _print_json(train(cfg))
+        resume=args.resume, device=args.device, mel_norm=args.mel_norm, amp=args.amp,
+        workers=args.workers, dist_timeout_s=args.dist_timeout)
+    ranks = launched_ranks()
+    if args.parallel > 1:
+        from lightmer.fold_launcher import train_folds_in_parallel
+
+        summary = train_folds_in_parallel(cfg, args.parallel)
+    elif ranks.active:
+        # torchrun's failure summary then shows this rank's traceback, not only its exit code.
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        summary = record(train)(cfg)
+    else:
+        summary = train(cfg)
+    if ranks.is_main:
+        _print_json(summary)
+    return 1 if summary.get('failed_folds') else 0
+
+
+def _add_merge_folds(sub) -> None:
+    p = sub.add_parser('merge-folds', help='merge the finished folds of a run into '
+                       'summary.json/png and comparison.png (after one job per fold)')
+    p.add_argument('--out', type=Path, required=True, help='run directory of `lightmer train`')
+
+
+def _run_merge_folds(args) -> int:
+    from lightmer.train import summarize_run
+
+    _print_json(summarize_run(args.out))
     return 0
 
 
@@ -228,6 +306,10 @@ def _add_make_bag(sub) -> None:
     p.add_argument('--compressed', choices=('jpeg', 'png'), default=None,
                    help='write the camera as sensor_msgs/CompressedImage on '
                         '/camera/image_raw/compressed (as robots record it) instead of raw Image')
+    p.add_argument('--two-people', action='store_true',
+                   help='two actors (the two --actors, else the first two) side by side '
+                        'taking turns, one leaving and re-entering; per-person rows in the '
+                        'labels CSV (docs/PEOPLE.md)')
 
 
 def _run_make_bag(args) -> int:
@@ -235,7 +317,7 @@ def _run_make_bag(args) -> int:
 
     print(make_bag(args.dataset, args.root, args.out, actors=args.actors, storage=args.storage,
                    gap_s=args.gap, occlude=args.occlude, seed=args.seed,
-                   compressed=args.compressed))
+                   compressed=args.compressed, two_people=args.two_people))
     return 0
 
 
@@ -269,6 +351,11 @@ def _add_replay_options(p) -> None:
     p.add_argument('--min-segments', type=_positive_int, default=None,
                    help="publish windows with at least this many of N segments (default: "
                    "the node's)")
+    p.add_argument('--people', action='store_true',
+                   help='track every face (max_faces 4) and score per person; the labels '
+                        'CSV needs a person column (make-bag --two-people)')
+    p.add_argument('--audio-to', choices=('all', 'largest'), default='all',
+                   help="--people: which faces a segment's audio is fused with")
 
 
 def _stream_settings(args):
@@ -290,7 +377,8 @@ def _run_eval_bag(args) -> int:
                      live=args.live, out=args.out, image_topic=args.image_topic,
                      audio_topic=args.audio_topic, audio_info_topic=args.audio_info_topic,
                      settings=settings, rate=args.rate,
-                     one_participant=args.one_participant)
+                     one_participant=args.one_participant, people=args.people,
+                     audio_to=args.audio_to)
     result = evaluate_bag(cfg)
     if args.json:
         _print_json(result)
@@ -302,6 +390,11 @@ def _run_eval_bag(args) -> int:
         print(f"window accuracy {fmt(result['window_accuracy'])}  "
               f"clip accuracy {fmt(result['clip_accuracy'])}  windows {result['windows']}  "
               f"latency p50 {'n/a' if p50 is None else f'{p50:.1f} ms'}")
+        if args.people:
+            per = '  '.join(f"{name} {fmt(r['clip_accuracy'])}"
+                            for name, r in result['people'].items())
+            print(f"per person clip accuracy: {per}  id switches {result['id_switches']}  "
+                  f"ids {result['ids']}")
     return 0
 
 
@@ -601,7 +694,9 @@ COMMANDS = {
     'bench': (_add_bench, _run_bench),
     'synth': (_add_synth, _run_synth),
     'prepare': (_add_prepare, _run_prepare),
+    'merge-shards': (_add_merge_shards, _run_merge_shards),
     'train': (_add_train, _run_train),
+    'merge-folds': (_add_merge_folds, _run_merge_folds),
     'make-bag': (_add_make_bag, _run_make_bag),
     'eval-bag': (_add_eval_bag, _run_eval_bag),
     'pool': (_add_pool, _run_pool),

@@ -9,6 +9,12 @@ reliable inputs (`ros.rig`); this process plays the bag over DDS on loopback at 
 time (publishing /clock from the bag time before each message), records `emotion` and the
 nodes' /diagnostics counts, and scores them the same way (`scoring`).
 
+Per person (`people`): the nodes' several-people mode (max_faces > 1) on a bag of several
+people (`make-bag --two-people`), scored per person (`people_scoring`): each id is the person on
+whose half of the frame its faces were, each person scored on their own rows, id switches
+counted. Live, the windows are those of /humans/faces/<id>/emotion and the faces' positions
+those of the face node's face_crops.
+
 Both report per node the counters the nodes publish on /diagnostics (`counts`). Latency:
 - Window end: the capture time of the newest data the window uses, i.e. the end of its last
   segment's audio window, stamp + d/2 (the face frame is never later).
@@ -32,7 +38,7 @@ import numpy as np
 
 from lightmer import bags
 from lightmer.io_utils import atomic_save_json
-from lightmer.pipeline import OfflinePipeline
+from lightmer.pipeline import OfflinePeoplePipeline, OfflinePipeline
 from lightmer.scoring import check_labels, percentiles, score
 from lightmer.segments import segment_of_reference
 from lightmer.streaming import StreamSettings
@@ -56,6 +62,10 @@ class EvalConfig:
     # Camera and audio from one DDS participant, as `ros2 bag play` publishes them (default:
     # the audio from a participant of its own, as a microphone driver's).
     one_participant: bool = False
+    # Per person (offline): every face tracked, scored per person (labels need `person`).
+    people: bool = False
+    max_faces: int = 4
+    audio_to: str = 'all'
     startup_timeout_s: float = 120.0     # nodes up, matched and holding the AudioInfo
     drain_timeout_s: float = 60.0        # after the last message, for the nodes to finish
 
@@ -71,9 +81,11 @@ class WindowRecord:
     publish_sim_s: float
     latency_sim_ms: float
     latency_wall_ms: float
+    face_id: str = ''       # per person: whose window
 
     def to_dict(self) -> dict:
-        return {'k_last': self.k_last, 'stamp_s': self.stamp_s, 'end_s': self.end_s,
+        return {'k_last': self.k_last, 'face_id': self.face_id, 'stamp_s': self.stamp_s,
+                'end_s': self.end_s,
                 'probs': list(self.probs), 'publish_sim_s': self.publish_sim_s,
                 'latency_sim_ms': self.latency_sim_ms, 'latency_wall_ms': self.latency_wall_ms}
 
@@ -95,33 +107,49 @@ def stamp_seconds(stamp_ns: int) -> float:
 
 def run_offline(cfg: EvalConfig, meta, topics: bags.BagTopics) -> RunResult:
     half = meta.features.window_s / 2
-    pipe = OfflinePipeline(cfg.checkpoint, cfg.settings, cfg.threads,
-                           frame_id=bags.CAMERA_FRAME)
+    if cfg.people:
+        pipe = OfflinePeoplePipeline(cfg.checkpoint, cfg.settings, cfg.threads, cfg.max_faces,
+                                     cfg.audio_to, frame_id=bags.CAMERA_FRAME)
+    else:
+        pipe = OfflinePipeline(cfg.checkpoint, cfg.settings, cfg.threads,
+                               frame_id=bags.CAMERA_FRAME)
     result = RunResult()
     n_msgs = 0
+    frame_width = 0
     for msg in _progress(bags.read_bag(cfg.bag, topics), 'eval-bag offline'):
         n_msgs += 1
         t = stamp_seconds(msg.stamp_ns)
         t0 = time.perf_counter()
         if msg.kind == 'image':
+            frame_width = msg.data.shape[1]
             done = pipe.push_image(t, msg.data)
         else:
             done = pipe.push_audio(t, msg.data, msg.sample_rate)
         compute_ms = (time.perf_counter() - t0) * 1e3
         publish_s = msg.t_ns / 1e9
-        for w in done:
+        for d in done:
+            face_id, w = (d.face_id, d.window) if cfg.people else ('', d)
             end_s = w.t_ref + half
             sim_ms = (publish_s - end_s) * 1e3
             result.windows.append(WindowRecord(
                 w.k_last, w.t_ref, end_s, tuple(float(p) for p in w.probs), publish_s, sim_ms,
-                sim_ms + compute_ms))
-    result.counts = pipe.counts()
+                sim_ms + compute_ms, face_id))
     result.extra = {'messages': n_msgs}
+    if cfg.people:
+        result.counts = {'face_crop': dataclasses.asdict(pipe.faces.counts),
+                         'audio_feature': dataclasses.asdict(pipe.audio.counts),
+                         'fusion': {**pipe.people.fusion_counts(),
+                                    **dataclasses.asdict(pipe.people.counts)}}
+        result.extra['centres_x'] = pipe.centres_x
+        result.extra['frame_width'] = frame_width
+        return result
+    result.counts = pipe.counts()
     return result
 
 
 # --- live replay through the three nodes over DDS ------------------------------------------
 DIAGNOSTICS_PERIOD_S = 0.5
+PEOPLE_PREFIX = '/humans/faces'
 
 
 def _node_params(cfg: EvalConfig, compressed: bool) -> dict:
@@ -130,14 +158,17 @@ def _node_params(cfg: EvalConfig, compressed: bool) -> dict:
     dropped (a sensor-data subscription may drop frames, which offline never does)."""
     common = {'torch_threads': cfg.threads, 'diagnostics_period_s': DIAGNOSTICS_PERIOD_S,
               **dataclasses.asdict(cfg.settings)}
+    people = {'max_faces': cfg.max_faces} if cfg.people else {}
     return {
         '/**': {'ros__parameters': common},
         '/**/face_crop': {'ros__parameters': {'qos_reliability': 'reliable',
                                               'qos_depth': 100,
-                                              'compressed_input': compressed}},
+                                              'compressed_input': compressed, **people}},
         '/**/audio_feature': {'ros__parameters': {'qos_reliability': 'reliable',
                                                   'qos_depth': 500}},
-        '/**/fusion': {'ros__parameters': {'queue_depth': 100}},
+        '/**/fusion': {'ros__parameters': {'queue_depth': 100, **people,
+                                           **({'audio_to': cfg.audio_to} if cfg.people
+                                              else {})}},
     }
 
 
@@ -162,7 +193,8 @@ def run_live(cfg: EvalConfig, meta, topics: bags.BagTopics, compressed: bool) ->
         started = time.monotonic()
         with (NodeProcesses(launch, log_dir, _node_params(cfg, compressed), remaps) as nodes,
               Rig(topics=rig_topics, use_sim_time=True, nodes=nodes, compressed=compressed,
-                  own_mic_participant=not cfg.one_participant) as rig):
+                  own_mic_participant=not cfg.one_participant,
+                  people=PEOPLE_PREFIX if cfg.people else None) as rig):
             return _replay(cfg, meta, topics, rig, started)
 
 
@@ -193,7 +225,10 @@ def _replay(cfg: EvalConfig, meta, topics: bags.BagTopics, rig, started: float) 
     snap = rig.snapshot()
     half = meta.features.window_s / 2
     result = RunResult()
-    for got in sorted(snap.emotion, key=lambda r: time_to_float(r.msg.header.stamp)):
+    received = [('', r) for r in snap.emotion]
+    if cfg.people:
+        received = [(i, r) for i, rs in snap.person_emotion.items() for r in rs]
+    for face_id, got in sorted(received, key=lambda x: time_to_float(x[1].msg.header.stamp)):
         stamp = time_to_float(got.msg.header.stamp)
         scores = {h.class_id: h.score for h in got.msg.results}
         end_s = stamp + half
@@ -201,7 +236,7 @@ def _replay(cfg: EvalConfig, meta, topics: bags.BagTopics, rig, started: float) 
         result.windows.append(WindowRecord(
             segment_of_reference(stamp, meta.segment_s, cfg.settings.reference), stamp, end_s,
             tuple(float(scores.get(label, math.nan)) for label in meta.labels), got.clock_s,
-            (got.clock_s - end_s) * 1e3, (got.wall_s - wall_end) * 1e3))
+            (got.clock_s - end_s) * 1e3, (got.wall_s - wall_end) * 1e3, face_id))
     result.counts = {name: snap.counts(rig.node_name(name)) for name in NODE_NAMES}
     frames_lost = played.sent['image'] - result.counts['face_crop'].get('frames', 0)
     # A replay (faster than real time especially) is only faithful while the nodes keep up:
@@ -217,6 +252,13 @@ def _replay(cfg: EvalConfig, meta, topics: bags.BagTopics, rig, started: float) 
                     'kept_up': kept_up, 'startup_s': startup_s, 'play_wall_s': play_s,
                     'drain_s': drain_s, 'player_behind_max_s': played.behind_max_s,
                     'frames_lost': frames_lost}
+    if cfg.people:
+        centres: dict[str, list[float]] = {}
+        for r in snap.face_crops:
+            for f in r.msg.faces:
+                centres.setdefault(f.id, []).append(f.roi.x_offset + f.roi.width / 2)
+        first_image = next(m for m in bags.read_bag(cfg.bag, topics) if m.kind == 'image')
+        result.extra.update(centres_x=centres, frame_width=first_image.data.shape[1])
     return result
 
 
@@ -238,6 +280,9 @@ def evaluate_bag(cfg: EvalConfig) -> dict:
     rows = bags.read_labels(cfg.labels, info.start_s)
     meta = read_meta(cfg.checkpoint)              # a checkpoint or an ONNX export
     check_labels(rows, meta.labels, str(cfg.labels))
+    if cfg.people and not all(r.person for r in rows):
+        raise ValueError('per-person scoring needs a labels CSV with a person column '
+                         '(make-bag --two-people writes one)')
     t0 = time.perf_counter()
     if cfg.live:
         run = run_live(cfg, meta, topics, info.image_compressed)
@@ -247,7 +292,10 @@ def evaluate_bag(cfg: EvalConfig) -> dict:
 
     stamps = np.array([w.stamp_s for w in run.windows])
     probs = np.array([w.probs for w in run.windows]).reshape(len(run.windows), len(meta.labels))
-    summary = score(stamps, probs, rows, meta.labels)
+    if cfg.people:
+        summary = _score_people(run, stamps, probs, rows, meta.labels)
+    else:
+        summary = score(stamps, probs, rows, meta.labels)
     summary.update({
         'mode': 'live' if cfg.live else 'offline',
         'bag': str(cfg.bag), 'labels_csv': str(cfg.labels), 'checkpoint': str(cfg.checkpoint),
@@ -264,6 +312,28 @@ def evaluate_bag(cfg: EvalConfig) -> dict:
     if cfg.out is not None:
         _write_outputs(Path(cfg.out), summary, run, meta.labels)
     return summary
+
+
+def _score_people(run: RunResult, stamps, probs, rows, labels) -> dict:
+    """people_scoring.score_people of the per-id windows, with the per-person confusion
+    matrices summed at the top level (what the plots show)."""
+    from lightmer.people_scoring import ids_on_both_sides, person_of_ids, score_people
+
+    centres, width = run.extra.pop('centres_x'), run.extra.pop('frame_width')
+    person_of = person_of_ids(centres, width)
+    ids = [w.face_id for w in run.windows]
+    result = score_people(ids, stamps, probs, rows, labels, person_of)
+    people = result['people'].values()
+    scored = sum(p['windows_scored'] for p in people)
+    return {
+        **result,
+        'window_accuracy': (sum(p['window_accuracy'] * p['windows_scored'] for p in people
+                                if p['windows_scored']) / scored) if scored else None,
+        'windows': len(ids), 'windows_scored': scored,
+        'person_of_id': person_of, 'ids_on_both_sides': ids_on_both_sides(centres, width),
+        'confusion_windows': np.sum([p['confusion_windows'] for p in people], axis=0).tolist(),
+        'confusion_clips': np.sum([p['confusion_clips'] for p in people], axis=0).tolist(),
+    }
 
 
 def _write_outputs(out: Path, summary: dict, run: RunResult, labels) -> None:

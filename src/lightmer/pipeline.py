@@ -73,3 +73,51 @@ class OfflinePipeline:
         for _k, t_ref, mel in self.audio.push(t, samples, sr):
             out.extend(self.fuser.push_mel(t_ref, mel))
         return out
+
+
+class OfflinePeoplePipeline:
+    """The nodes with several people (max_faces > 1, face_source mtcnn) over numpy: every face
+    tracked (people.MultiFaceSegmenter), one window per face id (people.PeopleFuser).
+
+    Attributes: `meta`; the processors `faces`, `audio`, `people`; `centres_x`: per id the x
+    centres (frame pixels) of its faces, one per segment, to tell who an id is.
+    """
+
+    def __init__(self, model_path, settings: StreamSettings | None = None, threads: int = 1,
+                 max_faces: int = 4, audio_to: str = 'all', forget_after_s: float = 3.0,
+                 tracker=None, frame_id: str = ''):
+        from lightmer.backend import face_cropper, load_model
+        from lightmer.features import log_mel
+        from lightmer.people import MultiFaceSegmenter, PeopleFuser
+
+        settings = settings or StreamSettings()
+        model = load_model(model_path, threads)
+        self.meta = meta = model.meta
+        self.frame_id = frame_id
+        cropper = face_cropper(model_path, settings.min_face_size, threads)
+        self.faces = MultiFaceSegmenter(cropper, meta.segment_s, settings.reference, max_faces,
+                                        tracker, jump_s=settings.stamp_jump_s)
+        self.audio = AudioSegmenter(meta.features, meta.segment_s, settings)
+        silence = log_mel(np.zeros(meta.features.window_samples, np.float32), meta.features)
+        self.people = PeopleFuser(
+            lambda: SegmentFuser(model.segment_logits, model.fuse, meta.n_segments,
+                                 meta.segment_s, settings),
+            meta.segment_s, settings.reference, silence, audio_to, forget_after_s)
+        self.centres_x: dict[str, list[float]] = {}
+
+    def push_image(self, t: float, frame: np.ndarray) -> list:
+        """A camera frame (uint8 (H, W, 3) RGB) stamped `t` -> people.PersonWindow completed."""
+        out = []
+        for r in self.faces.push(t, frame):
+            for f in r.faces:
+                self.centres_x.setdefault(f.face_id, []).append(float(f.box[0] + f.box[2]) / 2)
+            windows, _ = self.people.push_faces(r.t_frame, list(r.faces), self.frame_id)
+            out.extend(windows)
+        return out
+
+    def push_audio(self, t: float, samples: np.ndarray, sr: int) -> list:
+        """An audio chunk (float (n,) mono, first sample at `t` s) -> people.PersonWindow."""
+        out = []
+        for _k, t_ref, mel in self.audio.push(t, samples, sr):
+            out.extend(self.people.push_mel(t_ref, mel))
+        return out

@@ -189,7 +189,9 @@ def _studio_accuracy(checkpoint: Path, cache: Path, clips: list[str]) -> float:
     model, meta = load_checkpoint(checkpoint)
     data = SegmentDataset(cache, clips, n_segments=meta.n_segments, labels=meta.labels,
                           train=False, seed=0)
-    probs, true = predict(model, data, 16, 'cpu', False, 'studio test')
+    import torch
+
+    probs, true = predict(model, data, 16, torch.device('cpu'), desc='studio test')
     return float((probs.argmax(1) == true).mean())
 
 

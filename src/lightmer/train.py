@@ -25,9 +25,21 @@ Checkpoint selection: `best.pt` minimises the eval-mode cross-entropy on D_train
 segment choices). D0 is labelled from the start, has the same clips in both strategies and in
 every epoch, and never touches the test fold, so the criterion is comparable across epochs and
 cannot leak test information. It is a training-set loss, so expect best to sit near last.
+
+Under torchrun one fold trains across K processes (distributed.py says how K ranks compute what
+one process computes): `--batch-size` stays the global batch, every rank scores its share of U,
+D0 and the test fold, and rank 0 alone writes the files above. Every random draw of an epoch is
+keyed by (seed, fold, epoch) and the clip, never by a process's generator, so the run does not
+depend on K or on the DataLoader workers, and resuming only needs the model, the optimiser and
+the bookkeeping.
+
+Pieces other commands reuse: `epoch_batches`, `train_epoch` (one pass in train mode),
+`predict` (eval-mode probabilities), `prepare_model` (keyed dropout, and DDP with K ranks),
+`Precision` (float32 or CUDA autocast).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -43,12 +55,31 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from lightmer.checkpoint import CheckpointMeta, make_provenance, save_checkpoint
-from lightmer.config import MEL_NORMS, get_preset
+from lightmer.config import MEL_NORMS, FeatureConfig, get_preset
 from lightmer.datasets.cache import CacheIndex, SegmentDataset, dataset_mel_norm, load_index
+from lightmer.distributed import (
+    SINGLE,
+    Ranks,
+    all_sum,
+    gather_rows,
+    join,
+    launched_ranks,
+    leave,
+    on_main,
+    replace_modules,
+    set_dropout_keys,
+    shard_batches,
+    shard_sizes,
+    split_batch,
+    to_cross_rank_batchnorm,
+    to_keyed_dropout,
+)
 from lightmer.folds import Split, check_disjoint, split_fold
 from lightmer.io_utils import atomic_save_json, atomic_torch_save
 from lightmer.model import LightmerNet, ModelConfig
@@ -58,10 +89,11 @@ from lightmer.uncertainty import entropy_bits, most_uncertain
 STRATEGIES = ('uncertainty', 'full')
 STATE_VERSION = 1
 # Stream tags: each use of randomness in a fold gets its own seed, derived from (seed, fold, tag).
-_INIT, _DROPOUT, _GLOBAL, _SHUFFLE = 1, 2, 3, 4
+_INIT, _DROPOUT, _GLOBAL, _SHUFFLE, _WORKERS = 1, 2, 3, 4, 5
 # Settings that change the numbers; a resumed or extended run must agree on all of them.
 _RUN_KEYS = ('dataset', 'strategy', 'n_folds', 'epochs', 'n_uncertain', 'n_segments',
-             'batch_size', 'lr', 'lr_decay', 'decay_epoch', 'dropout', 'seed', 'mel_norm')
+             'batch_size', 'lr', 'lr_decay', 'decay_epoch', 'dropout', 'seed', 'mel_norm',
+             'amp')
 
 
 @dataclass(frozen=True)
@@ -77,16 +109,20 @@ class TrainConfig:
     n_folds: int = 5              # subject-independent cross-validation (paper V-A)
     fold: int | None = None       # one 0-based fold, or None for all of them
     epochs: int = 100             # total training epochs, the initial D0 epoch included
-    batch_size: int = 16
+    batch_size: int = 16          # the global batch: K ranks share it (16 / K each)
     lr: float = 1e-4              # Adam (Table 2)
     lr_decay: float = 0.1         # multiplies lr from decay_epoch on: 1e-4 -> 1e-5
     decay_epoch: int | None = None  # None = epochs // 2 (paper: after 50 of 100 epochs)
     dropout: float = 0.2          # before the FC (Table 2)
     seed: int = 0                 # folds, D0, init, batch order and segment draws
     resume: bool = False          # continue each fold from its last completed epoch
-    device: str = 'cpu'           # 'cpu' | 'cuda'
-    workers: int = 0              # DataLoader workers; draws are seeded per (seed, epoch,
-    # index) inside the dataset, so results do not depend on this number
+    device: str = 'cpu'           # 'cpu' | 'cuda' (under torchrun: this rank's local GPU)
+    amp: bool = False             # CUDA autocast: bfloat16 where supported, else float16
+    # with a gradient scaler; refused on CPU
+    workers: int = 0              # DataLoader workers per rank; draws are seeded per (seed,
+    # epoch, index) inside the dataset, so results do not depend on this number
+    dist_timeout_s: float = 600.0  # bound on every collective under torchrun: a dead or stuck
+    # rank ends the others' wait after this long (rank 0 writes plots while the others wait)
     eval_memory_mb: int = 4096    # eval-mode inputs kept in RAM across epochs (CREMA-D's
     # 7,442 clips at N=5 take ~2 GB); 0 recomputes them every epoch
     progress: bool = True         # tqdm bars (folds, epochs, batches) on stderr
@@ -108,6 +144,12 @@ class TrainConfig:
             raise ValueError('lr must be > 0 and lr_decay in (0, 1]')
         if self.device not in ('cpu', 'cuda'):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.amp and self.device != 'cuda':
+            raise ValueError('--amp (mixed precision) applies to --device cuda only: on a CPU '
+                             'autocast to bfloat16 is rarely faster and changes the numbers; '
+                             'drop --amp')
+        if self.workers < 0 or not self.dist_timeout_s > 0:
+            raise ValueError('workers must be >= 0 and dist_timeout_s > 0')
         object.__setattr__(self, 'cache', Path(self.cache))
         object.__setattr__(self, 'out', Path(self.out))
 
@@ -226,34 +268,148 @@ def stream_seed(*parts: int) -> int:
 
 
 # --- one epoch --------------------------------------------------------------------------------
-def _train_epoch(model, optimizer, loader, device, progress: bool) -> tuple[float, float]:
-    """One pass in train mode (dropout, random segment draws). -> (mean loss, accuracy)."""
+@dataclass(frozen=True)
+class Precision:
+    """Arithmetic of a run: float32, or CUDA autocast to bfloat16 / float16.
+
+    float16 needs a gradient scaler (its range underflows small gradients); bfloat16 has
+    float32's range and does not. `choose` picks bfloat16 where the GPU supports it.
+    """
+
+    dtype: torch.dtype | None = None     # None: float32 throughout
+
+    @classmethod
+    def choose(cls, amp: bool, device: torch.device) -> Precision:
+        if not amp:
+            return cls()
+        if device.type != 'cuda':
+            raise ValueError('mixed precision (--amp) applies to CUDA devices only; drop --amp')
+        return cls(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+    @property
+    def name(self) -> str:
+        return 'float32' if self.dtype is None else str(self.dtype).removeprefix('torch.')
+
+    def autocast(self, device: torch.device):
+        """A context that runs the forward pass in this precision."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.dtype)
+
+    def scaler(self, device: torch.device) -> torch.amp.GradScaler:
+        """A gradient scaler, enabled for float16 only (disabled it passes everything through)."""
+        return torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+
+
+FLOAT32 = Precision()
+
+
+def epoch_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
+    """The global batches of one epoch: a permutation of range(n) seeded by `seed`, cut into
+    runs of `batch_size` (the last may be shorter). Every rank computes the same list."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def prepare_model(model: LightmerNet, ranks: Ranks, device: torch.device
+                  ) -> tuple[LightmerNet, nn.Module]:
+    """Ready a model for `train_epoch`, in place: keyed dropout; with K ranks, BatchNorm over
+    the global batch and a DDP wrapper. Load any saved weights before calling this.
+
+    -> (the model, for `predict` and checkpoints; the module `train_epoch` calls).
+    """
+    replace_modules(model, to_keyed_dropout)
+    if ranks.active:
+        replace_modules(model, to_cross_rank_batchnorm)
+    model.to(device)
+    if not ranks.active:
+        return model, model
+    ids = [device.index] if device.type == 'cuda' else None
+    return model, DistributedDataParallel(model, device_ids=ids)
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset,
+                batches: Sequence[Sequence[int]], device: torch.device, *,
+                sample_keys: Sequence[int] | None = None, ranks: Ranks = SINGLE,
+                precision: Precision = FLOAT32, scaler: torch.amp.GradScaler | None = None,
+                workers: int = 0, loader_seed: int = 0, progress: bool = False
+                ) -> tuple[float, float]:
+    """One pass in train mode over `batches`; -> (mean cross-entropy in nats, accuracy) over
+    every sample of the epoch (all ranks together).
+
+    model: the second value of `prepare_model`. dataset: index -> (faces (N, 1, H, W),
+    log-mels (N, 1, M, T), class index). batches: the global batches as dataset indices
+    (`epoch_batches`), the same on every rank; each rank trains on its `split_batch` slice.
+    sample_keys: per dataset index, the seed of that sample's dropout mask (needed once
+    `prepare_model` has made the dropout keyed; a plain nn.Dropout draws from torch's global
+    generator and gives up equality across ranks and resumes). loader_seed seeds
+    the DataLoader workers (torch, numpy and random in each), one value per rank and epoch.
+    """
     model.train()
-    loss_sum, correct, count = 0.0, 0, 0
-    for faces, mels, labels in tqdm(loader, desc='batches', leave=False, disable=not progress):
-        faces, mels, labels = faces.to(device), mels.to(device), labels.to(device)
-        logits = model(faces, mels)                                   # (B, C)
-        loss = F.cross_entropy(logits, labels)
+    scaler = scaler or precision.scaler(device)
+    local = [split_batch(b, ranks.rank, ranks.world_size) for b in batches]
+    # A rank whose slice is empty (a last batch smaller than K) still runs forward and
+    # backward, on zero rows, because DDP and the BatchNorm statistics need every rank at
+    # every step; the loader cannot yield an empty batch, so it loads one sample to cut away.
+    loader = DataLoader(dataset, batch_sampler=[s or [b[0]] for s, b in zip(local, batches,
+                                                                           strict=True)],
+                        num_workers=workers, pin_memory=device.type == 'cuda',
+                        generator=torch.Generator().manual_seed(loader_seed))
+    totals = torch.zeros(3, dtype=torch.float64, device=device)   # loss sum, correct, count
+    steps = zip(loader, local, batches, strict=True)
+    for (faces, mels, labels), mine, batch in tqdm(steps, total=len(batches), desc='batches',
+                                                   leave=False, disable=not progress):
+        rows = len(mine)
+        faces = faces[:rows].to(device, non_blocking=True)             # (b, N, 1, H, W)
+        mels = mels[:rows].to(device, non_blocking=True)               # (b, N, 1, M, T)
+        labels = labels[:rows].to(device, non_blocking=True)           # (b,)
+        if sample_keys is not None:
+            set_dropout_keys(model, [sample_keys[i] for i in mine])
+        with precision.autocast(device):
+            logits = model(faces, mels)                                 # (b, C)
+        loss_sum = F.cross_entropy(logits.float(), labels, reduction='sum')
+        # DDP averages the K ranks' gradients; scaling by K / |global batch| makes that
+        # average the gradient of the mean loss over the global batch, as one process has it.
+        loss = loss_sum * (ranks.world_size / len(batch))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.item() * labels.shape[0]
-        correct += int((logits.argmax(1) == labels).sum())
-        count += labels.shape[0]
-    return loss_sum / count, correct / count
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        totals += torch.stack([loss_sum.detach().double(),
+                               (logits.argmax(1) == labels).sum().double(),
+                               torch.tensor(float(rows), dtype=torch.float64, device=device)])
+    loss_total, correct, count = all_sum(totals.tolist(), ranks)
+    return loss_total / count, correct / count
 
 
 @torch.no_grad()
-def predict(model, dataset, batch_size, device, progress, desc) -> tuple[np.ndarray, np.ndarray]:
-    """Eval mode over `dataset` in order. -> (probabilities float64 (M, C), labels int64 (M,))."""
+def predict(model: LightmerNet, dataset: Dataset, batch_size: int, device: torch.device, *,
+            ranks: Ranks = SINGLE, precision: Precision = FLOAT32, progress: bool = False,
+            desc: str = 'predict') -> tuple[np.ndarray, np.ndarray]:
+    """Eval mode over `dataset` in order -> (probabilities float64 (M, C), labels int64 (M,)),
+    the same arrays on every rank.
+
+    model: the bare LightmerNet (the first value of `prepare_model`, never the DDP wrapper:
+    ranks score different numbers of batches). With K ranks each scores a contiguous run of
+    the batches one process would form and the rows are gathered, so every clip meets the
+    same batch mates and gets the same probabilities as in a single process.
+    """
     model.eval()
-    probs, labels = [], []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    n = len(dataset)
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    mine = shard_batches(batches, ranks.rank, ranks.world_size)
+    loader = DataLoader(dataset, batch_sampler=mine, num_workers=0,
+                        pin_memory=device.type == 'cuda')
+    probs = [torch.zeros((0, model.cfg.n_classes), dtype=torch.float64)]
+    labels = [torch.zeros(0, dtype=torch.int64)]
     for faces, mels, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        logits = model(faces.to(device), mels.to(device))            # (B, C)
-        probs.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
-        labels.append(np.asarray(y, dtype=np.int64))
-    return np.concatenate(probs), np.concatenate(labels)
+        with precision.autocast(device):
+            logits = model(faces.to(device), mels.to(device))         # (B, C)
+        probs.append(torch.softmax(logits.double(), dim=1).cpu())
+        labels.append(torch.as_tensor(y, dtype=torch.int64))
+    counts = shard_sizes(batches, ranks.world_size)
+    return (gather_rows(torch.cat(probs), counts, ranks).numpy(),
+            gather_rows(torch.cat(labels), counts, ranks).numpy())
 
 
 def _loss_acc(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -305,19 +461,23 @@ def _split_ids(split: Split, clips: Mapping[str, tuple[str, int]]) -> dict[str, 
             for name, actors in (('d0', split.d0), ('pool', split.pool), ('test', split.test))}
 
 
-def _select_uncertain(model, pool_items: Dataset, pool: Sequence[str], n_uncertain: int,
-                      oracle: Oracle, cfg: TrainConfig, device) -> tuple[list[dict], float]:
+def _select_uncertain(model: LightmerNet, pool_items: Dataset, pool: Sequence[str],
+                      oracle: Oracle, run: _FoldRun) -> tuple[list[dict], float]:
     """Algorithm 1 lines 3-9: entropies over U, the N_u most uncertain, checked by the oracle.
 
+    Every rank scores its share of U and receives all the entropies, so every rank picks the
+    same clips; the oracle (possibly a person) is asked once, on rank 0.
     -> (one entry per selected clip, most uncertain first: clip_id, entropy (bits),
     predicted and checked class index; mean entropy of U in bits).
     """
-    probs, _ = predict(model, pool_items, cfg.batch_size, device, cfg.progress, 'U')
+    cfg = run.cfg
+    probs, _ = predict(model, pool_items, cfg.batch_size, run.device, ranks=run.ranks,
+                       precision=run.precision, progress=cfg.progress, desc='U')
     h = entropy_bits(probs)                                                   # (|U|,) bits
-    chosen = most_uncertain(h, pool, min(n_uncertain, len(pool)))
+    chosen = most_uncertain(h, pool, min(cfg.n_uncertain, len(pool)))
     chosen_ids = [pool[i] for i in chosen]
     predicted = [int(probs[i].argmax()) for i in chosen]
-    checked = oracle.check(chosen_ids, predicted)
+    checked = on_main(lambda: oracle.check(chosen_ids, predicted), run.ranks)
     selected = [{'clip_id': c, 'entropy': float(h[i]), 'predicted': p, 'label': int(y)}
                 for c, i, p, y in zip(chosen_ids, chosen, predicted, checked, strict=True)]
     return selected, float(h.mean())
@@ -343,47 +503,81 @@ def _plan_fold(cfg: TrainConfig, fold: int, clips: Mapping[str, tuple[str, int]]
     return split, ids
 
 
-def _train_fold(cfg: TrainConfig, fold: int, split: Split, ids: dict[str, list[str]],
-                index: CacheIndex, clips: Mapping[str, tuple[str, int]], fold_dir: Path,
-                device: torch.device) -> dict:
-    """Train one fold (see the module docstring); returns its result.json content."""
+@dataclass(frozen=True)
+class _FoldRun:
+    """What every step of one fold needs besides the model and the bookkeeping."""
+
+    cfg: TrainConfig
+    fold: int
+    fold_dir: Path          # written by rank 0 only
+    ranks: Ranks
+    device: torch.device
+    precision: Precision
+
+
+def _open_fold(run: _FoldRun, split: Split, ids: dict[str, list[str]]) -> dict | None:
+    """Rank 0: the fold's saved state (None for a fresh fold, after writing split.json)."""
+    state_path = run.fold_dir / 'state.pt'
+    if state_path.exists():
+        if not run.cfg.resume:
+            raise FileExistsError(f'{run.fold_dir} already holds a run; pass --resume to '
+                                  'continue it or choose another --out')
+        return _load_state(state_path)
+    atomic_save_json(run.fold_dir / 'split.json', {
+        'fold': run.fold, 'seed': run.cfg.seed, 'actors': split.to_dict(), 'clips': ids})
+    return None
+
+
+def _fold_items(cfg: TrainConfig, index: CacheIndex, train_ids: list[str], test_ids: list[str]
+                ) -> tuple[FeatureConfig, SegmentDataset, _Memo, _Memo]:
+    """(the fold's features, training items with random draws, eval-mode training items,
+    eval-mode test items). With mel_norm 'dataset' the features carry the dB statistics of
+    the fold's training clips."""
+    features = (dataset_mel_norm(cfg.cache, train_ids, cfg.n_segments)
+                if cfg.mel_norm == 'dataset' else index.features)
+    dataset = functools.partial(SegmentDataset, cfg.cache, n_segments=cfg.n_segments,
+                                labels=get_preset(cfg.dataset).labels, seed=cfg.seed,
+                                features=features)
+    f = index.features   # float32 faces + log-mels of one clip: 0.27 MB at N=5
+    clip_mb = cfg.n_segments * (f.face_height * f.face_width + f.n_mels * f.mel_frames) * 4 / 2**20
+    memo = max(0, int(cfg.eval_memory_mb / clip_mb))
+    return (features,
+            dataset(train_ids, train=True),          # random frame + jittered audio per segment
+            _Memo(dataset(train_ids, train=False), memo),   # segment centres, as at inference
+            _Memo(dataset(test_ids, train=False), max(0, memo - len(train_ids))))
+
+
+def _train_fold(run: _FoldRun, split: Split, ids: dict[str, list[str]], index: CacheIndex,
+                clips: Mapping[str, tuple[str, int]]) -> None:
+    """Train one fold (see the module docstring); rank 0 writes its files."""
+    cfg, fold, ranks = run.cfg, run.fold, run.ranks
     preset = get_preset(cfg.dataset)
-    atomic_save_json(fold_dir / 'split.json', {
-        'fold': fold, 'seed': cfg.seed, 'actors': split.to_dict(), 'clips': ids})
     true_label = {c: y for c, (_, y) in clips.items()}
     oracle: Oracle = DatasetOracle(true_label)
 
     # Every training clip (D0 then U) in one fixed order: draws stay tied to the clip.
     all_ids = ids['d0'] + ids['pool']
     position = {c: i for i, c in enumerate(all_ids)}
-    features = (dataset_mel_norm(cfg.cache, all_ids, cfg.n_segments)
-                if cfg.mel_norm == 'dataset' else index.features)
-    dataset = functools.partial(SegmentDataset, cfg.cache, n_segments=cfg.n_segments,
-                                labels=preset.labels, seed=cfg.seed, features=features)
-    train_items = dataset(all_ids, train=True)     # random frame + jittered audio per segment
-    f = index.features   # float32 faces + log-mels of one clip: 0.27 MB at N=5
-    clip_mb = cfg.n_segments * (f.face_height * f.face_width + f.n_mels * f.mel_frames) * 4 / 2**20
-    memo = max(0, int(cfg.eval_memory_mb / clip_mb))
-    eval_items = _Memo(dataset(all_ids, train=False), memo)  # segment centres, as at inference
+    features, train_items, eval_items, test_items = _fold_items(cfg, index, all_ids,
+                                                                ids['test'])
     d0_items = Subset(eval_items, [position[c] for c in ids['d0']])
-    test_items = _Memo(dataset(ids['test'], train=False), max(0, memo - len(all_ids)))
 
     model_cfg = ModelConfig(
         n_classes=len(preset.labels), dropout=cfg.dropout,
         face_shape=(index.features.face_height, index.features.face_width),
         mel_shape=(index.features.n_mels, index.features.mel_frames))
     torch.manual_seed(stream_seed(cfg.seed, fold, _INIT))   # Xavier init of this fold
-    model = LightmerNet(model_cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-
-    state_path = fold_dir / 'state.pt'
-    if state_path.exists() and not cfg.resume:
-        raise FileExistsError(f'{fold_dir} already holds a run; pass --resume to continue it '
-                              'or choose another --out')
-    if state_path.exists():
-        state = _load_state(state_path)
+    model = LightmerNet(model_cfg)
+    state = on_main(lambda: _open_fold(run, split, ids), ranks)   # rank 0 reads, all resume
+    if state is not None:
         model.load_state_dict(state['model'])
+    model, trained = prepare_model(model, ranks, run.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scaler = run.precision.scaler(run.device)
+    if state is not None:
         optimizer.load_state_dict(state['optimizer'])
+        if state.get('scaler'):   # empty when saved disabled (float32, bfloat16)
+            scaler.load_state_dict(state['scaler'])
         _set_rng_state(state['rng'])
         train_ids, pool = list(state['train_ids']), list(state['pool'])
         labels_of = dict(state['labels_of'])
@@ -397,15 +591,19 @@ def _train_fold(cfg: TrainConfig, fold: int, split: Split, ids: dict[str, list[s
         labels_of = {c: true_label[c] for c in train_ids}   # D0 is labelled from the start
         metrics, best = [], {'epoch': -1, 'val_loss': float('inf')}
         test_probs = test_true = None
-        torch.manual_seed(stream_seed(cfg.seed, fold, _DROPOUT))
-        np.random.seed(stream_seed(cfg.seed, fold, _GLOBAL) % (1 << 32))   # unused by us;
-        random.seed(stream_seed(cfg.seed, fold, _GLOBAL))   # seeded for any library that draws
+        # Our own draws are keyed streams; these global generators are seeded for any
+        # library that draws from them.
+        torch.manual_seed(stream_seed(cfg.seed, fold, _GLOBAL))
+        np.random.seed(stream_seed(cfg.seed, fold, _GLOBAL) % (1 << 32))
+        random.seed(stream_seed(cfg.seed, fold, _GLOBAL))
 
     fold_provenance = make_provenance(
         dataset=cfg.dataset, fold=fold, strategy=cfg.strategy, seed=cfg.seed,
-        best_criterion='min eval-mode cross-entropy on D_train(0)')
+        best_criterion='min eval-mode cross-entropy on D_train(0)',
+        ranks=ranks.world_size, precision=run.precision.name)
     meta = dict(preset=preset.name, labels=preset.labels, n_segments=cfg.n_segments,
                 segment_s=preset.segment_s, features=features, model=model_cfg)
+    scoring = dict(ranks=ranks, precision=run.precision, progress=cfg.progress)
     epochs = tqdm(range(len(metrics), cfg.epochs), desc=f'fold {fold} epochs', leave=False,
                   initial=len(metrics), total=cfg.epochs, disable=not cfg.progress)
     for epoch in epochs:
@@ -414,8 +612,7 @@ def _train_fold(cfg: TrainConfig, fold: int, split: Split, ids: dict[str, list[s
         selected, pool_entropy = [], None
         if cfg.strategy == 'uncertainty' and epoch > 0 and pool:
             pool_items = Subset(eval_items, [position[c] for c in pool])
-            selected, pool_entropy = _select_uncertain(model, pool_items, pool,
-                                                       cfg.n_uncertain, oracle, cfg, device)
+            selected, pool_entropy = _select_uncertain(model, pool_items, pool, oracle, run)
             moved = [s['clip_id'] for s in selected]
             labels_of.update((s['clip_id'], s['label']) for s in selected)
             train_ids += moved
@@ -427,17 +624,23 @@ def _train_fold(cfg: TrainConfig, fold: int, split: Split, ids: dict[str, list[s
         for group in optimizer.param_groups:
             group['lr'] = lr
         train_items.set_epoch(epoch)
-        order = torch.Generator().manual_seed(stream_seed(cfg.seed, fold, _SHUFFLE, epoch))
-        loader = DataLoader(
+        train_loss, train_acc = train_epoch(
+            trained, optimizer,
             _Labelled(train_items, [position[c] for c in train_ids],
                       [labels_of[c] for c in train_ids]),
-            batch_size=cfg.batch_size, shuffle=True, generator=order, num_workers=cfg.workers)
-        train_loss, train_acc = _train_epoch(model, optimizer, loader, device, cfg.progress)
+            epoch_batches(len(train_ids), cfg.batch_size,
+                          stream_seed(cfg.seed, fold, _SHUFFLE, epoch)),
+            run.device,
+            sample_keys=[stream_seed(cfg.seed, fold, _DROPOUT, epoch, position[c])
+                         for c in train_ids],
+            ranks=ranks, precision=run.precision, scaler=scaler, workers=cfg.workers,
+            loader_seed=stream_seed(cfg.seed, fold, _WORKERS, epoch, ranks.rank),
+            progress=cfg.progress)
 
-        val_loss, _ = _loss_acc(*predict(model, d0_items, cfg.batch_size, device,
-                                          cfg.progress, 'D0 (val)'))
-        test_probs, test_true = predict(model, test_items, cfg.batch_size, device,
-                                         cfg.progress, 'test')
+        val_loss, _ = _loss_acc(*predict(model, d0_items, cfg.batch_size, run.device,
+                                         desc='D0 (val)', **scoring))
+        test_probs, test_true = predict(model, test_items, cfg.batch_size, run.device,
+                                        desc='test', **scoring)
         test_loss, test_acc = _loss_acc(test_probs, test_true)
         metrics.append({
             'epoch': epoch, 'train_size': len(train_ids), 'pool_size': len(pool),
@@ -446,32 +649,42 @@ def _train_fold(cfg: TrainConfig, fold: int, split: Split, ids: dict[str, list[s
             'pool_entropy_mean': pool_entropy,
             'corrected': sum(s['predicted'] != s['label'] for s in selected),
             'selected': selected, 'seconds': time.perf_counter() - t0})
-
+        improved = val_loss < best['val_loss']
+        if improved:
+            best = {'epoch': epoch, 'val_loss': val_loss, 'test_acc': test_acc}
+        if not ranks.is_main:
+            continue
         # state.pt goes last: a kill before it repeats this epoch from the previous state,
         # and the repeat rewrites the files below with the same content.
         ckpt_meta = CheckpointMeta(**meta, provenance={**fold_provenance, 'epoch': epoch})
-        save_checkpoint(fold_dir / 'last.pt', model, ckpt_meta)
-        if val_loss < best['val_loss']:
-            best = {'epoch': epoch, 'val_loss': val_loss, 'test_acc': test_acc}
-            save_checkpoint(fold_dir / 'best.pt', model, ckpt_meta)
-        atomic_save_json(fold_dir / 'metrics.json', metrics)
-        atomic_torch_save(state_path, {
+        save_checkpoint(run.fold_dir / 'last.pt', model, ckpt_meta)
+        if improved:
+            save_checkpoint(run.fold_dir / 'best.pt', model, ckpt_meta)
+        atomic_save_json(run.fold_dir / 'metrics.json', metrics)
+        atomic_torch_save(run.fold_dir / 'state.pt', {
             'version': STATE_VERSION, 'model': model.state_dict(),
-            'optimizer': optimizer.state_dict(), 'rng': _rng_state(), 'train_ids': train_ids,
-            'pool': pool, 'labels_of': labels_of, 'metrics': metrics, 'best': best,
+            'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+            'rng': _rng_state(), 'train_ids': train_ids, 'pool': pool,
+            'labels_of': labels_of, 'metrics': metrics, 'best': best,
             'test_probs': torch.from_numpy(test_probs), 'test_true': torch.from_numpy(test_true)})
         _log_epoch(fold, metrics[-1])
 
-    cm = confusion_matrix(test_true, test_probs.argmax(1), len(preset.labels))
-    title = f'{cfg.dataset} {cfg.strategy} fold {fold}'
-    plot_confusion(cm, preset.labels, fold_dir / 'confusion.png', title)
-    plot_curves(metrics, fold_dir / 'loss.png', fold_dir / 'accuracy.png', title)
-    result = {'fold': fold, 'test_acc': metrics[-1]['test_acc'],
-              'test_loss': metrics[-1]['test_loss'], 'best': best,
-              'confusion': cm.tolist(), 'labels': list(preset.labels),
-              'test_clips': len(ids['test'])}
-    atomic_save_json(fold_dir / 'result.json', result)
-    return result
+    if ranks.is_main:
+        _finish_fold(run, metrics, best, test_probs, test_true, len(ids['test']))
+
+
+def _finish_fold(run: _FoldRun, metrics: list[dict], best: dict, test_probs: np.ndarray,
+                 test_true: np.ndarray, n_test: int) -> None:
+    """Rank 0: the fold's confusion matrix, curves and result.json."""
+    labels = get_preset(run.cfg.dataset).labels
+    cm = confusion_matrix(test_true, test_probs.argmax(1), len(labels))
+    title = f'{run.cfg.dataset} {run.cfg.strategy} fold {run.fold}'
+    plot_confusion(cm, labels, run.fold_dir / 'confusion.png', title)
+    plot_curves(metrics, run.fold_dir / 'loss.png', run.fold_dir / 'accuracy.png', title)
+    atomic_save_json(run.fold_dir / 'result.json', {
+        'fold': run.fold, 'test_acc': metrics[-1]['test_acc'],
+        'test_loss': metrics[-1]['test_loss'], 'best': best, 'confusion': cm.tolist(),
+        'labels': list(labels), 'test_clips': n_test})
 
 
 def _log_epoch(fold: int, m: Mapping) -> None:
@@ -487,24 +700,27 @@ def _log_epoch(fold: int, m: Mapping) -> None:
 
 
 # --- across folds -----------------------------------------------------------------------------
-def _summarise(run_dir: Path, cfg: TrainConfig) -> dict:
-    """Mean +- std (population, over the finished folds) of the final test accuracy."""
-    preset = get_preset(cfg.dataset)
+def _summarise(run_dir: Path, dataset: str, strategy: str, n_folds: int) -> dict | None:
+    """Mean +- std (population, over the finished folds) of the final test accuracy, written
+    to RUN/<strategy>/summary.json and .png; None while no fold has finished."""
+    preset = get_preset(dataset)
     results = []
-    for k in range(cfg.n_folds):
+    for k in range(n_folds):
         path = run_dir / f'fold_{k}' / 'result.json'
         if path.is_file():
             results.append(json.loads(path.read_text(encoding='utf-8')))
+    if not results:
+        return None
     accs = np.array([r['test_acc'] for r in results])
     cm = np.sum([np.array(r['confusion']) for r in results], axis=0)
-    summary = {'dataset': cfg.dataset, 'strategy': cfg.strategy, 'folds_done':
-               [r['fold'] for r in results], 'n_folds': cfg.n_folds,
+    summary = {'dataset': dataset, 'strategy': strategy, 'folds_done':
+               [r['fold'] for r in results], 'n_folds': n_folds,
                'test_acc_mean': float(accs.mean()), 'test_acc_std': float(accs.std()),
                'test_acc_per_fold': accs.tolist(), 'confusion': cm.tolist(),
                'labels': list(preset.labels), 'run_dir': str(run_dir)}
     atomic_save_json(run_dir / 'summary.json', summary)
     plot_confusion(cm, preset.labels, run_dir / 'summary.png',
-                   f'{cfg.dataset} {cfg.strategy}, {len(results)} folds summed; mean '
+                   f'{dataset} {strategy}, {len(results)} folds summed; mean '
                    f'{accs.mean():.3f} +- {accs.std():.3f}')
     return summary
 
@@ -535,36 +751,83 @@ def _compare(out: Path, dataset: str) -> dict | None:
     return {'folds': folds, 'path': str(out / 'comparison.png')}
 
 
-# --- entry point ------------------------------------------------------------------------------
-def _device(name: str) -> torch.device:
-    if name == 'cuda' and not torch.cuda.is_available():
-        raise ValueError('--device cuda was asked for but torch sees no CUDA device; '
-                         'use --device cpu')
-    return torch.device(name)
-
-
+# --- entry points -----------------------------------------------------------------------------
 def _check_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
     """Refuse to mix settings inside one strategy directory (the summary would be wrong)."""
     path = run_dir / 'config.json'
     settings = cfg.run_settings()
     if path.is_file():
         old = json.loads(path.read_text('utf-8'))
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        # A setting newer than the run directory had its default then (amp: float32).
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        old = {k: old.get(k, defaults.get(k)) for k in settings}
+        diff = {k: (old[k], v) for k, v in settings.items() if old[k] != v}
         if diff:
             raise ValueError(f'{run_dir} was run with other settings {diff} (old, new); use the '
                              'same options or another --out')
     atomic_save_json(path, settings)
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train every requested fold of `cfg.strategy`, write the run directory, return the
-    summary (see the module docstring for the files)."""
-    device = _device(cfg.device)
+def plan_run(cfg: TrainConfig) -> tuple[CacheIndex, dict[str, tuple[str, int]],
+                                        dict[int, tuple[Split, dict[str, list[str]]]]]:
+    """Read the cache and plan every requested fold, raising before anything is written.
+
+    -> (cache index, clip_id -> (actor, class index), fold -> (split, clip ids by part)).
+    """
     index, clips = _usable_clips(cfg.cache, cfg.dataset)
     folds = range(cfg.n_folds) if cfg.fold is None else [cfg.fold]
-    plans = {k: _plan_fold(cfg, k, clips) for k in folds}   # fail before writing anything
+    return index, clips, {k: _plan_fold(cfg, k, clips) for k in folds}
+
+
+def claim_run_dir(cfg: TrainConfig) -> None:
+    """Write RUN/<strategy>/config.json, or refuse when the directory holds other settings."""
+    _check_run_dir(cfg.out / cfg.strategy, cfg)
+
+
+def summarize_run(out: Path) -> dict:
+    """Merge whatever folds have finished under RUN (every strategy there): summary.json and
+    summary.png per strategy, comparison.json/png when both strategies share a fold.
+
+    For runs whose folds trained as separate jobs (`--fold K` each, or `--parallel`).
+    """
+    out = Path(out)
+    summaries = {}
+    for strategy in STRATEGIES:
+        config = out / strategy / 'config.json'
+        if config.is_file():
+            settings = json.loads(config.read_text('utf-8'))
+            summary = _summarise(out / strategy, settings['dataset'], strategy,
+                                 settings['n_folds'])
+            if summary is not None:
+                summaries[strategy] = summary
+    if not summaries:
+        raise ValueError(f'no finished fold under {out} (no <strategy>/fold_K/result.json); '
+                         'pass the --out of a `lightmer train` run')
+    comparison = _compare(out, next(iter(summaries.values()))['dataset'])
+    return {'strategies': summaries, 'comparison': comparison}
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train every requested fold of `cfg.strategy`, write the run directory, return the
+    summary (see the module docstring for the files).
+
+    Started by torchrun, this process is one of K ranks training each fold together; it
+    joins their process group here and leaves it on return.
+    """
+    ranks = launched_ranks()
+    device = join(ranks, cfg.device, cfg.dist_timeout_s)
+    try:
+        return _train_ranks(dataclasses.replace(cfg, progress=cfg.progress and ranks.is_main),
+                            ranks, device)
+    finally:
+        leave()
+
+
+def _train_ranks(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> dict:
+    precision = Precision.choose(cfg.amp, device)
+    index, clips, plans = plan_run(cfg)   # every rank reads the cache: fail before writing
+    on_main(lambda: claim_run_dir(cfg), ranks)
     run_dir = cfg.out / cfg.strategy
-    _check_run_dir(run_dir, cfg)
 
     # Bit-for-bit repeatable epochs are what make resume equal an uninterrupted run.
     was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -574,13 +837,17 @@ def train(cfg: TrainConfig) -> dict:
         torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        for fold in tqdm(folds, desc='folds', disable=not cfg.progress):
-            _train_fold(cfg, fold, *plans[fold], index, clips, run_dir / f'fold_{fold}', device)
+        for fold in tqdm(plans, desc='folds', disable=not cfg.progress):
+            run = _FoldRun(cfg, fold, run_dir / f'fold_{fold}', ranks, device, precision)
+            _train_fold(run, *plans[fold], index, clips)
     finally:
         torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
 
-    summary = _summarise(run_dir, cfg)
-    comparison = _compare(cfg.out, cfg.dataset)
-    if comparison is not None:
-        summary['comparison'] = comparison
-    return summary
+    def merge() -> dict:
+        summary = _summarise(run_dir, cfg.dataset, cfg.strategy, cfg.n_folds)
+        comparison = _compare(cfg.out, cfg.dataset)
+        if comparison is not None:
+            summary['comparison'] = comparison
+        return summary
+
+    return on_main(merge, ranks)

@@ -29,6 +29,12 @@ Cache layout (docs/ARCHITECTURE.md):
                               audio float32 (n,) 16 kHz mono, duration float s, + bookkeeping
 Every file is written atomically; a clip whose .npz exists with the same settings is not
 redone, so an interrupted run resumes where it stopped.
+
+Several machines can share the work (`shard`, `lightmer prepare --shard I/K`): shard I takes
+the clips with crc32(clip_id) mod K == I, a rule that needs no coordination and is the same on
+every machine, and writes CACHE/index.shard-I-of-K.json instead of index.json. Once every
+shard's clips/ and shard index sit in one folder, `merge_shards` (`lightmer merge-shards`)
+checks them and writes the index.json an unsharded run would have written.
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -106,8 +113,10 @@ def clip_path(cache: Path, clip_id: str) -> Path:
 
 def prepare(dataset: str, root: str | Path, cache: str | Path, workers: int | None = None,
             frames_per_segment: int = FRAMES_PER_SEGMENT, features: FeatureConfig | None = None,
-            progress: bool = True) -> PrepareSummary:
-    """Index `root`, cache every clip not cached yet, write CACHE/index.json; see module doc."""
+            progress: bool = True, shard: tuple[int, int] | None = None) -> PrepareSummary:
+    """Index `root`, cache every clip not cached yet, write CACHE/index.json; see module doc.
+
+    shard: (I, K) to cache only shard I of K and write its shard index (module doc)."""
     from tqdm import tqdm
 
     start = time.monotonic()
@@ -122,6 +131,8 @@ def prepare(dataset: str, root: str | Path, cache: str | Path, workers: int | No
         first = f' (first: {skipped[0].path.name}: {skipped[0].reason})' if skipped else ''
         raise FileNotFoundError(f'no usable clips under {root} for {dataset}: '
                                 f'{format_skipped(skipped).splitlines()[0]}{first}')
+    if shard is not None:
+        records = [r for r in records if shard_of(r.clip_id, shard[1]) == shard[0]]
     settings_json = json.dumps(settings, sort_keys=True)
     # Temporary files left by a killed run (one prepare per cache at a time).
     for stale in (cache / 'clips').glob('.*.tmp'):
@@ -170,9 +181,73 @@ def prepare(dataset: str, root: str | Path, cache: str | Path, workers: int | No
             summary.problems.append(f"{entry['clip_id']}: {entry['status']} ({entry['error']})")
     index = {**settings, 'complete': True, 'clips': entries,
              'skipped': [{'path': str(s.path), 'reason': s.reason} for s in skipped]}
-    atomic_save_json(cache / 'index.json', index)
+    if shard is None:
+        atomic_save_json(cache / 'index.json', index)
+    else:
+        atomic_save_json(cache / shard_index_name(*shard),
+                         {**index, 'shard': {'index': shard[0], 'count': shard[1]}})
     summary.seconds = time.monotonic() - start
     return summary
+
+
+# --- shards: several machines prepare disjoint parts of one cache -----------------------------
+def shard_of(clip_id: str, count: int) -> int:
+    """The shard (0 .. count-1) of a clip: crc32 of its id mod count, the same on any machine
+    and Python version (unlike hash())."""
+    return zlib.crc32(clip_id.encode('utf-8')) % count
+
+
+def shard_index_name(index: int, count: int) -> str:
+    return f'index.shard-{index}-of-{count}.json'
+
+
+def merge_shards(cache: str | Path) -> str:
+    """Merge the K shard indexes in `cache` into CACHE/index.json; returns a one-line report.
+
+    Checks that all K shards are there and finished, made with the same settings, hold
+    disjoint clips that follow the shard rule, and that every clip's file is in CACHE/clips.
+    """
+    cache = Path(cache)
+    paths = sorted(cache.glob('index.shard-*-of-*.json'))
+    if not paths:
+        raise FileNotFoundError(f'no index.shard-I-of-K.json in {cache}: run `lightmer prepare '
+                                '--shard I/K` first and copy every shard\'s output here')
+    shards = [json.loads(p.read_text(encoding='utf-8')) for p in paths]
+    counts = {s['shard']['count'] for s in shards}
+    if len(counts) != 1:
+        raise ValueError(f'{cache} mixes shards of different counts K {sorted(counts)}; keep '
+                         'the shard indexes of one split only')
+    count = counts.pop()
+    missing = sorted(set(range(count)) - {s['shard']['index'] for s in shards})
+    if missing:
+        raise ValueError(f'shards {missing} of {count} are missing in {cache}: run `lightmer '
+                         f'prepare --shard I/{count}` for them or copy their output here')
+    own = ('complete', 'clips', 'skipped', 'shard')
+    settings = {k: v for k, v in shards[0].items() if k not in own}
+    for path, s in zip(paths, shards, strict=True):
+        if {k: v for k, v in s.items() if k not in own} != settings:
+            raise ValueError(f'{path.name} was prepared with other settings than '
+                             f'{paths[0].name}; prepare every shard with the same version '
+                             'and options')
+        if not s.get('complete'):
+            raise ValueError(f'{path.name} is from an unfinished run: run that shard again')
+        strays = [c['clip_id'] for c in s['clips']
+                  if shard_of(c['clip_id'], count) != s['shard']['index']]
+        if strays:
+            raise ValueError(f'{path.name} lists clips of other shards ({strays[:3]}...): it '
+                             'was not written by this version of lightmer prepare')
+    clips = sorted((c for s in shards for c in s['clips']), key=lambda c: c['clip_id'])
+    absent = [c['clip_id'] for c in clips if not clip_path(cache, c['clip_id']).is_file()]
+    if absent:
+        raise FileNotFoundError(f'{len(absent)} clip file(s) missing from {cache / "clips"} '
+                                f'(e.g. {absent[0]}.npz): copy every shard\'s clips/ here')
+    skipped = {d['path']: d for s in shards for d in s['skipped']}   # every shard saw them all
+    atomic_save_json(cache / 'index.json', {
+        **settings, 'complete': True, 'clips': clips,
+        'skipped': [skipped[k] for k in sorted(skipped)]})
+    ok = sum(c['status'] == 'ok' for c in clips)
+    return (f'merged {count} shards into {cache / "index.json"}: {len(clips)} clips '
+            f'({ok} ok)')
 
 
 def _check_existing_index(cache: Path, settings: dict) -> None:

@@ -339,3 +339,72 @@ def expression_fields(probs: np.ndarray, labels: tuple[str, ...]) -> tuple[str, 
         merged[key] = merged.get(key, 0.0) + float(score)
     best = max(merged, key=merged.__getitem__)
     return best, merged[best]
+
+
+# --- several people (lightmer_msgs/FaceCrops, ROS4HRI) -----------------------------------------
+def face_crops_msg(header: Header, faces, detected: int):
+    """A segment's tracked faces (people.TrackedFace, largest first) -> lightmer_msgs/FaceCrops
+    with the segment frame's header; no faces: the segment had nobody in view."""
+    from lightmer_msgs.msg import FaceCrop, FaceCrops
+    from sensor_msgs.msg import RegionOfInterest
+
+    out = []
+    for f in faces:
+        x1, y1, x2, y2 = (float(v) for v in f.box)
+        roi = RegionOfInterest(x_offset=max(0, int(round(x1))), y_offset=max(0, int(round(y1))),
+                               width=max(0, int(round(x2 - x1))),
+                               height=max(0, int(round(y2 - y1))))
+        out.append(FaceCrop(id=f.face_id, roi=roi, confidence=float(f.prob),
+                            crop=array_to_image(f.crop, header)))
+    return FaceCrops(header=header, faces=out, detected=max(int(detected), len(out)))
+
+
+def faces_from_msg(msg, shape: tuple[int, int]) -> tuple[list, list[str]]:
+    """lightmer_msgs/FaceCrops -> ([people.TrackedFace], [why each refused face was refused]).
+    A face is refused for a crop that is not mono8 of `shape` or an id that cannot name a
+    topic; the others are kept."""
+    from lightmer.people import TrackedFace
+
+    faces, errors = [], []
+    for f in msg.faces:
+        try:
+            check_face_id(f.id)
+            if f.crop.encoding != 'mono8':
+                raise ConversionError(f'expected a mono8 crop, got {f.crop.encoding!r}')
+            crop = image_to_array(f.crop)
+            if crop.shape != shape:
+                raise ConversionError(f'expected a {shape} crop, got {crop.shape}: was it made '
+                                      'with the same checkpoint?')
+        except ConversionError as exc:
+            errors.append(f'face {f.id!r}: {exc}')
+            continue
+        box = np.array([f.roi.x_offset, f.roi.y_offset, f.roi.x_offset + f.roi.width,
+                        f.roi.y_offset + f.roi.height], dtype=np.float64)
+        faces.append(TrackedFace(f.id, crop, box, float(f.confidence)))
+    return faces, errors
+
+
+def check_face_id(face_id: str) -> str:
+    """A face id that can be one token of a topic name (/humans/faces/<id>/...): a letter,
+    then letters, digits or underscores (ROS4HRI's ids are such). ConversionError otherwise."""
+    if not (face_id[:1].isascii() and face_id[:1].isalpha()
+            and all(c.isascii() and (c.isalnum() or c == '_') for c in face_id)):
+        raise ConversionError(f'face id {face_id!r} cannot name a topic: ids must be a '
+                              'letter followed by letters, digits or underscores')
+    return face_id
+
+
+def expression_msg(probs: np.ndarray, labels: tuple[str, ...], header: Header):
+    """hri_msgs/Expression of a window: the most probable class's REP-155 name and its
+    probability as confidence; valence and arousal are not estimated (0)."""
+    from hri_msgs.msg import Expression
+
+    expression, confidence = expression_fields(probs, labels)
+    return Expression(header=header, expression=expression, confidence=confidence)
+
+
+def ids_list_msg(ids, header: Header):
+    """hri_msgs/IdsList of `ids` (str)."""
+    from hri_msgs.msg import IdsList
+
+    return IdsList(header=header, ids=list(ids))

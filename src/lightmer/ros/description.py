@@ -31,6 +31,7 @@ class LaunchArgument:
     name: str
     default: str
     description: str
+    kind: type = str                  # the parameter's type: launch values are strings
 
 
 LAUNCH_ARGUMENTS = (
@@ -49,7 +50,17 @@ LAUNCH_ARGUMENTS = (
     LaunchArgument('respawn', 'true', 'restart a node whose process ends (perception nodes '
                    'should come back by themselves)'),
     LaunchArgument('respawn_delay', '1.0', 'seconds to wait before restarting a node'),
+    # Several people (docs/PEOPLE.md); empty: the parameter file's value (one person).
+    LaunchArgument('max_faces', '', 'faces followed per segment (1: one person on emotion); '
+                   'more: one emotion stream per face on /humans/faces/<id>/...', int),
+    LaunchArgument('face_source', '', "'mtcnn' (detect in the camera image) or 'ros4hri' "
+                   "(hri_face_detect's face crops and ids)"),
+    LaunchArgument('audio_to', '', "per person: fuse the audio with 'all' faces or the "
+                   "'largest'"),
+    LaunchArgument('primary', '', "per person: whose window emotion carries, 'largest' or "
+                   "'oldest'"),
 )
+_KINDS = {a.name: a.kind for a in LAUNCH_ARGUMENTS}
 
 
 @dataclass(frozen=True)
@@ -65,13 +76,17 @@ class NodeDescription:
 NODES = (
     NodeDescription('face_crop_node', 'lightmer.ros.face_crop_node', 'FaceCropNode',
                     'face_crop', remappings=(('image', 'camera_topic'),),
-                    arg_parameters=(('model_path', 'model'),)),
+                    arg_parameters=(('model_path', 'model'), ('max_faces', 'max_faces'),
+                                    ('face_source', 'face_source'))),
     NodeDescription('audio_feature_node', 'lightmer.ros.audio_feature_node',
                     'AudioFeatureNode', 'audio_feature',
                     remappings=(('audio', 'audio_topic'), ('audio_info', 'audio_info_topic')),
                     arg_parameters=(('model_path', 'model'), ('audio_msg', 'audio_msg'))),
     NodeDescription('fusion_node', 'lightmer.ros.fusion_node', 'FusionNode', 'fusion',
-                    remappings=(), arg_parameters=(('model_path', 'model'),)),
+                    remappings=(), arg_parameters=(
+                        ('model_path', 'model'), ('max_faces', 'max_faces'),
+                        ('face_source', 'face_source'), ('audio_to', 'audio_to'),
+                        ('primary', 'primary'))),
 )
 
 
@@ -174,6 +189,14 @@ def _as_bool(name: str, text: str) -> bool:
     raise ValueError(f'launch argument {name} must be true or false, got {text!r}')
 
 
+def _typed(name: str, text: str):
+    kind = _KINDS.get(name, str)
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f'launch argument {name} must be {kind.__name__}, got {text!r}') from None
+
+
 def share_dirs() -> list[Path]:
     """Where lightmer's installed files may be, first match first: the ament index's share
     directory (colcon / apt), this Python's prefix (pip), then the source tree (a checkout)."""
@@ -229,7 +252,7 @@ def resolve(values: dict[str, str] | None = None) -> list[NodeInvocation]:
         parameters: dict = {'use_sim_time': use_sim_time}
         for param, arg in node.arg_parameters:
             if v[arg]:
-                parameters[param] = v[arg]
+                parameters[param] = _typed(arg, v[arg])
         out.append(NodeInvocation(
             description=node, namespace=namespace, params_files=(params_file,),
             parameters=parameters,

@@ -5,17 +5,26 @@ segment the frame nearest the segment's reference time and runs MTCNN on that fr
 (streaming.FaceSegmenter), and publishes the crop as mono8 on `face_crop` with the source frame's
 header. A segment without a usable face (none found, or its frame would not decode) publishes
 the empty no-face image instead (conversions.no_face_image), so every segment is announced.
+
+Several people (max_faces > 1 or face_source ros4hri; docs/PEOPLE.md): one
+lightmer_msgs/FaceCrops per segment on `face_crops` instead, every tracked face with its id
+(people.MultiFaceSegmenter on the camera image; with ros4hri no detector runs:
+people.Ros4hriFaceSegmenter on hri_face_detect's <prefix>/tracked and <prefix>/<id>/cropped).
 """
 from __future__ import annotations
 
 import dataclasses
+import secrets
+import string
 from functools import partial
 
 import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
 
 from lightmer.backend import face_cropper
+from lightmer.people import MultiFaceSegmenter, Ros4hriFaceSegmenter
 from lightmer.streaming import FaceSegmenter
 
 from .common import Reporter, run_node
@@ -23,8 +32,11 @@ from .conversions import (
     ConversionError,
     array_to_image,
     check_compressed,
+    check_face_id,
     check_image,
     compressed_to_rgb,
+    face_crops_msg,
+    float_to_time,
     image_to_rgb,
     no_face_image,
     time_to_float,
@@ -41,8 +53,13 @@ class FaceCropNode(Node):
         # runs meanwhile and frames wait in the subscription's queue, so a (re)started node
         # has its first segment at once instead of after discovery. Callbacks only run once
         # the executor spins, after this constructor.
-        self._pub = self.create_publisher(Image, 'face_crop', output_qos())
+        people = self.params.per_person
+        self._pub = self.create_publisher(self._crops_type() if people else Image,
+                                          'face_crops' if people else 'face_crop', output_qos())
         qos = input_qos(self.params.qos_reliability, self.params.qos_depth)
+        if self.params.face_source == 'ros4hri':
+            self._start_ros4hri(qos)
+            return
         if self.params.compressed_input:
             self._convert = partial(compressed_to_rgb, max_pixels=self.params.max_image_pixels)
             self._sub = self.create_subscription(CompressedImage, 'image/compressed',
@@ -56,7 +73,15 @@ class FaceCropNode(Node):
         cropper = face_cropper(path, self.params.min_face_size, self.params.torch_threads)
         # The first MTCNN call is slower (allocations, lazy imports): pay for it now.
         cropper([np.zeros((120, 160, 3), dtype=np.uint8)])
-        self.faces = FaceSegmenter(cropper, segment_s, self.params.stream_settings())
+        if people:
+            # A random prefix per run: ids are not reused across restarts either.
+            prefix = ''.join(secrets.choice(string.ascii_lowercase) for _ in range(3))
+            self.faces = MultiFaceSegmenter(cropper, segment_s, self.params.reference,
+                                            self.params.max_faces,
+                                            self.params.tracker_settings(), prefix,
+                                            self.params.stamp_jump_s)
+        else:
+            self.faces = FaceSegmenter(cropper, segment_s, self.params.stream_settings())
         self.reporter = Reporter(self, self.params.diagnostics_period_s,
                                  lambda: dataclasses.asdict(self.faces.counts))
         self.get_logger().info(
@@ -68,6 +93,12 @@ class FaceCropNode(Node):
 
     def compressed_callback(self, msg: CompressedImage) -> None:
         self._on_frame(msg, check_compressed)
+
+    @staticmethod
+    def _crops_type():
+        from lightmer_msgs.msg import FaceCrops
+
+        return FaceCrops
 
     def _on_frame(self, msg, check) -> None:
         # Only one frame per segment is ever used, so the message itself waits in the selector
@@ -87,6 +118,9 @@ class FaceCropNode(Node):
         if counts.jumps != jumps:
             self.reporter.note(f'image stamps jumped forward by {self.params.stamp_jump_s} s '
                                'or more (clock set, replay seek?)')
+        if self.params.per_person:
+            self._publish_faces(results)
+            return
         for r in results:
             if r.error:
                 self.reporter.error(f'selected frame dropped, no crop for its segment: '
@@ -96,6 +130,71 @@ class FaceCropNode(Node):
             else:                                                  # uint8 (98, 80)
                 self._pub.publish(array_to_image(r.crop, r.payload.header))
                 self.reporter.clear()                              # recovered
+
+
+    def _publish_faces(self, results) -> None:
+        """One FaceCrops per settled segment (people.FacesResult), empty when nobody is in
+        view or its frame would not decode."""
+        for r in results:
+            if r.error:
+                self.reporter.error(f'selected frame dropped, no faces for its segment: '
+                                    f'{r.error}')
+            header = self._segment_header(r)
+            self._pub.publish(face_crops_msg(header, r.faces, r.detected))
+            if r.faces:
+                self.reporter.clear()                              # recovered
+
+    def _segment_header(self, r):
+        if self.params.face_source == 'ros4hri':                  # payload: the id list
+            return Header(stamp=float_to_time(r.t_frame), frame_id=self._ros4hri_frame_id)
+        return r.payload.header
+
+    # --- face_source ros4hri -------------------------------------------------------------
+    def _start_ros4hri(self, qos) -> None:
+        """Subscribe hri_face_detect's id lists now, and each face's image once listed."""
+        from hri_msgs.msg import IdsList
+
+        _, meta, segment_s = load_for_node(self.params)
+        self._qos = qos
+        self._face_subs: dict[str, object] = {}
+        self._ros4hri_frame_id = ''
+        self.faces = Ros4hriFaceSegmenter(meta.features, segment_s, self.params.reference,
+                                          self.params.max_faces, image_to_rgb)
+        self.reporter = Reporter(self, self.params.diagnostics_period_s,
+                                 lambda: {**dataclasses.asdict(self.faces.counts),
+                                          'subscribed': len(self._face_subs)})
+        self._sub = self.create_subscription(IdsList, f'{self.params.humans_prefix}/tracked',
+                                             self.tracked_callback, qos)
+        self.get_logger().info(f'T={segment_s:.3f} s, faces from {self._sub.topic_name} and '
+                               f'<id>/{self.params.ros4hri_image} (face_source ros4hri)')
+
+    def tracked_callback(self, msg) -> None:
+        listed = []
+        for face_id in msg.ids:
+            try:
+                listed.append(check_face_id(face_id))
+            except ConversionError as exc:
+                self.faces.counts.rejected += 1
+                self.reporter.error(f'tracked face dropped: {exc}')
+        for face_id in listed:
+            if face_id not in self._face_subs:
+                topic = f'{self.params.humans_prefix}/{face_id}/{self.params.ros4hri_image}'
+                self._face_subs[face_id] = self.create_subscription(
+                    Image, topic, partial(self.face_image_callback, face_id), self._qos)
+        self._ros4hri_frame_id = msg.header.frame_id or self._ros4hri_frame_id
+        self._publish_faces(self.faces.push_tracked(time_to_float(msg.header.stamp), listed))
+        # Faces no longer listed: their subscriptions go once their crops are forgotten.
+        for face_id in set(self._face_subs) - set(listed) - self.faces.buffered_ids:
+            self.destroy_subscription(self._face_subs.pop(face_id))
+
+    def face_image_callback(self, face_id: str, msg: Image) -> None:
+        try:
+            check_image(msg)          # odd encodings and sizes: counted and logged here
+        except ConversionError as exc:
+            self.faces.counts.rejected += 1
+            self.reporter.error(f'face {face_id} image dropped: {exc}')
+            return
+        self.faces.push_crop(face_id, time_to_float(msg.header.stamp), msg)
 
 
 def main(args=None) -> int:

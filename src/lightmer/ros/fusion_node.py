@@ -7,6 +7,11 @@ stamped with that segment's reference time and the camera's frame_id. `emotion/l
 (LabelInfo) is latched. With publish_expression and hri_msgs importable, also
 hri_msgs/Expression on `expression`.
 
+Several people (max_faces > 1 or face_source ros4hri; docs/PEOPLE.md): `face_crops`
+(lightmer_msgs/FaceCrops) instead of `face_crop`, one cache and window per face id
+(people.PeopleFuser), `emotion` for the primary person only, and per person the ROS4HRI topics
+of people_outputs.PeopleOutputs.
+
 /diagnostics says how many of the N segments the last window used (`window_segments`, e.g.
 '3/5'; vision_msgs/Classification has no field for it), counts segments without a face
 (`no_face`: nobody in view) apart from dropped ones, and goes WARN, then ERROR, when one input
@@ -29,13 +34,16 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Classification, LabelInfo
 
 from lightmer.backend import load_model
+from lightmer.features import log_mel
+from lightmer.people import PeopleFuser, PersonWindow
 from lightmer.streaming import SegmentFuser, WindowResult, stall_status
 
 from .common import ERROR, OK, WARN, Reporter, run_node
 from .conversions import (
     ConversionError,
     classification_msg,
-    expression_fields,
+    expression_msg,
+    faces_from_msg,
     float_to_time,
     image_to_array,
     is_no_face_image,
@@ -54,7 +62,14 @@ class FusionNode(Node):
         # as in face_crop_node.
         self._pub = self.create_publisher(Classification, 'emotion', output_qos())
         qos = output_qos(self.params.queue_depth)
-        self._face_sub = self.create_subscription(Image, 'face_crop', self.face_callback, qos)
+        if self.params.per_person:
+            from lightmer_msgs.msg import FaceCrops
+
+            self._face_sub = self.create_subscription(FaceCrops, 'face_crops',
+                                                      self.faces_callback, qos)
+        else:
+            self._face_sub = self.create_subscription(Image, 'face_crop', self.face_callback,
+                                                      qos)
         self._mel_sub = self.create_subscription(Image, 'log_mel', self.mel_callback, qos)
         path, meta, segment_s = load_for_node(self.params)
         n = self.params.n_segments or meta.n_segments
@@ -66,8 +81,19 @@ class FusionNode(Node):
         segment_logits, fuse = model.segment_logits, model.fuse
         # The first forward pass is slower (allocator, kernels): pay for it now.
         segment_logits(np.zeros(self._face_shape, np.uint8), np.zeros(self._mel_shape, np.float32))
-        self.fuser = SegmentFuser(segment_logits, fuse, n, segment_s,
-                                  self.params.stream_settings())
+        settings = self.params.stream_settings()
+        self.fuser = SegmentFuser(segment_logits, fuse, n, segment_s, settings)
+        self.people = self.people_outputs = None
+        if self.params.per_person:
+            from .people_outputs import PeopleOutputs
+
+            silence = log_mel(np.zeros(meta.features.window_samples, np.float32),
+                              meta.features)
+            self.people = PeopleFuser(
+                lambda: SegmentFuser(segment_logits, fuse, n, segment_s, settings), segment_s,
+                settings.reference, silence, self.params.audio_to, self.params.forget_after_s)
+            self.people_outputs = PeopleOutputs(self, self.params.humans_prefix, self.labels,
+                                                tracked=self.params.face_source == 'mtcnn')
         self._resets_seen = 0
         self._breaks_seen = 0
         self._window_segments = ''
@@ -95,6 +121,11 @@ class FusionNode(Node):
         return self.create_publisher(Expression, 'expression', output_qos())
 
     def diagnostic_counts(self) -> dict:
+        if self.people is not None:
+            counts = self.people.fusion_counts()
+            counts['rejected'] += self.fuser.counts.rejected
+            return {**counts, **dataclasses.asdict(self.people.counts),
+                    'window_segments': self._window_segments}
         return {**dataclasses.asdict(self.fuser.counts),
                 'window_segments': self._window_segments}
 
@@ -120,10 +151,43 @@ class FusionNode(Node):
             self._face_in_view = True
             self._publish(self.fuser.push_face(t, crop, msg.header.frame_id))
 
+    def faces_callback(self, msg) -> None:
+        """One segment's tracked faces (lightmer_msgs/FaceCrops; none: nobody in view)."""
+        self._arrived['face_crop'] = time.monotonic()
+        faces, errors = faces_from_msg(msg, self._face_shape)
+        unique: dict[str, object] = {}
+        for face in faces:                 # the same id twice in one segment: keep the first
+            if face.face_id in unique:
+                errors.append(f'face {face.face_id!r}: listed twice in one segment')
+            else:
+                unique[face.face_id] = face
+        faces = list(unique.values())
+        if len(faces) > self.params.max_faces:       # a face publisher not honouring the cap
+            errors.append(f'{len(faces)} faces in one segment, more than max_faces '
+                          f'{self.params.max_faces}: the largest kept')
+            faces = sorted(faces, key=lambda f: -f.area)[:self.params.max_faces]
+        for error in errors:
+            self.fuser.reject()
+            self.reporter.error(f'face dropped: {error}')
+        self._face_in_view = bool(faces)
+        restarts = self.people.counts.restarts
+        windows, gone = self.people.push_faces(time_to_float(msg.header.stamp), faces,
+                                               msg.header.frame_id)
+        if self.people.counts.restarts != restarts:
+            self.reporter.warn('face segments went backwards (a bag looping?): every '
+                               'person forgotten')
+        self.people_outputs.forget(gone)
+        self.people_outputs.tracked(msg.header, [f.face_id for f in faces])
+        self._publish_people(windows)
+
     def mel_callback(self, msg: Image) -> None:
         self._arrived['log_mel'] = time.monotonic()
         mel = self._read(msg, '32FC1', self._mel_shape)
-        if mel is not None:
+        if mel is None:
+            return
+        if self.people is not None:
+            self._publish_people(self.people.push_mel(time_to_float(msg.header.stamp), mel))
+        else:
             self._publish(self.fuser.push_mel(time_to_float(msg.header.stamp), mel))
 
     def _read(self, msg: Image, encoding: str, shape: tuple[int, int]):
@@ -155,11 +219,17 @@ class FusionNode(Node):
             self._pub.publish(classification_msg(r.probs, self.labels, header))
             self.reporter.clear()                                      # recovered
             if self._expression_pub is not None:
-                from hri_msgs.msg import Expression
-
-                expression, confidence = expression_fields(r.probs, self.labels)
-                self._expression_pub.publish(Expression(header=header, expression=expression,
-                                                        confidence=confidence))
+                self._expression_pub.publish(expression_msg(r.probs, self.labels, header))
+    def _publish_people(self, windows: list[PersonWindow]) -> None:
+        """Each person's window on their topics; the primary person's also on `emotion`."""
+        primary = self.people.primary(self.params.primary)
+        for w in windows:
+            r = w.window
+            header = Header(stamp=float_to_time(r.t_ref), frame_id=r.frame_id)
+            self.people_outputs.publish(w.face_id, r.probs, header)
+            if w.face_id == primary:
+                self._window_segments = f'{len(r.segments)}/{self.fuser.n_segments}'
+                self._publish([r])
 
 
 def main(args=None) -> int:

@@ -65,8 +65,42 @@ class CommonParams:
                                  if hasattr(self, name)})
 
 
+FACE_SOURCES = ('mtcnn', 'ros4hri')
+ROS4HRI_IMAGES = ('cropped', 'aligned')
+
+
 @dataclass(frozen=True)
-class FaceCropParams(CommonParams):
+class PeopleParams(CommonParams):
+    """Several people (docs/PEOPLE.md): read by the face and fusion nodes alike."""
+
+    max_faces: int = _p(1, 'faces followed per segment; 1 = one person (the largest face, '
+                        'on face_crop and emotion only); more: every face tracked, one '
+                        'emotion stream per person on the ROS4HRI topics')
+    face_source: str = _p('mtcnn', "where faces come from: 'mtcnn' (detected in the camera "
+                          "image) or 'ros4hri' (the crops and ids of the robot's face "
+                          'pipeline, hri_face_detect); ros4hri implies per-person outputs')
+    humans_prefix: str = _p('/humans/faces', 'namespace of the ROS4HRI face topics '
+                            '(<prefix>/tracked, <prefix>/<id>/...)')
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_faces < 1:
+            raise ValueError(f'max_faces must be >= 1, got {self.max_faces}')
+        if self.face_source not in FACE_SOURCES:
+            raise ValueError(f'face_source must be one of {FACE_SOURCES}, '
+                             f'got {self.face_source!r}')
+        if not self.humans_prefix.startswith('/') or self.humans_prefix.endswith('/'):
+            raise ValueError(f"humans_prefix must be an absolute topic namespace such as "
+                             f"'/humans/faces', got {self.humans_prefix!r}")
+
+    @property
+    def per_person(self) -> bool:
+        """Faces travel on face_crops with ids and fusion keeps one window per id."""
+        return self.max_faces > 1 or self.face_source == 'ros4hri'
+
+
+@dataclass(frozen=True)
+class FaceCropParams(PeopleParams):
     compressed_input: bool = _p(False, 'subscribe sensor_msgs/CompressedImage on '
                                 'image/compressed instead of Image on image')
     qos_reliability: str = _p('best_effort', "image subscription: 'best_effort' (sensor "
@@ -79,11 +113,29 @@ class FaceCropParams(CommonParams):
                                'a compressed frame may declare; larger ones are refused '
                                'before decoding')
 
+    ros4hri_image: str = _p('cropped', "face_source ros4hri: which image of each face to "
+                            "read, <prefix>/<id>/'cropped' or 'aligned'")
+    track_iou_min: float = _p(0.3, 'max_faces > 1: box overlap (IoU) with a track\'s last box '
+                              'that continues its id')
+    track_centre_max: float = _p(1.0, 'max_faces > 1: centre distance, in face widths, that '
+                                 'continues an id when the boxes do not overlap enough')
+    track_max_missed: int = _p(3, 'max_faces > 1: segments an id survives without its face '
+                               'before a face there gets a new id')
+
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_qos(self.qos_reliability, self.qos_depth)
+        if self.ros4hri_image not in ROS4HRI_IMAGES:
+            raise ValueError(f'ros4hri_image must be one of {ROS4HRI_IMAGES}, '
+                             f'got {self.ros4hri_image!r}')
+        self.tracker_settings()                # validates the tracker's
         if self.max_image_pixels < 1:
             raise ValueError(f'max_image_pixels must be >= 1, got {self.max_image_pixels}')
+
+    def tracker_settings(self):
+        from lightmer.tracking import TrackerSettings
+
+        return TrackerSettings(self.track_iou_min, self.track_centre_max, self.track_max_missed)
 
 
 @dataclass(frozen=True)
@@ -108,7 +160,7 @@ class AudioFeatureParams(CommonParams):
 
 
 @dataclass(frozen=True)
-class FusionParams(CommonParams):
+class FusionParams(PeopleParams):
     n_segments: int = _p(0, 'segments N per window; 0 = the checkpoint\'s')
     min_segments: int = _p(DEFAULTS.min_segments, 'publish a window once at least this many '
                            'of its N segments are cached (at most N); 0 = all N. Fewer: '
@@ -128,11 +180,24 @@ class FusionParams(CommonParams):
                              'gap this long in stamp time also restarts the windows; seconds')
     stall_error_s: float = _p(10.0, 'one input silent this long while the other flows: '
                               '/diagnostics ERROR (its node or sensor is down); seconds')
+    audio_to: str = _p('all', "per person: which faces a segment's audio is fused with, "
+                       "'all' in view or the 'largest' (the others: silence)")
+    primary: str = _p('largest', "per person: whose window `emotion` carries, the "
+                      "'largest' face of the latest segment or the 'oldest' in view")
+    forget_after_s: float = _p(3.0, 'per person: drop an id\'s windows after its face has '
+                               'been absent this long (stamp seconds)')
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.n_segments < 0 or self.queue_depth < 1:
             raise ValueError('n_segments must be >= 0 and queue_depth >= 1')
+        from lightmer.people import AUDIO_TO, PRIMARY_RULES
+
+        if self.audio_to not in AUDIO_TO or self.primary not in PRIMARY_RULES:
+            raise ValueError(f'audio_to must be one of {AUDIO_TO} and primary one of '
+                             f'{PRIMARY_RULES}, got {self.audio_to!r}, {self.primary!r}')
+        if not self.forget_after_s > 0:
+            raise ValueError(f'forget_after_s must be > 0, got {self.forget_after_s}')
         if not self.stall_warn_s <= self.stall_error_s:
             raise ValueError(f'need stall_warn_s <= stall_error_s, got '
                              f'{self.stall_warn_s} and {self.stall_error_s}')

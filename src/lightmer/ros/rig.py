@@ -335,6 +335,12 @@ class Outputs:
     # ^ status name (node FQN) -> its latest key/values, and '_message' (the problem text)
     first_seen: dict[str, float] = field(default_factory=dict)
     # ^ status name -> time.time() of its first /diagnostics (a node reports once it is built)
+    # Several people (Rig(people=...)): face_crops (FaceCrops), <prefix>/tracked (IdsList),
+    # and per face id its <prefix>/<id>/emotion (Classification) and /expression.
+    face_crops: list[Received] = field(default_factory=list)
+    tracked: list[Received] = field(default_factory=list)
+    person_emotion: dict[str, list[Received]] = field(default_factory=dict)
+    person_expression: dict[str, list[Received]] = field(default_factory=dict)
 
     def counts(self, node: str) -> dict[str, int]:
         """The numeric counters of node `node` (FQN) in its latest /diagnostics."""
@@ -364,13 +370,17 @@ class Rig:
         use_sim_time: the rig's clock (arrival `clock_s`) follows /clock.
         nodes: the node processes, if the rig started them: waits then fail as soon as one
             dies, with its log.
+        people: the ROS4HRI face prefix ('/humans/faces') when the nodes run with several
+            people: the rig then records face_crops, <prefix>/tracked and, as face ids
+            appear on face_crops, each id's emotion and expression topics.
     """
 
     def __init__(self, *, context=None, namespace: str = '', topics: Topics = Topics(),
                  emotion_topics: tuple[str, ...] = ('emotion',), compressed: bool = False,
                  camera_reliable: bool = True, audio_reliable: bool = True,
                  own_mic_participant: bool = True, use_sim_time: bool = False,
-                 nodes: NodeProcesses | None = None, name: str = 'lightmer_rig'):
+                 nodes: NodeProcesses | None = None, name: str = 'lightmer_rig',
+                 people: str | None = None):
         import rclpy
         from audio_common_msgs.msg import AudioDataStamped, AudioInfo
         from diagnostic_msgs.msg import DiagnosticArray
@@ -411,8 +421,19 @@ class Rig:
                                   output_qos(SENSOR_HISTORY))
         n.create_subscription(LabelInfo, 'emotion/label_info',
                               self._keeper('label_info', 'emotion/label_info'), latched_qos())
-        n.create_subscription(Image, 'face_crop', self._keeper('crops', 'face_crop'),
-                              output_qos(SENSOR_HISTORY))
+        self.people = people
+        if people:
+            from hri_msgs.msg import IdsList
+            from lightmer_msgs.msg import FaceCrops
+
+            n.create_subscription(FaceCrops, 'face_crops', self._face_crops_callback,
+                                  output_qos(SENSOR_HISTORY))
+            n.create_subscription(IdsList, f'{people}/tracked',
+                                  self._keeper('tracked', f'{people}/tracked'),
+                                  output_qos(SENSOR_HISTORY))
+        else:
+            n.create_subscription(Image, 'face_crop', self._keeper('crops', 'face_crop'),
+                                  output_qos(SENSOR_HISTORY))
         n.create_subscription(Image, 'log_mel', self._keeper('mels', 'log_mel'),
                               output_qos(SENSOR_HISTORY))
         n.create_subscription(DiagnosticArray, '/diagnostics', self._diagnostics_callback,
@@ -452,6 +473,40 @@ class Rig:
                 getattr(self._got, attr).append(got)
         return callback
 
+    def _face_crops_callback(self, msg) -> None:
+        """Record a FaceCrops and subscribe the per-person topics of ids not seen before."""
+        from hri_msgs.msg import Expression
+        from vision_msgs.msg import Classification
+
+        from .conversions import ConversionError, check_face_id
+        from .qos import output_qos
+
+        self._keeper('face_crops', 'face_crops')(msg)
+        for face in msg.faces:
+            try:
+                check_face_id(face.id)            # the fusion node refuses the others too
+            except ConversionError:
+                continue
+            with self._lock:
+                if face.id in self._got.person_emotion:
+                    continue
+                self._got.person_emotion[face.id] = []
+                self._got.person_expression[face.id] = []
+            base = f'{self.people}/{face.id}'
+            for kind, topic, attr in ((Classification, f'{base}/emotion', 'person_emotion'),
+                                      (Expression, f'{base}/expression', 'person_expression')):
+                self.node.create_subscription(kind, topic,
+                                              self._person_keeper(attr, face.id, topic),
+                                              output_qos(SENSOR_HISTORY))
+
+    def _person_keeper(self, attr: str, face_id: str, topic: str) -> Callable:
+        def callback(msg) -> None:
+            got = Received(msg, topic, time.time(),
+                           self.node.get_clock().now().nanoseconds / 1e9)
+            with self._lock:
+                getattr(self._got, attr)[face_id].append(got)
+        return callback
+
     def _diagnostics_callback(self, msg) -> None:
         from .conversions import diagnostics_counts
 
@@ -470,7 +525,9 @@ class Rig:
             g = self._got
             return Outputs(list(g.emotion), list(g.label_info), list(g.crops), list(g.mels),
                            {k: dict(v) for k, v in g.diagnostics.items()},
-                           dict(g.first_seen))
+                           dict(g.first_seen), list(g.face_crops), list(g.tracked),
+                           {k: list(v) for k, v in g.person_emotion.items()},
+                           {k: list(v) for k, v in g.person_expression.items()})
 
     def node_name(self, name: str) -> str:
         """FQN of lightmer node `name` under the rig's namespace (its /diagnostics name)."""
@@ -510,7 +567,8 @@ class Rig:
         for topic in self._emotion_topics:
             if n.count_publishers(topic) < 1:
                 return f'a publisher of {topic}'
-        for topic in ('face_crop', 'log_mel'):       # the fusion node and the rig read them
+        faces = 'face_crops' if self.people else 'face_crop'
+        for topic in (faces, 'log_mel'):             # the fusion node and the rig read them
             if n.count_subscribers(n.resolve_topic_name(topic)) < 2:
                 return f'the fusion node subscribing {topic}'
         return ''
