@@ -276,3 +276,13 @@ def test_any_corruption_of_a_compressed_image_decodes_or_is_a_conversion_error(b
         return
     assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
     assert rgb.shape[0] * rgb.shape[1] <= 1 << 20
+
+
+def test_a_png_whose_chunk_lengths_lie_is_a_conversion_error():
+    """An IDAT chunk claiming 16 bytes: PIL reads the next "chunk" from inside the pixel data
+    and raises SyntaxError (not OSError or ValueError), which must not end the face node."""
+    data = bytearray(VALID_COMPRESSED[0])
+    at = data.index(b'IDAT')
+    data[at - 4:at] = (16).to_bytes(4, 'big')
+    with pytest.raises(ConversionError, match='cannot decode'):
+        compressed_to_rgb(CompressedImage(format='png', data=bytes(data)))

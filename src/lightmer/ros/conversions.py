@@ -57,7 +57,10 @@ DEFAULT_MAX_PIXELS = 7680 * 4320
 # What PIL raises on corrupt data: its parsers' internal errors (struct, EOF, index, syntax)
 # become OSError (UnidentifiedImageError on open, "truncated" on load); ValueError for
 # arguments it cannot use. Decompression bombs get an Exception of their own (caught apart).
-_DECODE_ERRORS = (OSError, ValueError)
+# What PIL's decoders raise on hostile bytes: OSError and ValueError mostly, but a PNG with a
+# broken chunk id raises SyntaxError, and a cut stream EOFError (found by test_conversions'
+# generated corruptions).
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
 
 
 # --- time ------------------------------------------------------------------------------------
