@@ -21,7 +21,6 @@ test: figures depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import signal
@@ -32,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lightmer.io_utils import atomic_save_json, atomic_write_bytes
+from lightmer.io_utils import atomic_save_json
+from lightmer.plots import save_figure
 from lightmer.ros.conversions import time_to_float
 from lightmer.ros.rig import NodeProcesses, Rig, info_msg, loopback_env
 
@@ -119,11 +119,7 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_ylabel('seconds (median)')
     ax.grid(axis='y', alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,6 @@ Writes ddp.json and ddp.png into --out and prints a markdown summary.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import resource
@@ -33,8 +32,9 @@ from lightmer.datasets.cache import SegmentDataset, load_index
 from lightmer.datasets.prepare import prepare
 from lightmer.datasets.synth import synthesize
 from lightmer.distributed import SINGLE, replace_modules, to_keyed_dropout
-from lightmer.io_utils import atomic_save_json, atomic_write_bytes
+from lightmer.io_utils import atomic_save_json
 from lightmer.model import LightmerNet, ModelConfig
+from lightmer.plots import save_figure
 from lightmer.train import epoch_batches, predict, train_epoch
 
 # Two ranks add gradient parts in another order than one process; differences of this size
@@ -172,11 +172,7 @@ def _plot(runs: dict, path: Path) -> None:
     right.set(xlabel='epoch', ylabel='cross-entropy on D_train(0)', title='same run, K ranks')
     left.legend()
     right.legend()
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format='png', dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -177,13 +177,11 @@ def _table(results: dict) -> str:
 
 
 def _plot(results: dict, path: Path) -> None:
-    import io
-
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    from lightmer.io_utils import atomic_write_bytes
+    from lightmer.plots import save_figure
 
     fig, (ax_ms, ax_rate) = plt.subplots(1, 2, figsize=(11, 4))
     sides = sorted(SIDES, key=lambda s: s or 1400)            # full frame last, drawn at 1400
@@ -197,11 +195,7 @@ def _plot(results: dict, path: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     ax_rate.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=110)
 
 
 if __name__ == '__main__':

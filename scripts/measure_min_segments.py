@@ -17,13 +17,13 @@ Writes OUT/min_segments.json and OUT/min_segments.png and prints a markdown tabl
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 
-from lightmer.io_utils import atomic_save_json, atomic_write_bytes
+from lightmer.io_utils import atomic_save_json
+from lightmer.plots import save_figure
 from lightmer.streaming import StreamSettings
 
 VALUES = {'crema-d': (1, 2, 3, 4, 5), 'ravdess': (1, 2, 3, 4, 6, 8, 12)}
@@ -132,11 +132,7 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,12 +26,20 @@ def _figure(figsize: tuple[float, float]):
     return plt, plt.figure(figsize=figsize)
 
 
-def _save(plt, fig, path: str | os.PathLike) -> Path:
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Lay out `fig`, write it as a PNG atomically (no half-written plot if killed), close it.
+    The benchmark and measurement scripts save their figures through this too."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format='png', dpi=120)
+    fig.savefig(buf, format='png', dpi=dpi)
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def _save(plt, fig, path: str | os.PathLike) -> Path:
+    return save_figure(fig, path)
 
 
 def confusion_matrix(true: Sequence[int], pred: Sequence[int], n_classes: int) -> np.ndarray:
