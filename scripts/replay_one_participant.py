@@ -19,8 +19,7 @@ import sys
 
 
 def replay(seconds: float, checkpoint: str, one_participant: bool = True) -> dict:
-    from lightmer.bench import camera_frame
-    from lightmer.bench_nodes import latency_run
+    from lightmer.bench_nodes import camera_frame, latency_run
     from lightmer.checkpoint import load_checkpoint
     from lightmer.ros.rig import Rig, WallClockSensors
     from lightmer.segments import segment_of_reference

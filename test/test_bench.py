@@ -60,9 +60,9 @@ def test_bench_with_live_nodes_reports_every_field(tmp_path, capsys):
 
 
 def test_the_camera_frame_shows_one_or_two_people():
-    """bench.camera_frame is what the live figures and the rig's camera show: MTCNN finds as
+    """bench_nodes.camera_frame is what the live figures and the rig's camera show: MTCNN finds as
     many confident faces as people were asked for."""
-    from lightmer.bench import camera_frame
+    from lightmer.bench_nodes import camera_frame
     from lightmer.config import FeatureConfig
     from lightmer.features import FaceCropper
 

@@ -23,7 +23,7 @@ def test_pairs_never_share_an_emotion():
 def test_turns_hold_the_listener_still_and_the_right_person_leaves_every_second_pair():
     pairs = [(_clip('a1', 'happy', 10), _clip('b1', 'sad', 40)),
              (_clip('a2', 'sad', 20), _clip('b2', 'happy', 50))]
-    turns = list(two_person_clips(pairs, away_every=2))
+    turns = list(two_person_clips(pairs, GAP_GREY, away_every=2))
     assert [(t.clip_id, t.person, t.label) for t in turns] == [
         ('a1', 'left', 'happy'), ('b1', 'right', 'sad'),
         ('a2', 'left', 'sad'), ('b2', 'right', 'happy')]

@@ -474,7 +474,7 @@ def make_bag(dataset: str, root, out, actors: Sequence[str] | None = None,
         loaded = list(clips())
         by_actor = {a: [c for c, r in zip(loaded, records, strict=True) if r.actor == a]
                     for a in pair}
-        laid = two_person_clips(pair_clips(by_actor[pair[0]], by_actor[pair[1]]))
+        laid = two_person_clips(pair_clips(by_actor[pair[0]], by_actor[pair[1]]), GAP_GREY)
         gap_s = 0.0
     summary = write_bag(masked(laid), out, storage=storage, gap_s=gap_s,
                         compressed=compressed)

@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from lightmer.bench_nodes import camera_frame
+
 RECOMPUTE_N = (5, 12)
-FRAME_HW = (480, 640)
 
 
 def _median_ms(fn: Callable[[], object], repeats: int,
@@ -55,28 +56,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def camera_frame(people: int = 1) -> np.ndarray:
-    """uint8 (480, 640, 3): a camera image of one or two people on a grey canvas.
-
-    One: the scikit-image astronaut photo (top 480 rows, her face in the top half), centred.
-    Two: her head and shoulders twice, side by side (the right one mirrored), 300 px each.
-    """
-    from skimage import data
-
-    photo = data.astronaut()
-    frame = np.full((*FRAME_HW, 3), 128, dtype=np.uint8)
-    if people == 1:
-        x0 = (FRAME_HW[1] - photo.shape[1]) // 2
-        frame[:, x0:x0 + photo.shape[1]] = photo[:FRAME_HW[0]]
-    elif people == 2:
-        head = photo[:300, 110:410]                      # (300, 300, 3)
-        frame[90:390, 10:310] = head
-        frame[90:390, 330:630] = head[:, ::-1]
-    else:
-        raise ValueError(f'people must be 1 or 2, got {people}')
-    return frame
 
 
 def _median_cpu_ms(fn: Callable[[], object], repeats: int) -> float:

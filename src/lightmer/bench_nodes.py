@@ -31,6 +31,29 @@ CHUNK = 512                         # samples per audio message (32 ms, a usual 
 SUSTAINED_FRACTION = 0.98
 CAMERA_RATES = (30, 60, 120, 240)
 DIAGNOSTICS_PERIOD_S = 0.5
+FRAME_HW = (480, 640)          # the benchmark camera
+
+
+def camera_frame(people: int = 1) -> np.ndarray:
+    """uint8 (480, 640, 3): a camera image of one or two people on a grey canvas.
+
+    One: the scikit-image astronaut photo (top 480 rows, her face in the top half), centred.
+    Two: her head and shoulders twice, side by side (the right one mirrored), 300 px each.
+    """
+    from skimage import data
+
+    photo = data.astronaut()
+    frame = np.full((*FRAME_HW, 3), 128, dtype=np.uint8)
+    if people == 1:
+        x0 = (FRAME_HW[1] - photo.shape[1]) // 2
+        frame[:, x0:x0 + photo.shape[1]] = photo[:FRAME_HW[0]]
+    elif people == 2:
+        head = photo[:300, 110:410]                      # (300, 300, 3)
+        frame[90:390, 10:310] = head
+        frame[90:390, 330:630] = head[:, ::-1]
+    else:
+        raise ValueError(f'people must be 1 or 2, got {people}')
+    return frame
 
 
 def untrained_checkpoint(directory: Path) -> Path:
@@ -57,7 +80,6 @@ def bench_nodes(checkpoint: Path | None, repeats: int) -> dict:
     """Start the nodes, measure, stop them. `repeats` scales the run length (20 -> ~15 s of
     latency measurement)."""
     from lightmer.backend import read_meta
-    from lightmer.bench import camera_frame
     from lightmer.ros.rig import NODE_NAMES, NodeProcesses, Rig, WallClockSensors
 
     latency_s = max(6.0, 0.75 * repeats)

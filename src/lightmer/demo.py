@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightmer.io_utils import atomic_save_json
+from lightmer.stages import stage
 
 DATASET = 'crema-d'
 
@@ -49,20 +50,6 @@ SIZES = {
     'quick': DemoSize(actors=10, clips_per_emotion=1, epochs=16, n_uncertain=4,
                       baseline=False),
 }
-
-
-def stage(name: str, timings: dict[str, float]):
-    """Context manager that prints a banner and records the stage's wall time."""
-    class _Stage:
-        def __enter__(self):
-            print(f'\n=== {name} ===', flush=True)
-            self.t0 = time.perf_counter()
-
-        def __exit__(self, *exc):
-            timings[name] = round(time.perf_counter() - self.t0, 2)
-            print(f'--- {name}: {timings[name]:.1f} s', flush=True)
-            return False
-    return _Stage()
 
 
 # What a demo folder holds: `run_demo` replaces a folder only when it looks like one.

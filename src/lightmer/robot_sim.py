@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from lightmer.datasets.synth import DomainShift
-from lightmer.demo import stage as _stage
 from lightmer.io_utils import atomic_save_json
+from lightmer.stages import stage as _stage
 
 DATASET = 'crema-d'
 # The robot's camera and room (see DomainShift): dimmer, flatter light, faces 2/3 the size,

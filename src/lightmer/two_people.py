@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lightmer.bags import GAP_GREY, BagClip
+if TYPE_CHECKING:                   # bags lays these clips out and imports this module
+    from lightmer.bags import BagClip
 
 PEOPLE = ('left', 'right')
 
@@ -45,32 +47,35 @@ def pair_clips(left: Sequence[BagClip], right: Sequence[BagClip]) -> list[tuple[
 
 
 def side_by_side(left: np.ndarray | None, right: np.ndarray | None,
-                 shape: tuple[int, int, int]) -> np.ndarray:
-    """One frame of two halves: uint8 (H, W, 3) each, None for nobody (grey) -> (H, 2W, 3)."""
-    empty = np.full(shape, GAP_GREY, np.uint8)
+                 shape: tuple[int, int, int], grey: int) -> np.ndarray:
+    """One frame of two halves: uint8 (H, W, 3) each, None for nobody (`grey`) ->
+    (H, 2W, 3)."""
+    empty = np.full(shape, grey, np.uint8)
     return np.concatenate([empty if left is None else left,
                            empty if right is None else right], axis=1)
 
 
-def _turn(speaker: BagClip, still: np.ndarray | None, speaker_side: str) -> BagClip:
+def _turn(speaker: BagClip, still: np.ndarray | None, speaker_side: str,
+          grey: int) -> BagClip:
     """The speaker's clip on their half, the other half held at `still` (None: nobody)."""
     shape = speaker.frames.shape[1:]
     if still is not None and still.shape != shape:
         raise ValueError(f'clips {speaker.clip_id}: frames {shape} and {still.shape} differ; '
                          'both people must come from clips of one layout')
-    frames = np.stack([side_by_side(f, still, shape) if speaker_side == 'left'
-                       else side_by_side(still, f, shape) for f in speaker.frames])
+    frames = np.stack([side_by_side(f, still, shape, grey) if speaker_side == 'left'
+                       else side_by_side(still, f, shape, grey) for f in speaker.frames])
     return dataclasses.replace(speaker, frames=frames, person=speaker_side)
 
 
-def two_person_clips(pairs: Sequence[tuple[BagClip, BagClip]],
+def two_person_clips(pairs: Sequence[tuple[BagClip, BagClip]], grey: int,
                      away_every: int = 2) -> Iterator[BagClip]:
     """The turns of `pairs` as BagClips to lay back to back (write_bag with gap_s=0): per pair
     the left turn, then the right turn. In pairs i with i % away_every == away_every - 1 the
-    right person is away during the left turn (0: never)."""
+    right person is away during the left turn (0: never), their half `grey` (bags.GAP_GREY,
+    what the camera shows between clips)."""
     for i, (a, b) in enumerate(pairs):
         if a.fps != b.fps:
             raise ValueError(f'clips {a.clip_id} and {b.clip_id} differ in frame rate')
         away = away_every > 0 and i % away_every == away_every - 1
-        yield _turn(a, None if away else b.frames[0], 'left')
-        yield _turn(b, a.frames[-1], 'right')
+        yield _turn(a, None if away else b.frames[0], 'left', grey)
+        yield _turn(b, a.frames[-1], 'right', grey)
