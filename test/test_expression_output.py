@@ -1,0 +1,101 @@
+"""`publish_expression`: the fusion node (real node, real DDS on loopback) also publishes each
+window as hri_msgs/Expression on `expression`, with a REP-155 name and the window's own
+probability of it as the confidence."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import rclpy
+import torch
+from hri_msgs.msg import Expression
+from rclpy.executors import SingleThreadedExecutor
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+from vision_msgs.msg import Classification
+
+import ros_helpers as rh
+from lightmer.ros.conversions import HRI_EXPRESSIONS, expression_fields, float_to_time
+from lightmer.ros.qos import output_qos
+
+RNG = np.random.default_rng(1)
+
+
+def _face(k: int) -> Image:
+    return Image(header=Header(stamp=float_to_time(k * 0.5 + 0.1), frame_id='cam'), height=98,
+                 width=80, encoding='mono8', step=80,
+                 data=RNG.integers(0, 256, 98 * 80, np.uint8).tobytes())
+
+
+def _mel(k: int) -> Image:
+    mel = RNG.standard_normal((128, 43)).astype(np.float32)
+    return Image(header=Header(stamp=float_to_time((k + 0.5) * 0.5)), height=128, width=43,
+                 encoding='32FC1', step=43 * 4, data=mel.tobytes())
+
+
+def test_each_window_is_also_an_hri_expression(tmp_path):
+    from lightmer.ros.fusion_node import FusionNode
+
+    torch.set_num_threads(1)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    checkpoint = rh.make_checkpoint(tmp_path / 'model.pt')
+    node = FusionNode(context=context, cli_args=[
+        '--ros-args', '-r', '__ns:=/expr', '-p', f'model_path:={checkpoint}',
+        '-p', 'publish_expression:=true', '-p', 'min_segments:=2'])
+    listener = rclpy.create_node('expression_listener', context=context)
+    got: dict[str, list] = {'expression': [], 'emotion': []}
+    lock = threading.Lock()
+
+    def keep(name):
+        def callback(msg):
+            with lock:
+                got[name].append(msg)
+        return callback
+
+    listener.create_subscription(Expression, '/expr/expression', keep('expression'),
+                                 output_qos(50))
+    listener.create_subscription(Classification, '/expr/emotion', keep('emotion'),
+                                 output_qos(50))
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    executor.add_node(listener)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while (not listener.count_publishers('/expr/expression')
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        k = 100
+        while time.monotonic() < deadline:
+            node.face_callback(_face(k))
+            node.mel_callback(_mel(k))
+            k += 1
+            with lock:
+                if len(got['expression']) >= 3 and len(got['emotion']) >= 3:
+                    break
+            time.sleep(0.1)             # the inputs' own pace; the counts are what is awaited
+        with lock:
+            expressions, emotions = list(got['expression']), list(got['emotion'])
+    finally:
+        executor.shutdown(timeout_sec=5.0)
+        thread.join(timeout=5.0)
+        node.destroy_node()
+        listener.destroy_node()
+        rclpy.shutdown(context=context)
+    assert len(expressions) >= 3, f'{len(expressions)} expressions, {len(emotions)} emotions'
+    # The REP-155 names lightmer's classes map to, read from the message's own constants.
+    rep155 = {getattr(Expression, n) for n in ('NEUTRAL', 'ANGRY', 'SAD', 'HAPPY', 'SURPRISED',
+                                               'DISGUSTED', 'SCARED')}
+    assert set(HRI_EXPRESSIONS.values()) <= rep155
+    by_stamp = {(m.header.stamp.sec, m.header.stamp.nanosec): m for m in emotions}
+    for e in expressions:
+        assert e.expression in rep155
+        window = by_stamp[(e.header.stamp.sec, e.header.stamp.nanosec)]    # the same window
+        probs = np.array([h.score for h in window.results])
+        labels = tuple(h.class_id for h in window.results)
+        name, confidence = expression_fields(probs, labels)
+        assert e.expression == name
+        assert abs(e.confidence - confidence) < 1e-6 and 0 < e.confidence <= 1
