@@ -24,3 +24,15 @@ def ros_env() -> dict:
     env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     env['ROS_LOCALHOST_ONLY'] = '1'
     return env
+
+
+@pytest.fixture
+def _one_thread():
+    """torch on one intra-op thread for the test (runs compared bit for bit need the same
+    reduction order), restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

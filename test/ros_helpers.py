@@ -179,3 +179,28 @@ class LiveStream:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(timeout=5)
+
+
+def face_crop_msg(k: int, rng: np.random.Generator, frame_id: str = 'cam'):
+    """A random 98x80 mono8 face crop for segment k (T = 0.5 s), as face_crop publishes it."""
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    from lightmer.ros.conversions import float_to_time
+
+    return Image(header=Header(stamp=float_to_time(k * 0.5 + 0.1), frame_id=frame_id),
+                 height=98, width=80, encoding='mono8', step=80,
+                 data=rng.integers(0, 256, 98 * 80, np.uint8).tobytes())
+
+
+def log_mel_msg(k: int, rng: np.random.Generator):
+    """A random 128x43 32FC1 log-mel for segment k (T = 0.5 s, centre reference), as
+    audio_feature publishes it."""
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    from lightmer.ros.conversions import float_to_time
+
+    mel = rng.standard_normal((128, 43)).astype(np.float32)
+    return Image(header=Header(stamp=float_to_time((k + 0.5) * 0.5)), height=128, width=43,
+                 encoding='32FC1', step=43 * 4, data=mel.tobytes())

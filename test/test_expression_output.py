@@ -11,27 +11,14 @@ import rclpy
 import torch
 from hri_msgs.msg import Expression
 from rclpy.executors import SingleThreadedExecutor
-from sensor_msgs.msg import Image
-from std_msgs.msg import Header
 from vision_msgs.msg import Classification
 
 import ros_helpers as rh
-from lightmer.ros.conversions import HRI_EXPRESSIONS, expression_fields, float_to_time
+from lightmer.ros.conversions import HRI_EXPRESSIONS, expression_fields
 from lightmer.ros.qos import output_qos
 
 RNG = np.random.default_rng(1)
 
-
-def _face(k: int) -> Image:
-    return Image(header=Header(stamp=float_to_time(k * 0.5 + 0.1), frame_id='cam'), height=98,
-                 width=80, encoding='mono8', step=80,
-                 data=RNG.integers(0, 256, 98 * 80, np.uint8).tobytes())
-
-
-def _mel(k: int) -> Image:
-    mel = RNG.standard_normal((128, 43)).astype(np.float32)
-    return Image(header=Header(stamp=float_to_time((k + 0.5) * 0.5)), height=128, width=43,
-                 encoding='32FC1', step=43 * 4, data=mel.tobytes())
 
 
 def test_each_window_is_also_an_hri_expression(tmp_path):
@@ -70,8 +57,8 @@ def test_each_window_is_also_an_hri_expression(tmp_path):
             time.sleep(0.05)
         k = 100
         while time.monotonic() < deadline:
-            node.face_callback(_face(k))
-            node.mel_callback(_mel(k))
+            node.face_callback(rh.face_crop_msg(k, RNG))
+            node.mel_callback(rh.log_mel_msg(k, RNG))
             k += 1
             with lock:
                 if len(got['expression']) >= 3 and len(got['emotion']) >= 3:

@@ -97,6 +97,17 @@ def _fake_launch_modules(values: dict[str, str]) -> dict[str, types.ModuleType]:
     return mods
 
 
+def _launch_actions(monkeypatch, values: dict[str, str]) -> list:
+    """The actions of launch/emotion.launch.py's description, built with the stand-in launch
+    modules (launch_ros is not installable here)."""
+    for name, module in _fake_launch_modules(values).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location('emotion_launch', LAUNCH)
+    launch_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch_module)
+    return launch_module.generate_launch_description().args[0]
+
+
 @pytest.mark.parametrize('values', [
     {},
     {'model': '/m/model.pt', 'camera_topic': '/cam/image', 'audio_topic': '/mic/audio',
@@ -104,13 +115,7 @@ def _fake_launch_modules(values: dict[str, str]) -> dict[str, types.ModuleType]:
      'params_file': str(ROOT / 'config' / 'ravdess.yaml')},
 ])
 def test_launch_file_starts_what_bringup_starts(values, monkeypatch):
-    for name, module in _fake_launch_modules(values).items():
-        monkeypatch.setitem(sys.modules, name, module)
-    spec = importlib.util.spec_from_file_location('emotion_launch', LAUNCH)
-    launch_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(launch_module)
-    description = launch_module.generate_launch_description()
-    actions = description.args[0]
+    actions = _launch_actions(monkeypatch, values)
     declared = {a.args[0]: a.kwargs for a in actions
                 if type(a).__name__ == 'DeclareLaunchArgument'}
     assert list(declared) == [a.name for a in LAUNCH_ARGUMENTS]
@@ -273,12 +278,7 @@ def test_the_shipped_parameter_file_does_not_hide_launch_arguments():
 
 
 def test_the_launch_file_passes_the_override_file_after_the_parameter_file(monkeypatch):
-    for name, module in _fake_launch_modules({}).items():
-        monkeypatch.setitem(sys.modules, name, module)
-    spec = importlib.util.spec_from_file_location('emotion_launch', LAUNCH)
-    launch_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(launch_module)
-    actions = launch_module.generate_launch_description().args[0]
+    actions = _launch_actions(monkeypatch, {})
     (opaque,) = [a for a in actions if type(a).__name__ == 'OpaqueFunction']
     values = {a.name: a.default for a in LAUNCH_ARGUMENTS} | {'audio_msg': 'mgonzs13'}
     for node, inv in zip(opaque.kwargs['function'](values), resolve(values), strict=True):
@@ -296,12 +296,7 @@ def test_respawn_is_on_by_default_and_reaches_every_node_action(monkeypatch):
     assert {(i.respawn, i.respawn_delay) for i in off} == {(False, 2.5)}
     with pytest.raises(ValueError, match='respawn_delay'):
         resolve({'respawn_delay': '-1'})
-    for name, module in _fake_launch_modules({}).items():
-        monkeypatch.setitem(sys.modules, name, module)
-    spec = importlib.util.spec_from_file_location('emotion_launch', LAUNCH)
-    launch_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(launch_module)
-    actions = launch_module.generate_launch_description().args[0]
+    actions = _launch_actions(monkeypatch, {})
     declared = {a.args[0]: a.kwargs['default_value'] for a in actions
                 if type(a).__name__ == 'DeclareLaunchArgument'}
     assert declared['respawn'] == 'true' and float(declared['respawn_delay']) == 1.0

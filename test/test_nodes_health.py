@@ -12,7 +12,6 @@ import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.executors import SingleThreadedExecutor
-from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 import ros_helpers as rh
@@ -54,17 +53,6 @@ def fusion(tmp_path_factory):
     rclpy.shutdown(context=context)
 
 
-def _face(k: int) -> Image:
-    return Image(header=Header(stamp=float_to_time(k * 0.5 + 0.1), frame_id='cam'), height=98,
-                 width=80, encoding='mono8', step=80,
-                 data=RNG.integers(0, 256, 98 * 80, np.uint8).tobytes())
-
-
-def _mel(k: int) -> Image:
-    mel = RNG.standard_normal((128, 43)).astype(np.float32)
-    return Image(header=Header(stamp=float_to_time((k + 0.5) * 0.5)), height=128, width=43,
-                 encoding='32FC1', step=43 * 4, data=mel.tobytes())
-
 
 def _feed_until(node, k: int, face: bool, mel: bool, predicate, what: str,
                 timeout_s: float = 15.0) -> int:
@@ -72,9 +60,9 @@ def _feed_until(node, k: int, face: bool, mel: bool, predicate, what: str,
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if face:
-            node.face_callback(_face(k))
+            node.face_callback(rh.face_crop_msg(k, RNG))
         if mel:
-            node.mel_callback(_mel(k))
+            node.mel_callback(rh.log_mel_msg(k, RNG))
         k += 1
         if predicate():
             return k
@@ -119,7 +107,7 @@ def test_no_face_in_view_is_not_a_stall(fusion):
     def no_face_and_mel(k0: int, n: int) -> None:
         for k in range(k0, k0 + n):
             node.face_callback(no_face_image(Header(stamp=float_to_time(k * 0.5 + 0.1))))
-            node.mel_callback(_mel(k))
+            node.mel_callback(rh.log_mel_msg(k, RNG))
             time.sleep(0.1)
 
     no_face_and_mel(5000, int(2 * ERROR_S / 0.1))          # longer than the ERROR delay

@@ -25,14 +25,6 @@ METRIC_KEYS = {'train_size', 'pool_size', 'train_loss', 'train_acc', 'test_loss'
                'selected', 'seconds'}
 
 
-@pytest.fixture
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _metrics(run: Path, strategy: str, fold: int) -> list[dict]:
     return json.loads((run / strategy / f'fold_{fold}' / 'metrics.json').read_text())
 

@@ -34,14 +34,6 @@ OPTIONS = ['--dataset', 'crema-d', '--folds', '4', '--fold', str(FOLD), '--epoch
 TOLERANCE = 1e-3
 
 
-@pytest.fixture
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
