@@ -11,7 +11,7 @@ setup(
     package_dir={'': 'src'},
     packages=find_packages('src'),
     # The labelling page (`lightmer label`) is served from these files.
-    package_data={package_name: ['label_page/*']},
+    package_data={package_name: ['labelling/page/*']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),

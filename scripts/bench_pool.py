@@ -25,8 +25,8 @@ from pathlib import Path
 def _untrained(path: Path, seed: int) -> Path:
     import torch
 
-    from lightmer.checkpoint import meta_for_preset, save_checkpoint
-    from lightmer.model import LightmerNet
+    from lightmer.core.checkpoint import meta_for_preset, save_checkpoint
+    from lightmer.core.model import LightmerNet
 
     torch.manual_seed(seed)
     meta = meta_for_preset('crema-d', dataset='bench')
@@ -67,10 +67,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from lightmer.bags import make_bag
-    from lightmer.pool import PoolConfig, build_pool
-    from lightmer.query import QueryConfig, run_query
-    from lightmer.streaming import StreamSettings
+    from lightmer.evaluation.bags import make_bag
+    from lightmer.active.pool import PoolConfig, build_pool
+    from lightmer.active.query import QueryConfig, run_query
+    from lightmer.stream.fuser import StreamSettings
 
     torch.set_num_threads(args.threads)
     out = args.out

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lightmer.io_utils import atomic_save_json
-from lightmer.plots import save_figure
+from lightmer.core.atomic_io import atomic_save_json
+from lightmer.core.plots import save_figure
 from lightmer.ros.conversions import time_to_float
-from lightmer.ros.rig import NodeProcesses, Rig, info_msg, loopback_env
+from lightmer.harness.rig import NodeProcesses, Rig, info_msg, loopback_env
 
 # The tests' generated model and live stream (test/ros_helpers.py).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'test'))

@@ -31,11 +31,11 @@ import torch
 from lightmer.datasets.cache import SegmentDataset, load_index
 from lightmer.datasets.prepare import prepare
 from lightmer.datasets.synth import synthesize
-from lightmer.distributed import SINGLE, replace_modules, to_keyed_dropout
-from lightmer.io_utils import atomic_save_json
-from lightmer.model import LightmerNet, ModelConfig
-from lightmer.plots import save_figure
-from lightmer.train import epoch_batches, predict, train_epoch
+from lightmer.training.distributed import SINGLE, replace_modules, to_keyed_dropout
+from lightmer.core.atomic_io import atomic_save_json
+from lightmer.core.model import LightmerNet, ModelConfig
+from lightmer.core.plots import save_figure
+from lightmer.training.train import epoch_batches, predict, train_epoch
 
 # Two ranks add gradient parts in another order than one process; differences of this size
 # are float rounding carried through the epochs, anything larger would be a bug.

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightmer.io_utils import atomic_save_json
+from lightmer.core.atomic_io import atomic_save_json
 
 SIDES = (0, 320, 480, 640, 960)
 FACE_WIDTHS = (30, 40, 60, 80, 120, 160, 240, 320)      # astronaut face width, frame px
@@ -114,11 +114,11 @@ def measure(frames, croppers: dict, reference) -> dict:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from lightmer.backend import mtcnn_nets
-    from lightmer.checkpoint import meta_for_preset, save_checkpoint
-    from lightmer.export import export_checkpoint
-    from lightmer.features import FaceCropper
-    from lightmer.model import LightmerNet
+    from lightmer.core.backend import mtcnn_nets
+    from lightmer.core.checkpoint import meta_for_preset, save_checkpoint
+    from lightmer.core.export import export_checkpoint
+    from lightmer.core.features import FaceCropper
+    from lightmer.core.model import LightmerNet
 
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', type=Path, required=True)
@@ -181,7 +181,7 @@ def _plot(results: dict, path: Path) -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    from lightmer.plots import save_figure
+    from lightmer.core.plots import save_figure
 
     fig, (ax_ms, ax_rate) = plt.subplots(1, 2, figsize=(11, 4))
     sides = sorted(SIDES, key=lambda s: s or 1400)            # full frame last, drawn at 1400

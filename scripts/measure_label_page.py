@@ -51,7 +51,7 @@ def main() -> int:
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
 
-    from lightmer.label_server import load_batch
+    from lightmer.labelling.server import load_batch
 
     args.out.mkdir(parents=True, exist_ok=True)
     answers = args.out / 'answers.csv'

@@ -21,9 +21,9 @@ import torch
 
 from lightmer.datasets.prepare import prepare
 from lightmer.datasets.synth import synthesize
-from lightmer.io_utils import atomic_save_json
-from lightmer.plots import plot_grouped_bars
-from lightmer.train import TrainConfig, train
+from lightmer.core.atomic_io import atomic_save_json
+from lightmer.core.plots import plot_grouped_bars
+from lightmer.training.train import TrainConfig, train
 
 NORMS = ('window', 'dataset')
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lightmer.io_utils import atomic_save_json
-from lightmer.plots import save_figure
-from lightmer.streaming import StreamSettings
+from lightmer.core.atomic_io import atomic_save_json
+from lightmer.core.plots import save_figure
+from lightmer.stream.fuser import StreamSettings
 
 VALUES = {'crema-d': (1, 2, 3, 4, 5), 'ravdess': (1, 2, 3, 4, 6, 8, 12)}
 ACTORS, CLIPS_PER_EMOTION, EPOCHS, N_UNCERTAIN = 10, 2, 20, 8
@@ -35,7 +35,7 @@ def build_model(layout: str, out: Path) -> tuple[Path, list[str], Path]:
     actors, corpus)."""
     from lightmer.datasets.prepare import prepare
     from lightmer.datasets.synth import synthesize
-    from lightmer.train import TrainConfig, train
+    from lightmer.training.train import TrainConfig, train
 
     corpus, cache, run = out / 'corpus', out / 'cache', out / 'run'
     if not (corpus / '.done').is_file():
@@ -65,7 +65,7 @@ def first_window_delays(windows: list[dict], rows) -> list[float]:
 
 
 def measure(layout: str, out: Path) -> list[dict]:
-    from lightmer.config import PRESETS
+    from lightmer.core.config import PRESETS
 
     checkpoint, test_actors, corpus = build_model(layout, out)
     preset = PRESETS[layout]
@@ -77,8 +77,8 @@ def measure(layout: str, out: Path) -> list[dict]:
 
 
 def measure_bag(layout, out, checkpoint, test_actors, corpus, gap_name, gap_s) -> list[dict]:
-    from lightmer.bags import default_labels_path, make_bag, read_labels
-    from lightmer.evaluate import EvalConfig, evaluate_bag
+    from lightmer.evaluation.bags import default_labels_path, make_bag, read_labels
+    from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
 
     bag = out / f'bag_gap_{gap_name}'
     if not bag.exists():

@@ -23,11 +23,11 @@ import numpy as np
 
 
 def main(corpus: Path, checkpoint: Path, out: Path, actors: list[str], live: bool) -> int:
-    from lightmer import bags
-    from lightmer.evaluate import EvalConfig, evaluate_bag
-    from lightmer.io_utils import atomic_save_json
-    from lightmer.plots import plot_grouped_bars
-    from lightmer.scoring import score
+    from lightmer.evaluation import bags
+    from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
+    from lightmer.core.atomic_io import atomic_save_json
+    from lightmer.core.plots import plot_grouped_bars
+    from lightmer.evaluation.scoring import score
 
     out.mkdir(parents=True, exist_ok=True)
     one, two = out / 'one.bag', out / 'two.bag'
@@ -82,8 +82,8 @@ def main(corpus: Path, checkpoint: Path, out: Path, actors: list[str], live: boo
 def _live(one: Path, two: Path, checkpoint: Path, out: Path, offline: dict) -> dict:
     """Both bags through the live nodes: latency, and the per-person windows against offline's
     (matched by person and stamp; ids differ between runs)."""
-    from lightmer import bags
-    from lightmer.evaluate import EvalConfig, evaluate_bag
+    from lightmer.evaluation import bags
+    from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
 
     single = evaluate_bag(EvalConfig(one, bags.default_labels_path(one), checkpoint,
                                      live=True, out=out / 'eval_one_live'))

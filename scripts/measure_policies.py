@@ -20,11 +20,11 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from lightmer.bags import default_labels_path, make_bag
-from lightmer.config import FeatureConfig
-from lightmer.evaluate import EvalConfig, evaluate_bag
-from lightmer.io_utils import atomic_save_json
-from lightmer.streaming import StreamSettings
+from lightmer.evaluation.bags import default_labels_path, make_bag
+from lightmer.core.config import FeatureConfig
+from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
+from lightmer.core.atomic_io import atomic_save_json
+from lightmer.stream.fuser import StreamSettings
 
 
 def main(argv: list[str] | None = None) -> int:

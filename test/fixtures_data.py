@@ -48,9 +48,9 @@ def onnx_export(tmp_path_factory) -> tuple[Path, Path]:
     statistics are not the identity (so that eval-mode BN is really exercised)."""
     import torch
 
-    from lightmer.checkpoint import meta_for_preset, save_checkpoint
-    from lightmer.export import export_checkpoint
-    from lightmer.model import LightmerNet
+    from lightmer.core.checkpoint import meta_for_preset, save_checkpoint
+    from lightmer.core.export import export_checkpoint
+    from lightmer.core.model import LightmerNet
 
     directory = tmp_path_factory.mktemp('onnx_export')
     meta = meta_for_preset('crema-d', dataset='test (untrained)')
@@ -75,8 +75,8 @@ def untrained_checkpoint(tmp_path_factory) -> Path:
     """An untrained, seeded crema-d model: pooling and selection need no trained one."""
     import torch
 
-    from lightmer.checkpoint import meta_for_preset, save_checkpoint
-    from lightmer.model import LightmerNet
+    from lightmer.core.checkpoint import meta_for_preset, save_checkpoint
+    from lightmer.core.model import LightmerNet
 
     torch.manual_seed(0)
     meta = meta_for_preset('crema-d', dataset='test-fixture')

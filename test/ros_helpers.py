@@ -1,5 +1,5 @@
 """Shared pieces of the node tests: a fixture model, a generated clip, its offline expectation
-and its sensor stream. The nodes are driven and watched through `lightmer.ros.rig`."""
+and its sensor stream. The nodes are driven and watched through `lightmer.harness.rig`."""
 from __future__ import annotations
 
 import threading
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from lightmer.ros.conversions import time_to_float
-from lightmer.ros.rig import Event, audio_msg, image_msg, sensor_events
+from lightmer.harness.rig import Event, audio_msg, image_msg, sensor_events
 
 T0 = 1000.3          # clip start, stamp seconds (not on the segment grid)
 FPS = 10.0
@@ -25,8 +25,8 @@ def make_checkpoint(path: Path, preset: str = 'crema-d', seed: int = 0) -> Path:
     """An untrained, seeded LightmerNet saved as a checkpoint (a fixture model)."""
     import torch
 
-    from lightmer.checkpoint import meta_for_preset, save_checkpoint
-    from lightmer.model import LightmerNet
+    from lightmer.core.checkpoint import meta_for_preset, save_checkpoint
+    from lightmer.core.model import LightmerNet
 
     torch.manual_seed(seed)
     meta = meta_for_preset(preset, dataset='test-fixture')
@@ -45,7 +45,7 @@ class Clip:
     segment_s: float
 
     def audio_float(self) -> np.ndarray:
-        from lightmer.features import to_mono
+        from lightmer.core.features import to_mono
 
         return to_mono(self.audio)
 
@@ -59,7 +59,7 @@ def _face_image(size: int) -> np.ndarray:
 
 
 def make_clip(segment_s: float = 0.5, seed: int = 0, face: bool = True) -> Clip:
-    from lightmer.segments import segment_index
+    from lightmer.core.segments import segment_index
 
     rng = np.random.default_rng(seed)
     portrait = _face_image(260)
@@ -91,10 +91,10 @@ def expected_windows(clip: Clip, checkpoint: Path, n_segments: int, min_segments
     segment logits by LightmerNet, fused over the segments of each window."""
     import torch
 
-    from lightmer.checkpoint import load_checkpoint
-    from lightmer.features import FaceCropper, face_to_input, log_mel_at
-    from lightmer.model import fuse
-    from lightmer.segments import reference_time, segment_index, window_indices
+    from lightmer.core.checkpoint import load_checkpoint
+    from lightmer.core.features import FaceCropper, face_to_input, log_mel_at
+    from lightmer.core.model import fuse
+    from lightmer.core.segments import reference_time, segment_index, window_indices
 
     model, meta = load_checkpoint(checkpoint)
     cfg = meta.features
@@ -136,7 +136,7 @@ def clip_events(clip: Clip, offset_s: float = 0.0) -> Iterator[Event]:
 def emotion_by_segment(received, segment_s: float,
                        reference: str = 'centre') -> dict[int, np.ndarray]:
     """Received Classification messages -> {window's last segment id: probabilities (C,)}."""
-    from lightmer.segments import segment_of_reference
+    from lightmer.core.segments import segment_of_reference
 
     out = {}
     for r in received:

@@ -11,9 +11,9 @@ import pytest
 import soundfile
 from skimage import data
 
-from lightmer.backend import backend_of, export_meta_path, face_cropper, load_model, read_meta
-from lightmer.checkpoint import CheckpointError
-from lightmer.features import FaceCropper, log_mel_at, resample, to_mono
+from lightmer.core.backend import backend_of, export_meta_path, face_cropper, load_model, read_meta
+from lightmer.core.checkpoint import CheckpointError
+from lightmer.core.features import FaceCropper, log_mel_at, resample, to_mono
 
 LOGIT_ATOL = 1e-4           # the issue's bound; differences seen are ~1e-6
 
@@ -86,7 +86,7 @@ def test_the_onnx_path_imports_no_torch(onnx_export):
         'import sys\n'
         'import numpy as np\n'
         'from skimage import data\n'
-        'from lightmer.backend import face_cropper, load_model, read_meta\n'
+        'from lightmer.core.backend import face_cropper, load_model, read_meta\n'
         f'path = {str(onnx_export[1])!r}\n'
         'meta = read_meta(path)\n'
         'assert "onnxruntime" not in sys.modules, "read_meta imported onnxruntime"\n'
@@ -138,7 +138,7 @@ def test_an_onnx_file_without_lightmer_metadata_is_refused(onnx_export, tmp_path
 
 
 def test_mixed_missing_or_foreign_parts_are_refused(onnx_export, tmp_path):
-    from lightmer.export import export_checkpoint
+    from lightmer.core.export import export_checkpoint
 
     export = _copy_export(onnx_export[1], tmp_path)
     other = tmp_path / 'other'

@@ -1,4 +1,4 @@
-"""rosbag2 writing/reading (lightmer.bags): timeline layout, type hashes and CDR bytes equal to
+"""rosbag2 writing/reading (lightmer.evaluation.bags): timeline layout, type hashes and CDR bytes equal to
 rclpy's, clear errors for bags lightmer cannot use, labels CSV."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from lightmer import bags
+from lightmer.evaluation import bags
 
 FPS = 25.0
 

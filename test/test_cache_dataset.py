@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lightmer.config import PRESETS
+from lightmer.core.config import PRESETS
 from lightmer.datasets.cache import SegmentDataset, load_index
-from lightmer.segments import segment_bounds
+from lightmer.core.segments import segment_bounds
 
 PRESET = PRESETS['crema-d']
 N = PRESET.n_segments

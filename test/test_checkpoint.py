@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from lightmer.checkpoint import (
+from lightmer.core.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     CheckpointMeta,
@@ -10,8 +10,8 @@ from lightmer.checkpoint import (
     meta_for_preset,
     save_checkpoint,
 )
-from lightmer.config import FeatureConfig
-from lightmer.model import LightmerNet
+from lightmer.core.config import FeatureConfig
+from lightmer.core.model import LightmerNet
 
 torch.set_num_threads(1)
 

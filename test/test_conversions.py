@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from lightmer.features import to_mono
+from lightmer.core.features import to_mono
 from lightmer.ros.conversions import (
     ConversionError,
     array_to_image,

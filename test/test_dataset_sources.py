@@ -13,7 +13,7 @@ from lightmer.datasets.cache import load_index
 from lightmer.datasets.loaders import index_dataset
 from lightmer.datasets.media import decode_audio, decode_video, probe_video
 from lightmer.datasets.prepare import duration_tolerance, prepare
-from lightmer.io_utils import atomic_write_wav
+from lightmer.core.atomic_io import atomic_write_wav
 
 ACTOR = '1001'
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lightmer import bags
+from lightmer.evaluation import bags
 from lightmer.cli import main
-from lightmer.evaluate import EvalConfig, evaluate_bag
-from lightmer.scoring import score
-from lightmer.streaming import StreamSettings
+from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
+from lightmer.evaluation.scoring import score
+from lightmer.stream.fuser import StreamSettings
 
 ACTOR = '1001'
 
@@ -38,7 +38,7 @@ def corpus_bags(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
 
 
 def test_make_bag_carries_the_clips(corpus_bags, tiny_corpus):
-    from lightmer.config import PRESETS
+    from lightmer.core.config import PRESETS
     from lightmer.datasets.loaders import index_dataset
     from lightmer.datasets.media import decode_audio, decode_video
 
@@ -193,7 +193,7 @@ def test_score_definitions():
 
 @pytest.fixture(scope='module')
 def onnx_model(checkpoint, tmp_path_factory) -> Path:
-    from lightmer.export import export_checkpoint
+    from lightmer.core.export import export_checkpoint
 
     return export_checkpoint(checkpoint, 'onnx', tmp_path_factory.mktemp('onnx'))[0]
 
@@ -258,7 +258,7 @@ def test_the_readme_bag_commands_run_verbatim(tiny_corpus, checkpoint, tmp_path,
 @pytest.fixture(scope='module')
 def compressed_bags(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
     """The first two clips of ACTOR, raw and as JPEG and PNG camera topics."""
-    from lightmer.config import PRESETS
+    from lightmer.core.config import PRESETS
     from lightmer.datasets.loaders import index_dataset
 
     preset = PRESETS['crema-d']

@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from lightmer.checkpoint import load_checkpoint, meta_for_preset, save_checkpoint
+from lightmer.core.checkpoint import load_checkpoint, meta_for_preset, save_checkpoint
 from lightmer.cli import main
-from lightmer.model import LightmerNet, fuse
+from lightmer.core.model import LightmerNet, fuse
 
 torch.set_num_threads(1)
 
@@ -73,7 +73,7 @@ def test_bad_checkpoint_gives_a_clear_error(tmp_path, capsys):
 def test_export_carries_the_mel_normalisation(tmp_path, capsys):
     """A robot running the exported parts computes the log-mel the checkpoint was trained on:
     the normalisation and its statistics travel in export.json's features."""
-    from lightmer.config import FeatureConfig
+    from lightmer.core.config import FeatureConfig
 
     features = FeatureConfig(mel_norm='dataset', mel_db_mean=-48.5, mel_db_std=14.25)
     meta = meta_for_preset('crema-d', features=features)

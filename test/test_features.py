@@ -8,8 +8,8 @@ import soundfile
 import torch
 from skimage import data
 
-from lightmer.config import FeatureConfig
-from lightmer.features import (
+from lightmer.core.config import FeatureConfig
+from lightmer.core.features import (
     FaceCropper,
     audio_window,
     crop_face,
@@ -230,7 +230,7 @@ def test_an_image_too_small_for_a_face_is_no_face(cropper, shape):
 
 @pytest.mark.parametrize('shape', [(1, 1), (3, 5000), (5000, 3), (39, 640)])
 def test_an_image_too_small_for_a_face_is_no_face_on_the_onnx_detector(onnx_export, shape):
-    from lightmer.backend import face_cropper
+    from lightmer.core.backend import face_cropper
 
     onnx = face_cropper(onnx_export[1])
     frame = np.full((*shape, 3), 128, np.uint8)
@@ -300,7 +300,7 @@ def test_detection_on_a_downscaled_copy_crops_as_full_resolution(x0, y0, side):
 
 
 def test_detection_copy_sizes_and_factors():
-    from lightmer.features import detection_copy
+    from lightmer.core.features import detection_copy
 
     frame = np.zeros((720, 1280, 3), np.uint8)
     copy, to_frame = detection_copy(frame, 640)

@@ -1,7 +1,7 @@
 """Actor-disjoint folds and the D0 / U / test split (paper section V-A)."""
 import pytest
 
-from lightmer.folds import Split, actor_folds, check_disjoint, split_fold
+from lightmer.training.folds import Split, actor_folds, check_disjoint, split_fold
 
 ACTORS = [str(a) for a in range(1001, 1092)]  # CREMA-D's 91 actor ids
 

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from lightmer.label_server import CSP, LabelSession, make_server
-from lightmer.labels import read_answers
+from lightmer.labelling.server import CSP, LabelSession, make_server
+from lightmer.active.answers import read_answers
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import wave
 import xml.etree.ElementTree as ET
 
 from lightmer.cli import main
-from lightmer.label_studio import LOCAL_FILES
-from lightmer.labels import read_answers
+from lightmer.labelling.label_studio import LOCAL_FILES
+from lightmer.active.answers import read_answers
 
 
 def _annotation(choice, when, user=1, cancelled=False):

@@ -4,7 +4,7 @@ import multiprocessing
 
 import pytest
 
-from lightmer.labels import Answer, append_answers, latest, read_answers
+from lightmer.active.answers import Answer, append_answers, latest, read_answers
 
 LABELS = ('angry', 'happy', 'sad')
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightmer.cli import main
-from lightmer.model import LightmerNet, ModelConfig, count_parameters, fuse, layer_table
+from lightmer.core.model import LightmerNet, ModelConfig, count_parameters, fuse, layer_table
 
 torch.set_num_threads(1)
 

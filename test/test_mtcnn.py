@@ -11,8 +11,8 @@ from skimage import data
 from torch.nn.functional import interpolate
 from torchvision.ops import nms as torchvision_nms
 
-from lightmer.backend import mtcnn_nets
-from lightmer.mtcnn import area_resize, detect_faces, integral_image, nms, scale_pyramid
+from lightmer.core.backend import mtcnn_nets
+from lightmer.core.mtcnn import area_resize, detect_faces, integral_image, nms, scale_pyramid
 
 torch.set_num_threads(1)
 # Box corners of the two detectors agree to this many pixels: their regression outputs come

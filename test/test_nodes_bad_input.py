@@ -17,7 +17,7 @@ from std_msgs.msg import Header
 import ros_helpers as rh
 from lightmer.ros.bringup import start_bringup
 from lightmer.ros.conversions import float_to_time, time_to_float
-from lightmer.ros.rig import Rig, audio_msg, image_msg, info_msg
+from lightmer.harness.rig import Rig, audio_msg, image_msg, info_msg
 
 N, MIN_SEGMENTS, SEGMENT_S = 5, 2, 0.5
 

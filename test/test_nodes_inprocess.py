@@ -12,7 +12,7 @@ import torch
 import ros_helpers as rh
 from lightmer.ros.bringup import start_bringup
 from lightmer.ros.conversions import time_to_float
-from lightmer.ros.rig import Rig, Topics, info_msg
+from lightmer.harness.rig import Rig, Topics, info_msg
 
 N, MIN_SEGMENTS, SEGMENT_S = 5, 2, 0.5
 FORMAT = '1ch 16000 Hz int16'           # what the audio node holds after rig's AudioInfo

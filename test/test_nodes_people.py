@@ -16,8 +16,8 @@ import torch
 import ros_helpers as rh
 from lightmer.ros.bringup import start_bringup
 from lightmer.ros.conversions import time_to_float
-from lightmer.ros.rig import Rig, audio_msg, image_msg, info_msg, sensor_events
-from lightmer.segments import segment_of_reference
+from lightmer.harness.rig import Rig, audio_msg, image_msg, info_msg, sensor_events
+from lightmer.core.segments import segment_of_reference
 
 N, MIN_SEGMENTS, SEGMENT_S = 5, 2, 0.5
 PREFIX = '/humans/faces'
@@ -40,7 +40,7 @@ def _params(path, prefix: str = PREFIX) -> str:
 def _two_faces(t0: float, seconds: float, right: bool = True, shift: int = 0):
     """(stamp, frame) at 10 fps: a large face on the left, a smaller one on the right (absent
     when `right` is False), both brightening with the segment so every crop differs."""
-    from lightmer.segments import segment_index
+    from lightmer.core.segments import segment_index
 
     big, small = rh._face_image(220), rh._face_image(170)
     out = []
@@ -93,8 +93,8 @@ def _alive(running) -> None:
 
 
 def test_two_people_get_their_own_windows_equal_to_the_offline_pipeline(mtcnn):
-    from lightmer.pipeline import OfflinePeoplePipeline
-    from lightmer.streaming import StreamSettings
+    from lightmer.stream.pipeline import OfflinePeoplePipeline
+    from lightmer.stream.fuser import StreamSettings
 
     rig = mtcnn['rig']
     t0 = rh.T0
@@ -246,7 +246,7 @@ class _FaceDetectImitation:
         from hri_msgs.msg import IdsList
         from sensor_msgs.msg import Image
 
-        from lightmer.ros.rig import sensor_qos
+        from lightmer.harness.rig import sensor_qos
 
         self.node = rclpy.create_node('hri_face_detect_imitation', context=context)
         self.tracked = self.node.create_publisher(IdsList, f'{ROBOT2}/tracked', sensor_qos())

@@ -32,7 +32,7 @@ from vision_msgs.msg import Classification
 import ros_helpers as rh
 from lightmer.ros.conversions import float_to_time, time_to_float
 from lightmer.ros.qos import output_qos
-from lightmer.streaming import is_probability_vector
+from lightmer.stream.fuser import is_probability_vector
 
 SETTINGS = settings(max_examples=120, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow,

@@ -23,8 +23,8 @@ from std_msgs.msg import Header
 
 import ros_helpers as rh
 from lightmer.ros.conversions import float_to_time, time_to_float
-from lightmer.ros.rig import NodeProcesses, Rig, image_msg, info_msg
-from lightmer.streaming import is_probability_vector
+from lightmer.harness.rig import NodeProcesses, Rig, image_msg, info_msg
+from lightmer.stream.fuser import is_probability_vector
 
 SEGMENT_S = 0.5
 

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from lightmer.people import MultiFaceSegmenter, PeopleFuser, TrackedFace
-from lightmer.segments import reference_time
-from lightmer.streaming import SegmentFuser, StreamSettings
+from lightmer.stream.people import MultiFaceSegmenter, PeopleFuser, TrackedFace
+from lightmer.core.segments import reference_time
+from lightmer.stream.fuser import SegmentFuser, StreamSettings
 
 T = 0.5
 
@@ -110,8 +110,8 @@ def test_bad_settings_are_refused():
 # --- the face side, on the real MTCNN ----------------------------------------------------------
 @pytest.fixture(scope='module')
 def cropper():
-    from lightmer.config import FeatureConfig
-    from lightmer.features import FaceCropper
+    from lightmer.core.config import FeatureConfig
+    from lightmer.core.features import FaceCropper
 
     return FaceCropper(FeatureConfig())
 
@@ -175,8 +175,8 @@ def _decode(payload):
 
 
 def test_ros4hri_lists_drive_the_segments_and_crops_are_matched_by_stamp(astronaut_face):
-    from lightmer.config import FeatureConfig
-    from lightmer.people import Ros4hriFaceSegmenter
+    from lightmer.core.config import FeatureConfig
+    from lightmer.stream.people import Ros4hriFaceSegmenter
 
     faces = Ros4hriFaceSegmenter(FeatureConfig(), T, 'centre', max_faces=2, decode=_decode)
     big, small = astronaut_face, astronaut_face[::2, ::2]
@@ -201,8 +201,8 @@ def test_ros4hri_lists_drive_the_segments_and_crops_are_matched_by_stamp(astrona
 
 
 def test_ros4hri_cap_and_missing_crops_are_counted(astronaut_face):
-    from lightmer.config import FeatureConfig
-    from lightmer.people import Ros4hriFaceSegmenter
+    from lightmer.core.config import FeatureConfig
+    from lightmer.stream.people import Ros4hriFaceSegmenter
 
     faces = Ros4hriFaceSegmenter(FeatureConfig(), T, 'centre', max_faces=1, decode=_decode)
     faces.push_crop('a', 0.25, astronaut_face)

@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 
 from fixtures_data import POOL_MIN_SEGMENTS as MIN_SEGMENTS
-from lightmer import bags
+from lightmer.evaluation import bags
 from lightmer.cli import main
-from lightmer.pool import Pool, PoolConfig, PoolError, build_pool, checkpoint_key
-from lightmer.query import window_probs
-from lightmer.streaming import StreamSettings
+from lightmer.active.pool import Pool, PoolConfig, PoolError, build_pool, checkpoint_key
+from lightmer.active.query import window_probs
+from lightmer.stream.fuser import StreamSettings
 
 
 def test_pool_windows_are_the_windows_eval_bag_publishes(robot_pool, robot_bags,
                                                           untrained_checkpoint, tmp_path):
-    from lightmer.evaluate import EvalConfig, evaluate_bag
+    from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
 
     evaluate_bag(EvalConfig(bag=robot_bags[0], labels=bags.default_labels_path(robot_bags[0]),
                             checkpoint=untrained_checkpoint, out=tmp_path,
@@ -41,7 +41,7 @@ def test_pool_windows_are_the_windows_eval_bag_publishes(robot_pool, robot_bags,
     logits = pool.segment_logits(None, key=json.loads(
         (robot_pool / 'recordings' / table.rec_ids[0] / 'recording.json').read_text())
         ['checkpoint']['key'])
-    from lightmer.backend import load_model
+    from lightmer.core.backend import load_model
 
     fuse = load_model(untrained_checkpoint).fuse           # the fusion node's fuse
     np.testing.assert_allclose(window_probs(logits, table.rows, fuse), table.probs, atol=1e-12)
@@ -50,8 +50,8 @@ def test_pool_windows_are_the_windows_eval_bag_publishes(robot_pool, robot_bags,
 
 
 def test_pooled_segments_read_back(robot_pool, robot_bags, untrained_checkpoint):
-    from lightmer.checkpoint import load_checkpoint
-    from lightmer.query import compute_segment_logits
+    from lightmer.core.checkpoint import load_checkpoint
+    from lightmer.active.query import compute_segment_logits
 
     pool = Pool(robot_pool)
     table = pool.table
@@ -170,8 +170,8 @@ def test_refused_inputs_write_nothing(robot_bags, untrained_checkpoint, robot_po
 def test_a_pool_from_before_a_feature_setting_existed_compares_as_made():
     """pool.json written before mel_norm/detect_max_side existed: read as what it was made
     with (window normalisation, detection on the full frame), differences named per key."""
-    from lightmer.config import FeatureConfig
-    from lightmer.pool import _differences
+    from lightmer.core.config import FeatureConfig
+    from lightmer.active.pool import _differences
 
     old = FeatureConfig(detect_max_side=0).to_dict()
     for key in ('mel_norm', 'mel_db_mean', 'mel_db_std', 'detect_max_side'):
@@ -188,9 +188,9 @@ def test_a_pool_from_before_a_feature_setting_existed_compares_as_made():
 def test_query_refuses_a_checkpoint_with_other_features(robot_pool, tmp_path, capsys):
     import torch
 
-    from lightmer.checkpoint import meta_for_preset, save_checkpoint
-    from lightmer.config import FeatureConfig
-    from lightmer.model import LightmerNet
+    from lightmer.core.checkpoint import meta_for_preset, save_checkpoint
+    from lightmer.core.config import FeatureConfig
+    from lightmer.core.model import LightmerNet
 
     torch.manual_seed(0)
     meta = meta_for_preset('crema-d', features=FeatureConfig(face_margin=0.2))
@@ -208,7 +208,7 @@ def test_pool_from_a_bag_with_compressed_images(tiny_corpus, robot_pool, untrain
                                                 tmp_path):
     """A camera recorded as CompressedImage (JPEG, as robots record it): the pool reads it
     through bags.read_bag like eval-bag, and its crops are the raw bag's up to JPEG loss."""
-    from lightmer.evaluate import EvalConfig, evaluate_bag
+    from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
 
     bag = tmp_path / 'robot_jpeg'
     assert main(['make-bag', '--dataset', 'crema-d', '--root', str(tiny_corpus), '--out',

@@ -3,7 +3,7 @@ learning-curve summary."""
 import numpy as np
 
 from lightmer.datasets.loaders import index_dataset
-from lightmer.robot_sim import SimSize, _curves, _sessions
+from lightmer.experiments.robot_sim import SimSize, _curves, _sessions
 
 
 def test_sessions_split_each_person_and_emotion(tiny_corpus, tmp_path):

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightmer.segments import (
+from lightmer.core.segments import (
     choose_frames,
     jitter_centres,
     nearest_index,

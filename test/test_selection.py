@@ -2,14 +2,14 @@
 import numpy as np
 import pytest
 
-from lightmer.selection import (
+from lightmer.active.selection import (
     default_cap,
     margins,
     overlapping,
     priority,
     select_diverse,
 )
-from lightmer.uncertainty import entropy_bits
+from lightmer.core.uncertainty import entropy_bits
 
 N = 5
 

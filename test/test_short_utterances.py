@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 import ros_helpers as rh
-from lightmer import bags
-from lightmer.evaluate import EvalConfig, evaluate_bag
+from lightmer.evaluation import bags
+from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
 from lightmer.ros.params import FusionParams
-from lightmer.streaming import StreamSettings
+from lightmer.stream.fuser import StreamSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +50,6 @@ def test_the_default_is_defined_once():
         for section in doc.values():
             assert 'min_segments' not in section['ros__parameters'], \
                 f'config/{name} sets min_segments: the default lives in StreamSettings'
-    from lightmer import demo
+    from lightmer.experiments import demo
 
     assert 'min_segments' not in demo.DemoSize.__dataclass_fields__

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from lightmer.config import FeatureConfig
-from lightmer.features import log_mel_at, resample
-from lightmer.segments import reference_time, segment_index, segment_of_reference
-from lightmer.streaming import (
+from lightmer.core.config import FeatureConfig
+from lightmer.core.features import log_mel_at, resample
+from lightmer.core.segments import reference_time, segment_index, segment_of_reference
+from lightmer.stream.fuser import (
     AudioSegmenter,
     FaceSegmenter,
     FrameSelector,
@@ -314,8 +314,8 @@ def test_fuser_min_segments_holds_windows_back():
 
 
 def test_fuser_with_the_real_model_equals_its_forward():
-    from lightmer.checkpoint import meta_for_preset
-    from lightmer.model import LightmerNet
+    from lightmer.core.checkpoint import meta_for_preset
+    from lightmer.core.model import LightmerNet
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -329,7 +329,7 @@ def test_fuser_with_the_real_model_equals_its_forward():
     for k in range(5):
         out += fuser.push_face(k * 0.5 + 0.25, faces[k])
         out += fuser.push_mel(reference_time(k, 0.5, 'centre'), mels[k])
-    from lightmer.features import face_to_input
+    from lightmer.core.features import face_to_input
 
     with torch.inference_mode():
         want = torch.softmax(model(torch.from_numpy(face_to_input(faces))[None],

@@ -3,7 +3,7 @@ faces."""
 import numpy as np
 import pytest
 
-from lightmer.tracking import FaceTracker, TrackerSettings, centre_distance, iou_matrix, match
+from lightmer.stream.tracking import FaceTracker, TrackerSettings, centre_distance, iou_matrix, match
 
 
 def box(cx, cy, size=60.0):

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from lightmer import cli
-from lightmer.checkpoint import load_checkpoint
-from lightmer.config import PRESETS
-from lightmer.folds import split_fold
-from lightmer.train import DatasetOracle, TrainConfig, train
+from lightmer.core.checkpoint import load_checkpoint
+from lightmer.core.config import PRESETS
+from lightmer.training.folds import split_fold
+from lightmer.training.train import DatasetOracle, TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures('_one_thread')
 
@@ -213,7 +213,7 @@ def test_dataset_mel_norm_takes_training_set_statistics_into_the_checkpoint(tiny
                                                                             tmp_path):
     """--mel-norm dataset: dB statistics of the fold's training clips (D0 and U, never the
     test actor), stored in the checkpoint's FeatureConfig, which the nodes apply."""
-    from lightmer.checkpoint import load_checkpoint
+    from lightmer.core.checkpoint import load_checkpoint
     from lightmer.datasets.cache import dataset_mel_norm, load_index
 
     run = tmp_path / 'run'

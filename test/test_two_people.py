@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from lightmer import bags
-from lightmer.bags import GAP_GREY, BagClip
-from lightmer.two_people import pair_clips, two_person_clips
+from lightmer.evaluation import bags
+from lightmer.evaluation.bags import GAP_GREY, BagClip
+from lightmer.evaluation.two_people import pair_clips, two_person_clips
 
 
 def _clip(clip_id, label, value, n=3, shape=(4, 5, 3)):
@@ -118,7 +118,7 @@ def test_eval_bag_people_scores_each_person_without_id_switches(two_bag, tmp_pat
     assert (two_bag.parent / 'eval_two' / 'confusion.png').is_file()
     # per-person scoring needs the person column
     with pytest.raises(ValueError, match='person column'):
-        from lightmer.evaluate import EvalConfig, evaluate_bag
+        from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
 
         one = tmp_path / 'one.csv'
         one.write_text('start,end,label,clip_id\n0,1,happy,a\n')

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lightmer.uncertainty import entropy_bits, most_uncertain
+from lightmer.core.uncertainty import entropy_bits, most_uncertain
 
 
 def test_entropy_of_known_distributions():

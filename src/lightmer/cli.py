@@ -78,7 +78,7 @@ def _keep_dds_on_loopback() -> None:
     """The commands that start lightmer's nodes and talk to them (eval-bag --live, bench,
     demo) keep this process's DDS on this machine, as its children's: set here, at the
     program's entry, before anything creates a DDS participant (which reads them)."""
-    from lightmer.ros.rig import LOOPBACK
+    from lightmer.harness.rig import LOOPBACK
 
     os.environ.update(LOOPBACK)
 
@@ -91,7 +91,7 @@ def _add_summary(sub) -> None:
 
 
 def _run_summary(args) -> int:
-    from lightmer.model import LightmerNet, ModelConfig, count_parameters, layer_table
+    from lightmer.core.model import LightmerNet, ModelConfig, count_parameters, layer_table
 
     model = LightmerNet(ModelConfig(n_classes=args.classes))
     n_params = count_parameters(model)
@@ -118,7 +118,7 @@ def _add_export(sub) -> None:
 
 
 def _run_export(args) -> int:
-    from lightmer.export import export_checkpoint
+    from lightmer.core.export import export_checkpoint
 
     paths = export_checkpoint(args.checkpoint, args.format, args.out)
     for path in paths:
@@ -141,8 +141,8 @@ def _add_bench(sub) -> None:
 
 
 def _run_bench(args) -> int:
-    from lightmer.backend import backend_of
-    from lightmer.bench import run_bench
+    from lightmer.core.backend import backend_of
+    from lightmer.harness.bench import run_bench
 
     if args.checkpoint is not None and backend_of(args.checkpoint) != 'torch':
         print(f'lightmer bench: --checkpoint {args.checkpoint} is an ONNX export; give its .pt '
@@ -251,8 +251,8 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from lightmer.distributed import launched_ranks
-    from lightmer.train import TrainConfig, train
+    from lightmer.training.distributed import launched_ranks
+    from lightmer.training.train import TrainConfig, train
 
     cfg = TrainConfig.for_dataset(
         args.dataset, cache=args.cache, out=args.out, strategy=args.strategy,
@@ -262,7 +262,7 @@ def _run_train(args) -> int:
         workers=args.workers, dist_timeout_s=args.dist_timeout)
     ranks = launched_ranks()
     if args.parallel > 1:
-        from lightmer.fold_launcher import train_folds_in_parallel
+        from lightmer.training.fold_launcher import train_folds_in_parallel
 
         summary = train_folds_in_parallel(cfg, args.parallel)
     elif ranks.active:
@@ -284,7 +284,7 @@ def _add_merge_folds(sub) -> None:
 
 
 def _run_merge_folds(args) -> int:
-    from lightmer.train import summarize_run
+    from lightmer.training.train import summarize_run
 
     _print_json(summarize_run(args.out))
     return 0
@@ -313,7 +313,7 @@ def _add_make_bag(sub) -> None:
 
 
 def _run_make_bag(args) -> int:
-    from lightmer.bags import make_bag
+    from lightmer.evaluation.bags import make_bag
 
     print(make_bag(args.dataset, args.root, args.out, actors=args.actors, storage=args.storage,
                    gap_s=args.gap, occlude=args.occlude, seed=args.seed,
@@ -360,7 +360,7 @@ def _add_replay_options(p) -> None:
 
 def _stream_settings(args):
     """The nodes' StreamSettings with the replay options given on the command line."""
-    from lightmer.streaming import StreamSettings
+    from lightmer.stream.fuser import StreamSettings
 
     given = {'reference': args.reference, 'missing_policy': args.missing_policy,
              'min_segments': args.min_segments}
@@ -368,7 +368,7 @@ def _stream_settings(args):
 
 
 def _run_eval_bag(args) -> int:
-    from lightmer.evaluate import EvalConfig, evaluate_bag
+    from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
 
     settings = _stream_settings(args)
     if args.live:
@@ -413,8 +413,8 @@ def _add_pool(sub) -> None:
 
 
 def _run_pool(args) -> int:
-    from lightmer.bags import BagTopics
-    from lightmer.pool import PoolConfig, build_pool
+    from lightmer.evaluation.bags import BagTopics
+    from lightmer.active.pool import PoolConfig, build_pool
 
     summary = build_pool(PoolConfig(
         bags=tuple(args.bag), checkpoint=args.checkpoint, out=args.out,
@@ -432,7 +432,7 @@ def _run_pool(args) -> int:
 
 
 def _add_query(sub) -> None:
-    from lightmer.selection import STRATEGIES
+    from lightmer.active.selection import STRATEGIES
 
     p = sub.add_parser('query', help='pick the pooled windows people should label next')
     p.add_argument('--pool', type=Path, required=True)
@@ -456,7 +456,7 @@ def _add_query(sub) -> None:
 
 
 def _run_query(args) -> int:
-    from lightmer.query import QueryConfig, run_query
+    from lightmer.active.query import QueryConfig, run_query
 
     if args.export is not None and args.export[0] != 'label-studio':
         raise ValueError(f"--export knows 'label-studio' only, got {args.export[0]!r}")
@@ -465,7 +465,7 @@ def _run_query(args) -> int:
         answers=args.labels, out=args.out, seed=args.seed,
         max_per_recording=args.max_per_recording))
     if args.export is not None:
-        from lightmer.label_studio import export_tasks
+        from lightmer.labelling.label_studio import export_tasks
 
         manifest['export'] = export_tasks(manifest, args.export[1], args.export_url_prefix)
         if not args.json:
@@ -500,12 +500,12 @@ def _add_label(sub) -> None:
 
 
 def _run_label(args) -> int:
-    from lightmer.label_server import LabelSession, is_loopback, make_server, newest_batch
+    from lightmer.labelling.server import LabelSession, is_loopback, make_server, newest_batch
 
     batch = args.batch or newest_batch(args.pool)
     answers = args.labels
     if answers is None:
-        from lightmer.label_server import load_batch
+        from lightmer.labelling.server import load_batch
 
         answers = Path(load_batch(batch).get('answers_file') or args.pool / 'answers.csv')
     session = LabelSession(args.pool, batch, answers, args.who)
@@ -535,7 +535,7 @@ def _add_import_labels(sub) -> None:
 
 
 def _run_import_labels(args) -> int:
-    from lightmer.label_studio import import_export
+    from lightmer.labelling.label_studio import import_export
 
     summary = import_export(args.label_studio, args.pool, args.labels)
     if args.json:
@@ -548,8 +548,8 @@ def _run_import_labels(args) -> int:
 
 
 def _add_finetune(sub) -> None:
-    from lightmer.oracles import ORACLES
-    from lightmer.selection import STRATEGIES
+    from lightmer.active.oracles import ORACLES
+    from lightmer.active.selection import STRATEGIES
 
     p = sub.add_parser('finetune', help='continue training on pooled windows people labelled '
                        '(Algorithm 1 with a human oracle)')
@@ -587,7 +587,7 @@ def _add_finetune(sub) -> None:
 
 
 def _run_finetune(args) -> int:
-    from lightmer.finetune import AnswersNeededError, FinetuneConfig, finetune
+    from lightmer.active.finetune import AnswersNeededError, FinetuneConfig, finetune
 
     try:
         report = finetune(FinetuneConfig(
@@ -658,7 +658,7 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
-    from lightmer.demo import run_demo
+    from lightmer.experiments.demo import run_demo
 
     _keep_dds_on_loopback()
     result = run_demo(args.out, quick=args.quick, robot=args.robot)
@@ -680,7 +680,7 @@ def _add_simulate_robot(sub) -> None:
 
 
 def _run_simulate_robot(args) -> int:
-    from lightmer.robot_sim import simulate_robot
+    from lightmer.experiments.robot_sim import simulate_robot
 
     result = simulate_robot(args.out, quick=args.quick, base_from=args.base_from)
     if args.json:

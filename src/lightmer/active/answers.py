@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightmer.io_utils import atomic_write_text
+from lightmer.core.atomic_io import atomic_write_text
 
 FIELDS = ('window_id', 'label', 'who', 'when')
 SKIP, UNSURE = 'skip', 'unsure'

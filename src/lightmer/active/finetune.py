@@ -38,12 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from lightmer.io_utils import atomic_save_json, atomic_torch_save
-from lightmer.labels import latest, read_answers
-from lightmer.oracles import NO_LABEL, ORACLES, UnansweredError
-from lightmer.pool import Pool, PoolError, checkpoint_key
-from lightmer.query import compute_segment_logits, manifest_items, pool_probs, select
-from lightmer.selection import STRATEGIES, overlapping, select_diverse
+from lightmer.core.atomic_io import atomic_save_json, atomic_torch_save
+from lightmer.active.answers import latest, read_answers
+from lightmer.active.oracles import NO_LABEL, ORACLES, UnansweredError
+from lightmer.active.pool import Pool, PoolError, checkpoint_key
+from lightmer.active.query import compute_segment_logits, manifest_items, pool_probs, select
+from lightmer.active.selection import STRATEGIES, overlapping, select_diverse
 
 STATE_VERSION = 1
 # Settings that change the numbers; a resumed run must agree on all of them.
@@ -56,7 +56,7 @@ _TRAIN, _MIX, _EVAL = 1, 2, 3      # seed stream tags
 class FinetuneConfig:
     checkpoint: Path                  # the model to start from (and its features)
     pool: Path
-    answers: Path                     # the answers file (lightmer.labels); read and appended
+    answers: Path                     # the answers file (lightmer.active.answers); read and appended
     out: Path
     base_cache: Path | None = None    # the original training cache, mixed in against forgetting
     base_clips: tuple[str, ...] | None = None  # of it, these clips (default: every usable one)
@@ -122,7 +122,7 @@ class PoolWindows(Dataset):
     window's segments (N, or fewer when the nodes published with min_segments)."""
 
     def __init__(self, pool: Pool, rows: np.ndarray, targets: Sequence[int]):
-        from lightmer.features import face_to_input
+        from lightmer.core.features import face_to_input
 
         self._face_to_input = face_to_input
         self.pool = pool
@@ -199,7 +199,7 @@ def _train_pass(model, optimizer, dataset: Dataset, batch_size: int, seed: int,
 # --- helpers ---------------------------------------------------------------------------------
 def _resolve_recordings(pool: Pool, names: Sequence[str]) -> list[str]:
     """Recording ids from ids or bag paths."""
-    from lightmer.pool import recording_id
+    from lightmer.active.pool import recording_id
 
     out = []
     for name in names:
@@ -230,7 +230,7 @@ def _plan_eval(pool: Pool, cfg: FinetuneConfig) -> tuple[list[str], np.ndarray]:
 
 
 def _accuracy(probs: np.ndarray, targets: np.ndarray, n_classes: int) -> dict:
-    from lightmer.plots import confusion_matrix
+    from lightmer.core.plots import confusion_matrix
 
     keep = targets != NO_LABEL
     pred = probs[keep].argmax(axis=1)
@@ -241,7 +241,7 @@ def _accuracy(probs: np.ndarray, targets: np.ndarray, n_classes: int) -> dict:
 
 
 def _provenance(cfg: FinetuneConfig, base_meta, pool: Pool, labelled: dict, rounds: int):
-    from lightmer.checkpoint import make_provenance
+    from lightmer.core.checkpoint import make_provenance
 
     return make_provenance(
         finetuned_from={'checkpoint': str(cfg.checkpoint.resolve()),
@@ -255,7 +255,7 @@ def _provenance(cfg: FinetuneConfig, base_meta, pool: Pool, labelled: dict, roun
 
 
 def _make_oracle(cfg: FinetuneConfig, pool: Pool, labels: tuple[str, ...]):
-    from lightmer.oracles import AnswersOracle, IntervalOracle
+    from lightmer.active.oracles import AnswersOracle, IntervalOracle
 
     if cfg.oracle == 'bag-labels':
         return IntervalOracle(pool, cfg.answers, labels)
@@ -294,9 +294,9 @@ def finetune(cfg: FinetuneConfig, oracle=None) -> dict:
     `oracle`: any object with `check(ids, predicted)` (train.Oracle; NO_LABEL allowed);
     default: the one `cfg.oracle` names. Raises AnswersNeededError when people must answer first.
     """
-    from lightmer.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-    from lightmer.labels import check_labels
-    from lightmer.train import stream_seed
+    from lightmer.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+    from lightmer.active.answers import check_labels
+    from lightmer.training.train import stream_seed
 
     model, meta = load_checkpoint(cfg.checkpoint)
     pool = Pool(cfg.pool)
@@ -400,15 +400,15 @@ def finetune(cfg: FinetuneConfig, oracle=None) -> dict:
 
 def _probs(pool: Pool, model, key: str | None = None) -> np.ndarray:
     """The torch model in memory scores the pool as the nodes would (eval mode)."""
-    from lightmer.streaming import model_functions
+    from lightmer.stream.fuser import model_functions
 
     fuse = model_functions(model)[1]
     return pool_probs(pool, lambda c, m: compute_segment_logits(model, c, m), fuse, key)
 
 
 def _scores(probs: np.ndarray) -> dict:
-    from lightmer.selection import margins
-    from lightmer.uncertainty import entropy_bits
+    from lightmer.active.selection import margins
+    from lightmer.core.uncertainty import entropy_bits
 
     h = entropy_bits(probs)
     return {'score': h, 'entropy_bits': h, 'margin': margins(probs)}
@@ -417,7 +417,7 @@ def _scores(probs: np.ndarray) -> dict:
 def _train_round(model, optimizer, pool: Pool, labelled: dict, base, cfg: FinetuneConfig,
                  rnd: int) -> float | None:
     """`cfg.epochs` passes over the labelled windows, each mixed with fresh base clips."""
-    from lightmer.train import stream_seed
+    from lightmer.training.train import stream_seed
 
     if not labelled:
         return None
@@ -469,7 +469,7 @@ def _log_round(m: dict) -> None:
 
 
 def _report(out: Path, cfg: FinetuneConfig, metrics: list[dict], labels, n_eval: int) -> dict:
-    from lightmer.plots import plot_confusion, plot_label_curves
+    from lightmer.core.plots import plot_confusion, plot_label_curves
 
     before, after = metrics[0], metrics[-1]
     report = {

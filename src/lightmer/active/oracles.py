@@ -3,7 +3,7 @@
 Both implement `train.Oracle.check(ids, predicted) -> class indices`, like `train.DatasetOracle`,
 with one addition a person needs: `NO_LABEL` for a window answered `skip` or `unsure`, which
 then does not train.
-- `AnswersOracle`: the human oracle. It reads the answers file (`lightmer.labels`) that the
+- `AnswersOracle`: the human oracle. It reads the answers file (`lightmer.active.answers`) that the
   labelling page, a spreadsheet or any tool writes; windows nobody has answered yet raise
   `UnansweredError` with their ids, so the caller can hand the batch to a person and come back.
 - `IntervalOracle`: a scripted labeller for tests and simulations. It answers from labels by
@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightmer.labels import SKIP, Answer, append_answers, check_labels, latest, read_answers
-from lightmer.pool import Pool, parse_window_id
+from lightmer.active.answers import SKIP, Answer, append_answers, check_labels, latest, read_answers
+from lightmer.active.pool import Pool, parse_window_id
 
 # `finetune --oracle`: people's answers file, or the bags' labels CSVs (scripts, simulation).
 ORACLES = ('answers', 'bag-labels')
@@ -64,8 +64,8 @@ class IntervalOracle:
 
     def __init__(self, pool: Pool, answers: str | Path, labels: Sequence[str],
                  intervals: dict[str, Path] | None = None, who: str = 'bag-labels-csv'):
-        from lightmer import bags
-        from lightmer.evaluate import check_labels as check_interval_labels
+        from lightmer.evaluation import bags
+        from lightmer.evaluation.evaluate import check_labels as check_interval_labels
 
         self.pool = pool
         self.who = who
@@ -82,7 +82,7 @@ class IntervalOracle:
             self._rows[rec] = rows
 
     def label_of(self, wid: str) -> str:
-        from lightmer.scoring import assign_clips
+        from lightmer.evaluation.scoring import assign_clips
 
         rec, _ = parse_window_id(wid)
         table = self.pool.table

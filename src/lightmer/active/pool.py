@@ -1,7 +1,7 @@
 """The pool: a robot's own recordings as its nodes saw them, stored to be ranked and labelled.
 
 `build_pool` replays rosbag2 recordings through the nodes' own processors
-(`lightmer.pipeline.OfflinePipeline`, as eval-bag offline) and stores every segment whose
+(`lightmer.stream.pipeline.OfflinePipeline`, as eval-bag offline) and stores every segment whose
 logits the fusion computed (the face crop and the log-mel the model saw, with its segment id
 and reference time) and every window the fusion published (the items people label), plus
 the recording's 16 kHz audio for listening. `Pool` reads it back for selection, training and
@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lightmer import bags
-from lightmer.io_utils import atomic_save_json, atomic_savez, atomic_write, atomic_write_wav
-from lightmer.segments import reference_time, window_indices
-from lightmer.streaming import StreamSettings
+from lightmer.evaluation import bags
+from lightmer.core.atomic_io import atomic_save_json, atomic_savez, atomic_write, atomic_write_wav
+from lightmer.core.segments import reference_time, window_indices
+from lightmer.stream.fuser import StreamSettings
 
 POOL_FORMAT = 'lightmer-pool'
 POOL_VERSION = 1
@@ -104,7 +104,7 @@ def _differences(old: dict, new: dict) -> dict:
     """{key: (old, new)} where the two differ; the `features` dicts are compared key by key
     (`features.<name>`), after reading the old one through FeatureConfig.from_dict, so a pool
     written before a feature setting existed compares as what it was made with."""
-    from lightmer.config import FeatureConfig
+    from lightmer.core.config import FeatureConfig
 
     diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
             if k != 'features' and old.get(k) != new.get(k)}
@@ -159,7 +159,7 @@ class _AudioTimeline:
 
     def finish(self) -> tuple[np.ndarray, float]:
         """-> (float32 (n,) mono at sample_rate, stamp of sample 0 in seconds)."""
-        from lightmer.features import resample
+        from lightmer.core.features import resample
 
         if not self._runs:
             return np.zeros(0, np.float32), 0.0
@@ -183,8 +183,8 @@ def build_pool(cfg: PoolConfig) -> dict:
     (PoolError). Returns a summary: recordings added and skipped, segments, windows, seconds
     of recording, wall seconds, throughput (seconds of recording per second).
     """
-    from lightmer.backend import read_meta
-    from lightmer.pipeline import OfflinePipeline
+    from lightmer.core.backend import read_meta
+    from lightmer.stream.pipeline import OfflinePipeline
 
     if not cfg.bags:
         raise PoolError('no bags given; pass --bag DIR [DIR ...]')
@@ -238,7 +238,7 @@ def _pool_recording(out: Path, rec: str, bag: Path, info: bags.BagInfo, pipe, me
     """Replay one bag through `pipe` and write POOL/recordings/<rec>/ whole."""
     from tqdm import tqdm
 
-    from lightmer.evaluate import stamp_seconds
+    from lightmer.evaluation.evaluate import stamp_seconds
 
     segments = _SegmentRecorder()
     pipe.fuser.segment_listener = segments
@@ -385,7 +385,7 @@ class WindowView:
 
     @property
     def entropy_bits(self) -> float:
-        from lightmer.uncertainty import entropy_bits
+        from lightmer.core.uncertainty import entropy_bits
 
         return float(entropy_bits(self.probs[None])[0])
 
@@ -394,7 +394,7 @@ class Pool:
     """Read access to a pool directory (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike):
-        from lightmer.config import FeatureConfig
+        from lightmer.core.config import FeatureConfig
 
         self.path = Path(path)
         self.index = _read_index(self.path)

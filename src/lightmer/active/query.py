@@ -8,7 +8,7 @@ node. So re-ranking a pool with the same checkpoint costs a mean and a sort.
 Batch manifest (JSON, docs/ACTIVE_LEARNING.md): format 'lightmer-batch', the pool, the
 checkpoint and its class labels, the strategy, the diversity cap, and per selected window its
 id, recording, stamp, camera and audio time spans, score, entropy, margin, probabilities and
-predicted class. Answer it in the answers file (`lightmer.labels`).
+predicted class. Answer it in the answers file (`lightmer.active.answers`).
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lightmer.io_utils import atomic_save_json
-from lightmer.pool import Pool, checkpoint_key
-from lightmer.selection import STRATEGIES, default_cap, margins, priority, select_diverse
-from lightmer.uncertainty import entropy_bits
+from lightmer.core.atomic_io import atomic_save_json
+from lightmer.active.pool import Pool, checkpoint_key
+from lightmer.active.selection import STRATEGIES, default_cap, margins, priority, select_diverse
+from lightmer.core.uncertainty import entropy_bits
 
 MANIFEST_FORMAT = 'lightmer-batch'
 MANIFEST_VERSION = 1
@@ -57,19 +57,19 @@ def pool_probs(pool: Pool, logits_of, fuse, key: str | None = None) -> np.ndarra
 
 def segment_scorer(path: str | os.PathLike, threads: int = 1):
     """(meta, logits_of, fuse) of the model file at `path`, run as the nodes run it
-    (`lightmer.backend`: a checkpoint on torch, an ONNX export on onnxruntime).
+    (`lightmer.core.backend`: a checkpoint on torch, an ONNX export on onnxruntime).
 
     logits_of: crops uint8 (B, 98, 80), mels float32 (B, 128, 43) -> float64 (B, C); a
     checkpoint's segments go through the networks in batches (a pool has thousands), an
     export's one per call as the fusion node calls it. fuse: float64 (n, C) -> (C,).
     """
-    from lightmer.backend import backend_of, load_model
+    from lightmer.core.backend import backend_of, load_model
 
     loaded = load_model(path, threads)
     if backend_of(path) == 'torch':
         import torch
 
-        from lightmer.checkpoint import load_checkpoint
+        from lightmer.core.checkpoint import load_checkpoint
 
         torch.set_num_threads(threads)
         model, _ = load_checkpoint(path)
@@ -92,7 +92,7 @@ def compute_segment_logits(model, crops: np.ndarray, mels: np.ndarray,
     """
     import torch
 
-    from lightmer.features import face_to_input
+    from lightmer.core.features import face_to_input
 
     model.eval()
     out = []
@@ -158,7 +158,7 @@ def manifest_items(pool: Pool, chosen: list[int], probs: np.ndarray, scores: dic
 
 def run_query(cfg: QueryConfig) -> dict:
     """Score, select and write the batch manifest; returns it (with `path`)."""
-    from lightmer.labels import check_labels, latest, read_answers
+    from lightmer.active.answers import check_labels, latest, read_answers
 
     t0 = time.perf_counter()
     pool = Pool(cfg.pool)

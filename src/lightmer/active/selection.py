@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lightmer.uncertainty import entropy_bits
+from lightmer.core.uncertainty import entropy_bits
 
 STRATEGIES = ('uncertainty', 'margin', 'random')
 

@@ -6,7 +6,7 @@ The nodes, eval-bag and the benchmark call these and never ask which backend the
   export it reads `<stem>.onnx.json` and imports neither torch nor onnxruntime (the audio node);
 - `load_model(path, threads)`: metadata plus numpy `segment_logits` and `fuse` (fusion node);
 - `face_cropper(path, min_face_size, threads)`: a `FaceCropper` running facenet-pytorch
-  (checkpoint) or `lightmer.mtcnn` on the export's MTCNN nets (export).
+  (checkpoint) or `lightmer.core.mtcnn` on the export's MTCNN nets (export).
 
 A path ending in `.onnx` is an export (`lightmer export --format onnx`); anything else is a
 checkpoint. Unusable files raise `CheckpointError` with what to do, as checkpoints always have.
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lightmer.checkpoint import CheckpointError, CheckpointMeta, meta_from_dict
-from lightmer.features import MIN_FACE_SIZE, FaceCropper, face_to_input
-from lightmer.mtcnn import MTCNNNets
+from lightmer.core.checkpoint import CheckpointError, CheckpointMeta, meta_from_dict
+from lightmer.core.features import MIN_FACE_SIZE, FaceCropper, face_to_input
+from lightmer.core.mtcnn import MTCNNNets
 
 BACKENDS = ('torch', 'onnxruntime')
 ONNX_FORMAT = 'lightmer-onnx'           # what `lightmer export --format onnx` writes
@@ -58,7 +58,7 @@ def backend_of(path) -> str:
 def read_meta(path) -> CheckpointMeta:
     """The metadata of a checkpoint or an ONNX export; no torch or onnxruntime for an export."""
     if backend_of(path) == 'torch':
-        from lightmer.checkpoint import load_checkpoint
+        from lightmer.core.checkpoint import load_checkpoint
 
         return load_checkpoint(path)[1]
     return meta_from_dict(_export_info(path)['meta'], path)
@@ -69,8 +69,8 @@ def load_model(path, threads: int = 1) -> LoadedModel:
     if backend_of(path) == 'torch':
         import torch
 
-        from lightmer.checkpoint import load_checkpoint
-        from lightmer.streaming import model_functions
+        from lightmer.core.checkpoint import load_checkpoint
+        from lightmer.stream.fuser import model_functions
 
         torch.set_num_threads(threads)
         model, meta = load_checkpoint(path)

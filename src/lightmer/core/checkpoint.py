@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightmer import __version__
-from lightmer.config import FeatureConfig, ModelConfig
-from lightmer.io_utils import atomic_torch_save
+from lightmer.core.config import FeatureConfig, ModelConfig
+from lightmer.core.atomic_io import atomic_torch_save
 
 if TYPE_CHECKING:
-    from lightmer.model import LightmerNet
+    from lightmer.core.model import LightmerNet
 
 FORMAT = 'lightmer-checkpoint'
 FORMAT_VERSION = 1
@@ -112,7 +112,7 @@ def load_checkpoint(path, map_location='cpu') -> tuple[LightmerNet, CheckpointMe
     Raises CheckpointError (with what to do) for a missing, truncated or foreign file, missing
     keys, a newer format, or weights that do not fit the stored config.
     """
-    from lightmer.model import LightmerNet
+    from lightmer.core.model import LightmerNet
 
     path = Path(path)
     if not path.is_file():
@@ -121,7 +121,7 @@ def load_checkpoint(path, map_location='cpu') -> tuple[LightmerNet, CheckpointMe
     blob = _read(path, map_location)
     if not isinstance(blob, dict) or blob.get('format') != FORMAT:
         raise CheckpointError(f'{path} is not a lightmer checkpoint (no format '
-                              f'{FORMAT!r}); save models with lightmer.checkpoint')
+                              f'{FORMAT!r}); save models with lightmer.core.checkpoint')
     missing = [k for k in _TOP_KEYS if k not in blob]
     if missing:
         raise CheckpointError(f'checkpoint {path} lacks keys {missing}; it is incomplete, '
@@ -207,7 +207,7 @@ def _check_finite(path: Path, model: LightmerNet) -> None:
 def meta_for_preset(preset_name: str, features: FeatureConfig | None = None,
                     n_segments: int | None = None, **provenance: Any) -> CheckpointMeta:
     """Metadata for a fresh model of a preset (an untrained model for benches and tests)."""
-    from lightmer.config import get_preset
+    from lightmer.core.config import get_preset
 
     preset = get_preset(preset_name)
     features = features or FeatureConfig()

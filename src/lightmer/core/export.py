@@ -5,15 +5,15 @@
   logits; run once per new temporal segment and cache the result.
 - `<stem>.fusion.ts`: cached logits (..., N, C) -> (..., C) window probabilities.
 - `<stem>.export.json`: labels, N, T and the feature config, so the consumer can compute the
-  same inputs (see `lightmer.features`).
+  same inputs (see `lightmer.core.features`).
 
-`--format onnx`, what the nodes run without torch (`lightmer.backend`); the model parameter
+`--format onnx`, what the nodes run without torch (`lightmer.core.backend`); the model parameter
 points at `<stem>.onnx`, and the other files must lie beside it:
 - `<stem>.onnx`: the per-segment part, faces (B, 1, 98, 80), mels (B, 1, 128, 43) float32 ->
   (B, C) logits;
 - `<stem>.fusion.onnx`: cached logits float64 (N, C) -> (C,) window probabilities;
 - `<stem>.mtcnn_{pnet,rnet,onet}.onnx`: facenet-pytorch's own MTCNN networks (the weights in
-  its wheel), for `lightmer.mtcnn` (a robot without torch cannot read the wheel's .pt files,
+  its wheel), for `lightmer.core.mtcnn` (a robot without torch cannot read the wheel's .pt files,
   so they travel with the model), and `<stem>.mtcnn_integral.onnx`, the integral image its
   resampling sums (a cumulative sum, ~8x faster on onnxruntime than in numpy);
 - `<stem>.onnx.json`: the metadata (`ONNX_FORMAT`, the checkpoint's labels, preset, N, T,
@@ -38,10 +38,10 @@ import torch
 from torch import nn
 
 from lightmer import __version__
-from lightmer.backend import MTCNN_PARTS, ONNX_FORMAT, ONNX_FORMAT_VERSION, export_meta_path
-from lightmer.checkpoint import CheckpointMeta, load_checkpoint
-from lightmer.io_utils import atomic_save_json, atomic_write
-from lightmer.model import LightmerNet, fuse_core
+from lightmer.core.backend import MTCNN_PARTS, ONNX_FORMAT, ONNX_FORMAT_VERSION, export_meta_path
+from lightmer.core.checkpoint import CheckpointMeta, load_checkpoint
+from lightmer.core.atomic_io import atomic_save_json, atomic_write
+from lightmer.core.model import LightmerNet, fuse_core
 
 FORMATS = ('torchscript', 'onnx')
 ONNX_OPSET = 17
@@ -208,13 +208,13 @@ def _mtcnn_modules() -> dict[str, nn.Module]:
 
 
 def _integral_graph():
-    """ONNX graph of `lightmer.mtcnn.integral_image` (int32): uint8 (H, W, 3) `image` ->
+    """ONNX graph of `lightmer.core.mtcnn.integral_image` (int32): uint8 (H, W, 3) `image` ->
     int32 (H + 1, W + 1, 3) `integral`, checked against it on a random image."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from lightmer.mtcnn import integral_image
+    from lightmer.core.mtcnn import integral_image
 
     nodes = [helper.make_node('Cast', ['image'], ['pixels'], to=TensorProto.INT32),
              helper.make_node('Pad', ['pixels', 'pads'], ['padded']),      # a zero row, column
@@ -235,7 +235,7 @@ def _integral_graph():
     session = ort.InferenceSession(proto.SerializeToString(),
                                    providers=['CPUExecutionProvider'])
     if not np.array_equal(session.run(None, {'image': image})[0], integral_image(image)):
-        raise ExportError('the integral-image graph differs from lightmer.mtcnn.integral_image '
+        raise ExportError('the integral-image graph differs from lightmer.core.mtcnn.integral_image '
                           f'on this onnx / onnxruntime (onnx {onnx.__version__})')
     return proto
 

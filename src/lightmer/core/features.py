@@ -20,8 +20,8 @@ import functools
 
 import numpy as np
 
-from lightmer.config import FeatureConfig
-from lightmer.mtcnn import MTCNNNets, detect_faces
+from lightmer.core.config import FeatureConfig
+from lightmer.core.mtcnn import MTCNNNets, detect_faces
 
 # Largest batch handed to MTCNN at once: bounds its memory on a small robot computer.
 _MAX_DETECT_BATCH = 16
@@ -44,8 +44,8 @@ class FaceCropper:
     """MTCNN face detection and cropping, with either of two detectors whose boxes are equal:
 
     - facenet-pytorch's `MTCNN` (torch; its weights ship in its wheel), the default;
-    - given `nets`, `lightmer.mtcnn.detect_faces`, the same cascade in numpy around the same
-      networks exported to ONNX (no torch; `lightmer.backend.face_cropper` builds it).
+    - given `nets`, `lightmer.core.mtcnn.detect_faces`, the same cascade in numpy around the same
+      networks exported to ONNX (no torch; `lightmer.core.backend.face_cropper` builds it).
 
     Detection runs on the frame, or on its area-downscaled copy when the frame's longer side
     exceeds `cfg.detect_max_side`; `min_face_size` is in pixels of the image MTCNN sees.

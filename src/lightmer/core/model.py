@@ -22,7 +22,7 @@ from torch import nn
 
 # ModelConfig lives in config.py so that metadata is readable without torch; it is imported
 # from here as well, beside the network it sizes.
-from lightmer.config import AUDIO_CHANNELS, VISUAL_CHANNELS, ModelConfig, conv_stack_out
+from lightmer.core.config import AUDIO_CHANNELS, VISUAL_CHANNELS, ModelConfig, conv_stack_out
 
 
 class ConvEmbedding(nn.Module):

@@ -5,7 +5,7 @@ Convolutional Networks" (IEEE Signal Processing Letters, 2016): an image pyramid
 P-Net for candidate windows, R-Net and then O-Net re-scoring and refining square crops of them,
 non-maximum suppression between the stages. The arithmetic follows facenet-pytorch 2.6.0's
 detector (the paper's reference detector here) convention by convention, so that with its
-P/R/O-Net weights (exported to ONNX by `lightmer.export`) the boxes equal its `MTCNN.detect`
+P/R/O-Net weights (exported to ONNX by `lightmer.core.export`) the boxes equal its `MTCNN.detect`
 (tested box for box in test/test_mtcnn.py):
 
 - pyramid scales 12/min_face_size * factor^k while the scaled shorter side is >= 12 px; scale

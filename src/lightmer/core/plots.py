@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightmer.io_utils import atomic_write_bytes
+from lightmer.core.atomic_io import atomic_write_bytes
 
 
 def _figure(figsize: tuple[float, float]):

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lightmer.config import FeatureConfig, get_preset
-from lightmer.features import audio_window, face_to_input, log_mel_at, mel_db_statistics
-from lightmer.segments import choose_frames, segment_bounds
+from lightmer.core.config import FeatureConfig, get_preset
+from lightmer.core.features import audio_window, face_to_input, log_mel_at, mel_db_statistics
+from lightmer.core.segments import choose_frames, segment_bounds
 
 # Clips held in memory per dataset object (~0.3 MB each for CREMA-D): the whole generated
 # corpus, a useful working set of a real one.

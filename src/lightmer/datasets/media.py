@@ -150,7 +150,7 @@ def decode_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """
     import av
 
-    from lightmer.features import to_mono
+    from lightmer.core.features import to_mono
 
     with _open(path) as container:
         if not container.streams.audio:

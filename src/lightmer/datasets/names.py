@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from lightmer.config import PRESETS
+from lightmer.core.config import PRESETS
 
 # --- CREMA-D ---------------------------------------------------------------------------------
 CREMA_EMOTIONS = PRESETS['crema-d'].codes      # one list of codes: the preset's class order

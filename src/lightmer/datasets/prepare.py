@@ -53,11 +53,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lightmer.config import FeatureConfig, get_preset
+from lightmer.core.config import FeatureConfig, get_preset
 from lightmer.datasets import media
 from lightmer.datasets.loaders import ClipRecord, Skipped, format_skipped, index_dataset
-from lightmer.io_utils import atomic_save_json, atomic_savez
-from lightmer.segments import nearest_index, segment_bounds, segment_members
+from lightmer.core.atomic_io import atomic_save_json, atomic_savez
+from lightmer.core.segments import nearest_index, segment_bounds, segment_members
 
 FRAMES_PER_SEGMENT = 3
 CACHE_VERSION = 2       # 2: audio_source, audio_duration; statuses silent and truncated
@@ -329,7 +329,7 @@ def _end_with_parent(parent_pid: int) -> None:
 def _cropper(cfg: FeatureConfig):
     global _CROPPER
     if _CROPPER is None or _CROPPER.cfg != cfg:
-        from lightmer.features import FaceCropper
+        from lightmer.core.features import FaceCropper
 
         _CROPPER = FaceCropper(cfg)
     return _CROPPER
@@ -364,7 +364,7 @@ def duration_tolerance(video_s: float, audio_s: float) -> float:
 def check_streams(audio: np.ndarray, video_s: float, audio_s: float) -> tuple[str, str]:
     """(status, reason) of a clip from its decoded audio (float (n,)) and the video and audio
     durations (s): ('ok', ''), ('silent', why) or ('truncated', why)."""
-    from lightmer.features import is_digital_silence
+    from lightmer.core.features import is_digital_silence
 
     if is_digital_silence(audio):
         return 'silent', ('the audio is digital silence (no sample reaches one 16-bit step): '
@@ -406,7 +406,7 @@ def _without_faces(cfg: FeatureConfig, status: str, error: str, duration: float,
 
 
 def _extract(record: ClipRecord, cfg: FeatureConfig, n_segments: int, k: int) -> dict:
-    from lightmer.features import resample
+    from lightmer.core.features import resample
 
     info = media.probe_video(record.video_path)
     duration = float(info.times[-1] + 1.0 / info.fps)

@@ -52,7 +52,7 @@ from lightmer.datasets.names import (
     RAVDESS_EMOTIONS,
     RAVDESS_STATEMENTS,
 )
-from lightmer.io_utils import atomic_write, atomic_write_wav
+from lightmer.core.atomic_io import atomic_write, atomic_write_wav
 
 # Per emotion code: (face state, voice state). Each face state occurs with both voice states and
 # each voice state with every face state, so neither modality alone separates the classes.
@@ -400,7 +400,7 @@ def _room(audio: np.ndarray, sr: int, i0: int, n_speech: int, shift: DomainShift
 
 
 def _resample(audio: np.ndarray, sr: int, target: int) -> np.ndarray:
-    from lightmer.features import resample
+    from lightmer.core.features import resample
 
     return resample(audio, sr, target)
 

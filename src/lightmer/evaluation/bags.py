@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightmer.io_utils import atomic_write_text
+from lightmer.core.atomic_io import atomic_write_text
 
 IMAGE_TOPIC = '/camera/image_raw'
 AUDIO_TOPIC = '/audio/audio_stamped'
@@ -82,7 +82,7 @@ def _interface_msg_dirs(package: str) -> list[Path]:
     interface packages are installed), then the source tree's interfaces/."""
     # Editable checkout: <repo>/src/lightmer/bags.py -> <repo>/interfaces/<package>/msg
     return [Path(sys.prefix) / 'share' / package / 'msg',
-            Path(__file__).resolve().parents[2] / 'interfaces' / package / 'msg']
+            Path(__file__).resolve().parents[3] / 'interfaces' / package / 'msg']
 
 
 @lru_cache(maxsize=1)
@@ -429,7 +429,7 @@ def make_bag(dataset: str, root, out, actors: Sequence[str] | None = None,
     with a labels CSV beside it. Returns a one-paragraph report.
 
     `two_people`: two actors (the two `actors` given, else the first two) side by side taking
-    turns, per-person rows in the CSV (lightmer.two_people; no gaps between turns).
+    turns, per-person rows in the CSV (lightmer.evaluation.two_people; no gaps between turns).
 
     `occlude` in [0, 1) blanks that fraction of the camera frames (seeded; each frame
     independently), as when a person looks away: the face node then finds no face for some
@@ -437,7 +437,7 @@ def make_bag(dataset: str, root, out, actors: Sequence[str] | None = None,
     """
     if not 0 <= occlude < 1:
         raise ValueError(f'occlude must be in [0, 1), got {occlude}')
-    from lightmer.config import PRESETS
+    from lightmer.core.config import PRESETS
     from lightmer.datasets.loaders import index_dataset
 
     preset = PRESETS[dataset]
@@ -466,7 +466,7 @@ def make_bag(dataset: str, root, out, actors: Sequence[str] | None = None,
 
     laid: Iterable[BagClip] = clips()
     if two_people:
-        from lightmer.two_people import pair_clips, two_person_clips
+        from lightmer.evaluation.two_people import pair_clips, two_person_clips
 
         pair = list(actors) if actors is not None else sorted({r.actor for r in records})[:2]
         if len(pair) != 2 or pair[0] == pair[1]:
@@ -501,7 +501,7 @@ def _progress(items, desc: str):
 
 def _load_clip(rec, label: str) -> BagClip:
     from lightmer.datasets.media import decode_audio, decode_video
-    from lightmer.features import resample
+    from lightmer.core.features import resample
 
     frames, times, fps = decode_video(rec.video_path)
     audio, sr = decode_audio(rec.audio_path if rec.audio_path is not None else rec.video_path)
@@ -701,7 +701,7 @@ def read_bag(path, topics: BagTopics = BagTopics(),
     before decoding. Raises ConversionError (a ValueError) at a message the nodes would drop.
     `kinds` limits the topics read ('image', 'audio'); `bag_time_ns` (start, stop) the bag
     (receive) times, so that a few seconds of a long bag are read without the rest."""
-    from lightmer.features import to_mono
+    from lightmer.core.features import to_mono
     from lightmer.ros.conversions import (
         DEFAULT_MAX_PIXELS,
         compressed_to_rgb,

@@ -36,12 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lightmer import bags
-from lightmer.io_utils import atomic_save_json
-from lightmer.pipeline import OfflinePeoplePipeline, OfflinePipeline
-from lightmer.scoring import check_labels, percentiles, score
-from lightmer.segments import segment_of_reference
-from lightmer.streaming import StreamSettings
+from lightmer.evaluation import bags
+from lightmer.core.atomic_io import atomic_save_json
+from lightmer.stream.pipeline import OfflinePeoplePipeline, OfflinePipeline
+from lightmer.evaluation.scoring import check_labels, percentiles, score
+from lightmer.core.segments import segment_of_reference
+from lightmer.stream.fuser import StreamSettings
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def run_live(cfg: EvalConfig, meta, topics: bags.BagTopics, compressed: bool) ->
     TimeoutError/RuntimeError with the nodes' logs when they fail."""
     import tempfile
 
-    from lightmer.ros.rig import NodeProcesses, Rig, Topics
+    from lightmer.harness.rig import NodeProcesses, Rig, Topics
 
     if not cfg.rate > 0:
         raise ValueError(f'rate must be positive, got {cfg.rate}')
@@ -200,7 +200,7 @@ def run_live(cfg: EvalConfig, meta, topics: bags.BagTopics, compressed: bool) ->
 
 def _replay(cfg: EvalConfig, meta, topics: bags.BagTopics, rig, started: float) -> RunResult:
     from lightmer.ros.conversions import time_to_float
-    from lightmer.ros.rig import NODE_NAMES, Event
+    from lightmer.harness.rig import NODE_NAMES, Event
 
     kinds = {topics.image: 'image', topics.audio: 'audio', topics.audio_info: 'info'}
     messages = (Event(stamp_seconds(t_ns), kinds[topic], raw)
@@ -272,7 +272,7 @@ def _progress(items, desc: str):
 def evaluate_bag(cfg: EvalConfig) -> dict:
     """Replay `cfg.bag`, score the windows against `cfg.labels`; returns the summary dict that
     is also written to `<out>/eval.json` (with windows.json, confusion.png, latency.png)."""
-    from lightmer.backend import read_meta
+    from lightmer.core.backend import read_meta
 
     topics = bags.BagTopics(cfg.image_topic, cfg.audio_topic, cfg.audio_info_topic)
     info = bags.bag_info(cfg.bag, topics)            # clear errors before any heavy loading
@@ -317,7 +317,7 @@ def evaluate_bag(cfg: EvalConfig) -> dict:
 def _score_people(run: RunResult, stamps, probs, rows, labels) -> dict:
     """people_scoring.score_people of the per-id windows, with the per-person confusion
     matrices summed at the top level (what the plots show)."""
-    from lightmer.people_scoring import ids_on_both_sides, person_of_ids, score_people
+    from lightmer.evaluation.people_scoring import ids_on_both_sides, person_of_ids, score_people
 
     centres, width = run.extra.pop('centres_x'), run.extra.pop('frame_width')
     person_of = person_of_ids(centres, width)
@@ -337,7 +337,7 @@ def _score_people(run: RunResult, stamps, probs, rows, labels) -> dict:
 
 
 def _write_outputs(out: Path, summary: dict, run: RunResult, labels) -> None:
-    from lightmer.plots import plot_confusion, plot_latency
+    from lightmer.core.plots import plot_confusion, plot_latency
 
     out.mkdir(parents=True, exist_ok=True)
     mode = summary['mode']

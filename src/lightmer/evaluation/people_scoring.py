@@ -54,7 +54,7 @@ def score_people(face_ids: Sequence[str], stamps_s: np.ndarray, probs: np.ndarra
 
     face_ids: (M,) the id of each window; stamps_s float (M,); probs float (M, C).
     """
-    from lightmer.scoring import score
+    from lightmer.evaluation.scoring import score
 
     stamps_s = np.asarray(stamps_s, dtype=np.float64)
     probs = np.asarray(probs, dtype=np.float64).reshape(len(stamps_s), len(labels))

@@ -45,7 +45,7 @@ def score(stamps_s: np.ndarray, probs: np.ndarray, rows: Sequence,
     stamps_s: float (M,) window stamps; probs: float (M, C); rows: labelled clips whose label is
     one of `labels` (the checkpoint's classes, in output order).
     """
-    from lightmer.plots import confusion_matrix
+    from lightmer.core.plots import confusion_matrix
 
     probs = np.asarray(probs, dtype=np.float64).reshape(len(stamps_s), len(labels))
     check_labels(rows, labels)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:                   # bags lays these clips out and imports this module
-    from lightmer.bags import BagClip
+    from lightmer.evaluation.bags import BagClip
 
 PEOPLE = ('left', 'right')
 

@@ -5,7 +5,7 @@ generate a CREMA-D-layout corpus -> prepare the cache (MTCNN crops, 16 kHz audio
 full-training baseline for the paper's Figs. 4-5 comparison) -> write a rosbag of the
 held-out actors -> score it offline (the nodes' processors in-process) and live (the three
 real nodes over DDS on loopback, sim time) -> report. With `robot`, one more stage: the
-demo's model learns from a simulated robot's own people (`lightmer.robot_sim`, quick size).
+demo's model learns from a simulated robot's own people (`lightmer.experiments.robot_sim`, quick size).
 
 Every stage is a call into the same modules the CLI exposes; nothing here re-implements them.
 """
@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightmer.io_utils import atomic_save_json
-from lightmer.stages import stage
+from lightmer.core.atomic_io import atomic_save_json
+from lightmer.experiments.stages import stage
 
 DATASET = 'crema-d'
 
@@ -71,11 +71,11 @@ def run_demo(out: Path, quick: bool = False, robot: bool = False) -> dict:
     """Run every stage into `out` (created; an earlier demo there is replaced) and return the
     result that is also written to `out/demo.json`. `robot`: also the optional stage that
     fine-tunes the demo's model on a simulated robot's people (out/robot/)."""
-    from lightmer.bags import default_labels_path, make_bag
+    from lightmer.evaluation.bags import default_labels_path, make_bag
     from lightmer.datasets.prepare import prepare
     from lightmer.datasets.synth import synthesize
-    from lightmer.evaluate import EvalConfig, evaluate_bag
-    from lightmer.train import TrainConfig, train
+    from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
+    from lightmer.training.train import TrainConfig, train
 
     size = SIZES['quick' if quick else 'full']
     out = Path(out)
@@ -126,7 +126,7 @@ def run_demo(out: Path, quick: bool = False, robot: bool = False) -> dict:
 
     robot_result = None
     if robot:
-        from lightmer.robot_sim import simulate_robot
+        from lightmer.experiments.robot_sim import simulate_robot
 
         with stage("learn from a simulated robot's own people (pool, query, finetune)",
                    timings):

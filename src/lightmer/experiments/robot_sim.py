@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from lightmer.datasets.synth import DomainShift
-from lightmer.io_utils import atomic_save_json
-from lightmer.stages import stage as _stage
+from lightmer.core.atomic_io import atomic_save_json
+from lightmer.experiments.stages import stage as _stage
 
 DATASET = 'crema-d'
 # The robot's camera and room (see DomainShift): dimmer, flatter light, faces 2/3 the size,
@@ -79,7 +79,7 @@ def _base_model(out: Path, size: SimSize, base_from: Path | None, timings: dict)
     """{'checkpoint', 'cache', 'train_clips', 'test_clips'} of the base model."""
     from lightmer.datasets.prepare import prepare
     from lightmer.datasets.synth import synthesize
-    from lightmer.train import TrainConfig, train
+    from lightmer.training.train import TrainConfig, train
 
     if base_from is not None:
         fold = Path(base_from) / 'run' / 'uncertainty' / 'fold_0'
@@ -133,7 +133,7 @@ def _sessions(corpus: Path, out: Path, eval_clips: int) -> dict[str, Path]:
 
 def _people_bags(out: Path, size: SimSize, timings: dict) -> dict[str, list[Path]]:
     """{'pool': bags, 'eval': bags}: one bag per person and session."""
-    from lightmer.bags import make_bag
+    from lightmer.evaluation.bags import make_bag
     from lightmer.datasets.synth import synthesize
 
     corpus = out / 'people_corpus'
@@ -162,7 +162,7 @@ def _people_bags(out: Path, size: SimSize, timings: dict) -> dict[str, list[Path
 # --- runs ------------------------------------------------------------------------------------
 def _finetune_run(out: Path, size: SimSize, base: dict, pool: Path, eval_bags: list[Path],
                   strategy: str, seed: int, mix: float) -> dict:
-    from lightmer.finetune import FinetuneConfig, finetune
+    from lightmer.active.finetune import FinetuneConfig, finetune
 
     run = _run_dir(out, strategy, seed, '' if mix == size.mix else f'_mix{mix:g}')
     if (run / 'report.json').is_file():
@@ -182,9 +182,9 @@ def _run_dir(out: Path, strategy: str, seed: int, suffix: str = '') -> Path:
 
 def _studio_accuracy(checkpoint: Path, cache: Path, clips: list[str]) -> float:
     """Clip accuracy on the base model's own held-out actors (the `train` test protocol)."""
-    from lightmer.checkpoint import load_checkpoint
+    from lightmer.core.checkpoint import load_checkpoint
     from lightmer.datasets.cache import SegmentDataset
-    from lightmer.train import predict
+    from lightmer.training.train import predict
 
     model, meta = load_checkpoint(checkpoint)
     data = SegmentDataset(cache, clips, n_segments=meta.n_segments, labels=meta.labels,
@@ -215,7 +215,7 @@ def _curves(reports: dict[tuple[str, int], dict], size: SimSize) -> dict:
 def _picks(out: Path, size: SimSize) -> dict:
     """What each strategy asked for, over seeds, up to the largest budget: the answers'
     class counts, the share of `skip` answers, mean segments per window, mean entropy."""
-    from lightmer.uncertainty import entropy_bits
+    from lightmer.core.uncertainty import entropy_bits
 
     result = {}
     for strategy in size.strategies:
@@ -240,9 +240,9 @@ def simulate_robot(out: str | os.PathLike, quick: bool = False,
                    base_from: str | os.PathLike | None = None) -> dict:
     """Run (or continue: finished stages are kept) the simulation into `out`; returns the
     result also written to `out/robot_sim.json` (with learning_curves.png)."""
-    from lightmer.plots import plot_label_curves
-    from lightmer.pool import PoolConfig, build_pool, recording_id
-    from lightmer.streaming import StreamSettings
+    from lightmer.core.plots import plot_label_curves
+    from lightmer.active.pool import PoolConfig, build_pool, recording_id
+    from lightmer.stream.fuser import StreamSettings
 
     size = SIZES['quick' if quick else 'full']
     out = Path(out)

@@ -6,7 +6,7 @@ The result is a dict of sections merged into one JSON object:
 - `backends` (`bench_backends`): one segment's stages on torch (the checkpoint) and on
   onnxruntime (its ONNX export) side by side, CPU milliseconds of one core, with the
   torch / onnxruntime ratios, at 640x480 and 1280x720 with the default `detect_max_side`;
-- the live-node figures of `lightmer.bench_nodes` (latency_ms, max_camera_fps, rss_mb,
+- the live-node figures of `lightmer.harness.bench_nodes` (latency_ms, max_camera_fps, rss_mb,
   model_mb, ...), merged at the top level, unless `--no-nodes`.
 
 `incremental_vs_recompute_ratio[N]` = one segment in total (detect + crop + log-mel + VN + AN +
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from lightmer.bench_nodes import camera_frame
+from lightmer.harness.bench_nodes import camera_frame
 
 RECOMPUTE_N = (5, 12)
 
@@ -81,8 +81,8 @@ def bench_backends(checkpoint, repeats: int) -> dict[str, Any]:
 
     `checkpoint`: a .pt file; it is exported to ONNX in a temporary directory.
     """
-    from lightmer.backend import read_meta
-    from lightmer.export import export_checkpoint
+    from lightmer.core.backend import read_meta
+    from lightmer.core.export import export_checkpoint
 
     frames = {'640x480': camera_frame(), '1280x720': bench_frame_720p()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,8 +99,8 @@ def bench_backends(checkpoint, repeats: int) -> dict[str, Any]:
 
 def _segment_stages(path, frames: dict[str, np.ndarray], repeats: int) -> dict[str, float]:
     """CPU ms per stage of one segment with the model at `path`, on one thread."""
-    from lightmer.backend import face_cropper, load_model
-    from lightmer.features import face_to_input, log_mel_at
+    from lightmer.core.backend import face_cropper, load_model
+    from lightmer.core.features import face_to_input, log_mel_at
 
     model = load_model(path, threads=1)
     meta, cropper = model.meta, face_cropper(path, threads=1)
@@ -133,10 +133,10 @@ def bench_model(repeats: int, threads: int | None = None, checkpoint=None) -> di
     """The model section: per-stage medians, incremental/recompute ratios, machine facts."""
     import torch
 
-    from lightmer.checkpoint import load_checkpoint
-    from lightmer.config import FeatureConfig
-    from lightmer.features import FaceCropper, crop_face, face_to_input, log_mel_at
-    from lightmer.model import LightmerNet, ModelConfig, fuse
+    from lightmer.core.checkpoint import load_checkpoint
+    from lightmer.core.config import FeatureConfig
+    from lightmer.core.features import FaceCropper, crop_face, face_to_input, log_mel_at
+    from lightmer.core.model import LightmerNet, ModelConfig, fuse
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -166,7 +166,7 @@ def bench_model(repeats: int, threads: int | None = None, checkpoint=None) -> di
 
     # Several people: the face node's per-person path (every face, tracked, one crop each),
     # then one segment and one window per person in fusion.
-    from lightmer.people import MultiFaceSegmenter
+    from lightmer.stream.people import MultiFaceSegmenter
 
     two = camera_frame(people=2)
     people = MultiFaceSegmenter(cropper, 0.5, 'centre', max_faces=4)
@@ -284,16 +284,16 @@ def run_bench(repeats: int = 20, threads: int | None = None, checkpoint=None,
     and (with the nodes) latency_histogram.png there."""
     import json
 
-    from lightmer.bench_nodes import untrained_checkpoint
-    from lightmer.io_utils import atomic_save_json
+    from lightmer.harness.bench_nodes import untrained_checkpoint
+    from lightmer.core.atomic_io import atomic_save_json
 
     result: dict[str, Any] = dict(bench_model(repeats, threads, checkpoint))
     with tempfile.TemporaryDirectory() as tmp:
         model_path = checkpoint if checkpoint is not None else untrained_checkpoint(Path(tmp))
         result['backends'] = bench_backends(model_path, repeats)
         if nodes:
-            from lightmer.bench_nodes import bench_nodes
-            from lightmer.export import export_checkpoint
+            from lightmer.harness.bench_nodes import bench_nodes
+            from lightmer.core.export import export_checkpoint
 
             # The torch run's figures (latency_ms, max_camera_fps, rss_mb, model_mb, ...) sit
             # at the top level beside the model's, as one flat report; the same figures with
@@ -305,7 +305,7 @@ def run_bench(repeats: int = 20, threads: int | None = None, checkpoint=None,
         out_dir = Path(out_dir)
         atomic_save_json(out_dir / 'bench.json', result)
         if 'latency_samples_ms' in result:
-            from lightmer.plots import plot_latency
+            from lightmer.core.plots import plot_latency
 
             plot_latency(result['latency_samples_ms'], out_dir / 'latency_histogram.png',
                          'emotion latency through the live nodes, 30 fps camera')

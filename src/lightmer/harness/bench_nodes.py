@@ -59,8 +59,8 @@ def camera_frame(people: int = 1) -> np.ndarray:
 def untrained_checkpoint(directory: Path) -> Path:
     import torch
 
-    from lightmer.checkpoint import meta_for_preset, save_checkpoint
-    from lightmer.model import LightmerNet
+    from lightmer.core.checkpoint import meta_for_preset, save_checkpoint
+    from lightmer.core.model import LightmerNet
 
     torch.manual_seed(0)
     meta = meta_for_preset('crema-d', dataset='bench (untrained)')
@@ -79,8 +79,8 @@ def _settle(sensors) -> int:
 def bench_nodes(checkpoint: Path | None, repeats: int) -> dict:
     """Start the nodes, measure, stop them. `repeats` scales the run length (20 -> ~15 s of
     latency measurement)."""
-    from lightmer.backend import read_meta
-    from lightmer.ros.rig import NODE_NAMES, NodeProcesses, Rig, WallClockSensors
+    from lightmer.core.backend import read_meta
+    from lightmer.harness.rig import NODE_NAMES, NodeProcesses, Rig, WallClockSensors
 
     latency_s = max(6.0, 0.75 * repeats)
     # Reliable depth 10, as with a reliable camera driver: across processes, best effort loses
@@ -130,7 +130,7 @@ def latency_run(sensors, seconds: float, meta, timeout_s: float = 90.0,
     (30 fps) and microphone through `sensors` (a `rig.WallClockSensors`) and wait for the nodes
     to settle. Returns {window stamp (s): latency (ms)} of the windows of that run: arrival
     minus the capture time of the newest data used (stamp + d/2)."""
-    from lightmer.ros.rig import info_msg
+    from lightmer.harness.rig import info_msg
 
     rig, half = sensors.rig, meta.features.window_s / 2
     rig.wait_ready(timeout_s)

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .description import NODES, defaults, resolve
+from lightmer.ros.description import NODES, defaults, resolve
 
 # The environment that keeps DDS discovery on this machine (Jazzy reads the first, Humble the
 # second); see the README, "DDS stays on loopback".
@@ -89,7 +89,7 @@ class NodeProcesses:
                  remappings: Mapping[str, Iterable[tuple[str, str]]] | None = None):
         import yaml
 
-        from lightmer.io_utils import atomic_write_text
+        from lightmer.core.atomic_io import atomic_write_text
 
         self.log_dir = Path(log_dir)
         args = dict(launch_args)
@@ -198,7 +198,7 @@ def image_msg(t: float, frame: np.ndarray, frame_id: str = 'camera', encoding: s
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
-    from .conversions import float_to_time
+    from lightmer.ros.conversions import float_to_time
 
     channels = frame.shape[2] if frame.ndim == 3 else 1
     msg = Image(header=Header(stamp=float_to_time(t), frame_id=frame_id),
@@ -213,7 +213,7 @@ def audio_msg(t: float, pcm: bytes, frame_id: str = 'microphone'):
     from audio_common_msgs.msg import AudioData, AudioDataStamped
     from std_msgs.msg import Header
 
-    from .conversions import float_to_time
+    from lightmer.ros.conversions import float_to_time
 
     return AudioDataStamped(header=Header(stamp=float_to_time(t), frame_id=frame_id),
                             audio=AudioData(data=pcm))
@@ -390,8 +390,8 @@ class Rig:
         from sensor_msgs.msg import CompressedImage, Image
         from vision_msgs.msg import Classification, LabelInfo
 
-        from .common import node_with_own_participant
-        from .qos import latched_qos, output_qos
+        from lightmer.ros.common import node_with_own_participant
+        from lightmer.ros.qos import latched_qos, output_qos
 
         require_loopback()
         self.nodes = nodes
@@ -452,7 +452,7 @@ class Rig:
     def close(self) -> None:
         import rclpy
 
-        from .common import close_own_participant
+        from lightmer.ros.common import close_own_participant
 
         self._executor.shutdown(timeout_sec=5.0)
         self._thread.join(timeout=5.0)
@@ -478,8 +478,8 @@ class Rig:
         from hri_msgs.msg import Expression
         from vision_msgs.msg import Classification
 
-        from .conversions import ConversionError, check_face_id
-        from .qos import output_qos
+        from lightmer.ros.conversions import ConversionError, check_face_id
+        from lightmer.ros.qos import output_qos
 
         self._keeper('face_crops', 'face_crops')(msg)
         for face in msg.faces:
@@ -508,7 +508,7 @@ class Rig:
         return callback
 
     def _diagnostics_callback(self, msg) -> None:
-        from .conversions import diagnostics_counts
+        from lightmer.ros.conversions import diagnostics_counts
 
         counts = diagnostics_counts(msg)
         for status in msg.status:            # keep the problem text beside the counts
@@ -602,7 +602,7 @@ class Rig:
         meanwhile; this proves the audio path connected end to end. Use a `t0` well before the
         data that follows, which then starts a new audio run.
         """
-        from .conversions import time_to_float
+        from lightmer.ros.conversions import time_to_float
 
         silence = np.zeros(chunk, dtype='<i2').tobytes()
         deadline = time.monotonic() + timeout_s
@@ -641,7 +641,7 @@ class Rig:
     def publish_clock(self, t: float) -> None:
         from rosgraph_msgs.msg import Clock
 
-        from .conversions import float_to_time
+        from lightmer.ros.conversions import float_to_time
 
         self.clock_pub.publish(Clock(clock=float_to_time(t)))
 

@@ -10,7 +10,7 @@ for importing tasks with pre-annotations and for its labelling configuration:
   `emotion` to `audio` with the predicted class);
 - DIR/label_config.xml: an Image (the face strip), an Audio and a single-choice `emotion`
   Choices with the checkpoint's classes plus skip and unsure, hotkeys 1-9, s, u;
-- DIR/media/<rank>_<recording>_<k>/faces.png and audio.wav (lightmer.label_media).
+- DIR/media/<rank>_<recording>_<k>/faces.png and audio.wav (lightmer.labelling.media).
 The URLs default to Label Studio's local-files form (`/data/local-files/?d=<DIR name>/media/
 ...`): start Label Studio with local files serving enabled and its document root at DIR's
 parent, or pass another `url_prefix` (for instance a static file server's address).
@@ -20,7 +20,7 @@ the export is a JSON list of tasks with `annotations`; per task the newest annot
 was not cancelled (Label Studio's "skip" means "not answered", so it is left unanswered)
 gives the first choice of its `choices` result; `who` is "label-studio:<annotator>", `when`
 the annotation's time. Every window id and label is checked before anything is written, and
-importing the same export twice adds nothing (lightmer.labels, skip_repeats).
+importing the same export twice adds nothing (lightmer.active.answers, skip_repeats).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ LOCAL_FILES = '/data/local-files/?d='
 
 def labelling_config(labels: tuple[str, ...] | list[str]) -> str:
     """Label Studio labelling configuration (XML) for windows of a checkpoint's classes."""
-    from lightmer.labels import NOT_A_CLASS
+    from lightmer.active.answers import NOT_A_CLASS
 
     view = ET.Element('View')
     ET.SubElement(view, 'Header', value='What does this person feel?')
@@ -58,9 +58,9 @@ def labelling_config(labels: tuple[str, ...] | list[str]) -> str:
 def export_tasks(manifest: dict, out: str | os.PathLike, url_prefix: str | None = None) -> dict:
     """Write the batch `manifest` (lightmer query) as Label Studio tasks into `out`; returns
     {'tasks', 'config', 'media', 'n'}."""
-    from lightmer import label_media
-    from lightmer.io_utils import atomic_save_json, atomic_write_bytes, atomic_write_text
-    from lightmer.pool import Pool
+    from lightmer.labelling import media as label_media
+    from lightmer.core.atomic_io import atomic_save_json, atomic_write_bytes, atomic_write_text
+    from lightmer.active.pool import Pool
 
     out = Path(out)
     prefix = f'{LOCAL_FILES}{out.resolve().name}/' if url_prefix is None else url_prefix
@@ -118,7 +118,7 @@ def _choice(annotation: dict) -> str | None:
 def read_export(path: str | os.PathLike) -> tuple[list, dict]:
     """(answers, counts) of a Label Studio JSON export; ValueError for a file that is not one
     or a task without lightmer's window id."""
-    from lightmer.labels import Answer
+    from lightmer.active.answers import Answer
 
     path = Path(path)
     try:
@@ -155,8 +155,8 @@ def read_export(path: str | os.PathLike) -> tuple[list, dict]:
 def import_export(export: str | os.PathLike, pool_path: str | os.PathLike,
                   answers_path: str | os.PathLike) -> dict:
     """Append a Label Studio export's answers to the answers file (all checked first)."""
-    from lightmer.labels import append_answers
-    from lightmer.pool import Pool
+    from lightmer.active.answers import append_answers
+    from lightmer.active.pool import Pool
 
     pool = Pool(pool_path)
     answers, counts = read_export(export)

@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 
-from lightmer.pool import Pool, WindowView
+from lightmer.active.pool import Pool, WindowView
 
 CONTEXT_S = 1.0          # audio before and after the window's own 1.5 s spans
 STRIP_GAP_PX = 4         # grey gap between two face crops in the strip
@@ -44,7 +44,7 @@ def window_audio_span(view: WindowView, context_s: float = CONTEXT_S) -> tuple[f
 
 def window_wav(pool: Pool, view: WindowView, context_s: float = CONTEXT_S) -> bytes:
     """The 16 kHz audio the nodes used for the window, `context_s` before and after -> WAV."""
-    from lightmer.io_utils import wav_bytes
+    from lightmer.core.atomic_io import wav_bytes
 
     start, end = window_audio_span(view, context_s)
     audio, sr = pool.audio(view.recording, start, end)
@@ -54,7 +54,7 @@ def window_wav(pool: Pool, view: WindowView, context_s: float = CONTEXT_S) -> by
 def camera_frames(view: WindowView, fps: float = CLIP_FPS) -> list[np.ndarray]:
     """RGB uint8 frames of the window's camera time (`view.frames_s`, header stamps), at most
     `fps` a second, read from the bag it was pooled from; [] when that bag is gone."""
-    from lightmer.bags import BagTopics, bag_path, read_bag
+    from lightmer.evaluation.bags import BagTopics, bag_path, read_bag
 
     try:
         bag_path(view.bag)

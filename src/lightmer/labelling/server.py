@@ -5,10 +5,10 @@ machine, a handful of requests a second; no dependency to install on a robot bui
 laptop, and nothing on the page comes from elsewhere (the Content-Security-Policy forbids it).
 
 Routes (nothing is ever looked up on disk by a path from the request):
-- GET  /, /label.js, /label.css    the page (package files `label_page/*`)
+- GET  /, /label.js, /label.css    the page (package files `labelling/page/*`)
 - GET  /api/state                  labels, queue (manifest items), latest answers, counts
 - POST /api/answer                 {"window_id", "label"[, "who"]}: appended to the answers
-                                   file at once (lightmer.labels: validated, atomic, locked;
+                                   file at once (lightmer.active.answers: validated, atomic, locked;
                                    repeating a window's last answer writes nothing)
 - GET  /media/<i>/faces.png | audio.wav | clip.gif   of the queue's i-th window
 Errors are JSON {"error": message} with a 4xx status, and change nothing.
@@ -47,7 +47,7 @@ class RequestError(Exception):
 
 def load_batch(path: str | os.PathLike) -> dict:
     """A batch manifest written by `lightmer query` (ValueError if the file is not one)."""
-    from lightmer.query import MANIFEST_FORMAT
+    from lightmer.active.query import MANIFEST_FORMAT
 
     path = Path(path)
     try:
@@ -79,8 +79,8 @@ class LabelSession:
     who: str = ''
 
     def __post_init__(self) -> None:
-        from lightmer.labels import check_labels, read_answers
-        from lightmer.pool import Pool
+        from lightmer.active.answers import check_labels, read_answers
+        from lightmer.active.pool import Pool
 
         self.pool = Pool(self.pool_path)
         manifest = load_batch(self.batch_path)
@@ -100,7 +100,7 @@ class LabelSession:
 
     # --- state and answers ------------------------------------------------------------------
     def state(self) -> dict:
-        from lightmer.labels import NOT_A_CLASS, latest, read_answers
+        from lightmer.active.answers import NOT_A_CLASS, latest, read_answers
 
         last = latest(read_answers(self.answers_path))
         answers = {w: last[w].label for w in self.ids if w in last}
@@ -115,7 +115,7 @@ class LabelSession:
     def answer(self, body: object) -> dict:
         """Validate one answer from the page and append it; RequestError (nothing written)
         for anything else."""
-        from lightmer.labels import NOT_A_CLASS, Answer, append_answers
+        from lightmer.active.answers import NOT_A_CLASS, Answer, append_answers
 
         if not isinstance(body, dict):
             raise RequestError(HTTPStatus.BAD_REQUEST, 'the body must be a JSON object '
@@ -136,7 +136,7 @@ class LabelSession:
 
     # --- media ------------------------------------------------------------------------------
     def _media(self, index: int, name: str) -> bytes | None:
-        from lightmer import label_media
+        from lightmer.labelling import media as label_media
 
         with self._pool_lock:
             view = self.pool.window(self.ids[index], self.labels)
@@ -159,7 +159,7 @@ class LabelSession:
 
 
 def _static(name: str) -> bytes:
-    return resources.files('lightmer').joinpath('label_page', name).read_bytes()
+    return resources.files('lightmer.labelling').joinpath('page', name).read_bytes()
 
 
 class _Handler(BaseHTTPRequestHandler):

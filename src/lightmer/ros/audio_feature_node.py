@@ -20,8 +20,8 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from lightmer.features import to_mono
-from lightmer.streaming import AudioSegmenter
+from lightmer.core.features import to_mono
+from lightmer.stream.fuser import AudioSegmenter
 
 from .common import Reporter, run_node
 from .conversions import (

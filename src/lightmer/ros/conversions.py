@@ -366,7 +366,7 @@ def faces_from_msg(msg, shape: tuple[int, int]) -> tuple[list, list[str]]:
     """lightmer_msgs/FaceCrops -> ([people.TrackedFace], [why each refused face was refused]).
     A face is refused for a crop that is not mono8 of `shape` or an id that cannot name a
     topic; the others are kept."""
-    from lightmer.people import TrackedFace
+    from lightmer.stream.people import TrackedFace
 
     faces, errors = [], []
     for f in msg.faces:

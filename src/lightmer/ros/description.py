@@ -166,7 +166,7 @@ def _node_keys(path: str) -> list[str]:
 def _write_overrides(text: str) -> str:
     """Write launch overrides to a file named by its content (the same overrides reuse one
     file; launch_ros leaves its own parameter files in the temporary directory too)."""
-    from lightmer.io_utils import atomic_write_text
+    from lightmer.core.atomic_io import atomic_write_text
 
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = Path(tempfile.gettempdir()) / 'lightmer-launch' / f'overrides-{digest}.yaml'

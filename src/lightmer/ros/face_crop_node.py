@@ -23,9 +23,9 @@ from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from lightmer.backend import face_cropper
-from lightmer.people import MultiFaceSegmenter, Ros4hriFaceSegmenter
-from lightmer.streaming import FaceSegmenter
+from lightmer.core.backend import face_cropper
+from lightmer.stream.people import MultiFaceSegmenter, Ros4hriFaceSegmenter
+from lightmer.stream.fuser import FaceSegmenter
 
 from .common import Reporter, run_node
 from .conversions import (

@@ -33,10 +33,10 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Classification, LabelInfo
 
-from lightmer.backend import load_model
-from lightmer.features import log_mel
-from lightmer.people import PeopleFuser, PersonWindow
-from lightmer.streaming import SegmentFuser, WindowResult, stall_status
+from lightmer.core.backend import load_model
+from lightmer.core.features import log_mel
+from lightmer.stream.people import PeopleFuser, PersonWindow
+from lightmer.stream.fuser import SegmentFuser, WindowResult, stall_status
 
 from .common import ERROR, OK, WARN, Reporter, run_node
 from .conversions import (

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lightmer.streaming import StreamSettings
+from lightmer.stream.fuser import StreamSettings
 
 from .conversions import DEFAULT_MAX_PIXELS
 from .description import share_dirs
@@ -133,7 +133,7 @@ class FaceCropParams(PeopleParams):
             raise ValueError(f'max_image_pixels must be >= 1, got {self.max_image_pixels}')
 
     def tracker_settings(self):
-        from lightmer.tracking import TrackerSettings
+        from lightmer.stream.tracking import TrackerSettings
 
         return TrackerSettings(self.track_iou_min, self.track_centre_max, self.track_max_missed)
 
@@ -191,7 +191,7 @@ class FusionParams(PeopleParams):
         super().__post_init__()
         if self.n_segments < 0 or self.queue_depth < 1:
             raise ValueError('n_segments must be >= 0 and queue_depth >= 1')
-        from lightmer.people import AUDIO_TO, PRIMARY_RULES
+        from lightmer.stream.people import AUDIO_TO, PRIMARY_RULES
 
         if self.audio_to not in AUDIO_TO or self.primary not in PRIMARY_RULES:
             raise ValueError(f'audio_to must be one of {AUDIO_TO} and primary one of '
@@ -274,12 +274,12 @@ def resolve_model_path(value: str, search: Sequence[Path] | None = None,
 def load_for_node(params: CommonParams):
     """The model named by `model_path` (a path, or a bare name in models/), a checkpoint or
     an ONNX export: (its path, its metadata, segment_s) for a node, which then loads the part
-    it runs from the path (`lightmer.backend`). Reading the metadata of an export imports
+    it runs from the path (`lightmer.core.backend`). Reading the metadata of an export imports
     neither torch nor onnxruntime.
 
     Raises ValueError with a message that says what to set.
     """
-    from lightmer.backend import read_meta
+    from lightmer.core.backend import read_meta
 
     path = resolve_model_path(params.model_path)
     meta = read_meta(path)

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from lightmer.config import FeatureConfig
-from lightmer.features import (
+from lightmer.core.config import FeatureConfig
+from lightmer.core.features import (
     MIN_FACE_SIZE,
     audio_window,
     face_to_input,
@@ -26,7 +26,7 @@ from lightmer.features import (
     log_mel,
     resample,
 )
-from lightmer.segments import (
+from lightmer.core.segments import (
     REFERENCES,
     reference_time,
     segment_index,
@@ -674,7 +674,7 @@ def model_functions(model) -> tuple[Callable, Callable]:
     """
     import torch
 
-    from lightmer.model import fuse as torch_fuse
+    from lightmer.core.model import fuse as torch_fuse
 
     model.eval()
 

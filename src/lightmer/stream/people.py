@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from lightmer.config import FeatureConfig
-from lightmer.features import crop_face
-from lightmer.segments import segment_index, segment_of_reference
-from lightmer.streaming import FrameSelector, FusionCounts, SegmentFuser, WindowResult
-from lightmer.tracking import FaceTracker, TrackerSettings
+from lightmer.core.config import FeatureConfig
+from lightmer.core.features import crop_face
+from lightmer.core.segments import segment_index, segment_of_reference
+from lightmer.stream.fuser import FrameSelector, FusionCounts, SegmentFuser, WindowResult
+from lightmer.stream.tracking import FaceTracker, TrackerSettings
 
 AUDIO_TO = ('all', 'largest')
 PRIMARY_RULES = ('largest', 'oldest')

@@ -1,9 +1,9 @@
 """The three nodes' processing chain in one object, without ROS or DDS.
 
 `OfflinePipeline` pushes camera frames and audio chunks, in stamp order, through the processors
-the nodes wrap (`lightmer.streaming`): FaceSegmenter (frame choice + MTCNN) and AudioSegmenter
+the nodes wrap (`lightmer.stream.fuser`): FaceSegmenter (frame choice + MTCNN) and AudioSegmenter
 feed SegmentFuser, exactly as face_crop, audio_feature and fusion do over DDS, on the model's
-own backend (a checkpoint on torch, an ONNX export on onnxruntime: `lightmer.backend`). One
+own backend (a checkpoint on torch, an ONNX export on onnxruntime: `lightmer.core.backend`). One
 thread, no queues, so the result is deterministic. eval-bag offline runs it; anything else
 that wants "what the nodes would say about these frames and this audio" can too.
 """
@@ -13,8 +13,8 @@ import dataclasses
 
 import numpy as np
 
-from lightmer.features import FaceCropper
-from lightmer.streaming import (
+from lightmer.core.features import FaceCropper
+from lightmer.stream.fuser import (
     AudioSegmenter,
     FaceSegmenter,
     SegmentFuser,
@@ -38,7 +38,7 @@ class OfflinePipeline:
 
     def __init__(self, model_path, settings: StreamSettings | None = None, threads: int = 1,
                  cropper: FaceCropper | None = None, frame_id: str = ''):
-        from lightmer.backend import face_cropper, load_model
+        from lightmer.core.backend import face_cropper, load_model
 
         settings = settings or StreamSettings()
         model = load_model(model_path, threads)
@@ -86,9 +86,9 @@ class OfflinePeoplePipeline:
     def __init__(self, model_path, settings: StreamSettings | None = None, threads: int = 1,
                  max_faces: int = 4, audio_to: str = 'all', forget_after_s: float = 3.0,
                  tracker=None, frame_id: str = ''):
-        from lightmer.backend import face_cropper, load_model
-        from lightmer.features import log_mel
-        from lightmer.people import MultiFaceSegmenter, PeopleFuser
+        from lightmer.core.backend import face_cropper, load_model
+        from lightmer.core.features import log_mel
+        from lightmer.stream.people import MultiFaceSegmenter, PeopleFuser
 
         settings = settings or StreamSettings()
         model = load_model(model_path, threads)

@@ -20,8 +20,8 @@ from multiprocessing.connection import wait
 
 from tqdm import tqdm
 
-from lightmer.distributed import launched_ranks
-from lightmer.train import TrainConfig, claim_run_dir, plan_run, summarize_run, train
+from lightmer.training.distributed import launched_ranks
+from lightmer.training.train import TrainConfig, claim_run_dir, plan_run, summarize_run, train
 
 
 def _visible_gpus() -> list[str]:

@@ -60,10 +60,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from lightmer.checkpoint import CheckpointMeta, make_provenance, save_checkpoint
-from lightmer.config import MEL_NORMS, FeatureConfig, get_preset
+from lightmer.core.checkpoint import CheckpointMeta, make_provenance, save_checkpoint
+from lightmer.core.config import MEL_NORMS, FeatureConfig, get_preset
 from lightmer.datasets.cache import CacheIndex, SegmentDataset, dataset_mel_norm, load_index
-from lightmer.distributed import (
+from lightmer.training.distributed import (
     SINGLE,
     Ranks,
     all_sum,
@@ -80,11 +80,11 @@ from lightmer.distributed import (
     to_cross_rank_batchnorm,
     to_keyed_dropout,
 )
-from lightmer.folds import Split, check_disjoint, split_fold
-from lightmer.io_utils import atomic_save_json, atomic_torch_save
-from lightmer.model import LightmerNet, ModelConfig
-from lightmer.plots import confusion_matrix, plot_comparison, plot_confusion, plot_curves
-from lightmer.uncertainty import entropy_bits, most_uncertain
+from lightmer.training.folds import Split, check_disjoint, split_fold
+from lightmer.core.atomic_io import atomic_save_json, atomic_torch_save
+from lightmer.core.model import LightmerNet, ModelConfig
+from lightmer.core.plots import confusion_matrix, plot_comparison, plot_confusion, plot_curves
+from lightmer.core.uncertainty import entropy_bits, most_uncertain
 
 STRATEGIES = ('uncertainty', 'full')
 STATE_VERSION = 1
