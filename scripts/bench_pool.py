@@ -67,10 +67,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from lightmer.evaluation.bags import make_bag
     from lightmer.active.pool import PoolConfig, build_pool
     from lightmer.active.query import QueryConfig, run_query
-    from lightmer.stream.fuser import StreamSettings
+    from lightmer.evaluation.bag_corpus import make_bag
+    from lightmer.stream.settings import StreamSettings
 
     torch.set_num_threads(args.threads)
     out = args.out

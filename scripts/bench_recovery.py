@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from lightmer.core.atomic_io import atomic_save_json
+from lightmer.core.messages import time_to_float
 from lightmer.core.plots import save_figure
-from lightmer.ros.conversions import time_to_float
 from lightmer.harness.rig import NodeProcesses, Rig, info_msg, loopback_env
 
 # The tests' generated model and live stream (test/ros_helpers.py).

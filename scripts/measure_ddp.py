@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lightmer.core.atomic_io import atomic_save_json
+from lightmer.core.model import LightmerNet, ModelConfig
+from lightmer.core.plots import save_figure
 from lightmer.datasets.cache import SegmentDataset, load_index
 from lightmer.datasets.prepare import prepare
 from lightmer.datasets.synth import synthesize
 from lightmer.training.distributed import SINGLE, replace_modules, to_keyed_dropout
-from lightmer.core.atomic_io import atomic_save_json
-from lightmer.core.model import LightmerNet, ModelConfig
-from lightmer.core.plots import save_figure
 from lightmer.training.train import epoch_batches, predict, train_epoch
 
 # Two ranks add gradient parts in another order than one process; differences of this size

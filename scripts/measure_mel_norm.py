@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightmer.datasets.prepare import prepare
-from lightmer.datasets.synth import synthesize
 from lightmer.core.atomic_io import atomic_save_json
 from lightmer.core.plots import plot_grouped_bars
+from lightmer.datasets.prepare import prepare
+from lightmer.datasets.synth import synthesize
 from lightmer.training.train import TrainConfig, train
 
 NORMS = ('window', 'dataset')

@@ -24,7 +24,7 @@ import numpy as np
 
 from lightmer.core.atomic_io import atomic_save_json
 from lightmer.core.plots import save_figure
-from lightmer.stream.fuser import StreamSettings
+from lightmer.stream.settings import StreamSettings
 
 VALUES = {'crema-d': (1, 2, 3, 4, 5), 'ravdess': (1, 2, 3, 4, 6, 8, 12)}
 ACTORS, CLIPS_PER_EMOTION, EPOCHS, N_UNCERTAIN = 10, 2, 20, 8
@@ -77,7 +77,8 @@ def measure(layout: str, out: Path) -> list[dict]:
 
 
 def measure_bag(layout, out, checkpoint, test_actors, corpus, gap_name, gap_s) -> list[dict]:
-    from lightmer.evaluation.bags import default_labels_path, make_bag, read_labels
+    from lightmer.evaluation.bag_corpus import make_bag
+    from lightmer.evaluation.bags import default_labels_path, read_labels
     from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
 
     bag = out / f'bag_gap_{gap_name}'

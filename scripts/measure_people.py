@@ -23,18 +23,18 @@ import numpy as np
 
 
 def main(corpus: Path, checkpoint: Path, out: Path, actors: list[str], live: bool) -> int:
-    from lightmer.evaluation import bags
-    from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
     from lightmer.core.atomic_io import atomic_save_json
     from lightmer.core.plots import plot_grouped_bars
+    from lightmer.evaluation import bag_corpus, bags
+    from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
     from lightmer.evaluation.scoring import score
 
     out.mkdir(parents=True, exist_ok=True)
     one, two = out / 'one.bag', out / 'two.bag'
     if not one.exists():
-        print(bags.make_bag('crema-d', corpus, one, actors=actors))
+        print(bag_corpus.make_bag('crema-d', corpus, one, actors=actors))
     if not two.exists():
-        print(bags.make_bag('crema-d', corpus, two, actors=actors, two_people=True))
+        print(bag_corpus.make_bag('crema-d', corpus, two, actors=actors, two_people=True))
     single = evaluate_bag(EvalConfig(one, bags.default_labels_path(one), checkpoint,
                                      out=out / 'eval_one'))
     people = evaluate_bag(EvalConfig(two, bags.default_labels_path(two), checkpoint,
@@ -83,11 +83,12 @@ def _live(one: Path, two: Path, checkpoint: Path, out: Path, offline: dict) -> d
     """Both bags through the live nodes: latency, and the per-person windows against offline's
     (matched by person and stamp; ids differ between runs)."""
     from lightmer.evaluation import bags
-    from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
+    from lightmer.evaluation.evaluate import EvalConfig
+    from lightmer.harness.live_eval import evaluate_bag_live
 
-    single = evaluate_bag(EvalConfig(one, bags.default_labels_path(one), checkpoint,
+    single = evaluate_bag_live(EvalConfig(one, bags.default_labels_path(one), checkpoint,
                                      live=True, out=out / 'eval_one_live'))
-    people = evaluate_bag(EvalConfig(two, bags.default_labels_path(two), checkpoint,
+    people = evaluate_bag_live(EvalConfig(two, bags.default_labels_path(two), checkpoint,
                                      live=True, out=out / 'eval_two_live', people=True))
 
     def by_person(name: str, person_of: dict) -> dict:

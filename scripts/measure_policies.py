@@ -20,11 +20,12 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from lightmer.evaluation.bags import default_labels_path, make_bag
-from lightmer.core.config import FeatureConfig
-from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
 from lightmer.core.atomic_io import atomic_save_json
-from lightmer.stream.fuser import StreamSettings
+from lightmer.core.config import FeatureConfig
+from lightmer.evaluation.bag_corpus import make_bag
+from lightmer.evaluation.bags import default_labels_path
+from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
+from lightmer.stream.settings import StreamSettings
 
 
 def main(argv: list[str] | None = None) -> int:

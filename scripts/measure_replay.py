@@ -32,9 +32,9 @@ CONFIGS = {  # name: (environment added for the player, its extra argument)
 def main(out: Path, runs: int, seconds: float) -> int:
     import numpy as np
 
-    from lightmer.harness.bench_nodes import untrained_checkpoint
     from lightmer.core.atomic_io import atomic_save_json
     from lightmer.core.plots import plot_latency_groups
+    from lightmer.harness.bench_nodes import untrained_checkpoint
     from lightmer.harness.rig import NodeProcesses, loopback_env
 
     out.mkdir(parents=True, exist_ok=True)

@@ -19,11 +19,11 @@ import sys
 
 
 def replay(seconds: float, checkpoint: str, one_participant: bool = True) -> dict:
-    from lightmer.harness.bench_nodes import camera_frame, latency_run
     from lightmer.core.checkpoint import load_checkpoint
-    from lightmer.harness.rig import Rig, WallClockSensors
     from lightmer.core.segments import segment_of_reference
-    from lightmer.stream.fuser import StreamSettings
+    from lightmer.harness.bench_nodes import camera_frame, latency_run
+    from lightmer.harness.rig import Rig, WallClockSensors
+    from lightmer.stream.settings import StreamSettings
 
     meta = load_checkpoint(checkpoint)[1]
     reference = StreamSettings().reference

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightmer.ros.conversions import time_to_float
+from lightmer.core.messages import time_to_float
 from lightmer.harness.rig import Event, audio_msg, image_msg, sensor_events
 
 T0 = 1000.3          # clip start, stamp seconds (not on the segment grid)

@@ -1,4 +1,4 @@
-"""rosbag2 writing/reading (lightmer.evaluation.bags): timeline layout, type hashes and CDR bytes equal to
+"""rosbag2 writing/reading (evaluation.bags): timeline layout, type hashes and CDR bytes equal to
 rclpy's, clear errors for bags lightmer cannot use, labels CSV."""
 from __future__ import annotations
 
@@ -198,7 +198,7 @@ def test_compressed_bags_are_written_and_read(tmp_path, fmt):
 
 
 def test_compressed_frames_are_bounded_in_size(tmp_path):
-    from lightmer.ros.conversions import ConversionError
+    from lightmer.core.messages import ConversionError
 
     bag = tmp_path / 'bag'
     bags.write_bag([_smooth_clip('c1', 3)], bag, gap_s=0.1, compressed='png')

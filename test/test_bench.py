@@ -62,9 +62,9 @@ def test_bench_with_live_nodes_reports_every_field(tmp_path, capsys):
 def test_the_camera_frame_shows_one_or_two_people():
     """bench_nodes.camera_frame is what the live figures and the rig's camera show: MTCNN finds as
     many confident faces as people were asked for."""
-    from lightmer.harness.bench_nodes import camera_frame
     from lightmer.core.config import FeatureConfig
     from lightmer.core.features import FaceCropper
+    from lightmer.harness.bench_nodes import camera_frame
 
     cropper = FaceCropper(FeatureConfig())
     for people in (1, 2):

@@ -5,8 +5,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightmer.core.config import PRESETS
-from lightmer.datasets.cache import SegmentDataset, load_index
 from lightmer.core.segments import segment_bounds
+from lightmer.datasets.cache import SegmentDataset, load_index
 
 PRESET = PRESETS['crema-d']
 N = PRESET.n_segments

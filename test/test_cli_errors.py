@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from lightmer.evaluation import bags
 from lightmer.core.checkpoint import meta_for_preset, save_checkpoint
 from lightmer.core.model import LightmerNet
+from lightmer.evaluation import bags
 
 
 @pytest.fixture(scope='module')

@@ -12,21 +12,23 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from lightmer.core.features import to_mono
-from lightmer.ros.conversions import (
+from lightmer.core.messages import (
     ConversionError,
-    array_to_image,
     audio_format_from_info,
     check_sample_rate,
-    classification_msg,
     compressed_to_rgb,
     expression_fields,
-    float_to_time,
     image_to_array,
     image_to_rgb,
-    label_info_msg,
     mgonzs13_to_samples,
     pcm_to_samples,
     time_to_float,
+)
+from lightmer.ros.conversions import (
+    array_to_image,
+    classification_msg,
+    float_to_time,
+    label_info_msg,
 )
 
 RNG = np.random.default_rng(0)

@@ -8,12 +8,12 @@ import av
 import numpy as np
 import pytest
 
+from lightmer.core.atomic_io import atomic_write_wav
 from lightmer.datasets import synth
 from lightmer.datasets.cache import load_index
 from lightmer.datasets.loaders import index_dataset
 from lightmer.datasets.media import decode_audio, decode_video, probe_video
 from lightmer.datasets.prepare import duration_tolerance, prepare
-from lightmer.core.atomic_io import atomic_write_wav
 
 ACTOR = '1001'
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lightmer.evaluation import bags
 from lightmer.cli import main
+from lightmer.evaluation import bag_corpus, bags
 from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
 from lightmer.evaluation.scoring import score
-from lightmer.stream.fuser import StreamSettings
+from lightmer.harness.live_eval import evaluate_bag_live
+from lightmer.stream.settings import StreamSettings
 
 ACTOR = '1001'
 
@@ -27,7 +28,7 @@ def checkpoint(untrained_checkpoint) -> Path:
 @pytest.fixture(scope='module')
 def corpus_bags(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp('bags')
-    report = bags.make_bag('crema-d', tiny_corpus, out / 'mcap', actors=[ACTOR],
+    report = bag_corpus.make_bag('crema-d', tiny_corpus, out / 'mcap', actors=[ACTOR],
                            storage='mcap', gap_s=1.0)
     assert '(mcap): 6 clips' in report
     # The other one through the command line.
@@ -133,7 +134,7 @@ def test_live_agrees_with_offline(corpus_bags, checkpoint, offline, tmp_path):
     # cores the face node fell behind at 4x (late faces, more segments given up).
     cfg = EvalConfig(bag=bag, labels=bags.default_labels_path(bag), checkpoint=checkpoint,
                      live=True, out=tmp_path, rate=1.0)
-    live = evaluate_bag(cfg)
+    live = evaluate_bag_live(cfg)
     off, off_out = offline['mcap']
     assert live['mode'] == 'live'
     assert live['frames_lost'] == 0

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from lightmer.core.checkpoint import load_checkpoint, meta_for_preset, save_checkpoint
 from lightmer.cli import main
+from lightmer.core.checkpoint import load_checkpoint, meta_for_preset, save_checkpoint
 from lightmer.core.model import LightmerNet, fuse
 
 torch.set_num_threads(1)

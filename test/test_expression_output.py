@@ -14,7 +14,7 @@ from rclpy.executors import SingleThreadedExecutor
 from vision_msgs.msg import Classification
 
 import ros_helpers as rh
-from lightmer.ros.conversions import HRI_EXPRESSIONS, expression_fields
+from lightmer.core.messages import HRI_EXPRESSIONS, expression_fields
 from lightmer.ros.qos import output_qos
 
 RNG = np.random.default_rng(1)

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from lightmer.evaluation import bags
-from lightmer.core.checkpoint import load_checkpoint
-from lightmer.cli import main
 from lightmer.active.answers import Answer, append_answers, latest, read_answers
 from lightmer.active.pool import Pool
+from lightmer.cli import main
+from lightmer.core.checkpoint import load_checkpoint
 from lightmer.core.uncertainty import entropy_bits
+from lightmer.evaluation import bags
 
 # Small, fast settings: each tiny bag holds about 20 windows of 6 clips; the second bag is
 # the held-out recording.
@@ -116,7 +116,7 @@ def test_csv_oracle_run_changes_the_model(robot_pool, robot_bags, untrained_chec
     # The fine-tuned checkpoint loads in the nodes unchanged (their loader and processors).
     from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
     from lightmer.ros.params import CommonParams, load_for_node
-    from lightmer.stream.fuser import StreamSettings
+    from lightmer.stream.settings import StreamSettings
 
     _, node_meta, segment_s = load_for_node(CommonParams(model_path=str(out / 'finetuned.pt')))
     assert node_meta.labels == meta.labels and segment_s == meta.segment_s

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from lightmer.labelling.server import load_batch
 from lightmer.active.answers import latest, read_answers
+from lightmer.labelling.server import load_batch
 
 CHROMIUM, CHROMEDRIVER = '/usr/bin/chromium', '/usr/bin/chromedriver'
 DEADLINE_S = 60

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from lightmer.labelling.server import CSP, LabelSession, make_server
 from lightmer.active.answers import read_answers
+from lightmer.labelling.server import CSP, LabelSession, make_server
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import json
 import wave
 import xml.etree.ElementTree as ET
 
+from lightmer.active.answers import read_answers
 from lightmer.cli import main
 from lightmer.labelling.label_studio import LOCAL_FILES
-from lightmer.active.answers import read_answers
 
 
 def _annotation(choice, when, user=1, cancelled=False):

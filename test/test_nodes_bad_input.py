@@ -15,9 +15,10 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 import ros_helpers as rh
-from lightmer.ros.bringup import start_bringup
-from lightmer.ros.conversions import float_to_time, time_to_float
+from lightmer.core.messages import time_to_float
 from lightmer.harness.rig import Rig, audio_msg, image_msg, info_msg
+from lightmer.ros.bringup import start_bringup
+from lightmer.ros.conversions import float_to_time
 
 N, MIN_SEGMENTS, SEGMENT_S = 5, 2, 0.5
 

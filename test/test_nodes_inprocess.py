@@ -10,9 +10,9 @@ import rclpy
 import torch
 
 import ros_helpers as rh
-from lightmer.ros.bringup import start_bringup
-from lightmer.ros.conversions import time_to_float
+from lightmer.core.messages import time_to_float
 from lightmer.harness.rig import Rig, Topics, info_msg
+from lightmer.ros.bringup import start_bringup
 
 N, MIN_SEGMENTS, SEGMENT_S = 5, 2, 0.5
 FORMAT = '1ch 16000 Hz int16'           # what the audio node holds after rig's AudioInfo
@@ -240,7 +240,7 @@ def test_arrival_check_refuses_exactly_what_the_conversion_refuses():
     with image_to_rgb on every malformed raw image."""
     from sensor_msgs.msg import Image
 
-    from lightmer.ros.conversions import ConversionError, check_image, image_to_rgb
+    from lightmer.core.messages import ConversionError, check_image, image_to_rgb
 
     def image(enc='rgb8', h=4, w=5, channels=3, pad=0, cut=0):
         step = w * channels + pad

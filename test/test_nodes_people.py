@@ -14,10 +14,10 @@ import rclpy
 import torch
 
 import ros_helpers as rh
-from lightmer.ros.bringup import start_bringup
-from lightmer.ros.conversions import time_to_float
-from lightmer.harness.rig import Rig, audio_msg, image_msg, info_msg, sensor_events
+from lightmer.core.messages import time_to_float
 from lightmer.core.segments import segment_of_reference
+from lightmer.harness.rig import Rig, audio_msg, image_msg, info_msg, sensor_events
+from lightmer.ros.bringup import start_bringup
 
 N, MIN_SEGMENTS, SEGMENT_S = 5, 2, 0.5
 PREFIX = '/humans/faces'
@@ -94,7 +94,7 @@ def _alive(running) -> None:
 
 def test_two_people_get_their_own_windows_equal_to_the_offline_pipeline(mtcnn):
     from lightmer.stream.pipeline import OfflinePeoplePipeline
-    from lightmer.stream.fuser import StreamSettings
+    from lightmer.stream.settings import StreamSettings
 
     rig = mtcnn['rig']
     t0 = rh.T0

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import ros_helpers as rh
-from lightmer.harness.rig import NodeProcesses, Rig, info_msg, loopback_env
 from lightmer.core.segments import reference_time, segment_index
+from lightmer.harness.rig import NodeProcesses, Rig, info_msg, loopback_env
 
 N, MIN_SEGMENTS, SEGMENT_S = 5, 2, 0.5
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,7 +30,8 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Classification
 
 import ros_helpers as rh
-from lightmer.ros.conversions import float_to_time, time_to_float
+from lightmer.core.messages import time_to_float
+from lightmer.ros.conversions import float_to_time
 from lightmer.ros.qos import output_qos
 from lightmer.stream.fuser import is_probability_vector
 

@@ -22,8 +22,9 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 import ros_helpers as rh
-from lightmer.ros.conversions import float_to_time, time_to_float
+from lightmer.core.messages import time_to_float
 from lightmer.harness.rig import NodeProcesses, Rig, image_msg, info_msg
+from lightmer.ros.conversions import float_to_time
 from lightmer.stream.fuser import is_probability_vector
 
 SEGMENT_S = 0.5

@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
-from lightmer.stream.people import MultiFaceSegmenter, PeopleFuser, TrackedFace
 from lightmer.core.segments import reference_time
-from lightmer.stream.fuser import SegmentFuser, StreamSettings
+from lightmer.stream.fuser import SegmentFuser
+from lightmer.stream.people import MultiFaceSegmenter, PeopleFuser, TrackedFace
+from lightmer.stream.settings import StreamSettings
 
 T = 0.5
 
@@ -156,7 +157,7 @@ def test_twenty_faces_hold_the_cap_and_count_the_rest(cropper, astronaut_face):
 
 
 def test_an_undecodable_frame_is_counted_not_raised(cropper):
-    from lightmer.ros.conversions import ConversionError
+    from lightmer.core.messages import ConversionError
 
     def decode(_msg):
         raise ConversionError('unsupported encoding')

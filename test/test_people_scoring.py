@@ -3,7 +3,12 @@ import numpy as np
 import pytest
 
 from lightmer.evaluation.bags import LabelRow
-from lightmer.evaluation.people_scoring import id_switches, ids_on_both_sides, person_of_ids, score_people
+from lightmer.evaluation.people_scoring import (
+    id_switches,
+    ids_on_both_sides,
+    person_of_ids,
+    score_people,
+)
 
 LABELS = ('happy', 'sad')
 ROWS = [LabelRow(0.0, 2.0, 'happy', 'l1', 'left'), LabelRow(2.0, 4.0, 'sad', 'r1', 'right'),

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from fixtures_data import POOL_MIN_SEGMENTS as MIN_SEGMENTS
-from lightmer.evaluation import bags
-from lightmer.cli import main
 from lightmer.active.pool import Pool, PoolConfig, PoolError, build_pool, checkpoint_key
 from lightmer.active.query import window_probs
-from lightmer.stream.fuser import StreamSettings
+from lightmer.cli import main
+from lightmer.evaluation import bags
+from lightmer.stream.settings import StreamSettings
 
 
 def test_pool_windows_are_the_windows_eval_bag_publishes(robot_pool, robot_bags,
@@ -50,8 +50,8 @@ def test_pool_windows_are_the_windows_eval_bag_publishes(robot_pool, robot_bags,
 
 
 def test_pooled_segments_read_back(robot_pool, robot_bags, untrained_checkpoint):
-    from lightmer.core.checkpoint import load_checkpoint
     from lightmer.active.query import compute_segment_logits
+    from lightmer.core.checkpoint import load_checkpoint
 
     pool = Pool(robot_pool)
     table = pool.table
@@ -170,8 +170,8 @@ def test_refused_inputs_write_nothing(robot_bags, untrained_checkpoint, robot_po
 def test_a_pool_from_before_a_feature_setting_existed_compares_as_made():
     """pool.json written before mel_norm/detect_max_side existed: read as what it was made
     with (window normalisation, detection on the full frame), differences named per key."""
-    from lightmer.core.config import FeatureConfig
     from lightmer.active.pool import _differences
+    from lightmer.core.config import FeatureConfig
 
     old = FeatureConfig(detect_max_side=0).to_dict()
     for key in ('mel_norm', 'mel_db_mean', 'mel_db_std', 'detect_max_side'):

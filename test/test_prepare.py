@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from lightmer.cli import main
+from lightmer.core.atomic_io import atomic_write_wav
 from lightmer.core.config import PRESETS, FeatureConfig
+from lightmer.core.segments import segment_bounds
 from lightmer.datasets import synth
 from lightmer.datasets.cache import load_index
 from lightmer.datasets.media import decode_audio
 from lightmer.datasets.prepare import FRAMES_PER_SEGMENT, prepare, select_frames
-from lightmer.core.atomic_io import atomic_write_wav
-from lightmer.core.segments import segment_bounds
 
 N = PRESETS['crema-d'].n_segments
 

@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 import ros_helpers as rh
-from lightmer.evaluation import bags
+from lightmer.evaluation import bag_corpus, bags
 from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
 from lightmer.ros.params import FusionParams
-from lightmer.stream.fuser import StreamSettings
+from lightmer.stream.settings import StreamSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def layout_bag(request, tiny_corpus, tiny_ravdess, tmp_path_factory):
     layout = request.param
     out = tmp_path_factory.mktemp(f'short_{layout}')
     corpus, actors = (tiny_corpus, ['1001']) if layout == 'crema-d' else (tiny_ravdess, None)
-    bags.make_bag(layout, corpus, out / 'bag', actors=actors, gap_s=1.0)
+    bag_corpus.make_bag(layout, corpus, out / 'bag', actors=actors, gap_s=1.0)
     checkpoint = rh.make_checkpoint(out / 'model.pt', preset=layout)
     return layout, out / 'bag', checkpoint
 

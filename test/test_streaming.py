@@ -5,18 +5,14 @@ import numpy as np
 import pytest
 import torch
 
+from lightmer.core.backend import model_functions
 from lightmer.core.config import FeatureConfig
 from lightmer.core.features import log_mel_at, resample
 from lightmer.core.segments import reference_time, segment_index, segment_of_reference
-from lightmer.stream.fuser import (
-    AudioSegmenter,
-    FaceSegmenter,
-    FrameSelector,
-    SegmentFuser,
-    StreamSettings,
-    model_functions,
-    stall_status,
-)
+from lightmer.stream.audio import AudioSegmenter
+from lightmer.stream.faces import FaceSegmenter, FrameSelector
+from lightmer.stream.fuser import SegmentFuser, stall_status
+from lightmer.stream.settings import StreamSettings
 
 CFG = FeatureConfig()
 DEFAULTS = StreamSettings()

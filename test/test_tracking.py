@@ -3,7 +3,13 @@ faces."""
 import numpy as np
 import pytest
 
-from lightmer.stream.tracking import FaceTracker, TrackerSettings, centre_distance, iou_matrix, match
+from lightmer.stream.tracking import (
+    FaceTracker,
+    TrackerSettings,
+    centre_distance,
+    iou_matrix,
+    match,
+)
 
 
 def box(cx, cy, size=60.0):

@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from lightmer import cli
+from lightmer.core.model import LightmerNet, ModelConfig
 from lightmer.datasets.cache import SegmentDataset, load_index
 from lightmer.datasets.prepare import merge_shards, prepare, shard_index_name, shard_of
 from lightmer.training.distributed import join, launched_ranks, leave, shard_batches, split_batch
-from lightmer.core.model import LightmerNet, ModelConfig
 from lightmer.training.train import FLOAT32, Precision, TrainConfig, predict, train
 
 # One fold of the tiny corpus (4 actors): D0 1 actor, U 2 actors (12 clips), 6 test clips.

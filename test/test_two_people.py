@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lightmer.evaluation import bags
+from lightmer.evaluation import bag_corpus, bags
 from lightmer.evaluation.bags import GAP_GREY, BagClip
 from lightmer.evaluation.two_people import pair_clips, two_person_clips
 
@@ -90,7 +90,7 @@ def test_make_bag_two_people_writes_per_person_rows(two_bag):
 
 def test_two_people_needs_two_actors(tiny_corpus, tmp_path):
     with pytest.raises(ValueError, match='two different actors'):
-        bags.make_bag('crema-d', tiny_corpus, tmp_path / 'x', actors=['1001'],
+        bag_corpus.make_bag('crema-d', tiny_corpus, tmp_path / 'x', actors=['1001'],
                       two_people=True)
 
 

@@ -313,7 +313,7 @@ def _add_make_bag(sub) -> None:
 
 
 def _run_make_bag(args) -> int:
-    from lightmer.evaluation.bags import make_bag
+    from lightmer.evaluation.bag_corpus import make_bag
 
     print(make_bag(args.dataset, args.root, args.out, actors=args.actors, storage=args.storage,
                    gap_s=args.gap, occlude=args.occlude, seed=args.seed,
@@ -360,7 +360,7 @@ def _add_replay_options(p) -> None:
 
 def _stream_settings(args):
     """The nodes' StreamSettings with the replay options given on the command line."""
-    from lightmer.stream.fuser import StreamSettings
+    from lightmer.stream.settings import StreamSettings
 
     given = {'reference': args.reference, 'missing_policy': args.missing_policy,
              'min_segments': args.min_segments}
@@ -369,6 +369,7 @@ def _stream_settings(args):
 
 def _run_eval_bag(args) -> int:
     from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
+    from lightmer.harness.live_eval import evaluate_bag_live
 
     settings = _stream_settings(args)
     if args.live:
@@ -379,7 +380,7 @@ def _run_eval_bag(args) -> int:
                      settings=settings, rate=args.rate,
                      one_participant=args.one_participant, people=args.people,
                      audio_to=args.audio_to)
-    result = evaluate_bag(cfg)
+    result = (evaluate_bag_live if args.live else evaluate_bag)(cfg)
     if args.json:
         _print_json(result)
     else:
@@ -413,8 +414,8 @@ def _add_pool(sub) -> None:
 
 
 def _run_pool(args) -> int:
-    from lightmer.evaluation.bags import BagTopics
     from lightmer.active.pool import PoolConfig, build_pool
+    from lightmer.evaluation.bags import BagTopics
 
     summary = build_pool(PoolConfig(
         bags=tuple(args.bag), checkpoint=args.checkpoint, out=args.out,

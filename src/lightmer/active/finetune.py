@@ -38,12 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from lightmer.core.atomic_io import atomic_save_json, atomic_torch_save
 from lightmer.active.answers import latest, read_answers
 from lightmer.active.oracles import NO_LABEL, ORACLES, UnansweredError
 from lightmer.active.pool import Pool, PoolError, checkpoint_key
 from lightmer.active.query import compute_segment_logits, manifest_items, pool_probs, select
 from lightmer.active.selection import STRATEGIES, overlapping, select_diverse
+from lightmer.core.atomic_io import atomic_save_json, atomic_torch_save
 
 STATE_VERSION = 1
 # Settings that change the numbers; a resumed run must agree on all of them.
@@ -56,7 +56,7 @@ _TRAIN, _MIX, _EVAL = 1, 2, 3      # seed stream tags
 class FinetuneConfig:
     checkpoint: Path                  # the model to start from (and its features)
     pool: Path
-    answers: Path                     # the answers file (lightmer.active.answers); read and appended
+    answers: Path                     # the answers file (active.answers): read, appended
     out: Path
     base_cache: Path | None = None    # the original training cache, mixed in against forgetting
     base_clips: tuple[str, ...] | None = None  # of it, these clips (default: every usable one)
@@ -294,8 +294,8 @@ def finetune(cfg: FinetuneConfig, oracle=None) -> dict:
     `oracle`: any object with `check(ids, predicted)` (train.Oracle; NO_LABEL allowed);
     default: the one `cfg.oracle` names. Raises AnswersNeededError when people must answer first.
     """
-    from lightmer.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
     from lightmer.active.answers import check_labels
+    from lightmer.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
     from lightmer.training.train import stream_seed
 
     model, meta = load_checkpoint(cfg.checkpoint)
@@ -400,7 +400,7 @@ def finetune(cfg: FinetuneConfig, oracle=None) -> dict:
 
 def _probs(pool: Pool, model, key: str | None = None) -> np.ndarray:
     """The torch model in memory scores the pool as the nodes would (eval mode)."""
-    from lightmer.stream.fuser import model_functions
+    from lightmer.core.backend import model_functions
 
     fuse = model_functions(model)[1]
     return pool_probs(pool, lambda c, m: compute_segment_logits(model, c, m), fuse, key)

@@ -16,7 +16,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightmer.active.answers import SKIP, Answer, append_answers, check_labels, latest, read_answers
+from lightmer.active.answers import (
+    SKIP,
+    Answer,
+    append_answers,
+    check_labels,
+    latest,
+    read_answers,
+)
 from lightmer.active.pool import Pool, parse_window_id
 
 # `finetune --oracle`: people's answers file, or the bags' labels CSVs (scripts, simulation).

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lightmer.evaluation import bags
 from lightmer.core.atomic_io import atomic_save_json, atomic_savez, atomic_write, atomic_write_wav
 from lightmer.core.segments import reference_time, window_indices
-from lightmer.stream.fuser import StreamSettings
+from lightmer.evaluation import bags
+from lightmer.stream.settings import StreamSettings
 
 POOL_FORMAT = 'lightmer-pool'
 POOL_VERSION = 1
@@ -238,7 +238,7 @@ def _pool_recording(out: Path, rec: str, bag: Path, info: bags.BagInfo, pipe, me
     """Replay one bag through `pipe` and write POOL/recordings/<rec>/ whole."""
     from tqdm import tqdm
 
-    from lightmer.evaluation.evaluate import stamp_seconds
+    from lightmer.core.messages import stamp_ns_to_seconds
 
     segments = _SegmentRecorder()
     pipe.fuser.segment_listener = segments
@@ -248,7 +248,7 @@ def _pool_recording(out: Path, rec: str, bag: Path, info: bags.BagInfo, pipe, me
     messages = tqdm(bags.read_bag(bag, cfg.topics), total=n_msgs, unit='msg',
                     desc=f'pool {bag.name}', disable=None if cfg.progress else True)
     for msg in messages:
-        t = stamp_seconds(msg.stamp_ns)
+        t = stamp_ns_to_seconds(msg.stamp_ns)
         if msg.kind == 'image':
             windows.extend(pipe.push_image(t, msg.data))
         else:

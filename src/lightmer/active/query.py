@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lightmer.core.atomic_io import atomic_save_json
 from lightmer.active.pool import Pool, checkpoint_key
 from lightmer.active.selection import STRATEGIES, default_cap, margins, priority, select_diverse
+from lightmer.core.atomic_io import atomic_save_json
 from lightmer.core.uncertainty import entropy_bits
 
 MANIFEST_FORMAT = 'lightmer-batch'

@@ -70,7 +70,6 @@ def load_model(path, threads: int = 1) -> LoadedModel:
         import torch
 
         from lightmer.core.checkpoint import load_checkpoint
-        from lightmer.stream.fuser import model_functions
 
         torch.set_num_threads(threads)
         model, meta = load_checkpoint(path)
@@ -92,6 +91,31 @@ def load_model(path, threads: int = 1) -> LoadedModel:
         return fusion.run(None, {'segment_logits': x})[0]
 
     return LoadedModel(meta, 'onnxruntime', segment_logits, fuse)
+
+
+def model_functions(model) -> tuple[Callable, Callable]:
+    """(segment_logits, fuse) callables over numpy for a LightmerNet in eval mode.
+
+    segment_logits: uint8 (98, 80) crop, float32 (128, 43) mel -> float64 (C,) logits.
+    fuse: float64 (n, C) cached logits -> float64 (C,) probabilities.
+    """
+    # torch only here and in load_model's torch branch: an ONNX export runs without it.
+    import torch
+
+    from lightmer.core.model import fuse as torch_fuse
+
+    model.eval()
+
+    def segment_logits(face: np.ndarray, mel: np.ndarray) -> np.ndarray:
+        faces = torch.from_numpy(face_to_input(face[None]))                     # (1, 1, 98, 80)
+        mels = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))[None, None]
+        with torch.inference_mode():
+            return model.segment_logits(faces, mels)[0].double().numpy()        # (C,)
+
+    def fuse(logits: np.ndarray) -> np.ndarray:
+        return torch_fuse(torch.from_numpy(np.asarray(logits, dtype=np.float64))).numpy()
+
+    return segment_logits, fuse
 
 
 def face_cropper(path, min_face_size: int = MIN_FACE_SIZE, threads: int = 1) -> FaceCropper:

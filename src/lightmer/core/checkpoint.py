@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightmer import __version__
-from lightmer.core.config import FeatureConfig, ModelConfig
 from lightmer.core.atomic_io import atomic_torch_save
+from lightmer.core.config import FeatureConfig, ModelConfig
 
 if TYPE_CHECKING:
     from lightmer.core.model import LightmerNet

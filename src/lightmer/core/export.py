@@ -38,9 +38,9 @@ import torch
 from torch import nn
 
 from lightmer import __version__
+from lightmer.core.atomic_io import atomic_save_json, atomic_write
 from lightmer.core.backend import MTCNN_PARTS, ONNX_FORMAT, ONNX_FORMAT_VERSION, export_meta_path
 from lightmer.core.checkpoint import CheckpointMeta, load_checkpoint
-from lightmer.core.atomic_io import atomic_save_json, atomic_write
 from lightmer.core.model import LightmerNet, fuse_core
 
 FORMATS = ('torchscript', 'onnx')
@@ -235,7 +235,7 @@ def _integral_graph():
     session = ort.InferenceSession(proto.SerializeToString(),
                                    providers=['CPUExecutionProvider'])
     if not np.array_equal(session.run(None, {'image': image})[0], integral_image(image)):
-        raise ExportError('the integral-image graph differs from lightmer.core.mtcnn.integral_image '
+        raise ExportError('the integral-image graph differs from core.mtcnn.integral_image '
                           f'on this onnx / onnxruntime (onnx {onnx.__version__})')
     return proto
 

@@ -53,11 +53,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lightmer.core.atomic_io import atomic_save_json, atomic_savez
 from lightmer.core.config import FeatureConfig, get_preset
+from lightmer.core.segments import nearest_index, segment_bounds, segment_members
 from lightmer.datasets import media
 from lightmer.datasets.loaders import ClipRecord, Skipped, format_skipped, index_dataset
-from lightmer.core.atomic_io import atomic_save_json, atomic_savez
-from lightmer.core.segments import nearest_index, segment_bounds, segment_members
 
 FRAMES_PER_SEGMENT = 3
 CACHE_VERSION = 2       # 2: audio_source, audio_duration; statuses silent and truncated

@@ -46,13 +46,13 @@ from pathlib import Path
 
 import numpy as np
 
+from lightmer.core.atomic_io import atomic_write, atomic_write_wav
 from lightmer.datasets.names import (
     CREMA_EMOTIONS,
     CREMA_SENTENCES,
     RAVDESS_EMOTIONS,
     RAVDESS_STATEMENTS,
 )
-from lightmer.core.atomic_io import atomic_write, atomic_write_wav
 
 # Per emotion code: (face state, voice state). Each face state occurs with both voice states and
 # each voice state with every face state, so neither modality alone separates the classes.

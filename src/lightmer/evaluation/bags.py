@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from lightmer.core.atomic_io import atomic_write_text
+from lightmer.core.messages import AudioFormat
 
 IMAGE_TOPIC = '/camera/image_raw'
 AUDIO_TOPIC = '/audio/audio_stamped'
@@ -422,96 +423,6 @@ def read_labels(path, bag_start_s: float | None = None) -> list[LabelRow]:
     return sorted(rows, key=lambda r: r.start)
 
 
-def make_bag(dataset: str, root, out, actors: Sequence[str] | None = None,
-             storage: str = 'mcap', gap_s: float = 1.0, occlude: float = 0.0,
-             seed: int = 0, compressed: str | None = None, two_people: bool = False) -> str:
-    """Lay a dataset's clips (optionally only `actors`) on one timeline in a rosbag2 at `out`,
-    with a labels CSV beside it. Returns a one-paragraph report.
-
-    `two_people`: two actors (the two `actors` given, else the first two) side by side taking
-    turns, per-person rows in the CSV (lightmer.evaluation.two_people; no gaps between turns).
-
-    `occlude` in [0, 1) blanks that fraction of the camera frames (seeded; each frame
-    independently), as when a person looks away: the face node then finds no face for some
-    segments, which is what the fusion node's missing-modality policies are for.
-    """
-    if not 0 <= occlude < 1:
-        raise ValueError(f'occlude must be in [0, 1), got {occlude}')
-    from lightmer.core.config import PRESETS
-    from lightmer.datasets.loaders import index_dataset
-
-    preset = PRESETS[dataset]
-    records, skipped = index_dataset(dataset, root)
-    if actors is not None:
-        wanted = {str(a) for a in actors}
-        unknown = wanted - {r.actor for r in records}
-        if unknown:
-            raise ValueError(f'actor(s) {sorted(unknown)} not in {root}; known: '
-                             f'{sorted({r.actor for r in records})}')
-        records = [r for r in records if r.actor in wanted]
-    records = sorted(records, key=lambda r: r.clip_id)
-    code_to_label = dict(zip(preset.codes, preset.labels, strict=True))
-
-    rng = np.random.default_rng(seed)
-
-    def clips() -> Iterator[BagClip]:
-        for rec in _progress(records, 'make-bag'):
-            yield _load_clip(rec, code_to_label[rec.label])
-
-    def masked(laid: Iterable[BagClip]) -> Iterator[BagClip]:
-        for clip in laid:
-            if occlude > 0:
-                clip = occluded(clip, rng.random(len(clip.frames)) < occlude)
-            yield clip
-
-    laid: Iterable[BagClip] = clips()
-    if two_people:
-        from lightmer.evaluation.two_people import pair_clips, two_person_clips
-
-        pair = list(actors) if actors is not None else sorted({r.actor for r in records})[:2]
-        if len(pair) != 2 or pair[0] == pair[1]:
-            raise ValueError(f'two_people needs two different actors (--actors A B), got {pair}')
-        loaded = list(clips())
-        by_actor = {a: [c for c, r in zip(loaded, records, strict=True) if r.actor == a]
-                    for a in pair}
-        laid = two_person_clips(pair_clips(by_actor[pair[0]], by_actor[pair[1]]), GAP_GREY)
-        gap_s = 0.0
-    summary = write_bag(masked(laid), out, storage=storage, gap_s=gap_s,
-                        compressed=compressed)
-    counts = ', '.join(f'{t} {n}' for t, n in summary['messages'].items())
-    kind = f'{storage}, {compressed} camera' if compressed else storage
-    kind += ', two people taking turns' if two_people else ''
-    return (f"wrote {summary['bag']} ({kind}): {summary['clips']} clips, "
-            f"{summary['duration_s']:.1f} s, messages: {counts}; labels {summary['labels']}; "
-            f'{len(skipped)} file(s) skipped while indexing')
-
-
-def occluded(clip: BagClip, mask: np.ndarray) -> BagClip:
-    """A copy of `clip` whose frames where `mask` (bool (F,)) is set are plain grey."""
-    frames = clip.frames.copy()
-    frames[mask] = 128
-    return dataclasses.replace(clip, frames=frames)
-
-
-def _progress(items, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, unit='clip', disable=None)
-
-
-def _load_clip(rec, label: str) -> BagClip:
-    from lightmer.datasets.media import decode_audio, decode_video
-    from lightmer.core.features import resample
-
-    frames, times, fps = decode_video(rec.video_path)
-    audio, sr = decode_audio(rec.audio_path if rec.audio_path is not None else rec.video_path)
-    audio = resample(audio, sr, SAMPLE_RATE)                  # decode_audio gives mono
-    # Container times, as `prepare` uses them: the audio starts at 0 on the same clock, so a
-    # first frame at 33 ms stays 33 ms after the clip's first sample (never before it).
-    times = np.maximum(np.asarray(times, np.float64), 0.0)
-    return BagClip(rec.clip_id, label, frames, times, float(fps), audio)
-
-
 # --- reading -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BagTopics:
@@ -527,7 +438,7 @@ class BagInfo:
     start_ns: int
     end_ns: int
     topics: dict          # topic -> (msgtype, message count)
-    audio_format: object  # lightmer.ros.conversions.AudioFormat of the audio info
+    audio_format: AudioFormat   # of the audio info
     image_topic: str      # the camera topic read (the one asked for, or its /compressed)
     image_compressed: bool   # its messages are CompressedImage
 
@@ -641,7 +552,7 @@ def _check_topic(reader, topic: str, expected: str | tuple[str, ...], option: st
 
 def _audio_format(reader, topic: str):
     """The bag's first AudioInfo, validated by the nodes' own conversion (raw PCM only)."""
-    from lightmer.ros.conversions import ConversionError, audio_format_from_info
+    from lightmer.core.messages import ConversionError, audio_format_from_info
 
     conns = _check_topic(reader, topic, AUDIO_INFO_TYPE, '--audio-info-topic', 'audio info')
     for conn, _, raw in reader.messages(connections=conns):
@@ -702,7 +613,7 @@ def read_bag(path, topics: BagTopics = BagTopics(),
     `kinds` limits the topics read ('image', 'audio'); `bag_time_ns` (start, stop) the bag
     (receive) times, so that a few seconds of a long bag are read without the rest."""
     from lightmer.core.features import to_mono
-    from lightmer.ros.conversions import (
+    from lightmer.core.messages import (
         DEFAULT_MAX_PIXELS,
         compressed_to_rgb,
         image_to_rgb,

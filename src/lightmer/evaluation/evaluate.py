@@ -4,10 +4,8 @@ Offline (default): the bag's camera and audio messages, in bag-time order, go th
 message-free processors the nodes wrap (`pipeline.OfflinePipeline`) in one process, with no
 DDS. Deterministic.
 
-Live (`--live`): the three node executables run as child processes with use_sim_time and
-reliable inputs (`ros.rig`); this process plays the bag over DDS on loopback at `rate` x real
-time (publishing /clock from the bag time before each message), records `emotion` and the
-nodes' /diagnostics counts, and scores them the same way (`scoring`).
+Live (`--live`): `harness.live_eval` plays the bag to the three node processes over DDS on
+loopback and hands back what they published; it is scored here the same way (`scoring`).
 
 Per person (`people`): the nodes' several-people mode (max_faces > 1) on a bag of several
 people (`make-bag --two-people`), scored per person (`people_scoring`): each id is the person on
@@ -27,21 +25,20 @@ Both report per node the counters the nodes publish on /diagnostics (`counts`). 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from lightmer.evaluation import bags
 from lightmer.core.atomic_io import atomic_save_json
-from lightmer.stream.pipeline import OfflinePeoplePipeline, OfflinePipeline
+from lightmer.core.checkpoint import CheckpointMeta
+from lightmer.core.messages import stamp_ns_to_seconds
+from lightmer.evaluation import bags
 from lightmer.evaluation.scoring import check_labels, percentiles, score
-from lightmer.core.segments import segment_of_reference
-from lightmer.stream.fuser import StreamSettings
+from lightmer.stream.pipeline import OfflinePeoplePipeline, OfflinePipeline
+from lightmer.stream.settings import StreamSettings
 
 
 @dataclass(frozen=True)
@@ -98,13 +95,6 @@ class RunResult:
 
 
 # --- offline replay ------------------------------------------------------------------------
-def stamp_seconds(stamp_ns: int) -> float:
-    """Integer nanoseconds -> seconds exactly as the nodes read a header stamp."""
-    from lightmer.ros.conversions import stamp_to_seconds
-
-    return stamp_to_seconds(*divmod(int(stamp_ns), 1_000_000_000))
-
-
 def run_offline(cfg: EvalConfig, meta, topics: bags.BagTopics) -> RunResult:
     half = meta.features.window_s / 2
     if cfg.people:
@@ -118,7 +108,7 @@ def run_offline(cfg: EvalConfig, meta, topics: bags.BagTopics) -> RunResult:
     frame_width = 0
     for msg in _progress(bags.read_bag(cfg.bag, topics), 'eval-bag offline'):
         n_msgs += 1
-        t = stamp_seconds(msg.stamp_ns)
+        t = stamp_ns_to_seconds(msg.stamp_ns)
         t0 = time.perf_counter()
         if msg.kind == 'image':
             frame_width = msg.data.shape[1]
@@ -147,121 +137,6 @@ def run_offline(cfg: EvalConfig, meta, topics: bags.BagTopics) -> RunResult:
     return result
 
 
-# --- live replay through the three nodes over DDS ------------------------------------------
-DIAGNOSTICS_PERIOD_S = 0.5
-PEOPLE_PREFIX = '/humans/faces'
-
-
-def _node_params(cfg: EvalConfig, compressed: bool) -> dict:
-    """ROS parameter file content for the three nodes: the same settings as offline, the
-    camera's message type, and reliable inputs deep enough that no message of the replay is
-    dropped (a sensor-data subscription may drop frames, which offline never does)."""
-    common = {'torch_threads': cfg.threads, 'diagnostics_period_s': DIAGNOSTICS_PERIOD_S,
-              **dataclasses.asdict(cfg.settings)}
-    people = {'max_faces': cfg.max_faces} if cfg.people else {}
-    return {
-        '/**': {'ros__parameters': common},
-        '/**/face_crop': {'ros__parameters': {'qos_reliability': 'reliable',
-                                              'qos_depth': 100,
-                                              'compressed_input': compressed, **people}},
-        '/**/audio_feature': {'ros__parameters': {'qos_reliability': 'reliable',
-                                                  'qos_depth': 500}},
-        '/**/fusion': {'ros__parameters': {'queue_depth': 100, **people,
-                                           **({'audio_to': cfg.audio_to} if cfg.people
-                                              else {})}},
-    }
-
-
-def run_live(cfg: EvalConfig, meta, topics: bags.BagTopics, compressed: bool) -> RunResult:
-    """Play the bag to the three node processes over loopback DDS with sim time (`ros.rig`)
-    and record `emotion`; `compressed`: the camera topic carries CompressedImage. Raises
-    TimeoutError/RuntimeError with the nodes' logs when they fail."""
-    import tempfile
-
-    from lightmer.harness.rig import NodeProcesses, Rig, Topics
-
-    if not cfg.rate > 0:
-        raise ValueError(f'rate must be positive, got {cfg.rate}')
-    rig_topics = Topics(topics.image, topics.audio, topics.audio_info)
-    launch = {'model': str(Path(cfg.checkpoint).resolve()), 'use_sim_time': 'true',
-              **rig_topics.launch_args()}
-    # A face node reading CompressedImage subscribes image/compressed, which the camera_topic
-    # launch argument (a remap of `image`) does not reach.
-    remaps = {'face_crop': [('image/compressed', topics.image)]} if compressed else {}
-    with tempfile.TemporaryDirectory(prefix='lightmer-eval-') as tmp:
-        log_dir = Path(cfg.out) / 'nodes' if cfg.out is not None else Path(tmp)
-        started = time.monotonic()
-        with (NodeProcesses(launch, log_dir, _node_params(cfg, compressed), remaps) as nodes,
-              Rig(topics=rig_topics, use_sim_time=True, nodes=nodes, compressed=compressed,
-                  own_mic_participant=not cfg.one_participant,
-                  people=PEOPLE_PREFIX if cfg.people else None) as rig):
-            return _replay(cfg, meta, topics, rig, started)
-
-
-def _replay(cfg: EvalConfig, meta, topics: bags.BagTopics, rig, started: float) -> RunResult:
-    from lightmer.ros.conversions import time_to_float
-    from lightmer.harness.rig import NODE_NAMES, Event
-
-    kinds = {topics.image: 'image', topics.audio: 'audio', topics.audio_info: 'info'}
-    messages = (Event(stamp_seconds(t_ns), kinds[topic], raw)
-                for topic, _, t_ns, raw in bags.iter_raw(cfg.bag, topics))
-    first = next(messages)
-    rig.publish_clock(first.t_s)
-    for topic, _, _, raw in bags.iter_raw(cfg.bag, topics):
-        if topic == topics.audio_info:         # latched: the audio node gets it on match
-            rig.publish('info', raw)
-            break
-    rig.wait_ready(cfg.startup_timeout_s)
-    rig.wait_format(timeout_s=cfg.startup_timeout_s)
-    startup_s = time.monotonic() - started
-
-    wall0 = time.monotonic()
-    played = rig.play(itertools.chain([first], messages), cfg.rate, clock=True,
-                      progress='eval-bag live')
-    play_s = time.monotonic() - wall0
-    rig.wait_settled(played.sent['image'], 4 * DIAGNOSTICS_PERIOD_S, cfg.drain_timeout_s)
-    drain_s = time.monotonic() - wall0 - play_s
-
-    snap = rig.snapshot()
-    half = meta.features.window_s / 2
-    result = RunResult()
-    received = [('', r) for r in snap.emotion]
-    if cfg.people:
-        received = [(i, r) for i, rs in snap.person_emotion.items() for r in rs]
-    for face_id, got in sorted(received, key=lambda x: time_to_float(x[1].msg.header.stamp)):
-        stamp = time_to_float(got.msg.header.stamp)
-        scores = {h.class_id: h.score for h in got.msg.results}
-        end_s = stamp + half
-        wall_end = float(np.interp(end_s, played.t_s, played.wall_s))
-        result.windows.append(WindowRecord(
-            segment_of_reference(stamp, meta.segment_s, cfg.settings.reference), stamp, end_s,
-            tuple(float(scores.get(label, math.nan)) for label in meta.labels), got.clock_s,
-            (got.clock_s - end_s) * 1e3, (got.wall_s - wall_end) * 1e3, face_id))
-    result.counts = {name: snap.counts(rig.node_name(name)) for name in NODE_NAMES}
-    frames_lost = played.sent['image'] - result.counts['face_crop'].get('frames', 0)
-    # A replay (faster than real time especially) is only faithful while the nodes keep up:
-    # no frame lost, no input arriving after its segment was given up. (The player falling
-    # behind its schedule on a loaded machine only bunches messages up; it is reported as
-    # player_behind_max_s.)
-    late = result.counts['fusion'].get('late', 0)
-    kept_up = frames_lost == 0 and late == 0
-    if not kept_up:
-        print(f'eval-bag --live: the nodes did not keep up at rate {cfg.rate} (late {late}, '
-              f'frames lost {frames_lost}); lower --rate', file=sys.stderr)
-    result.extra = {'messages': sum(played.sent.values()), 'rate': cfg.rate,
-                    'kept_up': kept_up, 'startup_s': startup_s, 'play_wall_s': play_s,
-                    'drain_s': drain_s, 'player_behind_max_s': played.behind_max_s,
-                    'frames_lost': frames_lost}
-    if cfg.people:
-        centres: dict[str, list[float]] = {}
-        for r in snap.face_crops:
-            for f in r.msg.faces:
-                centres.setdefault(f.id, []).append(f.roi.x_offset + f.roi.width / 2)
-        first_image = next(m for m in bags.read_bag(cfg.bag, topics) if m.kind == 'image')
-        result.extra.update(centres_x=centres, frame_width=first_image.data.shape[1])
-    return result
-
-
 def _progress(items, desc: str):
     from tqdm import tqdm
 
@@ -269,9 +144,19 @@ def _progress(items, desc: str):
 
 
 # --- entry point ---------------------------------------------------------------------------
-def evaluate_bag(cfg: EvalConfig) -> dict:
+# Plays a bag through the live nodes: (cfg, meta, topics, camera compressed) -> RunResult.
+LiveRunner = Callable[[EvalConfig, CheckpointMeta, bags.BagTopics, bool], RunResult]
+
+
+def evaluate_bag(cfg: EvalConfig, live: LiveRunner | None = None) -> dict:
     """Replay `cfg.bag`, score the windows against `cfg.labels`; returns the summary dict that
-    is also written to `<out>/eval.json` (with windows.json, confusion.png, latency.png)."""
+    is also written to `<out>/eval.json` (with windows.json, confusion.png, latency.png).
+
+    `cfg.live` needs `live`, the runner that drives the node processes
+    (`harness.live_eval.run_live`, above this layer; `evaluate_bag_live` passes it)."""
+    if cfg.live and live is None:
+        raise ValueError('live evaluation drives the node processes: call '
+                         'harness.live_eval.evaluate_bag_live (lightmer eval-bag --live)')
     from lightmer.core.backend import read_meta
 
     topics = bags.BagTopics(cfg.image_topic, cfg.audio_topic, cfg.audio_info_topic)
@@ -285,7 +170,7 @@ def evaluate_bag(cfg: EvalConfig) -> dict:
                          '(make-bag --two-people writes one)')
     t0 = time.perf_counter()
     if cfg.live:
-        run = run_live(cfg, meta, topics, info.image_compressed)
+        run = live(cfg, meta, topics, info.image_compressed)
     else:
         run = run_offline(cfg, meta, topics)
     elapsed = time.perf_counter() - t0

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:                   # bags lays these clips out and imports this module
-    from lightmer.evaluation.bags import BagClip
+from lightmer.evaluation.bags import BagClip
 
 PEOPLE = ('left', 'right')
 

@@ -5,7 +5,7 @@ generate a CREMA-D-layout corpus -> prepare the cache (MTCNN crops, 16 kHz audio
 full-training baseline for the paper's Figs. 4-5 comparison) -> write a rosbag of the
 held-out actors -> score it offline (the nodes' processors in-process) and live (the three
 real nodes over DDS on loopback, sim time) -> report. With `robot`, one more stage: the
-demo's model learns from a simulated robot's own people (`lightmer.experiments.robot_sim`, quick size).
+demo's model learns from a simulated robot's own people (`experiments.robot_sim`, quick size).
 
 Every stage is a call into the same modules the CLI exposes; nothing here re-implements them.
 """
@@ -71,10 +71,12 @@ def run_demo(out: Path, quick: bool = False, robot: bool = False) -> dict:
     """Run every stage into `out` (created; an earlier demo there is replaced) and return the
     result that is also written to `out/demo.json`. `robot`: also the optional stage that
     fine-tunes the demo's model on a simulated robot's people (out/robot/)."""
-    from lightmer.evaluation.bags import default_labels_path, make_bag
     from lightmer.datasets.prepare import prepare
     from lightmer.datasets.synth import synthesize
+    from lightmer.evaluation.bag_corpus import make_bag
+    from lightmer.evaluation.bags import default_labels_path
     from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
+    from lightmer.harness.live_eval import evaluate_bag_live
     from lightmer.training.train import TrainConfig, train
 
     size = SIZES['quick' if quick else 'full']
@@ -117,7 +119,8 @@ def run_demo(out: Path, quick: bool = False, robot: bool = False) -> dict:
     evals = {}
     for mode in ('offline', 'live'):
         with stage(f'evaluate the bag {mode}', timings):
-            evals[mode] = evaluate_bag(EvalConfig(
+            evaluate = evaluate_bag_live if mode == 'live' else evaluate_bag
+            evals[mode] = evaluate(EvalConfig(
                 bag=bag, labels=labels_csv, checkpoint=checkpoint, live=mode == 'live',
                 out=out / f'eval_{mode}', rate=size.playback_rate))
             print(f"{mode}: window accuracy {evals[mode]['window_accuracy']:.3f}, "

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lightmer.datasets.synth import DomainShift
 from lightmer.core.atomic_io import atomic_save_json
+from lightmer.datasets.synth import DomainShift
 from lightmer.experiments.stages import stage as _stage
 
 DATASET = 'crema-d'
@@ -133,8 +133,8 @@ def _sessions(corpus: Path, out: Path, eval_clips: int) -> dict[str, Path]:
 
 def _people_bags(out: Path, size: SimSize, timings: dict) -> dict[str, list[Path]]:
     """{'pool': bags, 'eval': bags}: one bag per person and session."""
-    from lightmer.evaluation.bags import make_bag
     from lightmer.datasets.synth import synthesize
+    from lightmer.evaluation.bag_corpus import make_bag
 
     corpus = out / 'people_corpus'
     bags_dir = out / 'bags'
@@ -240,9 +240,9 @@ def simulate_robot(out: str | os.PathLike, quick: bool = False,
                    base_from: str | os.PathLike | None = None) -> dict:
     """Run (or continue: finished stages are kept) the simulation into `out`; returns the
     result also written to `out/robot_sim.json` (with learning_curves.png)."""
-    from lightmer.core.plots import plot_label_curves
     from lightmer.active.pool import PoolConfig, build_pool, recording_id
-    from lightmer.stream.fuser import StreamSettings
+    from lightmer.core.plots import plot_label_curves
+    from lightmer.stream.settings import StreamSettings
 
     size = SIZES['quick' if quick else 'full']
     out = Path(out)

@@ -284,16 +284,16 @@ def run_bench(repeats: int = 20, threads: int | None = None, checkpoint=None,
     and (with the nodes) latency_histogram.png there."""
     import json
 
-    from lightmer.harness.bench_nodes import untrained_checkpoint
     from lightmer.core.atomic_io import atomic_save_json
+    from lightmer.harness.bench_nodes import untrained_checkpoint
 
     result: dict[str, Any] = dict(bench_model(repeats, threads, checkpoint))
     with tempfile.TemporaryDirectory() as tmp:
         model_path = checkpoint if checkpoint is not None else untrained_checkpoint(Path(tmp))
         result['backends'] = bench_backends(model_path, repeats)
         if nodes:
-            from lightmer.harness.bench_nodes import bench_nodes
             from lightmer.core.export import export_checkpoint
+            from lightmer.harness.bench_nodes import bench_nodes
 
             # The torch run's figures (latency_ms, max_camera_fps, rss_mb, model_mb, ...) sit
             # at the top level beside the model's, as one flat report; the same figures with

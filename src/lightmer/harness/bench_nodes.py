@@ -149,7 +149,7 @@ def latency_run(sensors, seconds: float, meta, timeout_s: float = 90.0,
 
 
 def _stamp(received) -> float:
-    from lightmer.ros.conversions import time_to_float
+    from lightmer.core.messages import time_to_float
 
     return time_to_float(received.msg.header.stamp)
 

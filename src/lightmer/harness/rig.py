@@ -478,7 +478,7 @@ class Rig:
         from hri_msgs.msg import Expression
         from vision_msgs.msg import Classification
 
-        from lightmer.ros.conversions import ConversionError, check_face_id
+        from lightmer.core.messages import ConversionError, check_face_id
         from lightmer.ros.qos import output_qos
 
         self._keeper('face_crops', 'face_crops')(msg)
@@ -508,7 +508,7 @@ class Rig:
         return callback
 
     def _diagnostics_callback(self, msg) -> None:
-        from lightmer.ros.conversions import diagnostics_counts
+        from lightmer.core.messages import diagnostics_counts
 
         counts = diagnostics_counts(msg)
         for status in msg.status:            # keep the problem text beside the counts
@@ -602,7 +602,7 @@ class Rig:
         meanwhile; this proves the audio path connected end to end. Use a `t0` well before the
         data that follows, which then starts a new audio run.
         """
-        from lightmer.ros.conversions import time_to_float
+        from lightmer.core.messages import time_to_float
 
         silence = np.zeros(chunk, dtype='<i2').tobytes()
         deadline = time.monotonic() + timeout_s

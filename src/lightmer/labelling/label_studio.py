@@ -58,9 +58,9 @@ def labelling_config(labels: tuple[str, ...] | list[str]) -> str:
 def export_tasks(manifest: dict, out: str | os.PathLike, url_prefix: str | None = None) -> dict:
     """Write the batch `manifest` (lightmer query) as Label Studio tasks into `out`; returns
     {'tasks', 'config', 'media', 'n'}."""
-    from lightmer.labelling import media as label_media
-    from lightmer.core.atomic_io import atomic_save_json, atomic_write_bytes, atomic_write_text
     from lightmer.active.pool import Pool
+    from lightmer.core.atomic_io import atomic_save_json, atomic_write_bytes, atomic_write_text
+    from lightmer.labelling import media as label_media
 
     out = Path(out)
     prefix = f'{LOCAL_FILES}{out.resolve().name}/' if url_prefix is None else url_prefix

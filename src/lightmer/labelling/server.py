@@ -8,7 +8,7 @@ Routes (nothing is ever looked up on disk by a path from the request):
 - GET  /, /label.js, /label.css    the page (package files `labelling/page/*`)
 - GET  /api/state                  labels, queue (manifest items), latest answers, counts
 - POST /api/answer                 {"window_id", "label"[, "who"]}: appended to the answers
-                                   file at once (lightmer.active.answers: validated, atomic, locked;
+                                   file at once (active.answers: validated, atomic, locked;
                                    repeating a window's last answer writes nothing)
 - GET  /media/<i>/faces.png | audio.wav | clip.gif   of the queue's i-th window
 Errors are JSON {"error": message} with a 4xx status, and change nothing.

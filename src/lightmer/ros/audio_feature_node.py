@@ -21,20 +21,19 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from lightmer.core.features import to_mono
-from lightmer.stream.fuser import AudioSegmenter
-
-from .common import Reporter, run_node
-from .conversions import (
+from lightmer.core.messages import (
     AudioFormat,
     ConversionError,
-    array_to_image,
     audio_format_from_info,
     check_sample_rate,
-    float_to_time,
     mgonzs13_to_samples,
     pcm_to_samples,
     time_to_float,
 )
+from lightmer.stream.audio import AudioSegmenter
+
+from .common import Reporter, run_node
+from .conversions import array_to_image, float_to_time
 from .params import AudioFeatureParams, declare_and_read, load_for_node
 from .qos import input_qos, latched_qos, output_qos
 

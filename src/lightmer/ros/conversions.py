@@ -1,80 +1,30 @@
-"""Messages <-> numpy arrays: images, audio chunks, stamps and classification outputs.
+"""numpy -> ROS messages: crops, log-mels, stamps, classification outputs, diagnostics and the
+several-people messages, built as rclpy's types.
 
-The only module that knows message layouts. Conversions are numpy only: the five image
-encodings the nodes accept are plain byte layouts that numpy reads exactly, so cv_bridge (not
-installable from PyPI, and a second code path that could disagree) is not needed.
-Errors are `ConversionError` (a ValueError) with a message that says what to change.
+Reading messages (images, audio, stamps) is `core.messages`, which bag replay shares with the
+nodes; this module adds what only a node does: building messages to publish, and the FaceCrops
+message both ways (its crops are read with core.messages). Errors are
+`core.messages.ConversionError`.
 """
 from __future__ import annotations
 
-import io
 import sys
-from dataclasses import dataclass
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Classification, LabelInfo, ObjectHypothesis, VisionClass
 
-# encoding -> (channels, how to reach RGB from the stored channel order)
-IMAGE_ENCODINGS = {
-    'rgb8': (3, (0, 1, 2)),
-    'bgr8': (3, (2, 1, 0)),
-    'rgba8': (4, (0, 1, 2)),
-    'bgra8': (4, (2, 1, 0)),
-    'mono8': (1, None),
-}
-
-# ros-drivers AudioInfo.sample_format -> numpy dtype of one sample
-SAMPLE_FORMATS = {
-    'S16LE': np.dtype('<i2'),
-    'S32LE': np.dtype('<i4'),
-    'F32LE': np.dtype('<f4'),
-    'U8': np.dtype('u1'),
-}
-# Usable capture rates, Hz: telephone audio up to the highest rate sound cards offer.
-MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384_000
-# coding_format values that mean raw interleaved PCM
-PCM_CODINGS = ('wave', 'wav', 'raw', 'pcm', '')
-
-# mgonzs13 AudioInfo.format (PortAudio sample format flags) -> AudioData field and dtype
-MGONZS13_FORMATS = {
-    1: ('float32_data', np.dtype(np.float32)),
-    2: ('int32_data', np.dtype(np.int32)),
-    8: ('int16_data', np.dtype(np.int16)),
-    16: ('int8_data', np.dtype(np.int8)),
-    32: ('uint8_data', np.dtype(np.uint8)),
-}
-
-
-class ConversionError(ValueError):
-    """A message that cannot be converted; the text says what to change at the source."""
-
-
-# Largest compressed image decoded by default: 8K UHD (7680 x 4320), 100 MB as RGB.
-DEFAULT_MAX_PIXELS = 7680 * 4320
-# What PIL raises on corrupt data: its parsers' internal errors (struct, EOF, index, syntax)
-# become OSError (UnidentifiedImageError on open, "truncated" on load); ValueError for
-# arguments it cannot use. Decompression bombs get an Exception of their own (caught apart).
-# What PIL's decoders raise on hostile bytes: OSError and ValueError mostly, but a PNG with a
-# broken chunk id raises SyntaxError, and a cut stream EOFError (found by test_conversions'
-# generated corruptions).
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
+from lightmer.core.messages import (
+    ConversionError,
+    check_face_id,
+    expression_fields,
+    image_to_array,
+)
 
 
 # --- time ------------------------------------------------------------------------------------
-def stamp_to_seconds(sec: int, nanosec: int) -> float:
-    """A stamp's two fields -> seconds (float64). The one place this sum is written, so that
-    the nodes and the offline bag replay see the very same floats."""
-    return sec + nanosec * 1e-9
-
-
-def time_to_float(stamp: Time) -> float:
-    """builtin_interfaces/Time -> seconds (float64)."""
-    return stamp_to_seconds(stamp.sec, stamp.nanosec)
-
-
 def float_to_time(t: float) -> Time:
     """Seconds -> builtin_interfaces/Time, rounded to the nearest nanosecond."""
     total_ns = int(round(t * 1e9))
@@ -83,120 +33,11 @@ def float_to_time(t: float) -> Time:
 
 
 # --- images ----------------------------------------------------------------------------------
-def image_to_rgb(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8) -> uint8 (H, W, 3) RGB, a new array.
-
-    Rows may be padded (`step` > width * channels). Raises ConversionError for what
-    `check_image` refuses.
-    """
-    channels, order = _rgb_encoding(msg)
-    pixels = _image_array(msg, channels, np.dtype(np.uint8))          # (H, W, channels)
-    if order is None:
-        return np.repeat(pixels, 3, axis=2)
-    return np.ascontiguousarray(pixels[:, :, list(order)])
-
-
-def check_image(msg: Image) -> None:
-    """What image_to_rgb would refuse, found without touching the pixels: an unsupported
-    encoding, an empty image, a step shorter than a row, data shorter than height * step."""
-    channels, _ = _rgb_encoding(msg)
-    _image_layout(msg, channels, 1)
-
-
-def image_to_array(msg: Image) -> np.ndarray:
-    """mono8 -> uint8 (H, W); 32FC1 -> float32 (H, W) (a new array)."""
-    if msg.encoding == 'mono8':
-        return _image_array(msg, 1, np.dtype(np.uint8))[:, :, 0].copy()
-    if msg.encoding == '32FC1':
-        dtype = np.dtype('>f4' if msg.is_bigendian else '<f4')
-        return _image_array(msg, 1, dtype)[:, :, 0].astype(np.float32)
-    raise ConversionError(f'expected a mono8 or 32FC1 image, got {msg.encoding!r}; this topic '
-                          'is written by lightmer nodes, check the remappings')
-
-
-def _rgb_encoding(msg: Image) -> tuple[int, tuple[int, ...] | None]:
-    enc = msg.encoding.lower()
-    if enc not in IMAGE_ENCODINGS:
-        raise ConversionError(f'unsupported image encoding {msg.encoding!r}; publish one of '
-                              f'{sorted(IMAGE_ENCODINGS)} (e.g. set the camera driver to rgb8)')
-    return IMAGE_ENCODINGS[enc]
-
-
-def _image_layout(msg: Image, channels: int, itemsize: int) -> tuple[int, int, int, int]:
-    """(height, width, step, row bytes) of a consistent image, or ConversionError."""
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    row = w * channels * itemsize
-    if h == 0 or w == 0:
-        raise ConversionError(f'empty image ({w}x{h}); the camera sent no pixels')
-    if step < row:
-        raise ConversionError(f'image step {step} is smaller than width*channels*bytes {row}')
-    if len(msg.data) < h * step:
-        raise ConversionError(f'truncated image: {len(msg.data)} bytes for {h} rows of {step} '
-                              f'bytes ({msg.encoding} {w}x{h})')
-    return h, w, step, row
-
-
-def _image_array(msg: Image, channels: int, dtype: np.dtype) -> np.ndarray:
-    h, w, step, row = _image_layout(msg, channels, dtype.itemsize)
-    data = memoryview(msg.data).cast('B') if not isinstance(msg.data, bytes) else msg.data
-    buf = np.frombuffer(data, dtype=np.uint8, count=h * step).reshape(h, step)[:, :row]
-    return buf.copy().view(dtype).reshape(h, w, channels)
-
-
-# Leading bytes of the formats compressed_image_transport writes (and PIL reads).
-_COMPRESSED_MAGIC = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n')
-
-
-def check_compressed(msg: CompressedImage) -> None:
-    """Cheap arrival check of a CompressedImage: non-empty, starting like a JPEG or PNG file."""
-    head = bytes(msg.data[:8])
-    if not head:
-        raise ConversionError(f'empty compressed image (format {msg.format!r}); the camera sent '
-                              'no bytes')
-    if not head.startswith(_COMPRESSED_MAGIC):
-        raise ConversionError(f'compressed image (format {msg.format!r}) is neither JPEG nor '
-                              'PNG data; publish jpeg or png (image_transport compressed)')
-
-
-def compressed_to_rgb(msg: CompressedImage, *,
-                      max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg, png: anything PIL reads) -> uint8 (H, W, 3) RGB.
-
-    The width and height the file's header declares are checked against `max_pixels` before
-    anything is decoded (a few bytes can claim 60000x60000 and ask for gigabytes). Every
-    failure, whatever the decoder raises on hostile bytes, is a ConversionError.
-    """
-    from PIL import Image as PILImage
-
-    try:
-        with PILImage.open(io.BytesIO(bytes(msg.data))) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ConversionError(
-                    f'compressed image (format {msg.format!r}) declares {width}x{height} '
-                    f'pixels, more than max_image_pixels ({max_pixels}); refused before '
-                    'decoding (raise max_image_pixels for a larger camera)')
-            return np.asarray(img.convert('RGB'), dtype=np.uint8).copy()
-    except ConversionError:
-        raise
-    except PILImage.DecompressionBombError as exc:   # PIL's own bound, checked on open
-        raise ConversionError(f'compressed image (format {msg.format!r}) declares more pixels '
-                              f'than max_image_pixels ({max_pixels}): {exc}; refused before '
-                              'decoding') from exc
-    except _DECODE_ERRORS as exc:
-        raise ConversionError(f'cannot decode compressed image (format {msg.format!r}): '
-                              f'{type(exc).__name__}: {exc}; publish jpeg or png') from exc
-
-
 def no_face_image(header: Header) -> Image:
     """The face_crop node's word for "this segment's frame holds no usable face": an empty
     (0 x 0) mono8 image with the frame's header. One message per segment either way, so the
     fusion node settles the segment at once and can tell "no person" from "no face node"."""
     return Image(header=header, height=0, width=0, encoding='mono8', step=0)
-
-
-def is_no_face_image(msg: Image) -> bool:
-    return msg.height == 0 and msg.width == 0 and msg.encoding == 'mono8'
 
 
 def array_to_image(array: np.ndarray, header: Header) -> Image:
@@ -214,75 +55,6 @@ def array_to_image(array: np.ndarray, header: Header) -> Image:
                 is_bigendian=int(sys.byteorder == 'big'), step=a.shape[1] * a.itemsize)
     msg.data = a.tobytes()
     return msg
-
-
-# --- audio -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class AudioFormat:
-    """A validated PCM stream description."""
-
-    channels: int
-    sample_rate: int          # Hz
-    dtype: np.dtype           # one sample, with its byte order
-
-
-def audio_format_from_info(channels: int, sample_rate: int, sample_format: str,
-                           coding_format: str) -> AudioFormat:
-    """Validate ros-drivers AudioInfo fields. Raises ConversionError that names the fix."""
-    coding = coding_format.strip().lower()
-    if coding not in PCM_CODINGS:
-        raise ConversionError(
-            f'audio stream is {coding_format!r}, not raw PCM; lightmer needs wave samples: '
-            'run audio_capture with format:=wave (e.g. sample_format:=S16LE '
-            'sample_rate:=16000 channels:=1)')
-    fmt = sample_format.strip().upper()
-    if fmt not in SAMPLE_FORMATS:
-        raise ConversionError(f'unsupported sample_format {sample_format!r}; use one of '
-                              f'{sorted(SAMPLE_FORMATS)} (audio_capture sample_format:=S16LE)')
-    if channels < 1:
-        raise ConversionError(f'AudioInfo says {channels} channels; it must be at least 1')
-    return AudioFormat(channels=int(channels), sample_rate=check_sample_rate(sample_rate),
-                       dtype=SAMPLE_FORMATS[fmt])
-
-
-def check_sample_rate(sample_rate: int) -> int:
-    """A capture rate in Hz within [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE], or ConversionError.
-
-    Anything outside is a broken or uninitialised field (4294967295 is an unsigned -1), and
-    resampling from it would cost gigabytes.
-    """
-    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-        raise ConversionError(f'audio sample_rate {sample_rate} Hz is not a usable rate (must '
-                              f'be {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}); publish the real '
-                              'capture rate (e.g. 16000)')
-    return int(sample_rate)
-
-
-def pcm_to_samples(data, fmt: AudioFormat) -> np.ndarray:
-    """Interleaved PCM bytes -> (n, channels) samples in their stored dtype (a new array).
-
-    Raises ConversionError when the byte count is not a whole number of frames.
-    """
-    raw = bytes(data)
-    frame_bytes = fmt.dtype.itemsize * fmt.channels
-    if len(raw) % frame_bytes:
-        raise ConversionError(f'{len(raw)} audio bytes are not whole frames of {frame_bytes} '
-                              f'bytes ({fmt.channels} x {fmt.dtype}); does AudioInfo match?')
-    return np.frombuffer(raw, dtype=fmt.dtype).reshape(-1, fmt.channels).copy()
-
-
-def mgonzs13_to_samples(audio_data, fmt_code: int, channels: int) -> np.ndarray:
-    """mgonzs13 AudioData (the field named by the format code) -> (n, channels) samples."""
-    if fmt_code not in MGONZS13_FORMATS:
-        raise ConversionError(f'unsupported mgonzs13 audio format {fmt_code}; use one of '
-                              f'{sorted(MGONZS13_FORMATS)} (1 = float32, 8 = int16)')
-    if channels < 1:
-        raise ConversionError(f'AudioInfo says {channels} channels; it must be at least 1')
-    name, dtype = MGONZS13_FORMATS[fmt_code]
-    a = np.asarray(getattr(audio_data, name), dtype=dtype)
-    if a.size % channels:
-        raise ConversionError(f'{a.size} samples are not whole frames of {channels} channels')
-    return a.reshape(-1, channels).copy()
 
 
 # --- outputs ---------------------------------------------------------------------------------
@@ -316,32 +88,6 @@ def diagnostics_msg(stamp: Time, name: str, counts: dict[str, int | float | str]
         level=level, name=name, message=message or 'ok', hardware_id='lightmer',
         values=[KeyValue(key=k, value=str(v)) for k, v in counts.items()])
     return DiagnosticArray(header=Header(stamp=stamp), status=[status])
-
-
-def diagnostics_counts(msg) -> dict[str, dict[str, str]]:
-    """DiagnosticArray -> {status name: {key: value}} (what tests and tools read back)."""
-    return {s.name: {kv.key: kv.value for kv in s.values} for s in msg.status}
-
-
-# lightmer label -> hri_msgs/Expression constant (REP-155 has no 'calm': its nearest is neutral)
-HRI_EXPRESSIONS = {
-    'angry': 'angry', 'disgusted': 'disgusted', 'fearful': 'scared', 'happy': 'happy',
-    'neutral': 'neutral', 'sad': 'sad', 'surprised': 'surprised', 'calm': 'neutral',
-}
-
-
-def expression_fields(probs: np.ndarray, labels: tuple[str, ...]) -> tuple[str, float]:
-    """(hri expression constant, confidence) of the most probable class.
-
-    Probabilities of labels mapped to the same constant (calm and neutral) are added first.
-    """
-    p = np.asarray(probs, dtype=np.float64).reshape(-1)
-    merged: dict[str, float] = {}
-    for label, score in zip(labels, p, strict=True):
-        key = HRI_EXPRESSIONS.get(label, label)
-        merged[key] = merged.get(key, 0.0) + float(score)
-    best = max(merged, key=merged.__getitem__)
-    return best, merged[best]
 
 
 # --- several people (lightmer_msgs/FaceCrops, ROS4HRI) -----------------------------------------
@@ -385,16 +131,6 @@ def faces_from_msg(msg, shape: tuple[int, int]) -> tuple[list, list[str]]:
                         f.roi.y_offset + f.roi.height], dtype=np.float64)
         faces.append(TrackedFace(f.id, crop, box, float(f.confidence)))
     return faces, errors
-
-
-def check_face_id(face_id: str) -> str:
-    """A face id that can be one token of a topic name (/humans/faces/<id>/...): a letter,
-    then letters, digits or underscores (ROS4HRI's ids are such). ConversionError otherwise."""
-    if not (face_id[:1].isascii() and face_id[:1].isalpha()
-            and all(c.isascii() and (c.isalnum() or c == '_') for c in face_id)):
-        raise ConversionError(f'face id {face_id!r} cannot name a topic: ids must be a '
-                              'letter followed by letters, digits or underscores')
-    return face_id
 
 
 def expression_msg(probs: np.ndarray, labels: tuple[str, ...], header: Header):

@@ -24,23 +24,20 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from lightmer.core.backend import face_cropper
-from lightmer.stream.people import MultiFaceSegmenter, Ros4hriFaceSegmenter
-from lightmer.stream.fuser import FaceSegmenter
-
-from .common import Reporter, run_node
-from .conversions import (
+from lightmer.core.messages import (
     ConversionError,
-    array_to_image,
     check_compressed,
     check_face_id,
     check_image,
     compressed_to_rgb,
-    face_crops_msg,
-    float_to_time,
     image_to_rgb,
-    no_face_image,
     time_to_float,
 )
+from lightmer.stream.faces import FaceSegmenter
+from lightmer.stream.people import MultiFaceSegmenter, Ros4hriFaceSegmenter
+
+from .common import Reporter, run_node
+from .conversions import array_to_image, face_crops_msg, float_to_time, no_face_image
 from .params import FaceCropParams, declare_and_read, load_for_node
 from .qos import input_qos, output_qos
 

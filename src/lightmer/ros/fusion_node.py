@@ -35,20 +35,17 @@ from vision_msgs.msg import Classification, LabelInfo
 
 from lightmer.core.backend import load_model
 from lightmer.core.features import log_mel
-from lightmer.stream.people import PeopleFuser, PersonWindow
+from lightmer.core.messages import ConversionError, image_to_array, is_no_face_image, time_to_float
 from lightmer.stream.fuser import SegmentFuser, WindowResult, stall_status
+from lightmer.stream.people import PeopleFuser, PersonWindow
 
 from .common import ERROR, OK, WARN, Reporter, run_node
 from .conversions import (
-    ConversionError,
     classification_msg,
     expression_msg,
     faces_from_msg,
     float_to_time,
-    image_to_array,
-    is_no_face_image,
     label_info_msg,
-    time_to_float,
 )
 from .params import FusionParams, declare_and_read, load_for_node
 from .qos import latched_qos, output_qos

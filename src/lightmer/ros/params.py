@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lightmer.stream.fuser import StreamSettings
+from lightmer.core.messages import DEFAULT_MAX_PIXELS
+from lightmer.stream.settings import StreamSettings
 
-from .conversions import DEFAULT_MAX_PIXELS
 from .description import share_dirs
 from .qos import RELIABILITIES
 

@@ -38,7 +38,8 @@ import numpy as np
 from lightmer.core.config import FeatureConfig
 from lightmer.core.features import crop_face
 from lightmer.core.segments import segment_index, segment_of_reference
-from lightmer.stream.fuser import FrameSelector, FusionCounts, SegmentFuser, WindowResult
+from lightmer.stream.faces import FrameSelector
+from lightmer.stream.fuser import FusionCounts, SegmentFuser, WindowResult
 from lightmer.stream.tracking import FaceTracker, TrackerSettings
 
 AUDIO_TO = ('all', 'largest')
@@ -127,7 +128,7 @@ class MultiFaceSegmenter:
             try:
                 frame = decode(selected) if decode is not None else selected
                 faces, detected = self.faces_of(frame)
-            except ValueError as exc:          # conversions.ConversionError is a ValueError
+            except ValueError as exc:          # messages.ConversionError is a ValueError
                 self.counts.rejected += 1
                 out.append(FacesResult(k, t_frame, selected, (), 0, str(exc)))
                 continue

@@ -14,13 +14,10 @@ import dataclasses
 import numpy as np
 
 from lightmer.core.features import FaceCropper
-from lightmer.stream.fuser import (
-    AudioSegmenter,
-    FaceSegmenter,
-    SegmentFuser,
-    StreamSettings,
-    WindowResult,
-)
+from lightmer.stream.audio import AudioSegmenter
+from lightmer.stream.faces import FaceSegmenter
+from lightmer.stream.fuser import SegmentFuser, WindowResult
+from lightmer.stream.settings import StreamSettings
 
 
 class OfflinePipeline:

@@ -60,8 +60,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from lightmer.core.atomic_io import atomic_save_json, atomic_torch_save
 from lightmer.core.checkpoint import CheckpointMeta, make_provenance, save_checkpoint
 from lightmer.core.config import MEL_NORMS, FeatureConfig, get_preset
+from lightmer.core.model import LightmerNet, ModelConfig
+from lightmer.core.plots import confusion_matrix, plot_comparison, plot_confusion, plot_curves
+from lightmer.core.uncertainty import entropy_bits, most_uncertain
 from lightmer.datasets.cache import CacheIndex, SegmentDataset, dataset_mel_norm, load_index
 from lightmer.training.distributed import (
     SINGLE,
@@ -81,10 +85,6 @@ from lightmer.training.distributed import (
     to_keyed_dropout,
 )
 from lightmer.training.folds import Split, check_disjoint, split_fold
-from lightmer.core.atomic_io import atomic_save_json, atomic_torch_save
-from lightmer.core.model import LightmerNet, ModelConfig
-from lightmer.core.plots import confusion_matrix, plot_comparison, plot_confusion, plot_curves
-from lightmer.core.uncertainty import entropy_bits, most_uncertain
 
 STRATEGIES = ('uncertainty', 'full')
 STATE_VERSION = 1

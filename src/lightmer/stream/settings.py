@@ -1,0 +1,62 @@
+"""StreamSettings: how the nodes process their streams, beyond what the checkpoint fixes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lightmer.core.features import (
+    MIN_FACE_SIZE,
+)
+from lightmer.core.segments import (
+    REFERENCES,
+)
+
+MISSING_POLICIES = ('skip', 'nearest')
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How the three nodes process their streams, beyond what the checkpoint fixes.
+
+    Named and defaulted as the nodes' ROS parameters, and defined only here: `ros.params`
+    declares the parameters with these defaults, and eval-bag, the benchmark and the demo build
+    the processors (or the nodes' parameter file) from an instance.
+    """
+
+    reference: str = 'centre'          # segment reference time: 'centre' (as trained) | 'start'
+    min_face_size: int = MIN_FACE_SIZE  # smallest face MTCNN looks for, pixels
+    gap_tolerance_s: float = 0.05      # chunk stamp mismatch still continuous audio, seconds
+    # Publish a window once this many of its N segments are cached (at most N; 0 = all N).
+    # 2: a 1.5 s utterance holds 3 segments at T = 0.5 s (CREMA-D models) but may hold only 2
+    # at T = 0.6 s (RAVDESS); measured against accuracy in docs/ROBOT_OPERATIONS.md.
+    min_segments: int = 2
+    missing_policy: str = 'skip'       # a segment with one modality: 'skip' it | 'nearest'
+    missing_wait_s: float = 2.0        # how long (stamp seconds) a half segment waits
+    nearest_max_segments: int = 2      # 'nearest': the farthest segment to borrow from
+    # A forward stamp step at least this long is a jump (a clock set, a replay seek, an outage
+    # of hours), logged and counted once rather than as the segments it skipped. Seconds.
+    stamp_jump_s: float = 10.0
+    # A hole at least this long in one input stream of the fuser (its node restarting, its
+    # sensor stalled) ends the run of windows: no window averages segments from both sides;
+    # the fusion node's /diagnostics also warns after this long. Seconds.
+    stall_warn_s: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.reference not in REFERENCES:
+            raise ValueError(f'reference must be one of {REFERENCES}, got {self.reference!r}')
+        if self.missing_policy not in MISSING_POLICIES:
+            raise ValueError(f'missing_policy must be one of {MISSING_POLICIES}, '
+                             f'got {self.missing_policy!r}')
+        if self.min_face_size < 1 or self.min_segments < 0 or self.nearest_max_segments < 1:
+            raise ValueError('min_face_size must be >= 1, min_segments >= 0 and '
+                             'nearest_max_segments >= 1')
+        if self.gap_tolerance_s < 0 or self.missing_wait_s < 0:
+            raise ValueError('gap_tolerance_s and missing_wait_s must be >= 0')
+        if not self.stamp_jump_s > self.gap_tolerance_s:
+            raise ValueError(f'stamp_jump_s ({self.stamp_jump_s}) must exceed '
+                             f'gap_tolerance_s ({self.gap_tolerance_s})')
+        if not self.stall_warn_s > 0:
+            raise ValueError(f'stall_warn_s must be > 0, got {self.stall_warn_s}')
+
+    def window_minimum(self, n_segments: int) -> int:
+        """Segments a window needs before it is published: min_segments, at most N (0 = N)."""
+        return min(self.min_segments or n_segments, n_segments)
