@@ -1,11 +1,12 @@
 """Shared fixtures. Sets the loopback-only DDS environment before anything imports rclpy."""
 import os
 
-# DDS must never leave loopback (see README, "DDS stays on loopback"). These must be set
-# before rclpy initialises a context, so they live at the top of conftest, which pytest
+from lightmer.harness.rig import LOOPBACK
+
+# DDS must never leave loopback (see README, "DDS stays on loopback"). The variable must be set
+# before rclpy initialises a context, so it is set at the top of conftest, which pytest
 # imports before any test module. scripts/test.sh sets the same and adds a network namespace.
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-os.environ['ROS_LOCALHOST_ONLY'] = '1'
+os.environ.update(LOOPBACK)
 # A domain of this test run's own so that parallel runs never cross; test.sh picks one.
 os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
 # Two weak cores: keep torch from oversubscribing them when nodes and tests share a process.
@@ -20,10 +21,7 @@ pytest_plugins = ['fixtures_data']
 @pytest.fixture(scope='session')
 def ros_env() -> dict:
     """Environment for subprocesses that speak DDS: the same loopback settings as this one."""
-    env = dict(os.environ)
-    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    env['ROS_LOCALHOST_ONLY'] = '1'
-    return env
+    return {**os.environ, **LOOPBACK}
 
 
 @pytest.fixture

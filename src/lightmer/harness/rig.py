@@ -36,9 +36,23 @@ import numpy as np
 
 from lightmer.ros.description import NODES, defaults, resolve
 
-# The environment that keeps DDS discovery on this machine (Jazzy reads the first, Humble the
-# second); see the README, "DDS stays on loopback".
-LOOPBACK = {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST', 'ROS_LOCALHOST_ONLY': '1'}
+
+
+def loopback_variables(distro: str | None = None) -> dict[str, str]:
+    """The environment variable that keeps DDS discovery on this machine, for the ROS 2
+    distribution in use (`distro`, default $ROS_DISTRO; a pip install without it is Jazzy).
+
+    Humble reads only ROS_LOCALHOST_ONLY; Iron and later read ROS_AUTOMATIC_DISCOVERY_RANGE and
+    warn on every start that ROS_LOCALHOST_ONLY is deprecated, so exactly one is set.
+    """
+    distro = os.environ.get('ROS_DISTRO', '') if distro is None else distro
+    if distro.strip().lower() == 'humble':
+        return {'ROS_LOCALHOST_ONLY': '1'}
+    return {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
+
+
+# See the README, "DDS stays on loopback" (scripts/loopback.sh applies the same rule).
+LOOPBACK = loopback_variables()
 # History of every sensor publisher, in messages: 3 s of a 30 fps camera or of 32 ms audio
 # chunks. A reliable reader that falls behind is repaired from it; a shorter history loses
 # what a busy reader has not acknowledged yet.
