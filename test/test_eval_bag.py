@@ -222,8 +222,9 @@ def test_onnx_export_through_the_live_nodes(corpus_bags, onnx_model, offline, tm
     """The three node processes on the ONNX export (onnxruntime, no torch) publish the windows
     the checkpoint gives offline on torch."""
     bag = corpus_bags['mcap']
-    live = evaluate_bag(EvalConfig(bag=bag, labels=bags.default_labels_path(bag),
-                                   checkpoint=onnx_model, live=True, out=tmp_path, rate=1.0))
+    live = evaluate_bag_live(EvalConfig(bag=bag, labels=bags.default_labels_path(bag),
+                                        checkpoint=onnx_model, live=True, out=tmp_path,
+                                        rate=1.0))
     assert live['kept_up'] is True and live['frames_lost'] == 0
     _same_windows(_windows(tmp_path), _windows(offline['mcap'][1]))
 
@@ -264,7 +265,7 @@ def compressed_bags(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
 
     preset = PRESETS['crema-d']
     records = [r for r in index_dataset('crema-d', tiny_corpus)[0] if r.actor == ACTOR][:2]
-    clips = [bags._load_clip(r, preset.labels[preset.codes.index(r.label)]) for r in records]
+    clips = [bag_corpus._load_clip(r, preset.labels[preset.codes.index(r.label)]) for r in records]
     out = tmp_path_factory.mktemp('compressed')
     made = {}
     for fmt in ('raw', 'jpeg', 'png'):
@@ -275,8 +276,9 @@ def compressed_bags(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
 
 def _evaluate(bag: Path, checkpoint: Path, out: Path, live: bool = False) -> list[dict]:
     # 2 of N segments: windows on these short clips whatever the nodes' default
-    evaluate_bag(EvalConfig(bag=bag, labels=bags.default_labels_path(bag), checkpoint=checkpoint,
-                            out=out, live=live, settings=StreamSettings(min_segments=2)))
+    evaluate = evaluate_bag_live if live else evaluate_bag
+    evaluate(EvalConfig(bag=bag, labels=bags.default_labels_path(bag), checkpoint=checkpoint,
+                        out=out, live=live, settings=StreamSettings(min_segments=2)))
     return _windows(out)
 
 
