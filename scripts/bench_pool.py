@@ -21,13 +21,18 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from lightmer.active.pool import PoolConfig, build_pool
+from lightmer.active.query import QueryConfig, run_query
+from lightmer.core.checkpoint import meta_for_preset, save_checkpoint
+from lightmer.core.model import LightmerNet
+from lightmer.datasets.synth import synthesize
+from lightmer.evaluation.bag_corpus import make_bag
+from lightmer.stream.settings import StreamSettings
+
 
 def _untrained(path: Path, seed: int) -> Path:
-    import torch
-
-    from lightmer.core.checkpoint import meta_for_preset, save_checkpoint
-    from lightmer.core.model import LightmerNet
-
     torch.manual_seed(seed)
     meta = meta_for_preset('crema-d', dataset='bench')
     save_checkpoint(path, LightmerNet(meta.model), meta)
@@ -64,22 +69,12 @@ def main(argv=None) -> int:
     p.add_argument('--checkpoint', type=Path, default=None)
     p.add_argument('--threads', type=int, default=2, help='torch threads')
     args = p.parse_args(argv)
-
-    import torch
-
-    from lightmer.active.pool import PoolConfig, build_pool
-    from lightmer.active.query import QueryConfig, run_query
-    from lightmer.evaluation.bag_corpus import make_bag
-    from lightmer.stream.settings import StreamSettings
-
     torch.set_num_threads(args.threads)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = args.checkpoint or _untrained(out / 'untrained.pt', 0)
     bag = args.bag
     if bag is None:
-        from lightmer.datasets.synth import synthesize
-
         corpus, bag = out / 'corpus', out / 'bag'
         if not bag.exists():
             synthesize('crema-d', corpus, actors=2, clips_per_emotion=1, seed=0)

@@ -35,6 +35,7 @@ from lightmer.core.atomic_io import atomic_save_json
 from lightmer.core.messages import time_to_float
 from lightmer.core.plots import save_figure
 from lightmer.harness.rig import NodeProcesses, Rig, info_msg, loopback_env
+from lightmer.ros.description import NODES as DESCRIBED
 
 # The tests' generated model and live stream (test/ros_helpers.py).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'test'))
@@ -95,8 +96,6 @@ def kill_to_emotion(nodes: NodeProcesses, rig: Rig, name: str) -> float:
 
 
 def phases(name: str, checkpoint: Path) -> dict:
-    from lightmer.ros.description import NODES as DESCRIBED
-
     d = next(n for n in DESCRIBED if n.name == name)
     out = subprocess.run([sys.executable, '-c', PHASES, d.module, d.class_name,
                           str(checkpoint)], capture_output=True, text=True, check=True,
@@ -105,7 +104,7 @@ def phases(name: str, checkpoint: Path) -> dict:
 
 
 def plot(summary: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # only for the figure: the measurement runs without it
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt

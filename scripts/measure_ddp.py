@@ -158,7 +158,7 @@ def _project_crema(costs: dict) -> dict:
 
 
 def _plot(runs: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # only for the figure: the measurement runs without it
 
     matplotlib.use('Agg', force=True)
     import matplotlib.pyplot as plt

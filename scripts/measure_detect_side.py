@@ -25,8 +25,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
+from skimage import data
 
 from lightmer.core.atomic_io import atomic_save_json
+from lightmer.core.backend import mtcnn_nets
+from lightmer.core.checkpoint import meta_for_preset, save_checkpoint
+from lightmer.core.export import export_checkpoint
+from lightmer.core.features import FaceCropper
+from lightmer.core.model import LightmerNet
+from lightmer.core.plots import save_figure
+from lightmer.datasets.media import decode_video
+from lightmer.datasets.synth import synthesize
 
 SIDES = (0, 320, 480, 640, 960)
 FACE_WIDTHS = (30, 40, 60, 80, 120, 160, 240, 320)      # astronaut face width, frame px
@@ -38,9 +49,6 @@ HEAD_PER_FACE = 3.5
 
 
 def astronaut_frames() -> list[tuple[str, np.ndarray]]:
-    from PIL import Image
-    from skimage import data
-
     photo = data.astronaut()[HEAD]
     background = np.asarray(Image.fromarray(data.coffee()).convert('RGB'))
     frames = []
@@ -61,11 +69,6 @@ def astronaut_frames() -> list[tuple[str, np.ndarray]]:
 
 
 def corpus_frames(root: Path, per_clip: int = 3) -> list[tuple[str, np.ndarray]]:
-    from PIL import Image
-
-    from lightmer.datasets.media import decode_video
-    from lightmer.datasets.synth import synthesize
-
     synthesize('crema-d', root, actors=4, clips_per_emotion=1, seed=1)
     frames = []
     for path in sorted((root / 'VideoFlash').glob('*.flv')):
@@ -112,14 +115,6 @@ def measure(frames, croppers: dict, reference) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    from lightmer.core.backend import mtcnn_nets
-    from lightmer.core.checkpoint import meta_for_preset, save_checkpoint
-    from lightmer.core.export import export_checkpoint
-    from lightmer.core.features import FaceCropper
-    from lightmer.core.model import LightmerNet
-
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', type=Path, required=True)
     args = parser.parse_args(argv)
@@ -177,11 +172,9 @@ def _table(results: dict) -> str:
 
 
 def _plot(results: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # only for the figure: the measurement runs without it
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-
-    from lightmer.core.plots import save_figure
 
     fig, (ax_ms, ax_rate) = plt.subplots(1, 2, figsize=(11, 4))
     sides = sorted(SIDES, key=lambda s: s or 1400)            # full frame last, drawn at 1400

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lightmer.labelling.server import load_batch
+
 READY_JS = ('const f = document.getElementById("faces"), c = document.getElementById("clip"),'
             ' a = document.getElementById("audio");'
             'return document.body.dataset.ready === "1" && f.complete && f.naturalWidth > 0 &&'
@@ -47,11 +49,10 @@ def main() -> int:
     p.add_argument('--out', type=Path, default=Path('demo-out/label_page'))
     args = p.parse_args()
 
+    # selenium: a test-only dependency, not needed to read this script's --help.
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
-
-    from lightmer.labelling.server import load_batch
 
     args.out.mkdir(parents=True, exist_ok=True)
     answers = args.out / 'answers.csv'

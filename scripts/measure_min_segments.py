@@ -23,8 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from lightmer.core.atomic_io import atomic_save_json
+from lightmer.core.config import PRESETS
 from lightmer.core.plots import save_figure
+from lightmer.datasets.prepare import prepare
+from lightmer.datasets.synth import synthesize
+from lightmer.evaluation.bag_corpus import make_bag
+from lightmer.evaluation.bags import default_labels_path, read_labels
+from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
 from lightmer.stream.settings import StreamSettings
+from lightmer.training.train import TrainConfig, train
 
 VALUES = {'crema-d': (1, 2, 3, 4, 5), 'ravdess': (1, 2, 3, 4, 6, 8, 12)}
 ACTORS, CLIPS_PER_EMOTION, EPOCHS, N_UNCERTAIN = 10, 2, 20, 8
@@ -33,10 +40,6 @@ ACTORS, CLIPS_PER_EMOTION, EPOCHS, N_UNCERTAIN = 10, 2, 20, 8
 def build_model(layout: str, out: Path) -> tuple[Path, list[str], Path]:
     """Corpus, cache and one trained fold (skipped when done). Returns (checkpoint, held-out
     actors, corpus)."""
-    from lightmer.datasets.prepare import prepare
-    from lightmer.datasets.synth import synthesize
-    from lightmer.training.train import TrainConfig, train
-
     corpus, cache, run = out / 'corpus', out / 'cache', out / 'run'
     if not (corpus / '.done').is_file():
         print(synthesize(layout, corpus, actors=ACTORS, clips_per_emotion=CLIPS_PER_EMOTION,
@@ -65,8 +68,6 @@ def first_window_delays(windows: list[dict], rows) -> list[float]:
 
 
 def measure(layout: str, out: Path) -> list[dict]:
-    from lightmer.core.config import PRESETS
-
     checkpoint, test_actors, corpus = build_model(layout, out)
     preset = PRESETS[layout]
     results = []
@@ -77,10 +78,6 @@ def measure(layout: str, out: Path) -> list[dict]:
 
 
 def measure_bag(layout, out, checkpoint, test_actors, corpus, gap_name, gap_s) -> list[dict]:
-    from lightmer.evaluation.bag_corpus import make_bag
-    from lightmer.evaluation.bags import default_labels_path, read_labels
-    from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
-
     bag = out / f'bag_gap_{gap_name}'
     if not bag.exists():
         print(make_bag(layout, corpus, bag, actors=test_actors, gap_s=gap_s))
@@ -109,7 +106,7 @@ def measure_bag(layout, out, checkpoint, test_actors, corpus, gap_name, gap_s) -
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # only for the figure: the measurement runs without it
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from lightmer.core.atomic_io import atomic_save_json
+from lightmer.core.plots import plot_grouped_bars
+from lightmer.evaluation import bag_corpus, bags
+from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
+from lightmer.evaluation.scoring import score
+
 
 def main(corpus: Path, checkpoint: Path, out: Path, actors: list[str], live: bool) -> int:
-    from lightmer.core.atomic_io import atomic_save_json
-    from lightmer.core.plots import plot_grouped_bars
-    from lightmer.evaluation import bag_corpus, bags
-    from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
-    from lightmer.evaluation.scoring import score
-
     out.mkdir(parents=True, exist_ok=True)
     one, two = out / 'one.bag', out / 'two.bag'
     if not one.exists():
@@ -82,9 +82,7 @@ def main(corpus: Path, checkpoint: Path, out: Path, actors: list[str], live: boo
 def _live(one: Path, two: Path, checkpoint: Path, out: Path, offline: dict) -> dict:
     """Both bags through the live nodes: latency, and the per-person windows against offline's
     (matched by person and stamp; ids differ between runs)."""
-    from lightmer.evaluation import bags
-    from lightmer.evaluation.evaluate import EvalConfig
-    from lightmer.harness.live_eval import evaluate_bag_live
+    from lightmer.harness.live_eval import evaluate_bag_live  # rclpy: only `live` needs it
 
     single = evaluate_bag_live(EvalConfig(one, bags.default_labels_path(one), checkpoint,
                                      live=True, out=out / 'eval_one_live'))

@@ -18,6 +18,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
+from lightmer.core.atomic_io import atomic_save_json
+from lightmer.core.plots import plot_latency_groups
+from lightmer.harness.bench_inputs import untrained_checkpoint
+from lightmer.harness.rig import NodeProcesses, loopback_env
+
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / 'config' / 'fastdds_replay.xml'
 PLAYER = ROOT / 'scripts' / 'replay_one_participant.py'
@@ -30,13 +37,6 @@ CONFIGS = {  # name: (environment added for the player, its extra argument)
 
 
 def main(out: Path, runs: int, seconds: float) -> int:
-    import numpy as np
-
-    from lightmer.core.atomic_io import atomic_save_json
-    from lightmer.core.plots import plot_latency_groups
-    from lightmer.harness.bench_nodes import untrained_checkpoint
-    from lightmer.harness.rig import NodeProcesses, loopback_env
-
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {name: [] for name in CONFIGS}
     with tempfile.TemporaryDirectory() as tmp:

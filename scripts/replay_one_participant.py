@@ -17,14 +17,15 @@ from __future__ import annotations
 import json
 import sys
 
+from lightmer.core.checkpoint import load_checkpoint
+from lightmer.core.segments import segment_of_reference
+from lightmer.harness.bench_inputs import camera_frame
+from lightmer.harness.bench_nodes import latency_run
+from lightmer.harness.rig import Rig, WallClockSensors
+from lightmer.stream.settings import StreamSettings
+
 
 def replay(seconds: float, checkpoint: str, one_participant: bool = True) -> dict:
-    from lightmer.core.checkpoint import load_checkpoint
-    from lightmer.core.segments import segment_of_reference
-    from lightmer.harness.bench_nodes import camera_frame, latency_run
-    from lightmer.harness.rig import Rig, WallClockSensors
-    from lightmer.stream.settings import StreamSettings
-
     meta = load_checkpoint(checkpoint)[1]
     reference = StreamSettings().reference
     with Rig(own_mic_participant=not one_participant, name='lightmer_replay') as rig:

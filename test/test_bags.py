@@ -2,10 +2,20 @@
 rclpy's, clear errors for bags lightmer cannot use, labels CSV."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+import rclpy
+from audio_common_msgs.msg import AudioDataStamped, AudioInfo
+from PIL import Image as PILImage
+from rclpy.context import Context
+from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.rosbag2 import StoragePlugin, Writer
+from sensor_msgs.msg import Image
 
+from lightmer.cli import main
+from lightmer.core.messages import ConversionError
 from lightmer.evaluation import bags
 
 FPS = 25.0
@@ -85,11 +95,6 @@ def test_layout_round_trip(written, clips):
 
 def test_type_hashes_equal_rclpys(written):
     """The hashes in the bag equal those rclpy's generated type support reports on the graph."""
-    import rclpy
-    from audio_common_msgs.msg import AudioDataStamped, AudioInfo
-    from rclpy.context import Context
-    from sensor_msgs.msg import Image
-
     _, out, _ = written
     with bags._open_reader(out) as reader:
         in_bag = {c.msgtype: c.digest for c in reader.connections}
@@ -112,8 +117,6 @@ def test_type_hashes_equal_rclpys(written):
 def _assert_same_cdr(rclpy_msg, raw: bytes) -> None:
     """The bag's CDR bytes are rclpy's, except alignment padding: rclpy (Fast CDR) leaves the
     padding bytes uninitialised (seen: b'U' after a uint8), rosbags writes zeros there."""
-    from rclpy.serialization import deserialize_message, serialize_message
-
     ours = serialize_message(rclpy_msg)
     assert len(ours) == len(raw)
     diff = [i for i, (a, b) in enumerate(zip(ours, raw, strict=True)) if a != b]
@@ -123,9 +126,6 @@ def _assert_same_cdr(rclpy_msg, raw: bytes) -> None:
 
 
 def test_cdr_bytes_equal_rclpys(written, clips):
-    from audio_common_msgs.msg import AudioDataStamped, AudioInfo
-    from sensor_msgs.msg import Image
-
     _, out, _ = written
     firsts: dict[str, tuple[int, bytes]] = {}
     for topic, _msgtype, t_ns, raw in bags.iter_raw(out):
@@ -166,8 +166,6 @@ def _smooth_clip(clip_id: str, n_frames: int) -> bags.BagClip:
 
 @pytest.mark.parametrize('fmt', ['jpeg', 'png'])
 def test_compressed_bags_are_written_and_read(tmp_path, fmt):
-    from PIL import Image as PILImage
-
     clip = _smooth_clip('c1', 10)
     bag = tmp_path / 'bag'
     bags.write_bag([clip], bag, gap_s=0.2, compressed=fmt)
@@ -192,14 +190,11 @@ def test_compressed_bags_are_written_and_read(tmp_path, fmt):
         else:
             assert np.abs(m.data.astype(int) - frame).mean() < 4
     first = store.deserialize_cdr(raw[0][1], bags.COMPRESSED_TYPE)
-    import io
     with PILImage.open(io.BytesIO(bytes(first.data))) as img:
         assert img.format == {'jpeg': 'JPEG', 'png': 'PNG'}[fmt]
 
 
 def test_compressed_frames_are_bounded_in_size(tmp_path):
-    from lightmer.core.messages import ConversionError
-
     bag = tmp_path / 'bag'
     bags.write_bag([_smooth_clip('c1', 3)], bag, gap_s=0.1, compressed='png')
     with pytest.raises(ConversionError, match='refused before decoding'):
@@ -208,8 +203,6 @@ def test_compressed_frames_are_bounded_in_size(tmp_path):
 
 
 def test_cli_make_bag_compressed(tiny_corpus, tmp_path):
-    from lightmer.cli import main
-
     assert main(['make-bag', '--dataset', 'crema-d', '--root', str(tiny_corpus), '--actors',
                  '1002', '--out', str(tmp_path / 'bag'), '--compressed', 'jpeg']) == 0
     info = bags.bag_info(tmp_path / 'bag')
@@ -325,8 +318,6 @@ def test_labels_csv(tmp_path):
 
 
 def test_cli_errors_name_the_fix(tmp_path, capsys):
-    from lightmer.cli import main
-
     assert main(['make-bag', '--dataset', 'crema-d', '--root', str(tmp_path / 'nowhere'),
                  '--out', str(tmp_path / 'bag')]) == 2
     assert 'does not exist' in capsys.readouterr().err

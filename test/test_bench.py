@@ -4,6 +4,9 @@ import json
 import pytest
 
 from lightmer.cli import main
+from lightmer.core.config import FeatureConfig
+from lightmer.core.features import FaceCropper
+from lightmer.harness.bench_inputs import camera_frame
 
 STAGES = ('mtcnn_detect_640x480', 'face_crop', 'log_mel', 'visual_net', 'audio_net',
           'fc_fusion', 'segment_total', 'window_recompute_n5', 'window_recompute_n12',
@@ -60,12 +63,8 @@ def test_bench_with_live_nodes_reports_every_field(tmp_path, capsys):
 
 
 def test_the_camera_frame_shows_one_or_two_people():
-    """bench_nodes.camera_frame is what the live figures and the rig's camera show: MTCNN finds as
+    """bench_inputs.camera_frame is what the model's and the live figures show: MTCNN finds as
     many confident faces as people were asked for."""
-    from lightmer.core.config import FeatureConfig
-    from lightmer.core.features import FaceCropper
-    from lightmer.harness.bench_nodes import camera_frame
-
     cropper = FaceCropper(FeatureConfig())
     for people in (1, 2):
         frame = camera_frame(people)

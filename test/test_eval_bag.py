@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lightmer.cli import main
+from lightmer.core.config import PRESETS
+from lightmer.core.export import export_checkpoint
+from lightmer.datasets.loaders import index_dataset
+from lightmer.datasets.media import decode_audio, decode_video
 from lightmer.evaluation import bag_corpus, bags
 from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
 from lightmer.evaluation.scoring import score
@@ -29,7 +34,7 @@ def checkpoint(untrained_checkpoint) -> Path:
 def corpus_bags(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp('bags')
     report = bag_corpus.make_bag('crema-d', tiny_corpus, out / 'mcap', actors=[ACTOR],
-                           storage='mcap', gap_s=1.0)
+                                 storage='mcap', gap_s=1.0)
     assert '(mcap): 6 clips' in report
     # The other one through the command line.
     assert main(['make-bag', '--dataset', 'crema-d', '--root', str(tiny_corpus), '--out',
@@ -39,10 +44,6 @@ def corpus_bags(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
 
 
 def test_make_bag_carries_the_clips(corpus_bags, tiny_corpus):
-    from lightmer.core.config import PRESETS
-    from lightmer.datasets.loaders import index_dataset
-    from lightmer.datasets.media import decode_audio, decode_video
-
     bag = corpus_bags['mcap']
     info = bags.bag_info(bag)
     rows = bags.read_labels(bags.default_labels_path(bag), info.start_s)
@@ -194,8 +195,6 @@ def test_score_definitions():
 
 @pytest.fixture(scope='module')
 def onnx_model(checkpoint, tmp_path_factory) -> Path:
-    from lightmer.core.export import export_checkpoint
-
     return export_checkpoint(checkpoint, 'onnx', tmp_path_factory.mktemp('onnx'))[0]
 
 
@@ -222,8 +221,9 @@ def test_onnx_export_through_the_live_nodes(corpus_bags, onnx_model, offline, tm
     """The three node processes on the ONNX export (onnxruntime, no torch) publish the windows
     the checkpoint gives offline on torch."""
     bag = corpus_bags['mcap']
-    live = evaluate_bag(EvalConfig(bag=bag, labels=bags.default_labels_path(bag),
-                                   checkpoint=onnx_model, live=True, out=tmp_path, rate=1.0))
+    live = evaluate_bag_live(EvalConfig(bag=bag, labels=bags.default_labels_path(bag),
+                                        checkpoint=onnx_model, live=True, out=tmp_path,
+                                        rate=1.0))
     assert live['kept_up'] is True and live['frames_lost'] == 0
     _same_windows(_windows(tmp_path), _windows(offline['mcap'][1]))
 
@@ -240,8 +240,6 @@ def test_the_readme_bag_commands_run_verbatim(tiny_corpus, checkpoint, tmp_path,
     """The README's make-bag and eval-bag lines, run as written (the dataset root and model
     placeholders swapped for real ones): `--out eval.bag` makes a rosbag2 directory whose name
     ends in .bag, which eval-bag must open."""
-    import shlex
-
     (make,) = _readme_commands('lightmer make-bag ')
     (evaluate,) = _readme_commands('lightmer eval-bag --bag ')
     monkeypatch.chdir(tmp_path)
@@ -259,12 +257,9 @@ def test_the_readme_bag_commands_run_verbatim(tiny_corpus, checkpoint, tmp_path,
 @pytest.fixture(scope='module')
 def compressed_bags(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
     """The first two clips of ACTOR, raw and as JPEG and PNG camera topics."""
-    from lightmer.core.config import PRESETS
-    from lightmer.datasets.loaders import index_dataset
-
     preset = PRESETS['crema-d']
     records = [r for r in index_dataset('crema-d', tiny_corpus)[0] if r.actor == ACTOR][:2]
-    clips = [bags._load_clip(r, preset.labels[preset.codes.index(r.label)]) for r in records]
+    clips = [bag_corpus._load_clip(r, preset.labels[preset.codes.index(r.label)]) for r in records]
     out = tmp_path_factory.mktemp('compressed')
     made = {}
     for fmt in ('raw', 'jpeg', 'png'):
@@ -275,8 +270,9 @@ def compressed_bags(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
 
 def _evaluate(bag: Path, checkpoint: Path, out: Path, live: bool = False) -> list[dict]:
     # 2 of N segments: windows on these short clips whatever the nodes' default
-    evaluate_bag(EvalConfig(bag=bag, labels=bags.default_labels_path(bag), checkpoint=checkpoint,
-                            out=out, live=live, settings=StreamSettings(min_segments=2)))
+    evaluate = evaluate_bag_live if live else evaluate_bag
+    evaluate(EvalConfig(bag=bag, labels=bags.default_labels_path(bag), checkpoint=checkpoint,
+                        out=out, live=live, settings=StreamSettings(min_segments=2)))
     return _windows(out)
 
 

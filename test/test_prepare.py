@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from lightmer.datasets import synth
 from lightmer.datasets.cache import load_index
 from lightmer.datasets.media import decode_audio
 from lightmer.datasets.prepare import FRAMES_PER_SEGMENT, prepare, select_frames
+from polling import wait_until
 
 N = PRESETS['crema-d'].n_segments
 
@@ -96,14 +96,6 @@ def test_a_cache_made_with_other_settings_is_refused(tiny_cache, tiny_corpus):
     assert (tiny_cache / 'index.json').read_text() == before
 
 
-def _wait_for(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f'timed out after {timeout_s} s waiting for {what}')
-        time.sleep(0.05)
-
-
 def _process_table() -> dict[int, tuple[int, str, int]]:
     """pid -> (parent pid, state, start time in clock ticks) of every process, from /proc."""
     table = {}
@@ -151,14 +143,16 @@ def test_prepare_killed_leaves_no_worker_and_resumes_to_an_uninterrupted_run(
             return (len(list((cache / 'clips').glob('*.npz'))) >= 3 and len(children) >= 2
                     or proc.poll() is not None)
 
-        _wait_for(working, 180, 'three finished clips and two workers')
+        wait_until(working, 180, 'three finished clips and two workers',
+                   describe=lambda: (sorted((cache / 'clips').glob('*.npz')), children))
         # SIGKILL to prepare alone, as the OOM killer or `kill -9` does: no handler runs and
         # nothing is sent to the workers, which must notice on their own.
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
         assert len(children) >= 2              # the two workers (and the resource tracker)
-        _wait_for(lambda: not _alive(children), 30, 'the workers to end with their parent')
+        wait_until(lambda: not _alive(children), 30, 'the workers to end with their parent',
+                   describe=lambda: _alive(children))
     finally:
         os.killpg(proc.pid, signal.SIGKILL)    # whatever survived a failed test
         proc.stderr.close()

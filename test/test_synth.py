@@ -3,11 +3,13 @@ import json
 import wave
 
 import av
+import librosa
 import numpy as np
 import pytest
 
 from lightmer.cli import main
 from lightmer.datasets import synth
+from lightmer.datasets.media import decode_audio
 from lightmer.datasets.names import parse_crema, parse_ravdess
 
 
@@ -63,16 +65,12 @@ def test_each_emotion_is_one_face_voice_pair_and_neither_cue_suffices():
 
 
 def _f0(audio: np.ndarray, sr: int) -> float:
-    import librosa
-
     f0 = librosa.yin(y=audio, fmin=60, fmax=400, sr=sr, frame_length=1024, hop_length=256)
     rms = librosa.feature.rms(y=audio, frame_length=1024, hop_length=256)[0]
     return float(np.median(f0[rms > 0.3 * rms.max()]))      # speech frames only
 
 
 def test_voice_cue_high_arousal_is_higher_pitched_for_every_actor(tiny_corpus):
-    from lightmer.datasets.media import decode_audio
-
     wavs = sorted((tiny_corpus / 'AudioWAV').glob('*.wav'))
     for actor in ('1001', '1002', '1003', '1004'):
         pitch = {'high': [], 'low': []}

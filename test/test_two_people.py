@@ -1,9 +1,17 @@
 """make-bag --two-people: two generated actors side by side taking turns, per-person labels."""
+import json
+import os
+import shlex
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+import ros_helpers as rh
+from lightmer.cli import main
 from lightmer.evaluation import bag_corpus, bags
 from lightmer.evaluation.bags import GAP_GREY, BagClip
+from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
 from lightmer.evaluation.two_people import pair_clips, two_person_clips
 
 
@@ -39,9 +47,6 @@ def test_turns_hold_the_listener_still_and_the_right_person_leaves_every_second_
 
 def _readme_command(prefix: str) -> list[str]:
     """The README's one command starting with `prefix` (continuation lines joined), split."""
-    import shlex
-    from pathlib import Path
-
     text = (Path(__file__).resolve().parents[1] / 'README.md').read_text(encoding='utf-8')
     lines = text.replace('\\\n', ' ').splitlines()
     (line,) = [x.strip() for x in lines if x.strip().startswith(prefix)]
@@ -51,10 +56,6 @@ def _readme_command(prefix: str) -> list[str]:
 @pytest.fixture(scope='module')
 def two_bag(tiny_corpus, tmp_path_factory):
     """The README's two-person make-bag line, run as written in a directory of its own."""
-    import os
-
-    from lightmer.cli import main
-
     where = tmp_path_factory.mktemp('two_people')
     args = _readme_command('lightmer make-bag --dataset crema-d --root corpus/ ')
     args = [str(tiny_corpus) if a == 'corpus/' else a for a in args]
@@ -97,11 +98,6 @@ def test_two_people_needs_two_actors(tiny_corpus, tmp_path):
 def test_eval_bag_people_scores_each_person_without_id_switches(two_bag, tmp_path, capsys,
                                                                 monkeypatch):
     """The README's eval-bag --people line, run as written beside the bag."""
-    import json
-
-    import ros_helpers as rh
-    from lightmer.cli import main
-
     checkpoint = rh.make_checkpoint(tmp_path / 'model.pt', seed=2)
     monkeypatch.chdir(two_bag.parent)
     args = _readme_command('lightmer eval-bag --bag two.bag ')
@@ -118,8 +114,6 @@ def test_eval_bag_people_scores_each_person_without_id_switches(two_bag, tmp_pat
     assert (two_bag.parent / 'eval_two' / 'confusion.png').is_file()
     # per-person scoring needs the person column
     with pytest.raises(ValueError, match='person column'):
-        from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
-
         one = tmp_path / 'one.csv'
         one.write_text('start,end,label,clip_id\n0,1,happy,a\n')
         evaluate_bag(EvalConfig(two_bag, one, checkpoint, people=True))

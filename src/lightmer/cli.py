@@ -19,6 +19,10 @@ import os
 import sys
 from pathlib import Path
 
+# The options' choices: the parser needs these names whatever the command (numpy, no torch).
+from lightmer.active.oracles import ORACLES
+from lightmer.active.selection import STRATEGIES
+
 DATASETS = ('crema-d', 'ravdess')
 # The library's errors for input a user can fix: OSError (missing, unreadable or existing files,
 # a worker that died: ChildProcessError) and ValueError (bad settings, and its subclasses
@@ -252,6 +256,7 @@ def _add_train(sub) -> None:
 
 def _run_train(args) -> int:
     from lightmer.training.distributed import launched_ranks
+    from lightmer.training.fold_launcher import train_folds_in_parallel
     from lightmer.training.train import TrainConfig, train
 
     cfg = TrainConfig.for_dataset(
@@ -262,12 +267,10 @@ def _run_train(args) -> int:
         workers=args.workers, dist_timeout_s=args.dist_timeout)
     ranks = launched_ranks()
     if args.parallel > 1:
-        from lightmer.training.fold_launcher import train_folds_in_parallel
-
         summary = train_folds_in_parallel(cfg, args.parallel)
     elif ranks.active:
         # torchrun's failure summary then shows this rank's traceback, not only its exit code.
-        from torch.distributed.elastic.multiprocessing.errors import record
+        from torch.distributed.elastic.multiprocessing.errors import record  # torchrun only
 
         summary = record(train)(cfg)
     else:
@@ -369,10 +372,12 @@ def _stream_settings(args):
 
 def _run_eval_bag(args) -> int:
     from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
-    from lightmer.harness.live_eval import evaluate_bag_live
 
     settings = _stream_settings(args)
-    if args.live:
+    evaluate = evaluate_bag
+    if args.live:           # the live implementation is the only one that needs rclpy
+        from lightmer.harness.live_eval import evaluate_bag_live as evaluate
+
         _keep_dds_on_loopback()
     cfg = EvalConfig(bag=args.bag, labels=args.labels, checkpoint=args.checkpoint,
                      live=args.live, out=args.out, image_topic=args.image_topic,
@@ -380,7 +385,7 @@ def _run_eval_bag(args) -> int:
                      settings=settings, rate=args.rate,
                      one_participant=args.one_participant, people=args.people,
                      audio_to=args.audio_to)
-    result = (evaluate_bag_live if args.live else evaluate_bag)(cfg)
+    result = evaluate(cfg)
     if args.json:
         _print_json(result)
     else:
@@ -433,8 +438,6 @@ def _run_pool(args) -> int:
 
 
 def _add_query(sub) -> None:
-    from lightmer.active.selection import STRATEGIES
-
     p = sub.add_parser('query', help='pick the pooled windows people should label next')
     p.add_argument('--pool', type=Path, required=True)
     p.add_argument('--checkpoint', type=Path, required=True)
@@ -458,6 +461,7 @@ def _add_query(sub) -> None:
 
 def _run_query(args) -> int:
     from lightmer.active.query import QueryConfig, run_query
+    from lightmer.labelling.label_studio import export_tasks
 
     if args.export is not None and args.export[0] != 'label-studio':
         raise ValueError(f"--export knows 'label-studio' only, got {args.export[0]!r}")
@@ -466,8 +470,6 @@ def _run_query(args) -> int:
         answers=args.labels, out=args.out, seed=args.seed,
         max_per_recording=args.max_per_recording))
     if args.export is not None:
-        from lightmer.labelling.label_studio import export_tasks
-
         manifest['export'] = export_tasks(manifest, args.export[1], args.export_url_prefix)
         if not args.json:
             print(f"Label Studio: {manifest['export']['n']} tasks in "
@@ -501,13 +503,17 @@ def _add_label(sub) -> None:
 
 
 def _run_label(args) -> int:
-    from lightmer.labelling.server import LabelSession, is_loopback, make_server, newest_batch
+    from lightmer.labelling.server import (
+        LabelSession,
+        is_loopback,
+        load_batch,
+        make_server,
+        newest_batch,
+    )
 
     batch = args.batch or newest_batch(args.pool)
     answers = args.labels
     if answers is None:
-        from lightmer.labelling.server import load_batch
-
         answers = Path(load_batch(batch).get('answers_file') or args.pool / 'answers.csv')
     session = LabelSession(args.pool, batch, answers, args.who)
     server = make_server(session, args.host, args.port)
@@ -549,9 +555,6 @@ def _run_import_labels(args) -> int:
 
 
 def _add_finetune(sub) -> None:
-    from lightmer.active.oracles import ORACLES
-    from lightmer.active.selection import STRATEGIES
-
     p = sub.add_parser('finetune', help='continue training on pooled windows people labelled '
                        '(Algorithm 1 with a human oracle)')
     p.add_argument('--checkpoint', type=Path, required=True, help='model to start from')

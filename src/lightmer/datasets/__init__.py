@@ -15,7 +15,7 @@ _LAZY = {'SegmentDataset', 'load_index', 'CacheIndex'}
 
 def __getattr__(name: str):
     if name in _LAZY:
-        from lightmer.datasets import cache
+        from lightmer.datasets import cache  # torch: indexing a dataset does not need it
 
         return getattr(cache, name)
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -13,7 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import numpy as np
+
+from lightmer.core.features import to_mono
 
 LFS_MAGIC = b'version https://git-lfs.github.com/spec/v1'
 
@@ -40,8 +43,6 @@ def is_lfs_pointer(path: str | Path) -> bool:
 
 
 def _open(path: str | Path):
-    import av
-
     path = Path(path)
     if not path.is_file():
         raise MediaError(f'{path}: no such file')
@@ -71,8 +72,6 @@ def _fps(stream, times: np.ndarray) -> float:
 
 def probe_video(path: str | Path) -> VideoInfo:
     """Demux (no decoding) the first video stream: frame stamps, fps and size."""
-    import av
-
     with _open(path) as container:
         stream = _video_stream(container, path)
         try:
@@ -92,8 +91,6 @@ def _decode(path: str | Path, keep) -> tuple[list[np.ndarray], list[int], float,
 
     Returns (frames, their pts, fps, time_base in seconds).
     """
-    import av
-
     frames, pts = [], []
     with _open(path) as container:
         stream = _video_stream(container, path)
@@ -148,10 +145,6 @@ def decode_audio(path: str | Path) -> tuple[np.ndarray, int]:
 
     Works on WAV files and on the audio track of a video container alike.
     """
-    import av
-
-    from lightmer.core.features import to_mono
-
     with _open(path) as container:
         if not container.streams.audio:
             raise MediaError(f'{path}: no audio stream')
@@ -186,8 +179,6 @@ def check_media(path: str | Path, video: bool, audio: bool) -> None:
     A cheap check for indexing: opens the container and decodes the first video frame (a
     header that opens but whose first frame does not decode is a damaged download).
     """
-    import av
-
     with _open(path) as container:
         if audio and not container.streams.audio:
             raise MediaError(f'{path}: no audio stream')

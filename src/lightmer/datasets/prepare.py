@@ -38,6 +38,7 @@ checks them and writes the index.json an unsharded run would have written.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing
 import os
@@ -46,15 +47,18 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from lightmer.core.atomic_io import atomic_save_json, atomic_savez
 from lightmer.core.config import FeatureConfig, get_preset
+from lightmer.core.features import FaceCropper, is_digital_silence, resample
 from lightmer.core.segments import nearest_index, segment_bounds, segment_members
 from lightmer.datasets import media
 from lightmer.datasets.loaders import ClipRecord, Skipped, format_skipped, index_dataset
@@ -98,6 +102,16 @@ class PrepareSummary:
         lines += [f'  {p}' for p in self.problems[:20]]
         return '\n'.join(lines)
 
+    def count(self, entry: dict) -> None:
+        """Add one clip's index entry to the tallies."""
+        self.status[entry['status']] = self.status.get(entry['status'], 0) + 1
+        source = entry['audio_source']
+        self.audio_sources[source] = self.audio_sources.get(source, 0) + 1
+        self.frames_tried += entry['tried']
+        self.frames_without_face += entry['tried'] - entry['faces']
+        if entry['status'] != 'ok':
+            self.problems.append(f"{entry['clip_id']}: {entry['status']} ({entry['error']})")
+
 
 def settings_for(dataset: str, cfg: FeatureConfig, frames_per_segment: int) -> dict:
     """What a cached clip depends on; a clip made with other settings is redone."""
@@ -117,8 +131,6 @@ def prepare(dataset: str, root: str | Path, cache: str | Path, workers: int | No
     """Index `root`, cache every clip not cached yet, write CACHE/index.json; see module doc.
 
     shard: (I, K) to cache only shard I of K and write its shard index (module doc)."""
-    from tqdm import tqdm
-
     start = time.monotonic()
     cfg = features or FeatureConfig()
     if frames_per_segment < 1:
@@ -126,13 +138,7 @@ def prepare(dataset: str, root: str | Path, cache: str | Path, workers: int | No
     cache = Path(cache)
     settings = settings_for(dataset, cfg, frames_per_segment)
     _check_existing_index(cache, settings)
-    records, skipped = index_dataset(dataset, root)
-    if not records:
-        first = f' (first: {skipped[0].path.name}: {skipped[0].reason})' if skipped else ''
-        raise FileNotFoundError(f'no usable clips under {root} for {dataset}: '
-                                f'{format_skipped(skipped).splitlines()[0]}{first}')
-    if shard is not None:
-        records = [r for r in records if shard_of(r.clip_id, shard[1]) == shard[0]]
+    records, skipped = _records(dataset, root, shard)
     settings_json = json.dumps(settings, sort_keys=True)
     # Temporary files left by a killed run (one prepare per cache at a time).
     for stale in (cache / 'clips').glob('.*.tmp'):
@@ -143,28 +149,59 @@ def prepare(dataset: str, root: str | Path, cache: str | Path, workers: int | No
                              reused=len(records) - len(todo), skipped=skipped, workers=workers)
     bar = tqdm(total=len(todo), desc=f'prepare {dataset}', unit='clip', disable=not progress)
     try:
-        if workers == 1:
-            for r in todo:
-                process_clip(r, cache, settings_json)
-                bar.update()
-        else:
-            # spawn: workers start clean (no torch state inherited from a parent that may have
-            # initialised its thread pools), each with one torch thread.
-            ctx = multiprocessing.get_context('spawn')
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                     initializer=_init_worker,
-                                     initargs=(os.getpid(),)) as pool:
-                futures = [pool.submit(process_clip, r, cache, settings_json) for r in todo]
-                try:
-                    for fut in as_completed(futures):
-                        fut.result()
-                        bar.update()
-                except BrokenProcessPool:
-                    raise ChildProcessError(
-                        'a prepare worker died (killed, or out of memory); run prepare again '
-                        'to resume, with fewer --workers if memory is short') from None
+        _process_clips(todo, cache, settings_json, workers, bar.update)
     finally:
         bar.close()
+    entries = _entries(cache, records, settings_json)
+    for entry in entries:
+        summary.count(entry)
+    _write_index(cache, {**settings, 'complete': True, 'clips': entries,
+                         'skipped': [{'path': str(s.path), 'reason': s.reason} for s in skipped]},
+                 shard)
+    summary.seconds = time.monotonic() - start
+    return summary
+
+
+def _records(dataset: str, root, shard: tuple[int, int] | None) -> tuple[list, list]:
+    """The clips of `root` (of shard I of K when `shard`), and the files skipped indexing it.
+    FileNotFoundError when there is no usable clip at all."""
+    records, skipped = index_dataset(dataset, root)
+    if not records:
+        first = f' (first: {skipped[0].path.name}: {skipped[0].reason})' if skipped else ''
+        raise FileNotFoundError(f'no usable clips under {root} for {dataset}: '
+                                f'{format_skipped(skipped).splitlines()[0]}{first}')
+    if shard is not None:
+        records = [r for r in records if shard_of(r.clip_id, shard[1]) == shard[0]]
+    return records, skipped
+
+
+def _process_clips(todo: list[ClipRecord], cache: Path, settings_json: str, workers: int,
+                   done: Callable[[], object]) -> None:
+    """`process_clip` each of `todo`, here (one worker) or in a pool of `workers` processes;
+    `done()` after each clip."""
+    if workers == 1:
+        for r in todo:
+            process_clip(r, cache, settings_json)
+            done()
+        return
+    # spawn: workers start clean (no torch state inherited from a parent that may have
+    # initialised its thread pools), each with one torch thread.
+    ctx = multiprocessing.get_context('spawn')
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(os.getpid(),)) as pool:
+        futures = [pool.submit(process_clip, r, cache, settings_json) for r in todo]
+        try:
+            for fut in as_completed(futures):
+                fut.result()
+                done()
+        except BrokenProcessPool:
+            raise ChildProcessError(
+                'a prepare worker died (killed, or out of memory); run prepare again '
+                'to resume, with fewer --workers if memory is short') from None
+
+
+def _entries(cache: Path, records: list[ClipRecord], settings_json: str) -> list[dict]:
+    """The index entries of `records`, every clip now cached."""
     entries = []
     for r in records:
         entry = _cached_entry(cache, r, settings_json)
@@ -172,22 +209,16 @@ def prepare(dataset: str, root: str | Path, cache: str | Path, workers: int | No
             raise RuntimeError(f'{clip_path(cache, r.clip_id)} missing after processing; '
                                'run prepare again')
         entries.append(entry)
-        summary.status[entry['status']] = summary.status.get(entry['status'], 0) + 1
-        source = entry['audio_source']
-        summary.audio_sources[source] = summary.audio_sources.get(source, 0) + 1
-        summary.frames_tried += entry['tried']
-        summary.frames_without_face += entry['tried'] - entry['faces']
-        if entry['status'] != 'ok':
-            summary.problems.append(f"{entry['clip_id']}: {entry['status']} ({entry['error']})")
-    index = {**settings, 'complete': True, 'clips': entries,
-             'skipped': [{'path': str(s.path), 'reason': s.reason} for s in skipped]}
+    return entries
+
+
+def _write_index(cache: Path, index: dict, shard: tuple[int, int] | None) -> None:
+    """CACHE/index.json, or the shard's own index when `shard`."""
     if shard is None:
         atomic_save_json(cache / 'index.json', index)
     else:
         atomic_save_json(cache / shard_index_name(*shard),
                          {**index, 'shard': {'index': shard[0], 'count': shard[1]}})
-    summary.seconds = time.monotonic() - start
-    return summary
 
 
 # --- shards: several machines prepare disjoint parts of one cache -----------------------------
@@ -290,7 +321,7 @@ _CROPPER = None
 
 def _init_worker(parent_pid: int) -> None:
     _end_with_parent(parent_pid)
-    import torch
+    import torch  # in the worker only: the parent of a pool never needs torch
 
     torch.set_num_threads(1)
 
@@ -309,8 +340,6 @@ def _end_with_parent(parent_pid: int) -> None:
     process was already re-parented: end now.
     """
     if sys.platform.startswith('linux'):
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         armed = libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
     else:
@@ -329,8 +358,6 @@ def _end_with_parent(parent_pid: int) -> None:
 def _cropper(cfg: FeatureConfig):
     global _CROPPER
     if _CROPPER is None or _CROPPER.cfg != cfg:
-        from lightmer.core.features import FaceCropper
-
         _CROPPER = FaceCropper(cfg)
     return _CROPPER
 
@@ -364,8 +391,6 @@ def duration_tolerance(video_s: float, audio_s: float) -> float:
 def check_streams(audio: np.ndarray, video_s: float, audio_s: float) -> tuple[str, str]:
     """(status, reason) of a clip from its decoded audio (float (n,)) and the video and audio
     durations (s): ('ok', ''), ('silent', why) or ('truncated', why)."""
-    from lightmer.core.features import is_digital_silence
-
     if is_digital_silence(audio):
         return 'silent', ('the audio is digital silence (no sample reaches one 16-bit step): '
                           'no speech to learn from')
@@ -406,8 +431,6 @@ def _without_faces(cfg: FeatureConfig, status: str, error: str, duration: float,
 
 
 def _extract(record: ClipRecord, cfg: FeatureConfig, n_segments: int, k: int) -> dict:
-    from lightmer.core.features import resample
-
     info = media.probe_video(record.video_path)
     duration = float(info.times[-1] + 1.0 / info.fps)
     audio, sr = media.decode_audio(record.audio_path or record.video_path)

@@ -44,9 +44,14 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
+from scipy.ndimage import map_coordinates
+from scipy.signal import fftconvolve, lfilter
+from skimage import data
 
 from lightmer.core.atomic_io import atomic_write, atomic_write_wav
+from lightmer.core.features import resample
 from lightmer.datasets.names import (
     CREMA_EMOTIONS,
     CREMA_SENTENCES,
@@ -74,6 +79,8 @@ _EYE_L, _EYE_R = np.array([205.0, 101.7]), np.array([246.8, 103.7])
 _MOUTH_L, _MOUTH_R = np.array([201.7, 139.2]), np.array([245.3, 141.9])
 _FACE_CENTRE = np.array([224.4, 117.1])
 _FACE_WIDTH = 86.7
+# Canvas pixels around the frame on every side: room for the head's sway.
+_MARGIN = 8
 
 # Seed-sequence tag of the DomainShift draws (camera and room), apart from the clip's own.
 _SHIFT_STREAM = 7
@@ -336,11 +343,11 @@ def write_clip(spec: ClipSpec) -> float:
         audio = _room(audio, sr, i0, len(speech), spec.shift,
                       np.random.default_rng([spec.seed, _SHIFT_STREAM, 1]))
     if spec.layout == 'crema-d':
-        _write_flv(spec.video_path, frames, layout.fps, _resample(audio, sr, FLV_AUDIO_RATE),
+        _write_flv(spec.video_path, frames, layout.fps, resample(audio, sr, FLV_AUDIO_RATE),
                    FLV_AUDIO_RATE)
-        atomic_write_wav(spec.audio_path, _resample(audio, sr, 16000), 16000)
+        atomic_write_wav(spec.audio_path, resample(audio, sr, 16000), 16000)
     else:
-        a48 = _resample(audio, sr, 48000)
+        a48 = resample(audio, sr, 48000)
         _write_mp4(spec.video_path, frames, layout.fps, a48, 48000)
         if spec.extra_wav is not None:
             atomic_write_wav(spec.extra_wav, a48, 48000)
@@ -381,8 +388,6 @@ def _room(audio: np.ndarray, sr: int, i0: int, n_speech: int, shift: DomainShift
     white noise low-passed by a one-pole filter, scaled noise_snr_db below the RMS of the
     speech (samples i0 .. i0 + n_speech). Then the microphone gain, clipped at full scale.
     """
-    from scipy.signal import fftconvolve, lfilter
-
     out = np.asarray(audio, np.float64)
     if shift.reverb_s > 0:
         t = np.arange(max(1, int(shift.reverb_s * sr))) / sr
@@ -399,39 +404,84 @@ def _room(audio: np.ndarray, sr: int, i0: int, n_speech: int, shift: DomainShift
     return np.clip(out * shift.mic_gain, -1.0, 1.0).astype(np.float32)
 
 
-def _resample(audio: np.ndarray, sr: int, target: int) -> np.ndarray:
-    from lightmer.core.features import resample
-
-    return resample(audio, sr, target)
-
-
 # --- faces -----------------------------------------------------------------------------------
 def _render_frames(spec: ClipSpec, layout: Layout, audio: np.ndarray, sr: int, n_frames: int,
                    rng: np.random.Generator) -> list[np.ndarray]:
     """uint8 (H, W, 3) RGB frames of one clip."""
-    from scipy.ndimage import map_coordinates
-    from skimage import data
-
-    actor = spec.actor
-    h, w, margin = layout.height, layout.width, 8
-    photo = data.astronaut().astype(np.float32)
-    shift = spec.shift
+    h, w, shift = layout.height, layout.width, spec.shift
     # The shift draws from a stream of its own, so that a corpus without it is unchanged.
     shift_rng = np.random.default_rng([spec.seed, _SHIFT_STREAM]) if shift else None
-    # Canvas = the frame plus a margin for head motion. Backward affine map canvas -> photo.
+    pose = _pose(spec.actor, layout, rng, shift, shift_rng)
+    canvas = _canvas(spec.actor, pose, layout, rng, shift)
+    face = _face_levels(LAYOUTS[spec.layout].cues[spec.code][0], pose, canvas)
+    noise, sensor = _noise(layout, rng, shift, shift_rng)
+    motion = _Motion(strength=rng.uniform(0.65, 1.0), onset=rng.uniform(0.2, 0.6),
+                     phase=rng.uniform(0, 2 * np.pi, size=2))
+    envelope = _speech_envelope(audio, sr, n_frames, layout.fps)
+    fps = float(layout.fps)
+    frames = []
+    for i in range(n_frames):
+        t = i / fps
+        img = face.on(canvas, motion.amount(t), envelope[i])
+        ox, oy = motion.offset(t)
+        frame = img[oy:oy + h, ox:ox + w] + noise[int(rng.integers(len(noise)))]
+        if sensor is not None:
+            frame = frame + sensor[int(shift_rng.integers(len(sensor)))]
+        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
+    return frames
+
+
+@dataclass(frozen=True)
+class _Pose:
+    """Where the photo's face lies on the canvas: the frame plus _MARGIN pixels on every side,
+    room for the head's sway."""
+
+    scale: float            # canvas pixels per photo pixel
+    roll: float             # head roll, radians
+    squeeze: float          # horizontal factor of the head turned away (1: frontal)
+    centre: np.ndarray      # (2,) canvas x, y of the face centre
+    mirror: bool
+    shifted: bool           # a DomainShift rolls and turns the head
+
+    def to_canvas(self, p: np.ndarray) -> np.ndarray:
+        """Photo (x, y) -> canvas (x, y)."""
+        d = (p - _FACE_CENTRE) * self.scale
+        if self.mirror:
+            d[0] = -d[0]
+        if self.shifted:   # the turn, then the roll
+            d = np.array([d[0] * self.squeeze, d[1]])
+            d = np.array([np.cos(self.roll) * d[0] - np.sin(self.roll) * d[1],
+                          np.sin(self.roll) * d[0] + np.cos(self.roll) * d[1]])
+        return self.centre + d
+
+
+def _pose(actor: Actor, layout: Layout, rng: np.random.Generator, shift: DomainShift | None,
+          shift_rng: np.random.Generator | None) -> _Pose:
+    """The actor's placement, jittered per clip; rolled and turned by the shift."""
     s = actor.scale * rng.uniform(0.97, 1.03)
     roll, squeeze = 0.0, 1.0
     if shift is not None:
         s *= shift.face_scale
         roll = float(np.deg2rad(shift_rng.uniform(-shift.head_roll_deg, shift.head_roll_deg)))
         squeeze = 1.0 - float(shift_rng.uniform(0.0, shift.head_turn))
-    centre_out = np.array([w / 2 + actor.offset[0] + margin, h / 2 + actor.offset[1] + margin])
-    ys, xs = np.mgrid[0:h + 2 * margin, 0:w + 2 * margin].astype(np.float32)
-    sx, sy = (xs - centre_out[0]) / s, (ys - centre_out[1]) / s
-    if shift is not None:   # undo the roll, then the turn
-        c, n = np.cos(roll), np.sin(roll)
-        sx, sy = (c * sx + n * sy) / squeeze, -n * sx + c * sy
-    if actor.mirror:
+    centre = np.array([layout.width / 2 + actor.offset[0] + _MARGIN,
+                       layout.height / 2 + actor.offset[1] + _MARGIN])
+    return _Pose(s, roll, squeeze, centre, actor.mirror, shift is not None)
+
+
+def _canvas(actor: Actor, pose: _Pose, layout: Layout, rng: np.random.Generator,
+            shift: DomainShift | None) -> np.ndarray:
+    """float32 (H + 2 _MARGIN, W + 2 _MARGIN, 3): the photo placed by `pose`, in the actor's
+    light (and the shifted camera's)."""
+    h, w = layout.height, layout.width
+    photo = data.astronaut().astype(np.float32)
+    # Backward affine map canvas -> photo.
+    ys, xs = np.mgrid[0:h + 2 * _MARGIN, 0:w + 2 * _MARGIN].astype(np.float32)
+    sx, sy = (xs - pose.centre[0]) / pose.scale, (ys - pose.centre[1]) / pose.scale
+    if pose.shifted:   # undo the roll, then the turn
+        c, n = np.cos(pose.roll), np.sin(pose.roll)
+        sx, sy = (c * sx + n * sy) / pose.squeeze, -n * sx + c * sy
+    if pose.mirror:
         sx = -sx
     src = np.stack([sy + _FACE_CENTRE[1], sx + _FACE_CENTRE[0]])
     canvas = np.stack([map_coordinates(photo[..., c], src, order=1, mode='nearest')
@@ -442,21 +492,36 @@ def _render_frames(spec: ClipSpec, layout: Layout, audio: np.ndarray, sr: int, n
     if shift is not None:
         canvas = (np.clip((canvas - 128.0) * shift.contrast + 128.0, 0, 255)
                   * shift.light).astype(np.float32)
+    return canvas
 
-    def to_canvas(p: np.ndarray) -> np.ndarray:
-        d = (p - _FACE_CENTRE) * s
-        if actor.mirror:
-            d[0] = -d[0]
-        if shift is not None:   # the turn, then the roll
-            d = np.array([d[0] * squeeze, d[1]])
-            d = np.array([np.cos(roll) * d[0] - np.sin(roll) * d[1],
-                          np.sin(roll) * d[0] + np.cos(roll) * d[1]])
-        return centre_out + d
 
-    u = _FACE_WIDTH * s                             # face width in canvas pixels
-    marks = {k: to_canvas(v) for k, v in
+@dataclass(frozen=True)
+class _FaceLevels:
+    """The canvas's face region warped at a few expression amounts, and its shading at amount
+    1 and for the speaking mouth (both linear in their amount)."""
+
+    roi: tuple[int, int, int, int]   # canvas rows y0:y1 and columns x0:x1
+    levels: np.ndarray               # float (L,) expression amounts in [0, 1]
+    warped: list[np.ndarray]         # per level float32 (y1 - y0, x1 - x0, 3)
+    shade_unit: np.ndarray           # float32 (y1 - y0, x1 - x0) grey levels at amount 1
+    shade_speak: np.ndarray          # likewise, the mouth fully open
+
+    def on(self, canvas: np.ndarray, amount: float, speech: float) -> np.ndarray:
+        """A copy of `canvas` showing the expression at `amount`, the mouth open by `speech`
+        (both in [0, 1]); the warp is the nearest level's."""
+        y0, y1, x0, x1 = self.roi
+        face_roi = (self.warped[int(np.argmin(np.abs(self.levels - amount)))]
+                    + (amount * self.shade_unit + speech * self.shade_speak)[..., None])
+        img = canvas.copy()
+        img[y0:y1, x0:x1] = face_roi
+        return img
+
+
+def _face_levels(face: str, pose: _Pose, canvas: np.ndarray) -> _FaceLevels:
+    """Face state `face` ('smile', 'tense', 'open', 'still') rendered on `canvas`."""
+    u = _FACE_WIDTH * pose.scale                    # face width in canvas pixels
+    marks = {k: pose.to_canvas(v) for k, v in
              (('eye_l', _EYE_L), ('eye_r', _EYE_R), ('mouth_l', _MOUTH_L), ('mouth_r', _MOUTH_R))}
-    face = LAYOUTS[spec.layout].cues[spec.code][0]
     bumps, shades, speak_shade = _expression(face, marks, u)
     roi = _face_region(marks, u, canvas.shape)
     y0, y1, x0, x1 = roi
@@ -470,29 +535,38 @@ def _render_frames(spec: ClipSpec, layout: Layout, audio: np.ndarray, sr: int, n
     warped = [np.stack([map_coordinates(canvas[..., ch], np.stack([ry - q * dy, rx - q * dx]),
                                         order=1, mode='nearest') for ch in range(3)], axis=-1)
               for q in levels]
+    return _FaceLevels(roi, levels, warped, shade_unit, shade_speak)
+
+
+def _noise(layout: Layout, rng: np.random.Generator, shift: DomainShift | None,
+           shift_rng: np.random.Generator | None) -> tuple[list, list | None]:
+    """Four float32 (H, W, 1) fields of the studio camera's noise, and four (H, W, 3) of the
+    shifted camera's sensor noise (None without it); each frame takes one of each."""
+    h, w = layout.height, layout.width
     noise = [2.0 * rng.standard_normal((h, w, 1), np.float32) for _ in range(4)]
     sensor = ([shift.pixel_noise * shift_rng.standard_normal((h, w, 3)).astype(np.float32)
                for _ in range(4)] if shift is not None and shift.pixel_noise > 0 else None)
-    strength = rng.uniform(0.65, 1.0)
-    onset = rng.uniform(0.2, 0.6)                   # s until the expression is full
-    phase = rng.uniform(0, 2 * np.pi, size=2)
-    envelope = _speech_envelope(audio, sr, n_frames, layout.fps)
-    fps = float(layout.fps)
-    frames = []
-    for i in range(n_frames):
-        t = i / fps
-        amount = strength * (0.45 + 0.55 * min(1.0, t / onset)) * (0.9 + 0.1 * np.sin(5 * t))
-        face_roi = (warped[int(np.argmin(np.abs(levels - amount)))]
-                    + (amount * shade_unit + envelope[i] * shade_speak)[..., None])
-        img = canvas.copy()
-        img[y0:y1, x0:x1] = face_roi
-        ox = int(round(margin + 4 * np.sin(2 * np.pi * 0.7 * t + phase[0])))
-        oy = int(round(margin + 3 * np.sin(2 * np.pi * 0.5 * t + phase[1])))
-        frame = img[oy:oy + h, ox:ox + w] + noise[int(rng.integers(len(noise)))]
-        if sensor is not None:
-            frame = frame + sensor[int(shift_rng.integers(len(sensor)))]
-        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
-    return frames
+    return noise, sensor
+
+
+@dataclass(frozen=True)
+class _Motion:
+    """A clip's expression over time and the head's sway."""
+
+    strength: float         # the expression's full amount
+    onset: float            # s until the expression is full
+    phase: np.ndarray       # (2,) of the sway in x and in y
+
+    def amount(self, t: float) -> float:
+        """The expression amount at `t` s: rising to full over `onset`, slightly pulsing."""
+        return (self.strength * (0.45 + 0.55 * min(1.0, t / self.onset))
+                * (0.9 + 0.1 * np.sin(5 * t)))
+
+    def offset(self, t: float) -> tuple[int, int]:
+        """Canvas (x, y) of the frame's top-left corner at `t` s."""
+        ox = int(round(_MARGIN + 4 * np.sin(2 * np.pi * 0.7 * t + self.phase[0])))
+        oy = int(round(_MARGIN + 3 * np.sin(2 * np.pi * 0.5 * t + self.phase[1])))
+        return ox, oy
 
 
 def _speech_envelope(audio: np.ndarray, sr: int, n_frames: int, fps: Fraction) -> np.ndarray:
@@ -566,8 +640,6 @@ def _shade_field(shades: list, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
 def _write_flv(path: Path, frames: list[np.ndarray], fps: Fraction,
                audio: np.ndarray | None = None, sr: int = FLV_AUDIO_RATE) -> None:
     """FLV1 video, plus an MP3 mono track when `audio` (float32 (n,) at `sr`) is given."""
-    import av
-
     def write(tmp: Path) -> None:
         with av.open(str(tmp), 'w', format='flv') as container:
             stream = container.add_stream('flv', rate=fps)      # FLV1, Sorenson H.263
@@ -588,8 +660,6 @@ def _write_flv(path: Path, frames: list[np.ndarray], fps: Fraction,
 def write_mp3(path: str | Path, audio: np.ndarray, sr: int) -> None:
     """An MP3 file (libmp3lame, mono) of float32 (n,) samples at `sr` Hz, as CREMA-D's
     `AudioMP3/` folder holds."""
-    import av
-
     def write(tmp: Path) -> None:
         with av.open(str(tmp), 'w', format='mp3') as container:
             stream = container.add_stream('libmp3lame', rate=sr)
@@ -601,8 +671,6 @@ def write_mp3(path: str | Path, audio: np.ndarray, sr: int) -> None:
 
 def _write_mp4(path: Path, frames: list[np.ndarray], fps: Fraction, audio: np.ndarray,
                sr: int) -> None:
-    import av
-
     def write(tmp: Path) -> None:
         with av.open(str(tmp), 'w', format='mp4') as container:
             stream = container.add_stream('libx264', rate=fps,
@@ -619,8 +687,6 @@ def _write_mp4(path: Path, frames: list[np.ndarray], fps: Fraction, audio: np.nd
 
 def _encode_audio(container, stream, planar: np.ndarray, sr: int, frame_size: int) -> None:
     """Encode float (channels, n) samples in codec frames of `frame_size` and mux them."""
-    import av
-
     planar = planar.astype(np.float32)
     layout = 'mono' if planar.shape[0] == 1 else 'stereo'
     for i in range(0, planar.shape[1], frame_size):
@@ -636,8 +702,6 @@ def _encode_audio(container, stream, planar: np.ndarray, sr: int, frame_size: in
 
 
 def _encode_video(container, stream, frames: list[np.ndarray], fps: Fraction) -> None:
-    import av
-
     for i, rgb in enumerate(frames):
         frame = av.VideoFrame.from_ndarray(rgb, format='rgb24')
         frame.pts = i

@@ -35,6 +35,25 @@ def make_bag(dataset: str, root, out, actors: Sequence[str] | None = None,
     if not 0 <= occlude < 1:
         raise ValueError(f'occlude must be in [0, 1), got {occlude}')
     preset = PRESETS[dataset]
+    records, skipped = _records(dataset, root, actors)
+    code_to_label = dict(zip(preset.codes, preset.labels, strict=True))
+    laid: Iterable[BagClip] = _clips(records, code_to_label)
+    if two_people:
+        laid = _turns(records, laid, actors)
+        gap_s = 0.0
+    laid = _occluded_at_random(laid, occlude, np.random.default_rng(seed))
+    summary = write_bag(laid, out, storage=storage, gap_s=gap_s, compressed=compressed)
+    counts = ', '.join(f'{t} {n}' for t, n in summary['messages'].items())
+    kind = f'{storage}, {compressed} camera' if compressed else storage
+    kind += ', two people taking turns' if two_people else ''
+    return (f"wrote {summary['bag']} ({kind}): {summary['clips']} clips, "
+            f"{summary['duration_s']:.1f} s, messages: {counts}; labels {summary['labels']}; "
+            f'{len(skipped)} file(s) skipped while indexing')
+
+
+def _records(dataset: str, root, actors: Sequence[str] | None) -> tuple[list, list]:
+    """The dataset's clip records (only `actors`' when given) in clip-id order, and the files
+    skipped while indexing."""
     records, skipped = index_dataset(dataset, root)
     if actors is not None:
         wanted = {str(a) for a in actors}
@@ -43,39 +62,34 @@ def make_bag(dataset: str, root, out, actors: Sequence[str] | None = None,
             raise ValueError(f'actor(s) {sorted(unknown)} not in {root}; known: '
                              f'{sorted({r.actor for r in records})}')
         records = [r for r in records if r.actor in wanted]
-    records = sorted(records, key=lambda r: r.clip_id)
-    code_to_label = dict(zip(preset.codes, preset.labels, strict=True))
+    return sorted(records, key=lambda r: r.clip_id), skipped
 
-    rng = np.random.default_rng(seed)
 
-    def clips() -> Iterator[BagClip]:
-        for rec in _progress(records, 'make-bag'):
-            yield _load_clip(rec, code_to_label[rec.label])
+def _clips(records, code_to_label: dict[str, str]) -> Iterator[BagClip]:
+    """Each record's clip, decoded when it is laid (one clip in memory at a time)."""
+    for rec in _progress(records, 'make-bag'):
+        yield _load_clip(rec, code_to_label[rec.label])
 
-    def masked(laid: Iterable[BagClip]) -> Iterator[BagClip]:
-        for clip in laid:
-            if occlude > 0:
-                clip = occluded(clip, rng.random(len(clip.frames)) < occlude)
-            yield clip
 
-    laid: Iterable[BagClip] = clips()
-    if two_people:
-        pair = list(actors) if actors is not None else sorted({r.actor for r in records})[:2]
-        if len(pair) != 2 or pair[0] == pair[1]:
-            raise ValueError(f'two_people needs two different actors (--actors A B), got {pair}')
-        loaded = list(clips())
-        by_actor = {a: [c for c, r in zip(loaded, records, strict=True) if r.actor == a]
-                    for a in pair}
-        laid = two_person_clips(pair_clips(by_actor[pair[0]], by_actor[pair[1]]), GAP_GREY)
-        gap_s = 0.0
-    summary = write_bag(masked(laid), out, storage=storage, gap_s=gap_s,
-                        compressed=compressed)
-    counts = ', '.join(f'{t} {n}' for t, n in summary['messages'].items())
-    kind = f'{storage}, {compressed} camera' if compressed else storage
-    kind += ', two people taking turns' if two_people else ''
-    return (f"wrote {summary['bag']} ({kind}): {summary['clips']} clips, "
-            f"{summary['duration_s']:.1f} s, messages: {counts}; labels {summary['labels']}; "
-            f'{len(skipped)} file(s) skipped while indexing')
+def _turns(records, clips: Iterable[BagClip],
+           actors: Sequence[str] | None) -> Iterator[BagClip]:
+    """Two actors' clips (the two `actors`, else the first two) as two_people turns."""
+    pair = list(actors) if actors is not None else sorted({r.actor for r in records})[:2]
+    if len(pair) != 2 or pair[0] == pair[1]:
+        raise ValueError(f'two_people needs two different actors (--actors A B), got {pair}')
+    loaded = list(clips)
+    by_actor = {a: [c for c, r in zip(loaded, records, strict=True) if r.actor == a]
+                for a in pair}
+    return two_person_clips(pair_clips(by_actor[pair[0]], by_actor[pair[1]]), GAP_GREY)
+
+
+def _occluded_at_random(clips: Iterable[BagClip], occlude: float,
+                        rng: np.random.Generator) -> Iterator[BagClip]:
+    """The clips, each frame blanked with probability `occlude` (none when 0)."""
+    for clip in clips:
+        if occlude > 0:
+            clip = occluded(clip, rng.random(len(clip.frames)) < occlude)
+        yield clip
 
 
 def occluded(clip: BagClip, mask: np.ndarray) -> BagClip:

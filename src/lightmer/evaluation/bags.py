@@ -46,9 +46,29 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from PIL import Image as PILImage
+from rosbags.interfaces import (
+    Qos,
+    QosDurability,
+    QosHistory,
+    QosLiveliness,
+    QosReliability,
+    QosTime,
+)
+from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from lightmer.core.atomic_io import atomic_write_text
-from lightmer.core.messages import AudioFormat
+from lightmer.core.features import to_mono
+from lightmer.core.messages import (
+    DEFAULT_MAX_PIXELS,
+    AudioFormat,
+    ConversionError,
+    audio_format_from_info,
+    compressed_to_rgb,
+    image_to_rgb,
+    pcm_to_samples,
+)
 
 IMAGE_TOPIC = '/camera/image_raw'
 AUDIO_TOPIC = '/audio/audio_stamped'
@@ -81,7 +101,7 @@ class BagFormatError(ValueError):
 def _interface_msg_dirs(package: str) -> list[Path]:
     """Where the package's .msg files may be: the environment's share dir (where the venv's
     interface packages are installed), then the source tree's interfaces/."""
-    # Editable checkout: <repo>/src/lightmer/bags.py -> <repo>/interfaces/<package>/msg
+    # Editable checkout: <repo>/src/lightmer/evaluation/bags.py -> <repo>/interfaces/...
     return [Path(sys.prefix) / 'share' / package / 'msg',
             Path(__file__).resolve().parents[3] / 'interfaces' / package / 'msg']
 
@@ -90,8 +110,6 @@ def _interface_msg_dirs(package: str) -> list[Path]:
 def typestore():
     """A rosbags Jazzy typestore with audio_common_msgs (ros-drivers) registered from the same
     .msg files the rclpy package is generated from, so definitions and RIHS01 hashes agree."""
-    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
     store = get_typestore(Stores.ROS2_JAZZY)
     for msg_dir in _interface_msg_dirs('audio_common_msgs'):
         files = sorted(msg_dir.glob('*.msg'))
@@ -110,15 +128,6 @@ def typestore():
 
 
 def _qos(reliable: bool, transient_local: bool, depth: int):
-    from rosbags.interfaces import (
-        Qos,
-        QosDurability,
-        QosHistory,
-        QosLiveliness,
-        QosReliability,
-        QosTime,
-    )
-
     zero = QosTime(0, 0)   # 0 = the rmw default (infinite) for deadline/lifespan/lease
     return Qos(history=QosHistory.KEEP_LAST, depth=depth,
                reliability=QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
@@ -148,8 +157,6 @@ def image_message(store, t_ns: int, frame: np.ndarray, frame_id: str = CAMERA_FR
 def compressed_image_message(store, t_ns: int, frame: np.ndarray, fmt: str,
                              frame_id: str = CAMERA_FRAME):
     """rosbags sensor_msgs/CompressedImage ('jpeg' or 'png') of a uint8 (H, W, 3) RGB frame."""
-    from PIL import Image as PILImage
-
     if fmt not in COMPRESSION:
         raise ValueError(f'compressed must be one of {sorted(COMPRESSION)}, got {fmt!r}')
     pil_format, options = COMPRESSION[fmt]
@@ -248,8 +255,6 @@ def write_bag(clips: Iterable[BagClip], out, storage: str = 'mcap', gap_s: float
     Returns a summary dict: bag, labels, storage, clips, duration_s, messages per topic.
     Raises FileExistsError if `out` exists (rosbag2 never overwrites).
     """
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
     if gap_s < 0:
         raise ValueError(f'gap_s must be >= 0, got {gap_s}')
     plugins = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
@@ -277,104 +282,133 @@ def write_bag(clips: Iterable[BagClip], out, storage: str = 'mcap', gap_s: float
 
 def _write(writer, store, clips: Iterable[BagClip], gap_s: float, start_ns: int,
            compressed: str | None) -> dict:
+    """Lay `clips` on the bag's timeline and write it (see write_bag); the summary has the
+    label rows under 'rows'."""
     gap_samples = int(round(gap_s * SAMPLE_RATE))
-    rows: list[LabelRow] = []
-    chunk_ns = AUDIO_CHUNK * _NS_PER_SAMPLE
-    if compressed is None:
-        camera_topic, camera_type = IMAGE_TOPIC, IMAGE_TYPE
-
-        def image(t_ns: int, frame: np.ndarray):
-            return image_message(store, t_ns, frame)
-    else:
-        camera_topic, camera_type = IMAGE_TOPIC + COMPRESSED_SUFFIX, COMPRESSED_TYPE
-
-        def image(t_ns: int, frame: np.ndarray):
-            return compressed_image_message(store, t_ns, frame, compressed)
     with writer:
-        conns = {
-            camera_topic: writer.add_connection(
-                camera_topic, camera_type, typestore=store,
-                offered_qos_profiles=[_qos(reliable=True, transient_local=False, depth=10)]),
-            AUDIO_TOPIC: writer.add_connection(
-                AUDIO_TOPIC, AUDIO_TYPE, typestore=store,
-                offered_qos_profiles=[_qos(reliable=True, transient_local=False, depth=10)]),
-            AUDIO_INFO_TOPIC: writer.add_connection(
-                AUDIO_INFO_TOPIC, AUDIO_INFO_TYPE, typestore=store,
-                offered_qos_profiles=[_qos(reliable=True, transient_local=True, depth=1)]),
-        }
-        sink = _BagSink(writer, store, conns)
+        sink = _BagSink(writer, store, _connections(writer, store, compressed))
         sink.push(start_ns, AUDIO_INFO_TOPIC, audio_info_message(store))
-
-        pending = np.zeros(0, np.int16)   # audio not yet sent as a full chunk
-        pending_at = 0                    # sample index of pending[0] on the timeline
-        cursor = 0                        # sample index where the next region starts
-        cam_period_ns: int | None = None
-        cam_shape: tuple[int, ...] | None = None
-        next_cam_ns = start_ns            # next no-face frame time while in a gap
-
-        def t_of(sample: int) -> int:
-            return start_ns + sample * _NS_PER_SAMPLE
-
-        def add_audio(samples: np.ndarray) -> None:
-            nonlocal pending, pending_at
-            pending = np.concatenate([pending, samples])
-            n_full = len(pending) // AUDIO_CHUNK
-            for i in range(n_full):
-                t_ns = t_of(pending_at + i * AUDIO_CHUNK)
-                chunk = pending[i * AUDIO_CHUNK:(i + 1) * AUDIO_CHUNK]
-                sink.push(t_ns + chunk_ns, AUDIO_TOPIC, audio_message(store, t_ns, chunk))
-            pending = pending[n_full * AUDIO_CHUNK:]
-            pending_at += n_full * AUDIO_CHUNK
-            sink.flush(before_ns=t_of(pending_at) + chunk_ns)
-
-        def add_gap(n_samples: int) -> None:
-            nonlocal next_cam_ns
-            end_ns = t_of(cursor + n_samples)
-            if cam_period_ns is not None:
-                grey = np.full(cam_shape, GAP_GREY, np.uint8)
-                # Stop half a period before the next clip's first frame (at end_ns), so that
-                # the stream never carries two frames closer than that.
-                while next_cam_ns < end_ns - cam_period_ns // 2:
-                    sink.push(next_cam_ns, camera_topic, image(next_cam_ns, grey))
-                    next_cam_ns += cam_period_ns
-            add_audio(np.zeros(n_samples, np.int16))
-
-        n_clips = 0
+        timeline = _Timeline(sink, store, start_ns, compressed)
         for clip in clips:
-            if len(clip.frames) == 0:
-                raise ValueError(f'clip {clip.clip_id} has no frames')
-            if cam_period_ns is None:
-                # The gap camera runs at the first clip's rate and size; the leading gap is
-                # laid now that both are known.
-                cam_period_ns = int(round(1e9 / clip.fps))
-                cam_shape = clip.frames.shape[1:]
-                add_gap(gap_samples)
-                cursor += gap_samples
-            clip_start = cursor
-            n_clip = int(math.ceil(clip.duration_s * SAMPLE_RATE))
-            for t_rel, frame in zip(clip.frame_times, clip.frames, strict=True):
-                t_ns = t_of(clip_start) + int(round(float(t_rel) * 1e9))
-                sink.push(t_ns, camera_topic, image(t_ns, frame))
-            audio = np.zeros(n_clip, np.int16)
-            audio[:len(clip.audio)] = to_s16(np.asarray(clip.audio, np.float32))[:n_clip]
-            add_audio(audio)
-            cursor += n_clip
-            if clip.label:
-                rows.append(LabelRow(t_of(clip_start) / 1e9, t_of(cursor) / 1e9, clip.label,
-                                     clip.clip_id, clip.person))
-            # The camera's no-face frames resume where the clip ends.
-            next_cam_ns = t_of(cursor)
-            add_gap(gap_samples)
-            cursor += gap_samples
-            n_clips += 1
-        if n_clips == 0:
+            timeline.add_clip(clip, gap_samples)
+        timeline.finish()
+    return {'clips': timeline.clips, 'duration_s': timeline.cursor / SAMPLE_RATE,
+            'messages': dict(sink.counts), 'rows': timeline.rows}
+
+
+def _camera(compressed: str | None) -> tuple[str, str]:
+    """The camera's topic and message type: raw Image, or CompressedImage on
+    image_transport's '/compressed' topic."""
+    if compressed is None:
+        return IMAGE_TOPIC, IMAGE_TYPE
+    return IMAGE_TOPIC + COMPRESSED_SUFFIX, COMPRESSED_TYPE
+
+
+def _connections(writer, store, compressed: str | None) -> dict[str, object]:
+    """The bag's three topics, each offered with its publisher's QoS (AudioInfo latched)."""
+    camera_topic, camera_type = _camera(compressed)
+    return {
+        camera_topic: writer.add_connection(
+            camera_topic, camera_type, typestore=store,
+            offered_qos_profiles=[_qos(reliable=True, transient_local=False, depth=10)]),
+        AUDIO_TOPIC: writer.add_connection(
+            AUDIO_TOPIC, AUDIO_TYPE, typestore=store,
+            offered_qos_profiles=[_qos(reliable=True, transient_local=False, depth=10)]),
+        AUDIO_INFO_TOPIC: writer.add_connection(
+            AUDIO_INFO_TOPIC, AUDIO_INFO_TYPE, typestore=store,
+            offered_qos_profiles=[_qos(reliable=True, transient_local=True, depth=1)]),
+    }
+
+
+class _Timeline:
+    """Clips laid one after another on a bag's timeline, positions in audio samples from
+    `start_ns`: each clip's frames and audio, and around them gaps in which the camera keeps
+    sending no-face frames and the microphone silence. The microphone sends whole
+    AUDIO_CHUNKs only, each once its last sample exists. Messages go to `sink`."""
+
+    def __init__(self, sink: _BagSink, store, start_ns: int, compressed: str | None):
+        self._sink, self._store, self._start_ns = sink, store, start_ns
+        self._compressed = compressed
+        self._camera_topic = _camera(compressed)[0]
+        self._pending = np.zeros(0, np.int16)   # audio not yet sent as a full chunk
+        self._pending_at = 0                    # sample index of pending[0] on the timeline
+        self._cam_period_ns: int | None = None  # the gap camera's, set by the first clip
+        self._cam_shape: tuple[int, ...] | None = None
+        self._next_cam_ns = start_ns            # next no-face frame time while in a gap
+        self.cursor = 0                         # sample index where the next region starts
+        self.clips = 0
+        self.rows: list[LabelRow] = []
+
+    def add_clip(self, clip: BagClip, gap_samples: int) -> None:
+        """The clip's frames and audio at the cursor, then a gap of `gap_samples`."""
+        if len(clip.frames) == 0:
+            raise ValueError(f'clip {clip.clip_id} has no frames')
+        if self._cam_period_ns is None:
+            # The gap camera runs at the first clip's rate and size; the leading gap is laid
+            # now that both are known.
+            self._cam_period_ns = int(round(1e9 / clip.fps))
+            self._cam_shape = clip.frames.shape[1:]
+            self._add_gap(gap_samples)
+        clip_start = self.cursor
+        n_clip = int(math.ceil(clip.duration_s * SAMPLE_RATE))
+        for t_rel, frame in zip(clip.frame_times, clip.frames, strict=True):
+            t_ns = self._t_of(clip_start) + int(round(float(t_rel) * 1e9))
+            self._sink.push(t_ns, self._camera_topic, self._image(t_ns, frame))
+        audio = np.zeros(n_clip, np.int16)
+        audio[:len(clip.audio)] = to_s16(np.asarray(clip.audio, np.float32))[:n_clip]
+        self._add_audio(audio)
+        self.cursor += n_clip
+        if clip.label:
+            self.rows.append(LabelRow(self._t_of(clip_start) / 1e9, self._t_of(self.cursor) / 1e9,
+                                      clip.label, clip.clip_id, clip.person))
+        # The camera's no-face frames resume where the clip ends.
+        self._next_cam_ns = self._t_of(self.cursor)
+        self._add_gap(gap_samples)
+        self.clips += 1
+
+    def finish(self) -> None:
+        """Send the last partial chunk and everything still held back."""
+        if self.clips == 0:
             raise ValueError('no clips to write: check --root, --dataset and --actors')
         # Pad the last partial chunk with silence: a microphone only sends whole buffers.
-        if len(pending):
-            add_audio(np.zeros(AUDIO_CHUNK - len(pending), np.int16))
-        sink.flush()
-    return {'clips': n_clips, 'duration_s': cursor / SAMPLE_RATE,
-            'messages': dict(sink.counts), 'rows': rows}
+        if len(self._pending):
+            self._add_audio(np.zeros(AUDIO_CHUNK - len(self._pending), np.int16))
+        self._sink.flush()
+
+    def _t_of(self, sample: int) -> int:
+        return self._start_ns + sample * _NS_PER_SAMPLE
+
+    def _image(self, t_ns: int, frame: np.ndarray):
+        if self._compressed is None:
+            return image_message(self._store, t_ns, frame)
+        return compressed_image_message(self._store, t_ns, frame, self._compressed)
+
+    def _add_gap(self, n_samples: int) -> None:
+        """No-face frames and silence from the cursor for `n_samples`."""
+        end_ns = self._t_of(self.cursor + n_samples)
+        grey = np.full(self._cam_shape, GAP_GREY, np.uint8)
+        # Stop half a period before the next clip's first frame (at end_ns), so that the
+        # stream never carries two frames closer than that.
+        while self._next_cam_ns < end_ns - self._cam_period_ns // 2:
+            self._sink.push(self._next_cam_ns, self._camera_topic,
+                            self._image(self._next_cam_ns, grey))
+            self._next_cam_ns += self._cam_period_ns
+        self._add_audio(np.zeros(n_samples, np.int16))
+        self.cursor += n_samples
+
+    def _add_audio(self, samples: np.ndarray) -> None:
+        """Append `samples` (int16) to the microphone; send every chunk now complete, and
+        every held-back message no later chunk can precede."""
+        chunk_ns = AUDIO_CHUNK * _NS_PER_SAMPLE
+        self._pending = np.concatenate([self._pending, samples])
+        n_full = len(self._pending) // AUDIO_CHUNK
+        for i in range(n_full):
+            t_ns = self._t_of(self._pending_at + i * AUDIO_CHUNK)
+            chunk = self._pending[i * AUDIO_CHUNK:(i + 1) * AUDIO_CHUNK]
+            self._sink.push(t_ns + chunk_ns, AUDIO_TOPIC, audio_message(self._store, t_ns, chunk))
+        self._pending = self._pending[n_full * AUDIO_CHUNK:]
+        self._pending_at += n_full * AUDIO_CHUNK
+        self._sink.flush(before_ns=self._t_of(self._pending_at) + chunk_ns)
 
 
 def default_labels_path(bag) -> Path:
@@ -493,8 +527,6 @@ def bag_path(path) -> Path:
 def _open_reader(path):
     """An open rosbags Reader of the bag at `path` (see `bag_path`). rosbags' AnyReader is not
     used: it takes any path ending in .bag for a ROS 1 bag file."""
-    from rosbags.rosbag2 import Reader, ReaderError
-
     path = bag_path(path)
     reader = Reader(path)
     try:
@@ -552,8 +584,6 @@ def _check_topic(reader, topic: str, expected: str | tuple[str, ...], option: st
 
 def _audio_format(reader, topic: str):
     """The bag's first AudioInfo, validated by the nodes' own conversion (raw PCM only)."""
-    from lightmer.core.messages import ConversionError, audio_format_from_info
-
     conns = _check_topic(reader, topic, AUDIO_INFO_TYPE, '--audio-info-topic', 'audio info')
     for conn, _, raw in reader.messages(connections=conns):
         msg = _decode(raw, conn.msgtype)
@@ -607,19 +637,11 @@ def read_bag(path, topics: BagTopics = BagTopics(),
              max_image_pixels: int | None = None, kinds: tuple[str, ...] = ('image', 'audio'),
              bag_time_ns: tuple[int, int] | None = None) -> Iterator[BagMessage]:
     """Camera frames and audio chunks of the bag as numpy, in bag-time order, decoded by the
-    nodes' own conversions (lightmer.ros.conversions; rosbags messages carry the same fields).
+    nodes' own conversions (lightmer.core.messages; rosbags messages carry the same fields).
     Compressed frames larger than `max_image_pixels` (default: the face node's) are refused
     before decoding. Raises ConversionError (a ValueError) at a message the nodes would drop.
     `kinds` limits the topics read ('image', 'audio'); `bag_time_ns` (start, stop) the bag
     (receive) times, so that a few seconds of a long bag are read without the rest."""
-    from lightmer.core.features import to_mono
-    from lightmer.core.messages import (
-        DEFAULT_MAX_PIXELS,
-        compressed_to_rgb,
-        image_to_rgb,
-        pcm_to_samples,
-    )
-
     info = bag_info(path, topics)
     fmt = info.audio_format
     bound = DEFAULT_MAX_PIXELS if max_image_pixels is None else max_image_pixels

@@ -31,11 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from lightmer.core.atomic_io import atomic_save_json
+from lightmer.core.backend import read_meta
 from lightmer.core.checkpoint import CheckpointMeta
 from lightmer.core.messages import stamp_ns_to_seconds
+from lightmer.core.plots import plot_confusion, plot_latency
 from lightmer.evaluation import bags
+from lightmer.evaluation.people_scoring import ids_on_both_sides, person_of_ids, score_people
 from lightmer.evaluation.scoring import check_labels, percentiles, score
 from lightmer.stream.pipeline import OfflinePeoplePipeline, OfflinePipeline
 from lightmer.stream.settings import StreamSettings
@@ -138,8 +142,6 @@ def run_offline(cfg: EvalConfig, meta, topics: bags.BagTopics) -> RunResult:
 
 
 def _progress(items, desc: str):
-    from tqdm import tqdm
-
     return tqdm(items, desc=desc, unit='msg', disable=None)
 
 
@@ -157,8 +159,6 @@ def evaluate_bag(cfg: EvalConfig, live: LiveRunner | None = None) -> dict:
     if cfg.live and live is None:
         raise ValueError('live evaluation drives the node processes: call '
                          'harness.live_eval.evaluate_bag_live (lightmer eval-bag --live)')
-    from lightmer.core.backend import read_meta
-
     topics = bags.BagTopics(cfg.image_topic, cfg.audio_topic, cfg.audio_info_topic)
     info = bags.bag_info(cfg.bag, topics)            # clear errors before any heavy loading
     topics = dataclasses.replace(topics, image=info.image_topic)   # may be its /compressed
@@ -202,8 +202,6 @@ def evaluate_bag(cfg: EvalConfig, live: LiveRunner | None = None) -> dict:
 def _score_people(run: RunResult, stamps, probs, rows, labels) -> dict:
     """people_scoring.score_people of the per-id windows, with the per-person confusion
     matrices summed at the top level (what the plots show)."""
-    from lightmer.evaluation.people_scoring import ids_on_both_sides, person_of_ids, score_people
-
     centres, width = run.extra.pop('centres_x'), run.extra.pop('frame_width')
     person_of = person_of_ids(centres, width)
     ids = [w.face_id for w in run.windows]
@@ -222,8 +220,6 @@ def _score_people(run: RunResult, stamps, probs, rows, labels) -> dict:
 
 
 def _write_outputs(out: Path, summary: dict, run: RunResult, labels) -> None:
-    from lightmer.core.plots import plot_confusion, plot_latency
-
     out.mkdir(parents=True, exist_ok=True)
     mode = summary['mode']
     summary['files'] = {

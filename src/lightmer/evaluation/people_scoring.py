@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from lightmer.evaluation.scoring import score
+
 SIDES = ('left', 'right')
 
 
@@ -54,8 +56,6 @@ def score_people(face_ids: Sequence[str], stamps_s: np.ndarray, probs: np.ndarra
 
     face_ids: (M,) the id of each window; stamps_s float (M,); probs float (M, C).
     """
-    from lightmer.evaluation.scoring import score
-
     stamps_s = np.asarray(stamps_s, dtype=np.float64)
     probs = np.asarray(probs, dtype=np.float64).reshape(len(stamps_s), len(labels))
     people = sorted({r.person for r in rows})

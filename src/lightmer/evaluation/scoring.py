@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lightmer.core.plots import confusion_matrix
+
 CLIP_DECISION = 'argmax of the mean window probabilities over the windows stamped in the clip'
 # `rows` below are labelled clips (bags.LabelRow): .start and .end in seconds of ROS time and
 # .label, a class name.
@@ -45,8 +47,6 @@ def score(stamps_s: np.ndarray, probs: np.ndarray, rows: Sequence,
     stamps_s: float (M,) window stamps; probs: float (M, C); rows: labelled clips whose label is
     one of `labels` (the checkpoint's classes, in output order).
     """
-    from lightmer.core.plots import confusion_matrix
-
     probs = np.asarray(probs, dtype=np.float64).reshape(len(stamps_s), len(labels))
     check_labels(rows, labels)
     index = {name: i for i, name in enumerate(labels)}

@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightmer.core.atomic_io import atomic_save_json
+from lightmer.datasets.prepare import prepare
+from lightmer.datasets.synth import synthesize
+from lightmer.evaluation.bag_corpus import make_bag
+from lightmer.evaluation.bags import default_labels_path
+from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
+from lightmer.experiments.robot_sim import simulate_robot
 from lightmer.experiments.stages import stage
+from lightmer.harness.live_eval import evaluate_bag_live
+from lightmer.training.train import TrainConfig, train
 
 DATASET = 'crema-d'
 
@@ -71,14 +79,6 @@ def run_demo(out: Path, quick: bool = False, robot: bool = False) -> dict:
     """Run every stage into `out` (created; an earlier demo there is replaced) and return the
     result that is also written to `out/demo.json`. `robot`: also the optional stage that
     fine-tunes the demo's model on a simulated robot's people (out/robot/)."""
-    from lightmer.datasets.prepare import prepare
-    from lightmer.datasets.synth import synthesize
-    from lightmer.evaluation.bag_corpus import make_bag
-    from lightmer.evaluation.bags import default_labels_path
-    from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
-    from lightmer.harness.live_eval import evaluate_bag_live
-    from lightmer.training.train import TrainConfig, train
-
     size = SIZES['quick' if quick else 'full']
     out = Path(out)
     _check_replaceable(out)
@@ -94,7 +94,33 @@ def run_demo(out: Path, quick: bool = False, robot: bool = False) -> dict:
                          clips_per_emotion=size.clips_per_emotion, seed=0))
     with stage('prepare cache (MTCNN face crops, 16 kHz audio)', timings):
         print(prepare(DATASET, corpus, cache, workers=None))
+    summaries = _train(size, cache, run, timings)
+    fold_dir = run / 'uncertainty' / 'fold_0'
+    split = json.loads((fold_dir / 'split.json').read_text())
+    test_actors = sorted(split['actors']['test'])
+    metrics = json.loads((fold_dir / 'metrics.json').read_text())
+    with stage('rosbag of the held-out actors', timings):
+        print(f'held-out actors: {test_actors}')
+        print(make_bag(DATASET, corpus, bag, actors=test_actors, storage='mcap',
+                       gap_s=size.gap_s))
+    evals = _evaluate(bag, fold_dir / 'last.pt', out, size, timings)
+    robot_result = None
+    if robot:
+        with stage("learn from a simulated robot's own people (pool, query, finetune)",
+                   timings):
+            robot_result = simulate_robot(out / 'robot', quick=True, base_from=out)
+    pngs = _collect_pngs(out, fold_dir, run)
+    result = {**_outcome(size, test_actors, metrics, evals, summaries, robot_result),
+              'stage_s': timings, 'wall_s': round(time.perf_counter() - t_start, 1),
+              'cpu_count': os.cpu_count(), 'pngs': pngs}
+    atomic_save_json(out / 'demo.json', result)
+    _print_report(result, out)
+    return result
 
+
+def _train(size: DemoSize, cache: Path, run: Path, timings: dict[str, float]) -> dict:
+    """Fold 0 with uncertainty sampling (and, in the full demo, fully): strategy -> the train
+    summary."""
     strategies = ('uncertainty', 'full') if size.baseline else ('uncertainty',)
     summaries = {}
     for strategy in strategies:
@@ -104,38 +130,30 @@ def run_demo(out: Path, quick: bool = False, robot: bool = False) -> dict:
                 fold=0, epochs=size.epochs, n_uncertain=size.n_uncertain, lr=size.lr,
                 batch_size=size.batch_size, seed=0)
             summaries[strategy] = train(cfg)
-    fold_dir = run / 'uncertainty' / 'fold_0'
-    split = json.loads((fold_dir / 'split.json').read_text())
-    test_actors = sorted(split['actors']['test'])
-    metrics = json.loads((fold_dir / 'metrics.json').read_text())
-    checkpoint = fold_dir / 'last.pt'
+    return summaries
 
-    with stage('rosbag of the held-out actors', timings):
-        print(f'held-out actors: {test_actors}')
-        print(make_bag(DATASET, corpus, bag, actors=test_actors, storage='mcap',
-                       gap_s=size.gap_s))
-    labels_csv = default_labels_path(bag)
 
+def _evaluate(bag: Path, checkpoint: Path, out: Path, size: DemoSize,
+              timings: dict[str, float]) -> dict:
+    """The bag scored offline and through the live nodes: mode -> the eval-bag summary."""
     evals = {}
     for mode in ('offline', 'live'):
         with stage(f'evaluate the bag {mode}', timings):
             evaluate = evaluate_bag_live if mode == 'live' else evaluate_bag
             evals[mode] = evaluate(EvalConfig(
-                bag=bag, labels=labels_csv, checkpoint=checkpoint, live=mode == 'live',
-                out=out / f'eval_{mode}', rate=size.playback_rate))
+                bag=bag, labels=default_labels_path(bag), checkpoint=checkpoint,
+                live=mode == 'live', out=out / f'eval_{mode}', rate=size.playback_rate))
             print(f"{mode}: window accuracy {evals[mode]['window_accuracy']:.3f}, "
                   f"clip accuracy {evals[mode]['clip_accuracy']:.3f}, "
                   f"{evals[mode]['windows']} windows")
+    return evals
 
-    robot_result = None
-    if robot:
-        from lightmer.experiments.robot_sim import simulate_robot
 
-        with stage("learn from a simulated robot's own people (pool, query, finetune)",
-                   timings):
-            robot_result = simulate_robot(out / 'robot', quick=True, base_from=out)
-    pngs = _collect_pngs(out, fold_dir, run)
-    result = {
+def _outcome(size: DemoSize, test_actors: list[str], metrics: list[dict], evals: dict,
+             summaries: dict, robot_result: dict | None) -> dict:
+    """What the demo found: accuracies (training's test split, the bag offline and live),
+    live latency and counts, the train summaries and the robot stage's figures."""
+    return {
         'dataset_layout': DATASET,
         'size': size.__dict__,
         'test_actors': test_actors,
@@ -151,14 +169,7 @@ def run_demo(out: Path, quick: bool = False, robot: bool = False) -> dict:
         'robot': None if robot_result is None else {
             k: robot_result[k] for k in ('base_accuracy_people', 'curves', 'gain_at_48',
                                          'uncertainty_minus_random', 'png')},
-        'stage_s': timings,
-        'wall_s': round(time.perf_counter() - t_start, 1),
-        'cpu_count': os.cpu_count(),
-        'pngs': pngs,
     }
-    atomic_save_json(out / 'demo.json', result)
-    _print_report(result, out)
-    return result
 
 
 def _collect_pngs(out: Path, fold_dir: Path, run: Path) -> list[str]:

@@ -17,6 +17,7 @@ on a whole window (no detection, no log-mel), the figure the paper reports per w
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -24,12 +25,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from lightmer.harness.bench_nodes import camera_frame
+from lightmer.core.atomic_io import atomic_save_json
+from lightmer.core.backend import face_cropper, load_model, read_meta
+from lightmer.core.checkpoint import load_checkpoint
+from lightmer.core.config import FeatureConfig
+from lightmer.core.export import export_checkpoint
+from lightmer.core.features import FaceCropper, crop_face, face_to_input, log_mel_at
+from lightmer.core.model import LightmerNet, ModelConfig, fuse
+from lightmer.core.plots import plot_latency
+from lightmer.harness.bench_inputs import bench_frame_720p, camera_frame, untrained_checkpoint
+from lightmer.stream.people import MultiFaceSegmenter
 
 RECOMPUTE_N = (5, 12)
 
@@ -65,25 +77,11 @@ def _median_cpu_ms(fn: Callable[[], object], repeats: int) -> float:
     return _median_ms(fn, repeats, time.thread_time)
 
 
-def bench_frame_720p() -> np.ndarray:
-    """uint8 (720, 1280, 3): the astronaut's head and shoulders, face ~120 px wide, on grey."""
-    from PIL import Image
-    from skimage import data
-
-    head = Image.fromarray(data.astronaut()[:300, 110:410]).resize((420, 420))
-    frame = np.full((720, 1280, 3), 128, dtype=np.uint8)
-    frame[150:570, 430:850] = np.asarray(head)
-    return frame
-
-
 def bench_backends(checkpoint, repeats: int) -> dict[str, Any]:
     """One segment on each backend: CPU ms per stage (one thread each) and torch / onnxruntime.
 
     `checkpoint`: a .pt file; it is exported to ONNX in a temporary directory.
     """
-    from lightmer.core.backend import read_meta
-    from lightmer.core.export import export_checkpoint
-
     frames = {'640x480': camera_frame(), '1280x720': bench_frame_720p()}
     with tempfile.TemporaryDirectory() as tmp:
         export = export_checkpoint(checkpoint, 'onnx', tmp)[0]
@@ -99,9 +97,6 @@ def bench_backends(checkpoint, repeats: int) -> dict[str, Any]:
 
 def _segment_stages(path, frames: dict[str, np.ndarray], repeats: int) -> dict[str, float]:
     """CPU ms per stage of one segment with the model at `path`, on one thread."""
-    from lightmer.core.backend import face_cropper, load_model
-    from lightmer.core.features import face_to_input, log_mel_at
-
     model = load_model(path, threads=1)
     meta, cropper = model.meta, face_cropper(path, threads=1)
     audio = np.random.default_rng(0).normal(0, 0.1, 4 * meta.features.sample_rate)
@@ -131,13 +126,6 @@ def _segment_stages(path, frames: dict[str, np.ndarray], repeats: int) -> dict[s
 
 def bench_model(repeats: int, threads: int | None = None, checkpoint=None) -> dict[str, Any]:
     """The model section: per-stage medians, incremental/recompute ratios, machine facts."""
-    import torch
-
-    from lightmer.core.checkpoint import load_checkpoint
-    from lightmer.core.config import FeatureConfig
-    from lightmer.core.features import FaceCropper, crop_face, face_to_input, log_mel_at
-    from lightmer.core.model import LightmerNet, ModelConfig, fuse
-
     if threads is not None:
         torch.set_num_threads(threads)
     if checkpoint is not None:
@@ -146,72 +134,11 @@ def bench_model(repeats: int, threads: int | None = None, checkpoint=None) -> di
     else:
         fcfg = FeatureConfig()
         model = LightmerNet(ModelConfig(n_classes=6)).eval()
-    cropper = FaceCropper(fcfg)
-    frame = camera_frame()
-    box = cropper.detect([frame])[0]
-    if box is None:
-        raise RuntimeError('MTCNN found no face in the bench frame; is facenet-pytorch intact?')
-    audio = np.random.default_rng(0).normal(0, 0.1, 4 * fcfg.sample_rate).astype(np.float32)
-    centre = 2.0
-    face = torch.from_numpy(face_to_input(crop_face(frame, box, fcfg))[None])   # (1,1,98,80)
-    mel = torch.from_numpy(log_mel_at(audio, centre, fcfg)[None, None])         # (1,1,128,43)
-    cached = {n: torch.zeros(n - 1, model.cfg.n_classes) for n in RECOMPUTE_N}
-
-    def one_segment(n_window: int) -> torch.Tensor:
-        b = cropper.detect([frame])[0]
-        f = torch.from_numpy(face_to_input(crop_face(frame, b, fcfg))[None])
-        m = torch.from_numpy(log_mel_at(audio, centre, fcfg)[None, None])
-        logits = model.segment_logits(f, m)                                     # (1, C)
-        return fuse(torch.cat([cached[n_window], logits]))                      # (C,)
-
-    # Several people: the face node's per-person path (every face, tracked, one crop each),
-    # then one segment and one window per person in fusion.
-    from lightmer.stream.people import MultiFaceSegmenter
-
-    two = camera_frame(people=2)
-    people = MultiFaceSegmenter(cropper, 0.5, 'centre', max_faces=4)
-    if len(people.faces_of(two)[0]) != 2:
-        raise RuntimeError('MTCNN did not find both faces of the two-person bench frame')
-
-    def two_people_segment() -> list[torch.Tensor]:
-        faces, _ = people.faces_of(two)
-        m = torch.from_numpy(log_mel_at(audio, centre, fcfg)[None, None])
-        return [fuse(torch.cat([cached[5], model.segment_logits(
-            torch.from_numpy(face_to_input(f.crop)[None]), m)])) for f in faces]
-
-    def recompute(n: int) -> torch.Tensor:
-        boxes = cropper.detect([frame] * n)                                     # one batch
-        faces = np.stack([face_to_input(crop_face(frame, b, fcfg)) for b in boxes])
-        mels = np.stack([log_mel_at(audio, centre, fcfg)[None] for _ in range(n)])
-        logits = model(torch.from_numpy(faces)[None], torch.from_numpy(mels)[None])  # (1, C)
-        return torch.softmax(logits, dim=-1)
-
-    stage_ms: dict[str, float] = {}
+    inputs = _segment_inputs(model, fcfg)
     with torch.inference_mode():
-        v = model.embed_visual(face)
-        a = model.embed_audio(mel)
-        stage_ms['mtcnn_detect_640x480'] = _median_ms(lambda: cropper.detect([frame]), repeats)
-        stage_ms['face_crop'] = _median_ms(
-            lambda: face_to_input(crop_face(frame, box, fcfg)), repeats)
-        stage_ms['log_mel'] = _median_ms(lambda: log_mel_at(audio, centre, fcfg), repeats)
-        stage_ms['visual_net'] = _median_ms(lambda: model.embed_visual(face), repeats)
-        stage_ms['audio_net'] = _median_ms(lambda: model.embed_audio(mel), repeats)
-        stage_ms['fc_fusion'] = _median_ms(
-            lambda: fuse(torch.cat([cached[5], model.head(v, a)])), repeats)
-        stage_ms['segment_total'] = _median_ms(lambda: one_segment(5), repeats)
-        stage_ms['segment_total_two_people'] = _median_ms(two_people_segment, repeats)
-        ratios = {}
-        for n in RECOMPUTE_N:
-            seg = stage_ms['segment_total'] if n == 5 else _median_ms(
-                lambda n=n: one_segment(n), repeats)
-            full = _median_ms(lambda n=n: recompute(n), repeats)
-            stage_ms[f'window_recompute_n{n}'] = full
-            # the networks alone on a whole window: the paper's "inference per window"
-            faces_n = face.expand(n, -1, -1, -1)[None]                  # (1, N, 1, 98, 80)
-            mels_n = mel.expand(n, -1, -1, -1)[None]                    # (1, N, 1, 128, 43)
-            stage_ms[f'networks_window_n{n}'] = _median_ms(
-                lambda f=faces_n, m=mels_n: torch.softmax(model(f, m), dim=-1), repeats)
-            ratios[str(n)] = seg / full
+        stage_ms = _stage_ms(inputs, repeats)
+        window_ms, ratios = _window_ms(inputs, repeats, stage_ms['segment_total'])
+    stage_ms.update(window_ms)
     return {
         'stage_ms': {k: round(v_, 4) for k, v_ in stage_ms.items()},
         'incremental_vs_recompute_ratio': {k: round(r, 4) for k, r in ratios.items()},
@@ -222,6 +149,113 @@ def bench_model(repeats: int, threads: int | None = None, checkpoint=None) -> di
                     'torch_threads': torch.get_num_threads(), 'torch': torch.__version__,
                     'python': platform.python_version()},
     }
+
+
+@dataclass(frozen=True)
+class _SegmentInputs:
+    """One segment's inputs, raw and as the networks take them, and the model."""
+
+    model: LightmerNet
+    fcfg: FeatureConfig
+    cropper: FaceCropper
+    frame: np.ndarray           # uint8 (480, 640, 3), one person
+    box: np.ndarray             # (4,) her face
+    audio: np.ndarray           # float32 (4 * sample_rate,) noise, 4 s
+    centre: float               # s, the audio window's centre
+    face: torch.Tensor          # (1, 1, 98, 80)
+    mel: torch.Tensor           # (1, 1, 128, 43)
+    cached: dict[int, torch.Tensor]   # N -> (N - 1, C): a window's other, cached logits
+    two: np.ndarray             # uint8 (480, 640, 3), two people
+    people: MultiFaceSegmenter
+
+
+def _segment_inputs(model: LightmerNet, fcfg: FeatureConfig) -> _SegmentInputs:
+    """The bench frames' faces found (RuntimeError when MTCNN misses one) and the inputs."""
+    cropper = FaceCropper(fcfg)
+    frame = camera_frame()
+    box = cropper.detect([frame])[0]
+    if box is None:
+        raise RuntimeError('MTCNN found no face in the bench frame; is facenet-pytorch intact?')
+    audio = np.random.default_rng(0).normal(0, 0.1, 4 * fcfg.sample_rate).astype(np.float32)
+    centre = 2.0
+    face = torch.from_numpy(face_to_input(crop_face(frame, box, fcfg))[None])   # (1,1,98,80)
+    mel = torch.from_numpy(log_mel_at(audio, centre, fcfg)[None, None])         # (1,1,128,43)
+    cached = {n: torch.zeros(n - 1, model.cfg.n_classes) for n in RECOMPUTE_N}
+    # Several people: the face node's per-person path (every face, tracked, one crop each),
+    # then one segment and one window per person in fusion.
+    two = camera_frame(people=2)
+    people = MultiFaceSegmenter(cropper, 0.5, 'centre', max_faces=4)
+    if len(people.faces_of(two)[0]) != 2:
+        raise RuntimeError('MTCNN did not find both faces of the two-person bench frame')
+    return _SegmentInputs(model, fcfg, cropper, frame, box, audio, centre, face, mel, cached,
+                          two, people)
+
+
+def _one_segment(x: _SegmentInputs, n_window: int) -> torch.Tensor:
+    """What a new segment costs with the cache: detect, crop, log-mel, the networks on it,
+    fusion with the window's N - 1 cached logits."""
+    b = x.cropper.detect([x.frame])[0]
+    f = torch.from_numpy(face_to_input(crop_face(x.frame, b, x.fcfg))[None])
+    m = torch.from_numpy(log_mel_at(x.audio, x.centre, x.fcfg)[None, None])
+    logits = x.model.segment_logits(f, m)                                       # (1, C)
+    return fuse(torch.cat([x.cached[n_window], logits]))                        # (C,)
+
+
+def _two_people_segment(x: _SegmentInputs) -> list[torch.Tensor]:
+    faces, _ = x.people.faces_of(x.two)
+    m = torch.from_numpy(log_mel_at(x.audio, x.centre, x.fcfg)[None, None])
+    return [fuse(torch.cat([x.cached[5], x.model.segment_logits(
+        torch.from_numpy(face_to_input(f.crop)[None]), m)])) for f in faces]
+
+
+def _recompute(x: _SegmentInputs, n: int) -> torch.Tensor:
+    """A whole window without the cache: N frames detected, cropped, N log-mels, the model."""
+    boxes = x.cropper.detect([x.frame] * n)                                     # one batch
+    faces = np.stack([face_to_input(crop_face(x.frame, b, x.fcfg)) for b in boxes])
+    mels = np.stack([log_mel_at(x.audio, x.centre, x.fcfg)[None] for _ in range(n)])
+    logits = x.model(torch.from_numpy(faces)[None], torch.from_numpy(mels)[None])  # (1, C)
+    return torch.softmax(logits, dim=-1)
+
+
+def _stage_ms(x: _SegmentInputs, repeats: int) -> dict[str, float]:
+    """Median ms of each stage of one segment, and of a whole segment for one and two
+    people."""
+    model, cropper, fcfg, frame, box = x.model, x.cropper, x.fcfg, x.frame, x.box
+    audio, centre, face, mel, cached = x.audio, x.centre, x.face, x.mel, x.cached
+    v = model.embed_visual(face)
+    a = model.embed_audio(mel)
+    stage_ms: dict[str, float] = {}
+    stage_ms['mtcnn_detect_640x480'] = _median_ms(lambda: cropper.detect([frame]), repeats)
+    stage_ms['face_crop'] = _median_ms(
+        lambda: face_to_input(crop_face(frame, box, fcfg)), repeats)
+    stage_ms['log_mel'] = _median_ms(lambda: log_mel_at(audio, centre, fcfg), repeats)
+    stage_ms['visual_net'] = _median_ms(lambda: model.embed_visual(face), repeats)
+    stage_ms['audio_net'] = _median_ms(lambda: model.embed_audio(mel), repeats)
+    stage_ms['fc_fusion'] = _median_ms(
+        lambda: fuse(torch.cat([cached[5], model.head(v, a)])), repeats)
+    stage_ms['segment_total'] = _median_ms(lambda: _one_segment(x, 5), repeats)
+    stage_ms['segment_total_two_people'] = _median_ms(lambda: _two_people_segment(x), repeats)
+    return stage_ms
+
+
+def _window_ms(x: _SegmentInputs, repeats: int,
+               segment_total_n5: float) -> tuple[dict[str, float], dict[str, float]]:
+    """Per N in RECOMPUTE_N: a window recomputed, the networks alone on a window (ms), and the
+    incremental / recompute ratio (`segment_total_n5`: the N = 5 segment, measured already)."""
+    window_ms: dict[str, float] = {}
+    ratios = {}
+    for n in RECOMPUTE_N:
+        seg = segment_total_n5 if n == 5 else _median_ms(
+            lambda n=n: _one_segment(x, n), repeats)
+        full = _median_ms(lambda n=n: _recompute(x, n), repeats)
+        window_ms[f'window_recompute_n{n}'] = full
+        # the networks alone on a whole window: the paper's "inference per window"
+        faces_n = x.face.expand(n, -1, -1, -1)[None]                # (1, N, 1, 98, 80)
+        mels_n = x.mel.expand(n, -1, -1, -1)[None]                  # (1, N, 1, 128, 43)
+        window_ms[f'networks_window_n{n}'] = _median_ms(
+            lambda f=faces_n, m=mels_n: torch.softmax(x.model(f, m), dim=-1), repeats)
+        ratios[str(n)] = seg / full
+    return window_ms, ratios
 
 
 def _markdown(result: dict[str, Any]) -> str:
@@ -282,17 +316,12 @@ def run_bench(repeats: int = 20, threads: int | None = None, checkpoint=None,
               nodes: bool = True, out_dir=None, as_json: bool = False) -> int:
     """Measure, merge the sections, print JSON or markdown; with `out_dir`, write bench.json
     and (with the nodes) latency_histogram.png there."""
-    import json
-
-    from lightmer.core.atomic_io import atomic_save_json
-    from lightmer.harness.bench_nodes import untrained_checkpoint
-
     result: dict[str, Any] = dict(bench_model(repeats, threads, checkpoint))
     with tempfile.TemporaryDirectory() as tmp:
         model_path = checkpoint if checkpoint is not None else untrained_checkpoint(Path(tmp))
         result['backends'] = bench_backends(model_path, repeats)
         if nodes:
-            from lightmer.core.export import export_checkpoint
+            # rclpy and the message packages: `bench --no-nodes` runs without ROS.
             from lightmer.harness.bench_nodes import bench_nodes
 
             # The torch run's figures (latency_ms, max_camera_fps, rss_mb, model_mb, ...) sit
@@ -305,8 +334,6 @@ def run_bench(repeats: int = 20, threads: int | None = None, checkpoint=None,
         out_dir = Path(out_dir)
         atomic_save_json(out_dir / 'bench.json', result)
         if 'latency_samples_ms' in result:
-            from lightmer.core.plots import plot_latency
-
             plot_latency(result['latency_samples_ms'], out_dir / 'latency_histogram.png',
                          'emotion latency through the live nodes, 30 fps camera')
     if as_json:

@@ -1,6 +1,6 @@
 """Live-node figures for `lightmer bench`: the three real nodes as three processes over DDS.
 
-`ros.rig` starts the nodes and plays a camera (640x480 rgb8, the astronaut's face) and a
+`harness.rig` starts the nodes and plays a camera (640x480 rgb8, the astronaut's face) and a
 microphone (S16LE mono 16 kHz, 32 ms chunks) on the wall clock (`WallClockSensors`). Reported:
 
 - end-to-end latency of each `emotion` message: arrival time minus the capture time of the
@@ -26,47 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
+from lightmer.core.backend import read_meta
+from lightmer.core.messages import time_to_float
+from lightmer.harness.bench_inputs import camera_frame, untrained_checkpoint
+from lightmer.harness.rig import NODE_NAMES, NodeProcesses, Rig, WallClockSensors, info_msg
+
 SAMPLE_RATE = 16000
 CHUNK = 512                         # samples per audio message (32 ms, a usual capture size)
 SUSTAINED_FRACTION = 0.98
 CAMERA_RATES = (30, 60, 120, 240)
 DIAGNOSTICS_PERIOD_S = 0.5
-FRAME_HW = (480, 640)          # the benchmark camera
-
-
-def camera_frame(people: int = 1) -> np.ndarray:
-    """uint8 (480, 640, 3): a camera image of one or two people on a grey canvas.
-
-    One: the scikit-image astronaut photo (top 480 rows, her face in the top half), centred.
-    Two: her head and shoulders twice, side by side (the right one mirrored), 300 px each.
-    """
-    from skimage import data
-
-    photo = data.astronaut()
-    frame = np.full((*FRAME_HW, 3), 128, dtype=np.uint8)
-    if people == 1:
-        x0 = (FRAME_HW[1] - photo.shape[1]) // 2
-        frame[:, x0:x0 + photo.shape[1]] = photo[:FRAME_HW[0]]
-    elif people == 2:
-        head = photo[:300, 110:410]                      # (300, 300, 3)
-        frame[90:390, 10:310] = head
-        frame[90:390, 330:630] = head[:, ::-1]
-    else:
-        raise ValueError(f'people must be 1 or 2, got {people}')
-    return frame
-
-
-def untrained_checkpoint(directory: Path) -> Path:
-    import torch
-
-    from lightmer.core.checkpoint import meta_for_preset, save_checkpoint
-    from lightmer.core.model import LightmerNet
-
-    torch.manual_seed(0)
-    meta = meta_for_preset('crema-d', dataset='bench (untrained)')
-    path = directory / 'bench_model.pt'
-    save_checkpoint(path, LightmerNet(meta.model), meta)
-    return path
 
 
 def _settle(sensors) -> int:
@@ -79,9 +48,6 @@ def _settle(sensors) -> int:
 def bench_nodes(checkpoint: Path | None, repeats: int) -> dict:
     """Start the nodes, measure, stop them. `repeats` scales the run length (20 -> ~15 s of
     latency measurement)."""
-    from lightmer.core.backend import read_meta
-    from lightmer.harness.rig import NODE_NAMES, NodeProcesses, Rig, WallClockSensors
-
     latency_s = max(6.0, 0.75 * repeats)
     # Reliable depth 10, as with a reliable camera driver: across processes, best effort loses
     # about half of the 640x480 frames at 30 fps (the node still needs only one a segment, but
@@ -130,8 +96,6 @@ def latency_run(sensors, seconds: float, meta, timeout_s: float = 90.0,
     (30 fps) and microphone through `sensors` (a `rig.WallClockSensors`) and wait for the nodes
     to settle. Returns {window stamp (s): latency (ms)} of the windows of that run: arrival
     minus the capture time of the newest data used (stamp + d/2)."""
-    from lightmer.harness.rig import info_msg
-
     rig, half = sensors.rig, meta.features.window_s / 2
     rig.wait_ready(timeout_s)
     rig.publish('info', info_msg(rate=sensors.sr))
@@ -149,8 +113,6 @@ def latency_run(sensors, seconds: float, meta, timeout_s: float = 90.0,
 
 
 def _stamp(received) -> float:
-    from lightmer.core.messages import time_to_float
-
     return time_to_float(received.msg.header.stamp)
 
 

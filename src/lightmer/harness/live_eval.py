@@ -55,7 +55,7 @@ def _node_params(cfg: EvalConfig, compressed: bool) -> dict:
 
 
 def run_live(cfg: EvalConfig, meta, topics: bags.BagTopics, compressed: bool) -> RunResult:
-    """Play the bag to the three node processes over loopback DDS with sim time (`ros.rig`)
+    """Play the bag to the three node processes over loopback DDS with sim time (`harness.rig`)
     and record `emotion`; `compressed`: the camera topic carries CompressedImage. Raises
     TimeoutError/RuntimeError with the nodes' logs when they fail."""
     if not cfg.rate > 0:
@@ -77,17 +77,13 @@ def run_live(cfg: EvalConfig, meta, topics: bags.BagTopics, compressed: bool) ->
 
 
 def _replay(cfg: EvalConfig, meta, topics: bags.BagTopics, rig, started: float) -> RunResult:
+    """Play the bag to the running nodes, wait until they have finished, and collect what
+    they published. `started`: time.monotonic() when the node processes were started."""
     kinds = {topics.image: 'image', topics.audio: 'audio', topics.audio_info: 'info'}
     messages = (Event(stamp_ns_to_seconds(t_ns), kinds[topic], raw)
                 for topic, _, t_ns, raw in bags.iter_raw(cfg.bag, topics))
     first = next(messages)
-    rig.publish_clock(first.t_s)
-    for topic, _, _, raw in bags.iter_raw(cfg.bag, topics):
-        if topic == topics.audio_info:         # latched: the audio node gets it on match
-            rig.publish('info', raw)
-            break
-    rig.wait_ready(cfg.startup_timeout_s)
-    rig.wait_format(timeout_s=cfg.startup_timeout_s)
+    _bring_up(cfg, topics, rig, first.t_s)
     startup_s = time.monotonic() - started
 
     wall0 = time.monotonic()
@@ -98,40 +94,72 @@ def _replay(cfg: EvalConfig, meta, topics: bags.BagTopics, rig, started: float) 
     drain_s = time.monotonic() - wall0 - play_s
 
     snap = rig.snapshot()
-    half = meta.features.window_s / 2
-    result = RunResult()
-    received = [('', r) for r in snap.emotion]
-    if cfg.people:
-        received = [(i, r) for i, rs in snap.person_emotion.items() for r in rs]
-    for face_id, got in sorted(received, key=lambda x: time_to_float(x[1].msg.header.stamp)):
-        stamp = time_to_float(got.msg.header.stamp)
-        scores = {h.class_id: h.score for h in got.msg.results}
-        end_s = stamp + half
-        wall_end = float(np.interp(end_s, played.t_s, played.wall_s))
-        result.windows.append(WindowRecord(
-            segment_of_reference(stamp, meta.segment_s, cfg.settings.reference), stamp, end_s,
-            tuple(float(scores.get(label, math.nan)) for label in meta.labels), got.clock_s,
-            (got.clock_s - end_s) * 1e3, (got.wall_s - wall_end) * 1e3, face_id))
+    result = RunResult(windows=_windows(cfg, meta, snap, played))
     result.counts = {name: snap.counts(rig.node_name(name)) for name in NODE_NAMES}
-    frames_lost = played.sent['image'] - result.counts['face_crop'].get('frames', 0)
-    # A replay (faster than real time especially) is only faithful while the nodes keep up:
-    # no frame lost, no input arriving after its segment was given up. (The player falling
-    # behind its schedule on a loaded machine only bunches messages up; it is reported as
-    # player_behind_max_s.)
-    late = result.counts['fusion'].get('late', 0)
-    kept_up = frames_lost == 0 and late == 0
-    if not kept_up:
-        print(f'eval-bag --live: the nodes did not keep up at rate {cfg.rate} (late {late}, '
-              f'frames lost {frames_lost}); lower --rate', file=sys.stderr)
+    kept_up, frames_lost = _kept_up(cfg, played, result.counts)
     result.extra = {'messages': sum(played.sent.values()), 'rate': cfg.rate,
                     'kept_up': kept_up, 'startup_s': startup_s, 'play_wall_s': play_s,
                     'drain_s': drain_s, 'player_behind_max_s': played.behind_max_s,
                     'frames_lost': frames_lost}
     if cfg.people:
-        centres: dict[str, list[float]] = {}
-        for r in snap.face_crops:
-            for f in r.msg.faces:
-                centres.setdefault(f.id, []).append(f.roi.x_offset + f.roi.width / 2)
-        first_image = next(m for m in bags.read_bag(cfg.bag, topics) if m.kind == 'image')
-        result.extra.update(centres_x=centres, frame_width=first_image.data.shape[1])
+        result.extra.update(_face_positions(cfg, topics, snap))
     return result
+
+
+def _bring_up(cfg: EvalConfig, topics: bags.BagTopics, rig, t0_s: float) -> None:
+    """/clock at the bag's first instant and its latched AudioInfo, then wait until the nodes
+    are matched and the audio node holds the format."""
+    rig.publish_clock(t0_s)
+    for topic, _, _, raw in bags.iter_raw(cfg.bag, topics):
+        if topic == topics.audio_info:         # latched: the audio node gets it on match
+            rig.publish('info', raw)
+            break
+    rig.wait_ready(cfg.startup_timeout_s)
+    rig.wait_format(timeout_s=cfg.startup_timeout_s)
+
+
+def _windows(cfg: EvalConfig, meta, snap, played) -> list[WindowRecord]:
+    """The received emotion messages (per person: every id's) as windows, in stamp order;
+    wall latency against the wall time the player published the window's end."""
+    half = meta.features.window_s / 2
+    received = [('', r) for r in snap.emotion]
+    if cfg.people:
+        received = [(i, r) for i, rs in snap.person_emotion.items() for r in rs]
+    windows = []
+    for face_id, got in sorted(received, key=lambda x: time_to_float(x[1].msg.header.stamp)):
+        stamp = time_to_float(got.msg.header.stamp)
+        scores = {h.class_id: h.score for h in got.msg.results}
+        end_s = stamp + half
+        wall_end = float(np.interp(end_s, played.t_s, played.wall_s))
+        windows.append(WindowRecord(
+            segment_of_reference(stamp, meta.segment_s, cfg.settings.reference), stamp, end_s,
+            tuple(float(scores.get(label, math.nan)) for label in meta.labels), got.clock_s,
+            (got.clock_s - end_s) * 1e3, (got.wall_s - wall_end) * 1e3, face_id))
+    return windows
+
+
+def _kept_up(cfg: EvalConfig, played, counts: dict) -> tuple[bool, int]:
+    """Whether the nodes kept up with the replay (said on stderr when not), and the frames
+    the face node did not receive."""
+    frames_lost = played.sent['image'] - counts['face_crop'].get('frames', 0)
+    # A replay (faster than real time especially) is only faithful while the nodes keep up:
+    # no frame lost, no input arriving after its segment was given up. (The player falling
+    # behind its schedule on a loaded machine only bunches messages up; it is reported as
+    # player_behind_max_s.)
+    late = counts['fusion'].get('late', 0)
+    kept_up = frames_lost == 0 and late == 0
+    if not kept_up:
+        print(f'eval-bag --live: the nodes did not keep up at rate {cfg.rate} (late {late}, '
+              f'frames lost {frames_lost}); lower --rate', file=sys.stderr)
+    return kept_up, frames_lost
+
+
+def _face_positions(cfg: EvalConfig, topics: bags.BagTopics, snap) -> dict:
+    """Per face id the x centres of its face_crops, and the frame width: what per-person
+    scoring tells the people apart by."""
+    centres: dict[str, list[float]] = {}
+    for r in snap.face_crops:
+        for f in r.msg.faces:
+            centres.setdefault(f.id, []).append(f.roi.x_offset + f.roi.width / 2)
+    first_image = next(m for m in bags.read_bag(cfg.bag, topics) if m.kind == 'image')
+    return {'centres_x': centres, 'frame_width': first_image.data.shape[1]}

@@ -33,8 +33,32 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import rclpy
+import yaml
+from audio_common_msgs.msg import AudioData, AudioDataStamped, AudioInfo
+from diagnostic_msgs.msg import DiagnosticArray
+from hri_msgs.msg import Expression, IdsList
+from lightmer_msgs.msg import FaceCrops
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+from tqdm import tqdm
+from vision_msgs.msg import Classification, LabelInfo
 
+from lightmer.core.atomic_io import atomic_write_text
+from lightmer.core.messages import (
+    ConversionError,
+    check_face_id,
+    diagnostics_counts,
+    time_to_float,
+)
+from lightmer.ros.common import close_own_participant, node_with_own_participant
+from lightmer.ros.conversions import float_to_time
 from lightmer.ros.description import NODES, defaults, resolve
+from lightmer.ros.qos import latched_qos, output_qos
 
 
 
@@ -80,8 +104,6 @@ def require_loopback() -> None:
 def sensor_qos(reliable: bool = True):
     """The QoS of every sensor the rig publishes: keep last SENSOR_HISTORY, reliable (nothing
     of a replay may be lost, as offline nothing is) unless a test asks for best effort."""
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-
     return QoSProfile(depth=SENSOR_HISTORY, reliability=ReliabilityPolicy.RELIABLE
                       if reliable else ReliabilityPolicy.BEST_EFFORT)
 
@@ -101,10 +123,6 @@ class NodeProcesses:
     def __init__(self, launch_args: Mapping[str, str], log_dir: Path,
                  params: Mapping | None = None,
                  remappings: Mapping[str, Iterable[tuple[str, str]]] | None = None):
-        import yaml
-
-        from lightmer.core.atomic_io import atomic_write_text
-
         self.log_dir = Path(log_dir)
         args = dict(launch_args)
         if params is not None:
@@ -209,11 +227,6 @@ class Event(NamedTuple):
 
 def image_msg(t: float, frame: np.ndarray, frame_id: str = 'camera', encoding: str = 'rgb8'):
     """uint8 (H, W, 3) or (H, W) -> sensor_msgs/Image stamped `t` seconds."""
-    from sensor_msgs.msg import Image
-    from std_msgs.msg import Header
-
-    from lightmer.ros.conversions import float_to_time
-
     channels = frame.shape[2] if frame.ndim == 3 else 1
     msg = Image(header=Header(stamp=float_to_time(t), frame_id=frame_id),
                 height=frame.shape[0], width=frame.shape[1], encoding=encoding,
@@ -224,11 +237,6 @@ def image_msg(t: float, frame: np.ndarray, frame_id: str = 'camera', encoding: s
 
 def audio_msg(t: float, pcm: bytes, frame_id: str = 'microphone'):
     """PCM bytes -> audio_common_msgs/AudioDataStamped whose first sample is at `t` seconds."""
-    from audio_common_msgs.msg import AudioData, AudioDataStamped
-    from std_msgs.msg import Header
-
-    from lightmer.ros.conversions import float_to_time
-
     return AudioDataStamped(header=Header(stamp=float_to_time(t), frame_id=frame_id),
                             audio=AudioData(data=pcm))
 
@@ -236,8 +244,6 @@ def audio_msg(t: float, pcm: bytes, frame_id: str = 'microphone'):
 def info_msg(sample_format: str = 'S16LE', rate: int = 16000, channels: int = 1,
              coding: str = 'wave'):
     """audio_common_msgs/AudioInfo as audio_capture publishes it in wave mode."""
-    from audio_common_msgs.msg import AudioInfo
-
     return AudioInfo(channels=channels, sample_rate=rate, sample_format=sample_format,
                      bitrate=0, coding_format=coding)
 
@@ -395,21 +401,10 @@ class Rig:
                  own_mic_participant: bool = True, use_sim_time: bool = False,
                  nodes: NodeProcesses | None = None, name: str = 'lightmer_rig',
                  people: str | None = None):
-        import rclpy
-        from audio_common_msgs.msg import AudioDataStamped, AudioInfo
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.parameter import Parameter
-        from rosgraph_msgs.msg import Clock
-        from sensor_msgs.msg import CompressedImage, Image
-        from vision_msgs.msg import Classification, LabelInfo
-
-        from lightmer.ros.common import node_with_own_participant
-        from lightmer.ros.qos import latched_qos, output_qos
-
         require_loopback()
         self.nodes = nodes
         self.namespace = namespace.rstrip('/')
+        self.people = people
         self._own_context = context is None
         if context is None:
             context = rclpy.Context()
@@ -422,6 +417,18 @@ class Rig:
                                           'use_sim_time', Parameter.Type.BOOL, use_sim_time)])
         self.mic = (node_with_own_participant(f'{name}_microphone')
                     if own_mic_participant else self.node)
+        self._create_sensors(topics, compressed, camera_reliable, audio_reliable)
+        self._emotion_topics = tuple(self.node.resolve_topic_name(t) for t in emotion_topics)
+        self._create_recorders()
+        self._executor = SingleThreadedExecutor(context=context)
+        self._executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
+        self._thread.start()
+
+    def _create_sensors(self, topics: Topics, compressed: bool, camera_reliable: bool,
+                        audio_reliable: bool) -> None:
+        """The camera and /clock on the rig's node; the microphone and its latched AudioInfo
+        on `self.mic`."""
         n = self.node
         self.image_pub = n.create_publisher(CompressedImage if compressed else Image,
                                             topics.image, sensor_qos(camera_reliable))
@@ -429,17 +436,16 @@ class Rig:
                                                    sensor_qos(audio_reliable))
         self.info_pub = self.mic.create_publisher(AudioInfo, topics.audio_info, latched_qos())
         self.clock_pub = n.create_publisher(Clock, '/clock', sensor_qos())
-        self._emotion_topics = tuple(n.resolve_topic_name(t) for t in emotion_topics)
+
+    def _create_recorders(self) -> None:
+        """Subscriptions to everything lightmer publishes (`Outputs`)."""
+        n, people = self.node, self.people
         for topic in self._emotion_topics:
             n.create_subscription(Classification, topic, self._keeper('emotion', topic),
                                   output_qos(SENSOR_HISTORY))
         n.create_subscription(LabelInfo, 'emotion/label_info',
                               self._keeper('label_info', 'emotion/label_info'), latched_qos())
-        self.people = people
         if people:
-            from hri_msgs.msg import IdsList
-            from lightmer_msgs.msg import FaceCrops
-
             n.create_subscription(FaceCrops, 'face_crops', self._face_crops_callback,
                                   output_qos(SENSOR_HISTORY))
             n.create_subscription(IdsList, f'{people}/tracked',
@@ -452,10 +458,6 @@ class Rig:
                               output_qos(SENSOR_HISTORY))
         n.create_subscription(DiagnosticArray, '/diagnostics', self._diagnostics_callback,
                               SENSOR_HISTORY)
-        self._executor = SingleThreadedExecutor(context=context)
-        self._executor.add_node(n)
-        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
-        self._thread.start()
 
     def __enter__(self) -> Rig:
         return self
@@ -464,10 +466,6 @@ class Rig:
         self.close()
 
     def close(self) -> None:
-        import rclpy
-
-        from lightmer.ros.common import close_own_participant
-
         self._executor.shutdown(timeout_sec=5.0)
         self._thread.join(timeout=5.0)
         if self.mic is not self.node:
@@ -489,12 +487,6 @@ class Rig:
 
     def _face_crops_callback(self, msg) -> None:
         """Record a FaceCrops and subscribe the per-person topics of ids not seen before."""
-        from hri_msgs.msg import Expression
-        from vision_msgs.msg import Classification
-
-        from lightmer.core.messages import ConversionError, check_face_id
-        from lightmer.ros.qos import output_qos
-
         self._keeper('face_crops', 'face_crops')(msg)
         for face in msg.faces:
             try:
@@ -522,8 +514,6 @@ class Rig:
         return callback
 
     def _diagnostics_callback(self, msg) -> None:
-        from lightmer.core.messages import diagnostics_counts
-
         counts = diagnostics_counts(msg)
         for status in msg.status:            # keep the problem text beside the counts
             counts[status.name]['_message'] = status.message
@@ -616,8 +606,6 @@ class Rig:
         meanwhile; this proves the audio path connected end to end. Use a `t0` well before the
         data that follows, which then starts a new audio run.
         """
-        from lightmer.core.messages import time_to_float
-
         silence = np.zeros(chunk, dtype='<i2').tobytes()
         deadline = time.monotonic() + timeout_s
         t = t0
@@ -653,10 +641,6 @@ class Rig:
 
     # --- publishing --------------------------------------------------------------------------
     def publish_clock(self, t: float) -> None:
-        from rosgraph_msgs.msg import Clock
-
-        from lightmer.ros.conversions import float_to_time
-
         self.clock_pub.publish(Clock(clock=float_to_time(t)))
 
     def publish(self, kind: str, msg) -> None:
@@ -672,8 +656,6 @@ class Rig:
         if not rate > 0:
             raise ValueError(f'rate must be positive, got {rate}')
         if progress is not None:
-            from tqdm import tqdm
-
             events = tqdm(events, desc=progress, unit='msg', disable=None)
         sent = {'image': 0, 'audio': 0, 'info': 0}
         times, walls = [], []
