@@ -61,7 +61,6 @@ from lightmer.ros.description import NODES, defaults, resolve
 from lightmer.ros.qos import latched_qos, output_qos
 
 
-
 def loopback_variables(distro: str | None = None) -> dict[str, str]:
     """The environment variable that keeps DDS discovery on this machine, for the ROS 2
     distribution in use (`distro`, default $ROS_DISTRO; a pip install without it is Jazzy).
