@@ -470,6 +470,25 @@ def test_fuser_never_mixes_segments_from_before_and_after_a_stream_outage(stream
     assert [w.segments for w in outs if w.k_last == 104][0] == tuple(range(100, 105))
 
 
+@pytest.mark.parametrize('gap_s, breaks', [(2.0, 1), (1.9, 0)])
+def test_fuser_breaks_on_a_stamp_gap_of_stall_warn_s_exactly_as_the_stall_is_reported(gap_s,
+                                                                                       breaks):
+    """stall_warn_s means one thing: an input silent that long is a stall on /diagnostics, and
+    two of its inputs that far apart in stamp time restart the windows. A face node back 2.0 s
+    after its last crop (3 segments missing at T = 0.5 s) is such a gap."""
+    settings = StreamSettings(min_segments=1, stall_warn_s=2.0)
+    fuser = SegmentFuser(_Counting(), _softmax_mean, 5, 0.5, settings)
+    fuser.push_mel(reference_time(100, 0.5, 'centre'), _mel(100))
+    assert fuser.push_face(100 * 0.5 + 0.3, _face(100))
+    for k in range(101, 105):                                  # the face node is down
+        fuser.push_mel(reference_time(k, 0.5, 'centre'), _mel(k))
+    outs = fuser.push_face(100 * 0.5 + 0.3 + gap_s, _face(104))
+    assert fuser.counts.breaks == breaks
+    assert [w.segments for w in outs] == [(104,) if breaks else (100, 104)]
+    assert stall_status({'face_crop': gap_s, 'log_mel': 0.0}, 2.0, 10.0)[0] == (
+        'warn' if breaks else 'ok')
+
+
 def test_fuser_a_short_hole_does_not_restart_the_windows():
     fuser = SegmentFuser(_Counting(), _softmax_mean, 12, 0.5,
                          StreamSettings(min_segments=1, stall_warn_s=3.0))
