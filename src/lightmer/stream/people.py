@@ -2,7 +2,7 @@
 segment cache and sliding window per id.
 
 `MultiFaceSegmenter` is the face node's side (face_source mtcnn): per segment the frame nearest
-the reference time (streaming.FrameSelector, as for one person), every MTCNN face whose
+the reference time (faces.BaseFaceSegmenter, as for one person), every MTCNN face whose
 probability reaches the model's threshold, the `max_faces` largest kept (the rest counted),
 ids from `tracking.FaceTracker`, one 98x80 crop each.
 
@@ -13,7 +13,7 @@ reference time is the segment's "frame"); each listed face's crop nearest that s
 half a segment, is gray-scaled and stretched to 98x80 as a whole (features.crop_face with the
 image as the box). Ids are ROS4HRI's own.
 
-`PeopleFuser` is the fusion node's side: one `streaming.SegmentFuser` per id, so a window only
+`PeopleFuser` is the fusion node's side: one `fuser.SegmentFuser` per id, so a window only
 ever averages one person's segments. The audio is shared (no speaker attribution here): each
 segment's log-mel joins the faces seen in that segment, by segment id, whichever arrives first.
 `audio_to` says which faces hear it:
@@ -38,8 +38,9 @@ import numpy as np
 from lightmer.core.config import FeatureConfig
 from lightmer.core.features import crop_face
 from lightmer.core.segments import segment_index, segment_of_reference
-from lightmer.stream.faces import FrameSelector
+from lightmer.stream.faces import BaseFaceSegmenter
 from lightmer.stream.fuser import FusionCounts, SegmentFuser, WindowResult
+from lightmer.stream.settings import StreamSettings
 from lightmer.stream.tracking import FaceTracker, TrackerSettings
 
 AUDIO_TO = ('all', 'largest')
@@ -90,7 +91,7 @@ class FacesResult:
     error: str = ''                  # why the frame gave no faces, when it failed to decode
 
 
-class MultiFaceSegmenter:
+class MultiFaceSegmenter(BaseFaceSegmenter):
     """Frames in (stamps in order), per segment every tracked face out.
 
     cropper: a features.FaceCropper (its detect_all, crop and cfg.face_min_prob are used).
@@ -98,33 +99,19 @@ class MultiFaceSegmenter:
 
     def __init__(self, cropper, segment_s: float, reference: str, max_faces: int,
                  tracker: TrackerSettings | None = None, id_prefix: str = 'f',
-                 jump_s: float = 10.0):
+                 jump_s: float = StreamSettings.stamp_jump_s):
         if max_faces < 1:
             raise ValueError(f'max_faces must be >= 1, got {max_faces}')
+        super().__init__(segment_s, reference, jump_s, MultiFaceCounts())
         self.cropper = cropper
         self.max_faces = max_faces
         self.tracker = FaceTracker(tracker or TrackerSettings(), prefix=id_prefix)
-        self._selector = FrameSelector(segment_s, reference, jump_s)
-        self.counts = MultiFaceCounts()
-
-    def reject(self) -> None:
-        """A frame that could not be used at all (malformed message)."""
-        self.counts.frames += 1
-        self.counts.rejected += 1
 
     def push(self, t: float, payload: Any,
              decode: Callable[[Any], np.ndarray] | None = None) -> list[FacesResult]:
         """Offer a frame (or a message `decode` turns into uint8 (H, W, 3) RGB) stamped `t`."""
-        self.counts.frames += 1
-        resets = self._selector.resets
-        chosen = self._selector.push(t, payload)
-        self.counts.jumps = self._selector.jumps
-        if self._selector.resets != resets:
-            self.counts.resets += 1
-            self.tracker.reset()
         out = []
-        for k, t_frame, selected in chosen:
-            self.counts.segments += 1
+        for k, t_frame, selected in self._choose(t, payload):
             try:
                 frame = decode(selected) if decode is not None else selected
                 faces, detected = self.faces_of(frame)
@@ -138,6 +125,9 @@ class MultiFaceSegmenter:
         self.counts.tracks_started = self.tracker.started
         self.counts.tracks_forgotten = self.tracker.forgotten
         return out
+
+    def _restart(self) -> None:
+        self.tracker.reset()
 
     def faces_of(self, frame: np.ndarray) -> tuple[tuple[TrackedFace, ...], int]:
         """The tracked faces of one segment's frame, largest first, and how many were found."""
@@ -170,24 +160,25 @@ class Ros4hriCounts:
     capped: int = 0        # listed faces beyond max_faces, not published
     crop_missing: int = 0  # listed faces without a crop within half a segment
     rejected: int = 0      # crops that would not convert (odd encoding or size), bad ids
-    resets: int = 0
+    resets: int = 0        # stamps went backwards
+    jumps: int = 0         # stamps stepped forward by stamp_jump_s or more
 
 
-class Ros4hriFaceSegmenter:
+class Ros4hriFaceSegmenter(BaseFaceSegmenter):
     """Tracked-id lists and per-id crops in (each stream's stamps in order), per segment every
     listed face's 98x80 crop out. decode: a crop's payload -> uint8 (h, w, 3) RGB, raising
-    ValueError for one it cannot use."""
+    ValueError for one it cannot use. The lists are this segmenter's frames (`counts.lists`)."""
 
     def __init__(self, cfg: FeatureConfig, segment_s: float, reference: str, max_faces: int,
-                 decode: Callable[[Any], np.ndarray]):
+                 decode: Callable[[Any], np.ndarray],
+                 jump_s: float = StreamSettings.stamp_jump_s):
         if max_faces < 1:
             raise ValueError(f'max_faces must be >= 1, got {max_faces}')
+        super().__init__(segment_s, reference, jump_s, Ros4hriCounts())
         self.cfg, self.max_faces, self.segment_s = cfg, max_faces, segment_s
         self._decode = decode
-        self._selector = FrameSelector(segment_s, reference)
         # per id: recent (t, payload); a few segments of a 30 Hz stream
         self._crops: dict[str, deque] = {}
-        self.counts = Ros4hriCounts()
 
     @property
     def buffered_ids(self) -> set[str]:
@@ -199,15 +190,8 @@ class Ros4hriFaceSegmenter:
         self._crops.setdefault(face_id, deque(maxlen=64)).append((t, payload))
 
     def push_tracked(self, t: float, ids: list[str]) -> list[FacesResult]:
-        self.counts.lists += 1
-        resets = self._selector.resets
-        chosen = self._selector.push(t, list(ids))
-        if self._selector.resets != resets:
-            self.counts.resets += 1
-            self._crops.clear()
         out = []
-        for k, t_frame, listed in chosen:
-            self.counts.segments += 1
+        for k, t_frame, listed in self._choose(t, list(ids)):
             faces = self._faces_at(t_frame, listed)
             self.counts.no_face += not faces
             self.counts.faces += len(faces)
@@ -216,6 +200,12 @@ class Ros4hriFaceSegmenter:
         for face_id in [i for i, q in self._crops.items() if t - q[-1][0] > 2 * self.segment_s]:
             del self._crops[face_id]
         return out
+
+    def _count_input(self) -> None:
+        self.counts.lists += 1
+
+    def _restart(self) -> None:
+        self._crops.clear()
 
     def _faces_at(self, t_frame: float, listed: list[str]) -> tuple[TrackedFace, ...]:
         faces = []
@@ -295,7 +285,7 @@ class PeopleFuser:
         return tuple(self._people)
 
     def fusion_counts(self) -> dict[str, int]:
-        """streaming.FusionCounts summed over every id, present and forgotten."""
+        """fuser.FusionCounts summed over every id, present and forgotten."""
         total = dict.fromkeys((f.name for f in dataclasses.fields(FusionCounts)), 0)
         for counts in [self._retired, *(dataclasses.asdict(p.fuser.counts)
                                         for p in self._people.values())]:
