@@ -65,10 +65,11 @@ class FaceCropNode(Node):
         else:
             self._convert = image_to_rgb
             self._sub = self.create_subscription(Image, 'image', self.image_callback, qos)
-        path, _, segment_s = load_for_node(self.params)
+        path, meta, segment_s = load_for_node(self.params)
         # facenet-pytorch's MTCNN for a checkpoint, the export's MTCNN nets on onnxruntime for
-        # an ONNX export (equal boxes); no torch import in the latter.
-        cropper = face_cropper(path, self.params.min_face_size, self.params.torch_threads)
+        # an ONNX export (equal boxes); no torch import in the latter. The metadata just read
+        # gives the feature settings: the file is read once.
+        cropper = face_cropper(path, self.params.min_face_size, self.params.torch_threads, meta)
         # The first MTCNN call is slower (allocations, lazy imports): pay for it now.
         cropper([np.zeros((120, 160, 3), dtype=np.uint8)])
         if people:
@@ -94,6 +95,8 @@ class FaceCropNode(Node):
 
     @staticmethod
     def _crops_type():
+        # lightmer_msgs is built with the package and absent where only one person is
+        # followed (a pip install): needed only with several people.
         from lightmer_msgs.msg import FaceCrops
 
         return FaceCrops
@@ -156,7 +159,7 @@ class FaceCropNode(Node):
     # --- face_source ros4hri -------------------------------------------------------------
     def _start_ros4hri(self, qos) -> None:
         """Subscribe hri_face_detect's id lists now, and each face's image once listed."""
-        from hri_msgs.msg import IdsList
+        from hri_msgs.msg import IdsList  # optional: only robots with ROS4HRI have it
 
         _, meta, segment_s = load_for_node(self.params)
         self._qos = qos

@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from lightmer.core.backend import LoadedModel
 from lightmer.core.config import FeatureConfig
-from lightmer.core.features import crop_face
+from lightmer.core.features import crop_face, log_mel
 from lightmer.core.segments import segment_index, segment_of_reference
 from lightmer.stream.faces import BaseFaceSegmenter
 from lightmer.stream.fuser import FusionCounts, SegmentFuser, WindowResult
@@ -274,6 +275,22 @@ class PeopleFuser:
     _retired: dict[str, int] = field(default_factory=dict)   # counts of forgotten fusers
     _last_k: int | None = None                               # latest face segment
 
+    @classmethod
+    def for_model(cls, model: LoadedModel, n_segments: int, segment_s: float,
+                  settings: StreamSettings, audio_to: str = 'all',
+                  forget_after_s: float = 3.0) -> PeopleFuser:
+        """The fuser the fusion node and the offline pipeline run: per id a SegmentFuser on the
+        model's callables (N `n_segments`, T `segment_s`), and the silence the 'largest'
+        policy fuses computed with the model's feature settings."""
+        features = model.meta.features
+        silence = log_mel(np.zeros(features.window_samples, np.float32), features)
+
+        def new_fuser() -> SegmentFuser:
+            return SegmentFuser(model.segment_logits, model.fuse, n_segments, segment_s,
+                                settings)
+
+        return cls(new_fuser, segment_s, settings.reference, silence, audio_to, forget_after_s)
+
     def __post_init__(self) -> None:
         if self.audio_to not in AUDIO_TO:
             raise ValueError(f'audio_to must be one of {AUDIO_TO}, got {self.audio_to!r}')
@@ -292,9 +309,6 @@ class PeopleFuser:
             for key, value in counts.items():
                 total[key] += value
         return total
-
-    def fuser_of(self, face_id: str) -> SegmentFuser:
-        return self._people[face_id].fuser
 
     def primary(self, rule: str = 'largest') -> str | None:
         """The id /emotion speaks for: the largest face of its latest segment, or the id with
