@@ -1,13 +1,17 @@
 """The message-free stream processors: frame choice, audio windows, per-segment fusion."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from lightmer.core.backend import model_functions
+from lightmer.core.checkpoint import meta_for_preset
 from lightmer.core.config import FeatureConfig
-from lightmer.core.features import log_mel_at, resample
+from lightmer.core.features import face_to_input, log_mel_at, resample
+from lightmer.core.model import LightmerNet
 from lightmer.core.segments import reference_time, segment_index, segment_of_reference
 from lightmer.stream.audio import AudioSegmenter
 from lightmer.stream.faces import FaceSegmenter, FrameSelector
@@ -310,9 +314,6 @@ def test_fuser_min_segments_holds_windows_back():
 
 
 def test_fuser_with_the_real_model_equals_its_forward():
-    from lightmer.core.checkpoint import meta_for_preset
-    from lightmer.core.model import LightmerNet
-
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = LightmerNet(meta_for_preset('crema-d').model).eval()
@@ -325,8 +326,6 @@ def test_fuser_with_the_real_model_equals_its_forward():
     for k in range(5):
         out += fuser.push_face(k * 0.5 + 0.25, faces[k])
         out += fuser.push_mel(reference_time(k, 0.5, 'centre'), mels[k])
-    from lightmer.core.features import face_to_input
-
     with torch.inference_mode():
         want = torch.softmax(model(torch.from_numpy(face_to_input(faces))[None],
                                    torch.from_numpy(mels)[None, :, None]), dim=-1)[0]
@@ -513,8 +512,6 @@ def test_stall_status_tells_a_stopped_input_from_an_idle_pair():
 def test_audio_segmenter_applies_the_checkpoints_mel_normalisation():
     """The node computes the same level-preserving features as training when the checkpoint
     says mel_norm 'dataset' (one log_mel for both)."""
-    import dataclasses
-
     cfg = dataclasses.replace(CFG, mel_norm='dataset', mel_db_mean=-45.0, mel_db_std=15.0)
     sr, t0 = 16000, 50.0
     audio = _voice(3 * sr, sr)
