@@ -28,6 +28,7 @@ def ros_env() -> dict:
 def _one_thread():
     """torch on one intra-op thread for the test (runs compared bit for bit need the same
     reduction order), restored afterwards."""
+    # Here, not at the top: every pytest run loads conftest, and most tests never need torch.
     import torch
 
     before = torch.get_num_threads()

@@ -9,9 +9,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image as PILImage
+from sensor_msgs.msg import Image
+from skimage import data
+from std_msgs.msg import Header
 
+from lightmer.core.checkpoint import load_checkpoint, meta_for_preset, save_checkpoint
+from lightmer.core.features import FaceCropper, face_to_input, log_mel_at, to_mono
 from lightmer.core.messages import time_to_float
+from lightmer.core.model import LightmerNet, fuse
+from lightmer.core.segments import (
+    reference_time,
+    segment_index,
+    segment_of_reference,
+    window_indices,
+)
 from lightmer.harness.rig import Event, audio_msg, image_msg, sensor_events
+from lightmer.ros.conversions import float_to_time
 
 T0 = 1000.3          # clip start, stamp seconds (not on the segment grid)
 FPS = 10.0
@@ -23,11 +38,6 @@ FRAME_ID = 'camera_optical'
 
 def make_checkpoint(path: Path, preset: str = 'crema-d', seed: int = 0) -> Path:
     """An untrained, seeded LightmerNet saved as a checkpoint (a fixture model)."""
-    import torch
-
-    from lightmer.core.checkpoint import meta_for_preset, save_checkpoint
-    from lightmer.core.model import LightmerNet
-
     torch.manual_seed(seed)
     meta = meta_for_preset(preset, dataset='test-fixture')
     save_checkpoint(path, LightmerNet(meta.model), meta)
@@ -45,22 +55,16 @@ class Clip:
     segment_s: float
 
     def audio_float(self) -> np.ndarray:
-        from lightmer.core.features import to_mono
-
         return to_mono(self.audio)
 
 
 def _face_image(size: int) -> np.ndarray:
-    from PIL import Image
-    from skimage import data
-
     face = data.astronaut()[:300, 110:410]                          # head and shoulders
-    return np.asarray(Image.fromarray(face).resize((size, size), Image.Resampling.BILINEAR))
+    return np.asarray(PILImage.fromarray(face).resize((size, size),
+                                                      PILImage.Resampling.BILINEAR))
 
 
 def make_clip(segment_s: float = 0.5, seed: int = 0, face: bool = True) -> Clip:
-    from lightmer.core.segments import segment_index
-
     rng = np.random.default_rng(seed)
     portrait = _face_image(260)
     n_frames = int(DURATION_S * FPS)
@@ -89,13 +93,6 @@ def expected_windows(clip: Clip, checkpoint: Path, n_segments: int, min_segments
     """Offline model output per window last-segment id: the clip's segments computed from the
     whole clip (crops by FaceCropper on the segment's frame, log-mel of the whole audio),
     segment logits by LightmerNet, fused over the segments of each window."""
-    import torch
-
-    from lightmer.core.checkpoint import load_checkpoint
-    from lightmer.core.features import FaceCropper, face_to_input, log_mel_at
-    from lightmer.core.model import fuse
-    from lightmer.core.segments import reference_time, segment_index, window_indices
-
     model, meta = load_checkpoint(checkpoint)
     cfg = meta.features
     half = cfg.window_s / 2
@@ -136,8 +133,6 @@ def clip_events(clip: Clip, offset_s: float = 0.0) -> Iterator[Event]:
 def emotion_by_segment(received, segment_s: float,
                        reference: str = 'centre') -> dict[int, np.ndarray]:
     """Received Classification messages -> {window's last segment id: probabilities (C,)}."""
-    from lightmer.core.segments import segment_of_reference
-
     out = {}
     for r in received:
         k = segment_of_reference(time_to_float(r.msg.header.stamp), segment_s, reference)
@@ -183,11 +178,6 @@ class LiveStream:
 
 def face_crop_msg(k: int, rng: np.random.Generator, frame_id: str = 'cam'):
     """A random 98x80 mono8 face crop for segment k (T = 0.5 s), as face_crop publishes it."""
-    from sensor_msgs.msg import Image
-    from std_msgs.msg import Header
-
-    from lightmer.ros.conversions import float_to_time
-
     return Image(header=Header(stamp=float_to_time(k * 0.5 + 0.1), frame_id=frame_id),
                  height=98, width=80, encoding='mono8', step=80,
                  data=rng.integers(0, 256, 98 * 80, np.uint8).tobytes())
@@ -196,11 +186,6 @@ def face_crop_msg(k: int, rng: np.random.Generator, frame_id: str = 'cam'):
 def log_mel_msg(k: int, rng: np.random.Generator):
     """A random 128x43 32FC1 log-mel for segment k (T = 0.5 s, centre reference), as
     audio_feature publishes it."""
-    from sensor_msgs.msg import Image
-    from std_msgs.msg import Header
-
-    from lightmer.ros.conversions import float_to_time
-
     mel = rng.standard_normal((128, 43)).astype(np.float32)
     return Image(header=Header(stamp=float_to_time((k + 0.5) * 0.5)), height=128, width=43,
                  encoding='32FC1', step=43 * 4, data=mel.tobytes())

@@ -4,16 +4,21 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import soundfile
+import torch
 from skimage import data
 
 from lightmer.core.backend import backend_of, export_meta_path, face_cropper, load_model, read_meta
 from lightmer.core.checkpoint import CheckpointError
+from lightmer.core.export import export_checkpoint
 from lightmer.core.features import FaceCropper, log_mel_at, resample, to_mono
+from lightmer.ros.params import FaceCropParams, FusionParams, load_for_node, load_model_for_node
+from lightmer.stream.pipeline import OfflinePeoplePipeline, OfflinePipeline
 
 LOGIT_ATOL = 1e-4           # the issue's bound; differences seen are ~1e-6
 
@@ -103,6 +108,35 @@ def test_the_onnx_path_imports_no_torch(onnx_export):
     assert out.stdout.strip() == '[]'
 
 
+def test_a_checkpoint_is_read_once_by_each_of_its_users(onnx_export, monkeypatch):
+    """The offline pipelines and the nodes' loading read the .pt once: the metadata comes with
+    the model (fusion, pipelines) and the face cropper takes the metadata already read."""
+    checkpoint = onnx_export[0]
+    reads = []
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        reads.append(Path(f) == checkpoint)         # facenet-pytorch loads its own weights too
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, 'load', counting_load)
+
+    def reads_of(build) -> int:
+        reads.clear()
+        build()
+        return sum(reads)
+
+    def face_node_loading():
+        path, meta, _ = load_for_node(FaceCropParams(model_path=str(checkpoint)))
+        face_cropper(path, meta=meta)
+
+    assert reads_of(lambda: OfflinePipeline(checkpoint)) == 1
+    assert reads_of(lambda: OfflinePeoplePipeline(checkpoint)) == 1
+    assert reads_of(lambda: load_model_for_node(FusionParams(model_path=str(checkpoint)))) == 1
+    assert reads_of(face_node_loading) == 1
+    assert reads_of(lambda: read_meta(checkpoint)) == 1
+
+
 def _copy_export(export, directory):
     for path in export.parent.glob(f'{export.stem}.*'):
         shutil.copy(path, directory / path.name)
@@ -138,8 +172,6 @@ def test_an_onnx_file_without_lightmer_metadata_is_refused(onnx_export, tmp_path
 
 
 def test_mixed_missing_or_foreign_parts_are_refused(onnx_export, tmp_path):
-    from lightmer.core.export import export_checkpoint
-
     export = _copy_export(onnx_export[1], tmp_path)
     other = tmp_path / 'other'
     export_checkpoint(onnx_export[0], 'onnx', other)           # the same model, exported again

@@ -4,6 +4,9 @@ either ends with a one-line reason naming the node (respawn off) or rebuilds tha
 process and reports it (respawn on, the default), and the rebuilt node works."""
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -20,6 +23,7 @@ import ros_helpers as rh
 from lightmer.ros.bringup import start_bringup, supervise
 from lightmer.ros.conversions import float_to_time
 from lightmer.ros.qos import output_qos
+from polling import wait_until
 
 RNG = np.random.default_rng(0)
 
@@ -74,17 +78,6 @@ def _inject_fault(running) -> None:
     running.node('fusion').fuser.push_mel = broken
 
 
-def _until(predicate, timeout_s: float, what: str, poke=None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if poke is not None:
-            poke()
-        time.sleep(0.1)
-    raise AssertionError(f'timed out waiting for {what}')
-
-
 def test_a_dead_node_ends_the_process_with_a_line_naming_it(bringup, capsys):
     context, checkpoint, params = bringup
     running = start_bringup({'model': str(checkpoint), 'params_file': str(params),
@@ -93,8 +86,9 @@ def test_a_dead_node_ends_the_process_with_a_line_naming_it(bringup, capsys):
     stop = threading.Event()
     try:
         _inject_fault(running)
-        poker = threading.Thread(target=_until, daemon=True, args=(
-            stop.is_set, 30, 'the supervisor', lambda: feeder.segment(10)))
+        poker = threading.Thread(target=wait_until, daemon=True, args=(
+            stop.is_set, 30, 'the supervisor'), kwargs={
+                'each': lambda: feeder.segment(10), 'interval_s': 0.1})
         poker.start()
         code = supervise(running, stop)
         stop.set()
@@ -125,11 +119,12 @@ def test_respawn_rebuilds_the_dead_node_in_process_and_it_works(bringup, capsys)
         old = running.node('fusion')
         _inject_fault(running)
         k = iter(range(100, 10_000))
-        _until(lambda: running.node('fusion') not in (old, None), 30, 'the fusion node rebuilt',
-               lambda: feeder.segment(next(k)))
+        wait_until(lambda: running.node('fusion') not in (old, None), 30,
+                   'the fusion node rebuilt', each=lambda: feeder.segment(next(k)),
+                   interval_s=0.1)
         assert running.restarts['fusion'] == 1
-        _until(lambda: len(feeder.emotion) > 0, 30, 'emotion from the rebuilt node',
-               lambda: feeder.segment(next(k)))
+        wait_until(lambda: len(feeder.emotion) > 0, 30, 'emotion from the rebuilt node',
+                   each=lambda: feeder.segment(next(k)), interval_s=0.1)
         assert all(t.is_alive() for t in running.threads)
         err = capsys.readouterr().err
         assert '/sv2/fusion' in err and 'injected fault' in err and 'restart' in err
@@ -144,10 +139,6 @@ def test_respawn_rebuilds_the_dead_node_in_process_and_it_works(bringup, capsys)
 def test_bringup_process_ends_cleanly_on_two_sigints(tmp_path, ros_env):
     """`lightmer bringup` as a user runs it: Ctrl-C twice in a row (as a terminal and a
     supervisor may both send it) ends it with status 0 and no traceback."""
-    import signal
-    import subprocess
-    import sys
-
     checkpoint = rh.make_checkpoint(tmp_path / 'model.pt')
     log = tmp_path / 'bringup.log'
     with open(log, 'w') as out:
@@ -156,8 +147,8 @@ def test_bringup_process_ends_cleanly_on_two_sigints(tmp_path, ros_env):
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         # the fusion node is built last and logs its classes: all three nodes are up
-        _until(lambda: 'classes, N=' in log.read_text() or proc.poll() is not None, 120,
-               'the bringup nodes to start')
+        wait_until(lambda: 'classes, N=' in log.read_text() or proc.poll() is not None, 120,
+                   'the bringup nodes to start', interval_s=0.1)
         assert proc.poll() is None, log.read_text()
         proc.send_signal(signal.SIGINT)
         time.sleep(0.1)                 # the second one lands while the first is handled

@@ -1,13 +1,18 @@
 """Self-describing checkpoints: round trip, and clear failures for broken files."""
+import os
+import pickle
+
 import pytest
 import torch
 
+from lightmer.core import model as model_module
 from lightmer.core.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     CheckpointMeta,
     load_checkpoint,
     meta_for_preset,
+    read_checkpoint_meta,
     save_checkpoint,
 )
 from lightmer.core.config import FeatureConfig
@@ -41,6 +46,37 @@ def test_round_trip_gives_same_outputs_and_meta(saved):
         torch.testing.assert_close(loaded.segment_logits(f, m), model.segment_logits(f, m),
                                    rtol=0, atol=0)
     assert not list(path.parent.glob('.*.tmp'))             # atomic write left nothing behind
+
+
+def test_metadata_is_read_without_building_the_network(saved, monkeypatch):
+    path, _, meta = saved
+
+    def no_network(*args, **kwargs):
+        raise AssertionError('read_checkpoint_meta built the network')
+
+    monkeypatch.setattr(model_module, 'LightmerNet', no_network)
+    assert read_checkpoint_meta(path) == meta
+
+
+@pytest.mark.parametrize('damage, match', [
+    (lambda blob: blob.pop('state_dict'), "lacks keys \\['state_dict'\\]"),
+    (lambda blob: blob['meta'].pop('labels'), 'labels'),
+    (lambda blob: blob.update(format_version=FORMAT_VERSION + 1), 'format version'),
+    (lambda blob: blob.update(format='other'), 'not a lightmer checkpoint'),
+])
+def test_metadata_reading_refuses_what_loading_refuses_with_the_same_message(
+        saved, tmp_path, damage, match):
+    path, _, _ = saved
+    blob = torch.load(path, weights_only=True)
+    damage(blob)
+    torch.save(blob, tmp_path / 'damaged.pt')
+    with pytest.raises(CheckpointError, match=match) as read:
+        read_checkpoint_meta(tmp_path / 'damaged.pt')
+    with pytest.raises(CheckpointError) as loaded:
+        load_checkpoint(tmp_path / 'damaged.pt')
+    assert str(read.value) == str(loaded.value)
+    with pytest.raises(CheckpointError, match='lightmer train'):
+        read_checkpoint_meta(tmp_path / 'absent.pt')
 
 
 def test_truncated_file_fails_clearly(saved):
@@ -126,14 +162,10 @@ class _RunsCode:
         self.marker = marker
 
     def __reduce__(self):
-        import os
-
         return os.system, (f'touch {self.marker}',)
 
 
 def test_hostile_or_foreign_pickles_are_not_lightmer_checkpoints(saved, tmp_path):
-    import pickle
-
     path, model, meta = saved
     marker = tmp_path / 'code-ran'
     hostile = tmp_path / 'hostile.pt'

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image as PILImage
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -85,8 +88,6 @@ def test_zero_size_and_truncated_images_are_refused():
 
 @pytest.mark.parametrize('fmt,tolerance', [('PNG', 0), ('JPEG', 8)])
 def test_compressed_images_decode(fmt, tolerance):
-    from PIL import Image as PILImage
-
     y, x = np.mgrid[0:16, 0:24]
     smooth = np.stack([x * 10, y * 15, 255 - x * 10], axis=2).astype(np.uint8)   # JPEG-friendly
     buf = io.BytesIO()
@@ -187,11 +188,6 @@ def test_expression_merges_calm_into_neutral():
 def _png_claiming(width: int, height: int) -> bytes:
     """A real 4x4 PNG whose IHDR is rewritten to claim width x height (CRC fixed up), as a
     hostile or broken camera could send: PIL reads the size from the header alone."""
-    import struct
-    import zlib
-
-    from PIL import Image as PILImage
-
     buf = io.BytesIO()
     PILImage.fromarray(np.zeros((4, 4, 3), np.uint8)).save(buf, format='PNG')
     data = bytearray(buf.getvalue())
@@ -202,10 +198,6 @@ def _png_claiming(width: int, height: int) -> bytes:
 
 
 def _jpeg_claiming(width: int, height: int) -> bytes:
-    import struct
-
-    from PIL import Image as PILImage
-
     buf = io.BytesIO()
     PILImage.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format='JPEG')
     data = bytearray(buf.getvalue())
@@ -247,8 +239,6 @@ def test_absurd_sample_rates_are_refused():
 
 
 def _valid_compressed() -> list[bytes]:
-    from PIL import Image as PILImage
-
     out = []
     for fmt in ('PNG', 'JPEG'):
         buf = io.BytesIO()

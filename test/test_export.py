@@ -6,6 +6,7 @@ import torch
 
 from lightmer.cli import main
 from lightmer.core.checkpoint import load_checkpoint, meta_for_preset, save_checkpoint
+from lightmer.core.config import FeatureConfig
 from lightmer.core.model import LightmerNet, fuse
 
 torch.set_num_threads(1)
@@ -73,8 +74,6 @@ def test_bad_checkpoint_gives_a_clear_error(tmp_path, capsys):
 def test_export_carries_the_mel_normalisation(tmp_path, capsys):
     """A robot running the exported parts computes the log-mel the checkpoint was trained on:
     the normalisation and its statistics travel in export.json's features."""
-    from lightmer.core.config import FeatureConfig
-
     features = FeatureConfig(mel_norm='dataset', mel_db_mean=-48.5, mel_db_std=14.25)
     meta = meta_for_preset('crema-d', features=features)
     ckpt = tmp_path / 'loud.pt'

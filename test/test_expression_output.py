@@ -4,7 +4,6 @@ probability of it as the confidence."""
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import rclpy
@@ -15,15 +14,14 @@ from vision_msgs.msg import Classification
 
 import ros_helpers as rh
 from lightmer.core.messages import HRI_EXPRESSIONS, expression_fields
+from lightmer.ros.fusion_node import FusionNode
 from lightmer.ros.qos import output_qos
+from polling import wait_until
 
 RNG = np.random.default_rng(1)
 
 
-
 def test_each_window_is_also_an_hri_expression(tmp_path):
-    from lightmer.ros.fusion_node import FusionNode
-
     torch.set_num_threads(1)
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -50,20 +48,23 @@ def test_each_window_is_also_an_hri_expression(tmp_path):
     executor.add_node(listener)
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()
+    segments = iter(range(100, 10_000))
+
+    def feed() -> None:
+        k = next(segments)
+        node.face_callback(rh.face_crop_msg(k, RNG))
+        node.mel_callback(rh.log_mel_msg(k, RNG))
+
+    def counts() -> tuple[int, int]:
+        with lock:
+            return len(got['expression']), len(got['emotion'])
+
     try:
-        deadline = time.monotonic() + 30
-        while (not listener.count_publishers('/expr/expression')
-               and time.monotonic() < deadline):
-            time.sleep(0.05)
-        k = 100
-        while time.monotonic() < deadline:
-            node.face_callback(rh.face_crop_msg(k, RNG))
-            node.mel_callback(rh.log_mel_msg(k, RNG))
-            k += 1
-            with lock:
-                if len(got['expression']) >= 3 and len(got['emotion']) >= 3:
-                    break
-            time.sleep(0.1)             # the inputs' own pace; the counts are what is awaited
+        wait_until(lambda: listener.count_publishers('/expr/expression'), 30,
+                   'the expression publisher')
+        # each segment at the inputs' own pace; the counts are what is awaited
+        wait_until(lambda: min(counts()) >= 3, 30, 'three expressions and three emotions',
+                   each=feed, interval_s=0.1, describe=counts)
         with lock:
             expressions, emotions = list(got['expression']), list(got['emotion'])
     finally:

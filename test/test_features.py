@@ -6,13 +6,16 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from PIL import Image
 from skimage import data
 
+from lightmer.core.backend import face_cropper
 from lightmer.core.config import FeatureConfig
 from lightmer.core.features import (
     FaceCropper,
     audio_window,
     crop_face,
+    detection_copy,
     face_to_input,
     log_mel,
     log_mel_at,
@@ -230,8 +233,6 @@ def test_an_image_too_small_for_a_face_is_no_face(cropper, shape):
 
 @pytest.mark.parametrize('shape', [(1, 1), (3, 5000), (5000, 3), (39, 640)])
 def test_an_image_too_small_for_a_face_is_no_face_on_the_onnx_detector(onnx_export, shape):
-    from lightmer.core.backend import face_cropper
-
     onnx = face_cropper(onnx_export[1])
     frame = np.full((*shape, 3), 128, np.uint8)
     assert onnx([frame]) == [None]
@@ -265,8 +266,6 @@ def test_log_mel_refuses_a_window_whose_power_is_not_finite(amplitude):
 
 def _head_in_720p(x0: int, y0: int, side: int) -> np.ndarray:
     """uint8 (720, 1280, 3): the astronaut's head (face ~side / 3.5 px wide) on a real photo."""
-    from PIL import Image
-
     frame = np.asarray(Image.fromarray(data.coffee()).resize((1280, 720))).copy()
     head = np.asarray(Image.fromarray(data.astronaut()[:300, 110:410]).resize((side, side)))
     frame[y0:y0 + side, x0:x0 + side] = head
@@ -300,8 +299,6 @@ def test_detection_on_a_downscaled_copy_crops_as_full_resolution(x0, y0, side):
 
 
 def test_detection_copy_sizes_and_factors():
-    from lightmer.core.features import detection_copy
-
     frame = np.zeros((720, 1280, 3), np.uint8)
     copy, to_frame = detection_copy(frame, 640)
     assert copy.shape == (360, 640, 3) and copy.dtype == np.uint8

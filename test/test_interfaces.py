@@ -3,12 +3,19 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import rclpy
+from audio_common_msgs.msg import AudioData, AudioDataStamped
+from hri_msgs.msg import Expression, IdsList
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from vision_msgs.msg import Classification, ObjectHypothesis
+
+from polling import wait_until
 
 # Upstream definitions, written out field by field (comments do not enter the hash), so that
 # this test checks interfaces/ against them rather than against itself.
@@ -58,8 +65,6 @@ def _assert_same_wire_format(typestore, rclpy_msg, rosbags_msg, type_name, msg_c
 
     Bytes are not compared directly: Fast CDR leaves alignment padding uninitialised.
     """
-    from rclpy.serialization import deserialize_message, serialize_message
-
     theirs = serialize_message(rclpy_msg)
     ours = bytes(typestore.serialize_cdr(rosbags_msg, type_name))
     assert len(theirs) == len(ours)
@@ -69,9 +74,6 @@ def _assert_same_wire_format(typestore, rclpy_msg, rosbags_msg, type_name, msg_c
 
 
 def test_cdr_interoperates_with_rosbags(typestore):
-    from audio_common_msgs.msg import AudioData, AudioDataStamped
-    from vision_msgs.msg import Classification, ObjectHypothesis
-
     msg = Classification()
     msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id = 12, 345, 'camera'
     msg.results = [ObjectHypothesis(class_id='happy', score=0.75),
@@ -94,8 +96,6 @@ def test_cdr_interoperates_with_rosbags(typestore):
         audio=types['audio_common_msgs/msg/AudioData'](data=np.frombuffer(samples, np.uint8)))
     _assert_same_wire_format(typestore, audio, ours, 'audio_common_msgs/msg/AudioDataStamped',
                              AudioDataStamped)
-
-    from hri_msgs.msg import Expression, IdsList
 
     header = types['std_msgs/msg/Header'](
         stamp=types['builtin_interfaces/msg/Time'](sec=3, nanosec=9), frame_id='camera')
@@ -138,11 +138,6 @@ PUBLISHER = textwrap.dedent('''
 
 
 def test_roundtrip_between_two_processes_over_loopback(ros_env):
-    import rclpy
-    from audio_common_msgs.msg import AudioDataStamped
-    from rclpy.executors import SingleThreadedExecutor
-    from vision_msgs.msg import Classification
-
     publisher = subprocess.Popen([sys.executable, '-c', PUBLISHER, '30'], env=ros_env)
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -155,11 +150,14 @@ def test_roundtrip_between_two_processes_over_loopback(ros_env):
                                  lambda m: received.setdefault('audio', m), 10)
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
-        deadline = time.monotonic() + 25
-        while len(received) < 2 and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.1)
-        executor.shutdown()
-        node.destroy_node()
+        try:
+            wait_until(lambda: len(received) == 2, 25,
+                       'an emotion and an audio message from the other process',
+                       each=lambda: executor.spin_once(timeout_sec=0.1), interval_s=0.0,
+                       describe=lambda: sorted(received))
+        finally:
+            executor.shutdown()
+            node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
         publisher.terminate()

@@ -6,6 +6,7 @@ the generated corpus), and "no face", never an exception, on images too small or
 import numpy as np
 import pytest
 import torch
+from facenet_pytorch import MTCNN
 from PIL import Image
 from skimage import data
 from torch.nn.functional import interpolate
@@ -13,6 +14,7 @@ from torchvision.ops import nms as torchvision_nms
 
 from lightmer.core.backend import mtcnn_nets
 from lightmer.core.mtcnn import area_resize, detect_faces, integral_image, nms, scale_pyramid
+from lightmer.datasets.media import decode_video
 
 torch.set_num_threads(1)
 # Box corners of the two detectors agree to this many pixels: their regression outputs come
@@ -23,8 +25,6 @@ PROB_ATOL = 1e-5
 
 @pytest.fixture(scope='module')
 def facenet():
-    from facenet_pytorch import MTCNN
-
     return MTCNN(keep_all=True, min_face_size=40, post_process=False, select_largest=False)
 
 
@@ -85,8 +85,6 @@ def test_numpy_and_onnx_integral_images_agree(nets):
 
 
 def test_boxes_equal_facenet_on_generated_corpus_frames(facenet, nets, tiny_corpus):
-    from lightmer.datasets.media import decode_video
-
     faces = 0
     clips = sorted((tiny_corpus / 'VideoFlash').glob('*.flv'))[::4]           # 6 of 24 clips
     for clip in clips:

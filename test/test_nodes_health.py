@@ -16,6 +16,8 @@ from std_msgs.msg import Header
 
 import ros_helpers as rh
 from lightmer.ros.conversions import float_to_time, no_face_image
+from lightmer.ros.fusion_node import FusionNode
+from polling import wait_until
 
 WARN_S, ERROR_S = 0.6, 1.5
 RNG = np.random.default_rng(0)
@@ -23,8 +25,6 @@ RNG = np.random.default_rng(0)
 
 @pytest.fixture(scope='module')
 def fusion(tmp_path_factory):
-    from lightmer.ros.fusion_node import FusionNode
-
     torch.set_num_threads(1)
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -53,21 +53,23 @@ def fusion(tmp_path_factory):
     rclpy.shutdown(context=context)
 
 
-
 def _feed_until(node, k: int, face: bool, mel: bool, predicate, what: str,
                 timeout_s: float = 15.0) -> int:
-    """Feed one segment every 0.1 s of wall time (faces and/or log-mels) until `predicate()`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    """Feed one segment every 0.1 s of wall time (faces and/or log-mels), from segment k, until
+    `predicate()`; returns the next segment to feed."""
+    fed = [k]
+
+    def feed() -> None:
         if face:
-            node.face_callback(rh.face_crop_msg(k, RNG))
+            node.face_callback(rh.face_crop_msg(fed[-1], RNG))
         if mel:
-            node.mel_callback(rh.log_mel_msg(k, RNG))
-        k += 1
-        if predicate():
-            return k
-        time.sleep(0.1)            # the inputs' own pace; the predicate is what is waited for
-    raise AssertionError(f'timed out waiting for {what}; status {node.reporter.status()}')
+            node.mel_callback(rh.log_mel_msg(fed[-1], RNG))
+        fed.append(fed[-1] + 1)
+
+    # the inputs' own pace; the predicate is what is waited for
+    wait_until(predicate, timeout_s, what, each=feed, interval_s=0.1,
+               describe=node.reporter.status)
+    return fed[-1]
 
 
 def _level(node) -> bytes:

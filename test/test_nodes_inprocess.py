@@ -2,17 +2,26 @@
 a generated clip in, the offline model's probabilities out."""
 from __future__ import annotations
 
+import io
+import itertools
 import time
 
 import numpy as np
 import pytest
 import rclpy
 import torch
+from PIL import Image as PILImage
+from rclpy.executors import SingleThreadedExecutor
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
 
 import ros_helpers as rh
-from lightmer.core.messages import time_to_float
+from lightmer.core.messages import ConversionError, check_image, image_to_rgb, time_to_float
 from lightmer.harness.rig import Rig, Topics, info_msg
 from lightmer.ros.bringup import start_bringup
+from lightmer.ros.conversions import float_to_time
+from lightmer.ros.face_crop_node import FaceCropNode
+from polling import wait_until
 
 N, MIN_SEGMENTS, SEGMENT_S = 5, 2, 0.5
 FORMAT = '1ch 16000 Hz int16'           # what the audio node holds after rig's AudioInfo
@@ -136,14 +145,13 @@ def test_sim_time_and_best_effort_audio(setup):
             and s, 60, 'sim-time windows')
         _check_equal(rh.emotion_by_segment(snap.emotion, SEGMENT_S), setup['expected'])
         last = float(setup['clip'].frame_times[-1])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            now = fusion.get_clock().now().nanoseconds / 1e9
-            if abs(now - last) < 0.5:
-                break
-            time.sleep(0.05)
-        assert abs(now - last) < 0.5, f'node clock {now} does not follow /clock ({last})'
-        assert abs(now - time.time()) > 1e6, 'the node clock is not wall time'
+
+        def node_clock() -> float:
+            return fusion.get_clock().now().nanoseconds / 1e9
+
+        wait_until(lambda: abs(node_clock() - last) < 0.5, 10,
+                   f'the node clock to follow /clock ({last})', describe=node_clock)
+        assert abs(node_clock() - time.time()) > 1e6, 'the node clock is not wall time'
     finally:
         rig.close()
         running.stop()
@@ -151,16 +159,6 @@ def test_sim_time_and_best_effort_audio(setup):
 
 def test_parameters_are_described_and_compressed_images_are_read(setup):
     """Every declared parameter carries its description; compressed_input reads JPEG frames."""
-    import io
-
-    from PIL import Image as PILImage
-    from rclpy.executors import SingleThreadedExecutor
-    from sensor_msgs.msg import CompressedImage
-    from std_msgs.msg import Header
-
-    from lightmer.ros.conversions import float_to_time
-    from lightmer.ros.face_crop_node import FaceCropNode
-
     for node in setup['running'].nodes:
         for name in node.params.__dataclass_fields__:
             assert len(node.describe_parameter(name).description) > 10, name
@@ -176,16 +174,17 @@ def test_parameters_are_described_and_compressed_images_are_read(setup):
                  name='rig_compressed') as rig:
             buf = io.BytesIO()
             PILImage.fromarray(setup['clip'].frames[0]).save(buf, format='JPEG', quality=95)
-            deadline = time.monotonic() + 30
-            t = 500.0
-            while not rig.snapshot().crops and time.monotonic() < deadline:
+            stamps = itertools.count(500.0, 0.5)   # one frame per segment; 'start' emits at once
+
+            def offer() -> None:
                 if rig.image_pub.get_subscription_count():
-                    rig.publish('image', CompressedImage(header=Header(stamp=float_to_time(t)),
-                                                         format='jpeg', data=buf.getvalue()))
-                    t += 0.5                  # one frame per segment; 'start' emits at once
+                    rig.publish('image', CompressedImage(
+                        header=Header(stamp=float_to_time(next(stamps))), format='jpeg',
+                        data=buf.getvalue()))
                 executor.spin_once(timeout_sec=0.1)
-            crops = rig.snapshot().crops
-        assert crops, 'no crop from the compressed frames'
+
+            crops = wait_until(lambda: rig.snapshot().crops, 30,
+                               'a crop from the compressed frames', each=offer, interval_s=0.0)
         assert (crops[0].msg.height, crops[0].msg.width, crops[0].msg.encoding) == (
             98, 80, 'mono8')
         assert face.faces.counts.rejected == 0
@@ -198,15 +197,6 @@ def test_compressed_frames_are_checked_on_arrival_and_decoded_only_when_selected
     """Garbage is refused before it reaches the selector; a selected frame that starts like a
     JPEG but does not decode costs its segment's crop (counted as rejected), and the next
     segment's good frame is cropped again."""
-    import io
-
-    from PIL import Image as PILImage
-    from sensor_msgs.msg import CompressedImage
-    from std_msgs.msg import Header
-
-    from lightmer.ros.conversions import float_to_time
-    from lightmer.ros.face_crop_node import FaceCropNode
-
     face = FaceCropNode(context=setup['context'], cli_args=[
         '--ros-args', '-r', '__ns:=/cmp_bad', '-p', f'model_path:={setup["checkpoint"]}',
         '-p', 'compressed_input:=true', '-p', 'reference:=start'])
@@ -238,10 +228,6 @@ def test_compressed_frames_are_checked_on_arrival_and_decoded_only_when_selected
 def test_arrival_check_refuses_exactly_what_the_conversion_refuses():
     """face_crop_node converts only selected frames, so its copy-free arrival check must agree
     with image_to_rgb on every malformed raw image."""
-    from sensor_msgs.msg import Image
-
-    from lightmer.core.messages import ConversionError, check_image, image_to_rgb
-
     def image(enc='rgb8', h=4, w=5, channels=3, pad=0, cut=0):
         step = w * channels + pad
         return Image(encoding=enc, height=h, width=w, step=step,

@@ -12,12 +12,20 @@ import numpy as np
 import pytest
 import rclpy
 import torch
+from hri_msgs.msg import IdsList
+from lightmer_msgs.msg import FaceCrop, FaceCrops
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
 
 import ros_helpers as rh
 from lightmer.core.messages import time_to_float
-from lightmer.core.segments import segment_of_reference
-from lightmer.harness.rig import Rig, audio_msg, image_msg, info_msg, sensor_events
+from lightmer.core.segments import segment_index, segment_of_reference
+from lightmer.harness.rig import Rig, audio_msg, image_msg, info_msg, sensor_events, sensor_qos
 from lightmer.ros.bringup import start_bringup
+from lightmer.ros.conversions import array_to_image, float_to_time
+from lightmer.ros.qos import output_qos
+from lightmer.stream.pipeline import OfflinePeoplePipeline
+from lightmer.stream.settings import StreamSettings
 
 N, MIN_SEGMENTS, SEGMENT_S = 5, 2, 0.5
 PREFIX = '/humans/faces'
@@ -40,8 +48,6 @@ def _params(path, prefix: str = PREFIX) -> str:
 def _two_faces(t0: float, seconds: float, right: bool = True, shift: int = 0):
     """(stamp, frame) at 10 fps: a large face on the left, a smaller one on the right (absent
     when `right` is False), both brightening with the segment so every crop differs."""
-    from lightmer.core.segments import segment_index
-
     big, small = rh._face_image(220), rh._face_image(170)
     out = []
     for i in range(int(seconds * rh.FPS)):
@@ -93,9 +99,6 @@ def _alive(running) -> None:
 
 
 def test_two_people_get_their_own_windows_equal_to_the_offline_pipeline(mtcnn):
-    from lightmer.stream.pipeline import OfflinePeoplePipeline
-    from lightmer.stream.settings import StreamSettings
-
     rig = mtcnn['rig']
     t0 = rh.T0
     frames = _two_faces(t0, 4.5)
@@ -198,13 +201,6 @@ def test_twenty_faces_hold_the_cap_and_the_rest_are_counted(mtcnn):
 def test_hostile_face_crops_are_refused_and_counted(mtcnn):
     """What a broken or foreign face_crops publisher may send to fusion: crops of the wrong
     encoding or size, ids that cannot name a topic, an id twice, more faces than max_faces."""
-    from lightmer_msgs.msg import FaceCrop, FaceCrops
-    from sensor_msgs.msg import Image
-    from std_msgs.msg import Header
-
-    from lightmer.ros.conversions import array_to_image, float_to_time
-    from lightmer.ros.qos import output_qos
-
     rig = mtcnn['rig']
     fusion = rig.node_name('fusion')
     pub = rig.node.create_publisher(FaceCrops, 'face_crops', output_qos())
@@ -243,11 +239,6 @@ class _FaceDetectImitation:
     time."""
 
     def __init__(self, context, ids_and_images: dict[str, object]):
-        from hri_msgs.msg import IdsList
-        from sensor_msgs.msg import Image
-
-        from lightmer.harness.rig import sensor_qos
-
         self.node = rclpy.create_node('hri_face_detect_imitation', context=context)
         self.tracked = self.node.create_publisher(IdsList, f'{ROBOT2}/tracked', sensor_qos())
         self.images = ids_and_images
@@ -255,11 +246,6 @@ class _FaceDetectImitation:
                       for i in ids_and_images}
 
     def publish(self, t: float, listed: list[str]) -> None:
-        from hri_msgs.msg import IdsList
-        from std_msgs.msg import Header
-
-        from lightmer.ros.conversions import float_to_time
-
         header = Header(stamp=float_to_time(t), frame_id='head_camera')
         for face_id in listed:
             if face_id in self.crops:
@@ -289,8 +275,6 @@ def ros4hri(tmp_path_factory, mtcnn):
 
 
 def test_hri_face_detect_topics_drive_per_person_expressions_on_its_ids(ros4hri):
-    from sensor_msgs.msg import Image
-
     rig, context = ros4hri['rig'], ros4hri['context']
     portrait = rh._face_image(128)[:, :, ::-1]                  # bgr8, as OpenCV gives it
 

@@ -13,8 +13,10 @@ After the garbage, ordinary input must still work.
 """
 from __future__ import annotations
 
+import io
+import struct
 import threading
-import time
+import zlib
 
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ from audio_common_msgs.msg import AudioData, AudioDataStamped, AudioInfo
 from builtin_interfaces.msg import Time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image as PILImage
 from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
@@ -31,9 +34,13 @@ from vision_msgs.msg import Classification
 
 import ros_helpers as rh
 from lightmer.core.messages import time_to_float
+from lightmer.ros.audio_feature_node import AudioFeatureNode
 from lightmer.ros.conversions import float_to_time
+from lightmer.ros.face_crop_node import FaceCropNode
+from lightmer.ros.fusion_node import FusionNode
 from lightmer.ros.qos import output_qos
 from lightmer.stream.fuser import is_probability_vector
+from polling import wait_until
 
 SETTINGS = settings(max_examples=120, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow,
@@ -66,10 +73,6 @@ def images(draw):
 
 @st.composite
 def compressed(draw):
-    import io
-
-    from PIL import Image as PILImage
-
     kind = draw(st.sampled_from(['jpeg', 'png', 'garbage', 'empty', 'claims']))
     if kind in ('jpeg', 'png'):
         h, w = draw(st.sampled_from([(1, 1), (3, 500), (48, 64), (120, 160)]))
@@ -89,9 +92,6 @@ def compressed(draw):
 
 
 def _png_header_claiming(side: int) -> bytes:
-    import struct
-    import zlib
-
     ihdr = b'IHDR' + struct.pack('>IIBBBBB', side, side, 8, 2, 0, 0, 0)
     return (b'\x89PNG\r\n\x1a\n' + struct.pack('>I', 13) + ihdr
             + struct.pack('>I', zlib.crc32(ihdr)) + b'\x00' * 32)
@@ -184,14 +184,18 @@ class _EmotionProbe:
         return callback
 
     def wait(self, attr: str, at_least: int, timeout_s: float = 20.0) -> list:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        """Every `attr` message ('emotion', 'crops') received, once there are `at_least`."""
+        def received() -> list:
             with self.lock:
-                got = list(getattr(self, attr))
-            if len(got) >= at_least:
-                return got
-            time.sleep(0.05)
-        raise AssertionError(f'{len(got)} {attr} messages, expected at least {at_least}')
+                return list(getattr(self, attr))
+
+        def enough() -> tuple[list] | None:          # a tuple: truthy even when at_least is 0
+            got = received()
+            return (got,) if len(got) >= at_least else None
+
+        [got] = wait_until(enough, timeout_s, f'at least {at_least} {attr} messages',
+                           describe=lambda: f'{len(received())} {attr} messages')
+        return got
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=5.0)
@@ -225,8 +229,6 @@ def _emotion_invariant(msgs) -> None:
 
 @pytest.mark.parametrize('backend', ['torch', 'onnxruntime'])
 def test_face_crop_node_survives_any_image_and_compressed_image(ros, onnx_export, backend):
-    from lightmer.ros.face_crop_node import FaceCropNode
-
     if backend == 'onnxruntime':     # the export's MTCNN on onnxruntime instead of facenet's
         ros = {**ros, 'checkpoint': onnx_export[1]}
     ns = f'/prop_face_{backend}'
@@ -275,8 +277,6 @@ def _rgb(frame: np.ndarray, t: float) -> Image:
 
 
 def test_audio_feature_node_survives_any_audio_info_and_chunk(ros):
-    from lightmer.ros.audio_feature_node import AudioFeatureNode
-
     node = _node(AudioFeatureNode, ros, '/prop_audio')
     events = st.lists(st.one_of(infos.map(lambda m: ('info', m)),
                                 chunks().map(lambda m: ('audio', m)),
@@ -309,8 +309,6 @@ def test_audio_feature_node_survives_any_audio_info_and_chunk(ros):
 
 
 def test_fusion_node_survives_any_input_and_every_emotion_is_a_probability_vector(ros):
-    from lightmer.ros.fusion_node import FusionNode
-
     node = _node(FusionNode, ros, '/prop_fusion')
     probe = _EmotionProbe(ros['context'], '/prop_fusion')
     try:

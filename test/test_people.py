@@ -1,10 +1,20 @@
 """Several people: every face tracked with the real MTCNN, one window per person, shared audio."""
 import numpy as np
 import pytest
+from skimage.data import astronaut
 
+from lightmer.core.config import FeatureConfig
+from lightmer.core.features import FaceCropper
+from lightmer.core.messages import ConversionError
 from lightmer.core.segments import reference_time
+from lightmer.stream.faces import FaceSegmenter
 from lightmer.stream.fuser import SegmentFuser
-from lightmer.stream.people import MultiFaceSegmenter, PeopleFuser, TrackedFace
+from lightmer.stream.people import (
+    MultiFaceSegmenter,
+    PeopleFuser,
+    Ros4hriFaceSegmenter,
+    TrackedFace,
+)
 from lightmer.stream.settings import StreamSettings
 
 T = 0.5
@@ -111,16 +121,11 @@ def test_bad_settings_are_refused():
 # --- the face side, on the real MTCNN ----------------------------------------------------------
 @pytest.fixture(scope='module')
 def cropper():
-    from lightmer.core.config import FeatureConfig
-    from lightmer.core.features import FaceCropper
-
     return FaceCropper(FeatureConfig())
 
 
 @pytest.fixture(scope='module')
 def astronaut_face():
-    from skimage.data import astronaut
-
     return astronaut()[20:220, 120:320]                      # 200 x 200 around the face
 
 
@@ -157,8 +162,6 @@ def test_twenty_faces_hold_the_cap_and_count_the_rest(cropper, astronaut_face):
 
 
 def test_an_undecodable_frame_is_counted_not_raised(cropper):
-    from lightmer.core.messages import ConversionError
-
     def decode(_msg):
         raise ConversionError('unsupported encoding')
 
@@ -176,9 +179,6 @@ def _decode(payload):
 
 
 def test_ros4hri_lists_drive_the_segments_and_crops_are_matched_by_stamp(astronaut_face):
-    from lightmer.core.config import FeatureConfig
-    from lightmer.stream.people import Ros4hriFaceSegmenter
-
     faces = Ros4hriFaceSegmenter(FeatureConfig(), T, 'centre', max_faces=2, decode=_decode)
     big, small = astronaut_face, astronaut_face[::2, ::2]
     results = []
@@ -202,9 +202,6 @@ def test_ros4hri_lists_drive_the_segments_and_crops_are_matched_by_stamp(astrona
 
 
 def test_ros4hri_cap_and_missing_crops_are_counted(astronaut_face):
-    from lightmer.core.config import FeatureConfig
-    from lightmer.stream.people import Ros4hriFaceSegmenter
-
     faces = Ros4hriFaceSegmenter(FeatureConfig(), T, 'centre', max_faces=1, decode=_decode)
     faces.push_crop('a', 0.25, astronaut_face)
     faces.push_crop('b', 0.25, astronaut_face[::2, ::2])
@@ -213,3 +210,37 @@ def test_ros4hri_cap_and_missing_crops_are_counted(astronaut_face):
     assert faces.counts.capped == 1 and faces.counts.crop_missing == 1
     [empty] = faces.push_tracked(0.75, [])
     assert empty.faces == () and faces.counts.no_face == 1
+
+
+# --- what every face segmenter shares ----------------------------------------------------------
+class _NoFaces:
+    """A detector that finds nothing: the segmenters' bookkeeping alone."""
+
+    cfg = FeatureConfig()
+
+    def __call__(self, frames):
+        return [None] * len(frames)
+
+    def detect_all(self, frames):
+        return [(np.zeros((0, 4)), np.zeros(0)) for _ in frames]
+
+
+@pytest.mark.parametrize('kind', ['one', 'several', 'ros4hri'])
+def test_every_face_segmenter_counts_inputs_segments_resets_and_jumps_alike(kind):
+    """The prelude the three share (frame choice, counts, reject), written once."""
+    settings = StreamSettings(stamp_jump_s=10.0)
+    if kind == 'one':
+        faces = FaceSegmenter(_NoFaces(), T, settings)
+    elif kind == 'several':
+        faces = MultiFaceSegmenter(_NoFaces(), T, 'centre', 2)
+    else:
+        faces = Ros4hriFaceSegmenter(FeatureConfig(), T, 'centre', 2, _decode)
+    offer = faces.push_tracked if kind == 'ros4hri' else faces.push
+    settled = []
+    for t in (10.0, 10.3, 10.6, 10.9, 30.0, 5.0):     # two segments, a jump, then backwards
+        settled += [r.k for r in offer(t, [] if kind == 'ros4hri' else np.zeros((4, 4, 3)))]
+    faces.reject()
+    counts = faces.counts
+    offered = counts.lists if kind == 'ros4hri' else counts.frames
+    assert settled == [20, 21] and counts.segments == 2 and counts.no_face == 2
+    assert (offered, counts.rejected, counts.resets, counts.jumps) == (7, 1, 1, 1)

@@ -2,10 +2,10 @@
 onnxruntime); a bad model file ends a node with a message that says what to do."""
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import rclpy
@@ -13,6 +13,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 
 from lightmer.ros.description import NODES
+from polling import wait_until
 
 NODE_MODULES = {n.name: n.module for n in NODES}   # node name -> module run with -X importtime
 
@@ -59,13 +60,14 @@ def _wait_for_diagnostics(procs: dict, names: set[str], timeout_s: float = 90) -
                              lambda m: seen.update(s.name.strip('/') for s in m.status), 50)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
+    def spin() -> None:
+        executor.spin_once(timeout_sec=0.2)
+        for name, (p, log) in procs.items():
+            assert p.poll() is None, f'{name} exited: {_text(log)[-3000:]}'
+
     try:
-        deadline = time.monotonic() + timeout_s
-        while not names <= seen and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.2)
-            for name, (p, log) in procs.items():
-                assert p.poll() is None, f'{name} exited: {_text(log)[-3000:]}'
-        assert names <= seen, f'no /diagnostics from {names - seen} within {timeout_s} s'
+        wait_until(lambda: names <= seen, timeout_s, f'/diagnostics from {sorted(names)}',
+                   each=spin, interval_s=0.0, describe=lambda: f'none from {names - seen}')
     finally:
         executor.shutdown()
         node.destroy_node()
@@ -111,8 +113,6 @@ def test_nodes_on_the_onnx_export_import_no_torch(onnx_export, ros_env, tmp_path
 
 @pytest.mark.parametrize('case', ['truncated', 'other_preset', 'no_metadata'])
 def test_a_bad_export_ends_the_node_with_a_clear_message(onnx_export, ros_env, tmp_path, case):
-    import shutil
-
     export = onnx_export[1]
     for path in export.parent.glob('model.*'):
         shutil.copy(path, tmp_path / path.name)

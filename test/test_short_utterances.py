@@ -12,6 +12,7 @@ import yaml
 import ros_helpers as rh
 from lightmer.evaluation import bag_corpus, bags
 from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
+from lightmer.experiments import demo
 from lightmer.ros.params import FusionParams
 from lightmer.stream.settings import StreamSettings
 
@@ -50,6 +51,4 @@ def test_the_default_is_defined_once():
         for section in doc.values():
             assert 'min_segments' not in section['ros__parameters'], \
                 f'config/{name} sets min_segments: the default lives in StreamSettings'
-    from lightmer.experiments import demo
-
     assert 'min_segments' not in demo.DemoSize.__dataclass_fields__

@@ -1,13 +1,17 @@
 """The message-free stream processors: frame choice, audio windows, per-segment fusion."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from lightmer.core.backend import model_functions
+from lightmer.core.checkpoint import meta_for_preset
 from lightmer.core.config import FeatureConfig
-from lightmer.core.features import log_mel_at, resample
+from lightmer.core.features import face_to_input, log_mel_at, resample
+from lightmer.core.model import LightmerNet
 from lightmer.core.segments import reference_time, segment_index, segment_of_reference
 from lightmer.stream.audio import AudioSegmenter
 from lightmer.stream.faces import FaceSegmenter, FrameSelector
@@ -310,9 +314,6 @@ def test_fuser_min_segments_holds_windows_back():
 
 
 def test_fuser_with_the_real_model_equals_its_forward():
-    from lightmer.core.checkpoint import meta_for_preset
-    from lightmer.core.model import LightmerNet
-
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = LightmerNet(meta_for_preset('crema-d').model).eval()
@@ -325,8 +326,6 @@ def test_fuser_with_the_real_model_equals_its_forward():
     for k in range(5):
         out += fuser.push_face(k * 0.5 + 0.25, faces[k])
         out += fuser.push_mel(reference_time(k, 0.5, 'centre'), mels[k])
-    from lightmer.core.features import face_to_input
-
     with torch.inference_mode():
         want = torch.softmax(model(torch.from_numpy(face_to_input(faces))[None],
                                    torch.from_numpy(mels)[None, :, None]), dim=-1)[0]
@@ -470,6 +469,25 @@ def test_fuser_never_mixes_segments_from_before_and_after_a_stream_outage(stream
     assert [w.segments for w in outs if w.k_last == 104][0] == tuple(range(100, 105))
 
 
+@pytest.mark.parametrize('gap_s, breaks', [(2.0, 1), (1.9, 0)])
+def test_fuser_breaks_on_a_stamp_gap_of_stall_warn_s_exactly_as_the_stall_is_reported(gap_s,
+                                                                                       breaks):
+    """stall_warn_s means one thing: an input silent that long is a stall on /diagnostics, and
+    two of its inputs that far apart in stamp time restart the windows. A face node back 2.0 s
+    after its last crop (3 segments missing at T = 0.5 s) is such a gap."""
+    settings = StreamSettings(min_segments=1, stall_warn_s=2.0)
+    fuser = SegmentFuser(_Counting(), _softmax_mean, 5, 0.5, settings)
+    fuser.push_mel(reference_time(100, 0.5, 'centre'), _mel(100))
+    assert fuser.push_face(100 * 0.5 + 0.3, _face(100))
+    for k in range(101, 105):                                  # the face node is down
+        fuser.push_mel(reference_time(k, 0.5, 'centre'), _mel(k))
+    outs = fuser.push_face(100 * 0.5 + 0.3 + gap_s, _face(104))
+    assert fuser.counts.breaks == breaks
+    assert [w.segments for w in outs] == [(104,) if breaks else (100, 104)]
+    assert stall_status({'face_crop': gap_s, 'log_mel': 0.0}, 2.0, 10.0)[0] == (
+        'warn' if breaks else 'ok')
+
+
 def test_fuser_a_short_hole_does_not_restart_the_windows():
     fuser = SegmentFuser(_Counting(), _softmax_mean, 12, 0.5,
                          StreamSettings(min_segments=1, stall_warn_s=3.0))
@@ -494,8 +512,6 @@ def test_stall_status_tells_a_stopped_input_from_an_idle_pair():
 def test_audio_segmenter_applies_the_checkpoints_mel_normalisation():
     """The node computes the same level-preserving features as training when the checkpoint
     says mel_norm 'dataset' (one log_mel for both)."""
-    import dataclasses
-
     cfg = dataclasses.replace(CFG, mel_norm='dataset', mel_db_mean=-45.0, mel_db_std=15.0)
     sr, t0 = 16000, 50.0
     audio = _voice(3 * sr, sr)

@@ -1,12 +1,16 @@
 """Atomic file writes: a reader (or a resumed run) never sees a half-written file."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
+import wave
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -52,14 +56,12 @@ def atomic_save_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
-    import torch
+    import torch  # heavy, and only checkpoints need it (node processes on ONNX never do)
 
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_savez(path: str | os.PathLike, **arrays) -> Path:
-    import numpy as np
-
     def write(tmp: Path) -> None:
         with open(tmp, 'wb') as f:  # a file object keeps numpy from appending '.npz'
             np.savez(f, **arrays)
@@ -69,11 +71,6 @@ def atomic_savez(path: str | os.PathLike, **arrays) -> Path:
 
 def wav_bytes(audio, sample_rate: int) -> bytes:
     """float mono (n,) in [-1, 1] -> a 16-bit PCM WAV file's bytes (clipped, not wrapped)."""
-    import io
-    import wave
-
-    import numpy as np
-
     pcm = (np.clip(np.asarray(audio, dtype=np.float64), -1, 1 - 1 / 32768) * 32768
            ).astype('<i2')
     buf = io.BytesIO()

@@ -2,11 +2,14 @@
 
 The nodes, eval-bag and the benchmark call these and never ask which backend they got:
 
-- `read_meta(path)`: the metadata alone (labels, preset, N, T, feature settings); for an
-  export it reads `<stem>.onnx.json` and imports neither torch nor onnxruntime (the audio node);
-- `load_model(path, threads)`: metadata plus numpy `segment_logits` and `fuse` (fusion node);
-- `face_cropper(path, min_face_size, threads)`: a `FaceCropper` running facenet-pytorch
-  (checkpoint) or `lightmer.core.mtcnn` on the export's MTCNN nets (export).
+- `read_meta(path)`: the metadata alone (labels, preset, N, T, feature settings), without
+  building the network; for an export it reads `<stem>.onnx.json` and imports neither torch
+  nor onnxruntime (the audio node);
+- `load_model(path, threads)`: metadata plus numpy `segment_logits` and `fuse`, from one read
+  of the file (fusion node);
+- `face_cropper(path, min_face_size, threads, meta)`: a `FaceCropper` running facenet-pytorch
+  (checkpoint) or `lightmer.core.mtcnn` on the export's MTCNN nets (export); given the `meta`
+  the caller already read, it does not read a checkpoint again.
 
 A path ending in `.onnx` is an export (`lightmer export --format onnx`); anything else is a
 checkpoint. Unusable files raise `CheckpointError` with what to do, as checkpoints always have.
@@ -21,7 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from lightmer.core.checkpoint import CheckpointError, CheckpointMeta, meta_from_dict
+from lightmer.core.checkpoint import (
+    CheckpointError,
+    CheckpointMeta,
+    load_checkpoint,
+    meta_from_dict,
+    read_checkpoint_meta,
+)
 from lightmer.core.features import MIN_FACE_SIZE, FaceCropper, face_to_input
 from lightmer.core.mtcnn import MTCNNNets
 
@@ -58,18 +67,15 @@ def backend_of(path) -> str:
 def read_meta(path) -> CheckpointMeta:
     """The metadata of a checkpoint or an ONNX export; no torch or onnxruntime for an export."""
     if backend_of(path) == 'torch':
-        from lightmer.core.checkpoint import load_checkpoint
-
-        return load_checkpoint(path)[1]
+        return read_checkpoint_meta(path)
     return meta_from_dict(_export_info(path)['meta'], path)
 
 
 def load_model(path, threads: int = 1) -> LoadedModel:
-    """The model at `path` with numpy callables; `threads`: intra-op threads of its runtime."""
+    """The model at `path` with numpy callables and its metadata, from one read of the file;
+    `threads`: intra-op threads of its runtime."""
     if backend_of(path) == 'torch':
-        import torch
-
-        from lightmer.core.checkpoint import load_checkpoint
+        import torch  # a checkpoint only: the ONNX path never imports torch
 
         torch.set_num_threads(threads)
         model, meta = load_checkpoint(path)
@@ -99,7 +105,8 @@ def model_functions(model) -> tuple[Callable, Callable]:
     segment_logits: uint8 (98, 80) crop, float32 (128, 43) mel -> float64 (C,) logits.
     fuse: float64 (n, C) cached logits -> float64 (C,) probabilities.
     """
-    # torch only here and in load_model's torch branch: an ONNX export runs without it.
+    # torch (and model.py, which imports it) only here and in load_model's torch branch: an
+    # ONNX export runs without it.
     import torch
 
     from lightmer.core.model import fuse as torch_fuse
@@ -118,12 +125,15 @@ def model_functions(model) -> tuple[Callable, Callable]:
     return segment_logits, fuse
 
 
-def face_cropper(path, min_face_size: int = MIN_FACE_SIZE, threads: int = 1) -> FaceCropper:
+def face_cropper(path, min_face_size: int = MIN_FACE_SIZE, threads: int = 1,
+                 meta: CheckpointMeta | None = None) -> FaceCropper:
     """A `FaceCropper` with the feature settings of the model at `path`: facenet-pytorch's
-    MTCNN for a checkpoint, the export's MTCNN nets on onnxruntime for an ONNX export."""
-    features = read_meta(path).features
+    MTCNN for a checkpoint, the export's MTCNN nets on onnxruntime for an ONNX export.
+    meta: the model's metadata when the caller has read it (`load_model`, `read_meta`);
+    otherwise it is read here."""
+    features = (meta or read_meta(path)).features
     if backend_of(path) == 'torch':
-        import torch
+        import torch  # a checkpoint only: the ONNX path never imports torch
 
         torch.set_num_threads(threads)
         return FaceCropper(features, min_face_size=min_face_size)
@@ -193,6 +203,7 @@ def _providers() -> list[str]:
 def _session(path, part: str, info: dict, threads: int):
     """An onnxruntime session of one part of the export at `path`, after checking that the
     part carries this export's metadata (same export id, right part)."""
+    # onnxruntime only for an export: a checkpoint's process (and read_meta) never loads it.
     import onnxruntime as ort
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 

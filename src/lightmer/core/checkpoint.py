@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightmer import __version__
 from lightmer.core.atomic_io import atomic_torch_save
-from lightmer.core.config import FeatureConfig, ModelConfig
+from lightmer.core.config import FeatureConfig, ModelConfig, get_preset
 
 if TYPE_CHECKING:
     from lightmer.core.model import LightmerNet
@@ -112,9 +112,33 @@ def load_checkpoint(path, map_location='cpu') -> tuple[LightmerNet, CheckpointMe
     Raises CheckpointError (with what to do) for a missing, truncated or foreign file, missing
     keys, a newer format, or weights that do not fit the stored config.
     """
+    # model.py imports torch.nn at its top; checkpoint.py is also read where the network is not
+    # built (read_checkpoint_meta, and the ONNX path through backend, which never imports torch).
     from lightmer.core.model import LightmerNet
 
     path = Path(path)
+    blob, meta = _read_checked(path, map_location)
+    model = LightmerNet(meta.model)
+    try:
+        model.load_state_dict(blob['state_dict'], strict=True)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f'weights in {path} do not fit the stored model config: {e}; '
+                              'the file was edited or written by another version') from e
+    _check_finite(path, model)
+    model.to(map_location)
+    model.eval()
+    return model, meta
+
+
+def read_checkpoint_meta(path) -> CheckpointMeta:
+    """The metadata of the checkpoint at `path`, from the file's dict alone: the network is not
+    built. The same checks and CheckpointErrors as `load_checkpoint`, except for the weights'
+    (their fit and finiteness are checked where the network is built)."""
+    return _read_checked(Path(path), 'cpu')[1]
+
+
+def _read_checked(path: Path, map_location) -> tuple[dict[str, Any], CheckpointMeta]:
+    """The checkpoint file's dict, checked for format, keys and version, and its metadata."""
     if not path.is_file():
         raise CheckpointError(f'no checkpoint at {path}; train one with `lightmer train` or '
                               'give the path of an existing .pt file')
@@ -130,17 +154,7 @@ def load_checkpoint(path, map_location='cpu') -> tuple[LightmerNet, CheckpointMe
         raise CheckpointError(f'checkpoint {path} has format version {blob["format_version"]}; '
                               f'this lightmer reads version {FORMAT_VERSION}; use the lightmer '
                               'version that wrote it or retrain')
-    meta = meta_from_dict(blob['meta'], path)
-    model = LightmerNet(meta.model)
-    try:
-        model.load_state_dict(blob['state_dict'], strict=True)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        raise CheckpointError(f'weights in {path} do not fit the stored model config: {e}; '
-                              'the file was edited or written by another version') from e
-    _check_finite(path, model)
-    model.to(map_location)
-    model.eval()
-    return model, meta
+    return blob, meta_from_dict(blob['meta'], path)
 
 
 def meta_from_dict(meta_d: Any, path) -> CheckpointMeta:
@@ -168,7 +182,7 @@ def _read(path: Path, map_location) -> Any:
     is refused as such. torch's message is not passed on, since it suggests loosening the
     check, which would run whatever the file holds.
     """
-    import torch
+    import torch  # only once a .pt is read: an ONNX export's metadata needs no torch
 
     if not zipfile.is_zipfile(path):     # torch.save writes a zip archive
         with open(path, 'rb') as f:
@@ -194,7 +208,7 @@ def _read(path: Path, map_location) -> Any:
 
 def _check_finite(path: Path, model: LightmerNet) -> None:
     """Refuse NaN or infinite weights: such a model outputs NaN probabilities for any input."""
-    import torch
+    import torch  # as in _read: never on the ONNX path
 
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
@@ -207,8 +221,6 @@ def _check_finite(path: Path, model: LightmerNet) -> None:
 def meta_for_preset(preset_name: str, features: FeatureConfig | None = None,
                     n_segments: int | None = None, **provenance: Any) -> CheckpointMeta:
     """Metadata for a fresh model of a preset (an untrained model for benches and tests)."""
-    from lightmer.core.config import get_preset
-
     preset = get_preset(preset_name)
     features = features or FeatureConfig()
     model_cfg = ModelConfig(n_classes=len(preset.labels),

@@ -42,6 +42,7 @@ from lightmer.core.atomic_io import atomic_save_json, atomic_write
 from lightmer.core.backend import MTCNN_PARTS, ONNX_FORMAT, ONNX_FORMAT_VERSION, export_meta_path
 from lightmer.core.checkpoint import CheckpointMeta, load_checkpoint
 from lightmer.core.model import LightmerNet, fuse_core
+from lightmer.core.mtcnn import integral_image
 
 FORMATS = ('torchscript', 'onnx')
 ONNX_OPSET = 17
@@ -143,7 +144,7 @@ def export_onnx(model: LightmerNet, meta: CheckpointMeta, out_dir, stem: str,
     """Write the ONNX export of `model` (parts listed in the module docstring) into `out_dir`;
     returns the paths, `<stem>.onnx` first. Raises ExportError when facenet-pytorch (whose
     MTCNN weights the export carries) is missing or a part differs from torch."""
-    import onnx
+    import onnx  # the ONNX format only: a TorchScript export runs without onnx installed
 
     nets = _mtcnn_modules()
     paths = onnx_part_paths(Path(out_dir) / f'{stem}.onnx')
@@ -198,7 +199,7 @@ def export_onnx(model: LightmerNet, meta: CheckpointMeta, out_dir, stem: str,
 
 def _mtcnn_modules() -> dict[str, nn.Module]:
     """facenet-pytorch's P-, R- and O-Net with the weights of its wheel, in eval mode."""
-    try:
+    try:   # heavy (torchvision), and its absence is reported with what to install
         from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
     except ImportError as e:
         raise ExportError('the ONNX export carries MTCNN\'s networks from facenet-pytorch, '
@@ -210,11 +211,10 @@ def _mtcnn_modules() -> dict[str, nn.Module]:
 def _integral_graph():
     """ONNX graph of `lightmer.core.mtcnn.integral_image` (int32): uint8 (H, W, 3) `image` ->
     int32 (H + 1, W + 1, 3) `integral`, checked against it on a random image."""
+    # The ONNX format only, as in export_onnx.
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
-
-    from lightmer.core.mtcnn import integral_image
 
     nodes = [helper.make_node('Cast', ['image'], ['pixels'], to=TensorProto.INT32),
              helper.make_node('Pad', ['pixels', 'pads'], ['padded']),      # a zero row, column
@@ -243,7 +243,7 @@ def _integral_graph():
 def _to_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], inputs: list[str],
              outputs: list[str], dynamic: dict):
     """The ONNX ModelProto of `module` traced on `example`."""
-    import onnx
+    import onnx  # the ONNX format only, as in export_onnx
 
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), warnings.catch_warnings():
         # The TorchScript-based exporter (and its logging helper) is deprecated in favour of
@@ -261,7 +261,7 @@ def _to_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], inputs: list[
 def _check_against_torch(proto, module: nn.Module, example: tuple[torch.Tensor, ...],
                          inputs: list[str], part: str) -> None:
     """Run the exported part on onnxruntime and torch; ExportError if they differ."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # the ONNX format only, as in export_onnx
 
     session = ort.InferenceSession(proto.SerializeToString(),
                                    providers=['CPUExecutionProvider'])

@@ -151,7 +151,7 @@ def detection_copy(frame_rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, np
     (2,) factors (x, y) that map the copy's pixels back to the frame's. Both detectors and
     `prepare` get the same copy.
     """
-    from PIL import Image
+    from PIL import Image  # faces only: the audio node imports this module and never needs PIL
 
     h, w = frame_rgb.shape[:2]
     if not max_side or max(h, w) <= max_side:
@@ -197,7 +197,7 @@ def crop_face(frame_rgb: np.ndarray, box: np.ndarray, cfg: FeatureConfig) -> np.
     bottom), is clipped to the frame and resized without keeping the aspect ratio, as the
     paper resizes every crop to the same size.
     """
-    from PIL import Image
+    from PIL import Image  # faces only, as in detection_copy
 
     x1, y1, x2, y2 = (float(v) for v in np.asarray(box).reshape(4))
     mx, my = cfg.face_margin * (x2 - x1), cfg.face_margin * (y2 - y1)
@@ -258,7 +258,7 @@ def resample(audio: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
         raise ValueError(f'sample rates must be positive, got {sr} -> {target_sr}')
     if sr == target_sr:
         return a.copy()
-    import librosa
+    import librosa  # seconds (scipy, numba): paid only where audio features are computed
 
     return librosa.resample(y=a, orig_sr=sr, target_sr=target_sr).astype(np.float32)
 
@@ -287,7 +287,7 @@ def audio_window(audio: np.ndarray, centre_s: float, cfg: FeatureConfig) -> np.n
 
 @functools.lru_cache(maxsize=8)
 def _mel_basis(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
-    import librosa
+    import librosa  # audio only, as in resample
 
     basis = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)   # (n_mels, 1 + n_fft/2)
     basis.setflags(write=False)
@@ -301,7 +301,7 @@ def mel_db(window: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     filters) -> dB = 10 log10(max(power, 1e-10)). Full scale is a sample amplitude of 1.
     Raises ValueError when the power is not finite (`power_to_db`).
     """
-    import librosa
+    import librosa  # audio only, as in resample
 
     w = np.asarray(window, dtype=np.float32)
     if w.shape != (cfg.window_samples,):

@@ -162,7 +162,7 @@ def compressed_to_rgb(msg, *,
     anything is decoded (a few bytes can claim 60000x60000 and ask for gigabytes). Every
     failure, whatever the decoder raises on hostile bytes, is a ConversionError.
     """
-    from PIL import Image as PILImage
+    from PIL import Image as PILImage  # only the face node decodes compressed images
 
     try:
         with PILImage.open(io.BytesIO(bytes(msg.data))) as img:

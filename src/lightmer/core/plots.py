@@ -29,7 +29,7 @@ def _figure(figsize: tuple[float, float]):
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Lay out `fig`, write it as a PNG atomically (no half-written plot if killed), close it.
     The benchmark and measurement scripts save their figures through this too."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazily, as in _figure
 
     buf = io.BytesIO()
     fig.tight_layout()

@@ -57,6 +57,8 @@ class AudioFeatureNode(Node):
 
     def _subscribe(self) -> None:
         qos = input_qos(self.params.qos_reliability, self.params.qos_depth)
+        # Two incompatible packages are both named audio_common_msgs: import the variant
+        # chosen, here, where the other one's absence is expected.
         if self.params.audio_msg == 'ros-drivers':
             from audio_common_msgs.msg import AudioDataStamped, AudioInfo
 

@@ -12,7 +12,8 @@ import sys
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from sensor_msgs.msg import Image
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from sensor_msgs.msg import Image, RegionOfInterest
 from std_msgs.msg import Header
 from vision_msgs.msg import Classification, LabelInfo, ObjectHypothesis, VisionClass
 
@@ -22,6 +23,7 @@ from lightmer.core.messages import (
     expression_fields,
     image_to_array,
 )
+from lightmer.stream.people import TrackedFace
 
 
 # --- time ------------------------------------------------------------------------------------
@@ -80,8 +82,6 @@ def diagnostics_msg(stamp: Time, name: str, counts: dict[str, int | float | str]
     """One node's per-segment counts as a diagnostic_msgs/DiagnosticArray: one status named
     `name` with `message` ('ok' when empty) at `level` (default: OK, or WARN with a
     message)."""
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-
     if level is None:
         level = DiagnosticStatus.WARN if message else DiagnosticStatus.OK
     status = DiagnosticStatus(
@@ -94,8 +94,9 @@ def diagnostics_msg(stamp: Time, name: str, counts: dict[str, int | float | str]
 def face_crops_msg(header: Header, faces, detected: int):
     """A segment's tracked faces (people.TrackedFace, largest first) -> lightmer_msgs/FaceCrops
     with the segment frame's header; no faces: the segment had nobody in view."""
+    # lightmer_msgs is built with the package and absent where only one person is followed
+    # (a pip install): imported by the several-people path only, here and in the nodes.
     from lightmer_msgs.msg import FaceCrop, FaceCrops
-    from sensor_msgs.msg import RegionOfInterest
 
     out = []
     for f in faces:
@@ -108,12 +109,10 @@ def face_crops_msg(header: Header, faces, detected: int):
     return FaceCrops(header=header, faces=out, detected=max(int(detected), len(out)))
 
 
-def faces_from_msg(msg, shape: tuple[int, int]) -> tuple[list, list[str]]:
+def faces_from_msg(msg, shape: tuple[int, int]) -> tuple[list[TrackedFace], list[str]]:
     """lightmer_msgs/FaceCrops -> ([people.TrackedFace], [why each refused face was refused]).
     A face is refused for a crop that is not mono8 of `shape` or an id that cannot name a
     topic; the others are kept."""
-    from lightmer.stream.people import TrackedFace
-
     faces, errors = [], []
     for f in msg.faces:
         try:
@@ -136,7 +135,7 @@ def faces_from_msg(msg, shape: tuple[int, int]) -> tuple[list, list[str]]:
 def expression_msg(probs: np.ndarray, labels: tuple[str, ...], header: Header):
     """hri_msgs/Expression of a window: the most probable class's REP-155 name and its
     probability as confidence; valence and arousal are not estimated (0)."""
-    from hri_msgs.msg import Expression
+    from hri_msgs.msg import Expression  # optional: not every robot has ROS4HRI
 
     expression, confidence = expression_fields(probs, labels)
     return Expression(header=header, expression=expression, confidence=confidence)
@@ -144,6 +143,6 @@ def expression_msg(probs: np.ndarray, labels: tuple[str, ...], header: Header):
 
 def ids_list_msg(ids, header: Header):
     """hri_msgs/IdsList of `ids` (str)."""
-    from hri_msgs.msg import IdsList
+    from hri_msgs.msg import IdsList  # optional, as in expression_msg
 
     return IdsList(header=header, ids=list(ids))

@@ -22,6 +22,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from lightmer.core.atomic_io import atomic_write_text
+
 PACKAGE = 'lightmer'
 CONFIG_FILE = 'lightmer.yaml'
 
@@ -118,8 +122,6 @@ class NodeInvocation:
         return list(dict.fromkeys([*keys, f'/**/{self.name}']))
 
     def overrides_yaml(self) -> str:
-        import yaml
-
         # one dict per key: rcl's parser refuses YAML aliases, which a shared one would make
         return yaml.safe_dump({key: {'ros__parameters': dict(self.parameters)}
                                for key in self.override_keys()}, sort_keys=False)
@@ -143,8 +145,6 @@ class NodeInvocation:
 
 def _node_keys(path: str) -> list[str]:
     """The node keys of a ROS parameter file, nested namespaces joined with '/'."""
-    import yaml
-
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -166,8 +166,6 @@ def _node_keys(path: str) -> list[str]:
 def _write_overrides(text: str) -> str:
     """Write launch overrides to a file named by its content (the same overrides reuse one
     file; launch_ros leaves its own parameter files in the temporary directory too)."""
-    from lightmer.core.atomic_io import atomic_write_text
-
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = Path(tempfile.gettempdir()) / 'lightmer-launch' / f'overrides-{digest}.yaml'
     if not path.is_file():
@@ -201,7 +199,7 @@ def share_dirs() -> list[Path]:
     """Where lightmer's installed files may be, first match first: the ament index's share
     directory (colcon / apt), this Python's prefix (pip), then the source tree (a checkout)."""
     dirs = []
-    try:
+    try:   # ament_index_python comes with a ROS install, not with pip: optional here
         from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 
         try:

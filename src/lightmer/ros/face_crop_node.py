@@ -2,7 +2,7 @@
 
 Subscribes `image` (sensor_msgs/Image; or `image/compressed` with compressed_input), keeps per
 segment the frame nearest the segment's reference time and runs MTCNN on that frame only
-(streaming.FaceSegmenter), and publishes the crop as mono8 on `face_crop` with the source frame's
+(faces.FaceSegmenter), and publishes the crop as mono8 on `face_crop` with the source frame's
 header. A segment without a usable face (none found, or its frame would not decode) publishes
 the empty no-face image instead (conversions.no_face_image), so every segment is announced.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import string
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -64,10 +65,11 @@ class FaceCropNode(Node):
         else:
             self._convert = image_to_rgb
             self._sub = self.create_subscription(Image, 'image', self.image_callback, qos)
-        path, _, segment_s = load_for_node(self.params)
+        path, meta, segment_s = load_for_node(self.params)
         # facenet-pytorch's MTCNN for a checkpoint, the export's MTCNN nets on onnxruntime for
-        # an ONNX export (equal boxes); no torch import in the latter.
-        cropper = face_cropper(path, self.params.min_face_size, self.params.torch_threads)
+        # an ONNX export (equal boxes); no torch import in the latter. The metadata just read
+        # gives the feature settings: the file is read once.
+        cropper = face_cropper(path, self.params.min_face_size, self.params.torch_threads, meta)
         # The first MTCNN call is slower (allocations, lazy imports): pay for it now.
         cropper([np.zeros((120, 160, 3), dtype=np.uint8)])
         if people:
@@ -93,6 +95,8 @@ class FaceCropNode(Node):
 
     @staticmethod
     def _crops_type():
+        # lightmer_msgs is built with the package and absent where only one person is
+        # followed (a pip install): needed only with several people.
         from lightmer_msgs.msg import FaceCrops
 
         return FaceCrops
@@ -107,14 +111,8 @@ class FaceCropNode(Node):
             self.faces.reject()
             self.reporter.error(f'frame dropped: {exc}')
             return
-        counts = self.faces.counts
-        resets, jumps = counts.resets, counts.jumps
-        results = self.faces.push(time_to_float(msg.header.stamp), msg, self._convert)
-        if counts.resets != resets:
-            self.reporter.warn('image stamps went backwards (a bag looping?): segments reset')
-        if counts.jumps != jumps:
-            self.reporter.note(f'image stamps jumped forward by {self.params.stamp_jump_s} s '
-                               'or more (clock set, replay seek?)')
+        results = self._offer('image', partial(self.faces.push, time_to_float(msg.header.stamp),
+                                               msg, self._convert))
         if self.params.per_person:
             self._publish_faces(results)
             return
@@ -128,6 +126,18 @@ class FaceCropNode(Node):
                 self._pub.publish(array_to_image(r.crop, r.payload.header))
                 self.reporter.clear()                              # recovered
 
+    def _offer(self, what: str, push: Callable[[], list]) -> list:
+        """`push()` offers one input to the segmenter; its results, with a log line when the
+        input's stamp went backwards or jumped forward."""
+        counts = self.faces.counts
+        resets, jumps = counts.resets, counts.jumps
+        results = push()
+        if counts.resets != resets:
+            self.reporter.warn(f'{what} stamps went backwards (a bag looping?): segments reset')
+        if counts.jumps != jumps:
+            self.reporter.note(f'{what} stamps jumped forward by {self.params.stamp_jump_s} s '
+                               'or more (clock set, replay seek?)')
+        return results
 
     def _publish_faces(self, results) -> None:
         """One FaceCrops per settled segment (people.FacesResult), empty when nobody is in
@@ -149,14 +159,15 @@ class FaceCropNode(Node):
     # --- face_source ros4hri -------------------------------------------------------------
     def _start_ros4hri(self, qos) -> None:
         """Subscribe hri_face_detect's id lists now, and each face's image once listed."""
-        from hri_msgs.msg import IdsList
+        from hri_msgs.msg import IdsList  # optional: only robots with ROS4HRI have it
 
         _, meta, segment_s = load_for_node(self.params)
         self._qos = qos
         self._face_subs: dict[str, object] = {}
         self._ros4hri_frame_id = ''
         self.faces = Ros4hriFaceSegmenter(meta.features, segment_s, self.params.reference,
-                                          self.params.max_faces, image_to_rgb)
+                                          self.params.max_faces, image_to_rgb,
+                                          self.params.stamp_jump_s)
         self.reporter = Reporter(self, self.params.diagnostics_period_s,
                                  lambda: {**dataclasses.asdict(self.faces.counts),
                                           'subscribed': len(self._face_subs)})
@@ -179,7 +190,8 @@ class FaceCropNode(Node):
                 self._face_subs[face_id] = self.create_subscription(
                     Image, topic, partial(self.face_image_callback, face_id), self._qos)
         self._ros4hri_frame_id = msg.header.frame_id or self._ros4hri_frame_id
-        self._publish_faces(self.faces.push_tracked(time_to_float(msg.header.stamp), listed))
+        self._publish_faces(self._offer('tracked-face list', partial(
+            self.faces.push_tracked, time_to_float(msg.header.stamp), listed)))
         # Faces no longer listed: their subscriptions go once their crops are forgotten.
         for face_id in set(self._face_subs) - set(listed) - self.faces.buffered_ids:
             self.destroy_subscription(self._face_subs.pop(face_id))

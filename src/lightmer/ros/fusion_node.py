@@ -33,8 +33,6 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Classification, LabelInfo
 
-from lightmer.core.backend import load_model
-from lightmer.core.features import log_mel
 from lightmer.core.messages import ConversionError, image_to_array, is_no_face_image, time_to_float
 from lightmer.stream.fuser import SegmentFuser, WindowResult, stall_status
 from lightmer.stream.people import PeopleFuser, PersonWindow
@@ -47,7 +45,8 @@ from .conversions import (
     float_to_time,
     label_info_msg,
 )
-from .params import FusionParams, declare_and_read, load_for_node
+from .params import FusionParams, declare_and_read, load_model_for_node
+from .people_outputs import PeopleOutputs
 from .qos import latched_qos, output_qos
 
 
@@ -60,6 +59,8 @@ class FusionNode(Node):
         self._pub = self.create_publisher(Classification, 'emotion', output_qos())
         qos = output_qos(self.params.queue_depth)
         if self.params.per_person:
+            # lightmer_msgs is built with the package and absent where only one person is
+            # followed (a pip install): needed only here.
             from lightmer_msgs.msg import FaceCrops
 
             self._face_sub = self.create_subscription(FaceCrops, 'face_crops',
@@ -68,27 +69,23 @@ class FusionNode(Node):
             self._face_sub = self.create_subscription(Image, 'face_crop', self.face_callback,
                                                       qos)
         self._mel_sub = self.create_subscription(Image, 'log_mel', self.mel_callback, qos)
-        path, meta, segment_s = load_for_node(self.params)
+        # torch for a checkpoint, onnxruntime for an ONNX export: the same numpy callables,
+        # and the metadata, from one read of the file.
+        model, segment_s = load_model_for_node(self.params)
+        meta = model.meta
         n = self.params.n_segments or meta.n_segments
         self.labels = tuple(meta.labels)
         self._face_shape = (meta.features.face_height, meta.features.face_width)
         self._mel_shape = (meta.features.n_mels, meta.features.mel_frames)
-        # torch for a checkpoint, onnxruntime for an ONNX export: the same numpy callables.
-        model = load_model(path, self.params.torch_threads)
-        segment_logits, fuse = model.segment_logits, model.fuse
         # The first forward pass is slower (allocator, kernels): pay for it now.
-        segment_logits(np.zeros(self._face_shape, np.uint8), np.zeros(self._mel_shape, np.float32))
+        model.segment_logits(np.zeros(self._face_shape, np.uint8),
+                             np.zeros(self._mel_shape, np.float32))
         settings = self.params.stream_settings()
-        self.fuser = SegmentFuser(segment_logits, fuse, n, segment_s, settings)
+        self.fuser = SegmentFuser(model.segment_logits, model.fuse, n, segment_s, settings)
         self.people = self.people_outputs = None
         if self.params.per_person:
-            from .people_outputs import PeopleOutputs
-
-            silence = log_mel(np.zeros(meta.features.window_samples, np.float32),
-                              meta.features)
-            self.people = PeopleFuser(
-                lambda: SegmentFuser(segment_logits, fuse, n, segment_s, settings), segment_s,
-                settings.reference, silence, self.params.audio_to, self.params.forget_after_s)
+            self.people = PeopleFuser.for_model(model, n, segment_s, settings,
+                                                self.params.audio_to, self.params.forget_after_s)
             self.people_outputs = PeopleOutputs(self, self.params.humans_prefix, self.labels,
                                                 tracked=self.params.face_source == 'mtcnn')
         self._resets_seen = 0
@@ -110,7 +107,7 @@ class FusionNode(Node):
         if not self.params.publish_expression:
             return None
         try:
-            from hri_msgs.msg import Expression
+            from hri_msgs.msg import Expression  # optional: not every robot has ROS4HRI
         except ImportError:
             self.get_logger().warning('publish_expression is set but hri_msgs is not '
                                       'installed: publishing emotion only')
@@ -217,6 +214,7 @@ class FusionNode(Node):
             self.reporter.clear()                                      # recovered
             if self._expression_pub is not None:
                 self._expression_pub.publish(expression_msg(r.probs, self.labels, header))
+
     def _publish_people(self, windows: list[PersonWindow]) -> None:
         """Each person's window on their topics; the primary person's also on `emotion`."""
         primary = self.people.primary(self.params.primary)

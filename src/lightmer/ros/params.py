@@ -1,7 +1,7 @@
 """Node parameters: one frozen dataclass per node, declared and read once by one helper.
 
 Defaults live here, except those of the processing settings, which come from
-`streaming.StreamSettings` (the one definition eval-bag, the benchmark and the demo share);
+`stream.settings.StreamSettings` (the one definition eval-bag, the benchmark and the demo share);
 `config/*.yaml` only overrides them. Every field carries its description in `metadata`, which
 `declare_and_read` hands to ROS, so `ros2 param describe` explains it. Zero means "take it from
 the checkpoint" for `segment_s` and `n_segments`, because a node needs only the checkpoint path
@@ -15,8 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rcl_interfaces.msg import ParameterDescriptor
+
+from lightmer.core.backend import LoadedModel, load_model, read_meta
+from lightmer.core.checkpoint import CheckpointMeta
 from lightmer.core.messages import DEFAULT_MAX_PIXELS
+from lightmer.stream.people import AUDIO_TO, PRIMARY_RULES
 from lightmer.stream.settings import StreamSettings
+from lightmer.stream.tracking import TrackerSettings
 
 from .description import share_dirs
 from .qos import RELIABILITIES
@@ -132,9 +138,7 @@ class FaceCropParams(PeopleParams):
         if self.max_image_pixels < 1:
             raise ValueError(f'max_image_pixels must be >= 1, got {self.max_image_pixels}')
 
-    def tracker_settings(self):
-        from lightmer.stream.tracking import TrackerSettings
-
+    def tracker_settings(self) -> TrackerSettings:
         return TrackerSettings(self.track_iou_min, self.track_centre_max, self.track_max_missed)
 
 
@@ -191,8 +195,6 @@ class FusionParams(PeopleParams):
         super().__post_init__()
         if self.n_segments < 0 or self.queue_depth < 1:
             raise ValueError('n_segments must be >= 0 and queue_depth >= 1')
-        from lightmer.stream.people import AUDIO_TO, PRIMARY_RULES
-
         if self.audio_to not in AUDIO_TO or self.primary not in PRIMARY_RULES:
             raise ValueError(f'audio_to must be one of {AUDIO_TO} and primary one of '
                              f'{PRIMARY_RULES}, got {self.audio_to!r}, {self.primary!r}')
@@ -217,8 +219,6 @@ def declare_and_read(node, cls: type[P]) -> P:
     """Declare every field of `cls` on `node` (with its description, read-only) and return the
     values as a frozen `cls`. Raises ValueError naming the parameter when a value is invalid.
     """
-    from rcl_interfaces.msg import ParameterDescriptor
-
     values = {}
     for f in dataclasses.fields(cls):
         descriptor = ParameterDescriptor(description=f.metadata['description'], read_only=True)
@@ -271,21 +271,34 @@ def resolve_model_path(value: str, search: Sequence[Path] | None = None,
                      'and rebuild (see models/README.md)')
 
 
-def load_for_node(params: CommonParams):
+def load_for_node(params: CommonParams) -> tuple[Path, CheckpointMeta, float]:
     """The model named by `model_path` (a path, or a bare name in models/), a checkpoint or
-    an ONNX export: (its path, its metadata, segment_s) for a node, which then loads the part
-    it runs from the path (`lightmer.core.backend`). Reading the metadata of an export imports
-    neither torch nor onnxruntime.
+    an ONNX export: (its path, its metadata, segment_s) for a node that needs only the
+    metadata and the path (`lightmer.core.backend.face_cropper` takes both). Reading the
+    metadata builds no network, and for an export imports neither torch nor onnxruntime.
 
     Raises ValueError with a message that says what to set.
     """
-    from lightmer.core.backend import read_meta
-
     path = resolve_model_path(params.model_path)
     meta = read_meta(path)
+    return path, meta, _segment_s(params, meta)
+
+
+def load_model_for_node(params: CommonParams) -> tuple[LoadedModel, float]:
+    """The model named by `model_path`, ready to run (`lightmer.core.backend.load_model`, on
+    `torch_threads`), and segment_s: one read of the file gives the networks and the metadata.
+
+    Raises ValueError with a message that says what to set.
+    """
+    model = load_model(resolve_model_path(params.model_path), params.torch_threads)
+    return model, _segment_s(params, model.meta)
+
+
+def _segment_s(params: CommonParams, meta: CheckpointMeta) -> float:
+    """The node's segment length for the model `meta` describes, once the model is checked
+    against `expected_preset`."""
     if params.expected_preset and meta.preset != params.expected_preset:
         raise ValueError(f'{params.model_path} was trained on preset {meta.preset!r} but the '
                          f'parameters expect {params.expected_preset!r}; use the matching '
                          f'config file or model')
-    segment_s = params.segment_s or meta.segment_s
-    return path, meta, segment_s
+    return params.segment_s or meta.segment_s

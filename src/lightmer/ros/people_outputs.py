@@ -18,6 +18,7 @@ from .qos import output_qos
 
 class PeopleOutputs:
     def __init__(self, node: Node, prefix: str, labels: tuple[str, ...], tracked: bool):
+        # optional: not every robot has ROS4HRI; the fusion node builds this only per person
         from hri_msgs.msg import Expression, IdsList
 
         self._node, self._prefix, self._labels = node, prefix, labels

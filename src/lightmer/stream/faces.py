@@ -27,7 +27,8 @@ class FrameSelector:
     step forward of at least `jump_s` is counted in `jumps` (the caller logs it).
     """
 
-    def __init__(self, segment_s: float, reference: str, jump_s: float = 10.0):
+    def __init__(self, segment_s: float, reference: str,
+                 jump_s: float = StreamSettings.stamp_jump_s):
         reference_time(0, segment_s, reference)   # validate early, with the grid's own message
         self.segment_s = segment_s
         self.reference = reference
@@ -95,34 +96,60 @@ class FaceResult:
     error: str = ''                # why the chosen frame could not be decoded
 
 
-class FaceSegmenter:
+class BaseFaceSegmenter:
+    """What every face segmenter does before it looks for faces: per segment the input nearest
+    the reference time (`FrameSelector`; an input is a frame, or the robot's list of tracked
+    faces), and the counts of that in `counts` (the nodes' /diagnostics keys): inputs offered
+    (`frames`), inputs refused (`rejected`), segments settled (`segments`), stamps going
+    backwards (`resets`: then `_restart()`) and jumping forward (`jumps`).
+
+    Subclasses turn each chosen input into their faces.
+    """
+
+    def __init__(self, segment_s: float, reference: str, jump_s: float, counts: Any):
+        self._selector = FrameSelector(segment_s, reference, jump_s)
+        self.counts = counts
+
+    def reject(self) -> None:
+        """The caller refused an input before offering it (a malformed message)."""
+        self._count_input()
+        self.counts.rejected += 1
+
+    def _choose(self, t: float, payload: Any) -> list[tuple[int, float, Any]]:
+        """Offer an input stamped `t` (seconds): [(k, t_chosen, payload)] settled now."""
+        self._count_input()
+        resets, jumps = self._selector.resets, self._selector.jumps
+        chosen = self._selector.push(t, payload)
+        if self._selector.resets != resets:
+            self.counts.resets += 1
+            self._restart()
+        self.counts.jumps += self._selector.jumps - jumps
+        self.counts.segments += len(chosen)
+        return chosen
+
+    def _count_input(self) -> None:
+        self.counts.frames += 1
+
+    def _restart(self) -> None:
+        """Stamps went backwards (a bag looping): forget what is kept across segments."""
+
+
+class FaceSegmenter(BaseFaceSegmenter):
     """Per segment, the face crop of the frame nearest its reference time: `FrameSelector`
     chooses the frame, then the detector runs on that frame alone."""
 
     def __init__(self, cropper: Callable[[list[np.ndarray]], list[np.ndarray | None]],
                  segment_s: float, settings: StreamSettings):
+        super().__init__(segment_s, settings.reference, settings.stamp_jump_s, FaceCounts())
         self._cropper = cropper
-        self._selector = FrameSelector(segment_s, settings.reference, settings.stamp_jump_s)
-        self.counts = FaceCounts()
-
-    def reject(self) -> None:
-        """The caller refused a frame before offering it (malformed message)."""
-        self.counts.frames += 1
-        self.counts.rejected += 1
 
     def push(self, t: float, payload: Any,
              decode: Callable[[Any], np.ndarray] | None = None) -> list[FaceResult]:
         """Offer a frame stamped `t` (seconds). `decode(payload)` gives the uint8 (H, W, 3) RGB
         frame (the payload itself by default) and may raise ValueError; it runs only on the
         chosen frames. Returns the segments whose frame was chosen now."""
-        self.counts.frames += 1
-        resets, jumps = self._selector.resets, self._selector.jumps
-        chosen = self._selector.push(t, payload)
-        self.counts.resets += self._selector.resets - resets
-        self.counts.jumps += self._selector.jumps - jumps
         out = []
-        for k, t_frame, selected in chosen:
-            self.counts.segments += 1
+        for k, t_frame, selected in self._choose(t, payload):
             try:
                 frame = selected if decode is None else decode(selected)
             except ValueError as exc:
@@ -137,4 +164,3 @@ class FaceSegmenter:
                 self.counts.published += 1
             out.append(FaceResult(k, t_frame, crop, selected))
         return out
-

@@ -78,9 +78,9 @@ class SegmentFuser:
     a segment whose logits are not finite, is dropped and counted in `counts.invalid`; a
     fused result that is not a probability vector is not emitted (also `invalid`). A face
     stream that says "no face in segment k" (`push_no_face`) settles k at once. When one
-    stream resumes after a hole of at least `stall_warn_s` (its node restarted, its sensor
-    stalled), the segments cached before the hole are forgotten (`counts.breaks`): a window
-    never averages segments from both sides of an outage.
+    stream resumes after a hole of at least `stall_warn_s` between the stamps of two of its
+    inputs (its node restarted, its sensor stalled), the segments cached before the hole are
+    forgotten (`counts.breaks`): a window never averages segments from both sides of an outage.
     """
 
     def __init__(self, segment_logits: Callable[[np.ndarray, np.ndarray], np.ndarray],
@@ -116,6 +116,8 @@ class SegmentFuser:
         self._given_up: set[int] = set()
         self._last_face_k: int | None = None
         self._last_mel_k: int | None = None
+        self._last_face_t: float | None = None     # stamp of the last face input, seconds
+        self._last_mel_t: float | None = None      # reference time of the last log-mel
         self._latest_t = -math.inf
         self._emitted_k: int | None = None
 
@@ -137,8 +139,8 @@ class SegmentFuser:
         k = segment_index(t, self.segment_s)
         if self._backwards(k, self._last_face_k):
             return self.poll(t)
-        self._after_hole(k, self._last_face_k)
-        self._last_face_k = k
+        self._after_hole(k, t, self._last_face_t)
+        self._last_face_k, self._last_face_t = k, t
         p = self._pending_for(k)
         p.face = np.asarray(crop)
         self._faces[k] = p.face
@@ -153,8 +155,8 @@ class SegmentFuser:
         k = segment_index(t, self.segment_s)
         if self._backwards(k, self._last_face_k):
             return self.poll(t)
-        self._after_hole(k, self._last_face_k)
-        self._last_face_k = k
+        self._after_hole(k, t, self._last_face_t)
+        self._last_face_k, self._last_face_t = k, t
         self.counts.no_face += 1
         self._pending_for(k).no_face = True
         return self._after_push(k, t)
@@ -165,8 +167,8 @@ class SegmentFuser:
         k = segment_of_reference(t_ref, self.segment_s, self.reference)
         if self._backwards(k, self._last_mel_k):
             return self.poll(t_ref)
-        self._after_hole(k, self._last_mel_k)
-        self._last_mel_k = k
+        self._after_hole(k, t_ref, self._last_mel_t)
+        self._last_mel_k, self._last_mel_t = k, t_ref
         mel = np.asarray(mel)
         if not np.isfinite(mel).all():
             self.counts.invalid += 1
@@ -226,10 +228,16 @@ class SegmentFuser:
         self._clear()
         return False
 
-    def _after_hole(self, k: int, last_k: int | None) -> None:
-        """A stream reaches segment k after its last input at `last_k`: after a hole of at
-        least break_s, forget what was cached before it (the windows start again)."""
-        if last_k is None or (k - last_k - 1) * self.segment_s < self.break_s - 1e-9:
+    def _after_hole(self, k: int, t: float, last_t: float | None) -> None:
+        """A stream's input for segment k, stamped `t`, follows its previous one, stamped
+        `last_t`: when the two are at least break_s apart, forget what was cached before k
+        (the windows start again).
+
+        Measured between the stamps, as the fusion node's stall warning measures silence
+        between arrivals, so an outage /diagnostics reports always restarts the windows
+        (counting only whole segments missed between the two would overlook up to one T).
+        """
+        if last_t is None or t - last_t < self.break_s - 1e-9:
             return
         self.counts.breaks += 1
         for d in (self._logits, self._faces, self._mels, self._frame_ids):

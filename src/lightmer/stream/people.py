@@ -2,7 +2,7 @@
 segment cache and sliding window per id.
 
 `MultiFaceSegmenter` is the face node's side (face_source mtcnn): per segment the frame nearest
-the reference time (streaming.FrameSelector, as for one person), every MTCNN face whose
+the reference time (faces.BaseFaceSegmenter, as for one person), every MTCNN face whose
 probability reaches the model's threshold, the `max_faces` largest kept (the rest counted),
 ids from `tracking.FaceTracker`, one 98x80 crop each.
 
@@ -13,7 +13,7 @@ reference time is the segment's "frame"); each listed face's crop nearest that s
 half a segment, is gray-scaled and stretched to 98x80 as a whole (features.crop_face with the
 image as the box). Ids are ROS4HRI's own.
 
-`PeopleFuser` is the fusion node's side: one `streaming.SegmentFuser` per id, so a window only
+`PeopleFuser` is the fusion node's side: one `fuser.SegmentFuser` per id, so a window only
 ever averages one person's segments. The audio is shared (no speaker attribution here): each
 segment's log-mel joins the faces seen in that segment, by segment id, whichever arrives first.
 `audio_to` says which faces hear it:
@@ -35,11 +35,13 @@ from typing import Any
 
 import numpy as np
 
+from lightmer.core.backend import LoadedModel
 from lightmer.core.config import FeatureConfig
-from lightmer.core.features import crop_face
+from lightmer.core.features import crop_face, log_mel
 from lightmer.core.segments import segment_index, segment_of_reference
-from lightmer.stream.faces import FrameSelector
+from lightmer.stream.faces import BaseFaceSegmenter
 from lightmer.stream.fuser import FusionCounts, SegmentFuser, WindowResult
+from lightmer.stream.settings import StreamSettings
 from lightmer.stream.tracking import FaceTracker, TrackerSettings
 
 AUDIO_TO = ('all', 'largest')
@@ -90,7 +92,7 @@ class FacesResult:
     error: str = ''                  # why the frame gave no faces, when it failed to decode
 
 
-class MultiFaceSegmenter:
+class MultiFaceSegmenter(BaseFaceSegmenter):
     """Frames in (stamps in order), per segment every tracked face out.
 
     cropper: a features.FaceCropper (its detect_all, crop and cfg.face_min_prob are used).
@@ -98,33 +100,19 @@ class MultiFaceSegmenter:
 
     def __init__(self, cropper, segment_s: float, reference: str, max_faces: int,
                  tracker: TrackerSettings | None = None, id_prefix: str = 'f',
-                 jump_s: float = 10.0):
+                 jump_s: float = StreamSettings.stamp_jump_s):
         if max_faces < 1:
             raise ValueError(f'max_faces must be >= 1, got {max_faces}')
+        super().__init__(segment_s, reference, jump_s, MultiFaceCounts())
         self.cropper = cropper
         self.max_faces = max_faces
         self.tracker = FaceTracker(tracker or TrackerSettings(), prefix=id_prefix)
-        self._selector = FrameSelector(segment_s, reference, jump_s)
-        self.counts = MultiFaceCounts()
-
-    def reject(self) -> None:
-        """A frame that could not be used at all (malformed message)."""
-        self.counts.frames += 1
-        self.counts.rejected += 1
 
     def push(self, t: float, payload: Any,
              decode: Callable[[Any], np.ndarray] | None = None) -> list[FacesResult]:
         """Offer a frame (or a message `decode` turns into uint8 (H, W, 3) RGB) stamped `t`."""
-        self.counts.frames += 1
-        resets = self._selector.resets
-        chosen = self._selector.push(t, payload)
-        self.counts.jumps = self._selector.jumps
-        if self._selector.resets != resets:
-            self.counts.resets += 1
-            self.tracker.reset()
         out = []
-        for k, t_frame, selected in chosen:
-            self.counts.segments += 1
+        for k, t_frame, selected in self._choose(t, payload):
             try:
                 frame = decode(selected) if decode is not None else selected
                 faces, detected = self.faces_of(frame)
@@ -138,6 +126,9 @@ class MultiFaceSegmenter:
         self.counts.tracks_started = self.tracker.started
         self.counts.tracks_forgotten = self.tracker.forgotten
         return out
+
+    def _restart(self) -> None:
+        self.tracker.reset()
 
     def faces_of(self, frame: np.ndarray) -> tuple[tuple[TrackedFace, ...], int]:
         """The tracked faces of one segment's frame, largest first, and how many were found."""
@@ -170,24 +161,25 @@ class Ros4hriCounts:
     capped: int = 0        # listed faces beyond max_faces, not published
     crop_missing: int = 0  # listed faces without a crop within half a segment
     rejected: int = 0      # crops that would not convert (odd encoding or size), bad ids
-    resets: int = 0
+    resets: int = 0        # stamps went backwards
+    jumps: int = 0         # stamps stepped forward by stamp_jump_s or more
 
 
-class Ros4hriFaceSegmenter:
+class Ros4hriFaceSegmenter(BaseFaceSegmenter):
     """Tracked-id lists and per-id crops in (each stream's stamps in order), per segment every
     listed face's 98x80 crop out. decode: a crop's payload -> uint8 (h, w, 3) RGB, raising
-    ValueError for one it cannot use."""
+    ValueError for one it cannot use. The lists are this segmenter's frames (`counts.lists`)."""
 
     def __init__(self, cfg: FeatureConfig, segment_s: float, reference: str, max_faces: int,
-                 decode: Callable[[Any], np.ndarray]):
+                 decode: Callable[[Any], np.ndarray],
+                 jump_s: float = StreamSettings.stamp_jump_s):
         if max_faces < 1:
             raise ValueError(f'max_faces must be >= 1, got {max_faces}')
+        super().__init__(segment_s, reference, jump_s, Ros4hriCounts())
         self.cfg, self.max_faces, self.segment_s = cfg, max_faces, segment_s
         self._decode = decode
-        self._selector = FrameSelector(segment_s, reference)
         # per id: recent (t, payload); a few segments of a 30 Hz stream
         self._crops: dict[str, deque] = {}
-        self.counts = Ros4hriCounts()
 
     @property
     def buffered_ids(self) -> set[str]:
@@ -199,15 +191,8 @@ class Ros4hriFaceSegmenter:
         self._crops.setdefault(face_id, deque(maxlen=64)).append((t, payload))
 
     def push_tracked(self, t: float, ids: list[str]) -> list[FacesResult]:
-        self.counts.lists += 1
-        resets = self._selector.resets
-        chosen = self._selector.push(t, list(ids))
-        if self._selector.resets != resets:
-            self.counts.resets += 1
-            self._crops.clear()
         out = []
-        for k, t_frame, listed in chosen:
-            self.counts.segments += 1
+        for k, t_frame, listed in self._choose(t, list(ids)):
             faces = self._faces_at(t_frame, listed)
             self.counts.no_face += not faces
             self.counts.faces += len(faces)
@@ -216,6 +201,12 @@ class Ros4hriFaceSegmenter:
         for face_id in [i for i, q in self._crops.items() if t - q[-1][0] > 2 * self.segment_s]:
             del self._crops[face_id]
         return out
+
+    def _count_input(self) -> None:
+        self.counts.lists += 1
+
+    def _restart(self) -> None:
+        self._crops.clear()
 
     def _faces_at(self, t_frame: float, listed: list[str]) -> tuple[TrackedFace, ...]:
         faces = []
@@ -284,6 +275,22 @@ class PeopleFuser:
     _retired: dict[str, int] = field(default_factory=dict)   # counts of forgotten fusers
     _last_k: int | None = None                               # latest face segment
 
+    @classmethod
+    def for_model(cls, model: LoadedModel, n_segments: int, segment_s: float,
+                  settings: StreamSettings, audio_to: str = 'all',
+                  forget_after_s: float = 3.0) -> PeopleFuser:
+        """The fuser the fusion node and the offline pipeline run: per id a SegmentFuser on the
+        model's callables (N `n_segments`, T `segment_s`), and the silence the 'largest'
+        policy fuses computed with the model's feature settings."""
+        features = model.meta.features
+        silence = log_mel(np.zeros(features.window_samples, np.float32), features)
+
+        def new_fuser() -> SegmentFuser:
+            return SegmentFuser(model.segment_logits, model.fuse, n_segments, segment_s,
+                                settings)
+
+        return cls(new_fuser, segment_s, settings.reference, silence, audio_to, forget_after_s)
+
     def __post_init__(self) -> None:
         if self.audio_to not in AUDIO_TO:
             raise ValueError(f'audio_to must be one of {AUDIO_TO}, got {self.audio_to!r}')
@@ -295,16 +302,13 @@ class PeopleFuser:
         return tuple(self._people)
 
     def fusion_counts(self) -> dict[str, int]:
-        """streaming.FusionCounts summed over every id, present and forgotten."""
+        """fuser.FusionCounts summed over every id, present and forgotten."""
         total = dict.fromkeys((f.name for f in dataclasses.fields(FusionCounts)), 0)
         for counts in [self._retired, *(dataclasses.asdict(p.fuser.counts)
                                         for p in self._people.values())]:
             for key, value in counts.items():
                 total[key] += value
         return total
-
-    def fuser_of(self, face_id: str) -> SegmentFuser:
-        return self._people[face_id].fuser
 
     def primary(self, rule: str = 'largest') -> str | None:
         """The id /emotion speaks for: the largest face of its latest segment, or the id with

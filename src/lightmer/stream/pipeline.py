@@ -13,11 +13,14 @@ import dataclasses
 
 import numpy as np
 
+from lightmer.core.backend import face_cropper, load_model
 from lightmer.core.features import FaceCropper
 from lightmer.stream.audio import AudioSegmenter
 from lightmer.stream.faces import FaceSegmenter
 from lightmer.stream.fuser import SegmentFuser, WindowResult
+from lightmer.stream.people import MultiFaceSegmenter, PeopleFuser, PersonWindow
 from lightmer.stream.settings import StreamSettings
+from lightmer.stream.tracking import TrackerSettings
 
 
 class OfflinePipeline:
@@ -35,13 +38,11 @@ class OfflinePipeline:
 
     def __init__(self, model_path, settings: StreamSettings | None = None, threads: int = 1,
                  cropper: FaceCropper | None = None, frame_id: str = ''):
-        from lightmer.core.backend import face_cropper, load_model
-
         settings = settings or StreamSettings()
-        model = load_model(model_path, threads)
+        model = load_model(model_path, threads)          # the one read of the model file
         self.meta = meta = model.meta
         self.frame_id = frame_id
-        cropper = cropper or face_cropper(model_path, settings.min_face_size, threads)
+        cropper = cropper or face_cropper(model_path, settings.min_face_size, threads, meta)
         self.faces = FaceSegmenter(cropper, meta.segment_s, settings)
         self.audio = AudioSegmenter(meta.features, meta.segment_s, settings)
         self.fuser = SegmentFuser(model.segment_logits, model.fuse, meta.n_segments,
@@ -82,27 +83,20 @@ class OfflinePeoplePipeline:
 
     def __init__(self, model_path, settings: StreamSettings | None = None, threads: int = 1,
                  max_faces: int = 4, audio_to: str = 'all', forget_after_s: float = 3.0,
-                 tracker=None, frame_id: str = ''):
-        from lightmer.core.backend import face_cropper, load_model
-        from lightmer.core.features import log_mel
-        from lightmer.stream.people import MultiFaceSegmenter, PeopleFuser
-
+                 tracker: TrackerSettings | None = None, frame_id: str = ''):
         settings = settings or StreamSettings()
-        model = load_model(model_path, threads)
+        model = load_model(model_path, threads)          # the one read of the model file
         self.meta = meta = model.meta
         self.frame_id = frame_id
-        cropper = face_cropper(model_path, settings.min_face_size, threads)
+        cropper = face_cropper(model_path, settings.min_face_size, threads, meta)
         self.faces = MultiFaceSegmenter(cropper, meta.segment_s, settings.reference, max_faces,
                                         tracker, jump_s=settings.stamp_jump_s)
         self.audio = AudioSegmenter(meta.features, meta.segment_s, settings)
-        silence = log_mel(np.zeros(meta.features.window_samples, np.float32), meta.features)
-        self.people = PeopleFuser(
-            lambda: SegmentFuser(model.segment_logits, model.fuse, meta.n_segments,
-                                 meta.segment_s, settings),
-            meta.segment_s, settings.reference, silence, audio_to, forget_after_s)
+        self.people = PeopleFuser.for_model(model, meta.n_segments, meta.segment_s, settings,
+                                            audio_to, forget_after_s)
         self.centres_x: dict[str, list[float]] = {}
 
-    def push_image(self, t: float, frame: np.ndarray) -> list:
+    def push_image(self, t: float, frame: np.ndarray) -> list[PersonWindow]:
         """A camera frame (uint8 (H, W, 3) RGB) stamped `t` -> people.PersonWindow completed."""
         out = []
         for r in self.faces.push(t, frame):
@@ -112,7 +106,7 @@ class OfflinePeoplePipeline:
             out.extend(windows)
         return out
 
-    def push_audio(self, t: float, samples: np.ndarray, sr: int) -> list:
+    def push_audio(self, t: float, samples: np.ndarray, sr: int) -> list[PersonWindow]:
         """An audio chunk (float (n,) mono, first sample at `t` s) -> people.PersonWindow."""
         out = []
         for _k, t_ref, mel in self.audio.push(t, samples, sr):

@@ -35,9 +35,9 @@ class StreamSettings:
     # A forward stamp step at least this long is a jump (a clock set, a replay seek, an outage
     # of hours), logged and counted once rather than as the segments it skipped. Seconds.
     stamp_jump_s: float = 10.0
-    # A hole at least this long in one input stream of the fuser (its node restarting, its
-    # sensor stalled) ends the run of windows: no window averages segments from both sides;
-    # the fusion node's /diagnostics also warns after this long. Seconds.
+    # A hole at least this long between the stamps of two inputs of one fuser stream (its node
+    # restarting, its sensor stalled) ends the run of windows: no window averages segments
+    # from both sides; the fusion node's /diagnostics also warns after this long. Seconds.
     stall_warn_s: float = 3.0
 
     def __post_init__(self) -> None:
