@@ -98,7 +98,7 @@ def bench_backends(checkpoint, repeats: int) -> dict[str, Any]:
 def _segment_stages(path, frames: dict[str, np.ndarray], repeats: int) -> dict[str, float]:
     """CPU ms per stage of one segment with the model at `path`, on one thread."""
     model = load_model(path, threads=1)
-    meta, cropper = model.meta, face_cropper(path, threads=1)
+    meta, cropper = model.meta, face_cropper(path, threads=1, meta=model.meta)
     audio = np.random.default_rng(0).normal(0, 0.1, 4 * meta.features.sample_rate)
     audio = audio.astype(np.float32)
     mel = log_mel_at(audio, 2.0, meta.features)
