@@ -214,7 +214,7 @@ def test_refused_inputs_write_nothing(robot_pool, untrained_checkpoint, tmp_path
     answers, out = tmp_path / 'answers.csv', tmp_path / 'run'
     answers.write_text('window_id,label,who,when\nx:1,surprised,me,\n')
     assert _finetune(robot_pool, untrained_checkpoint, answers, out) == 2
-    assert "['surprised'] that the checkpoint does not know" in capsys.readouterr().err
+    assert "['surprised'], which the checkpoint does not know" in capsys.readouterr().err
     assert not out.exists()
     assert answers.read_text() == 'window_id,label,who,when\nx:1,surprised,me,\n'
     # A labels CSV for the bag-labels oracle naming a class the model does not have.

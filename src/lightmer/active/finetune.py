@@ -38,12 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from lightmer.active.answers import latest, read_answers
-from lightmer.active.oracles import NO_LABEL, ORACLES, UnansweredError
+from lightmer.active.answers import NOT_A_CLASS, latest, read_answers
+from lightmer.active.oracles import ORACLES, UnansweredError
 from lightmer.active.pool import Pool, PoolError, checkpoint_key
 from lightmer.active.query import compute_segment_logits, manifest_items, pool_probs, select
 from lightmer.active.selection import STRATEGIES, overlapping, select_diverse
 from lightmer.core.atomic_io import atomic_save_json, atomic_torch_save
+from lightmer.evaluation.scoring import check_labels
+from lightmer.training.oracle import NO_LABEL
 
 STATE_VERSION = 1
 # Settings that change the numbers; a resumed run must agree on all of them.
@@ -294,14 +296,14 @@ def finetune(cfg: FinetuneConfig, oracle=None) -> dict:
     `oracle`: any object with `check(ids, predicted)` (train.Oracle; NO_LABEL allowed);
     default: the one `cfg.oracle` names. Raises AnswersNeededError when people must answer first.
     """
-    from lightmer.active.answers import check_labels
     from lightmer.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
     from lightmer.training.train import stream_seed
 
     model, meta = load_checkpoint(cfg.checkpoint)
     pool = Pool(cfg.pool)
     pool.check_checkpoint(meta, cfg.checkpoint)
-    check_labels(read_answers(cfg.answers), meta.labels, str(cfg.answers))
+    check_labels([a.label for a in read_answers(cfg.answers)], meta.labels, str(cfg.answers),
+                 extras=NOT_A_CLASS)
     labels = meta.labels
     table = pool.table
     base = _base_data(cfg, meta)
