@@ -27,6 +27,14 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+# Imported before any process group exists, and only for that: its functions take
+# `group=group.WORLD` as a default argument, evaluated when the module is imported. DDP imports
+# it on first use (through FSDP's sharding modules), so imported later it would hold this
+# process's default group in those defaults for ever: `leave()` could not end the group, and
+# its gloo threads would still run while the interpreter exits, racing its teardown (rank 0
+# aborted there with "terminate called without an active exception").
+import torch.distributed.nn  # noqa: F401
 from torch import nn
 
 T = TypeVar('T')
@@ -101,7 +109,8 @@ def join(ranks: Ranks, device_type: str, timeout_s: float) -> torch.device:
 
 
 def leave() -> None:
-    """Leave the process group if this process joined one."""
+    """Leave the process group if this process joined one: its threads end here, before the
+    interpreter exits (see the import of torch.distributed.nn above)."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
