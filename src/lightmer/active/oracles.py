@@ -1,8 +1,8 @@
 """Oracles for pooled windows: who says what a window's emotion is (paper Algorithm 1, line 9).
 
 Both implement `lightmer.training.oracle.Oracle` (`check(ids, predicted) -> class indices`), as
-`DatasetOracle` does for `train`, using the answer a person needs: `NO_LABEL` for a window
-answered `skip` or `unsure`, which then does not train.
+`DatasetOracle` does for `train`, and both use the protocol's answer for what a person cannot
+label: `NO_LABEL` for a window answered `skip` or `unsure`, which then does not train.
 - `AnswersOracle`: the human oracle. It reads the answers file (`lightmer.active.answers`) that the
   labelling page, a spreadsheet or any tool writes; windows nobody has answered yet raise
   `UnansweredError` with their ids, so the caller can hand the batch to a person and come back.
