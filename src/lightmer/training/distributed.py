@@ -32,8 +32,10 @@ import torch.distributed as dist
 # `group=group.WORLD` as a default argument, evaluated when the module is imported. DDP imports
 # it on first use (through FSDP's sharding modules), so imported later it would hold this
 # process's default group in those defaults for ever: `leave()` could not end the group, and
-# its gloo threads would still run while the interpreter exits, racing its teardown (rank 0
-# aborted there with "terminate called without an active exception").
+# its gloo worker threads would outlive it. One that freed a finished collective's tensors
+# while the interpreter was exiting took the GIL there, which ends the thread by unwinding
+# through a noexcept destructor: std::terminate, "terminate called without an active
+# exception", SIGABRT (seen on rank 0 in CI; the core dump shows that stack).
 import torch.distributed.nn  # noqa: F401
 from torch import nn
 
