@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,10 @@ from lightmer.cli import main
 from lightmer.core.checkpoint import load_checkpoint
 from lightmer.core.uncertainty import entropy_bits
 from lightmer.evaluation import bags
+from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
+from lightmer.ros.params import CommonParams, load_for_node
+from lightmer.stream.settings import StreamSettings
+from polling import wait_until
 
 # Small, fast settings: each tiny bag holds about 20 windows of 6 clips; the second bag is
 # the held-out recording.
@@ -114,10 +117,6 @@ def test_csv_oracle_run_changes_the_model(robot_pool, robot_bags, untrained_chec
     assert np.array(report['after']['confusion']).sum() == report['after']['windows']
 
     # The fine-tuned checkpoint loads in the nodes unchanged (their loader and processors).
-    from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
-    from lightmer.ros.params import CommonParams, load_for_node
-    from lightmer.stream.settings import StreamSettings
-
     _, node_meta, segment_s = load_for_node(CommonParams(model_path=str(out / 'finetuned.pt')))
     assert node_meta.labels == meta.labels and segment_s == meta.segment_s
     result = evaluate_bag(EvalConfig(bag=robot_bags[0],
@@ -187,9 +186,9 @@ def test_killed_finetune_resumes_to_the_same_model(robot_pool, robot_bags, untra
     killed = tmp_path / 'killed'
     proc = subprocess.Popen(cmd(killed), env=ros_env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 600
-    while _state_rounds(killed) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)                             # round 1 done (round 0 = the base)
+    # round 1 done (round 0 = the base)
+    wait_until(lambda: _state_rounds(killed) >= 2 or proc.poll() is not None, 600,
+               'round 1 in state.pt or the end of the run')
     assert proc.poll() is None, 'the run ended before it could be killed'
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -214,7 +213,7 @@ def test_refused_inputs_write_nothing(robot_pool, untrained_checkpoint, tmp_path
     answers, out = tmp_path / 'answers.csv', tmp_path / 'run'
     answers.write_text('window_id,label,who,when\nx:1,surprised,me,\n')
     assert _finetune(robot_pool, untrained_checkpoint, answers, out) == 2
-    assert "['surprised'] that the checkpoint does not know" in capsys.readouterr().err
+    assert "['surprised'], which the checkpoint does not know" in capsys.readouterr().err
     assert not out.exists()
     assert answers.read_text() == 'window_id,label,who,when\nx:1,surprised,me,\n'
     # A labels CSV for the bag-labels oracle naming a class the model does not have.

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 
 from lightmer.active.answers import latest, read_answers
 from lightmer.labelling.server import load_batch
+from polling import wait_until
 
 CHROMIUM, CHROMEDRIVER = '/usr/bin/chromium', '/usr/bin/chromedriver'
 DEADLINE_S = 60
@@ -29,16 +29,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
-
-
-def _until(condition, what: str, timeout: float = DEADLINE_S):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f'timed out waiting for {what}')
 
 
 class _Server:
@@ -62,7 +52,7 @@ class _Server:
     def start(self) -> None:
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, start_new_session=True)
-        _until(self._up, 'the label server')
+        wait_until(self._up, DEADLINE_S, 'the label server')
 
     def kill(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
@@ -91,8 +81,8 @@ def browser(monkeypatch):
 
 def _open(driver, url: str) -> None:
     driver.get(url)
-    _until(lambda: driver.execute_script('return document.body.dataset.ready') == '1',
-           'the page to load its batch')
+    wait_until(lambda: driver.execute_script('return document.body.dataset.ready') == '1',
+               DEADLINE_S, 'the page to load its batch')
 
 
 def _text(driver, element_id: str) -> str:
@@ -123,20 +113,21 @@ def test_label_a_batch_with_the_keyboard(robot_pool, label_batch, browser, tmp_p
         _open(browser, server.url)
         assert _text(browser, 'counter') == f'0 / {n}'
         # What the model saw and heard is on the page: faces, camera clip and audio loaded.
-        _until(lambda: browser.execute_script(
+        wait_until(lambda: browser.execute_script(
             'const f = document.getElementById("faces"), c = document.getElementById("clip");'
             'return f.complete && f.naturalWidth > 0 && c.complete && c.naturalWidth > 0'),
-            'the face strip and the camera clip')
-        _until(lambda: browser.execute_script(
-            'return document.getElementById("audio").duration > 3'), 'the audio')
+            DEADLINE_S, 'the face strip and the camera clip')
+        wait_until(lambda: browser.execute_script(
+            'return document.getElementById("audio").duration > 3'), DEADLINE_S, 'the audio')
         bars = browser.execute_script('return document.querySelectorAll(".bar").length')
         assert bars == len(labels)
 
         _press(browser, '1')
-        _until(lambda: _rows(answers) == [(ids[0], labels[0])], 'answer 1 in the file')
-        _until(lambda: _text(browser, 'position') == f'2 of {n}', 'window 2')
+        wait_until(lambda: _rows(answers) == [(ids[0], labels[0])], DEADLINE_S,
+                   'answer 1 in the file')
+        wait_until(lambda: _text(browser, 'position') == f'2 of {n}', DEADLINE_S, 'window 2')
         _press(browser, 's')
-        _until(lambda: len(_rows(answers)) == 2, 'answer 2 in the file')
+        wait_until(lambda: len(_rows(answers)) == 2, DEADLINE_S, 'answer 2 in the file')
         shot = tmp_path / 'label_page.png'
         browser.save_screenshot(str(shot))
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -144,12 +135,12 @@ def test_label_a_batch_with_the_keyboard(robot_pool, label_batch, browser, tmp_p
 
         # A reload continues at the first unanswered window.
         browser.refresh()
-        _until(lambda: browser.execute_script('return document.body.dataset.ready') == '1',
-               'the reloaded page')
+        wait_until(lambda: browser.execute_script('return document.body.dataset.ready') == '1',
+                   DEADLINE_S, 'the reloaded page')
         assert _text(browser, 'counter') == f'2 / {n}'
         assert _text(browser, 'position') == f'3 of {n}'
         _press(browser, 'u')
-        _until(lambda: len(_rows(answers)) == 3, 'answer 3 in the file')
+        wait_until(lambda: len(_rows(answers)) == 3, DEADLINE_S, 'answer 3 in the file')
 
         # The server is killed and started again: nothing is lost, the page continues.
         server.kill()
@@ -160,11 +151,12 @@ def test_label_a_batch_with_the_keyboard(robot_pool, label_batch, browser, tmp_p
 
         # Back one window and change its answer: the last answer wins, the history stays.
         _press(browser, Keys.ARROW_LEFT)
-        _until(lambda: _text(browser, 'position') == f'3 of {n}', 'back to window 3')
+        wait_until(lambda: _text(browser, 'position') == f'3 of {n}', DEADLINE_S,
+                   'back to window 3')
         assert _text(browser, 'current') == 'answered: unsure'
         _press(browser, '2')
-        _until(lambda: len(_rows(answers)) == 4, 'the changed answer in the file')
-        _until(lambda: _text(browser, 'position') == f'4 of {n}', 'on to window 4')
+        wait_until(lambda: len(_rows(answers)) == 4, DEADLINE_S, 'the changed answer in the file')
+        wait_until(lambda: _text(browser, 'position') == f'4 of {n}', DEADLINE_S, 'on to window 4')
 
         # A second tab answers window 4; the first tab, not knowing, gives the same answer:
         # written once.
@@ -173,15 +165,17 @@ def test_label_a_batch_with_the_keyboard(robot_pool, label_batch, browser, tmp_p
         _open(browser, server.url)
         assert _text(browser, 'position') == f'4 of {n}'
         _press(browser, '3')
-        _until(lambda: len(_rows(answers)) == 5, 'the second tab\'s answer')
+        wait_until(lambda: len(_rows(answers)) == 5, DEADLINE_S, 'the second tab\'s answer')
         browser.switch_to.window(first)
         _press(browser, '3')
-        _until(lambda: _text(browser, 'position') == f'5 of {n}', 'window 5 in the first tab')
+        wait_until(lambda: _text(browser, 'position') == f'5 of {n}', DEADLINE_S,
+                   'window 5 in the first tab')
         _press(browser, '4')
-        _until(lambda: _text(browser, 'position') == f'6 of {n}', 'window 6')
+        wait_until(lambda: _text(browser, 'position') == f'6 of {n}', DEADLINE_S, 'window 6')
         _press(browser, '5')
-        _until(lambda: browser.execute_script(
-            'return !document.getElementById("done").hidden'), 'the all-answered screen')
+        wait_until(lambda: browser.execute_script(
+            'return !document.getElementById("done").hidden'), DEADLINE_S,
+            'the all-answered screen')
         assert _text(browser, 'counter') == f'{n} / {n}'
         rate = _text(browser, 'rate')
         assert float(rate) > 0, rate

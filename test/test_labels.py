@@ -43,7 +43,7 @@ def test_bad_answers_write_nothing(tmp_path):
     path = tmp_path / 'answers.csv'
     append_answers(path, [Answer('r:1', 'sad')], LABELS)
     before = path.read_bytes()
-    with pytest.raises(ValueError, match=r"\['surprised'\] that the checkpoint does not know"):
+    with pytest.raises(ValueError, match=r"\['surprised'\], which the checkpoint does not know"):
         append_answers(path, [Answer('r:2', 'angry'), Answer('r:3', 'surprised')], LABELS)
     with pytest.raises(ValueError, match='needs a window id and a label'):
         append_answers(path, [Answer('', 'angry')], LABELS)

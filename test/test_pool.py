@@ -8,24 +8,36 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from rosbags.rosbag2 import StoragePlugin, Writer
 
 from fixtures_data import POOL_MIN_SEGMENTS as MIN_SEGMENTS
-from lightmer.active.pool import Pool, PoolConfig, PoolError, build_pool, checkpoint_key
-from lightmer.active.query import window_probs
+from lightmer.active.pool import (
+    Pool,
+    PoolConfig,
+    PoolError,
+    _differences,
+    build_pool,
+    checkpoint_key,
+)
+from lightmer.active.query import compute_segment_logits, window_probs
 from lightmer.cli import main
+from lightmer.core.backend import load_model
+from lightmer.core.checkpoint import load_checkpoint, meta_for_preset, save_checkpoint
+from lightmer.core.config import FeatureConfig
+from lightmer.core.model import LightmerNet
 from lightmer.evaluation import bags
+from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
 from lightmer.stream.settings import StreamSettings
+from polling import wait_until
 
 
 def test_pool_windows_are_the_windows_eval_bag_publishes(robot_pool, robot_bags,
                                                           untrained_checkpoint, tmp_path):
-    from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
-
     evaluate_bag(EvalConfig(bag=robot_bags[0], labels=bags.default_labels_path(robot_bags[0]),
                             checkpoint=untrained_checkpoint, out=tmp_path,
                             settings=StreamSettings(min_segments=MIN_SEGMENTS)))
@@ -41,8 +53,6 @@ def test_pool_windows_are_the_windows_eval_bag_publishes(robot_pool, robot_bags,
     logits = pool.segment_logits(None, key=json.loads(
         (robot_pool / 'recordings' / table.rec_ids[0] / 'recording.json').read_text())
         ['checkpoint']['key'])
-    from lightmer.core.backend import load_model
-
     fuse = load_model(untrained_checkpoint).fuse           # the fusion node's fuse
     np.testing.assert_allclose(window_probs(logits, table.rows, fuse), table.probs, atol=1e-12)
     counts = (table.rows >= 0).sum(axis=1)
@@ -50,9 +60,6 @@ def test_pool_windows_are_the_windows_eval_bag_publishes(robot_pool, robot_bags,
 
 
 def test_pooled_segments_read_back(robot_pool, robot_bags, untrained_checkpoint):
-    from lightmer.active.query import compute_segment_logits
-    from lightmer.core.checkpoint import load_checkpoint
-
     pool = Pool(robot_pool)
     table = pool.table
     rows = np.arange(len(table.seg_k))
@@ -100,12 +107,9 @@ def test_pool_resumes_after_a_kill(robot_bags, untrained_checkpoint, robot_pool,
            '--checkpoint', str(untrained_checkpoint), '--out', str(out), '--min-segments', '3']
     proc = subprocess.Popen(cmd, env=ros_env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 300
     index = out / 'pool.json'
-    while time.monotonic() < deadline and proc.poll() is None:
-        if index.exists() and json.loads(index.read_text())['recordings']:
-            break
-        time.sleep(0.05)
+    wait_until(lambda: (index.exists() and json.loads(index.read_text())['recordings'])
+               or proc.poll() is not None, 300, 'the first bag pooled or the end of the run')
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -127,8 +131,6 @@ def test_pool_resumes_after_a_kill(robot_bags, untrained_checkpoint, robot_pool,
 
 
 def _custom_mp3_bag(path: Path) -> Path:
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
     store = bags.typestore()
     t = bags.DEFAULT_START_NS
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
@@ -170,9 +172,6 @@ def test_refused_inputs_write_nothing(robot_bags, untrained_checkpoint, robot_po
 def test_a_pool_from_before_a_feature_setting_existed_compares_as_made():
     """pool.json written before mel_norm/detect_max_side existed: read as what it was made
     with (window normalisation, detection on the full frame), differences named per key."""
-    from lightmer.active.pool import _differences
-    from lightmer.core.config import FeatureConfig
-
     old = FeatureConfig(detect_max_side=0).to_dict()
     for key in ('mel_norm', 'mel_db_mean', 'mel_db_std', 'detect_max_side'):
         del old[key]
@@ -186,12 +185,6 @@ def test_a_pool_from_before_a_feature_setting_existed_compares_as_made():
 
 
 def test_query_refuses_a_checkpoint_with_other_features(robot_pool, tmp_path, capsys):
-    import torch
-
-    from lightmer.core.checkpoint import meta_for_preset, save_checkpoint
-    from lightmer.core.config import FeatureConfig
-    from lightmer.core.model import LightmerNet
-
     torch.manual_seed(0)
     meta = meta_for_preset('crema-d', features=FeatureConfig(face_margin=0.2))
     other = tmp_path / 'other.pt'
@@ -208,8 +201,6 @@ def test_pool_from_a_bag_with_compressed_images(tiny_corpus, robot_pool, untrain
                                                 tmp_path):
     """A camera recorded as CompressedImage (JPEG, as robots record it): the pool reads it
     through bags.read_bag like eval-bag, and its crops are the raw bag's up to JPEG loss."""
-    from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
-
     bag = tmp_path / 'robot_jpeg'
     assert main(['make-bag', '--dataset', 'crema-d', '--root', str(tiny_corpus), '--out',
                  str(bag), '--actors', '1001', '--compressed', 'jpeg']) == 0

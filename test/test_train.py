@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,11 @@ import torch
 from lightmer import cli
 from lightmer.core.checkpoint import load_checkpoint
 from lightmer.core.config import PRESETS
+from lightmer.datasets.cache import dataset_mel_norm, load_index
 from lightmer.training.folds import split_fold
-from lightmer.training.train import DatasetOracle, TrainConfig, train
+from lightmer.training.oracle import DatasetOracle
+from lightmer.training.train import TrainConfig, train
+from polling import wait_until
 
 pytestmark = pytest.mark.usefixtures('_one_thread')
 
@@ -185,10 +187,9 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny_cache, tmp_path)
     state = killed / 'uncertainty' / 'fold_1' / 'state.pt'
     proc = subprocess.Popen([*_lightmer(), *args, '--out', str(killed)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert state.exists(), 'the first epoch never finished'
+    wait_until(lambda: state.exists() or proc.poll() is not None, 120,
+               'the first epoch (state.pt) or the end of the run', interval_s=0.01)
+    assert state.exists(), 'the run ended before its first epoch was saved'
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     done = len(_metrics(killed, 'uncertainty', 1))
@@ -213,9 +214,6 @@ def test_dataset_mel_norm_takes_training_set_statistics_into_the_checkpoint(tiny
                                                                             tmp_path):
     """--mel-norm dataset: dB statistics of the fold's training clips (D0 and U, never the
     test actor), stored in the checkpoint's FeatureConfig, which the nodes apply."""
-    from lightmer.core.checkpoint import load_checkpoint
-    from lightmer.datasets.cache import dataset_mel_norm, load_index
-
     run = tmp_path / 'run'
     train(_cfg(tiny_cache, run, strategy='full', fold=2, epochs=1, mel_norm='dataset'))
     fold_dir = run / 'full' / 'fold_2'

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightmer.core.atomic_io import atomic_write_text
+from lightmer.evaluation.scoring import check_labels
 
 FIELDS = ('window_id', 'label', 'who', 'when')
 SKIP, UNSURE = 'skip', 'unsure'
@@ -41,16 +42,6 @@ class Answer:
 
 def now_utc() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec='seconds')
-
-
-def check_labels(answers: Iterable[Answer], labels: Sequence[str], source: str) -> None:
-    """ValueError naming the answers whose label is neither a class of `labels` nor
-    skip/unsure (class names are case-sensitive, as in the checkpoint)."""
-    allowed = set(labels) | set(NOT_A_CLASS)
-    bad = sorted({a.label for a in answers if a.label not in allowed})
-    if bad:
-        raise ValueError(f'{source} has label(s) {bad} that the checkpoint does not know; '
-                         f'use one of {list(labels)} or {list(NOT_A_CLASS)}')
 
 
 def _parse(text: str, source: str) -> list[Answer]:
@@ -125,7 +116,7 @@ def append_answers(path: str | os.PathLike, answers: Iterable[Answer],
         if not a.window_id.strip() or not a.label.strip():
             raise ValueError(f'an answer needs a window id and a label, got {a}')
     if labels is not None:
-        check_labels(new, labels, 'the new answers')
+        check_labels([a.label for a in new], labels, 'the new answers', extras=NOT_A_CLASS)
     if not new:
         return []
     with _locked(path):

@@ -26,8 +26,7 @@ round 1 on. With a human oracle a round whose batch is not answered yet stops wi
 """
 from __future__ import annotations
 
-import dataclasses
-import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,15 +36,37 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from tqdm import tqdm
 
-from lightmer.active.answers import latest, read_answers
-from lightmer.active.oracles import NO_LABEL, ORACLES, UnansweredError
-from lightmer.active.pool import Pool, PoolError, checkpoint_key
+from lightmer.active.answers import NOT_A_CLASS, latest, read_answers
+from lightmer.active.oracles import ORACLES, AnswersOracle, IntervalOracle, UnansweredError
+from lightmer.active.pool import Pool, PoolError, checkpoint_key, recording_id
 from lightmer.active.query import compute_segment_logits, manifest_items, pool_probs, select
-from lightmer.active.selection import STRATEGIES, overlapping, select_diverse
-from lightmer.core.atomic_io import atomic_save_json, atomic_torch_save
+from lightmer.active.selection import STRATEGIES, margins, overlapping, select_diverse
+from lightmer.core.atomic_io import atomic_save_json
+from lightmer.core.backend import model_functions
+from lightmer.core.checkpoint import (
+    CheckpointMeta,
+    load_checkpoint,
+    make_provenance,
+    save_checkpoint,
+)
+from lightmer.core.features import face_to_input
+from lightmer.core.model import LightmerNet
+from lightmer.core.plots import confusion_matrix, plot_confusion, plot_label_curves
+from lightmer.core.uncertainty import entropy_bits
+from lightmer.datasets.cache import SegmentDataset, load_index
+from lightmer.evaluation.scoring import check_labels
+from lightmer.training.oracle import NO_LABEL, Oracle
+from lightmer.training.resume import (
+    StateFile,
+    claim_settings,
+    deterministic_algorithms,
+    run_settings,
+)
+from lightmer.training.train import stream_seed
 
-STATE_VERSION = 1
+STATE = StateFile(version=1, restart='delete it to restart the run, or use another --out')
 # Settings that change the numbers; a resumed run must agree on all of them.
 _RUN_KEYS = ('strategy', 'per_round', 'eval_windows', 'eval_recordings', 'mix', 'epochs',
              'batch_size', 'lr', 'seed', 'max_per_recording', 'freeze_batchnorm')
@@ -99,9 +120,7 @@ class FinetuneConfig:
         object.__setattr__(self, 'eval_recordings', tuple(self.eval_recordings))
 
     def run_settings(self) -> dict:
-        d = dataclasses.asdict(self)
-        d['eval_recordings'] = list(self.eval_recordings)
-        return {k: d[k] for k in _RUN_KEYS}
+        return run_settings(self, _RUN_KEYS)
 
 
 class AnswersNeededError(RuntimeError):
@@ -122,9 +141,6 @@ class PoolWindows(Dataset):
     window's segments (N, or fewer when the nodes published with min_segments)."""
 
     def __init__(self, pool: Pool, rows: np.ndarray, targets: Sequence[int]):
-        from lightmer.core.features import face_to_input
-
-        self._face_to_input = face_to_input
         self.pool = pool
         self.rows = [r[r >= 0] for r in np.asarray(rows, np.int64)]
         self.targets = list(targets)
@@ -134,7 +150,7 @@ class PoolWindows(Dataset):
 
     def __getitem__(self, i: int):
         crops, mels = self.pool.segment_inputs(self.rows[i])
-        return (torch.from_numpy(self._face_to_input(crops)),
+        return (torch.from_numpy(face_to_input(crops)),
                 torch.from_numpy(mels[:, None].copy()), self.targets[i])
 
 
@@ -176,8 +192,6 @@ def _train_pass(model, optimizer, dataset: Dataset, batch_size: int, seed: int,
     Pool windows and base clips share batches whatever their segment count, so every batch's
     BatchNorm statistics mix both domains in the proportion of the whole set.
     """
-    from tqdm import tqdm
-
     model.train()
     if freeze_batchnorm:
         for m in model.modules():
@@ -196,11 +210,26 @@ def _train_pass(model, optimizer, dataset: Dataset, batch_size: int, seed: int,
     return total / count
 
 
-# --- helpers ---------------------------------------------------------------------------------
+# --- the run's fixed parts -------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Run:
+    """What every round of one run reads and none changes."""
+
+    cfg: FinetuneConfig
+    meta: CheckpointMeta            # the base checkpoint's (labels, features, model)
+    pool: Pool
+    oracle: Oracle
+    base: SegmentDataset | None     # the base clips mixed in against forgetting, or None
+    eval_ids: list[str]             # the held-out windows: asked, never trained
+    zone: np.ndarray                # bool (W,): windows that must never train
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.meta.labels
+
+
 def _resolve_recordings(pool: Pool, names: Sequence[str]) -> list[str]:
     """Recording ids from ids or bag paths."""
-    from lightmer.active.pool import recording_id
-
     out = []
     for name in names:
         rec = name if name in pool.recording_ids else recording_id(name)
@@ -229,55 +258,16 @@ def _plan_eval(pool: Pool, cfg: FinetuneConfig) -> tuple[list[str], np.ndarray]:
     return sorted((table.ids[i] for i in chosen), key=table.position.get), zone
 
 
-def _accuracy(probs: np.ndarray, targets: np.ndarray, n_classes: int) -> dict:
-    from lightmer.core.plots import confusion_matrix
-
-    keep = targets != NO_LABEL
-    pred = probs[keep].argmax(axis=1)
-    true = targets[keep]
-    return {'accuracy': float((pred == true).mean()) if keep.any() else None,
-            'windows': int(keep.sum()),
-            'confusion': confusion_matrix(true, pred, n_classes).tolist()}
-
-
-def _provenance(cfg: FinetuneConfig, base_meta, pool: Pool, labelled: dict, rounds: int):
-    from lightmer.core.checkpoint import make_provenance
-
-    return make_provenance(
-        finetuned_from={'checkpoint': str(cfg.checkpoint.resolve()),
-                        'key': checkpoint_key(cfg.checkpoint),
-                        'provenance': base_meta.provenance},
-        pool=str(pool.path.resolve()), pool_recordings=list(pool.recording_ids),
-        answers=str(cfg.answers.resolve()), labels_used=len(labelled), rounds=rounds,
-        strategy=cfg.strategy, per_round=cfg.per_round, mix=cfg.mix,
-        base_cache=None if cfg.base_cache is None else str(cfg.base_cache.resolve()),
-        epochs_per_round=cfg.epochs, lr=cfg.lr, seed=cfg.seed)
-
-
-def _make_oracle(cfg: FinetuneConfig, pool: Pool, labels: tuple[str, ...]):
-    from lightmer.active.oracles import AnswersOracle, IntervalOracle
-
+def _make_oracle(cfg: FinetuneConfig, pool: Pool, labels: tuple[str, ...]) -> Oracle:
     if cfg.oracle == 'bag-labels':
         return IntervalOracle(pool, cfg.answers, labels)
     return AnswersOracle(cfg.answers, labels)
 
 
-def _ask(oracle, ids: list[str], predicted: list[int], manifest: dict, path: Path,
-         answers: Path) -> list[int]:
-    """The oracle's answers, or the manifest written and AnswersNeededError raised."""
-    try:
-        return oracle.check(ids, predicted)
-    except UnansweredError as e:
-        atomic_save_json(path, manifest)
-        raise AnswersNeededError(path, e.ids, answers) from None
-
-
-def _base_data(cfg: FinetuneConfig, meta):
+def _base_data(cfg: FinetuneConfig, meta: CheckpointMeta) -> SegmentDataset | None:
     """(train-mode SegmentDataset over the base clips, or None)."""
     if cfg.base_cache is None or cfg.mix == 0:
         return None
-    from lightmer.datasets.cache import SegmentDataset, load_index
-
     index = load_index(cfg.base_cache)
     if index.features != meta.features:
         raise ValueError(f'--base-cache {cfg.base_cache} was prepared with other feature '
@@ -287,143 +277,139 @@ def _base_data(cfg: FinetuneConfig, meta):
                           labels=meta.labels, train=True, seed=cfg.seed)
 
 
-# --- the run ---------------------------------------------------------------------------------
-def finetune(cfg: FinetuneConfig, oracle=None) -> dict:
-    """Run (or resume) the rounds; returns the report also written to OUT/report.json.
-
-    `oracle`: any object with `check(ids, predicted)` (train.Oracle; NO_LABEL allowed);
-    default: the one `cfg.oracle` names. Raises AnswersNeededError when people must answer first.
-    """
-    from lightmer.active.answers import check_labels
-    from lightmer.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-    from lightmer.training.train import stream_seed
-
-    model, meta = load_checkpoint(cfg.checkpoint)
+def _open_run(cfg: FinetuneConfig, meta: CheckpointMeta, oracle: Oracle | None) -> _Run:
+    """Check every input, plan the held-out windows and claim OUT (plan.json); what a user
+    can fix raises before anything is written."""
     pool = Pool(cfg.pool)
     pool.check_checkpoint(meta, cfg.checkpoint)
-    check_labels(read_answers(cfg.answers), meta.labels, str(cfg.answers))
-    labels = meta.labels
-    table = pool.table
+    check_labels([a.label for a in read_answers(cfg.answers)], meta.labels, str(cfg.answers),
+                 extras=NOT_A_CLASS)
     base = _base_data(cfg, meta)
-    oracle = oracle if oracle is not None else _make_oracle(cfg, pool, labels)
-
-    out = cfg.out
-    state_path = out / 'state.pt'
-    plan_path = out / 'plan.json'
-    if state_path.exists() and not cfg.resume:
-        raise FileExistsError(f'{out} already holds a fine-tuning run; pass --resume to '
+    oracle = oracle if oracle is not None else _make_oracle(cfg, pool, meta.labels)
+    if (cfg.out / 'state.pt').exists() and not cfg.resume:
+        raise FileExistsError(f'{cfg.out} already holds a fine-tuning run; pass --resume to '
                               'continue it or choose another --out')
     eval_ids, zone = _plan_eval(pool, cfg)
-    plan = {'checkpoint': str(cfg.checkpoint.resolve()), 'pool': str(pool.path.resolve()),
-            'answers': str(cfg.answers.resolve()), 'settings': cfg.run_settings(),
-            'eval_windows': eval_ids, 'no_train_windows': int(zone.sum())}
-    if plan_path.exists():
-        old = json.loads(plan_path.read_text(encoding='utf-8'))
-        diff = {k: (old.get(k), v) for k, v in plan.items() if old.get(k) != v}
-        if diff:
-            raise ValueError(f'{out} was planned with other settings {sorted(diff)}; use the '
-                             'same options or another --out')
-    atomic_save_json(plan_path, plan)
+    claim_settings(cfg.out / 'plan.json', {
+        'checkpoint': str(cfg.checkpoint.resolve()), 'pool': str(pool.path.resolve()),
+        'answers': str(cfg.answers.resolve()), 'settings': cfg.run_settings(),
+        'eval_windows': eval_ids, 'no_train_windows': int(zone.sum())})
+    return _Run(cfg, meta, pool, oracle, base, eval_ids, zone)
 
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
+
+# --- asking ----------------------------------------------------------------------------------
+def _ask(oracle: Oracle, ids: list[str], predicted: list[int], manifest: dict, path: Path,
+         answers: Path) -> list[int]:
+    """The oracle's answers, or the manifest written and AnswersNeededError raised."""
     try:
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        base_probs = _probs(pool, model, checkpoint_key(cfg.checkpoint))
-        eval_idx = table.index_of(eval_ids)
-        eval_targets = np.array(_ask(
-            oracle, eval_ids, [int(p.argmax()) for p in base_probs[eval_idx]],
-            {'format': 'lightmer-batch', 'purpose': 'held-out evaluation', 'labels':
-             list(labels), 'items': manifest_items(pool, list(eval_idx), base_probs,
-                                                   _scores(base_probs), labels)},
-            out / 'eval_batch.json', cfg.answers), np.int64)
-
-        if state_path.exists():
-            state = _load_state(state_path)
-            model.load_state_dict(state['model'])
-            optimizer.load_state_dict(state['optimizer'])
-            labelled, asked, metrics = dict(state['labelled']), list(state['asked']), \
-                list(state['metrics'])
-            probs = state['probs'].numpy()
-        else:
-            prior = latest(read_answers(cfg.answers))
-            labelled = {w: labels.index(a.label) for w, a in prior.items()
-                        if a.label in labels and w in table.position
-                        and not zone[table.position[w]]}
-            asked = sorted(w for w in prior if w in table.position
-                           and not zone[table.position[w]])
-            probs = base_probs
-            metrics = [{'round': 0, 'labels': len(labelled), 'asked': len(asked),
-                        **_accuracy(probs[eval_idx], eval_targets, len(labels))}]
-            # Saved before round 1 asks anything: a rerun that comes back with the answers
-            # starts from here, asks the same batch and does not take its answers for prior.
-            _save_state(state_path, model, optimizer, labelled, asked, metrics, probs)
-
-        # --rounds 0: one round that asks nothing and trains on the answers given before.
-        n_ask = cfg.per_round if cfg.rounds > 0 else 0
-        for rnd in range(len(metrics), max(cfg.rounds, 1) + 1):
-            t0 = time.perf_counter()
-            asked_set = set(asked)
-            candidates = ~zone & np.array([w not in asked_set for w in table.ids], bool)
-            chosen, scores = select(pool, probs, candidates, n_ask, cfg.strategy,
-                                    stream_seed(cfg.seed, rnd) % 2**32, cfg.max_per_recording)
-            ids = [table.ids[i] for i in chosen]
-            manifest = {'format': 'lightmer-batch', 'purpose': f'round {rnd}',
-                        'strategy': cfg.strategy, 'labels': list(labels),
-                        'items': manifest_items(pool, chosen, probs, scores, labels)}
-            answers = _ask(oracle, ids, [int(probs[i].argmax()) for i in chosen], manifest,
-                           out / f'round_{rnd}' / 'batch.json', cfg.answers)
-            for item, y in zip(manifest['items'], answers, strict=True):
-                item['answer'] = labels[y] if y != NO_LABEL else 'no label'
-            atomic_save_json(out / f'round_{rnd}' / 'batch.json', manifest)
-            asked += ids
-            labelled.update((w, y) for w, y in zip(ids, answers, strict=True) if y != NO_LABEL)
-
-            loss = _train_round(model, optimizer, pool, labelled, base, cfg, rnd)
-            probs = _probs(pool, model)
-            metrics.append({'round': rnd, 'labels': len(labelled), 'asked': len(asked),
-                            'new': len(ids), 'train_loss': loss,
-                            'seconds': time.perf_counter() - t0,
-                            **_accuracy(probs[eval_idx], eval_targets, len(labels))})
-            save_checkpoint(out / 'finetuned.pt', model, CheckpointMeta(
-                preset=meta.preset, labels=labels, n_segments=meta.n_segments,
-                segment_s=meta.segment_s, features=meta.features, model=meta.model,
-                provenance=_provenance(cfg, meta, pool, labelled, rnd)))
-            # state.pt last: a kill before it repeats this round with the same batch.
-            _save_state(state_path, model, optimizer, labelled, asked, metrics, probs)
-            _log_round(metrics[-1])
-    finally:
-        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
-    return _report(out, cfg, metrics, labels, len(eval_ids))
+        return oracle.check(ids, predicted)
+    except UnansweredError as e:
+        atomic_save_json(path, manifest)
+        raise AnswersNeededError(path, e.ids, answers) from None
 
 
-def _probs(pool: Pool, model, key: str | None = None) -> np.ndarray:
-    """The torch model in memory scores the pool as the nodes would (eval mode)."""
-    from lightmer.core.backend import model_functions
+@dataclass(frozen=True)
+class _HeldOut:
+    """The held-out windows and the oracle's answers for them."""
 
-    fuse = model_functions(model)[1]
-    return pool_probs(pool, lambda c, m: compute_segment_logits(model, c, m), fuse, key)
+    idx: np.ndarray          # int64 (E,) their positions in the pool
+    targets: np.ndarray      # int64 (E,) class index, NO_LABEL where nobody could tell
+
+    def accuracy(self, probs: np.ndarray, n_classes: int) -> dict:
+        """Accuracy, windows scored and confusion of the window probabilities float (W, C)."""
+        keep = self.targets != NO_LABEL
+        pred = probs[self.idx][keep].argmax(axis=1)
+        true = self.targets[keep]
+        return {'accuracy': float((pred == true).mean()) if keep.any() else None,
+                'windows': int(keep.sum()),
+                'confusion': confusion_matrix(true, pred, n_classes).tolist()}
 
 
-def _scores(probs: np.ndarray) -> dict:
-    from lightmer.active.selection import margins
-    from lightmer.core.uncertainty import entropy_bits
+def _ask_held_out(run: _Run, base_probs: np.ndarray) -> _HeldOut:
+    """Before round 1: the held-out windows asked of the oracle (their batch manifest is
+    OUT/eval_batch.json when people must answer it)."""
+    idx = run.pool.table.index_of(run.eval_ids)
+    manifest = {'format': 'lightmer-batch', 'purpose': 'held-out evaluation',
+                'labels': list(run.labels), 'items': manifest_items(
+                    run.pool, list(idx), base_probs, _scores(base_probs), run.labels)}
+    targets = _ask(run.oracle, run.eval_ids, [int(p.argmax()) for p in base_probs[idx]],
+                   manifest, run.cfg.out / 'eval_batch.json', run.cfg.answers)
+    return _HeldOut(idx, np.array(targets, np.int64))
 
-    h = entropy_bits(probs)
-    return {'score': h, 'entropy_bits': h, 'margin': margins(probs)}
+
+# --- the bookkeeping -------------------------------------------------------------------------
+@dataclass
+class _Progress:
+    """What the rounds so far have done; state.pt holds it beside the weights."""
+
+    labelled: dict[str, int]    # window id -> class index: every answer that trains
+    asked: list[str]            # windows asked or answered before: never asked again
+    metrics: list[dict]         # round 0 (the base model), then one entry per round
+    probs: np.ndarray           # float64 (W, C): the current model's window probabilities
 
 
-def _train_round(model, optimizer, pool: Pool, labelled: dict, base, cfg: FinetuneConfig,
-                 rnd: int) -> float | None:
-    """`cfg.epochs` passes over the labelled windows, each mixed with fresh base clips."""
-    from lightmer.training.train import stream_seed
+def _save_state(run: _Run, model: LightmerNet, optimizer: torch.optim.Optimizer,
+                progress: _Progress) -> None:
+    STATE.save(run.cfg.out / 'state.pt', {
+        'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+        'labelled': progress.labelled, 'asked': progress.asked, 'metrics': progress.metrics,
+        'probs': torch.from_numpy(progress.probs)})
 
+
+def _resume(run: _Run, model: LightmerNet, optimizer: torch.optim.Optimizer) -> _Progress:
+    state = STATE.load(run.cfg.out / 'state.pt')
+    model.load_state_dict(state['model'])
+    optimizer.load_state_dict(state['optimizer'])
+    return _Progress(dict(state['labelled']), list(state['asked']), list(state['metrics']),
+                     state['probs'].numpy())
+
+
+def _start(run: _Run, base_probs: np.ndarray, held: _HeldOut) -> _Progress:
+    """Round 0: the base model on the held-out windows; answers given before the run
+    (outside the held-out zone) train from round 1 on."""
+    table, labels, zone = run.pool.table, run.labels, run.zone
+    prior = latest(read_answers(run.cfg.answers))
+    usable = [w for w in prior if w in table.position and not zone[table.position[w]]]
+    labelled = {w: labels.index(prior[w].label) for w in usable if prior[w].label in labels}
+    asked = sorted(usable)
+    return _Progress(labelled, asked, [{'round': 0, 'labels': len(labelled), 'asked': len(asked),
+                                        **held.accuracy(base_probs, len(labels))}], base_probs)
+
+
+# --- one round's steps -----------------------------------------------------------------------
+def _ask_round(run: _Run, progress: _Progress, rnd: int, n_ask: int) -> list[str]:
+    """Step 1: the current model's choice of up to `n_ask` windows never asked and outside
+    the held-out zone, asked of the oracle; their answers join the labelled windows.
+    -> the window ids asked."""
+    cfg, pool, table, probs = run.cfg, run.pool, run.pool.table, progress.probs
+    asked_set = set(progress.asked)
+    candidates = ~run.zone & np.array([w not in asked_set for w in table.ids], bool)
+    chosen, scores = select(pool, probs, candidates, n_ask, cfg.strategy,
+                            stream_seed(cfg.seed, rnd) % 2**32, cfg.max_per_recording)
+    ids = [table.ids[i] for i in chosen]
+    manifest = {'format': 'lightmer-batch', 'purpose': f'round {rnd}',
+                'strategy': cfg.strategy, 'labels': list(run.labels),
+                'items': manifest_items(pool, chosen, probs, scores, run.labels)}
+    path = cfg.out / f'round_{rnd}' / 'batch.json'
+    answers = _ask(run.oracle, ids, [int(probs[i].argmax()) for i in chosen], manifest, path,
+                   cfg.answers)
+    for item, y in zip(manifest['items'], answers, strict=True):
+        item['answer'] = run.labels[y] if y != NO_LABEL else 'no label'
+    atomic_save_json(path, manifest)
+    progress.asked += ids
+    progress.labelled.update((w, y) for w, y in zip(ids, answers, strict=True) if y != NO_LABEL)
+    return ids
+
+
+def _train_round(run: _Run, model: LightmerNet, optimizer: torch.optim.Optimizer,
+                 labelled: dict[str, int], rnd: int) -> float | None:
+    """Step 2: `cfg.epochs` passes over the labelled windows, each mixed with fresh base
+    clips. -> mean loss (None with nothing labelled)."""
     if not labelled:
         return None
-    table = pool.table
+    cfg, table, base = run.cfg, run.pool.table, run.base
     ids = sorted(labelled, key=table.position.get)
-    windows = PoolWindows(pool, table.rows[table.index_of(ids)], [labelled[w] for w in ids])
+    windows = PoolWindows(run.pool, table.rows[table.index_of(ids)], [labelled[w] for w in ids])
     losses = []
     torch.manual_seed(stream_seed(cfg.seed, rnd, _TRAIN))          # dropout of this round
     for epoch in range(cfg.epochs):
@@ -440,37 +426,88 @@ def _train_round(model, optimizer, pool: Pool, labelled: dict, base, cfg: Finetu
     return float(np.mean(losses))
 
 
-def _save_state(path: Path, model, optimizer, labelled: dict, asked: list, metrics: list,
-                probs: np.ndarray) -> None:
-    atomic_torch_save(path, {
-        'version': STATE_VERSION, 'model': model.state_dict(),
-        'optimizer': optimizer.state_dict(), 'labelled': labelled, 'asked': asked,
-        'metrics': metrics, 'probs': torch.from_numpy(probs)})
+def _probs(pool: Pool, model: LightmerNet, key: str | None = None) -> np.ndarray:
+    """Step 3: the torch model in memory scores the pool as the nodes would (eval mode)."""
+    fuse = model_functions(model)[1]
+    return pool_probs(pool, lambda c, m: compute_segment_logits(model, c, m), fuse, key)
 
 
-def _load_state(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f'cannot read {path} ({e}); delete it to restart the run') from e
-    if state.get('version') != STATE_VERSION:
-        raise ValueError(f'{path} was written by another lightmer version; use another --out')
-    return state
+def _scores(probs: np.ndarray) -> dict:
+    h = entropy_bits(probs)
+    return {'score': h, 'entropy_bits': h, 'margin': margins(probs)}
+
+
+def _save_round(run: _Run, model: LightmerNet, optimizer: torch.optim.Optimizer,
+                progress: _Progress) -> None:
+    """Step 4: OUT/finetuned.pt, then state.pt (last: a kill before it repeats this round
+    with the same batch)."""
+    meta = run.meta
+    save_checkpoint(run.cfg.out / 'finetuned.pt', model, CheckpointMeta(
+        preset=meta.preset, labels=meta.labels, n_segments=meta.n_segments,
+        segment_s=meta.segment_s, features=meta.features, model=meta.model,
+        provenance=_provenance(run, len(progress.labelled), progress.metrics[-1]['round'])))
+    _save_state(run, model, optimizer, progress)
+    _log_round(progress.metrics[-1])
+
+
+# --- the run ---------------------------------------------------------------------------------
+def finetune(cfg: FinetuneConfig, oracle: Oracle | None = None) -> dict:
+    """Run (or resume) the rounds; returns the report also written to OUT/report.json.
+
+    `oracle`: any `training.oracle.Oracle` (NO_LABEL allowed); default: the one `cfg.oracle`
+    names. Raises AnswersNeededError when people must answer first.
+    """
+    model, meta = load_checkpoint(cfg.checkpoint)
+    run = _open_run(cfg, meta, oracle)
+    with deterministic_algorithms():
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        base_probs = _probs(run.pool, model, checkpoint_key(cfg.checkpoint))
+        held = _ask_held_out(run, base_probs)
+        if (cfg.out / 'state.pt').exists():
+            progress = _resume(run, model, optimizer)
+        else:
+            progress = _start(run, base_probs, held)
+            # Saved before round 1 asks anything: a rerun that comes back with the answers
+            # starts from here, asks the same batch and does not take its answers for prior.
+            _save_state(run, model, optimizer, progress)
+
+        # --rounds 0: one round that asks nothing and trains on the answers given before.
+        n_ask = cfg.per_round if cfg.rounds > 0 else 0
+        for rnd in range(len(progress.metrics), max(cfg.rounds, 1) + 1):
+            t0 = time.perf_counter()
+            ids = _ask_round(run, progress, rnd, n_ask)
+            loss = _train_round(run, model, optimizer, progress.labelled, rnd)
+            progress.probs = _probs(run.pool, model)
+            progress.metrics.append({
+                'round': rnd, 'labels': len(progress.labelled), 'asked': len(progress.asked),
+                'new': len(ids), 'train_loss': loss, 'seconds': time.perf_counter() - t0,
+                **held.accuracy(progress.probs, len(meta.labels))})
+            _save_round(run, model, optimizer, progress)
+    return _report(cfg, progress.metrics, meta.labels, len(run.eval_ids))
+
+
+# --- provenance, log, report -----------------------------------------------------------------
+def _provenance(run: _Run, labels_used: int, rounds: int) -> dict:
+    cfg = run.cfg
+    return make_provenance(
+        finetuned_from={'checkpoint': str(cfg.checkpoint.resolve()),
+                        'key': checkpoint_key(cfg.checkpoint),
+                        'provenance': run.meta.provenance},
+        pool=str(run.pool.path.resolve()), pool_recordings=list(run.pool.recording_ids),
+        answers=str(cfg.answers.resolve()), labels_used=labels_used, rounds=rounds,
+        strategy=cfg.strategy, per_round=cfg.per_round, mix=cfg.mix,
+        base_cache=None if cfg.base_cache is None else str(cfg.base_cache.resolve()),
+        epochs_per_round=cfg.epochs, lr=cfg.lr, seed=cfg.seed)
 
 
 def _log_round(m: dict) -> None:
-    import sys
-
-    from tqdm import tqdm
-
     acc = 'n/a' if m['accuracy'] is None else f"{m['accuracy']:.3f}"
     tqdm.write(f"round {m['round']}: {m['labels']} labelled windows ({m['new']} asked), "
                f"held-out accuracy {acc} on {m['windows']} windows", file=sys.stderr)
 
 
-def _report(out: Path, cfg: FinetuneConfig, metrics: list[dict], labels, n_eval: int) -> dict:
-    from lightmer.core.plots import plot_confusion, plot_label_curves
-
+def _report(cfg: FinetuneConfig, metrics: list[dict], labels, n_eval: int) -> dict:
+    out = cfg.out
     before, after = metrics[0], metrics[-1]
     report = {
         'checkpoint': str(out / 'finetuned.pt') if len(metrics) > 1 else None,

@@ -1,8 +1,8 @@
 """Oracles for pooled windows: who says what a window's emotion is (paper Algorithm 1, line 9).
 
-Both implement `train.Oracle.check(ids, predicted) -> class indices`, like `train.DatasetOracle`,
-with one addition a person needs: `NO_LABEL` for a window answered `skip` or `unsure`, which
-then does not train.
+Both implement `lightmer.training.oracle.Oracle` (`check(ids, predicted) -> class indices`), as
+`DatasetOracle` does for `train`, and both use the protocol's answer for what a person cannot
+label: `NO_LABEL` for a window answered `skip` or `unsure`, which then does not train.
 - `AnswersOracle`: the human oracle. It reads the answers file (`lightmer.active.answers`) that the
   labelling page, a spreadsheet or any tool writes; windows nobody has answered yet raise
   `UnansweredError` with their ids, so the caller can hand the batch to a person and come back.
@@ -17,19 +17,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightmer.active.answers import (
+    NOT_A_CLASS,
     SKIP,
     Answer,
     append_answers,
-    check_labels,
     latest,
     read_answers,
 )
 from lightmer.active.pool import Pool, parse_window_id
+from lightmer.evaluation import bags
+from lightmer.evaluation.scoring import assign_clips, check_labels
+from lightmer.training.oracle import NO_LABEL, Oracle
 
 # `finetune --oracle`: people's answers file, or the bags' labels CSVs (scripts, simulation).
 ORACLES = ('answers', 'bag-labels')
-
-NO_LABEL = -1
 
 
 class UnansweredError(LookupError):
@@ -40,7 +41,7 @@ class UnansweredError(LookupError):
         super().__init__(f'{len(self.ids)} window(s) have no answer yet, e.g. {self.ids[:3]}')
 
 
-class AnswersOracle:
+class AnswersOracle(Oracle):
     """Answers from the answers file; the last answer per window wins."""
 
     def __init__(self, answers: str | Path, labels: Sequence[str]):
@@ -52,7 +53,8 @@ class AnswersOracle:
         if len(ids) != len(predicted):
             raise ValueError('ids and predicted must have the same length')
         history = read_answers(self.path)
-        check_labels(history, self.labels, str(self.path))
+        check_labels([a.label for a in history], self.labels, str(self.path),
+                     extras=NOT_A_CLASS)
         answers = latest(history)
         missing = [i for i in ids if i not in answers]
         if missing:
@@ -61,7 +63,7 @@ class AnswersOracle:
                 else NO_LABEL for i in ids]
 
 
-class IntervalOracle:
+class IntervalOracle(Oracle):
     """Answers a window with the label of the interval holding its stamp (its last segment's
     reference time, the `emotion` stamp, as eval-bag scores), or `skip` outside every one.
 
@@ -71,9 +73,6 @@ class IntervalOracle:
 
     def __init__(self, pool: Pool, answers: str | Path, labels: Sequence[str],
                  intervals: dict[str, Path] | None = None, who: str = 'bag-labels-csv'):
-        from lightmer.evaluation import bags
-        from lightmer.evaluation.evaluate import check_labels as check_interval_labels
-
         self.pool = pool
         self.who = who
         self.file = AnswersOracle(answers, labels)
@@ -85,12 +84,10 @@ class IntervalOracle:
                 raise FileNotFoundError(f'no labels CSV {csv_path} for recording {rec}: write '
                                         'one (start,end,label,clip_id) or answer by hand')
             rows = bags.read_labels(csv_path, info['bag_start_ns'] / 1e9)
-            check_interval_labels(rows, tuple(labels), str(csv_path))
+            check_labels([r.label for r in rows], labels, str(csv_path))
             self._rows[rec] = rows
 
     def label_of(self, wid: str) -> str:
-        from lightmer.evaluation.scoring import assign_clips
-
         rec, _ = parse_window_id(wid)
         table = self.pool.table
         stamp = table.t_ref[table.index_of([wid])]

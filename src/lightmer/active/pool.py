@@ -29,15 +29,23 @@ import os
 import re
 import shutil
 import time
+import wave
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from lightmer.core.atomic_io import atomic_save_json, atomic_savez, atomic_write, atomic_write_wav
+from lightmer.core.backend import read_meta
+from lightmer.core.config import FeatureConfig
+from lightmer.core.features import resample
+from lightmer.core.messages import stamp_ns_to_seconds
 from lightmer.core.segments import reference_time, window_indices
+from lightmer.core.uncertainty import entropy_bits
 from lightmer.evaluation import bags
+from lightmer.stream.pipeline import OfflinePipeline
 from lightmer.stream.settings import StreamSettings
 
 POOL_FORMAT = 'lightmer-pool'
@@ -104,8 +112,6 @@ def _differences(old: dict, new: dict) -> dict:
     """{key: (old, new)} where the two differ; the `features` dicts are compared key by key
     (`features.<name>`), after reading the old one through FeatureConfig.from_dict, so a pool
     written before a feature setting existed compares as what it was made with."""
-    from lightmer.core.config import FeatureConfig
-
     diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
             if k != 'features' and old.get(k) != new.get(k)}
     if 'features' in old or 'features' in new:
@@ -159,8 +165,6 @@ class _AudioTimeline:
 
     def finish(self) -> tuple[np.ndarray, float]:
         """-> (float32 (n,) mono at sample_rate, stamp of sample 0 in seconds)."""
-        from lightmer.core.features import resample
-
         if not self._runs:
             return np.zeros(0, np.float32), 0.0
         t0 = self._runs[0][0]
@@ -183,9 +187,6 @@ def build_pool(cfg: PoolConfig) -> dict:
     (PoolError). Returns a summary: recordings added and skipped, segments, windows, seconds
     of recording, wall seconds, throughput (seconds of recording per second).
     """
-    from lightmer.core.backend import read_meta
-    from lightmer.stream.pipeline import OfflinePipeline
-
     if not cfg.bags:
         raise PoolError('no bags given; pass --bag DIR [DIR ...]')
     ids = [recording_id(b) for b in cfg.bags]
@@ -236,10 +237,34 @@ def build_pool(cfg: PoolConfig) -> dict:
 def _pool_recording(out: Path, rec: str, bag: Path, info: bags.BagInfo, pipe, meta, settings,
                     cfg: PoolConfig, key: str) -> dict:
     """Replay one bag through `pipe` and write POOL/recordings/<rec>/ whole."""
-    from tqdm import tqdm
+    segments, windows, audio = _replay(bag, info, pipe, meta, settings, cfg)
+    samples, audio_t0 = audio.finish()
+    tmp = out / 'recordings' / f'{_TMP_PREFIX}{rec}'
+    order = _write_arrays(tmp, segments, windows, meta)
+    atomic_write_wav(tmp / 'audio.wav', samples, meta.features.sample_rate)
+    summary = {
+        'id': rec, 'bag': str(bag.resolve()), 'bag_name': bag.name, 'storage': info.storage,
+        'topics': dataclasses.asdict(cfg.topics), 'bag_start_ns': info.start_ns,
+        'bag_end_ns': info.end_ns, 'duration_s': (info.end_ns - info.start_ns) / 1e9,
+        'audio': {'file': 'audio.wav', 'sample_rate': meta.features.sample_rate,
+                  'samples': int(len(samples)), 't0_s': audio_t0},
+        'segments': len(order), 'windows': len(windows), 'counts': pipe.counts(),
+        'checkpoint': {'path': str(Path(cfg.checkpoint).resolve()), 'key': key},
+        'labels': list(meta.labels),
+        'created': dt.datetime.now(dt.UTC).isoformat(timespec='seconds'),
+    }
+    atomic_save_json(tmp / 'recording.json', summary)
+    # The pooling checkpoint's segment logits are a cache entry for free.
+    _save_npy(out / 'logits' / key / f'{rec}.npy',
+              np.asarray(segments.logits, np.float64).reshape(-1, len(meta.labels))[order])
+    os.replace(tmp, out / 'recordings' / rec)
+    return summary
 
-    from lightmer.core.messages import stamp_ns_to_seconds
 
+def _replay(bag: Path, info: bags.BagInfo, pipe, meta, settings, cfg: PoolConfig
+            ) -> tuple[_SegmentRecorder, list, _AudioTimeline]:
+    """Every camera and audio message of `bag` through `pipe`, in bag order.
+    -> (the segments the fusion computed, the windows it published, the audio)."""
     segments = _SegmentRecorder()
     pipe.fuser.segment_listener = segments
     audio = _AudioTimeline(meta.features.sample_rate, settings.gap_tolerance_s)
@@ -258,49 +283,35 @@ def _pool_recording(out: Path, rec: str, bag: Path, info: bags.BagInfo, pipe, me
             raise PoolError(f'{bag}: stamps go back in time near t = {t:.3f} s (a looped or '
                             'concatenated recording); the pool needs one forward timeline per '
                             'bag: split the bag where the stamps jump and pool the parts')
+    return segments, windows, audio
 
+
+def _write_arrays(tmp: Path, segments: _SegmentRecorder, windows: list, meta) -> np.ndarray:
+    """segments.npz (in segment id order) and windows.npz of one recording into `tmp`.
+    -> the order that sorts the recorded segments by id."""
+    f = meta.features
     order = np.argsort(segments.k, kind='stable')
     seg_k = np.asarray(segments.k, np.int64)[order]
     row_of = {int(k): i for i, k in enumerate(seg_k)}
     n = meta.n_segments
-    rows = np.full((len(windows), n), -1, np.int64)
+    rows = np.full((len(windows), n), -1, np.int64)   # (W, N) segment rows, -1 where absent
     for w, result in enumerate(windows):
         first = result.k_last - n + 1
         for k in result.segments:
             rows[w, k - first] = row_of[k]
-    samples, audio_t0 = audio.finish()
-
-    tmp = out / 'recordings' / f'{_TMP_PREFIX}{rec}'
     atomic_savez(tmp / 'segments.npz', k=seg_k,
                  t_ref=np.asarray(segments.t_ref, np.float64)[order],
                  crops=np.asarray(segments.crops, np.uint8).reshape(
-                     -1, meta.features.face_height, meta.features.face_width)[order],
+                     -1, f.face_height, f.face_width)[order],
                  mels=np.asarray(segments.mels, np.float32).reshape(
-                     -1, meta.features.n_mels, meta.features.mel_frames)[order])
+                     -1, f.n_mels, f.mel_frames)[order])
     atomic_savez(tmp / 'windows.npz',
                  k_last=np.array([w.k_last for w in windows], np.int64),
                  t_ref=np.array([w.t_ref for w in windows], np.float64),
                  rows=rows,
                  probs=np.array([w.probs for w in windows], np.float64).reshape(
                      len(windows), len(meta.labels)))
-    atomic_write_wav(tmp / 'audio.wav', samples, meta.features.sample_rate)
-    summary = {
-        'id': rec, 'bag': str(bag.resolve()), 'bag_name': bag.name, 'storage': info.storage,
-        'topics': dataclasses.asdict(cfg.topics), 'bag_start_ns': info.start_ns,
-        'bag_end_ns': info.end_ns, 'duration_s': (info.end_ns - info.start_ns) / 1e9,
-        'audio': {'file': 'audio.wav', 'sample_rate': meta.features.sample_rate,
-                  'samples': int(len(samples)), 't0_s': audio_t0},
-        'segments': int(len(seg_k)), 'windows': len(windows), 'counts': pipe.counts(),
-        'checkpoint': {'path': str(Path(cfg.checkpoint).resolve()), 'key': key},
-        'labels': list(meta.labels),
-        'created': dt.datetime.now(dt.UTC).isoformat(timespec='seconds'),
-    }
-    atomic_save_json(tmp / 'recording.json', summary)
-    # The pooling checkpoint's segment logits are a cache entry for free.
-    _save_npy(out / 'logits' / key / f'{rec}.npy',
-              np.asarray(segments.logits, np.float64).reshape(-1, len(meta.labels))[order])
-    os.replace(tmp, out / 'recordings' / rec)
-    return summary
+    return order
 
 
 def _save_npy(path: Path, array: np.ndarray) -> Path:
@@ -385,8 +396,6 @@ class WindowView:
 
     @property
     def entropy_bits(self) -> float:
-        from lightmer.core.uncertainty import entropy_bits
-
         return float(entropy_bits(self.probs[None])[0])
 
 
@@ -394,8 +403,6 @@ class Pool:
     """Read access to a pool directory (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike):
-        from lightmer.core.config import FeatureConfig
-
         self.path = Path(path)
         self.index = _read_index(self.path)
         self.features = FeatureConfig.from_dict(self.index['features'])
@@ -491,8 +498,6 @@ class Pool:
         file) each recording's logits are read from, or written to, POOL/logits/<key>/<rec>.npy,
         so a checkpoint scores a pool once.
         """
-        from tqdm import tqdm
-
         table = self.table
         parts = []
         for rec in tqdm(table.rec_ids, desc='segment logits', unit='recording',
@@ -538,8 +543,6 @@ class Pool:
 
         Times outside the recording read as silence, so a caller may ask for context freely.
         """
-        import wave
-
         info = self.recording(rec)['audio']
         sr, t0 = int(info['sample_rate']), float(info['t0_s'])
         i0, i1 = round((start_s - t0) * sr), round((end_s - t0) * sr)

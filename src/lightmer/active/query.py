@@ -20,10 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from lightmer.active.answers import NOT_A_CLASS, latest, read_answers
 from lightmer.active.pool import Pool, checkpoint_key
 from lightmer.active.selection import STRATEGIES, default_cap, margins, priority, select_diverse
 from lightmer.core.atomic_io import atomic_save_json
+from lightmer.core.backend import backend_of, load_model
+from lightmer.core.checkpoint import load_checkpoint
+from lightmer.core.features import face_to_input
 from lightmer.core.uncertainty import entropy_bits
+from lightmer.evaluation.scoring import check_labels
 
 MANIFEST_FORMAT = 'lightmer-batch'
 MANIFEST_VERSION = 1
@@ -63,13 +68,10 @@ def segment_scorer(path: str | os.PathLike, threads: int = 1):
     checkpoint's segments go through the networks in batches (a pool has thousands), an
     export's one per call as the fusion node calls it. fuse: float64 (n, C) -> (C,).
     """
-    from lightmer.core.backend import backend_of, load_model
-
     loaded = load_model(path, threads)
     if backend_of(path) == 'torch':
+        # torch here only: scoring with an ONNX export runs without it
         import torch
-
-        from lightmer.core.checkpoint import load_checkpoint
 
         torch.set_num_threads(threads)
         model, _ = load_checkpoint(path)
@@ -90,9 +92,8 @@ def compute_segment_logits(model, crops: np.ndarray, mels: np.ndarray,
     model.segment_logits in batches: for a torch model in memory (fine-tuning), where no model
     file exists to hand to `segment_scorer`.
     """
+    # torch here only: scoring with an ONNX export runs without it
     import torch
-
-    from lightmer.core.features import face_to_input
 
     model.eval()
     out = []
@@ -158,8 +159,6 @@ def manifest_items(pool: Pool, chosen: list[int], probs: np.ndarray, scores: dic
 
 def run_query(cfg: QueryConfig) -> dict:
     """Score, select and write the batch manifest; returns it (with `path`)."""
-    from lightmer.active.answers import check_labels, latest, read_answers
-
     t0 = time.perf_counter()
     pool = Pool(cfg.pool)
     meta, logits_of, fuse = segment_scorer(cfg.checkpoint, cfg.threads)
@@ -167,7 +166,8 @@ def run_query(cfg: QueryConfig) -> dict:
     answered: set[str] = set()
     if cfg.answers is not None:
         history = read_answers(cfg.answers)
-        check_labels(history, meta.labels, str(cfg.answers))
+        check_labels([a.label for a in history], meta.labels, str(cfg.answers),
+                     extras=NOT_A_CLASS)
         answered = set(latest(history))
     table = pool.table
     key = checkpoint_key(cfg.checkpoint)

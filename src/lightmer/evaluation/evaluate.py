@@ -164,7 +164,7 @@ def evaluate_bag(cfg: EvalConfig, live: LiveRunner | None = None) -> dict:
     topics = dataclasses.replace(topics, image=info.image_topic)   # may be its /compressed
     rows = bags.read_labels(cfg.labels, info.start_s)
     meta = read_meta(cfg.checkpoint)              # a checkpoint or an ONNX export
-    check_labels(rows, meta.labels, str(cfg.labels))
+    check_labels([r.label for r in rows], meta.labels, str(cfg.labels))
     if cfg.people and not all(r.person for r in rows):
         raise ValueError('per-person scoring needs a labels CSV with a person column '
                          '(make-bag --two-people writes one)')

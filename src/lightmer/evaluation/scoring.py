@@ -9,7 +9,7 @@ evaluation.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -20,13 +20,17 @@ CLIP_DECISION = 'argmax of the mean window probabilities over the windows stampe
 # .label, a class name.
 
 
-def check_labels(rows: Sequence, labels: tuple[str, ...],
-                 source: str = 'the labels CSV') -> None:
-    """Raise ValueError when a row names a class the checkpoint does not predict."""
-    unknown = sorted({r.label for r in rows} - set(labels))
+def check_labels(names: Iterable[str], labels: Sequence[str], source: str = 'the labels CSV',
+                 extras: Sequence[str] = ()) -> None:
+    """Raise ValueError naming every label in `names` (a labels CSV's rows, an answers file's
+    answers) that is neither one of `labels`, the classes the checkpoint predicts (case-
+    sensitive, as in the checkpoint), nor one of `extras` (answers allow skip and unsure)."""
+    unknown = sorted(set(names) - set(labels) - set(extras))
     if unknown:
-        raise ValueError(f'{source} names {unknown}, which the checkpoint does not predict '
-                         f'(it knows {list(labels)}); fix the CSV or use a matching checkpoint')
+        allowed = list(labels) + list(extras)
+        raise ValueError(f'{source} names {unknown}, which the checkpoint does not know (it '
+                         f'predicts {list(labels)}); use one of {allowed} or a checkpoint '
+                         'trained with those classes')
 
 
 def assign_clips(stamps_s: np.ndarray, rows: Sequence) -> np.ndarray:
@@ -48,7 +52,7 @@ def score(stamps_s: np.ndarray, probs: np.ndarray, rows: Sequence,
     one of `labels` (the checkpoint's classes, in output order).
     """
     probs = np.asarray(probs, dtype=np.float64).reshape(len(stamps_s), len(labels))
-    check_labels(rows, labels)
+    check_labels([r.label for r in rows], labels)
     index = {name: i for i, name in enumerate(labels)}
     clip_of = assign_clips(stamps_s, rows)
     scored = clip_of >= 0

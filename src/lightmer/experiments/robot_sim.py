@@ -29,10 +29,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from lightmer.active.finetune import FinetuneConfig, finetune
+from lightmer.active.pool import PoolConfig, build_pool, recording_id
 from lightmer.core.atomic_io import atomic_save_json
-from lightmer.datasets.synth import DomainShift
+from lightmer.core.checkpoint import load_checkpoint
+from lightmer.core.plots import plot_label_curves
+from lightmer.core.uncertainty import entropy_bits
+from lightmer.datasets.cache import SegmentDataset
+from lightmer.datasets.loaders import index_dataset
+from lightmer.datasets.prepare import prepare
+from lightmer.datasets.synth import DomainShift, synthesize
+from lightmer.evaluation.bag_corpus import make_bag
 from lightmer.experiments.stages import stage as _stage
+from lightmer.stream.settings import StreamSettings
+from lightmer.training.train import TrainConfig, predict, train
 
 DATASET = 'crema-d'
 # The robot's camera and room (see DomainShift): dimmer, flatter light, faces 2/3 the size,
@@ -77,10 +89,6 @@ SIZES = {
 # --- data ------------------------------------------------------------------------------------
 def _base_model(out: Path, size: SimSize, base_from: Path | None, timings: dict) -> dict:
     """{'checkpoint', 'cache', 'train_clips', 'test_clips'} of the base model."""
-    from lightmer.datasets.prepare import prepare
-    from lightmer.datasets.synth import synthesize
-    from lightmer.training.train import TrainConfig, train
-
     if base_from is not None:
         fold = Path(base_from) / 'run' / 'uncertainty' / 'fold_0'
         cache = Path(base_from) / 'cache'
@@ -111,8 +119,6 @@ def _sessions(corpus: Path, out: Path, eval_clips: int) -> dict[str, Path]:
     """Split the people's corpus into a pool session and a held-out session (CREMA-D layout
     roots of symbolic links): per person and emotion the last `eval_clips` clips by id are
     held out."""
-    from lightmer.datasets.loaders import index_dataset
-
     records, _ = index_dataset(DATASET, corpus)
     groups: dict[tuple[str, str], list] = {}
     for r in records:
@@ -133,9 +139,6 @@ def _sessions(corpus: Path, out: Path, eval_clips: int) -> dict[str, Path]:
 
 def _people_bags(out: Path, size: SimSize, timings: dict) -> dict[str, list[Path]]:
     """{'pool': bags, 'eval': bags}: one bag per person and session."""
-    from lightmer.datasets.synth import synthesize
-    from lightmer.evaluation.bag_corpus import make_bag
-
     corpus = out / 'people_corpus'
     bags_dir = out / 'bags'
     done = bags_dir / 'done.json'
@@ -162,8 +165,6 @@ def _people_bags(out: Path, size: SimSize, timings: dict) -> dict[str, list[Path
 # --- runs ------------------------------------------------------------------------------------
 def _finetune_run(out: Path, size: SimSize, base: dict, pool: Path, eval_bags: list[Path],
                   strategy: str, seed: int, mix: float) -> dict:
-    from lightmer.active.finetune import FinetuneConfig, finetune
-
     run = _run_dir(out, strategy, seed, '' if mix == size.mix else f'_mix{mix:g}')
     if (run / 'report.json').is_file():
         return json.loads((run / 'report.json').read_text(encoding='utf-8'))
@@ -182,15 +183,9 @@ def _run_dir(out: Path, strategy: str, seed: int, suffix: str = '') -> Path:
 
 def _studio_accuracy(checkpoint: Path, cache: Path, clips: list[str]) -> float:
     """Clip accuracy on the base model's own held-out actors (the `train` test protocol)."""
-    from lightmer.core.checkpoint import load_checkpoint
-    from lightmer.datasets.cache import SegmentDataset
-    from lightmer.training.train import predict
-
     model, meta = load_checkpoint(checkpoint)
     data = SegmentDataset(cache, clips, n_segments=meta.n_segments, labels=meta.labels,
                           train=False, seed=0)
-    import torch
-
     probs, true = predict(model, data, 16, torch.device('cpu'), desc='studio test')
     return float((probs.argmax(1) == true).mean())
 
@@ -215,8 +210,6 @@ def _curves(reports: dict[tuple[str, int], dict], size: SimSize) -> dict:
 def _picks(out: Path, size: SimSize) -> dict:
     """What each strategy asked for, over seeds, up to the largest budget: the answers'
     class counts, the share of `skip` answers, mean segments per window, mean entropy."""
-    from lightmer.core.uncertainty import entropy_bits
-
     result = {}
     for strategy in size.strategies:
         items = []
@@ -236,51 +229,54 @@ def _picks(out: Path, size: SimSize) -> dict:
     return result
 
 
-def simulate_robot(out: str | os.PathLike, quick: bool = False,
-                   base_from: str | os.PathLike | None = None) -> dict:
-    """Run (or continue: finished stages are kept) the simulation into `out`; returns the
-    result also written to `out/robot_sim.json` (with learning_curves.png)."""
-    from lightmer.active.pool import PoolConfig, build_pool, recording_id
-    from lightmer.core.plots import plot_label_curves
-    from lightmer.stream.settings import StreamSettings
-
-    size = SIZES['quick' if quick else 'full']
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    t_start = time.perf_counter()
-    base = _base_model(out, size, Path(base_from) if base_from else None, timings)
-    made = _people_bags(out, size, timings)
-    pool = out / 'pool'
+def _pool_sessions(out: Path, size: SimSize, base: dict, made: dict[str, list[Path]],
+                   timings: dict) -> dict:
+    """`lightmer pool` of every session bag through the base model into out/pool."""
     with _stage('pool every session bag through the base model', timings):
-        pooled = build_pool(PoolConfig(bags=tuple(made['pool'] + made['eval']),
-                                       checkpoint=base['checkpoint'], out=pool,
-                                       settings=StreamSettings(
-                                           min_segments=size.min_segments)))
+        return build_pool(PoolConfig(bags=tuple(made['pool'] + made['eval']),
+                                     checkpoint=base['checkpoint'], out=out / 'pool',
+                                     settings=StreamSettings(min_segments=size.min_segments)))
+
+
+def _finetune_all(out: Path, size: SimSize, base: dict, eval_bags: list[Path], timings: dict
+                  ) -> dict[tuple[str, int], dict]:
+    """(strategy, seed) -> the report of its `lightmer finetune` run."""
     reports = {}
     for strategy in size.strategies:
         for seed in size.seeds:
             with _stage(f'finetune {strategy} seed {seed}', timings):
-                reports[strategy, seed] = _finetune_run(out, size, base, pool, made['eval'],
-                                                        strategy, seed, size.mix)
-    with _stage('forgetting: the same run without mixing in the studio cache', timings):
-        no_mix = _finetune_run(out, size, base, pool, made['eval'], size.strategies[0],
-                               size.seeds[0], 0.0)
-        studio = {
-            'base': _studio_accuracy(base['checkpoint'], base['cache'], base['test_clips']),
-            f'mix {size.mix:g}': _studio_accuracy(
-                Path(reports[size.strategies[0], size.seeds[0]]['checkpoint']),
-                base['cache'], base['test_clips']),
-            'mix 0': _studio_accuracy(Path(no_mix['checkpoint']), base['cache'],
-                                      base['test_clips'])}
+                reports[strategy, seed] = _finetune_run(out, size, base, out / 'pool',
+                                                        eval_bags, strategy, seed, size.mix)
+    return reports
 
+
+def _forgetting(out: Path, size: SimSize, base: dict, eval_bags: list[Path], mixed: dict,
+                timings: dict) -> tuple[dict, dict]:
+    """The first strategy and seed run again without mixing in the studio cache; and the
+    studio accuracy of the base model, the mixed run's and that one's.
+    -> (the unmixed run's report, {name: studio accuracy})."""
+    with _stage('forgetting: the same run without mixing in the studio cache', timings):
+        no_mix = _finetune_run(out, size, base, out / 'pool', eval_bags, size.strategies[0],
+                               size.seeds[0], 0.0)
+        models = {'base': base['checkpoint'], f'mix {size.mix:g}': Path(mixed['checkpoint']),
+                  'mix 0': Path(no_mix['checkpoint'])}
+        studio = {name: _studio_accuracy(path, base['cache'], base['test_clips'])
+                  for name, path in models.items()}
+    return no_mix, studio
+
+
+def _result(size: SimSize, made: dict[str, list[Path]], pooled: dict,
+            reports: dict[tuple[str, int], dict], no_mix: dict, studio: dict,
+            picks: dict) -> dict:
+    """The simulation's findings: curves, gains over random, forgetting, picks."""
     curves = _curves(reports, size)
+    first = reports[size.strategies[0], size.seeds[0]]
     base_acc = curves[size.strategies[0]]['mean'][0]
     i48 = curves['random']['labels'].index(48) if 48 in size.budgets else None
-    result = {
+    return {
         'shift': asdict(ROBOT_SHIFT), 'size': asdict(size),
         'people': len(made['pool']),
-        'eval_windows': reports[size.strategies[0], size.seeds[0]]['after']['windows'],
+        'eval_windows': first['after']['windows'],
         'pool': {k: pooled[k] for k in ('segments', 'windows', 'recording_s',
                                         'recording_s_per_s') if k in pooled},
         'eval_recordings': [recording_id(b) for b in made['eval']],
@@ -293,18 +289,40 @@ def simulate_robot(out: str | os.PathLike, quick: bool = False,
         'margin_minus_random': [u - r for u, r in zip(
             curves['margin']['mean'], curves['random']['mean'], strict=True)],
         'studio_accuracy': studio,
-        'picks': _picks(out, size),
-        'people_accuracy_at_max_budget': {
-            f'mix {size.mix:g}': reports[size.strategies[0], size.seeds[0]]['after']['accuracy'],
-            'mix 0': no_mix['after']['accuracy']},
-        'stage_s': timings, 'wall_s': round(time.perf_counter() - t_start, 1),
+        'picks': picks,
+        'people_accuracy_at_max_budget': {f'mix {size.mix:g}': first['after']['accuracy'],
+                                          'mix 0': no_mix['after']['accuracy']},
     }
+
+
+def _plot_curves(path: Path, curves: dict, size: SimSize, base_acc: float) -> None:
     plot_label_curves(
         {s: {k: c[k] for k in ('labels', 'mean', 'low', 'high')} for s, c in curves.items()},
-        out / 'learning_curves.png',
-        f"robot's people (domain shift): mean and min-max over {len(size.seeds)} seed(s)",
+        path, f"robot's people (domain shift): mean and min-max over {len(size.seeds)} seed(s)",
         reference={'base model': base_acc, 'goal: base + 0.15': base_acc + 0.15},
         xlabel='windows asked (12 per round)')
+
+
+def simulate_robot(out: str | os.PathLike, quick: bool = False,
+                   base_from: str | os.PathLike | None = None) -> dict:
+    """Run (or continue: finished stages are kept) the simulation into `out`; returns the
+    result also written to `out/robot_sim.json` (with learning_curves.png)."""
+    size = SIZES['quick' if quick else 'full']
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    base = _base_model(out, size, Path(base_from) if base_from else None, timings)
+    made = _people_bags(out, size, timings)
+    pooled = _pool_sessions(out, size, base, made, timings)
+    reports = _finetune_all(out, size, base, made['eval'], timings)
+    no_mix, studio = _forgetting(out, size, base, made['eval'],
+                                 reports[size.strategies[0], size.seeds[0]], timings)
+
+    result = _result(size, made, pooled, reports, no_mix, studio, _picks(out, size))
+    result.update(stage_s=timings, wall_s=round(time.perf_counter() - t_start, 1))
+    _plot_curves(out / 'learning_curves.png', result['curves'], size,
+                 result['base_accuracy_people'])
     result['png'] = str(out / 'learning_curves.png')
     atomic_save_json(out / 'robot_sim.json', result)
     _print_report(result)

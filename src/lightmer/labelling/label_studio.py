@@ -30,14 +30,17 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from lightmer.active.answers import NOT_A_CLASS, Answer, append_answers
+from lightmer.active.pool import Pool
+from lightmer.core.atomic_io import atomic_save_json, atomic_write_bytes, atomic_write_text
+from lightmer.labelling import media as label_media
+
 FROM_NAME, TO_NAME, FACES = 'emotion', 'audio', 'faces'
 LOCAL_FILES = '/data/local-files/?d='
 
 
 def labelling_config(labels: tuple[str, ...] | list[str]) -> str:
     """Label Studio labelling configuration (XML) for windows of a checkpoint's classes."""
-    from lightmer.active.answers import NOT_A_CLASS
-
     view = ET.Element('View')
     ET.SubElement(view, 'Header', value='What does this person feel?')
     ET.SubElement(view, 'Image', name=FACES, value=f'${FACES}')
@@ -58,10 +61,6 @@ def labelling_config(labels: tuple[str, ...] | list[str]) -> str:
 def export_tasks(manifest: dict, out: str | os.PathLike, url_prefix: str | None = None) -> dict:
     """Write the batch `manifest` (lightmer query) as Label Studio tasks into `out`; returns
     {'tasks', 'config', 'media', 'n'}."""
-    from lightmer.active.pool import Pool
-    from lightmer.core.atomic_io import atomic_save_json, atomic_write_bytes, atomic_write_text
-    from lightmer.labelling import media as label_media
-
     out = Path(out)
     prefix = f'{LOCAL_FILES}{out.resolve().name}/' if url_prefix is None else url_prefix
     pool = Pool(manifest['pool'])
@@ -118,8 +117,6 @@ def _choice(annotation: dict) -> str | None:
 def read_export(path: str | os.PathLike) -> tuple[list, dict]:
     """(answers, counts) of a Label Studio JSON export; ValueError for a file that is not one
     or a task without lightmer's window id."""
-    from lightmer.active.answers import Answer
-
     path = Path(path)
     try:
         tasks = json.loads(path.read_text(encoding='utf-8'))
@@ -155,9 +152,6 @@ def read_export(path: str | os.PathLike) -> tuple[list, dict]:
 def import_export(export: str | os.PathLike, pool_path: str | os.PathLike,
                   answers_path: str | os.PathLike) -> dict:
     """Append a Label Studio export's answers to the answers file (all checked first)."""
-    from lightmer.active.answers import append_answers
-    from lightmer.active.pool import Pool
-
     pool = Pool(pool_path)
     answers, counts = read_export(export)
     known = set(pool.table.ids)

@@ -9,8 +9,11 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from PIL import Image
 
 from lightmer.active.pool import Pool, WindowView
+from lightmer.core.atomic_io import wav_bytes
+from lightmer.evaluation.bags import BagTopics, bag_path, read_bag
 
 CONTEXT_S = 1.0          # audio before and after the window's own 1.5 s spans
 STRIP_GAP_PX = 4         # grey gap between two face crops in the strip
@@ -23,8 +26,6 @@ CLIP_MARGIN_S = 2.0      # bag (receive) time read around the stamps: bags recor
 def face_strip_png(view: WindowView, scale: int = 2) -> bytes:
     """The window's N face crops, oldest first, side by side (uint8 98x80 each, enlarged
     `scale` times; a missing segment drawn as flat grey) -> PNG bytes."""
-    from PIL import Image
-
     n, h, w = view.crops.shape
     strip = np.full((h, n * w + (n - 1) * STRIP_GAP_PX), 255, np.uint8)
     for i in range(n):
@@ -44,8 +45,6 @@ def window_audio_span(view: WindowView, context_s: float = CONTEXT_S) -> tuple[f
 
 def window_wav(pool: Pool, view: WindowView, context_s: float = CONTEXT_S) -> bytes:
     """The 16 kHz audio the nodes used for the window, `context_s` before and after -> WAV."""
-    from lightmer.core.atomic_io import wav_bytes
-
     start, end = window_audio_span(view, context_s)
     audio, sr = pool.audio(view.recording, start, end)
     return wav_bytes(audio, sr)
@@ -54,8 +53,6 @@ def window_wav(pool: Pool, view: WindowView, context_s: float = CONTEXT_S) -> by
 def camera_frames(view: WindowView, fps: float = CLIP_FPS) -> list[np.ndarray]:
     """RGB uint8 frames of the window's camera time (`view.frames_s`, header stamps), at most
     `fps` a second, read from the bag it was pooled from; [] when that bag is gone."""
-    from lightmer.evaluation.bags import BagTopics, bag_path, read_bag
-
     try:
         bag_path(view.bag)
     except FileNotFoundError:
@@ -77,8 +74,6 @@ def camera_clip_gif(view: WindowView, fps: float = CLIP_FPS) -> bytes | None:
     """The window's camera frames as a looping animated GIF in grey (as the model sees them;
     and a grey GIF needs no colour quantisation, which cost seconds a clip), longer side at
     most CLIP_MAX_SIDE; None when the bag is gone or holds no frame in that time."""
-    from PIL import Image
-
     frames = camera_frames(view, fps)
     if not frames:
         return None

@@ -27,6 +27,12 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from lightmer.active.answers import NOT_A_CLASS, Answer, append_answers, latest, read_answers
+from lightmer.active.pool import Pool
+from lightmer.active.query import MANIFEST_FORMAT
+from lightmer.evaluation.scoring import check_labels
+from lightmer.labelling import media as label_media
+
 MAX_BODY_BYTES = 4096          # an answer is ~100 bytes; anything larger is not one
 MEDIA = {'faces.png': 'image/png', 'audio.wav': 'audio/wav', 'clip.gif': 'image/gif'}
 STATIC = {'/': ('index.html', 'text/html; charset=utf-8'),
@@ -47,8 +53,6 @@ class RequestError(Exception):
 
 def load_batch(path: str | os.PathLike) -> dict:
     """A batch manifest written by `lightmer query` (ValueError if the file is not one)."""
-    from lightmer.active.query import MANIFEST_FORMAT
-
     path = Path(path)
     try:
         manifest = json.loads(path.read_text(encoding='utf-8'))
@@ -79,9 +83,6 @@ class LabelSession:
     who: str = ''
 
     def __post_init__(self) -> None:
-        from lightmer.active.answers import check_labels, read_answers
-        from lightmer.active.pool import Pool
-
         self.pool = Pool(self.pool_path)
         manifest = load_batch(self.batch_path)
         self.labels = tuple(manifest['labels'])
@@ -94,14 +95,13 @@ class LabelSession:
             raise ValueError(f'{self.batch_path} asks for windows that {self.pool_path} does '
                              f'not hold ({foreign[:3]}...); pass the pool the batch was made from')
         self.ids = [it['window_id'] for it in self.items]
-        check_labels(read_answers(self.answers_path), self.labels, str(self.answers_path))
+        check_labels([a.label for a in read_answers(self.answers_path)], self.labels,
+                     str(self.answers_path), extras=NOT_A_CLASS)
         self._pool_lock = threading.Lock()      # Pool caches arrays in plain dicts
         self.media = lru_cache(maxsize=96)(self._media)
 
     # --- state and answers ------------------------------------------------------------------
     def state(self) -> dict:
-        from lightmer.active.answers import NOT_A_CLASS, latest, read_answers
-
         last = latest(read_answers(self.answers_path))
         answers = {w: last[w].label for w in self.ids if w in last}
         return {'labels': list(self.labels), 'extra': list(NOT_A_CLASS), 'who': self.who,
@@ -115,8 +115,6 @@ class LabelSession:
     def answer(self, body: object) -> dict:
         """Validate one answer from the page and append it; RequestError (nothing written)
         for anything else."""
-        from lightmer.active.answers import NOT_A_CLASS, Answer, append_answers
-
         if not isinstance(body, dict):
             raise RequestError(HTTPStatus.BAD_REQUEST, 'the body must be a JSON object '
                                '{"window_id": ..., "label": ...}')
@@ -136,8 +134,6 @@ class LabelSession:
 
     # --- media ------------------------------------------------------------------------------
     def _media(self, index: int, name: str) -> bytes | None:
-        from lightmer.labelling import media as label_media
-
         with self._pool_lock:
             view = self.pool.window(self.ids[index], self.labels)
             if name == 'audio.wav':

@@ -27,6 +27,16 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+# Imported before any process group exists, and only for that: its functions take
+# `group=group.WORLD` as a default argument, evaluated when the module is imported. DDP imports
+# it on first use (through FSDP's sharding modules), so imported later it would hold this
+# process's default group in those defaults for ever: `leave()` could not end the group, and
+# its gloo worker threads would outlive it. One that freed a finished collective's tensors
+# while the interpreter was exiting took the GIL there, which ends the thread by unwinding
+# through a noexcept destructor: std::terminate, "terminate called without an active
+# exception", SIGABRT (seen on rank 0 in CI; the core dump shows that stack).
+import torch.distributed.nn  # noqa: F401
 from torch import nn
 
 T = TypeVar('T')
@@ -101,7 +111,8 @@ def join(ranks: Ranks, device_type: str, timeout_s: float) -> torch.device:
 
 
 def leave() -> None:
-    """Leave the process group if this process joined one."""
+    """Leave the process group if this process joined one: its threads end here, before the
+    interpreter exits (see the import of torch.distributed.nn above)."""
     if dist.is_initialized():
         dist.destroy_process_group()
 

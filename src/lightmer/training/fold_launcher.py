@@ -18,6 +18,7 @@ import os
 import sys
 from multiprocessing.connection import wait
 
+import torch
 from tqdm import tqdm
 
 from lightmer.training.distributed import launched_ranks
@@ -29,8 +30,6 @@ def _visible_gpus() -> list[str]:
     visible = os.environ.get('CUDA_VISIBLE_DEVICES')
     if visible is not None:
         return [d for d in visible.split(',') if d.strip()]
-    import torch
-
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
@@ -38,8 +37,6 @@ def _fold_job(cfg: TrainConfig, threads: int, gpu: str | None) -> None:
     """Child process: one fold, `threads` torch threads, one GPU when given."""
     if gpu is not None:   # before the child's first CUDA call, which reads it
         os.environ['CUDA_VISIBLE_DEVICES'] = gpu
-    import torch
-
     torch.set_num_threads(threads)
     train(cfg)
 

@@ -44,13 +44,11 @@ import dataclasses
 import functools
 import json
 import os
-import random
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -60,7 +58,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from lightmer.core.atomic_io import atomic_save_json, atomic_torch_save
+from lightmer.core.atomic_io import atomic_save_json
 from lightmer.core.checkpoint import CheckpointMeta, make_provenance, save_checkpoint
 from lightmer.core.config import MEL_NORMS, FeatureConfig, get_preset
 from lightmer.core.model import LightmerNet, ModelConfig
@@ -85,9 +83,20 @@ from lightmer.training.distributed import (
     to_keyed_dropout,
 )
 from lightmer.training.folds import Split, check_disjoint, split_fold
+from lightmer.training.oracle import DatasetOracle, Oracle
+from lightmer.training.resume import (
+    StateFile,
+    claim_settings,
+    deterministic_algorithms,
+    rng_state,
+    run_settings,
+    seed_global_generators,
+    set_rng_state,
+)
 
 STRATEGIES = ('uncertainty', 'full')
-STATE_VERSION = 1
+FOLD_STATE = StateFile(version=1, restart='delete the fold directory to restart that fold, or '
+                       'use another --out')
 # Stream tags: each use of randomness in a fold gets its own seed, derived from (seed, fold, tag).
 _INIT, _DROPOUT, _GLOBAL, _SHUFFLE, _WORKERS = 1, 2, 3, 4, 5
 # Settings that change the numbers; a resumed or extended run must agree on all of them.
@@ -170,32 +179,7 @@ class TrainConfig:
 
     def run_settings(self) -> dict:
         """The settings that determine the results (no paths, fold choice or device)."""
-        d = dataclasses.asdict(self)
-        return {k: d[k] for k in _RUN_KEYS}
-
-
-# --- the oracle (Algorithm 1, line 9) ---------------------------------------------------------
-class Oracle(Protocol):
-    """Checks the labels the model assigned to the selected clips and returns the right ones.
-
-    A human labeller implements the same method; `train` only calls `check`.
-    """
-
-    def check(self, clip_ids: Sequence[str], predicted: Sequence[int]) -> list[int]:
-        """predicted: class index per clip -> the correct class index per clip."""
-        ...
-
-
-class DatasetOracle:
-    """An oracle that knows the dataset's labels (class indices by clip id)."""
-
-    def __init__(self, labels: Mapping[str, int]):
-        self._labels = dict(labels)
-
-    def check(self, clip_ids: Sequence[str], predicted: Sequence[int]) -> list[int]:
-        if len(clip_ids) != len(predicted):
-            raise ValueError('clip_ids and predicted must have the same length')
-        return [self._labels[c] for c in clip_ids]
+        return run_settings(self, _RUN_KEYS)
 
 
 # --- cache index ------------------------------------------------------------------------------
@@ -419,68 +403,13 @@ def _loss_acc(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     return loss, float((probs.argmax(1) == labels).mean())
 
 
-# --- state ------------------------------------------------------------------------------------
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {'torch': torch.get_rng_state(), 'python': random.getstate(),
-             'numpy': (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
-                       *np_state[2:])}
-    if torch.cuda.is_initialized():   # only a CUDA run has CUDA streams to restore
-        state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state['torch'])
-    random.setstate(state['python'])
-    name, keys, *rest = state['numpy']
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    if 'cuda' in state and torch.cuda.is_available():   # a CPU rerun of a CUDA run skips it
-        torch.cuda.set_rng_state_all(state['cuda'])
-
-
-def _load_state(path: Path) -> dict:
-    """The state file of a fold (plain data and CPU tensors only, so weights-only loading)."""
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f'cannot read {path} ({e}); delete the fold directory to restart '
-                         'that fold') from e
-    if state.get('version') != STATE_VERSION:
-        raise ValueError(f'{path} was written by another lightmer version; start a new run '
-                         'directory')
-    return state
-
-
-# --- one fold ---------------------------------------------------------------------------------
+# --- one fold: its plan, data, model and bookkeeping ------------------------------------------
 def _split_ids(split: Split, clips: Mapping[str, tuple[str, int]]) -> dict[str, list[str]]:
     by_actor: dict[str, list[str]] = {}
     for clip_id, (actor, _) in clips.items():
         by_actor.setdefault(actor, []).append(clip_id)
     return {name: sorted(c for a in actors for c in by_actor.get(a, []))
             for name, actors in (('d0', split.d0), ('pool', split.pool), ('test', split.test))}
-
-
-def _select_uncertain(model: LightmerNet, pool_items: Dataset, pool: Sequence[str],
-                      oracle: Oracle, run: _FoldRun) -> tuple[list[dict], float]:
-    """Algorithm 1 lines 3-9: entropies over U, the N_u most uncertain, checked by the oracle.
-
-    Every rank scores its share of U and receives all the entropies, so every rank picks the
-    same clips; the oracle (possibly a person) is asked once, on rank 0.
-    -> (one entry per selected clip, most uncertain first: clip_id, entropy (bits),
-    predicted and checked class index; mean entropy of U in bits).
-    """
-    cfg = run.cfg
-    probs, _ = predict(model, pool_items, cfg.batch_size, run.device, ranks=run.ranks,
-                       precision=run.precision, progress=cfg.progress, desc='U')
-    h = entropy_bits(probs)                                                   # (|U|,) bits
-    chosen = most_uncertain(h, pool, min(cfg.n_uncertain, len(pool)))
-    chosen_ids = [pool[i] for i in chosen]
-    predicted = [int(probs[i].argmax()) for i in chosen]
-    checked = on_main(lambda: oracle.check(chosen_ids, predicted), run.ranks)
-    selected = [{'clip_id': c, 'entropy': float(h[i]), 'predicted': p, 'label': int(y)}
-                for c, i, p, y in zip(chosen_ids, chosen, predicted, checked, strict=True)]
-    return selected, float(h.mean())
 
 
 def _plan_fold(cfg: TrainConfig, fold: int, clips: Mapping[str, tuple[str, int]]
@@ -515,25 +444,28 @@ class _FoldRun:
     precision: Precision
 
 
-def _open_fold(run: _FoldRun, split: Split, ids: dict[str, list[str]]) -> dict | None:
-    """Rank 0: the fold's saved state (None for a fresh fold, after writing split.json)."""
-    state_path = run.fold_dir / 'state.pt'
-    if state_path.exists():
-        if not run.cfg.resume:
-            raise FileExistsError(f'{run.fold_dir} already holds a run; pass --resume to '
-                                  'continue it or choose another --out')
-        return _load_state(state_path)
-    atomic_save_json(run.fold_dir / 'split.json', {
-        'fold': run.fold, 'seed': run.cfg.seed, 'actors': split.to_dict(), 'clips': ids})
-    return None
+@dataclass(frozen=True)
+class _FoldData:
+    """The clips of one fold and their items, fixed for the whole fold."""
+
+    ids: dict[str, list[str]]     # clip ids of 'd0', 'pool' (U at the start) and 'test'
+    position: dict[str, int]      # clip id -> its index in the training items (D0, then U)
+    true_label: dict[str, int]    # class index per clip: what the dataset oracle answers
+    features: FeatureConfig       # the fold's features (its checkpoints carry them)
+    train_items: SegmentDataset   # every training clip, train-mode draws
+    eval_items: _Memo             # the same clips in eval mode (U is scored on them)
+    d0_items: Subset              # D_train(0) in eval mode: the checkpoint criterion
+    test_items: _Memo             # the test fold in eval mode
 
 
-def _fold_items(cfg: TrainConfig, index: CacheIndex, train_ids: list[str], test_ids: list[str]
-                ) -> tuple[FeatureConfig, SegmentDataset, _Memo, _Memo]:
-    """(the fold's features, training items with random draws, eval-mode training items,
-    eval-mode test items). With mel_norm 'dataset' the features carry the dB statistics of
-    the fold's training clips."""
-    features = (dataset_mel_norm(cfg.cache, train_ids, cfg.n_segments)
+def _fold_data(cfg: TrainConfig, ids: dict[str, list[str]], index: CacheIndex,
+               clips: Mapping[str, tuple[str, int]]) -> _FoldData:
+    """The fold's items. Every training clip (D0 then U) sits in one fixed order, so its
+    draws stay tied to the clip. With mel_norm 'dataset' the features carry the dB
+    statistics of the fold's training clips."""
+    all_ids = ids['d0'] + ids['pool']
+    position = {c: i for i, c in enumerate(all_ids)}
+    features = (dataset_mel_norm(cfg.cache, all_ids, cfg.n_segments)
                 if cfg.mel_norm == 'dataset' else index.features)
     dataset = functools.partial(SegmentDataset, cfg.cache, n_segments=cfg.n_segments,
                                 labels=get_preset(cfg.dataset).labels, seed=cfg.seed,
@@ -541,149 +473,263 @@ def _fold_items(cfg: TrainConfig, index: CacheIndex, train_ids: list[str], test_
     f = index.features   # float32 faces + log-mels of one clip: 0.27 MB at N=5
     clip_mb = cfg.n_segments * (f.face_height * f.face_width + f.n_mels * f.mel_frames) * 4 / 2**20
     memo = max(0, int(cfg.eval_memory_mb / clip_mb))
-    return (features,
-            dataset(train_ids, train=True),          # random frame + jittered audio per segment
-            _Memo(dataset(train_ids, train=False), memo),   # segment centres, as at inference
-            _Memo(dataset(test_ids, train=False), max(0, memo - len(train_ids))))
+    eval_items = _Memo(dataset(all_ids, train=False), memo)   # segment centres, as at inference
+    return _FoldData(
+        ids=ids, position=position, true_label={c: y for c, (_, y) in clips.items()},
+        features=features,
+        train_items=dataset(all_ids, train=True),   # random frame + jittered audio per segment
+        eval_items=eval_items, d0_items=Subset(eval_items, [position[c] for c in ids['d0']]),
+        test_items=_Memo(dataset(ids['test'], train=False), max(0, memo - len(all_ids))))
 
 
-def _train_fold(run: _FoldRun, split: Split, ids: dict[str, list[str]], index: CacheIndex,
-                clips: Mapping[str, tuple[str, int]]) -> None:
-    """Train one fold (see the module docstring); rank 0 writes its files."""
-    cfg, fold, ranks = run.cfg, run.fold, run.ranks
-    preset = get_preset(cfg.dataset)
-    true_label = {c: y for c, (_, y) in clips.items()}
-    oracle: Oracle = DatasetOracle(true_label)
+def _open_fold(run: _FoldRun, split: Split, ids: dict[str, list[str]]) -> dict | None:
+    """Rank 0: the fold's saved state (None for a fresh fold, after writing split.json)."""
+    state_path = run.fold_dir / 'state.pt'
+    if state_path.exists():
+        if not run.cfg.resume:
+            raise FileExistsError(f'{run.fold_dir} already holds a run; pass --resume to '
+                                  'continue it or choose another --out')
+        return FOLD_STATE.load(state_path)
+    atomic_save_json(run.fold_dir / 'split.json', {
+        'fold': run.fold, 'seed': run.cfg.seed, 'actors': split.to_dict(), 'clips': ids})
+    return None
 
-    # Every training clip (D0 then U) in one fixed order: draws stay tied to the clip.
-    all_ids = ids['d0'] + ids['pool']
-    position = {c: i for i, c in enumerate(all_ids)}
-    features, train_items, eval_items, test_items = _fold_items(cfg, index, all_ids,
-                                                                ids['test'])
-    d0_items = Subset(eval_items, [position[c] for c in ids['d0']])
 
-    model_cfg = ModelConfig(
-        n_classes=len(preset.labels), dropout=cfg.dropout,
-        face_shape=(index.features.face_height, index.features.face_width),
-        mel_shape=(index.features.n_mels, index.features.mel_frames))
-    torch.manual_seed(stream_seed(cfg.seed, fold, _INIT))   # Xavier init of this fold
-    model = LightmerNet(model_cfg)
-    state = on_main(lambda: _open_fold(run, split, ids), ranks)   # rank 0 reads, all resume
+def _model_config(cfg: TrainConfig, index: CacheIndex) -> ModelConfig:
+    f = index.features
+    return ModelConfig(n_classes=len(get_preset(cfg.dataset).labels), dropout=cfg.dropout,
+                       face_shape=(f.face_height, f.face_width),
+                       mel_shape=(f.n_mels, f.mel_frames))
+
+
+@dataclass
+class _Learner:
+    """The model being trained and what trains it."""
+
+    model: LightmerNet              # the bare model: `predict` and checkpoints
+    trained: nn.Module              # what `train_epoch` calls (DDP with K ranks)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+
+
+def _learner(run: _FoldRun, model: LightmerNet, state: dict | None) -> _Learner:
+    """Ready `model` for training, with the saved weights and optimiser of a resumed fold."""
     if state is not None:
         model.load_state_dict(state['model'])
-    model, trained = prepare_model(model, ranks, run.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    model, trained = prepare_model(model, run.ranks, run.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=run.cfg.lr)
     scaler = run.precision.scaler(run.device)
     if state is not None:
         optimizer.load_state_dict(state['optimizer'])
         if state.get('scaler'):   # empty when saved disabled (float32, bfloat16)
             scaler.load_state_dict(state['scaler'])
-        _set_rng_state(state['rng'])
-        train_ids, pool = list(state['train_ids']), list(state['pool'])
-        labels_of = dict(state['labels_of'])
-        metrics, best = list(state['metrics']), dict(state['best'])
-        test_probs, test_true = state['test_probs'].numpy(), state['test_true'].numpy()
-    else:
-        if cfg.strategy == 'uncertainty':
-            train_ids, pool = list(ids['d0']), list(ids['pool'])
-        else:
-            train_ids, pool = list(all_ids), []
-        labels_of = {c: true_label[c] for c in train_ids}   # D0 is labelled from the start
-        metrics, best = [], {'epoch': -1, 'val_loss': float('inf')}
-        test_probs = test_true = None
-        # Our own draws are keyed streams; these global generators are seeded for any
-        # library that draws from them.
-        torch.manual_seed(stream_seed(cfg.seed, fold, _GLOBAL))
-        np.random.seed(stream_seed(cfg.seed, fold, _GLOBAL) % (1 << 32))
-        random.seed(stream_seed(cfg.seed, fold, _GLOBAL))
+    return _Learner(model, trained, optimizer, scaler)
 
-    fold_provenance = make_provenance(
-        dataset=cfg.dataset, fold=fold, strategy=cfg.strategy, seed=cfg.seed,
+
+@dataclass
+class _Bookkeeping:
+    """What a fold has done so far; state.pt holds it beside the weights."""
+
+    train_ids: list[str]            # D_train, in the order the clips joined it
+    pool: list[str]                 # U
+    labels_of: dict[str, int]       # the oracle's class index per clip of D_train
+    metrics: list[dict]             # one entry per completed epoch
+    best: dict                      # epoch, val_loss and test_acc of best.pt
+    test_probs: np.ndarray | None = None   # float64 (M, C): the last epoch's test fold
+    test_true: np.ndarray | None = None    # int64 (M,)
+
+    @classmethod
+    def start(cls, cfg: TrainConfig, data: _FoldData) -> _Bookkeeping:
+        """Epoch 0 of Algorithm 1 (D_train = D0, U = the rest), or the baseline's full set."""
+        if cfg.strategy == 'uncertainty':
+            train_ids, pool = list(data.ids['d0']), list(data.ids['pool'])
+        else:
+            train_ids, pool = data.ids['d0'] + data.ids['pool'], []
+        return cls(train_ids, pool, {c: data.true_label[c] for c in train_ids},  # D0 labelled
+                   metrics=[], best={'epoch': -1, 'val_loss': float('inf')})
+
+    @classmethod
+    def saved(cls, state: Mapping) -> _Bookkeeping:
+        return cls(list(state['train_ids']), list(state['pool']), dict(state['labels_of']),
+                   list(state['metrics']), dict(state['best']), state['test_probs'].numpy(),
+                   state['test_true'].numpy())
+
+    def to_state(self) -> dict:
+        return {'train_ids': self.train_ids, 'pool': self.pool, 'labels_of': self.labels_of,
+                'metrics': self.metrics, 'best': self.best,
+                'test_probs': torch.from_numpy(self.test_probs),
+                'test_true': torch.from_numpy(self.test_true)}
+
+    def move(self, selected: Sequence[dict]) -> None:
+        """Algorithm 1 line 10: the checked clips leave U and join D_train with their label."""
+        moved = [s['clip_id'] for s in selected]
+        self.labels_of.update((s['clip_id'], s['label']) for s in selected)
+        self.train_ids += moved
+        moved_set = frozenset(moved)
+        self.pool = [c for c in self.pool if c not in moved_set]
+
+
+def _start_or_resume(run: _FoldRun, data: _FoldData, state: dict | None) -> _Bookkeeping:
+    """The saved bookkeeping and generators of a resumed fold, or a fresh start."""
+    if state is not None:
+        set_rng_state(state['rng'])
+        return _Bookkeeping.saved(state)
+    # Our own draws are keyed streams; the global generators are seeded for any library that
+    # draws from them.
+    seed_global_generators(stream_seed(run.cfg.seed, run.fold, _GLOBAL))
+    return _Bookkeeping.start(run.cfg, data)
+
+
+# --- one fold: the epoch's steps --------------------------------------------------------------
+def _select_uncertain(run: _FoldRun, data: _FoldData, model: LightmerNet, pool: Sequence[str],
+                      oracle: Oracle) -> tuple[list[dict], float]:
+    """Algorithm 1 lines 3-9: entropies over U, the N_u most uncertain, checked by the oracle.
+
+    Every rank scores its share of U and receives all the entropies, so every rank picks the
+    same clips; the oracle (possibly a person) is asked once, on rank 0.
+    -> (one entry per selected clip, most uncertain first: clip_id, entropy (bits),
+    predicted and checked class index; mean entropy of U in bits).
+    """
+    cfg = run.cfg
+    pool_items = Subset(data.eval_items, [data.position[c] for c in pool])
+    probs, _ = predict(model, pool_items, cfg.batch_size, run.device, ranks=run.ranks,
+                       precision=run.precision, progress=cfg.progress, desc='U')
+    h = entropy_bits(probs)                                                   # (|U|,) bits
+    chosen = most_uncertain(h, pool, min(cfg.n_uncertain, len(pool)))
+    chosen_ids = [pool[i] for i in chosen]
+    predicted = [int(probs[i].argmax()) for i in chosen]
+    checked = on_main(lambda: oracle.check(chosen_ids, predicted), run.ranks)
+    selected = [{'clip_id': c, 'entropy': float(h[i]), 'predicted': p, 'label': int(y)}
+                for c, i, p, y in zip(chosen_ids, chosen, predicted, checked, strict=True)]
+    return selected, float(h.mean())
+
+
+def _set_learning_rate(optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int) -> float:
+    lr = cfg.lr * (cfg.lr_decay if epoch >= cfg.lr_step_epoch else 1.0)
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+    return lr
+
+
+def _train_on(run: _FoldRun, data: _FoldData, learner: _Learner, book: _Bookkeeping,
+              epoch: int) -> tuple[float, float]:
+    """Algorithm 1 line 11 (or a baseline epoch): one pass over D_train with its checked
+    labels. -> (mean training loss, accuracy)."""
+    cfg, ranks, position = run.cfg, run.ranks, data.position
+    data.train_items.set_epoch(epoch)
+    return train_epoch(
+        learner.trained, learner.optimizer,
+        _Labelled(data.train_items, [position[c] for c in book.train_ids],
+                  [book.labels_of[c] for c in book.train_ids]),
+        epoch_batches(len(book.train_ids), cfg.batch_size,
+                      stream_seed(cfg.seed, run.fold, _SHUFFLE, epoch)),
+        run.device,
+        sample_keys=[stream_seed(cfg.seed, run.fold, _DROPOUT, epoch, position[c])
+                     for c in book.train_ids],
+        ranks=ranks, precision=run.precision, scaler=learner.scaler, workers=cfg.workers,
+        loader_seed=stream_seed(cfg.seed, run.fold, _WORKERS, epoch, ranks.rank),
+        progress=cfg.progress)
+
+
+def _evaluate(run: _FoldRun, data: _FoldData, model: LightmerNet
+              ) -> tuple[float, np.ndarray, np.ndarray]:
+    """Eval mode on D0 (the checkpoint criterion) and the test fold.
+    -> (D0 loss, test probabilities float64 (M, C), test labels int64 (M,))."""
+    scoring = dict(ranks=run.ranks, precision=run.precision, progress=run.cfg.progress)
+    batch, device = run.cfg.batch_size, run.device
+    val_loss, _ = _loss_acc(*predict(model, data.d0_items, batch, device, desc='D0 (val)',
+                                     **scoring))
+    test_probs, test_true = predict(model, data.test_items, batch, device, desc='test',
+                                    **scoring)
+    return val_loss, test_probs, test_true
+
+
+def _checkpoint_fields(run: _FoldRun, data: _FoldData, model_cfg: ModelConfig) -> dict:
+    """CheckpointMeta fields shared by every epoch's checkpoints (provenance without the
+    epoch)."""
+    cfg, preset = run.cfg, get_preset(run.cfg.dataset)
+    provenance = make_provenance(
+        dataset=cfg.dataset, fold=run.fold, strategy=cfg.strategy, seed=cfg.seed,
         best_criterion='min eval-mode cross-entropy on D_train(0)',
-        ranks=ranks.world_size, precision=run.precision.name)
-    meta = dict(preset=preset.name, labels=preset.labels, n_segments=cfg.n_segments,
-                segment_s=preset.segment_s, features=features, model=model_cfg)
-    scoring = dict(ranks=ranks, precision=run.precision, progress=cfg.progress)
-    epochs = tqdm(range(len(metrics), cfg.epochs), desc=f'fold {fold} epochs', leave=False,
-                  initial=len(metrics), total=cfg.epochs, disable=not cfg.progress)
-    for epoch in epochs:
+        ranks=run.ranks.world_size, precision=run.precision.name)
+    return dict(preset=preset.name, labels=preset.labels, n_segments=cfg.n_segments,
+                segment_s=preset.segment_s, features=data.features, model=model_cfg,
+                provenance=provenance)
+
+
+def _save_epoch(run: _FoldRun, learner: _Learner, book: _Bookkeeping, fields: dict,
+                improved: bool) -> None:
+    """Rank 0: the checkpoints, metrics and state of the epoch just completed."""
+    # state.pt goes last: a kill before it repeats this epoch from the previous state,
+    # and the repeat rewrites the files below with the same content.
+    epoch = book.metrics[-1]['epoch']
+    meta = CheckpointMeta(**{**fields, 'provenance': {**fields['provenance'], 'epoch': epoch}})
+    save_checkpoint(run.fold_dir / 'last.pt', learner.model, meta)
+    if improved:
+        save_checkpoint(run.fold_dir / 'best.pt', learner.model, meta)
+    atomic_save_json(run.fold_dir / 'metrics.json', book.metrics)
+    FOLD_STATE.save(run.fold_dir / 'state.pt', {
+        'model': learner.model.state_dict(), 'optimizer': learner.optimizer.state_dict(),
+        'scaler': learner.scaler.state_dict(), 'rng': rng_state(), **book.to_state()})
+    _log_epoch(run.fold, book.metrics[-1])
+
+
+# --- one fold, top to bottom ------------------------------------------------------------------
+def _train_fold(run: _FoldRun, split: Split, ids: dict[str, list[str]], index: CacheIndex,
+                clips: Mapping[str, tuple[str, int]]) -> None:
+    """Train one fold (see the module docstring); rank 0 writes its files."""
+    cfg = run.cfg
+    data = _fold_data(cfg, ids, index, clips)
+    oracle = DatasetOracle(data.true_label)
+    model_cfg = _model_config(cfg, index)
+    torch.manual_seed(stream_seed(cfg.seed, run.fold, _INIT))   # Xavier init of this fold
+    model = LightmerNet(model_cfg)
+    state = on_main(lambda: _open_fold(run, split, ids), run.ranks)   # rank 0 reads, all resume
+    learner = _learner(run, model, state)
+    book = _start_or_resume(run, data, state)
+    fields = _checkpoint_fields(run, data, model_cfg)
+
+    for epoch in tqdm(range(len(book.metrics), cfg.epochs), desc=f'fold {run.fold} epochs',
+                      leave=False, initial=len(book.metrics), total=cfg.epochs,
+                      disable=not cfg.progress):
         t0 = time.perf_counter()
         # Algorithm 1 lines 3-10; epoch 0 is line 1 (the initial model trains on D0 alone).
         selected, pool_entropy = [], None
-        if cfg.strategy == 'uncertainty' and epoch > 0 and pool:
-            pool_items = Subset(eval_items, [position[c] for c in pool])
-            selected, pool_entropy = _select_uncertain(model, pool_items, pool, oracle, run)
-            moved = [s['clip_id'] for s in selected]
-            labels_of.update((s['clip_id'], s['label']) for s in selected)
-            train_ids += moved
-            moved_set = frozenset(moved)
-            pool = [c for c in pool if c not in moved_set]
-
-        # Algorithm 1 line 11 (or a baseline epoch): one pass over D_train.
-        lr = cfg.lr * (cfg.lr_decay if epoch >= cfg.lr_step_epoch else 1.0)
-        for group in optimizer.param_groups:
-            group['lr'] = lr
-        train_items.set_epoch(epoch)
-        train_loss, train_acc = train_epoch(
-            trained, optimizer,
-            _Labelled(train_items, [position[c] for c in train_ids],
-                      [labels_of[c] for c in train_ids]),
-            epoch_batches(len(train_ids), cfg.batch_size,
-                          stream_seed(cfg.seed, fold, _SHUFFLE, epoch)),
-            run.device,
-            sample_keys=[stream_seed(cfg.seed, fold, _DROPOUT, epoch, position[c])
-                         for c in train_ids],
-            ranks=ranks, precision=run.precision, scaler=scaler, workers=cfg.workers,
-            loader_seed=stream_seed(cfg.seed, fold, _WORKERS, epoch, ranks.rank),
-            progress=cfg.progress)
-
-        val_loss, _ = _loss_acc(*predict(model, d0_items, cfg.batch_size, run.device,
-                                         desc='D0 (val)', **scoring))
-        test_probs, test_true = predict(model, test_items, cfg.batch_size, run.device,
-                                        desc='test', **scoring)
-        test_loss, test_acc = _loss_acc(test_probs, test_true)
-        metrics.append({
-            'epoch': epoch, 'train_size': len(train_ids), 'pool_size': len(pool),
+        if cfg.strategy == 'uncertainty' and epoch > 0 and book.pool:
+            selected, pool_entropy = _select_uncertain(run, data, learner.model, book.pool,
+                                                       oracle)
+            book.move(selected)
+        lr = _set_learning_rate(learner.optimizer, cfg, epoch)
+        train_loss, train_acc = _train_on(run, data, learner, book, epoch)
+        val_loss, book.test_probs, book.test_true = _evaluate(run, data, learner.model)
+        test_loss, test_acc = _loss_acc(book.test_probs, book.test_true)
+        book.metrics.append({
+            'epoch': epoch, 'train_size': len(book.train_ids), 'pool_size': len(book.pool),
             'train_loss': train_loss, 'train_acc': train_acc, 'val_loss': val_loss,
             'test_loss': test_loss, 'test_acc': test_acc, 'lr': lr,
             'pool_entropy_mean': pool_entropy,
             'corrected': sum(s['predicted'] != s['label'] for s in selected),
             'selected': selected, 'seconds': time.perf_counter() - t0})
-        improved = val_loss < best['val_loss']
+        improved = val_loss < book.best['val_loss']
         if improved:
-            best = {'epoch': epoch, 'val_loss': val_loss, 'test_acc': test_acc}
-        if not ranks.is_main:
-            continue
-        # state.pt goes last: a kill before it repeats this epoch from the previous state,
-        # and the repeat rewrites the files below with the same content.
-        ckpt_meta = CheckpointMeta(**meta, provenance={**fold_provenance, 'epoch': epoch})
-        save_checkpoint(run.fold_dir / 'last.pt', model, ckpt_meta)
-        if improved:
-            save_checkpoint(run.fold_dir / 'best.pt', model, ckpt_meta)
-        atomic_save_json(run.fold_dir / 'metrics.json', metrics)
-        atomic_torch_save(run.fold_dir / 'state.pt', {
-            'version': STATE_VERSION, 'model': model.state_dict(),
-            'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
-            'rng': _rng_state(), 'train_ids': train_ids, 'pool': pool,
-            'labels_of': labels_of, 'metrics': metrics, 'best': best,
-            'test_probs': torch.from_numpy(test_probs), 'test_true': torch.from_numpy(test_true)})
-        _log_epoch(fold, metrics[-1])
+            book.best = {'epoch': epoch, 'val_loss': val_loss, 'test_acc': test_acc}
+        if run.ranks.is_main:
+            _save_epoch(run, learner, book, fields, improved)
 
-    if ranks.is_main:
-        _finish_fold(run, metrics, best, test_probs, test_true, len(ids['test']))
+    if run.ranks.is_main:
+        _finish_fold(run, book, len(ids['test']))
 
 
-def _finish_fold(run: _FoldRun, metrics: list[dict], best: dict, test_probs: np.ndarray,
-                 test_true: np.ndarray, n_test: int) -> None:
+def _finish_fold(run: _FoldRun, book: _Bookkeeping, n_test: int) -> None:
     """Rank 0: the fold's confusion matrix, curves and result.json."""
     labels = get_preset(run.cfg.dataset).labels
-    cm = confusion_matrix(test_true, test_probs.argmax(1), len(labels))
+    cm = confusion_matrix(book.test_true, book.test_probs.argmax(1), len(labels))
     title = f'{run.cfg.dataset} {run.cfg.strategy} fold {run.fold}'
     plot_confusion(cm, labels, run.fold_dir / 'confusion.png', title)
-    plot_curves(metrics, run.fold_dir / 'loss.png', run.fold_dir / 'accuracy.png', title)
+    plot_curves(book.metrics, run.fold_dir / 'loss.png', run.fold_dir / 'accuracy.png', title)
     atomic_save_json(run.fold_dir / 'result.json', {
-        'fold': run.fold, 'test_acc': metrics[-1]['test_acc'],
-        'test_loss': metrics[-1]['test_loss'], 'best': best, 'confusion': cm.tolist(),
+        'fold': run.fold, 'test_acc': book.metrics[-1]['test_acc'],
+        'test_loss': book.metrics[-1]['test_loss'], 'best': book.best, 'confusion': cm.tolist(),
         'labels': list(labels), 'test_clips': n_test})
 
 
@@ -752,22 +798,6 @@ def _compare(out: Path, dataset: str) -> dict | None:
 
 
 # --- entry points -----------------------------------------------------------------------------
-def _check_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
-    """Refuse to mix settings inside one strategy directory (the summary would be wrong)."""
-    path = run_dir / 'config.json'
-    settings = cfg.run_settings()
-    if path.is_file():
-        old = json.loads(path.read_text('utf-8'))
-        # A setting newer than the run directory had its default then (amp: float32).
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-        old = {k: old.get(k, defaults.get(k)) for k in settings}
-        diff = {k: (old[k], v) for k, v in settings.items() if old[k] != v}
-        if diff:
-            raise ValueError(f'{run_dir} was run with other settings {diff} (old, new); use the '
-                             'same options or another --out')
-    atomic_save_json(path, settings)
-
-
 def plan_run(cfg: TrainConfig) -> tuple[CacheIndex, dict[str, tuple[str, int]],
                                         dict[int, tuple[Split, dict[str, list[str]]]]]:
     """Read the cache and plan every requested fold, raising before anything is written.
@@ -780,8 +810,11 @@ def plan_run(cfg: TrainConfig) -> tuple[CacheIndex, dict[str, tuple[str, int]],
 
 
 def claim_run_dir(cfg: TrainConfig) -> None:
-    """Write RUN/<strategy>/config.json, or refuse when the directory holds other settings."""
-    _check_run_dir(cfg.out / cfg.strategy, cfg)
+    """Write RUN/<strategy>/config.json, or refuse when the directory holds other settings
+    (one strategy directory mixing settings would give a wrong summary)."""
+    # A setting newer than the run directory had its default then (amp: float32).
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    claim_settings(cfg.out / cfg.strategy / 'config.json', cfg.run_settings(), defaults)
 
 
 def summarize_run(out: Path) -> dict:
@@ -830,18 +863,13 @@ def _train_ranks(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> dict:
     run_dir = cfg.out / cfg.strategy
 
     # Bit-for-bit repeatable epochs are what make resume equal an uninterrupted run.
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     if device.type == 'cuda':
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
+    with deterministic_algorithms():
         for fold in tqdm(plans, desc='folds', disable=not cfg.progress):
             run = _FoldRun(cfg, fold, run_dir / f'fold_{fold}', ranks, device, precision)
             _train_fold(run, *plans[fold], index, clips)
-    finally:
-        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
 
     def merge() -> dict:
         summary = _summarise(run_dir, cfg.dataset, cfg.strategy, cfg.n_folds)
