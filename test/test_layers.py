@@ -119,6 +119,30 @@ def test_no_import_circles():
     assert not circles, 'import circles:\n' + '\n'.join(circles)
 
 
+def test_an_import_inside_a_function_says_why():
+    """Imports sit at the top, so a file's head says what it depends on. One inside a function
+    is there for a heavy or optional dependency (torch on the ONNX path, matplotlib, librosa in a
+    node, a message package a robot may lack) and carries a comment saying so, on its line or
+    within the three lines above it. cli.py imports every command lazily by design (its
+    docstring says why: `lightmer --help` must not pay for torch or rclpy)."""
+    silent = []
+    for path in source_files():
+        if path.name == 'cli.py':
+            continue
+        lines = path.read_text(encoding='utf-8').splitlines()
+        for fn in ast.walk(ast.parse('\n'.join(lines))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    near = lines[max(0, node.lineno - 4):node.end_lineno]
+                    if not any('#' in line for line in near):
+                        silent.append(f'{path.relative_to(SRC)}:{node.lineno}: '
+                                      f'{lines[node.lineno - 1].strip()}')
+    assert not silent, ('imports inside functions without a reason (move them to the top, or '
+                        'say why beside them):\n' + '\n'.join(silent))
+
+
 @pytest.mark.parametrize('source, expected', [
     ('from lightmer.core import model\n', ['lightmer.core.model']),
     ('def f():\n    from lightmer.harness.rig import Rig\n', ['lightmer.harness.rig']),

@@ -21,7 +21,7 @@ def _figure(figsize: tuple[float, float]):
     import matplotlib
 
     matplotlib.use('Agg', force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use(): pyplot picks its backend on import
 
     return plt, plt.figure(figsize=figsize)
 

@@ -67,7 +67,7 @@ class AudioFeatureNode(Node):
             self._info_sub = self.create_subscription(AudioInfo, 'audio_info',
                                                       self.info_callback, latched_qos())
         else:
-            try:
+            try:   # mgonzs13's package only: the ros-drivers one has no AudioStamped
                 from audio_common_msgs.msg import AudioStamped
             except ImportError:
                 raise ValueError(
