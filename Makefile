@@ -1,6 +1,6 @@
 # Two commands for a newcomer: `make demo` and `make test`. Each sets the environment up first
 # when it is missing or older than its inputs.
-.PHONY: setup test demo demo-quick bench lint clean
+.PHONY: setup test test-fast demo demo-quick bench lint clean
 
 SETUP_INPUTS := scripts/setup.sh requirements.txt setup.py setup.cfg package.xml \
 	$(wildcard interfaces/*/msg/*.msg interfaces/*/CMakeLists.txt interfaces/*/package.xml)
@@ -13,6 +13,10 @@ setup: $(READY)
 
 test: $(READY)
 	bash scripts/test.sh $(PYTEST_ARGS)
+
+# The inner loop: every package, no node processes and no training runs (<= 3 minutes).
+test-fast: $(READY)
+	bash scripts/test.sh -m 'not slow' $(PYTEST_ARGS)
 
 demo: $(READY)
 	bash scripts/loopback.sh .venv/bin/lightmer demo --out demo-out

@@ -1,7 +1,15 @@
 """Shared fixtures. Sets the loopback-only DDS environment before anything imports rclpy."""
 import os
 
-from lightmer.harness.rig import LOOPBACK
+# Two weak cores: keep torch and OpenBLAS from oversubscribing them when nodes and tests share a
+# process. Set before anything imports numpy, which reads it once: the test process then sums
+# in the same order as the processes it starts (they get it from the environment), so their
+# float32 results agree bit for bit.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+
+import pytest  # noqa: E402
+
+from lightmer.harness.rig import LOOPBACK  # noqa: E402
 
 # DDS must never leave loopback (see README, "DDS stays on loopback"). The variable must be set
 # before rclpy initialises a context, so it is set at the top of conftest, which pytest
@@ -9,10 +17,6 @@ from lightmer.harness.rig import LOOPBACK
 os.environ.update(LOOPBACK)
 # A domain of this test run's own so that parallel runs never cross; test.sh picks one.
 os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
-# Two weak cores: keep torch from oversubscribing them when nodes and tests share a process.
-os.environ.setdefault('OMP_NUM_THREADS', '1')
-
-import pytest  # noqa: E402
 
 # Session fixtures with a generated corpus and a prepared cache (tiny_corpus, tiny_cache, ...).
 pytest_plugins = ['fixtures_data']

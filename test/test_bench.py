@@ -8,6 +8,9 @@ from lightmer.core.config import FeatureConfig
 from lightmer.core.features import FaceCropper
 from lightmer.harness.bench_inputs import camera_frame
 
+# Slow tier (starts the three node processes): not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 STAGES = ('mtcnn_detect_640x480', 'face_crop', 'log_mel', 'visual_net', 'audio_net',
           'fc_fusion', 'segment_total', 'window_recompute_n5', 'window_recompute_n12',
           'networks_window_n5', 'networks_window_n12', 'segment_total_two_people')

@@ -25,6 +25,9 @@ from lightmer.ros.conversions import float_to_time
 from lightmer.ros.qos import output_qos
 from polling import wait_until
 
+# Slow tier (bringup processes): not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 RNG = np.random.default_rng(0)
 
 

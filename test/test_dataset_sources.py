@@ -15,6 +15,9 @@ from lightmer.datasets.loaders import index_dataset
 from lightmer.datasets.media import decode_audio, decode_video, probe_video
 from lightmer.datasets.prepare import duration_tolerance, prepare
 
+# Slow tier (decodes and prepares many media files): not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 ACTOR = '1001'
 
 

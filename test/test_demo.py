@@ -3,6 +3,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+# Slow tier (`lightmer demo --quick`: training and the live nodes): not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 # Chance is 1/6 on the six CREMA-D classes. The quick demo holds out 2 actors (12 clips);
 # on this machine its deterministic training gives 6/12 offline and, through the bag and the
 # live nodes, 6/12 again (earlier versions of the draw order gave 7/12 and 6/12). Requiring

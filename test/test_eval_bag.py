@@ -21,6 +21,9 @@ from lightmer.evaluation.scoring import score
 from lightmer.harness.live_eval import evaluate_bag_live
 from lightmer.stream.settings import StreamSettings
 
+# Slow tier (eval-bag through the live node processes): not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 ACTOR = '1001'
 
 

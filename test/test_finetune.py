@@ -25,6 +25,9 @@ from lightmer.ros.params import CommonParams, load_for_node
 from lightmer.stream.settings import StreamSettings
 from polling import wait_until
 
+# Slow tier (fine-tuning runs, one killed and resumed): not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 # Small, fast settings: each tiny bag holds about 20 windows of 6 clips; the second bag is
 # the held-out recording.
 RUN = ['--per-round', '3', '--eval-windows', '6', '--epochs', '2', '--batch-size', '4',

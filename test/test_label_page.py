@@ -20,6 +20,9 @@ from lightmer.active.answers import latest, read_answers
 from lightmer.labelling.server import load_batch
 from polling import wait_until
 
+# Slow tier (a real headless browser): not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 CHROMIUM, CHROMEDRIVER = '/usr/bin/chromium', '/usr/bin/chromedriver'
 DEADLINE_S = 60
 SCREENSHOTS = Path(__file__).resolve().parents[1] / 'build' / 'screenshots'

@@ -103,6 +103,7 @@ def test_reliable_publishers_give_the_offline_probabilities(setup):
         assert diag.counts('/audio_feature')['audio_gap'] == 0
 
 
+@pytest.mark.slow
 def test_best_effort_camera_works_too(setup):
     # the default image subscription is best effort, so it takes both kinds of camera
     with Rig(context=setup['context'], camera_reliable=False, name='rig_best_effort') as rig:
@@ -119,6 +120,7 @@ def test_best_effort_camera_works_too(setup):
         _check_equal(rh.emotion_by_segment(snap.emotion, SEGMENT_S), setup['expected'], shift)
 
 
+@pytest.mark.slow
 def test_sim_time_and_best_effort_audio(setup):
     """use_sim_time: the nodes' clocks follow /clock; the output is still stamped and equal.
     Here every publisher is best effort, with the audio subscription set to best_effort."""

@@ -155,6 +155,7 @@ def test_two_people_get_their_own_windows_equal_to_the_offline_pipeline(mtcnn):
     _alive(mtcnn['running'])
 
 
+@pytest.mark.slow
 def test_a_person_leaving_is_forgotten_and_comes_back_under_a_new_id(mtcnn):
     rig = mtcnn['rig']
     before = set(rig.snapshot().person_emotion)
@@ -274,6 +275,7 @@ def ros4hri(tmp_path_factory, mtcnn):
     rclpy.shutdown(context=context)
 
 
+@pytest.mark.slow
 def test_hri_face_detect_topics_drive_per_person_expressions_on_its_ids(ros4hri):
     rig, context = ros4hri['rig'], ros4hri['context']
     portrait = rh._face_image(128)[:, :, ::-1]                  # bgr8, as OpenCV gives it

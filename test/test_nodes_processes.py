@@ -19,6 +19,9 @@ import ros_helpers as rh
 from lightmer.core.segments import reference_time, segment_index
 from lightmer.harness.rig import NodeProcesses, Rig, info_msg, loopback_env
 
+# Slow tier (starts node processes): not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 N, MIN_SEGMENTS, SEGMENT_S = 5, 2, 0.5
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -29,6 +29,9 @@ from lightmer.ros.conversions import float_to_time
 from lightmer.stream.fuser import is_probability_vector
 from polling import wait_until
 
+# Slow tier (starts, kills and restarts node processes): not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 SEGMENT_S = 0.5
 
 

@@ -99,6 +99,7 @@ def test_pooled_segments_read_back(robot_pool, robot_bags, untrained_checkpoint)
     assert info.start_ns / 1e9 == t0
 
 
+@pytest.mark.slow
 def test_pool_resumes_after_a_kill(robot_bags, untrained_checkpoint, robot_pool, tmp_path,
                                    ros_env):
     """SIGKILL while the second bag is pooled; the rerun keeps the first and finishes."""
@@ -197,6 +198,7 @@ def test_query_refuses_a_checkpoint_with_other_features(robot_pool, tmp_path, ca
     assert not batch.exists() and not (robot_pool / 'batches').exists()
 
 
+@pytest.mark.slow
 def test_pool_from_a_bag_with_compressed_images(tiny_corpus, robot_pool, untrained_checkpoint,
                                                 tmp_path):
     """A camera recorded as CompressedImage (JPEG, as robots record it): the pool reads it

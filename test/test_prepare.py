@@ -21,6 +21,9 @@ from lightmer.datasets.media import decode_audio
 from lightmer.datasets.prepare import FRAMES_PER_SEGMENT, prepare, select_frames
 from polling import wait_until
 
+# Slow tier (prepare runs, one killed and resumed): not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 N = PRESETS['crema-d'].n_segments
 
 

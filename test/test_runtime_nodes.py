@@ -15,6 +15,9 @@ from rclpy.executors import SingleThreadedExecutor
 from lightmer.ros.description import NODES
 from polling import wait_until
 
+# Slow tier (starts node processes on an ONNX export): not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 NODE_MODULES = {n.name: n.module for n in NODES}   # node name -> module run with -X importtime
 
 # A torch import always maps these native libraries; onnxruntime's Python binding this one.

@@ -16,6 +16,9 @@ from lightmer.experiments import demo
 from lightmer.ros.params import FusionParams
 from lightmer.stream.settings import StreamSettings
 
+# Slow tier (trains and evaluates bags): not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -20,7 +20,8 @@ from lightmer.training.oracle import DatasetOracle
 from lightmer.training.train import TrainConfig, train
 from polling import wait_until
 
-pytestmark = pytest.mark.usefixtures('_one_thread')
+# Slow tier (training runs): not in `make test-fast`.
+pytestmark = [pytest.mark.usefixtures('_one_thread'), pytest.mark.slow]
 
 CODES = PRESETS['crema-d'].codes
 METRIC_KEYS = {'train_size', 'pool_size', 'train_loss', 'train_acc', 'test_loss', 'test_acc',

@@ -33,6 +33,9 @@ from lightmer.training.train import (
 )
 from polling import wait_until
 
+# Slow tier (training runs under torchrun): not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 # One fold of the tiny corpus (4 actors): D0 1 actor, U 2 actors (12 clips), 6 test clips.
 FOLD = 1
 OPTIONS = ['--dataset', 'crema-d', '--folds', '4', '--fold', str(FOLD), '--epochs', '4',

@@ -14,6 +14,9 @@ from lightmer.evaluation.bags import GAP_GREY, BagClip
 from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
 from lightmer.evaluation.two_people import pair_clips, two_person_clips
 
+# Slow tier (two-person bags through the pipeline): not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 def _clip(clip_id, label, value, n=3, shape=(4, 5, 3)):
     frames = np.stack([np.full(shape, value + i, np.uint8) for i in range(n)])
