@@ -3,11 +3,12 @@ learning-curve summary."""
 import numpy as np
 
 from lightmer.datasets.loaders import index_dataset
-from lightmer.experiments.robot_sim import SimSize, _curves, _sessions
+from lightmer.experiments.robot_sim import SimSize, _curves
+from lightmer.experiments.robot_world import split_sessions
 
 
 def test_sessions_split_each_person_and_emotion(tiny_corpus, tmp_path):
-    roots = _sessions(tiny_corpus, tmp_path, eval_clips=1)
+    roots = split_sessions(tiny_corpus, tmp_path, eval_clips=1)
     pool, _ = index_dataset('crema-d', roots['pool'])
     held, _ = index_dataset('crema-d', roots['eval'])
     everything, _ = index_dataset('crema-d', tiny_corpus)

@@ -38,23 +38,20 @@ from lightmer.core.checkpoint import load_checkpoint
 from lightmer.core.plots import plot_label_curves
 from lightmer.core.uncertainty import entropy_bits
 from lightmer.datasets.cache import SegmentDataset
-from lightmer.datasets.loaders import index_dataset
 from lightmer.datasets.prepare import prepare
 from lightmer.datasets.synth import DomainShift, synthesize
 from lightmer.evaluation.bag_corpus import make_bag
+from lightmer.experiments.robot_world import DATASET, PEOPLE_FIRST_ACTOR, split_sessions
 from lightmer.experiments.stages import stage as _stage
 from lightmer.stream.settings import StreamSettings
 from lightmer.training.train import TrainConfig, predict, train
 
-DATASET = 'crema-d'
 # The robot's camera and room (see DomainShift): dimmer, flatter light, faces 2/3 the size,
 # sensor noise, heads rolled up to 12 degrees and turned; a reverberant room with fan-like
 # noise 10 dB below the speech and a microphone gain that clips loud peaks.
 ROBOT_SHIFT = DomainShift(light=0.6, contrast=0.7, face_scale=0.65, pixel_noise=6.0,
                           head_roll_deg=12.0, head_turn=0.25, reverb_s=0.5, noise_snr_db=10.0,
                           mic_gain=2.0)
-# The robot's people are actors from this index on: never one of a base corpus's actors.
-PEOPLE_FIRST_ACTOR = 40
 
 
 @dataclass(frozen=True)
@@ -115,28 +112,6 @@ def _base_model(out: Path, size: SimSize, base_from: Path | None, timings: dict)
             'test_clips': split['clips']['test']}
 
 
-def _sessions(corpus: Path, out: Path, eval_clips: int) -> dict[str, Path]:
-    """Split the people's corpus into a pool session and a held-out session (CREMA-D layout
-    roots of symbolic links): per person and emotion the last `eval_clips` clips by id are
-    held out."""
-    records, _ = index_dataset(DATASET, corpus)
-    groups: dict[tuple[str, str], list] = {}
-    for r in records:
-        groups.setdefault((r.actor, r.label), []).append(r)
-    roots = {'pool': out / 'pool', 'eval': out / 'eval'}
-    for root in roots.values():
-        shutil.rmtree(root, ignore_errors=True)
-        (root / 'VideoFlash').mkdir(parents=True)
-        (root / 'AudioWAV').mkdir(parents=True)
-    for clips in groups.values():
-        clips = sorted(clips, key=lambda r: r.clip_id)
-        for i, r in enumerate(clips):
-            root = roots['eval' if i >= len(clips) - eval_clips else 'pool']
-            for src in (r.video_path, r.audio_path):
-                (root / src.parent.name / src.name).symlink_to(src.resolve())
-    return roots
-
-
 def _people_bags(out: Path, size: SimSize, timings: dict) -> dict[str, list[Path]]:
     """{'pool': bags, 'eval': bags}: one bag per person and session."""
     corpus = out / 'people_corpus'
@@ -149,7 +124,7 @@ def _people_bags(out: Path, size: SimSize, timings: dict) -> dict[str, list[Path
         print(synthesize(DATASET, corpus, actors=size.people,
                          clips_per_emotion=size.pool_clips + size.eval_clips, seed=0,
                          first_actor=PEOPLE_FIRST_ACTOR, shift=ROBOT_SHIFT))
-        roots = _sessions(corpus, out / 'sessions', size.eval_clips)
+        roots = split_sessions(corpus, out / 'sessions', size.eval_clips)
         shutil.rmtree(bags_dir, ignore_errors=True)
         people = [str(1001 + PEOPLE_FIRST_ACTOR + i) for i in range(size.people)]
         made: dict[str, list[Path]] = {'pool': [], 'eval': []}
