@@ -2,6 +2,7 @@
 import shutil
 import subprocess
 
+import librosa
 import numpy as np
 import pytest
 import soundfile
@@ -21,6 +22,7 @@ from lightmer.core.features import (
     log_mel_at,
     mel_db,
     mel_db_statistics,
+    mel_filterbank,
     resample,
     select_largest_confident,
     to_mono,
@@ -62,6 +64,20 @@ def test_mtcnn_finds_the_one_face_of_the_astronaut(cropper, astronaut):
     [crop] = cropper([astronaut])
     assert crop.shape == (98, 80) and crop.dtype == np.uint8
     assert crop.std() > 10                                      # an image, not a flat patch
+
+
+@pytest.mark.parametrize('face_px', [240, 300])
+def test_a_face_of_the_documented_size_is_found_in_a_4k_frame(cropper, astronaut, face_px):
+    """docs/RUNTIME.md: with detect_max_side 640 a 3840x2160 frame is searched at 640x360, so
+    faces from about 40 x 6 = 240 px are found (the astronaut's face is 88 px wide)."""
+    side = round(512 * face_px / 88)
+    head = np.asarray(Image.fromarray(astronaut).resize((side, side), Image.Resampling.BICUBIC))
+    frame = np.full((2160, 3840, 3), 120, np.uint8)
+    frame[200:200 + side, 1200:1200 + side] = head
+    assert CFG.detect_max_side == 640
+    [box] = cropper.detect([frame])
+    assert box is not None
+    assert abs((box[2] - box[0]) - face_px) < 0.15 * face_px, box
 
 
 def test_blank_frame_is_no_face(cropper):
@@ -125,6 +141,53 @@ def test_log_mel_on_real_speech(speech16k):
     # frames differ over time (syllables), unlike a stationary signal
     assert mel.std(axis=0).std() > 0.05
     np.testing.assert_array_equal(mel, log_mel_at(speech16k, duration / 2, CFG))   # pure
+
+
+def _librosa_mel_db(window: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """The training features as librosa computed them before the numpy ones replaced it."""
+    spec = librosa.stft(y=window, n_fft=cfg.n_fft, hop_length=cfg.hop_length, center=False)
+    basis = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels)
+    return 10 * np.log10(np.maximum(basis @ (np.abs(spec) ** 2), 1e-10))
+
+
+def _assert_librosa_features(audio: np.ndarray, sr: int, cfg: FeatureConfig) -> int:
+    """The numpy resampler, mel dB and log-mel equal librosa's (1e-5) on every 0.25 s of
+    `audio`; returns how many windows were compared."""
+    ours, theirs = resample(audio, sr, cfg.sample_rate), librosa.resample(
+        y=audio, orig_sr=sr, target_sr=cfg.sample_rate)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+    centres = np.arange(0.0, ours.shape[0] / cfg.sample_rate, 0.25)
+    for centre in centres:
+        window = audio_window(ours, centre, cfg)
+        reference = _librosa_mel_db(window, cfg)
+        np.testing.assert_allclose(mel_db(window, cfg), reference, rtol=0, atol=1e-4)  # dB
+        z = (reference - reference.mean()) / max(float(reference.std()), 1.0)
+        np.testing.assert_allclose(log_mel(window, cfg), z, rtol=0, atol=1e-5)
+    return len(centres)
+
+
+def test_numpy_features_equal_librosa_on_real_speech(tmp_path):
+    wav = tmp_path / 'speech.wav'
+    subprocess.run(['espeak-ng', '-w', str(wav), 'How do you feel today? I am fine, thanks'],
+                   check=True, timeout=30)
+    audio, sr = soundfile.read(wav, dtype='float32')
+    assert sr != CFG.sample_rate                          # the resampler is exercised too
+    np.testing.assert_allclose(mel_filterbank(CFG.sample_rate, CFG.n_fft, CFG.n_mels),
+                               librosa.filters.mel(sr=CFG.sample_rate, n_fft=CFG.n_fft,
+                                                   n_mels=CFG.n_mels), rtol=0, atol=1e-7)
+    assert _assert_librosa_features(to_mono(audio), sr, CFG) >= 8
+
+
+def test_numpy_features_equal_librosa_on_generated_audio(tiny_corpus):
+    """The generated corpus's clips (espeak-ng in a room, 16 kHz wav), at 16 and 48 kHz, and
+    other mel settings (n_fft 1024, hop 256, 64 bands)."""
+    wavs = sorted((tiny_corpus / 'AudioWAV').glob('*.wav'))[:2]
+    other = FeatureConfig(n_fft=1024, hop_length=256, n_mels=64)
+    for wav in wavs:
+        audio, sr = soundfile.read(wav, dtype='float32')
+        assert _assert_librosa_features(audio, sr, CFG) >= 4
+        loud = np.clip(librosa.resample(y=audio * 8, orig_sr=sr, target_sr=48000), -1, 1)
+        assert _assert_librosa_features(loud, 48000, other) >= 4
 
 
 def test_log_mel_on_silence_is_finite():

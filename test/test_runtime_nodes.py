@@ -1,5 +1,6 @@
-"""Node processes started on the ONNX export never import torch (the audio node not even
-onnxruntime); a bad model file ends a node with a message that says what to do."""
+"""Node processes started on the ONNX export never import torch, librosa, scipy or numba (the
+audio node not even onnxruntime); a bad model file ends a node with a message that says what
+to do."""
 from __future__ import annotations
 
 import shutil
@@ -22,6 +23,10 @@ NODE_MODULES = {n.name: n.module for n in NODES}   # node name -> module run wit
 
 # A torch import always maps these native libraries; onnxruntime's Python binding this one.
 TORCH_LIBS = ('libtorch_cpu', 'libc10.so')
+# What librosa drags in (its features are numpy + soxr in lightmer): scipy's and numba's
+# extension modules, numba's LLVM.
+HEAVY_AUDIO_LIBS = ('/scipy/', '/numba/', 'llvmlite')
+NOT_IMPORTED = {'torch', 'torchvision', 'facenet_pytorch', 'librosa', 'scipy', 'numba'}
 ORT_LIB = 'onnxruntime_pybind11_state'
 
 
@@ -89,7 +94,8 @@ def _stop(procs: dict) -> None:
 
 
 @pytest.mark.parametrize('layout', ['three processes', 'lightmer bringup'])
-def test_nodes_on_the_onnx_export_import_no_torch(onnx_export, ros_env, tmp_path, layout):
+def test_nodes_on_the_onnx_export_import_no_torch_librosa_scipy_numba(onnx_export, ros_env,
+                                                                      tmp_path, layout):
     export = onnx_export[1]
     if layout == 'three processes':
         procs = {name: _start(_node_args(module, export), ros_env, tmp_path / f'{name}.log')
@@ -98,14 +104,16 @@ def test_nodes_on_the_onnx_export_import_no_torch(onnx_export, ros_env, tmp_path
         procs = {'bringup': _start(['-m', 'lightmer.cli', 'bringup', '--model', str(export)],
                                    ros_env, tmp_path / 'bringup.log')}
     try:
+        # Ready means built: the audio node has computed its warm-up window (resampled from
+        # 8 kHz, log-mel), the face node loaded MTCNN.
         _wait_for_diagnostics(procs, set(NODE_MODULES))
         for name, (p, log) in procs.items():
             with open(f'/proc/{p.pid}/maps', encoding='ascii') as f:
                 maps = f.read()
             imported = _imported(_text(log))
             assert 'rclpy' in imported and 'lightmer' in imported, name   # the log is real
-            assert not {'torch', 'torchvision', 'facenet_pytorch'} & imported, name
-            assert not any(lib in maps for lib in TORCH_LIBS), name
+            assert not NOT_IMPORTED & imported, (name, NOT_IMPORTED & imported)
+            assert not any(lib in maps for lib in TORCH_LIBS + HEAVY_AUDIO_LIBS), name
             # The audio node reads only the export's JSON: no onnxruntime either.
             assert (ORT_LIB in maps) == (name != 'audio_feature'), name
             assert ('onnxruntime' in imported) == (name != 'audio_feature'), name

@@ -9,19 +9,23 @@ Face pipeline: RGB uint8 frame -> (its copy downscaled to `detect_max_side`) -> 
 (ITU-R 601 luma, as PIL's 'L') -> resized to 98 high x 80 wide (bilinear) -> uint8 crop.
 `face_to_input` then maps uint8 to float32 with a fixed affine map.
 
-Audio pipeline: any rate, any channels -> mono float32 -> 16 kHz (soxr via librosa) -> the
-1.5 s window centred on a time, zero-padded past the clip edges -> power mel spectrogram
+Audio pipeline: any rate, any channels -> mono float32 -> 16 kHz (soxr, as librosa.resample)
+-> the 1.5 s window centred on a time, zero-padded past the clip edges -> power mel spectrogram
 (n_fft 2048, hop 512, Hann, no centre padding: 128 x 43) -> dB (`mel_db`) -> normalised: per
 window by default, or with the training set's dB statistics (`FeatureConfig.mel_norm`).
+The STFT and the Slaney mel filterbank are numpy here, step for step librosa 0.11's
+(`librosa.stft`, `librosa.filters.mel`; equal within 1e-5, test/test_features.py), so that the
+audio node imports neither librosa nor the scipy and numba it drags in (seconds and ~150 MB).
 """
 from __future__ import annotations
 
 import functools
 
 import numpy as np
+import soxr
 
 from lightmer.core.config import FeatureConfig
-from lightmer.core.mtcnn import MTCNNNets, detect_faces
+from lightmer.core.mtcnn import MTCNNNets, SearchRegion, detect_faces
 
 # Largest batch handed to MTCNN at once: bounds its memory on a small robot computer.
 _MAX_DETECT_BATCH = 16
@@ -49,6 +53,8 @@ class FaceCropper:
 
     Detection runs on the frame, or on its area-downscaled copy when the frame's longer side
     exceeds `cfg.detect_max_side`; `min_face_size` is in pixels of the image MTCNN sees.
+    `detect_in` looks only in some regions of a frame (the faces of the last segment, followed)
+    with `lightmer.core.mtcnn`'s cascade on either detector's networks.
     """
 
     def __init__(self, cfg: FeatureConfig, device: str = 'cpu',
@@ -56,6 +62,7 @@ class FaceCropper:
         self.cfg = cfg
         self.min_face_size = min_face_size
         self._nets = nets
+        self._numpy_cascade = nets is not None    # whole frames: which detector runs them
         self._mtcnn = None
         if nets is None:
             from facenet_pytorch import MTCNN  # heavy import, only where faces are needed
@@ -86,7 +93,7 @@ class FaceCropper:
         # An image too small for a face goes to neither detector: it has no face to find.
         scannable = [i for i, image in enumerate(images)
                      if not too_small_for_a_face(image.shape, self.min_face_size)]
-        if self._nets is not None:
+        if self._numpy_cascade:
             for i in scannable:
                 out[i] = tuple(a.astype(np.float64) for a in
                                detect_faces(images[i], self._nets, self.min_face_size))
@@ -112,6 +119,31 @@ class FaceCropper:
         return [select_largest_confident(b, p, self.cfg.face_min_prob)
                 for b, p in self.detect_all(frames_rgb)]
 
+    def detect_in(self, frame_rgb: np.ndarray, regions: list[SearchRegion]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Every face MTCNN reports in some regions of one frame, before any threshold.
+
+        regions: `SearchRegion`s in pixels of the frame (their min_face too). P-Net scans only
+        them, on the grid of the whole frame's pyramid (`lightmer.core.mtcnn.detect_faces`).
+        Returns boxes float64 (K, 4) x1 y1 x2 y2 in frame pixels and probs float64 (K,).
+        """
+        image, to_frame = detection_copy(_check_frame(frame_rgb), self.cfg.detect_max_side)
+        sx, sy = to_frame
+        inside = [SearchRegion(int(np.floor(r.x0 / sx)), int(np.floor(r.y0 / sy)),
+                               int(np.ceil(r.x1 / sx)), int(np.ceil(r.y1 / sy)),
+                               r.min_face / max(sx, sy)) for r in regions]
+        if too_small_for_a_face(image.shape, self.min_face_size):
+            return np.zeros((0, 4)), np.zeros(0)
+        boxes, probs = detect_faces(image, self.nets, self.min_face_size, regions=inside)
+        return boxes.astype(np.float64) * np.tile(to_frame, 2), probs.astype(np.float64)
+
+    @property
+    def nets(self) -> MTCNNNets:
+        """The three networks as numpy callables: the export's, or facenet-pytorch's own."""
+        if self._nets is None:
+            self._nets = _torch_nets(self._mtcnn)
+        return self._nets
+
     def crop(self, frame_rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
         """uint8 (H, W, 3) RGB frame, box (4,) x1 y1 x2 y2 -> uint8 (98, 80) grayscale crop.
 
@@ -131,6 +163,20 @@ class FaceCropper:
             except ValueError:   # a box entirely outside the frame: treat as no face
                 crops.append(None)
         return crops
+
+
+def _torch_nets(mtcnn) -> MTCNNNets:
+    """facenet-pytorch's P-, R- and O-Net as numpy callables (`MTCNNNets`), for
+    `lightmer.core.mtcnn`'s cascade; the same weights the export carries."""
+    import torch  # a checkpoint's detector only: torch is loaded already (facenet-pytorch)
+
+    def run(net):
+        def call(x: np.ndarray) -> tuple[np.ndarray, ...]:
+            with torch.inference_mode():
+                return tuple(t.numpy() for t in net(torch.from_numpy(x)))
+        return call
+
+    return MTCNNNets(run(mtcnn.pnet), run(mtcnn.rnet), run(mtcnn.onet))
 
 
 def too_small_for_a_face(shape: tuple[int, ...], min_face_size: int) -> bool:
@@ -250,7 +296,7 @@ def is_digital_silence(samples: np.ndarray) -> bool:
 
 
 def resample(audio: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
-    """float mono (n,) at `sr` Hz -> float32 (round(n * target_sr / sr),) at `target_sr` Hz."""
+    """float mono (n,) at `sr` Hz -> float32 (ceil(n * target_sr / sr),) at `target_sr` Hz."""
     a = np.asarray(audio, dtype=np.float32)
     if a.ndim != 1:
         raise ValueError(f'resample expects mono (n,) audio, got shape {a.shape}; use to_mono')
@@ -258,9 +304,10 @@ def resample(audio: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
         raise ValueError(f'sample rates must be positive, got {sr} -> {target_sr}')
     if sr == target_sr:
         return a.copy()
-    import librosa  # seconds (scipy, numba): paid only where audio features are computed
-
-    return librosa.resample(y=a, orig_sr=sr, target_sr=target_sr).astype(np.float32)
+    # librosa.resample's default ('soxr_hq'), length fixed to ceil(n * ratio) as it does
+    out = soxr.resample(a, sr, target_sr, quality='soxr_hq').astype(np.float32)
+    n = int(np.ceil(a.shape[0] * float(target_sr) / sr))
+    return out[:n] if out.shape[0] >= n else np.pad(out, (0, n - out.shape[0]))
 
 
 def audio_window(audio: np.ndarray, centre_s: float, cfg: FeatureConfig) -> np.ndarray:
@@ -286,12 +333,63 @@ def audio_window(audio: np.ndarray, centre_s: float, cfg: FeatureConfig) -> np.n
 
 
 @functools.lru_cache(maxsize=8)
-def _mel_basis(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
-    import librosa  # audio only, as in resample
+def mel_filterbank(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """Slaney mel filters from 0 Hz to sr / 2: float32 (n_mels, 1 + n_fft // 2), read-only,
+    built once per setting. Triangles between consecutive mel band edges, each scaled to unit
+    area (2 / (upper - lower edge in Hz)): librosa.filters.mel's defaults (htk=False,
+    norm='slaney')."""
+    fft_hz = np.fft.rfftfreq(n=n_fft, d=1.0 / sr)                            # (bins,)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sr / 2.0), n_mels + 2))
+    widths = np.diff(edges)                                                    # (n_mels + 1,)
+    ramps = np.subtract.outer(edges, fft_hz)                                   # (n_mels + 2, bins)
+    weights = np.zeros((n_mels, fft_hz.shape[0]), dtype=np.float32)
+    for i in range(n_mels):
+        rising = -ramps[i] / widths[i]
+        falling = ramps[i + 2] / widths[i + 1]
+        weights[i] = np.maximum(0, np.minimum(rising, falling))
+    weights *= (2.0 / (edges[2:n_mels + 2] - edges[:n_mels]))[:, None]
+    weights.setflags(write=False)
+    return weights
 
-    basis = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)   # (n_mels, 1 + n_fft/2)
-    basis.setflags(write=False)
-    return basis
+
+# Slaney's mel scale (Auditory Toolbox): linear below 1 kHz (200/3 Hz per mel), logarithmic
+# above (27 mels per factor 6.4).
+_MEL_HZ_STEP = 200.0 / 3
+_MEL_LOG_HZ = 1000.0
+_MEL_LOG_STEP = np.log(6.4) / 27.0
+
+
+def _hz_to_mel(hz: float) -> float:
+    if hz < _MEL_LOG_HZ:
+        return hz / _MEL_HZ_STEP
+    return _MEL_LOG_HZ / _MEL_HZ_STEP + float(np.log(hz / _MEL_LOG_HZ)) / _MEL_LOG_STEP
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    """float64 (n,) Slaney mels -> Hz."""
+    hz = _MEL_HZ_STEP * mels
+    log_mel_min = _MEL_LOG_HZ / _MEL_HZ_STEP
+    above = mels >= log_mel_min
+    hz[above] = _MEL_LOG_HZ * np.exp(_MEL_LOG_STEP * (mels[above] - log_mel_min))
+    return hz
+
+
+@functools.lru_cache(maxsize=8)
+def _hann(n: int) -> np.ndarray:
+    """The periodic Hann window of n samples (float64, read-only), as scipy's
+    get_window('hann', n, fftbins=True) that librosa.stft uses."""
+    w = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
+    w.setflags(write=False)
+    return w
+
+
+def power_spectrogram(samples: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
+    """float32 (n,) -> float32 (1 + n_fft // 2, 1 + (n - n_fft) // hop_length) power |STFT|^2:
+    frames of n_fft samples every hop_length, no centre padding, periodic Hann window, the
+    FFT in float64 and the spectrum kept in complex64 (librosa.stft's arithmetic)."""
+    frames = np.lib.stride_tricks.sliding_window_view(samples, n_fft)[::hop_length]  # (F, n_fft)
+    spec = np.fft.rfft(frames * _hann(n_fft), axis=-1).astype(np.complex64)          # (F, bins)
+    return np.ascontiguousarray((np.abs(spec) ** 2).T)                               # (bins, F)
 
 
 def mel_db(window: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
@@ -301,16 +399,13 @@ def mel_db(window: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     filters) -> dB = 10 log10(max(power, 1e-10)). Full scale is a sample amplitude of 1.
     Raises ValueError when the power is not finite (`power_to_db`).
     """
-    import librosa  # audio only, as in resample
-
     w = np.asarray(window, dtype=np.float32)
     if w.shape != (cfg.window_samples,):
         raise ValueError(f'expected a ({cfg.window_samples},) window, got {w.shape}; '
                          'cut it with audio_window')
-    spec = librosa.stft(y=w, n_fft=cfg.n_fft, hop_length=cfg.hop_length, center=False)
     with np.errstate(over='ignore', invalid='ignore'):     # checked in power_to_db
-        power = np.abs(spec) ** 2                                              # (1025, 43)
-        mel = _mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels) @ power       # (128, 43)
+        power = power_spectrogram(w, cfg.n_fft, cfg.hop_length)                 # (1025, 43)
+        mel = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels) @ power   # (128, 43)
     return power_to_db(mel).astype(np.float32)
 
 

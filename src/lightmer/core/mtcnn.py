@@ -24,7 +24,7 @@ for any pyramid scale, and candidates whose crop lies wholly outside the image, 
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -55,13 +55,19 @@ class MTCNNNets(NamedTuple):
 
 def detect_faces(image: np.ndarray, nets: MTCNNNets, min_face_size: float = 40,
                  thresholds: tuple[float, float, float] = THRESHOLDS,
-                 factor: float = FACTOR) -> tuple[np.ndarray, np.ndarray]:
-    """Faces in one RGB image.
+                 factor: float = FACTOR,
+                 regions: Sequence[SearchRegion] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Faces in one RGB image, or in some regions of it.
 
     Args:
         image: uint8 (H, W, 3) RGB.
         nets: the three networks (`MTCNNNets`).
         min_face_size: smallest face looked for, pixels of `image`.
+        regions: None: the whole image. Otherwise P-Net scans only these parts of it (see
+            `SearchRegion`), on the very pixel grid of the whole image's pyramid: a candidate
+            found there is the one the whole image gives, and R-Net and O-Net see the same
+            crops, so a face found equals the whole image's (unless a candidate outside the
+            regions would have suppressed it).
     Returns:
         boxes float32 (K, 4) x1 y1 x2 y2 pixels and probabilities float32 (K,), highest
         probability first; K = 0 when there is no face.
@@ -70,17 +76,38 @@ def detect_faces(image: np.ndarray, nets: MTCNNNets, min_face_size: float = 40,
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f'expected a uint8 (H, W, 3) RGB image, got {img.dtype} {img.shape}')
     h, w = img.shape[:2]
-    ii = integral_image(img, nets.integral)     # every resize below sums rectangles of it
-    boxes = _propose(ii, nets.pnet, scale_pyramid(h, w, min_face_size, factor), thresholds[0])
+    scales = scale_pyramid(h, w, min_face_size, factor)
+    if regions is None:
+        sums = image_sums(img, nets.integral)     # every resize below sums rectangles of it
+        boxes = _propose(sums, nets.pnet, scales, thresholds[0], None)
+    else:
+        sums, boxes = _propose_in_regions(img, nets, scales, thresholds[0], regions)
     if len(boxes):
-        boxes, reg = _refine(ii, boxes, nets.rnet, 24, thresholds[1])
+        sums = _covering(img, sums, boxes, nets.integral)
+        boxes, reg = _refine(sums, boxes, nets.rnet, 24, thresholds[1])
         keep = nms(boxes[:, :4], boxes[:, 4], 0.7)
         boxes = square(regress(boxes[keep], reg[keep], plus_one=True))
     if len(boxes):
-        boxes, reg = _refine(ii, boxes, nets.onet, 48, thresholds[2])
+        sums = _covering(img, sums, boxes, nets.integral)
+        boxes, reg = _refine(sums, boxes, nets.onet, 48, thresholds[2])
         boxes = regress(boxes, reg, plus_one=True)
         boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7, over_min=True)]
     return boxes[:, :4].copy(), boxes[:, 4].copy()
+
+
+class SearchRegion(NamedTuple):
+    """A part of an image to look for faces in: pixels [x0, x1) x [y0, y1), and the smallest
+    face worth looking for there (pixels; pyramid scales for smaller faces are skipped).
+
+    P-Net keeps the candidates whose 12-pixel cell, at a scale of the whole image's pyramid,
+    lies inside the region; R-Net and O-Net then crop wherever those candidates lead.
+    """
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    min_face: float = 0.0
 
 
 def scale_pyramid(h: int, w: int, min_face_size: float, factor: float = FACTOR) -> list[float]:
@@ -108,7 +135,7 @@ def area_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     img = np.asarray(image)
     if img.dtype != np.uint8:
         raise ValueError(f'area_resize expects uint8 pixels, got {img.dtype}')
-    return _resize_whole(integral_image(img), size)
+    return _resize_part(image_sums(img), size, (0, size[0]), (0, size[1]))
 
 
 def integral_image(image: np.ndarray, integral=None) -> np.ndarray:
@@ -131,6 +158,32 @@ def integral_image(image: np.ndarray, integral=None) -> np.ndarray:
     return ii
 
 
+class ImageSums(NamedTuple):
+    """The integral image of part of an image: ii[r, c] = sum of image[top:top + r,
+    left:left + c] (int (h + 1, w + 1, C)); `shape`: the whole image's (H, W). Rectangles
+    inside the part sum exactly as on the whole image's integral."""
+
+    ii: np.ndarray
+    top: int
+    left: int
+    shape: tuple[int, int]
+
+    def covers(self, top: int, left: int, bottom: int, right: int) -> bool:
+        """True when the image rectangle rows [top, bottom) x columns [left, right) is inside."""
+        return (top >= self.top and left >= self.left
+                and bottom <= self.top + self.ii.shape[0] - 1
+                and right <= self.left + self.ii.shape[1] - 1)
+
+
+def image_sums(image: np.ndarray, integral=None, top: int = 0, left: int = 0,
+               bottom: int | None = None, right: int | None = None) -> ImageSums:
+    """`ImageSums` of image rows [top, bottom) x columns [left, right) (default: all of it)."""
+    h, w = image.shape[:2]
+    bottom, right = h if bottom is None else bottom, w if right is None else right
+    part = image if (top, left, bottom, right) == (0, 0, h, w) else image[top:bottom, left:right]
+    return ImageSums(integral_image(part, integral), top, left, (h, w))
+
+
 def _windows(start: np.ndarray, length: np.ndarray, n_out: int
              ) -> tuple[np.ndarray, np.ndarray]:
     """Adaptive-pooling windows [lo, hi) of n_out outputs over `length` pixels from `start`:
@@ -146,16 +199,22 @@ def _divide(sums: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
             / cols.astype(np.float32)[..., None])
 
 
-def _resize_whole(ii: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Area-resize the whole image behind integral image `ii` to `size`: float32 (h, w, C).
+def _resize_part(sums: ImageSums, size: tuple[int, int], rows: tuple[int, int],
+                 cols: tuple[int, int]) -> np.ndarray:
+    """Rows [rows[0], rows[1]) and columns [cols[0], cols[1]) of the whole image (behind
+    `sums`) area-resized to `size`: float32 (rows, cols, C), each pixel exactly what the whole
+    resize gives there (the part's windows must lie inside `sums`).
 
     Rows then columns (two gathers of whole rows, then of columns), cheaper than four corner
     gathers per output pixel for one large region."""
     (r0, r1), (c0, c1) = (_windows(np.zeros(1, int), np.array([n]), m)
-                          for n, m in zip((ii.shape[0] - 1, ii.shape[1] - 1), size, strict=True))
-    strips = ii[r1[0]] - ii[r0[0]]                               # (h, W + 1, C)
-    sums = strips[:, c1[0]] - strips[:, c0[0]]                   # (h, w, C)
-    return _divide(sums, (r1 - r0)[0][:, None], (c1 - c0)[0][None, :])
+                          for n, m in zip(sums.shape, size, strict=True))
+    r0, r1 = r0[0, rows[0]:rows[1]], r1[0, rows[0]:rows[1]]
+    c0, c1 = c0[0, cols[0]:cols[1]], c1[0, cols[0]:cols[1]]
+    strips = sums.ii[r1 - sums.top] - sums.ii[r0 - sums.top]                # (h, w_part + 1, C)
+    parts = (np.take(strips, c1 - sums.left, axis=1)
+             - np.take(strips, c0 - sums.left, axis=1))                      # (h, w, C)
+    return _divide(parts, (r1 - r0)[:, None], (c1 - c0)[None, :])
 
 
 def _resize_boxes(ii: np.ndarray, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -165,10 +224,14 @@ def _resize_boxes(ii: np.ndarray, boxes: np.ndarray, size: tuple[int, int]) -> n
     """
     r0, r1 = _windows(boxes[:, 0], boxes[:, 2] - boxes[:, 0], size[0])     # (K, h)
     c0, c1 = _windows(boxes[:, 1], boxes[:, 3] - boxes[:, 1], size[1])     # (K, w)
-    r0, r1 = r0[:, :, None], r1[:, :, None]
-    c0, c1 = c0[:, None, :], c1[:, None, :]
-    sums = ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]                # (K, h, w, C)
-    return _divide(sums, r1 - r0, c1 - c0)
+    # Corners as flat pixel indices, gathered with np.take on (pixels, C) rows: ~8x faster
+    # than indexing ii with two broadcast index arrays.
+    flat = np.ascontiguousarray(ii).reshape(-1, ii.shape[2])
+    top, bottom = (r0 * ii.shape[1])[:, :, None], (r1 * ii.shape[1])[:, :, None]
+    left, right = c0[:, None, :], c1[:, None, :]
+    sums = (np.take(flat, bottom + right, axis=0) - np.take(flat, top + right, axis=0)
+            - np.take(flat, bottom + left, axis=0) + np.take(flat, top + left, axis=0))
+    return _divide(sums, (r1 - r0)[:, :, None], (c1 - c0)[:, None, :])      # (K, h, w, C)
 
 
 def _to_input(pixels: np.ndarray) -> np.ndarray:
@@ -177,36 +240,111 @@ def _to_input(pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(x, -1, -3), dtype=np.float32)
 
 
-def _propose(ii: np.ndarray, pnet, scales: list[float], threshold: float) -> np.ndarray:
-    """Stage 1: float32 (K, 5) candidate boxes x1 y1 x2 y2 score, squared and regressed."""
-    h, w = ii.shape[0] - 1, ii.shape[1] - 1
+def _propose(sums: ImageSums, pnet, scales: list[float], threshold: float,
+             parts: list[list[tuple[int, int, int, int]]] | None) -> np.ndarray:
+    """Stage 1: float32 (K, 5) candidate boxes x1 y1 x2 y2 score, squared and regressed.
+
+    parts: None (every scale on the whole image), or per scale the rectangles of the scaled
+    image to scan (rows i0 i1, columns j0 j1; i0, j0 even)."""
+    h, w = sums.shape
     found = []
-    for scale in scales:
-        resized = _resize_whole(ii, (int(h * scale + 1), int(w * scale + 1)))
-        reg, prob = pnet(_to_input(resized)[None])              # (1, 4, h', w'), (1, 2, h', w')
-        # row-major order, as torch.nonzero's
-        rows, cols = np.nonzero(prob[0, 1] >= np.float32(threshold))
-        cells = np.stack([cols, rows], axis=1).astype(np.float32)        # (K, 2) x, y
-        s = np.float32(scale)
-        q1 = np.floor((_STRIDE * cells + 1) / s)
-        q2 = np.floor((_STRIDE * cells + _CELL) / s)
-        cand = np.concatenate([q1, q2, prob[0, 1, rows, cols][:, None],
-                               reg[0][:, rows, cols].T], axis=1).astype(np.float32)  # (K, 9)
-        found.append(cand[nms(cand[:, :4], cand[:, 4], 0.5)])
+    for n, scale in enumerate(scales):
+        size = (int(h * scale + 1), int(w * scale + 1))
+        rects = [(0, size[0], 0, size[1])] if parts is None else parts[n]
+        cand = [_scan(sums, pnet, scale, size, rect, threshold) for rect in rects]
+        if cand:
+            cand = np.concatenate(cand)
+            found.append(cand[nms(cand[:, :4], cand[:, 4], 0.5)])
     cand = np.concatenate(found) if found else np.zeros((0, 9), np.float32)
     cand = cand[nms(cand[:, :4], cand[:, 4], 0.7)]
     boxes = regress(cand[:, :5], cand[:, 5:9], plus_one=False)
     return square(boxes)
 
 
-def _refine(ii: np.ndarray, boxes: np.ndarray, net, size: int, threshold: float
+def _scan(sums: ImageSums, pnet, scale: float, size: tuple[int, int],
+          rect: tuple[int, int, int, int], threshold: float) -> np.ndarray:
+    """P-Net on rows [i0, i1) x columns [j0, j1) of the image resized to `size`: float32 (K, 9)
+    candidates x1 y1 x2 y2 score and regression, those whose cell sees only pixels of the
+    rectangle (their outputs are the whole image's: P-Net has no padding and the even i0, j0
+    keep its 2 x 2 pooling on the whole image's grid)."""
+    i0, i1, j0, j1 = rect
+    resized = _resize_part(sums, size, (i0, i1), (j0, j1))
+    reg, prob = pnet(_to_input(resized)[None])              # (1, 4, h', w'), (1, 2, h', w')
+    hit = prob[0, 1] >= np.float32(threshold)
+    # a cell sees input rows [2r, 2r + 12): cut where the rectangle ends inside the image
+    if i1 < size[0]:
+        hit[max(0, (i1 - i0 - _CELL) // _STRIDE + 1):] = False
+    if j1 < size[1]:
+        hit[:, max(0, (j1 - j0 - _CELL) // _STRIDE + 1):] = False
+    rows, cols = np.nonzero(hit)                            # row-major, as torch.nonzero's
+    cells = np.stack([cols + j0 // _STRIDE, rows + i0 // _STRIDE], axis=1).astype(np.float32)
+    s = np.float32(scale)
+    q1 = np.floor((_STRIDE * cells + 1) / s)
+    q2 = np.floor((_STRIDE * cells + _CELL) / s)
+    return np.concatenate([q1, q2, prob[0, 1, rows, cols][:, None],
+                           reg[0][:, rows, cols].T], axis=1).astype(np.float32)   # (K, 9)
+
+
+def _propose_in_regions(image: np.ndarray, nets: MTCNNNets, scales: list[float],
+                        threshold: float, regions: Sequence[SearchRegion]
+                        ) -> tuple[ImageSums, np.ndarray]:
+    """Stage 1 on the regions only: (the sums of the part of the image they span, float32
+    (K, 5) candidates as `_propose` gives them)."""
+    h, w = image.shape[:2]
+    clipped = [(max(0, int(r.x0)), max(0, int(r.y0)), min(w, int(r.x1)), min(h, int(r.y1)),
+                r.min_face) for r in regions]
+    clipped = [r for r in clipped if r[2] > r[0] and r[3] > r[1]]
+    if not clipped:
+        return ImageSums(np.zeros((1, 1, 3), np.int32), 0, 0, (h, w)), np.zeros((0, 5), np.float32)
+    top, left = min(r[1] for r in clipped), min(r[0] for r in clipped)
+    bottom, right = max(r[3] for r in clipped), max(r[2] for r in clipped)
+    sums = image_sums(image, nets.integral, top, left, bottom, right)
+    parts = []
+    for scale in scales:
+        size = (int(h * scale + 1), int(w * scale + 1))
+        parts.append([rect for x0, y0, x1, y1, min_face in clipped
+                      if _CELL / scale >= min_face * (1 - 1e-6)
+                      for rect in [_scaled_rect((y0, y1), (x0, x1), (h, w), size)]
+                      if rect[1] - rect[0] >= _CELL and rect[3] - rect[2] >= _CELL])
+    return sums, _propose(sums, nets.pnet, scales, threshold, parts)
+
+
+def _scaled_rect(rows: tuple[int, int], cols: tuple[int, int], shape: tuple[int, int],
+                 size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Rows [i0, i1) and columns [j0, j1) of the image resized from `shape` to `size` whose
+    area windows lie inside image rows `rows` and columns `cols`; i0 and j0 rounded up to even.
+    """
+    out = []
+    for (lo, hi), n, m in zip((rows, cols), shape, size, strict=True):
+        start = -(-lo * m // n)                   # first i with floor(i n / m) >= lo
+        start += start % 2
+        out += [start, min(m, hi * m // n)]       # last i + 1 with ceil((i + 1) n / m) <= hi
+    return out[0], out[1], out[2], out[3]
+
+
+def _covering(image: np.ndarray, sums: ImageSums, boxes: np.ndarray, integral) -> ImageSums:
+    """`sums`, or the sums of a larger part of the image when the crops of `boxes` (float (K,
+    >= 4), as `crop_candidates` reads them) reach beyond it."""
+    h, w = sums.shape
+    b = np.trunc(boxes[:, :4]).astype(np.int64)
+    top, left = int(max(b[:, 1].min(), 1)) - 1, int(max(b[:, 0].min(), 1)) - 1
+    bottom, right = int(min(b[:, 3].max(), h)), int(min(b[:, 2].max(), w))
+    if bottom <= top or right <= left or sums.covers(top, left, bottom, right):
+        return sums
+    top, left = min(top, sums.top), min(left, sums.left)
+    bottom = max(bottom, sums.top + sums.ii.shape[0] - 1)
+    right = max(right, sums.left + sums.ii.shape[1] - 1)
+    return image_sums(image, integral, max(top, 0), max(left, 0), min(bottom, h), min(right, w))
+
+
+def _refine(sums: ImageSums, boxes: np.ndarray, net, size: int, threshold: float
             ) -> tuple[np.ndarray, np.ndarray]:
     """Stages 2 and 3: score square crops of `boxes` (float32 (K, 5)) with R-Net or O-Net.
 
     Returns the boxes whose new probability > threshold (float32 (M, 5), that probability in
     column 4) and their regressions (M, 4).
     """
-    crops, inside = crop_candidates(ii, boxes, size)
+    crops, inside = crop_candidates(sums, boxes, size)
     boxes = boxes[inside]
     if not len(boxes):
         return boxes, np.zeros((0, 4), np.float32)
@@ -217,21 +355,22 @@ def _refine(ii: np.ndarray, boxes: np.ndarray, net, size: int, threshold: float
     return boxes, reg[keep].astype(np.float32)
 
 
-def crop_candidates(ii: np.ndarray, boxes: np.ndarray, size: int
+def crop_candidates(sums: ImageSums, boxes: np.ndarray, size: int
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Pixels of each box, area-resized: float32 (M, size, size, 3), and the bool (K,) mask of
     the boxes that overlap the image (the others have no pixels and are dropped).
 
-    ii: the image's `integral_image`; boxes: float (K, >= 4) x1 y1 x2 y2, truncated to
-    integers and read as 1-based inclusive, clipped to the image.
+    sums: `image_sums` of the image (of a part holding every crop); boxes: float (K, >= 4)
+    x1 y1 x2 y2, truncated to integers and read as 1-based inclusive, clipped to the image.
     """
-    h, w = ii.shape[0] - 1, ii.shape[1] - 1
+    h, w = sums.shape
     b = np.trunc(boxes[:, :4]).astype(np.int64)
     x1, y1 = np.maximum(b[:, 0], 1), np.maximum(b[:, 1], 1)
     x2, y2 = np.minimum(b[:, 2], w), np.minimum(b[:, 3], h)
     inside = (x2 > x1 - 1) & (y2 > y1 - 1)
-    regions = np.stack([y1 - 1, x1 - 1, y2, x2], axis=1)[inside]    # top left bottom right
-    return _resize_boxes(ii, regions, (size, size)), inside
+    regions = np.stack([y1 - 1 - sums.top, x1 - 1 - sums.left, y2 - sums.top,
+                        x2 - sums.left], axis=1)[inside]                # top left bottom right
+    return _resize_boxes(sums.ii, regions, (size, size)), inside
 
 
 def regress(boxes: np.ndarray, reg: np.ndarray, plus_one: bool) -> np.ndarray:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from functools import partial
 
 import numpy as np
+from rclpy.exceptions import InvalidTopicNameException
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
@@ -31,16 +32,23 @@ from lightmer.core.messages import (
     check_face_id,
     check_image,
     compressed_to_rgb,
+    image_green,
     image_to_rgb,
     time_to_float,
 )
 from lightmer.stream.faces import FaceSegmenter
-from lightmer.stream.people import MultiFaceSegmenter, Ros4hriFaceSegmenter
+from lightmer.stream.follow import FollowSettings
+from lightmer.stream.people import MultiFaceSegmenter, Ros4hriFaceSegmenter, with_mouths
+from lightmer.stream.speaker import MouthHistory
 
 from .common import Reporter, run_node
 from .conversions import array_to_image, face_crops_msg, float_to_time, no_face_image
 from .params import FaceCropParams, declare_and_read, load_for_node
 from .qos import input_qos, output_qos
+
+# face_source ros4hri: most ids of one tracked list followed (subscribed to) at once, unless
+# max_faces is larger; the others are counted (`ids_ignored`) and ignored.
+MAX_TRACKED_IDS = 32
 
 
 class FaceCropNode(Node):
@@ -55,6 +63,7 @@ class FaceCropNode(Node):
         self._pub = self.create_publisher(self._crops_type() if people else Image,
                                           'face_crops' if people else 'face_crop', output_qos())
         qos = input_qos(self.params.qos_reliability, self.params.qos_depth)
+        self.mouths = None
         if self.params.face_source == 'ros4hri':
             self._start_ros4hri(qos)
             return
@@ -72,13 +81,17 @@ class FaceCropNode(Node):
         cropper = face_cropper(path, self.params.min_face_size, self.params.torch_threads, meta)
         # The first MTCNN call is slower (allocations, lazy imports): pay for it now.
         cropper([np.zeros((120, 160, 3), dtype=np.uint8)])
+        # With several people every frame's mouth regions are kept for the speaker estimate
+        # (stream.speaker; the fusion node compares them with the voice).
+        self.mouths = MouthHistory() if people else None
         if people:
             # A random prefix per run: ids are not reused across restarts either.
             prefix = ''.join(secrets.choice(string.ascii_lowercase) for _ in range(3))
             self.faces = MultiFaceSegmenter(cropper, segment_s, self.params.reference,
                                             self.params.max_faces,
                                             self.params.tracker_settings(), prefix,
-                                            self.params.stamp_jump_s)
+                                            self.params.stamp_jump_s,
+                                            FollowSettings.of(self.params.stream_settings()))
         else:
             self.faces = FaceSegmenter(cropper, segment_s, self.params.stream_settings())
         self.reporter = Reporter(self, self.params.diagnostics_period_s,
@@ -111,6 +124,8 @@ class FaceCropNode(Node):
             self.faces.reject()
             self.reporter.error(f'frame dropped: {exc}')
             return
+        if self.mouths is not None:
+            self._keep_mouths(msg)
         results = self._offer('image', partial(self.faces.push, time_to_float(msg.header.stamp),
                                                msg, self._convert))
         if self.params.per_person:
@@ -125,6 +140,19 @@ class FaceCropNode(Node):
             else:                                                  # uint8 (98, 80)
                 self._pub.publish(array_to_image(r.crop, r.payload.header))
                 self.reporter.clear()                              # recovered
+
+    def _keep_mouths(self, msg) -> None:
+        """Every frame into the mouth history: a raw image's green plane read from its bytes,
+        a compressed one decoded whole (a JPEG decode per frame). A frame that will not decode
+        is left out; the segmenter reports it if it is a segment's frame."""
+        t = time_to_float(msg.header.stamp)
+        try:
+            if self.params.compressed_input:
+                self.mouths.push(t, self._convert(msg))
+            else:
+                self.mouths.push_plane(t, image_green(msg, self.mouths.step))
+        except ConversionError:
+            pass
 
     def _offer(self, what: str, push: Callable[[], list]) -> list:
         """`push()` offers one input to the segmenter; its results, with a log line when the
@@ -147,7 +175,10 @@ class FaceCropNode(Node):
                 self.reporter.error(f'selected frame dropped, no faces for its segment: '
                                     f'{r.error}')
             header = self._segment_header(r)
-            self._pub.publish(face_crops_msg(header, r.faces, r.detected))
+            faces = r.faces
+            if self.mouths is not None:                            # mtcnn: frames are seen
+                faces = with_mouths(faces, self.mouths, r.t_frame)
+            self._pub.publish(face_crops_msg(header, faces, r.detected))
             if r.faces:
                 self.reporter.clear()                              # recovered
 
@@ -164,37 +195,64 @@ class FaceCropNode(Node):
         _, meta, segment_s = load_for_node(self.params)
         self._qos = qos
         self._face_subs: dict[str, object] = {}
+        # ids followed at once: hri_face_detect tracks a handful of faces; a list of thousands
+        # would otherwise open as many subscriptions (docs/PEOPLE.md)
+        self._ids_cap = max(self.params.max_faces, MAX_TRACKED_IDS)
+        self._ids_ignored = 0
         self._ros4hri_frame_id = ''
         self.faces = Ros4hriFaceSegmenter(meta.features, segment_s, self.params.reference,
                                           self.params.max_faces, image_to_rgb,
                                           self.params.stamp_jump_s)
         self.reporter = Reporter(self, self.params.diagnostics_period_s,
                                  lambda: {**dataclasses.asdict(self.faces.counts),
-                                          'subscribed': len(self._face_subs)})
+                                          'subscribed': len(self._face_subs),
+                                          'ids_ignored': self._ids_ignored})
         self._sub = self.create_subscription(IdsList, f'{self.params.humans_prefix}/tracked',
                                              self.tracked_callback, qos)
         self.get_logger().info(f'T={segment_s:.3f} s, faces from {self._sub.topic_name} and '
                                f'<id>/{self.params.ros4hri_image} (face_source ros4hri)')
 
     def tracked_callback(self, msg) -> None:
-        listed = []
-        for face_id in msg.ids:
-            try:
-                listed.append(check_face_id(face_id))
-            except ConversionError as exc:
-                self.faces.counts.rejected += 1
-                self.reporter.error(f'tracked face dropped: {exc}')
+        listed = self._usable_ids(msg.ids)
         for face_id in listed:
             if face_id not in self._face_subs:
-                topic = f'{self.params.humans_prefix}/{face_id}/{self.params.ros4hri_image}'
-                self._face_subs[face_id] = self.create_subscription(
-                    Image, topic, partial(self.face_image_callback, face_id), self._qos)
+                self._subscribe_face(face_id)
+        listed = [i for i in listed if i in self._face_subs]
         self._ros4hri_frame_id = msg.header.frame_id or self._ros4hri_frame_id
         self._publish_faces(self._offer('tracked-face list', partial(
             self.faces.push_tracked, time_to_float(msg.header.stamp), listed)))
         # Faces no longer listed: their subscriptions go once their crops are forgotten.
         for face_id in set(self._face_subs) - set(listed) - self.faces.buffered_ids:
             self.destroy_subscription(self._face_subs.pop(face_id))
+
+    def _usable_ids(self, ids) -> list[str]:
+        """The listed ids this node follows: ids that cannot name a topic are refused
+        (counted in `rejected`), repeats dropped, and at most `_ids_cap` kept, those already
+        followed first; the rest are counted in `ids_ignored`. One list's work stays bounded
+        however many ids it holds."""
+        valid: dict[str, None] = {}
+        for face_id in ids:
+            try:
+                valid[check_face_id(face_id)] = None
+            except ConversionError as exc:
+                self.faces.counts.rejected += 1
+                self.reporter.error(f'tracked face dropped: {exc}')
+        ordered = sorted(valid, key=lambda i: i not in self._face_subs)   # followed ones first
+        if len(ordered) > self._ids_cap:
+            self._ids_ignored += len(ordered) - self._ids_cap
+            self.reporter.warn(f'{len(ordered)} ids in one tracked list: following '
+                               f'{self._ids_cap}, ignoring the rest')
+        return ordered[:self._ids_cap]
+
+    def _subscribe_face(self, face_id: str) -> None:
+        topic = f'{self.params.humans_prefix}/{face_id}/{self.params.ros4hri_image}'
+        try:
+            self._face_subs[face_id] = self.create_subscription(
+                Image, topic, partial(self.face_image_callback, face_id), self._qos)
+        except InvalidTopicNameException:     # a long humans_prefix leaves no room for the id
+            self.faces.counts.rejected += 1
+            self.reporter.error(f'tracked face {face_id!r} dropped: {topic!r} is no valid '
+                                'topic name (too long?)')
 
     def face_image_callback(self, face_id: str, msg: Image) -> None:
         try:

@@ -8,10 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from lightmer.core.features import FaceCropper, select_largest_confident
 from lightmer.core.segments import (
     reference_time,
     segment_index,
 )
+from lightmer.stream.follow import FaceFollower, FollowSettings
 from lightmer.stream.settings import StreamSettings
 
 
@@ -83,6 +85,8 @@ class FaceCounts:
     undecodable: int = 0  # of those, chosen frames that failed to decode (no crop)
     resets: int = 0      # stamps went backwards (a bag looping)
     jumps: int = 0       # stamps jumped forward by stamp_jump_s or more
+    whole_frame: int = 0  # chosen frames MTCNN searched whole (stream.follow)
+    followed: int = 0    # chosen frames searched only around the last segment's face
 
 
 @dataclass(frozen=True)
@@ -136,12 +140,13 @@ class BaseFaceSegmenter:
 
 class FaceSegmenter(BaseFaceSegmenter):
     """Per segment, the face crop of the frame nearest its reference time: `FrameSelector`
-    chooses the frame, then the detector runs on that frame alone."""
+    chooses the frame, then MTCNN runs on that frame alone, following the last segment's faces
+    (`stream.follow.FaceFollower`), and the largest confident face is cropped."""
 
-    def __init__(self, cropper: Callable[[list[np.ndarray]], list[np.ndarray | None]],
-                 segment_s: float, settings: StreamSettings):
+    def __init__(self, cropper: FaceCropper, segment_s: float, settings: StreamSettings):
         super().__init__(segment_s, settings.reference, settings.stamp_jump_s, FaceCounts())
         self._cropper = cropper
+        self.follower = FaceFollower(cropper, FollowSettings.of(settings))
 
     def push(self, t: float, payload: Any,
              decode: Callable[[Any], np.ndarray] | None = None) -> list[FaceResult]:
@@ -152,15 +157,30 @@ class FaceSegmenter(BaseFaceSegmenter):
         for k, t_frame, selected in self._choose(t, payload):
             try:
                 frame = selected if decode is None else decode(selected)
+                crop = self._crop(frame)
             except ValueError as exc:
                 self.counts.rejected += 1
                 self.counts.undecodable += 1
                 out.append(FaceResult(k, t_frame, None, selected, str(exc)))
                 continue
-            crop = self._cropper([frame])[0]
             if crop is None:
                 self.counts.no_face += 1
             else:
                 self.counts.published += 1
             out.append(FaceResult(k, t_frame, crop, selected))
         return out
+
+    def _crop(self, frame: np.ndarray) -> np.ndarray | None:
+        """The crop of the frame's largest confident face, or None."""
+        box = select_largest_confident(*self.follower.detect(frame), min_prob=0.0)
+        self.counts.whole_frame = self.follower.counts.whole
+        self.counts.followed = self.follower.counts.followed
+        if box is None:
+            return None
+        try:
+            return self._cropper.crop(frame, box)
+        except ValueError:   # a box entirely outside the frame: treat as no face
+            return None
+
+    def _restart(self) -> None:
+        self.follower.reset()
