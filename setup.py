@@ -31,9 +31,9 @@ setup(
     entry_points={
         'console_scripts': [
             'lightmer = lightmer.cli:main',
-            'face_crop_node = lightmer.ros.face_crop_node:main',
-            'audio_feature_node = lightmer.ros.audio_feature_node:main',
-            'fusion_node = lightmer.ros.fusion_node:main',
+            'face_crop_node = lightmer.ros.start:face_crop_node',
+            'audio_feature_node = lightmer.ros.start:audio_feature_node',
+            'fusion_node = lightmer.ros.start:fusion_node',
         ],
     },
 )

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from lightmer.cli import main
 from lightmer.core.checkpoint import meta_for_preset, save_checkpoint
 from lightmer.core.model import LightmerNet
 from lightmer.evaluation import bags
@@ -32,6 +33,10 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (junk / 'not_a_clip.flv').write_bytes(b'FLV')
     (junk / '1001_DFA_ANG_XX.flv').write_bytes(b'version https://git-lfs.github.com/spec/v1\n')
     (d / 'a_file').write_text('not a folder')
+    (d / 'plain.txt').write_text('remember to set model_path\nand the camera topic\n')
+    (d / 'broken.yaml').write_text('/**:\n  ros__parameters:\n    max_faces: [1, 2\n')
+    (d / 'mixed.yaml').write_text('/**:\n  ros__parameters:\n    audio_to: [1, x]\n')
+    (d / 'outside.yaml').write_text('/**:\n  max_faces: 2\n')
     (d / 'someones_work').mkdir()
     (d / 'someones_work' / 'thesis.tex').write_text('precious')
     frames = np.full((6, 24, 32, 3), 90, np.uint8)
@@ -95,3 +100,30 @@ def test_bad_input_gives_one_line_and_a_non_zero_exit(files, argv, expected):
         assert lines[0].startswith(f'lightmer {command}: '), proc.stderr
     assert expected in lines[-1], proc.stderr
     assert (files / 'someones_work' / 'thesis.tex').read_text() == 'precious'
+
+
+# Launch arguments and options checked before anything starts: one line, exit status 2.
+ARGUMENT_CASES = [
+    ('params plain text', ['bringup', '--params-file', '{d}/plain.txt'],
+     'not a ROS parameter file'),
+    ('params broken yaml', ['bringup', '--params-file', '{d}/broken.yaml'], 'not valid YAML'),
+    ('params mixed list', ['bringup', '--params-file', '{d}/mixed.yaml'], 'mixes types'),
+    ('params outside', ['bringup', '--params-file', '{d}/outside.yaml'],
+     "outside any 'ros__parameters'"),
+    ('camera topic', ['bringup', '--camera-topic', 'bad topic!'], 'not a ROS topic name'),
+    ('namespace', ['bringup', '--namespace', '1bad ns'], 'not a ROS namespace'),
+    ('label port', ['label', '--pool', '{d}/empty', '--port', '70000'], '0..65535'),
+]
+
+
+@pytest.mark.parametrize('argv, expected', [c[1:] for c in ARGUMENT_CASES],
+                         ids=[c[0] for c in ARGUMENT_CASES])
+def test_bad_arguments_give_one_line_and_exit_2(files, argv, expected, capsys):
+    # In this process (cli.main, what the console script calls): these are refused before
+    # ROS or a model is touched, and a process each would cost the fast tier ~4 s a case.
+    code = main([a.replace('{d}', str(files)) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f'lightmer {argv[0]}: '), err
+    assert expected in lines[0], err

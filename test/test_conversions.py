@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lightmer_msgs.msg import FaceCrop, FaceCrops
 from PIL import Image as PILImage
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
@@ -18,6 +19,7 @@ from lightmer.core.features import to_mono
 from lightmer.core.messages import (
     ConversionError,
     audio_format_from_info,
+    check_face_id,
     check_sample_rate,
     compressed_to_rgb,
     expression_fields,
@@ -30,6 +32,7 @@ from lightmer.core.messages import (
 from lightmer.ros.conversions import (
     array_to_image,
     classification_msg,
+    faces_from_msg,
     float_to_time,
     label_info_msg,
 )
@@ -278,3 +281,20 @@ def test_a_png_whose_chunk_lengths_lie_is_a_conversion_error():
     data[at - 4:at] = (16).to_bytes(4, 'big')
     with pytest.raises(ConversionError, match='cannot decode'):
         compressed_to_rgb(CompressedImage(format='png', data=bytes(data)))
+
+
+@pytest.mark.parametrize('confidence', [float('nan'), float('inf'), float('-inf')])
+def test_a_face_with_a_non_finite_confidence_is_refused_with_its_reason(confidence):
+    crop = Image(height=98, width=80, encoding='mono8', step=80, data=bytes(98 * 80))
+    msg = FaceCrops(faces=[FaceCrop(id='f1', confidence=confidence, crop=crop),
+                           FaceCrop(id='f2', confidence=0.9, crop=crop)], detected=2)
+    faces, errors = faces_from_msg(msg, (98, 80))
+    assert [f.face_id for f in faces] == ['f2']
+    assert len(errors) == 1 and 'not a finite number' in errors[0]
+
+
+@pytest.mark.parametrize('face_id', ['f' * 65, 'f' * 300, 'a b', '1a', ''])
+def test_an_id_that_cannot_name_a_topic_is_refused(face_id):
+    with pytest.raises(ConversionError):
+        check_face_id(face_id)
+    assert check_face_id('f' * 64) == 'f' * 64

@@ -5,18 +5,26 @@ file holds every answer once, in order, and the last one per window wins. A scre
 page is saved (pytest's tmp dir and build/screenshots/)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lightmer.active.answers import latest, read_answers
+from lightmer.active.clean import pool_continuity
+from lightmer.active.pool import Pool
+from lightmer.active.query import MANIFEST_FORMAT, manifest_items
+from lightmer.core.uncertainty import entropy_bits
 from lightmer.labelling.server import load_batch
 from polling import wait_until
 
@@ -193,3 +201,101 @@ def test_label_a_batch_with_the_keyboard(robot_pool, label_batch, browser, tmp_p
         ids[4]: labels[3], ids[5]: labels[4]}
     assert {a.who for a in read_answers(answers)} == {'tester'}
     assert shot.stat().st_size > 10_000
+
+
+FOREIGN_PAGE = """<!doctype html><html><head><title>waiting</title></head><body>
+<iframe name="sink" id="sink"></iframe>
+<form id="form" method="post" enctype="text/plain" target="sink" action="TARGET">
+<input name='{"window_id": "WID", "label": "LABEL", "x": "' value='"}'></form>
+<script>
+const body = JSON.stringify({window_id: 'WID', label: 'LABEL'});
+document.getElementById('sink').onload = () => { document.body.dataset.form = 'sent'; };
+Promise.allSettled([
+  fetch('TARGET', {method: 'POST', mode: 'no-cors', body: body}),
+  fetch('TARGET', {method: 'POST', mode: 'no-cors', body: body, referrerPolicy: 'unsafe-url',
+                   headers: {'Content-Type': 'text/plain'}}),
+]).then(r => { document.title = r.map(x => x.status).join(','); });
+document.getElementById('form').submit();
+</script></body></html>"""
+
+
+def _foreign_site(page: bytes) -> ThreadingHTTPServer:
+    """Another origin (another port) serving one page, as an attacker's site would."""
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):     # noqa: N802 (http.server's naming)
+            self.send_response(200)
+            self.send_header('Content-Type', 'text/html')
+            self.send_header('Content-Length', str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    site = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    return site
+
+
+def test_a_foreign_page_cannot_write_answers(robot_pool, label_batch, browser, tmp_path):
+    """A page of another origin posts answers to the labelling page the ways a browser lets
+    it (fetch without CORS, with and without the full Referer, and a text/plain form): the
+    requests reach the server, and nothing is written."""
+    batch = load_batch(label_batch)
+    answers = tmp_path / 'answers.csv'
+    server = _Server(robot_pool, label_batch, answers, _free_port())
+    page = (FOREIGN_PAGE.replace('TARGET', server.url + 'api/answer')
+            .replace('WID', batch['items'][0]['window_id'])
+            .replace('LABEL', batch['labels'][0]))
+    site = _foreign_site(page.encode())
+    server.start()
+    try:
+        browser.get(f'http://127.0.0.1:{site.server_port}/')
+        wait_until(lambda: browser.title == 'fulfilled,fulfilled', DEADLINE_S,
+                   'both fetches answered by the label server', describe=lambda: browser.title)
+        wait_until(lambda: browser.execute_script('return document.body.dataset.form'),
+                   DEADLINE_S, 'the form post answered')
+        # The same answer from the page itself is written: the server was listening.
+        assert not answers.exists()
+        _open(browser, server.url)
+        _press(browser, '1')
+        wait_until(lambda: len(_rows(answers)) == 1, DEADLINE_S, 'the page\'s own answer')
+    finally:
+        server.kill()
+        site.shutdown()
+        site.server_close()
+
+
+def test_the_page_shows_when_a_window_spans_a_pause(robot_pool, browser, tmp_path):
+    """make-bag lays clips 1 s apart in silence: windows across a gap span a pause. A batch
+    of two such windows and two clean ones; the page marks exactly the first two."""
+    from selenium.webdriver.common.keys import Keys
+
+    pool = Pool(robot_pool)
+    table = pool.table
+    found = pool_continuity(pool)
+    paused = np.flatnonzero(found.pause)[:2].tolist()
+    clean = np.flatnonzero(found.clean)[:2].tolist()
+    assert len(paused) == 2 and len(clean) == 2
+    chosen = paused + clean
+    scores = {'score': entropy_bits(table.probs), 'entropy_bits': entropy_bits(table.probs),
+              'margin': np.zeros(len(table.ids))}
+    labels = tuple(pool.recording(table.rec_ids[0])['labels'])
+    batch = tmp_path / 'batch.json'
+    batch.write_text(json.dumps({'format': MANIFEST_FORMAT, 'labels': list(labels),
+                                 'items': manifest_items(pool, chosen, table.probs, scores,
+                                                         labels)}))
+    server = _Server(robot_pool, batch, tmp_path / 'answers.csv', _free_port())
+    server.start()
+    try:
+        _open(browser, server.url)
+        shown = []
+        for i in range(len(chosen)):
+            wait_until(lambda i=i: _text(browser, 'position') == f'{i + 1} of 4', DEADLINE_S,
+                       f'window {i + 1}')
+            shown.append(_text(browser, 'continuity'))
+            _press(browser, Keys.ARROW_RIGHT)
+    finally:
+        server.kill()
+    assert ['spans a pause' in s for s in shown] == [True, True, False, False], shown
+    assert all(s == 'one continuous run: no pause inside' for s in shown[2:]), shown

@@ -5,12 +5,15 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import socket
+import struct
 import threading
 
 import pytest
 
 from lightmer.active.answers import read_answers
 from lightmer.labelling.server import CSP, LabelSession, make_server
+from polling import wait_until
 
 
 @pytest.fixture
@@ -34,10 +37,17 @@ def _request(srv, method, path, body=None, headers=None):
         conn.close()
 
 
+def _page(srv) -> str:
+    return f'http://127.0.0.1:{srv.server_port}'
+
+
 def _answer(srv, obj, **headers):
+    """POST an answer as the page does: with the page's own Origin unless told otherwise
+    (a header given as None is left out)."""
     body = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    sent = {'Content-Type': 'application/json', 'Origin': _page(srv), **headers}
     return _request(srv, 'POST', '/api/answer', body,
-                    {'Content-Type': 'application/json', **headers})
+                    {k: v for k, v in sent.items() if v is not None})
 
 
 def test_bad_requests_get_4xx_and_write_nothing(server):
@@ -93,3 +103,67 @@ def test_page_and_media_come_from_this_server_only(server):
     assert status == 200 and wav[:4] == b'RIFF' and wav[8:12] == b'WAVE'
     status, _, gif = _request(srv, 'GET', '/media/0/clip.gif')
     assert status == 200 and gif[:6] == b'GIF89a'
+
+
+def test_only_this_page_at_its_own_address_may_write(server):
+    """Cross-site writes (no Origin and a foreign Referer, or neither), DNS rebinding (a
+    foreign Host with a matching Origin) and deeply nested JSON are refused; the page's own
+    requests, with Origin or with only its Referer, are written."""
+    srv, session = server
+    wid, label = session.ids[0], session.labels[0]
+    good = {'window_id': wid, 'label': label}
+    refused = [
+        (_answer(srv, good, Origin=None, Referer='http://elsewhere.example/x'), 403),
+        (_answer(srv, good, Origin=None), 403),
+        (_answer(srv, good, Origin='null'), 403),
+        (_answer(srv, good, Host='evil.example', Origin='http://evil.example'), 421),
+        (_answer(srv, good, Host=f'evil.example:{srv.server_port}',
+                 Origin=f'http://evil.example:{srv.server_port}'), 421),
+        (_request(srv, 'GET', '/api/state', headers={'Host': 'evil.example'}), 421),
+        (_answer(srv, b'[' * 4000), 400),
+    ]
+    for (status, _, body), want in refused:
+        assert status == want, body
+        assert json.loads(body)['error']
+    assert not session.answers_path.exists()
+    assert _answer(srv, good, Origin=None, Referer=_page(srv) + '/')[0] == 200
+    assert _answer(srv, {**good, 'label': session.labels[1]},
+                   Host=f'localhost:{srv.server_port}',
+                   Origin=f'http://localhost:{srv.server_port}')[0] == 200
+    assert len(read_answers(session.answers_path)) == 2
+
+
+def test_a_formula_in_who_is_written_as_text(server):
+    srv, session = server
+    wid, label = session.ids[0], session.labels[0]
+    assert _answer(srv, {'window_id': wid, 'label': label, 'who': '=cmd|" /C calc"!A0'})[0] == 200
+    text = session.answers_path.read_text()
+    assert ',\'=cmd|' in text.replace('"', '') and ',=cmd' not in text.replace('"', '')
+
+
+def test_a_stalled_or_vanished_client_holds_nothing_and_prints_no_traceback(server, capfd):
+    srv, session = server
+    srv.RequestHandlerClass.timeout = 1.0          # READ_TIMEOUT_S, shortened for the test
+    head = (f'POST /api/answer HTTP/1.1\r\nHost: 127.0.0.1:{srv.server_port}\r\n'
+            f'Origin: {_page(srv)}\r\nContent-Length: 4096\r\n\r\n').encode()
+    stalled = socket.create_connection(('127.0.0.1', srv.server_port))
+    stalled.sendall(head + b'{"window_id"')       # 12 of the 4,096 bytes announced
+    try:
+        # another client is served meanwhile, and the stalled one is let go
+        assert _request(srv, 'GET', '/api/state')[0] == 200
+        stalled.settimeout(10)       # let go after READ_TIMEOUT_S: a reply, or the close
+        stalled.recv(4096)
+    finally:
+        stalled.close()
+    threads = threading.active_count()
+    # a client that resets its connection mid-body, and one that leaves before its reply
+    for payload in (head + b'{', f'GET /media/0/clip.gif HTTP/1.1\r\nHost: 127.0.0.1:'
+                    f'{srv.server_port}\r\n\r\n'.encode()):
+        gone = socket.create_connection(('127.0.0.1', srv.server_port))
+        gone.sendall(payload)
+        gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+        gone.close()                                # RST, not FIN
+    assert _request(srv, 'GET', '/api/state')[0] == 200
+    wait_until(lambda: threading.active_count() <= threads, 10, 'the handler threads to end')
+    assert 'Traceback' not in capfd.readouterr().err
+    assert not session.answers_path.exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import importlib.util
+import inspect
 import sys
 import types
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lightmer.ros import start
 from lightmer.ros.description import LAUNCH_ARGUMENTS, NODES, PACKAGE, resolve
 from lightmer.ros.params import (
     AudioFeatureParams,
@@ -37,9 +39,15 @@ def _console_scripts() -> dict[str, str]:
 
 
 def test_every_described_node_is_a_setup_py_executable_with_main():
+    """Each described node's executable enters through ros.start (the shutdown handler before
+    the node module's imports), which runs that node module's main."""
     scripts = _console_scripts()
     for node in NODES:
-        assert scripts.get(node.executable) == f'{node.module}:main', node.executable
+        assert scripts.get(node.executable) == f'lightmer.ros.start:{node.executable}', \
+            node.executable
+        assert node.executable in start.EXECUTABLES
+        source = inspect.getsource(start.EXECUTABLES[node.executable])
+        assert f'import {node.module.rsplit(".", 1)[1]} as node' in source, node.executable
         module = importlib.import_module(node.module)
         assert callable(module.main) and hasattr(module, node.class_name)
     assert set(PARAMS_OF) == {n.name for n in NODES}

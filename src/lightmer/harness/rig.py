@@ -151,7 +151,7 @@ class NodeProcesses:
         """Start node `name` (again): the launch_ros command line, output appended to its log
         (a file, not a pipe, which a chatty node could fill and block on)."""
         inv = self.invocations[name]
-        cmd = [sys.executable, '-m', inv.description.module, *inv.ros_args()]
+        cmd = [sys.executable, '-m', 'lightmer.ros.start', inv.executable, *inv.ros_args()]
         with open(self.log_path(name), 'a', encoding='utf-8') as log:
             self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log,
                                                 stderr=subprocess.STDOUT)

@@ -12,12 +12,19 @@ Routes (nothing is ever looked up on disk by a path from the request):
                                    repeating a window's last answer writes nothing)
 - GET  /media/<i>/faces.png | audio.wav | clip.gif   of the queue's i-th window
 Errors are JSON {"error": message} with a 4xx status, and change nothing.
+
+Who may ask: every request must name, in its Host header, the address the page was started
+on (a DNS-rebinding page names its own domain there); a write must come from the page itself,
+its Origin header (or, when a browser sends none, its Referer) naming that address. A client
+has READ_TIMEOUT_S to send its request, and each client has a thread of its own, so no one
+client holds the page; a client that goes away costs no traceback.
 """
 from __future__ import annotations
 
 import ipaddress
 import json
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,12 +35,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from lightmer.active.answers import NOT_A_CLASS, Answer, append_answers, latest, read_answers
+from lightmer.active.clean import window_pauses
 from lightmer.active.pool import Pool
 from lightmer.active.query import MANIFEST_FORMAT
 from lightmer.evaluation.scoring import check_labels
 from lightmer.labelling import media as label_media
 
 MAX_BODY_BYTES = 4096          # an answer is ~100 bytes; anything larger is not one
+READ_TIMEOUT_S = 10.0          # a request (line, headers, body) arrives within this, or is dropped
+LOOPBACK_NAMES = ('127.0.0.1', 'localhost', '::1')
 MEDIA = {'faces.png': 'image/png', 'audio.wav': 'audio/wav', 'clip.gif': 'image/gif'}
 STATIC = {'/': ('index.html', 'text/html; charset=utf-8'),
           '/label.js': ('label.js', 'text/javascript; charset=utf-8'),
@@ -95,6 +105,11 @@ class LabelSession:
             raise ValueError(f'{self.batch_path} asks for windows that {self.pool_path} does '
                              f'not hold ({foreign[:3]}...); pass the pool the batch was made from')
         self.ids = [it['window_id'] for it in self.items]
+        # Silences inside each window (active.clean): the page warns that it may hold two
+        # utterances; seconds from the window's first camera frame.
+        self.pauses = [[[a - it['frames_s'][0], b - it['frames_s'][0]] for a, b in found]
+                       for it, found in zip(self.items, window_pauses(self.pool, self.ids),
+                                            strict=True)]
         check_labels([a.label for a in read_answers(self.answers_path)], self.labels,
                      str(self.answers_path), extras=NOT_A_CLASS)
         self._pool_lock = threading.Lock()      # Pool caches arrays in plain dicts
@@ -109,7 +124,9 @@ class LabelSession:
                 'items': [{k: it[k] for k in ('window_id', 'probs', 'predicted',
                                               'entropy_bits', 'segments_present',
                                               'stamp_s', 'recording')}
-                          for it in self.items],
+                          | {'pauses': pauses, 'span_s': it['frames_s'][1] - it['frames_s'][0],
+                             'n_segments': self.pool.n_segments}
+                          for it, pauses in zip(self.items, self.pauses, strict=True)],
                 'answers': answers, 'done': len(answers), 'queued': len(self.items)}
 
     def answer(self, body: object) -> dict:
@@ -158,9 +175,34 @@ def _static(name: str) -> bytes:
     return resources.files('lightmer.labelling').joinpath('page', name).read_bytes()
 
 
+def allowed_hosts(host: str, port: int) -> frozenset[str] | None:
+    """The Host header values (name:port, lower case) a page started on host:port answers;
+    None when it listens on every address (0.0.0.0, ::), where any IP address with the port
+    is accepted, and a name (what DNS rebinding needs) never is."""
+    if host in ('', '0.0.0.0', '::'):
+        return None
+    names = LOOPBACK_NAMES if is_loopback(host) else (host,)
+    return frozenset(f'[{n}]:{port}' if ':' in n else f'{n}:{port}' for n in names)
+
+
+def _host_ok(netloc: str, allowed: frozenset[str] | None, port: int) -> bool:
+    netloc = netloc.lower()
+    if allowed is not None:
+        return netloc in allowed
+    name, _, netloc_port = netloc.rpartition(':')
+    try:
+        ipaddress.ip_address(name.strip('[]'))
+    except ValueError:
+        return False
+    return netloc_port == str(port)
+
+
 class _Handler(BaseHTTPRequestHandler):
     session: LabelSession          # set on the subclass made by `make_server`
+    hosts: frozenset[str] | None   # allowed Host values, likewise (allowed_hosts)
+    port: int
     server_version = 'lightmer-label'
+    timeout = READ_TIMEOUT_S       # StreamRequestHandler: the socket's timeout
 
     def log_message(self, format, *args) -> None:      # noqa: A002 (the base class's name)
         pass                                            # one line per request is noise here
@@ -180,7 +222,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self, work) -> None:
         try:
+            if not _host_ok(self.headers.get('Host', ''), self.hosts, self.port):
+                raise RequestError(HTTPStatus.MISDIRECTED_REQUEST, 'this page answers at the '
+                                   'address it was started on only')
             work()
+        except (ConnectionError, TimeoutError):    # the client went away or stalled
+            self.close_connection = True
         except RequestError as e:
             self._json(e.status, {'error': str(e)})
         except (ValueError, OSError) as e:     # an answers file someone broke, a lost bag
@@ -207,10 +254,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _post(self) -> None:
         if urlsplit(self.path).path != '/api/answer':
             raise RequestError(HTTPStatus.NOT_FOUND, f'no such endpoint: POST {self.path}')
-        origin = self.headers.get('Origin')
-        if origin and urlsplit(origin).netloc != self.headers.get('Host'):
-            raise RequestError(HTTPStatus.FORBIDDEN, f'answers come from this page only, '
-                               f'not from {origin}')
+        self._check_source()
         try:
             length = int(self.headers.get('Content-Length', ''))
         except ValueError:
@@ -219,19 +263,47 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True       # do not read (or wait for) what was sent
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                f'an answer is at most {MAX_BODY_BYTES} bytes, got {length}')
+        data = self.rfile.read(length)
+        if len(data) < length:
+            self.close_connection = True
+            raise RequestError(HTTPStatus.BAD_REQUEST, f'announced {length} bytes, sent '
+                               f'{len(data)}')
         try:
-            body = json.loads(self.rfile.read(length) or b'null')
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RequestError(HTTPStatus.BAD_REQUEST, 'the body is not JSON') from None
+            body = json.loads(data or b'null')
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise RequestError(HTTPStatus.BAD_REQUEST, 'the body is not JSON (or nested '
+                               'too deeply)') from None
         self._json(HTTPStatus.OK, self.session.answer(body))
+
+    def _check_source(self) -> None:
+        """A write comes from this page: its Origin (or, without one, its Referer) names the
+        address the request was sent to (Host, itself checked in `_handle`)."""
+        source = self.headers.get('Origin') or self.headers.get('Referer')
+        parts = urlsplit(source or '')
+        if (not source or parts.scheme != 'http'
+                or parts.netloc.lower() != self.headers.get('Host', '').lower()):
+            raise RequestError(HTTPStatus.FORBIDDEN, 'answers come from this page only, not '
+                               f'from {source or "a request without Origin or Referer"}')
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """One line, not socketserver's traceback; nothing for a client that went away."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, (ConnectionError, TimeoutError)):
+            print(f'lightmer label: request from {client_address[0]} failed: '
+                  f'{type(error).__name__}: {error}', file=sys.stderr, flush=True)
 
 
 def make_server(session: LabelSession, host: str = '127.0.0.1',
                 port: int = 8765) -> ThreadingHTTPServer:
     """A server bound to (host, port) (port 0: any free one; see `server.server_port`)."""
     handler = type('LabelHandler', (_Handler,), {'session': session})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
+    server = _Server((host, port), handler)
+    handler.port = server.server_port
+    handler.hosts = allowed_hosts(host, server.server_port)
     return server
 
 

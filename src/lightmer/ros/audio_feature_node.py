@@ -15,6 +15,8 @@ published and counted (`silent`).
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections import deque
 
 from rclpy.node import Node
 from sensor_msgs.msg import Image
@@ -37,22 +39,33 @@ from .conversions import array_to_image, float_to_time
 from .params import AudioFeatureParams, declare_and_read, load_for_node
 from .qos import input_qos, latched_qos, output_qos
 
+# How long chunks may come before the first AudioInfo without a word in the log, seconds, and
+# how many of them are kept for when it comes (2 s of chunks at up to 100 chunks a second).
+AUDIO_INFO_WAIT_S = 2.0
+EARLY_CHUNKS = 200
+
 
 class AudioFeatureNode(Node):
     def __init__(self, **kwargs):
         super().__init__('audio_feature', **kwargs)
         self.params = declare_and_read(self, AudioFeatureParams)
-        # Subscribe first, load second: chunks queue up while the model's metadata and librosa
-        # load (the subscription's depth), as in face_crop_node.
+        # Subscribe first, load second: chunks queue up while the model's metadata and the mel
+        # filters load (the subscription's depth), as in face_crop_node.
         self._pub = self.create_publisher(Image, 'log_mel', output_qos())
         self._subscribe()
-        # Only the metadata: librosa does the rest, so with an ONNX export nothing here
+        # Only the metadata: numpy does the rest, so with an ONNX export nothing here
         # imports torch or onnxruntime.
         _, meta, segment_s = load_for_node(self.params)
         self._segmenter = AudioSegmenter(meta.features, segment_s,
                                          self.params.stream_settings())
         self._segmenter.warm_up()
         self._format: AudioFormat | None = None
+        # Chunks that came before any AudioInfo: the latched AudioInfo often arrives a few ms
+        # after the first chunk (at every start and respawn). Kept, and pushed once the format
+        # is known; a warning only when none came within AUDIO_INFO_WAIT_S.
+        self._info_seen = False
+        self._waiting_since: float | None = None
+        self._early: deque = deque(maxlen=EARLY_CHUNKS)
         self.reporter = Reporter(self, self.params.diagnostics_period_s, self.diagnostic_counts)
 
     def _subscribe(self) -> None:
@@ -88,7 +101,7 @@ class AudioFeatureNode(Node):
             fmt = audio_format_from_info(msg.channels, msg.sample_rate, msg.sample_format,
                                          msg.coding_format)
         except ConversionError as exc:
-            self._format = None
+            self._format, self._info_seen = None, True
             self.reporter.error(f'audio refused: {exc}')
             return
         if fmt != self._format:
@@ -97,12 +110,14 @@ class AudioFeatureNode(Node):
             self._segmenter.reset()
             self._format = fmt
             self.reporter.clear()
+        self._info_seen = True
+        early, self._early = list(self._early), deque(maxlen=EARLY_CHUNKS)
+        for chunk in early:                    # what came before the format, in order
+            self.audio_callback(chunk)
 
     def audio_callback(self, msg) -> None:
         if self._format is None:
-            self._segmenter.reject()
-            self.reporter.error('audio dropped: no usable AudioInfo on audio_info yet '
-                                '(is audio_capture running with format:=wave?)')
+            self._before_format(msg)
             return
         try:
             samples = pcm_to_samples(msg.audio.data, self._format)     # (n, channels)
@@ -110,6 +125,24 @@ class AudioFeatureNode(Node):
             self._drop(str(exc))
             return
         self._push(msg.header, samples, self._format.sample_rate)
+
+    def _before_format(self, msg) -> None:
+        """A chunk without a usable format: kept quietly while the first AudioInfo may still
+        come, then counted as rejected with a warning (an error once an AudioInfo was
+        refused: that one said why)."""
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        if not self._info_seen and now - self._waiting_since < AUDIO_INFO_WAIT_S:
+            self._early.append(msg)
+            return
+        self._segmenter.reject()
+        text = ('audio dropped: no usable AudioInfo on audio_info (is audio_capture running '
+                'with format:=wave?)')
+        if self._info_seen:
+            self.reporter.error(text)
+        else:
+            self.reporter.warn(f'{text}; waited {AUDIO_INFO_WAIT_S:g} s')
 
     def mgonzs13_callback(self, msg) -> None:
         info = msg.audio.info
@@ -123,13 +156,16 @@ class AudioFeatureNode(Node):
 
     def _push(self, header: Header, samples, sample_rate: int) -> None:
         counts = self._segmenter.counts
-        resets, jumps = counts.resets, counts.jumps
+        resets, jumps, invalid = counts.resets, counts.jumps, counts.invalid
         try:
             mels = self._segmenter.push(time_to_float(header.stamp), to_mono(samples),
                                         sample_rate)
         except ValueError as exc:
             self._drop(str(exc))
             return
+        if counts.invalid != invalid:
+            self.reporter.error('audio window refused: its power spectrum is not finite '
+                                '(samples far beyond full scale?)')
         if counts.resets != resets:
             self.reporter.warn('audio stamps went backwards (a bag looping?): buffer reset')
         if counts.jumps != jumps:

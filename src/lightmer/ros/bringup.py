@@ -22,8 +22,8 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
-from .common import ShutdownRequest
 from .description import NodeInvocation, resolve
+from .shutdown import ShutdownRequest
 
 
 @dataclass

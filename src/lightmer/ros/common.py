@@ -1,9 +1,7 @@
 """What the three nodes share: a /diagnostics reporter and the `main()` of a node executable."""
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from collections.abc import Callable
 
 import rclpy
@@ -14,6 +12,7 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 from .conversions import diagnostics_msg
+from .shutdown import process_request
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 
@@ -79,32 +78,6 @@ class Reporter:
         self.problem = ''
 
 
-class ShutdownRequest:
-    """SIGINT and SIGTERM set `event` instead of raising KeyboardInterrupt or ending the process.
-
-    `ros2 launch` on Ctrl-C delivers SIGINT twice (the terminal's to the process group, then its
-    own), and escalates to SIGTERM: the second signal used to land in `destroy_node()` or in
-    torch's atexit hooks and print a traceback, or, once Python had restored the default
-    handlers while exiting, end the process with status -2. So the first signal sets the event
-    and makes the process ignore both signals from then on: cleanup finishes and it exits 0
-    (SIGKILL, launch's last resort, still ends it). Build it in the main thread before
-    rclpy.init(signal_handler_options=NO), so that rclpy installs no handler of its own.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        for sig in self.SIGNALS:
-            signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        # SIG_IGN, unlike a Python handler, survives interpreter shutdown.
-        for sig in self.SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
-        self.event.set()
-
-
 def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
     """`main()` of a node executable: init, build, spin until Ctrl-C, SIGTERM or shutdown,
     clean up; exit status 0 however many signals arrive.
@@ -113,7 +86,9 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
     with its message and exit status 1 instead of a traceback. The executor is spun in short
     slices so that the signal flag is seen within 0.1 s.
     """
-    shutdown = ShutdownRequest()
+    shutdown = process_request()      # installed already when started through `start`
+    if shutdown.event.is_set():       # Ctrl-C while the node module was loading
+        return 0
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         try:

@@ -22,6 +22,7 @@ from lightmer.core.messages import (
     check_face_id,
     expression_fields,
     image_to_array,
+    valence_arousal,
 )
 from lightmer.stream.people import TrackedFace
 
@@ -104,19 +105,26 @@ def face_crops_msg(header: Header, faces, detected: int):
         roi = RegionOfInterest(x_offset=max(0, int(round(x1))), y_offset=max(0, int(round(y1))),
                                width=max(0, int(round(x2 - x1))),
                                height=max(0, int(round(y2 - y1))))
+        times, motion = f.mouth if f.mouth is not None else ((), ())
         out.append(FaceCrop(id=f.face_id, roi=roi, confidence=float(f.prob),
-                            crop=array_to_image(f.crop, header)))
+                            crop=array_to_image(f.crop, header),
+                            mouth_motion=[float(v) for v in motion],
+                            mouth_times=[float(v) for v in times]))
     return FaceCrops(header=header, faces=out, detected=max(int(detected), len(out)))
 
 
 def faces_from_msg(msg, shape: tuple[int, int]) -> tuple[list[TrackedFace], list[str]]:
     """lightmer_msgs/FaceCrops -> ([people.TrackedFace], [why each refused face was refused]).
-    A face is refused for a crop that is not mono8 of `shape` or an id that cannot name a
-    topic; the others are kept."""
+    A face is refused for a crop that is not mono8 of `shape`, an id that cannot name a
+    topic or a confidence that is NaN or infinite; the others are kept. Mouth motion (empty:
+    not measured) that is not finite or not as long as its times is dropped, the face kept
+    without it, and said in the errors."""
     faces, errors = [], []
     for f in msg.faces:
         try:
             check_face_id(f.id)
+            if not np.isfinite(f.confidence):
+                raise ConversionError(f'confidence {f.confidence} is not a finite number')
             if f.crop.encoding != 'mono8':
                 raise ConversionError(f'expected a mono8 crop, got {f.crop.encoding!r}')
             crop = image_to_array(f.crop)
@@ -128,17 +136,44 @@ def faces_from_msg(msg, shape: tuple[int, int]) -> tuple[list[TrackedFace], list
             continue
         box = np.array([f.roi.x_offset, f.roi.y_offset, f.roi.x_offset + f.roi.width,
                         f.roi.y_offset + f.roi.height], dtype=np.float64)
-        faces.append(TrackedFace(f.id, crop, box, float(f.confidence)))
+        mouth, error = _mouth_of(f)
+        if error:
+            errors.append(f'face {f.id!r}: {error}')
+        faces.append(TrackedFace(f.id, crop, box, float(f.confidence), mouth))
     return faces, errors
+
+
+# More mouth samples than a camera gives in a few seconds: not a face node's (a 1000 Hz camera
+# over the compared span would give 750).
+_MOUTH_SAMPLES_MAX = 1000
+
+
+def _mouth_of(face) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
+    """A FaceCrop's (mouth_times, mouth_motion) as arrays, or None with why (nothing measured:
+    None without a reason)."""
+    motion = np.asarray(face.mouth_motion, dtype=np.float32)
+    times = np.asarray(face.mouth_times, dtype=np.float64)
+    if motion.size == 0 and times.size == 0:
+        return None, ''
+    if motion.size > _MOUTH_SAMPLES_MAX:
+        return None, f'mouth motion ignored: {motion.size} samples, at most {_MOUTH_SAMPLES_MAX}'
+    if motion.shape != times.shape:
+        return None, (f'mouth motion ignored: {motion.size} values for {times.size} times')
+    if not (np.isfinite(motion).all() and np.isfinite(times).all()):
+        return None, 'mouth motion ignored: not finite'
+    return (times, motion), ''
 
 
 def expression_msg(probs: np.ndarray, labels: tuple[str, ...], header: Header):
     """hri_msgs/Expression of a window: the most probable class's REP-155 name and its
-    probability as confidence; valence and arousal are not estimated (0)."""
+    probability as confidence; valence and arousal the probabilities' expected point on the
+    circumplex (messages.valence_arousal)."""
     from hri_msgs.msg import Expression  # optional: not every robot has ROS4HRI
 
     expression, confidence = expression_fields(probs, labels)
-    return Expression(header=header, expression=expression, confidence=confidence)
+    valence, arousal = valence_arousal(probs, labels)
+    return Expression(header=header, expression=expression, confidence=confidence,
+                      valence=valence, arousal=arousal)
 
 
 def ids_list_msg(ids, header: Header):

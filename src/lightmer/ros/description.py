@@ -17,6 +17,7 @@ applied last, so the launch argument wins whatever form the file uses.
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -39,7 +40,9 @@ class LaunchArgument:
 
 
 LAUNCH_ARGUMENTS = (
-    LaunchArgument('model', '', 'lightmer checkpoint (.pt); sets model_path of every node'),
+    LaunchArgument('model', '', 'lightmer checkpoint (.pt, torch) or its ONNX export (.onnx, '
+                   'onnxruntime): a path, or the bare name of one in the installed models/ '
+                   'folder; sets model_path of every node'),
     LaunchArgument('params_file', '', 'parameter YAML (default: the installed '
                    'config/lightmer.yaml; crema_d.yaml and ravdess.yaml are presets)'),
     LaunchArgument('camera_topic', '/camera/image_raw', 'sensor_msgs/Image topic of the camera'),
@@ -59,8 +62,8 @@ LAUNCH_ARGUMENTS = (
                    'more: one emotion stream per face on /humans/faces/<id>/...', int),
     LaunchArgument('face_source', '', "'mtcnn' (detect in the camera image) or 'ros4hri' "
                    "(hri_face_detect's face crops and ids)"),
-    LaunchArgument('audio_to', '', "per person: fuse the audio with 'all' faces or the "
-                   "'largest'"),
+    LaunchArgument('audio_to', '', "per person: fuse the audio with the face that speaks "
+                   "('speaker'), 'all' faces or the 'largest'"),
     LaunchArgument('primary', '', "per person: whose window emotion carries, 'largest' or "
                    "'oldest'"),
 )
@@ -163,6 +166,79 @@ def _node_keys(path: str) -> list[str]:
     return keys
 
 
+# One token of a ROS name: a letter or underscore, then letters, digits or underscores.
+_TOKEN = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')
+
+
+def check_ros_name(argument: str, name: str, *, namespace: bool = False) -> None:
+    """ValueError naming the launch argument unless `name` is a ROS topic name (relative,
+    absolute, or `~/` private) or, with `namespace`, a namespace: '/'-separated tokens, each
+    a letter or underscore followed by letters, digits or underscores (rcl's rule; rcl would
+    refuse the remapping only when the node is built, with a traceback)."""
+    body = name[1:] if name.startswith('/') else name
+    if not namespace and body.startswith('~'):
+        body = body[2:] if body.startswith('~/') else body[1:]
+    tokens = body.split('/') if body else []
+    if (not tokens and not namespace) or not all(_TOKEN.fullmatch(t) for t in tokens):
+        what = 'namespace' if namespace else 'topic name'
+        raise ValueError(f'launch argument {argument} {name!r} is not a ROS {what}: use '
+                         "'/'-separated parts, each a letter or '_' followed by letters, "
+                         "digits or '_'")
+
+
+def check_params_file(path: str) -> None:
+    """ValueError with one line unless `path` is a ROS parameter file rcl can read: YAML, a
+    mapping of node names (nested namespaces allowed) to `ros__parameters` mappings, whose
+    lists hold one type each. Plain text is valid YAML (a string) but no parameter file."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text(encoding='utf-8'))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f'cannot read params_file {path}: {exc}') from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, 'problem_mark', None)
+        line = f' at line {where.line + 1}' if where is not None else ''
+        problem = getattr(exc, 'problem', None) or type(exc).__name__
+        raise ValueError(f'params_file {path} is not valid YAML{line}: {problem}') from None
+    shape = ("a ROS parameter file maps node names to 'ros__parameters:' "
+             "(e.g. '/**:' then '  ros__parameters:' then '    name: value')")
+    if not isinstance(doc, dict):
+        raise ValueError(f'params_file {path} is not a ROS parameter file: {shape}')
+    problem = _params_problem(doc, '')
+    if problem is None and not _node_keys(path):
+        problem = "no 'ros__parameters' in it"
+    if problem is not None:
+        raise ValueError(f'params_file {path}: {problem}; {shape}')
+
+
+def _params_problem(mapping: dict, prefix: str) -> str | None:
+    """What rcl would refuse in a node level of a parameter file, or None."""
+    for key, value in mapping.items():
+        where = f'{prefix}/{key}' if prefix else str(key)
+        if key == 'ros__parameters':
+            if not isinstance(value, dict):
+                return f"'ros__parameters' under {prefix or '/'} is not a mapping"
+            problem = _values_problem(value, where)
+        elif isinstance(value, dict):
+            problem = _params_problem(value, where)
+        else:
+            problem = f"{where} holds a value outside any 'ros__parameters'"
+        if problem is not None:
+            return problem
+    return None
+
+
+def _values_problem(mapping: dict, prefix: str) -> str | None:
+    for key, value in mapping.items():
+        where = f'{prefix}/{key}'
+        if isinstance(value, dict):
+            problem = _values_problem(value, where)
+            if problem is not None:
+                return problem
+        elif isinstance(value, list) and len({type(v) for v in value}) > 1:
+            return f'the list {where} mixes types (rcl wants one type per list)'
+    return None
+
+
 def _write_overrides(text: str) -> str:
     """Write launch overrides to a file named by its content (the same overrides reuse one
     file; launch_ros leaves its own parameter files in the temporary directory too)."""
@@ -233,6 +309,7 @@ def resolve(values: dict[str, str] | None = None) -> list[NodeInvocation]:
         raise ValueError(f'unknown launch arguments {unknown}; known: {sorted(v)}')
     v.update({k: str(x) for k, x in (values or {}).items()})
     params_file = v['params_file'] or default_params_file()
+    check_params_file(params_file)
     use_sim_time = _as_bool('use_sim_time', v['use_sim_time'])
     respawn = _as_bool('respawn', v['respawn'])
     try:
@@ -245,6 +322,9 @@ def resolve(values: dict[str, str] | None = None) -> list[NodeInvocation]:
     namespace = v['namespace'].strip()
     if namespace and not namespace.startswith('/'):
         namespace = '/' + namespace
+    check_ros_name('namespace', namespace, namespace=True)
+    for argument in sorted({arg for node in NODES for _, arg in node.remappings}):
+        check_ros_name(argument, v[argument])
     out = []
     for node in NODES:
         parameters: dict = {'use_sim_time': use_sim_time}

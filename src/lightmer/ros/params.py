@@ -115,6 +115,9 @@ class FaceCropParams(PeopleParams):
     min_face_size: int = _p(DEFAULTS.min_face_size, 'smallest face MTCNN looks for, in pixels '
                             'of the image it runs on (the frame, or its copy downscaled to '
                             'the model\'s detect_max_side)')
+    follow_every: int = _p(DEFAULTS.follow_every, 'MTCNN follows the faces of the last segment '
+                           '(searches boxes around them, docs/RUNTIME.md) and searches the '
+                           'whole frame at least every this many segments; 1 = every segment')
     max_image_pixels: int = _p(DEFAULT_MAX_PIXELS, 'compressed_input: largest width x height '
                                'a compressed frame may declare; larger ones are refused '
                                'before decoding')
@@ -170,8 +173,10 @@ class FusionParams(PeopleParams):
                            'of its N segments are cached (at most N); 0 = all N. Fewer: '
                            'windows on short utterances; more: each window sees more')
     missing_policy: str = _p(DEFAULTS.missing_policy, "a segment with one modality after "
-                             "missing_wait_s: 'skip' it, or 'nearest' (pair it with the "
-                             "nearest segment's input of the missing modality)")
+                             "missing_wait_s: 'skip' it, 'nearest' (pair it with the "
+                             "nearest segment's input of the missing modality) or 'single' "
+                             "(fuse it with the missing modality's defined input: for models "
+                             "trained with modality dropout)")
     missing_wait_s: float = _p(DEFAULTS.missing_wait_s, 'how long (stamp seconds past its '
                                'reference time) a segment waits for its other modality')
     nearest_max_segments: int = _p(DEFAULTS.nearest_max_segments, "'nearest' policy: "
@@ -184,8 +189,9 @@ class FusionParams(PeopleParams):
                              'gap this long in stamp time also restarts the windows; seconds')
     stall_error_s: float = _p(10.0, 'one input silent this long while the other flows: '
                               '/diagnostics ERROR (its node or sensor is down); seconds')
-    audio_to: str = _p('all', "per person: which faces a segment's audio is fused with, "
-                       "'all' in view or the 'largest' (the others: silence)")
+    audio_to: str = _p('speaker', "per person: which faces a segment's audio is fused with: "
+                       "the 'speaker' (the faces whose mouths move with the voice), 'all' in "
+                       "view or the 'largest' (the others: silence)")
     primary: str = _p('largest', "per person: whose window `emotion` carries, the "
                       "'largest' face of the latest segment or the 'oldest' in view")
     forget_after_s: float = _p(3.0, 'per person: drop an id\'s windows after its face has '
@@ -264,11 +270,22 @@ def resolve_model_path(value: str, search: Sequence[Path] | None = None,
         for name in (value, *(value + s for s in suffixes if not value.endswith(s))):
             if (folder / name).is_file():
                 return folder / name
-    found = sorted({f.stem for folder in folders if folder.is_dir() for f in folder.iterdir()
-                    if f.suffix in suffixes})
-    raise ValueError(f'no model named {value!r} in {[str(f) for f in folders]} (there: '
-                     f'{found or "nothing"}); give a path, or put the checkpoint in models/ '
-                     'and rebuild (see models/README.md)')
+    existing = [f for f in folders if f.is_dir()]
+    found = sorted({f.stem for folder in existing for f in folder.iterdir()
+                    if _is_model_file(f, suffixes)})
+    where = (f'in {[str(f) for f in existing]} (there: {found or "nothing"})' if existing else
+             f'and no models/ folder is installed (looked for {[str(f) for f in folders]})')
+    raise ValueError(f'no model named {value!r} {where}; give a path, or put the checkpoint '
+                     'in models/ and rebuild (see models/README.md)')
+
+
+def _is_model_file(path: Path, suffixes: Sequence[str]) -> bool:
+    """A file a bare name may stand for: a checkpoint, or an ONNX export's main file (the
+    one with its metadata `<name>.onnx.json` beside it; not the export's parts such as
+    `<stem>.fusion.onnx` or `<stem>.mtcnn_onet.onnx`)."""
+    if path.suffix not in suffixes or not path.is_file():
+        return False
+    return path.suffix != '.onnx' or path.with_name(path.name + '.json').is_file()
 
 
 def load_for_node(params: CommonParams) -> tuple[Path, CheckpointMeta, float]:

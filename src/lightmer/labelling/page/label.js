@@ -65,6 +65,7 @@ function render() {
   audio.src = `/media/${index}/audio.wav`;
   audio.play().catch(() => {});     // the browser may wait for a first key press
   $('entropy').textContent = item.entropy_bits.toFixed(2);
+  showContinuity(item);
 
   const bars = $('bars');
   bars.replaceChildren();
@@ -96,6 +97,22 @@ function render() {
   }
   $('current').textContent = given ? `answered: ${given}` : '';
   prefetch(index + 1);
+}
+
+// A window that spans a pause (silence between two sounds inside it) or lacks a segment may
+// hold two utterances or two people: say so, so that the answer is about one of them or skip.
+function showContinuity(item) {
+  const notes = item.pauses.map(([a, b]) =>
+    `spans a pause: ${(b - a).toFixed(1)} s of silence at ${a.toFixed(1)} s of ` +
+    `${item.span_s.toFixed(1)} s (two utterances?)`);
+  if (item.segments_present < item.n_segments) {
+    notes.push(`${item.n_segments - item.segments_present} of ${item.n_segments} segments ` +
+               'missing (no face or no sound there)');
+  }
+  const box = $('continuity');
+  box.textContent = notes.length ? notes.join('; ') : 'one continuous run: no pause inside';
+  box.className = notes.length ? 'warn' : 'ok';
+  box.dataset.pauses = String(item.pauses.length);
 }
 
 // The next window's files are asked for while this one is answered, so they are ready.
