@@ -121,6 +121,34 @@ def test_offline_report(offline):
     for name in ('confusion.png', 'latency.png', 'eval.json'):
         assert (out / name).stat().st_size > 0
     assert json.loads((out / 'eval.json').read_text())['windows'] == result['windows']
+    # 'skip' (the default): every window's segments had both modalities
+    m = result['modalities']
+    assert m['segments'] == m['with_face'] == m['with_audio'] == sum(
+        w['segments'] for w in windows) and m['windows'] == len(windows)
+
+
+def test_single_policy_windows_say_which_segments_lacked_a_face(corpus_bags, checkpoint,
+                                                                 offline, tmp_path):
+    """The grey gaps between clips have sound (silence) but no face: 'skip' drops those
+    segments, 'single' fuses them from the audio alone and the report counts them."""
+    skip, _ = offline['mcap']
+    bag = corpus_bags['mcap']
+    result = evaluate_bag(EvalConfig(
+        bag=bag, labels=bags.default_labels_path(bag), checkpoint=checkpoint, out=tmp_path,
+        settings=StreamSettings(missing_policy='single')))
+    fusion = result['counts']['fusion']
+    assert 0 < fusion['audio_only'] <= fusion['no_face'] and fusion['dropped'] == 0
+    assert fusion['used'] == (skip['counts']['fusion']['used'] + fusion['audio_only']
+                              + fusion['face_only'])
+    assert result['windows'] > skip['windows']
+    windows = _windows(tmp_path)
+    m = result['modalities']
+    assert m['with_face'] == sum(w['with_face'] for w in windows) < m['segments']
+    assert m['with_audio'] == m['segments'] == sum(w['segments'] for w in windows)
+    assert m['windows_without_face'] == sum(w['with_face'] == 0 for w in windows)
+    assert any(w['with_face'] < w['segments'] for w in windows)    # windows over a gap
+    assert all(0 <= w['with_face'] <= w['segments'] and sum(w['probs']) == pytest.approx(1.0)
+               for w in windows)
 
 
 def test_offline_is_deterministic_across_storages(offline):

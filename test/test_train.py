@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightmer import cli
+from lightmer import __version__, cli
 from lightmer.core.checkpoint import load_checkpoint
 from lightmer.core.config import PRESETS
 from lightmer.datasets.cache import dataset_mel_norm, load_index
@@ -131,6 +131,12 @@ def test_uncertainty_run_moves_exactly_nu_per_epoch_until_the_pool_is_empty(tiny
     _, meta = load_checkpoint(fold_dir / 'best.pt')
     assert meta.model.n_classes == 6
     assert meta.n_segments == 5 and meta.provenance['fold'] == 0
+    # how it was run, in every file: one process, no backend, the CPU, this version
+    one = {'world_size': 1, 'backend': None, 'device': 'cpu', 'lightmer': __version__}
+    assert {k: meta.provenance[k] for k in one} == one
+    assert json.loads((run / 'uncertainty' / 'config.json').read_text())['launch'] == one
+    assert json.loads((fold_dir / 'result.json').read_text())['launch'] == one
+    assert all(e['launch'] == one for e in m)
     assert summary['folds_done'] == [0] and (run / 'uncertainty' / 'summary.png').is_file()
     assert sum(map(sum, summary['confusion'])) == len(test)
 
@@ -179,8 +185,12 @@ def _same_weights(a: Path, b: Path) -> bool:
 
 
 def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny_cache, tmp_path):
+    """With augmentation and modality dropout, whose per-segment draws must come back equal
+    after the resume too (the paper's path is the same run without them: test_paper_recipe_
+    digest pins its weights)."""
     args = ['train', '--dataset', 'crema-d', '--cache', str(tiny_cache), '--folds', '4',
-            '--fold', '1', '--epochs', '4', '--nu', '4', '--lr', '3e-4', '--seed', '5']
+            '--fold', '1', '--epochs', '4', '--nu', '4', '--lr', '3e-4', '--seed', '5',
+            '--augment', 'both', '--modality-dropout', '0.3']
     whole, killed = tmp_path / 'whole', tmp_path / 'killed'
     assert cli.main([*args, '--out', str(whole)]) == 0
 

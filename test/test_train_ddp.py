@@ -17,7 +17,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from lightmer import cli
+from lightmer import __version__, cli
+from lightmer.core.checkpoint import load_checkpoint
 from lightmer.core.model import LightmerNet, ModelConfig
 from lightmer.datasets.cache import SegmentDataset, load_index
 from lightmer.datasets.prepare import merge_shards, prepare, shard_index_name, shard_of
@@ -108,6 +109,16 @@ def test_two_gloo_ranks_select_the_same_clips_as_one_process(tiny_cache, two_ran
                  'confusion.png', 'loss.png', 'accuracy.png'):
         assert (fold_dir / name).is_file(), name
     assert (run2 / 'uncertainty' / 'summary.json').is_file()
+    # how each run was run, in every file: two gloo ranks read unlike one process
+    for run, launch in ((run2, {'world_size': 2, 'backend': 'gloo', 'device': 'cpu'}),
+                        (one, {'world_size': 1, 'backend': None, 'device': 'cpu'})):
+        launch = {**launch, 'lightmer': __version__}
+        folder = run / 'uncertainty' / f'fold_{FOLD}'
+        assert json.loads((run / 'uncertainty' / 'config.json').read_text())['launch'] == launch
+        assert json.loads((folder / 'result.json').read_text())['launch'] == launch
+        assert all(e['launch'] == launch for e in _metrics(run))
+        provenance = load_checkpoint(folder / 'best.pt')[1].provenance
+        assert {k: provenance[k] for k in launch} == launch
 
 
 def _worker_of_rank(launcher_pid: int, rank: int) -> int:

@@ -49,7 +49,8 @@ PROVIDERS_ENV = 'LIGHTMER_ONNX_PROVIDERS'
 class LoadedModel:
     """A model ready for the nodes, whatever runs it.
 
-    segment_logits: uint8 (98, 80) crop, float32 (128, 43) log-mel -> float64 (C,) logits.
+    segment_logits: uint8 (98, 80) crop, float32 (128, 43) log-mel -> float64 (C,) logits; the
+        face may also be a float32 (1, 98, 80) network input (`face_batch`: the missing face).
     fuse: float64 (n, C) cached segment logits -> float64 (C,) window probabilities.
     """
 
@@ -86,7 +87,7 @@ def load_model(path, threads: int = 1) -> LoadedModel:
     fusion = _session(path, 'fusion', info, threads)
 
     def segment_logits(face: np.ndarray, mel: np.ndarray) -> np.ndarray:
-        faces = face_to_input(face[None])                                       # (1, 1, 98, 80)
+        faces = face_batch(face)                                                # (1, 1, 98, 80)
         mels = np.ascontiguousarray(mel, dtype=np.float32)[None, None]          # (1, 1, 128, 43)
         return segment.run(None, {'faces': faces, 'mels': mels})[0][0].astype(np.float64)
 
@@ -99,10 +100,25 @@ def load_model(path, threads: int = 1) -> LoadedModel:
     return LoadedModel(meta, 'onnxruntime', segment_logits, fuse)
 
 
+def face_batch(face: np.ndarray) -> np.ndarray:
+    """One segment's face as the network's batch of one, float32 (1, 1, H, W): a uint8 (H, W)
+    crop through `face_to_input`, or a float32 (1, H, W) network input as it is (the input
+    `core.missing.missing_face_input` defines for a segment without a face, which no uint8
+    crop can give: zero is (127.5 - 127.5) / 128)."""
+    face = np.asarray(face)
+    if face.dtype == np.uint8:
+        return face_to_input(face[None])
+    if face.dtype != np.float32 or face.ndim != 3 or face.shape[0] != 1:
+        raise ValueError(f'expected a uint8 (H, W) crop or a float32 (1, H, W) face input, got '
+                         f'{face.dtype} {face.shape}')
+    return np.ascontiguousarray(face)[None]
+
+
 def model_functions(model) -> tuple[Callable, Callable]:
     """(segment_logits, fuse) callables over numpy for a LightmerNet in eval mode.
 
-    segment_logits: uint8 (98, 80) crop, float32 (128, 43) mel -> float64 (C,) logits.
+    segment_logits: uint8 (98, 80) crop (or float32 (1, 98, 80) face input, `face_batch`),
+        float32 (128, 43) mel -> float64 (C,) logits.
     fuse: float64 (n, C) cached logits -> float64 (C,) probabilities.
     """
     # torch (and model.py, which imports it) only here and in load_model's torch branch: an
@@ -114,7 +130,7 @@ def model_functions(model) -> tuple[Callable, Callable]:
     model.eval()
 
     def segment_logits(face: np.ndarray, mel: np.ndarray) -> np.ndarray:
-        faces = torch.from_numpy(face_to_input(face[None]))                     # (1, 1, 98, 80)
+        faces = torch.from_numpy(face_batch(face))                              # (1, 1, 98, 80)
         mels = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))[None, None]
         with torch.inference_mode():
             return model.segment_logits(faces, mels)[0].double().numpy()        # (C,)

@@ -26,6 +26,12 @@ def _strict_kwargs(cls: type, d: dict[str, Any]) -> dict[str, Any]:
 
 
 MEL_NORMS = ('window', 'dataset')
+# Training augmentation (datasets.augment): the kinds, and the defaults of `lightmer train`
+# (chosen from the zero-label study, docs/ROBUSTNESS.md). 'none' with modality dropout 0 is
+# the paper's recipe.
+AUGMENTS = ('none', 'face', 'audio', 'both')
+DEFAULT_AUGMENT = 'none'
+DEFAULT_MODALITY_DROPOUT = 0.0
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Per sample and segment (the clip cut into N equal segments), `segments.choose_fr
 cached face crop and the audio-window centre: in training one of the segment's crops at random
 with the audio centre jittered by up to 10 ms, in evaluation the crop nearest the segment centre.
 Training draws depend only on (seed, epoch, index), set with `set_epoch`, so a rerun is identical
-and two epochs differ.
+and two epochs differ. In training, `augment` (datasets.augment) may change each segment's crop
+and audio window and drop one of its modalities, from generators of their own: with 'none' and
+no dropout the items are exactly the paper's.
 """
 from __future__ import annotations
 
@@ -19,8 +21,23 @@ import torch
 from torch.utils.data import Dataset
 
 from lightmer.core.config import FeatureConfig, get_preset
-from lightmer.core.features import audio_window, face_to_input, log_mel_at, mel_db_statistics
+from lightmer.core.features import (
+    audio_window,
+    face_to_input,
+    log_mel,
+    log_mel_at,
+    mel_db_statistics,
+)
+from lightmer.core.missing import missing_audio_input, missing_face_input
 from lightmer.core.segments import choose_frames, segment_bounds
+from lightmer.datasets.augment import (
+    AugmentConfig,
+    augment_audio,
+    augment_face,
+    drop_modalities,
+    dropout_rng,
+    segment_rng,
+)
 
 # Clips held in memory per dataset object (~0.3 MB each for CREMA-D): the whole generated
 # corpus, a useful working set of a real one.
@@ -108,10 +125,12 @@ class SegmentDataset(Dataset):
 
     def __init__(self, cache_dir: str | Path, clip_ids, n_segments: int,
                  labels: tuple[str, ...], train: bool, seed: int,
-                 features: FeatureConfig | None = None):
+                 features: FeatureConfig | None = None,
+                 augment: AugmentConfig = AugmentConfig()):
         """`labels`: the class order, as preset class names or dataset codes (`label_index`).
         `clip_ids` must have status 'ok' in the cache index. `features`: the cache's own
-        (default), or the same with another log-mel normalisation (`dataset_mel_norm`)."""
+        (default), or the same with another log-mel normalisation (`dataset_mel_norm`).
+        `augment`: applied to training items only (train=True)."""
         self.cache_dir = Path(cache_dir)
         self.index = load_index(self.cache_dir)
         self.cfg = self.index.features if features is None else features
@@ -134,6 +153,7 @@ class SegmentDataset(Dataset):
         self.label_names = tuple(labels)
         self.train = train
         self.seed = seed
+        self.augment = augment
         self.epoch = 0
         self.actors = [by_id[c]['actor'] for c in self.clip_ids]
         self.targets = [label_index(self.index.preset, by_id[c]['label'], self.label_names)
@@ -169,10 +189,42 @@ class SegmentDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         clip = self._clip(self.clip_ids[i])
         picks, centres = self.choose(i)
+        if self.train and self.augment.active:
+            faces, mels = self._augmented(i, clip, picks, centres)
+            return torch.from_numpy(faces), torch.from_numpy(mels), self.targets[i]
         faces = face_to_input(clip['crops'][picks])                          # (N, 1, 98, 80)
         mels = np.stack([log_mel_at(clip['audio'], float(c), self.cfg)
                          for c in centres])[:, None]                         # (N, 1, 128, 43)
         return torch.from_numpy(faces), torch.from_numpy(mels), self.targets[i]
+
+
+    def _augmented(self, i: int, clip: dict, picks: np.ndarray,
+                   centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Faces float32 (N, 1, 98, 80) and log-mels float32 (N, 1, 128, 43) of training
+        sample `i` with its augmentation and modality dropout. Each segment and modality draws
+        from its own generator, so a dropped face does not shift the audio's draws, and 'face'
+        draws the same faces as 'both'."""
+        aug, cfg = self.augment, self.cfg
+        drops = drop_modalities(len(picks), aug.modality_dropout,
+                                dropout_rng(self.seed, self.epoch, i))
+        faces, mels = [], []
+        for k, (pick, centre) in enumerate(zip(picks, centres, strict=True)):
+            if drops[k] == 1:
+                faces.append(missing_face_input(cfg))
+            else:
+                crop = clip['crops'][pick]
+                if aug.faces:
+                    crop = augment_face(crop, segment_rng(self.seed, self.epoch, i, k, 'face'))
+                faces.append(face_to_input(crop))                            # (1, 98, 80)
+            if drops[k] == 2:
+                mels.append(missing_audio_input(cfg))
+                continue
+            window = audio_window(clip['audio'], float(centre), cfg)         # (24000,)
+            if aug.audio:
+                window = augment_audio(window, cfg.sample_rate,
+                                       segment_rng(self.seed, self.epoch, i, k, 'audio'))
+            mels.append(log_mel(window, cfg))                                # (128, 43)
+        return np.stack(faces), np.stack(mels)[:, None]
 
 
 def _without_mel_norm(cfg: FeatureConfig) -> FeatureConfig:

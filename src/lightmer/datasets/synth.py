@@ -33,6 +33,7 @@ than a corpus's first ones (another face placement and another espeak-ng voice).
 """
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 import subprocess
@@ -46,8 +47,9 @@ from pathlib import Path
 
 import av
 import numpy as np
-from scipy.ndimage import map_coordinates
-from scipy.signal import fftconvolve, lfilter
+from PIL import Image
+from scipy.ndimage import map_coordinates, uniform_filter1d
+from scipy.signal import butter, fftconvolve, lfilter, sosfilt
 from skimage import data
 
 from lightmer.core.atomic_io import atomic_write, atomic_write_wav
@@ -133,6 +135,13 @@ class DomainShift:
     decaying noise impulse response; background noise (low-passed, like a fan or traffic) at
     `noise_snr_db` below the speech's RMS (None: none); `mic_gain` multiplies the signal,
     clipped at full scale as a converter clips.
+    A second kind of camera and room (all off by default): `colour_cast` multiplies the R, G,
+    B channels (a white balance gone wrong); `motion_blur_px` averages each frame over that
+    many pixels horizontally (a panning or shaking camera); `jpeg_quality` encodes and decodes
+    every frame as JPEG at that quality (a compressed stream); `echo_ms` / `echo_gain` add a
+    discrete echo (a hard wall at a distance: a slap-back, not a diffuse tail); `band_hz`
+    band-passes the microphone (a 2nd-order Butterworth between the two frequencies: a
+    telephone-grade capsule).
     """
 
     light: float = 1.0
@@ -144,6 +153,12 @@ class DomainShift:
     reverb_s: float = 0.0
     noise_snr_db: float | None = None
     mic_gain: float = 1.0
+    colour_cast: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    motion_blur_px: int = 0
+    jpeg_quality: int | None = None
+    echo_ms: float = 0.0
+    echo_gain: float = 0.0
+    band_hz: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not (self.light > 0 and self.contrast > 0 and self.face_scale > 0
@@ -153,6 +168,10 @@ class DomainShift:
             raise ValueError('pixel_noise, head_roll_deg and reverb_s must be >= 0')
         if not 0 <= self.head_turn < 1:
             raise ValueError(f'head_turn must be in [0, 1), got {self.head_turn}')
+        if (min(self.colour_cast) <= 0 or self.motion_blur_px < 0 or self.echo_ms < 0
+                or self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 95):
+            raise ValueError('colour_cast must be positive, motion_blur_px and echo_ms >= 0, '
+                             'jpeg_quality in [1, 95] or None')
 
 
 @dataclass(frozen=True)
@@ -401,6 +420,11 @@ def _room(audio: np.ndarray, sr: int, i0: int, n_speech: int, shift: DomainShift
         hum = lfilter([0.05], [1.0, -0.95], rng.standard_normal(len(out)))
         hum *= level / max(float(np.sqrt(np.mean(hum ** 2))), 1e-12)
         out = out + hum / 10 ** (shift.noise_snr_db / 20)
+    if shift.echo_ms > 0 and shift.echo_gain:
+        k = int(shift.echo_ms * sr / 1000)
+        out = out + shift.echo_gain * np.concatenate([np.zeros(k), out[:max(0, len(out) - k)]])
+    if shift.band_hz is not None:
+        out = sosfilt(butter(2, shift.band_hz, 'bandpass', fs=sr, output='sos'), out)
     return np.clip(out * shift.mic_gain, -1.0, 1.0).astype(np.float32)
 
 
@@ -427,8 +451,25 @@ def _render_frames(spec: ClipSpec, layout: Layout, audio: np.ndarray, sr: int, n
         frame = img[oy:oy + h, ox:ox + w] + noise[int(rng.integers(len(noise)))]
         if sensor is not None:
             frame = frame + sensor[int(shift_rng.integers(len(sensor)))]
-        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
+        frames.append(_second_camera(np.clip(frame, 0, 255), shift))
     return frames
+
+
+def _second_camera(frame: np.ndarray, shift: DomainShift | None) -> np.ndarray:
+    """float (H, W, 3) frame in [0, 255] -> uint8, through the shift's colour cast, motion
+    blur and JPEG (each only when set: the studio and the first shift are unchanged)."""
+    if shift is not None and shift.colour_cast != (1.0, 1.0, 1.0):
+        frame = np.clip(frame * np.asarray(shift.colour_cast, np.float32), 0, 255)
+    if shift is not None and shift.motion_blur_px > 1:
+        frame = uniform_filter1d(frame, shift.motion_blur_px, axis=1, mode='nearest')
+    out = frame.astype(np.uint8)
+    if shift is None or shift.jpeg_quality is None:
+        return out
+    buf = io.BytesIO()
+    Image.fromarray(out).save(buf, format='JPEG', quality=shift.jpeg_quality)
+    buf.seek(0)
+    with Image.open(buf) as decoded:
+        return np.asarray(decoded.convert('RGB'), dtype=np.uint8).copy()
 
 
 @dataclass(frozen=True)

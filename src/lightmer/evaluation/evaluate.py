@@ -13,7 +13,12 @@ whose half of the frame its faces were, each person scored on their own rows, id
 counted. Live, the windows are those of /humans/faces/<id>/emotion and the faces' positions
 those of the face node's face_crops.
 
-Both report per node the counters the nodes publish on /diagnostics (`counts`). Latency:
+Both report per node the counters the nodes publish on /diagnostics (`counts`). Offline, each
+window also says how many of its segments had their own face and their own audio (windows.json
+`segments`, `with_face`, `with_audio`; the report's `modalities` sums them), which
+vision_msgs/Classification cannot carry; live, the fusion node's counts say how many segments
+were fused from one modality (`face_only`, `audio_only`) and its /diagnostics the last window's
+(`window_with_face`, `window_with_audio`). Latency:
 - Window end: the capture time of the newest data the window uses, i.e. the end of its last
   segment's audio window, stamp + d/2 (the face frame is never later).
 - Latency of a window: publish time minus window end. Sim: offline, the bag time of the
@@ -66,7 +71,7 @@ class EvalConfig:
     # Per person (offline): every face tracked, scored per person (labels need `person`).
     people: bool = False
     max_faces: int = 4
-    audio_to: str = 'all'
+    audio_to: str = 'speaker'
     startup_timeout_s: float = 120.0     # nodes up, matched and holding the AudioInfo
     drain_timeout_s: float = 60.0        # after the last message, for the nodes to finish
 
@@ -83,12 +88,19 @@ class WindowRecord:
     latency_sim_ms: float
     latency_wall_ms: float
     face_id: str = ''       # per person: whose window
+    # Segments averaged, and of those the ones with their own face / audio (offline only: a
+    # Classification message cannot say; None live).
+    segments: int | None = None
+    with_face: int | None = None
+    with_audio: int | None = None
 
     def to_dict(self) -> dict:
         return {'k_last': self.k_last, 'face_id': self.face_id, 'stamp_s': self.stamp_s,
                 'end_s': self.end_s,
                 'probs': list(self.probs), 'publish_sim_s': self.publish_sim_s,
-                'latency_sim_ms': self.latency_sim_ms, 'latency_wall_ms': self.latency_wall_ms}
+                'latency_sim_ms': self.latency_sim_ms, 'latency_wall_ms': self.latency_wall_ms,
+                'segments': self.segments, 'with_face': self.with_face,
+                'with_audio': self.with_audio}
 
 
 @dataclass
@@ -127,7 +139,7 @@ def run_offline(cfg: EvalConfig, meta, topics: bags.BagTopics) -> RunResult:
             sim_ms = (publish_s - end_s) * 1e3
             result.windows.append(WindowRecord(
                 w.k_last, w.t_ref, end_s, tuple(float(p) for p in w.probs), publish_s, sim_ms,
-                sim_ms + compute_ms, face_id))
+                sim_ms + compute_ms, face_id, len(w.segments), w.with_face, w.with_audio))
     result.extra = {'messages': n_msgs}
     if cfg.people:
         result.counts = {'face_crop': dataclasses.asdict(pipe.faces.counts),
@@ -192,11 +204,25 @@ def evaluate_bag(cfg: EvalConfig, live: LiveRunner | None = None) -> dict:
         'latency_definition': 'publish time minus window end (last segment stamp + d/2); '
                               'latency_ms in wall time, latency_sim_ms in bag time',
         'counts': run.counts,
+        'modalities': modalities(run.windows),
         **run.extra,
     })
     if cfg.out is not None:
         _write_outputs(Path(cfg.out), summary, run, meta.labels)
     return summary
+
+
+def modalities(windows: list[WindowRecord]) -> dict | None:
+    """How many of the windows' segments had their own face and their own audio (None when
+    the windows do not say: live). `segments`, `with_face`, `with_audio`: sums over windows;
+    `windows_without_face` / `windows_without_audio`: windows made of one modality alone."""
+    if any(w.segments is None for w in windows):
+        return None
+    return {'windows': len(windows), 'segments': sum(w.segments for w in windows),
+            'with_face': sum(w.with_face for w in windows),
+            'with_audio': sum(w.with_audio for w in windows),
+            'windows_without_face': sum(w.with_face == 0 for w in windows),
+            'windows_without_audio': sum(w.with_audio == 0 for w in windows)}
 
 
 def _score_people(run: RunResult, stamps, probs, rows, labels) -> dict:

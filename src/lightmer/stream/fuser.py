@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lightmer.core.config import FeatureConfig
+from lightmer.core.missing import missing_audio_input, missing_face_input
 from lightmer.core.segments import (
     reference_time,
     segment_index,
@@ -34,12 +36,19 @@ class WindowResult:
     probs: np.ndarray              # float64 (C,), sums to 1
     segments: tuple[int, ...]      # the cached segment ids that were averaged
     frame_id: str = ''
+    # Of `segments`, how many had their own face / their own audio (the rest were filled:
+    # policy 'nearest' or 'single'). vision_msgs/Classification has no field for these: the
+    # fusion node reports them on /diagnostics and eval-bag in its windows and its report.
+    with_face: int = 0
+    with_audio: int = 0
 
 
 @dataclass
 class FusionCounts:
     used: int = 0        # segments with logits, i.e. model calls (both modalities, or filled)
     filled: int = 0      # of those, segments completed with a neighbour's modality ('nearest')
+    face_only: int = 0   # of those, segments fused from their face alone ('single')
+    audio_only: int = 0  # of those, segments fused from their audio alone ('single')
     dropped: int = 0     # segments given up after the wait (policy 'skip', or nothing near)
     no_face: int = 0     # segments the face stream reported without a face (no person)
     invalid: int = 0     # segments dropped for a non-finite log-mel or non-finite logits
@@ -58,6 +67,7 @@ class _Pending:
     face: np.ndarray | None = None        # uint8 (98, 80)
     mel: np.ndarray | None = None         # float32 (128, 43)
     no_face: bool = False                 # the face stream said: no face in this segment
+    no_audio: bool = False                # the caller said: no audio for this face here
 
 
 class SegmentFuser:
@@ -70,7 +80,10 @@ class SegmentFuser:
     policy 'skip' drops it; policy 'nearest' pairs it with the same modality's input of the
     nearest segment within `nearest_max_segments` (a real face or a real sound from a moment
     earlier or later, which the model was trained on, unlike zeros), and drops it when there is
-    none.
+    none; policy 'single' fuses it with the missing modality's input defined once in
+    `core.missing` (`fill_missing`), the very input modality dropout trains the model on, so
+    one modality alone makes a segment. Each window says how many of its segments had their
+    own face and their own audio (`WindowResult.with_face`, `with_audio`).
     A window is emitted when a segment completes in order (never for a segment older than one
     already emitted) and enough of its N segments are cached (`StreamSettings.window_minimum`).
 
@@ -85,10 +98,16 @@ class SegmentFuser:
 
     def __init__(self, segment_logits: Callable[[np.ndarray, np.ndarray], np.ndarray],
                  fuse: Callable[[np.ndarray], np.ndarray], n_segments: int, segment_s: float,
-                 settings: StreamSettings):
+                 settings: StreamSettings, features: FeatureConfig | None = None):
+        """features: the model's FeatureConfig, which sizes the missing inputs of policy
+        'single' (required for it; checkpoint metadata carries it)."""
         reference_time(0, segment_s, settings.reference)
         if n_segments < 1:
             raise ValueError(f'n_segments must be >= 1, got {n_segments}')
+        if settings.missing_policy == 'single' and features is None:
+            raise ValueError("missing_policy 'single' needs the model's FeatureConfig "
+                             '(features=meta.features): it sizes the missing inputs')
+        self.features = features
         self._segment_logits = segment_logits
         self._fuse = fuse
         self.n_segments = n_segments
@@ -113,6 +132,7 @@ class SegmentFuser:
         self._mels: dict[int, np.ndarray] = {}
         self._logits: dict[int, np.ndarray] = {}
         self._frame_ids: dict[int, str] = {}
+        self._own: dict[int, tuple[bool, bool]] = {}   # cached k -> (own face, own audio)
         self._given_up: set[int] = set()
         self._last_face_k: int | None = None
         self._last_mel_k: int | None = None
@@ -161,6 +181,19 @@ class SegmentFuser:
         self._pending_for(k).no_face = True
         return self._after_push(k, t)
 
+    def push_no_audio(self, t_ref: float) -> list[WindowResult]:
+        """The caller's word that the segment of reference time `t_ref` (seconds) has no audio
+        for this fuser's face (a listener while someone else speaks): settled now, as
+        `push_no_face` settles a segment without a face (policy 'single' fuses the face
+        alone). Takes the place of that segment's log-mel in the audio stream's order."""
+        k = segment_of_reference(t_ref, self.segment_s, self.reference)
+        if self._backwards(k, self._last_mel_k):
+            return self.poll(t_ref)
+        self._after_hole(k, t_ref, self._last_mel_t)
+        self._last_mel_k, self._last_mel_t = k, t_ref
+        self._pending_for(k).no_audio = True
+        return self._after_push(k, t_ref)
+
     def push_mel(self, t_ref: float, mel: np.ndarray) -> list[WindowResult]:
         """A log-mel (float32 (128, 43)) stamped with its segment's reference time (seconds).
         A mel holding NaN or inf is dropped and counted (`counts.invalid`)."""
@@ -194,16 +227,21 @@ class SegmentFuser:
             p = self._pending[k]
             face_known = p.face is not None or p.no_face or (
                 self._last_face_k is not None and self._last_face_k > k)
-            mel_known = p.mel is not None or (
+            mel_known = p.mel is not None or p.no_audio or (
                 self._last_mel_k is not None and self._last_mel_k > k)
             if not (face_known and mel_known) and self._latest_t - p.t_ref < self.wait_s:
                 continue
             del self._pending[k]
-            if p.face is None and p.mel is None:     # a no-face word whose audio never came
+            own = (p.face is not None, p.mel is not None)
+            if p.face is None and p.mel is None:     # no-face and no-audio words: nothing
                 self._given_up.add(k)
             elif self.policy == 'nearest' and self._fill(k, p):
                 self.counts.filled += 1
-                out.extend(self._complete(k, p.face, p.mel))
+                out.extend(self._complete(k, p.face, p.mel, own))
+            elif self.policy == 'single':
+                self.counts.face_only += own[0]
+                self.counts.audio_only += own[1]
+                out.extend(self._complete(k, *fill_missing(p.face, p.mel, self.features), own))
             else:
                 self.counts.dropped += not p.no_face    # no person: counted as no_face
                 self._given_up.add(k)
@@ -240,7 +278,7 @@ class SegmentFuser:
         if last_t is None or t - last_t < self.break_s - 1e-9:
             return
         self.counts.breaks += 1
-        for d in (self._logits, self._faces, self._mels, self._frame_ids):
+        for d in (self._logits, self._faces, self._mels, self._frame_ids, self._own):
             for j in [j for j in d if j < k]:
                 del d[j]
 
@@ -254,7 +292,7 @@ class SegmentFuser:
         p = self._pending[k]
         if p.face is not None and p.mel is not None:
             del self._pending[k]
-            out.extend(self._complete(k, p.face, p.mel))
+            out.extend(self._complete(k, p.face, p.mel, (True, True)))
         out.extend(self.poll(t))
         return out
 
@@ -270,13 +308,16 @@ class SegmentFuser:
             p.mel = source[j]
         return True
 
-    def _complete(self, k: int, face: np.ndarray, mel: np.ndarray) -> list[WindowResult]:
+    def _complete(self, k: int, face: np.ndarray, mel: np.ndarray,
+                  own: tuple[bool, bool]) -> list[WindowResult]:
+        """own: whether the segment had its own (face, audio), for the window's counts."""
         logits = np.asarray(self._segment_logits(face, mel), dtype=np.float64)
         if not np.isfinite(logits).all():
             self.counts.invalid += 1
             self._given_up.add(k)
             return []
         self._logits[k] = logits
+        self._own[k] = own
         if self.segment_listener is not None:
             self.segment_listener(k, reference_time(k, self.segment_s, self.reference), face,
                                   mel, logits)
@@ -297,7 +338,9 @@ class SegmentFuser:
         frame_id = self._frame_ids.get(k) or next(
             (self._frame_ids[j] for j in reversed(ks) if j in self._frame_ids), '')
         return [WindowResult(k_last=k, t_ref=reference_time(k, self.segment_s, self.reference),
-                             probs=probs, segments=ks, frame_id=frame_id)]
+                             probs=probs, segments=ks, frame_id=frame_id,
+                             with_face=sum(self._own[j][0] for j in ks),
+                             with_audio=sum(self._own[j][1] for j in ks))]
 
     def _prune(self) -> None:
         newest = max([*self._logits, *self._pending, *self._faces, *self._mels], default=None)
@@ -309,10 +352,24 @@ class SegmentFuser:
         keep_logits = base - self.n_segments
         keep_inputs = base - self.n_segments - self.nearest_max
         for d, floor in ((self._logits, keep_logits), (self._faces, keep_inputs),
-                         (self._mels, keep_inputs), (self._frame_ids, keep_logits)):
+                         (self._mels, keep_inputs), (self._frame_ids, keep_logits),
+                         (self._own, keep_logits)):
             for j in [j for j in d if j < floor]:
                 del d[j]
         self._given_up = {j for j in self._given_up if j >= keep_inputs}
+
+
+def fill_missing(face: np.ndarray | None, mel: np.ndarray | None,
+                 features: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
+    """One segment's (face, log-mel) with a missing one (None) replaced by its input defined in
+    `core.missing` for `features` (the model's): a float32 (1, H, W) face input, which the
+    model callables take beside uint8 crops (`core.backend.face_batch`), or the log-mel of
+    digital silence. What policy 'single' fuses; anything else that hands the model one
+    modality of a segment (a listener's face without their voice) calls it too."""
+    if face is None and mel is None:
+        raise ValueError('a segment needs at least one modality to fill the other')
+    return (missing_face_input(features) if face is None else face,
+            missing_audio_input(features) if mel is None else mel)
 
 
 def is_probability_vector(probs: np.ndarray, tolerance: float = 1e-6) -> bool:

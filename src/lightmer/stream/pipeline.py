@@ -17,9 +17,11 @@ from lightmer.core.backend import face_cropper, load_model
 from lightmer.core.features import FaceCropper
 from lightmer.stream.audio import AudioSegmenter
 from lightmer.stream.faces import FaceSegmenter
+from lightmer.stream.follow import FollowSettings
 from lightmer.stream.fuser import SegmentFuser, WindowResult
-from lightmer.stream.people import MultiFaceSegmenter, PeopleFuser, PersonWindow
+from lightmer.stream.people import MultiFaceSegmenter, PeopleFuser, PersonWindow, with_mouths
 from lightmer.stream.settings import StreamSettings
+from lightmer.stream.speaker import MouthHistory
 from lightmer.stream.tracking import TrackerSettings
 
 
@@ -46,7 +48,7 @@ class OfflinePipeline:
         self.faces = FaceSegmenter(cropper, meta.segment_s, settings)
         self.audio = AudioSegmenter(meta.features, meta.segment_s, settings)
         self.fuser = SegmentFuser(model.segment_logits, model.fuse, meta.n_segments,
-                                  meta.segment_s, settings)
+                                  meta.segment_s, settings, meta.features)
 
     def push_image(self, t: float, frame: np.ndarray) -> list[WindowResult]:
         """A camera frame (uint8 (H, W, 3) RGB) stamped `t` seconds -> windows it completed."""
@@ -82,7 +84,7 @@ class OfflinePeoplePipeline:
     """
 
     def __init__(self, model_path, settings: StreamSettings | None = None, threads: int = 1,
-                 max_faces: int = 4, audio_to: str = 'all', forget_after_s: float = 3.0,
+                 max_faces: int = 4, audio_to: str = 'speaker', forget_after_s: float = 3.0,
                  tracker: TrackerSettings | None = None, frame_id: str = ''):
         settings = settings or StreamSettings()
         model = load_model(model_path, threads)          # the one read of the model file
@@ -90,19 +92,23 @@ class OfflinePeoplePipeline:
         self.frame_id = frame_id
         cropper = face_cropper(model_path, settings.min_face_size, threads, meta)
         self.faces = MultiFaceSegmenter(cropper, meta.segment_s, settings.reference, max_faces,
-                                        tracker, jump_s=settings.stamp_jump_s)
+                                        tracker, jump_s=settings.stamp_jump_s,
+                                        follow=FollowSettings.of(settings))
         self.audio = AudioSegmenter(meta.features, meta.segment_s, settings)
         self.people = PeopleFuser.for_model(model, meta.n_segments, meta.segment_s, settings,
                                             audio_to, forget_after_s)
         self.centres_x: dict[str, list[float]] = {}
+        self.mouths = MouthHistory()          # every frame's mouth regions, as the face node
 
     def push_image(self, t: float, frame: np.ndarray) -> list[PersonWindow]:
         """A camera frame (uint8 (H, W, 3) RGB) stamped `t` -> people.PersonWindow completed."""
         out = []
+        self.mouths.push(t, frame)
         for r in self.faces.push(t, frame):
-            for f in r.faces:
+            faces = with_mouths(r.faces, self.mouths, r.t_frame)
+            for f in faces:
                 self.centres_x.setdefault(f.face_id, []).append(float(f.box[0] + f.box[2]) / 2)
-            windows, _ = self.people.push_faces(r.t_frame, list(r.faces), self.frame_id)
+            windows, _ = self.people.push_faces(r.t_frame, list(faces), self.frame_id)
             out.extend(windows)
         return out
 

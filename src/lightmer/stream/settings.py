@@ -10,7 +10,7 @@ from lightmer.core.segments import (
     REFERENCES,
 )
 
-MISSING_POLICIES = ('skip', 'nearest')
+MISSING_POLICIES = ('skip', 'nearest', 'single')
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,10 @@ class StreamSettings:
     # 2: a 1.5 s utterance holds 3 segments at T = 0.5 s (CREMA-D models) but may hold only 2
     # at T = 0.6 s (RAVDESS); measured against accuracy in docs/ROBOT_OPERATIONS.md.
     min_segments: int = 2
-    missing_policy: str = 'skip'       # a segment with one modality: 'skip' it | 'nearest'
+    # A segment with one modality: 'skip' it | 'nearest' (borrow a neighbour's) | 'single'
+    # (fuse it with core.missing's input for the other: for models trained with modality
+    # dropout, which saw that input; docs/MISSING_MODALITY.md).
+    missing_policy: str = 'skip'
     missing_wait_s: float = 2.0        # how long (stamp seconds) a half segment waits
     nearest_max_segments: int = 2      # 'nearest': the farthest segment to borrow from
     # A forward stamp step at least this long is a jump (a clock set, a replay seek, an outage
@@ -39,6 +42,11 @@ class StreamSettings:
     # restarting, its sensor stalled) ends the run of windows: no window averages segments
     # from both sides; the fusion node's /diagnostics also warns after this long. Seconds.
     stall_warn_s: float = 3.0
+    # Face detection follows the faces of the last segment (stream.follow) and searches the
+    # whole frame at least every this many segments (1: every segment, no following). A person
+    # who comes into view beside a followed one is found up to follow_every - 1 segments late
+    # (3: 1 s at T = 0.5 s); larger values save more (docs/RUNTIME.md).
+    follow_every: int = 3
 
     def __post_init__(self) -> None:
         if self.reference not in REFERENCES:
@@ -54,6 +62,9 @@ class StreamSettings:
         if not self.stamp_jump_s > self.gap_tolerance_s:
             raise ValueError(f'stamp_jump_s ({self.stamp_jump_s}) must exceed '
                              f'gap_tolerance_s ({self.gap_tolerance_s})')
+        if self.follow_every < 1:
+            raise ValueError(f'follow_every must be >= 1 (1 = the whole frame every segment), '
+                             f'got {self.follow_every}')
         if not self.stall_warn_s > 0:
             raise ValueError(f'stall_warn_s must be > 0, got {self.stall_warn_s}')
 

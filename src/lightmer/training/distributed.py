@@ -39,6 +39,8 @@ import torch.distributed as dist
 import torch.distributed.nn  # noqa: F401
 from torch import nn
 
+from lightmer import __version__
+
 T = TypeVar('T')
 
 # Errors a rank-0-only step (reading the run directory) may raise; every rank re-raises the
@@ -108,6 +110,15 @@ def join(ranks: Ranks, device_type: str, timeout_s: float) -> torch.device:
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo',
                                 timeout=datetime.timedelta(seconds=timeout_s))
     return device
+
+
+def launch_record(ranks: Ranks, device: torch.device) -> dict:
+    """How this run trains, for its files and checkpoints: processes, their backend (None for
+    one process), this rank's device and the lightmer version. Two one-rank runs and a
+    two-rank gloo run read differently."""
+    backend = dist.get_backend() if ranks.active and dist.is_initialized() else None
+    return {'world_size': ranks.world_size, 'backend': backend, 'device': device.type,
+            'lightmer': __version__}
 
 
 def leave() -> None:

@@ -60,10 +60,17 @@ from tqdm import tqdm
 
 from lightmer.core.atomic_io import atomic_save_json
 from lightmer.core.checkpoint import CheckpointMeta, make_provenance, save_checkpoint
-from lightmer.core.config import MEL_NORMS, FeatureConfig, get_preset
+from lightmer.core.config import (
+    DEFAULT_AUGMENT,
+    DEFAULT_MODALITY_DROPOUT,
+    MEL_NORMS,
+    FeatureConfig,
+    get_preset,
+)
 from lightmer.core.model import LightmerNet, ModelConfig
 from lightmer.core.plots import confusion_matrix, plot_comparison, plot_confusion, plot_curves
 from lightmer.core.uncertainty import entropy_bits, most_uncertain
+from lightmer.datasets.augment import AugmentConfig
 from lightmer.datasets.cache import CacheIndex, SegmentDataset, dataset_mel_norm, load_index
 from lightmer.training.distributed import (
     SINGLE,
@@ -71,6 +78,7 @@ from lightmer.training.distributed import (
     all_sum,
     gather_rows,
     join,
+    launch_record,
     launched_ranks,
     leave,
     on_main,
@@ -102,7 +110,9 @@ _INIT, _DROPOUT, _GLOBAL, _SHUFFLE, _WORKERS = 1, 2, 3, 4, 5
 # Settings that change the numbers; a resumed or extended run must agree on all of them.
 _RUN_KEYS = ('dataset', 'strategy', 'n_folds', 'epochs', 'n_uncertain', 'n_segments',
              'batch_size', 'lr', 'lr_decay', 'decay_epoch', 'dropout', 'seed', 'mel_norm',
-             'amp')
+             'amp', 'augment', 'modality_dropout')
+# What a run directory written before a setting existed had (the paper's recipe).
+_SETTINGS_THEN = {'augment': 'none', 'modality_dropout': 0.0}
 
 
 @dataclass(frozen=True)
@@ -137,12 +147,17 @@ class TrainConfig:
     progress: bool = True         # tqdm bars (folds, epochs, batches) on stderr
     mel_norm: str = 'window'      # log-mel normalisation (FeatureConfig.mel_norm); 'dataset'
     # takes the dB statistics of each fold's training clips into its checkpoints
+    augment: str = DEFAULT_AUGMENT  # per-segment augmentation of training items (AUGMENTS;
+    # datasets.augment); 'none' with no modality dropout is the paper's recipe
+    modality_dropout: float = DEFAULT_MODALITY_DROPOUT  # share of training segments that lose
+    # their face or their audio (core.missing's input instead)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f'strategy must be one of {STRATEGIES}, got {self.strategy!r}')
         if self.mel_norm not in MEL_NORMS:
             raise ValueError(f'mel_norm must be one of {MEL_NORMS}, got {self.mel_norm!r}')
+        AugmentConfig(self.augment, self.modality_dropout)   # checks both values
         for name in ('n_uncertain', 'n_segments', 'epochs', 'batch_size', 'n_folds'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
@@ -171,6 +186,10 @@ class TrainConfig:
                    n_uncertain=preset.n_uncertain if n_uncertain is None else n_uncertain,
                    n_segments=preset.n_segments if n_segments is None else n_segments,
                    **overrides)
+
+    @property
+    def augmentation(self) -> AugmentConfig:
+        return AugmentConfig(self.augment, self.modality_dropout)
 
     @property
     def lr_step_epoch(self) -> int:
@@ -477,7 +496,8 @@ def _fold_data(cfg: TrainConfig, ids: dict[str, list[str]], index: CacheIndex,
     return _FoldData(
         ids=ids, position=position, true_label={c: y for c, (_, y) in clips.items()},
         features=features,
-        train_items=dataset(all_ids, train=True),   # random frame + jittered audio per segment
+        # random frame + jittered audio per segment, and cfg's augmentation
+        train_items=dataset(all_ids, train=True, augment=cfg.augmentation),
         eval_items=eval_items, d0_items=Subset(eval_items, [position[c] for c in ids['d0']]),
         test_items=_Memo(dataset(ids['test'], train=False), max(0, memo - len(all_ids))))
 
@@ -651,7 +671,8 @@ def _checkpoint_fields(run: _FoldRun, data: _FoldData, model_cfg: ModelConfig) -
     provenance = make_provenance(
         dataset=cfg.dataset, fold=run.fold, strategy=cfg.strategy, seed=cfg.seed,
         best_criterion='min eval-mode cross-entropy on D_train(0)',
-        ranks=run.ranks.world_size, precision=run.precision.name)
+        ranks=run.ranks.world_size, precision=run.precision.name, augment=cfg.augment,
+        modality_dropout=cfg.modality_dropout, **launch_record(run.ranks, run.device))
     return dict(preset=preset.name, labels=preset.labels, n_segments=cfg.n_segments,
                 segment_s=preset.segment_s, features=data.features, model=model_cfg,
                 provenance=provenance)
@@ -709,7 +730,8 @@ def _train_fold(run: _FoldRun, split: Split, ids: dict[str, list[str]], index: C
             'test_loss': test_loss, 'test_acc': test_acc, 'lr': lr,
             'pool_entropy_mean': pool_entropy,
             'corrected': sum(s['predicted'] != s['label'] for s in selected),
-            'selected': selected, 'seconds': time.perf_counter() - t0})
+            'selected': selected, 'seconds': time.perf_counter() - t0,
+            'launch': launch_record(run.ranks, run.device)})
         improved = val_loss < book.best['val_loss']
         if improved:
             book.best = {'epoch': epoch, 'val_loss': val_loss, 'test_acc': test_acc}
@@ -730,7 +752,8 @@ def _finish_fold(run: _FoldRun, book: _Bookkeeping, n_test: int) -> None:
     atomic_save_json(run.fold_dir / 'result.json', {
         'fold': run.fold, 'test_acc': book.metrics[-1]['test_acc'],
         'test_loss': book.metrics[-1]['test_loss'], 'best': book.best, 'confusion': cm.tolist(),
-        'labels': list(labels), 'test_clips': n_test})
+        'labels': list(labels), 'test_clips': n_test,
+        'launch': launch_record(run.ranks, run.device)})
 
 
 def _log_epoch(fold: int, m: Mapping) -> None:
@@ -809,12 +832,19 @@ def plan_run(cfg: TrainConfig) -> tuple[CacheIndex, dict[str, tuple[str, int]],
     return index, clips, {k: _plan_fold(cfg, k, clips) for k in folds}
 
 
-def claim_run_dir(cfg: TrainConfig) -> None:
+def claim_run_dir(cfg: TrainConfig, launch: dict | None = None) -> None:
     """Write RUN/<strategy>/config.json, or refuse when the directory holds other settings
-    (one strategy directory mixing settings would give a wrong summary)."""
+    (one strategy directory mixing settings would give a wrong summary). `launch`
+    (distributed.launch_record: world size, backend, device, lightmer version) is kept there
+    too, under 'launch', for the latest launch; it is not a setting, so a resume on another
+    number of ranks is allowed."""
     # A setting newer than the run directory had its default then (amp: float32).
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    claim_settings(cfg.out / cfg.strategy / 'config.json', cfg.run_settings(), defaults)
+    defaults = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)},
+                **_SETTINGS_THEN}
+    path = cfg.out / cfg.strategy / 'config.json'
+    claim_settings(path, cfg.run_settings(), defaults)
+    if launch is not None:
+        atomic_save_json(path, {**cfg.run_settings(), 'launch': launch})
 
 
 def summarize_run(out: Path) -> dict:
@@ -859,7 +889,12 @@ def train(cfg: TrainConfig) -> dict:
 def _train_ranks(cfg: TrainConfig, ranks: Ranks, device: torch.device) -> dict:
     precision = Precision.choose(cfg.amp, device)
     index, clips, plans = plan_run(cfg)   # every rank reads the cache: fail before writing
-    on_main(lambda: claim_run_dir(cfg), ranks)
+    launch = launch_record(ranks, device)
+    on_main(lambda: claim_run_dir(cfg, launch), ranks)
+    if ranks.is_main:
+        tqdm.write(f"training on {launch['world_size']} process(es), backend "
+                   f"{launch['backend'] or 'none'}, device {launch['device']}, lightmer "
+                   f"{launch['lightmer']}", file=sys.stderr)
     run_dir = cfg.out / cfg.strategy
 
     # Bit-for-bit repeatable epochs are what make resume equal an uninterrupted run.
