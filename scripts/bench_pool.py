@@ -6,10 +6,13 @@
    corpus, 2 actors x 6 emotions, and an untrained model: pooling costs the same whatever the
    weights), in seconds of recording per wall second. MTCNN on one frame per segment dominates.
 2. Query time over `--windows` windows: the pooled recording is replicated under other
-   recording ids until the pool holds that many windows, then `lightmer query` runs twice
-   with a checkpoint the pool has not seen: cold (every segment's logits computed and cached)
-   and warm (the cache read: what re-ranking costs). Prints JSON and writes it to
-   DIR/bench_pool.json.
+   recording ids until the pool holds that many windows, then `lightmer query` (the default
+   strategy, `--strategy` to change it) runs twice with a checkpoint the pool has not seen:
+   cold (every segment's logits and embeddings computed and cached, the pauses found in the
+   audio, the clusters drawn) and warm (the cache read: what re-ranking costs).
+3. Adapt time over the same pool (`lightmer adapt`: every segment read and forwarded once to
+   re-estimate the BatchNorm statistics). Prints JSON with the load average it ran under and
+   writes it to DIR/bench_pool.json.
 """
 from __future__ import annotations
 
@@ -23,8 +26,10 @@ from pathlib import Path
 
 import torch
 
+from lightmer.active.adapt import AdaptConfig, adapt
 from lightmer.active.pool import PoolConfig, build_pool
 from lightmer.active.query import QueryConfig, run_query
+from lightmer.active.selection import DEFAULT_STRATEGY, STRATEGIES
 from lightmer.core.checkpoint import meta_for_preset, save_checkpoint
 from lightmer.core.model import LightmerNet
 from lightmer.datasets.synth import synthesize
@@ -68,6 +73,7 @@ def main(argv=None) -> int:
     p.add_argument('--bag', type=Path, default=None)
     p.add_argument('--checkpoint', type=Path, default=None)
     p.add_argument('--threads', type=int, default=2, help='torch threads')
+    p.add_argument('--strategy', choices=STRATEGIES, default=DEFAULT_STRATEGY)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = args.out
@@ -89,18 +95,28 @@ def main(argv=None) -> int:
     other = _untrained(out / 'other.pt', 1)
     timings = {}
     for run in ('cold', 'warm'):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         manifest = run_query(QueryConfig(pool=pool, checkpoint=other, n=20,
+                                         strategy=args.strategy, threads=args.threads,
                                          out=out / f'batch_{run}.json'))
-        timings[run] = {'wall_s': time.perf_counter() - t0, **manifest['seconds']}
+        # CPU seconds of this process: the work done, which other load on the machine
+        # stretches in wall time but barely changes (alone, wall ~ cpu / threads busy).
+        timings[run] = {'wall_s': time.perf_counter() - t0,
+                        'cpu_s': time.process_time() - c0, **manifest['seconds']}
+    t0 = time.perf_counter()
+    adapted = adapt(AdaptConfig(checkpoint=other, pool=pool, out=out / 'adapted.pt'))
+    adapt_s = {'wall_s': time.perf_counter() - t0, **adapted['seconds']}
     result = {
         'machine': {'cpus': os.cpu_count(), 'torch_threads': args.threads,
-                    'python': sys.version.split()[0], 'torch': torch.__version__},
+                    'python': sys.version.split()[0], 'torch': torch.__version__,
+                    'load_average_1_5_15': os.getloadavg()},
         'pool': {'recording_s': pooled['recording_s'], 'wall_s': pooled['elapsed_s'],
                  'recording_s_per_s': pooled['recording_s_per_s'],
                  'segments': pooled['segments'], 'windows': pooled['windows']},
         'query': {'windows': n, 'segments': pooled['segments'] * (n // pooled['windows']),
+                  'strategy': args.strategy, 'rule': manifest['rule'],
                   'picked': manifest['n_selected'], **timings},
+        'adapt': {'segments': adapted['segments'], **adapt_s},
     }
     (out / 'bench_pool.json').write_text(json.dumps(result, indent=2) + '\n')
     print(json.dumps(result, indent=2))

@@ -16,8 +16,11 @@ import torch
 
 from lightmer.active.answers import Answer, append_answers, latest, read_answers
 from lightmer.active.pool import Pool
+from lightmer.active.query import compute_segment_logits, pool_probs
+from lightmer.active.selection import overlapping
 from lightmer.cli import main
-from lightmer.core.checkpoint import load_checkpoint
+from lightmer.core.checkpoint import load_checkpoint, save_checkpoint
+from lightmer.core.features import face_to_input
 from lightmer.core.uncertainty import entropy_bits
 from lightmer.evaluation import bags
 from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
@@ -30,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 # Small, fast settings: each tiny bag holds about 20 windows of 6 clips; the second bag is
 # the held-out recording.
-RUN = ['--per-round', '3', '--eval-windows', '6', '--epochs', '2', '--batch-size', '4',
+RUN = ['--per-round', '3', '--eval-windows', '6', '--steps', '4', '--batch-size', '4',
        '--lr', '1e-3']
 
 
@@ -47,7 +50,7 @@ def test_query_writes_a_diverse_most_uncertain_batch(robot_pool, untrained_check
     out = tmp_path / 'batch.json'
     assert main(['query', '--pool', str(robot_pool), '--checkpoint',
                  str(untrained_checkpoint), '--n', '4', '--labels', str(answers),
-                 '--out', str(out)]) == 0
+                 '--out', str(out), '--strategy', 'uncertainty']) == 0
     assert 'batch in' in capsys.readouterr().out
     m = json.loads(out.read_text())
     assert m['format'] == 'lightmer-batch' and m['score'] == 'entropy_bits'
@@ -56,7 +59,10 @@ def test_query_writes_a_diverse_most_uncertain_batch(robot_pool, untrained_check
     ids = [it['window_id'] for it in items]
     assert table.ids[0] not in ids
     h = entropy_bits(table.probs)                    # the pooling checkpoint is this one
-    assert items[0]['entropy_bits'] == pytest.approx(h[1:].max())
+    # Windows sharing a segment with the answered one are not asked either.
+    free = ~overlapping(table.rec, table.k_last, np.array([0]), pool.n_segments)
+    assert items[0]['entropy_bits'] == pytest.approx(h[free].max())
+    assert free[table.index_of(ids)].all()
     assert [it['score'] for it in items] == sorted((it['score'] for it in items), reverse=True)
     for a in items:
         assert sum(a['probs']) == pytest.approx(1.0) and a['predicted'] in m['labels']
@@ -71,7 +77,7 @@ def test_query_with_the_onnx_export_ranks_as_the_checkpoint(robot_pool, onnx_exp
     for model in onnx_export:
         out = tmp_path / f'{model.suffix[1:]}.json'
         assert main(['query', '--pool', str(robot_pool), '--checkpoint', str(model), '--n', '5',
-                     '--out', str(out)]) == 0
+                     '--out', str(out), '--strategy', 'uncertainty']) == 0
         manifests.append(json.loads(out.read_text()))
     pt, onnx = manifests
     assert [i['window_id'] for i in pt['items']] == [i['window_id'] for i in onnx['items']]
@@ -91,7 +97,8 @@ def test_csv_oracle_run_changes_the_model(robot_pool, robot_bags, untrained_chec
                                           tiny_cache, tmp_path):
     answers, out = tmp_path / 'answers.csv', tmp_path / 'run'
     assert _finetune(robot_pool, untrained_checkpoint, answers, out, '--rounds', '2',
-                     '--oracle', 'bag-labels', *_eval_bag(robot_bags), cache=tiny_cache) == 0
+                     '--oracle', 'bag-labels', '--folds', '0', *_eval_bag(robot_bags),
+                     cache=tiny_cache) == 0
     report = json.loads((out / 'report.json').read_text())
     assert report['rounds_done'] == 2 and report['eval_windows'] == 6
     base, _ = load_checkpoint(untrained_checkpoint)
@@ -106,12 +113,18 @@ def test_csv_oracle_run_changes_the_model(robot_pool, robot_bags, untrained_chec
     # The oracle's answers went through the answers file, with the bag CSV's class names.
     rows = bags.read_labels(bags.default_labels_path(robot_bags[0]))
     written = latest(read_answers(answers))
-    assert len(written) == 6 + 2 * 3                     # held-out + two rounds of three
     assert {a.label for a in written.values()} <= {r.label for r in rows} | {'skip'}
     asked = [it['window_id'] for r in (1, 2)
              for it in json.loads((out / f'round_{r}' / 'batch.json').read_text())['items']]
+    # Held-out + two rounds of up to three: no question shares a segment with an earlier
+    # one, so the small training recording (about 20 windows) runs short in round 2.
+    assert len(written) == 6 + len(asked) and 4 <= len(asked) <= 6
+    table = Pool(robot_pool).table
+    index = table.index_of(asked)
+    for j, i in enumerate(index):
+        assert not overlapping(table.rec, table.k_last, index[:j], 5)[i]
     held_out = json.loads((out / 'plan.json').read_text())['eval_windows']
-    assert len(set(asked)) == 6 and not set(asked) & set(held_out)
+    assert len(set(asked)) == len(asked) and not set(asked) & set(held_out)
     pool = Pool(robot_pool)
     assert {pool.table.rec_ids[pool.table.rec[pool.table.position[w]]] for w in held_out} \
         == {pool.table.rec_ids[1]}
@@ -210,6 +223,69 @@ def test_killed_finetune_resumes_to_the_same_model(robot_pool, robot_bags, untra
     # The answers file holds each answer once: the repeated round asked the same windows.
     ids = [x.window_id for x in read_answers(killed / 'answers.csv')]
     assert len(ids) == len(set(ids))
+
+
+def _two_class_base(untrained: Path, adapted: Path, pool: Pool, out: Path) -> Path:
+    """The untrained model with a head that splits the pool's windows into classes 0 and 1
+    along their main direction of variation as the adapted model embeds them, so that the
+    adapted model's own answers hold two classes (an untrained head gives one class)."""
+    model, _ = load_checkpoint(adapted)
+    crops, mels = pool.segment_inputs(np.arange(len(pool.table.seg_rec)))
+    with torch.no_grad():
+        e = torch.cat([model.embed_visual(torch.from_numpy(face_to_input(crops))),
+                       model.embed_audio(torch.from_numpy(mels)[:, None])], 1)   # (S, 640)
+        u = torch.linalg.svd(e - e.mean(0), full_matrices=False).Vh[0]         # (640,)
+        base, meta = load_checkpoint(untrained)
+        base.fc.weight.zero_()
+        base.fc.bias.fill_(-100.0)
+        base.fc.weight[0], base.fc.weight[1] = u, -u
+        base.fc.bias[0], base.fc.bias[1] = -(u @ e.mean(0)), u @ e.mean(0)
+    save_checkpoint(out, base, meta)
+    return out
+
+
+def test_round_zero_is_the_adaptation_and_a_harmful_round_is_rolled_back(
+        robot_pool, untrained_checkpoint, tmp_path):
+    """Answers that agree with the adapted model, and a learning rate that wrecks it: the
+    cross-validation over the answers sees held-back answers get worse, so the round is not
+    kept (the model stays the adapted one); without validation the same round is kept."""
+    pool = Pool(robot_pool)
+    adapted = tmp_path / 'adapted.pt'
+    assert main(['adapt', '--checkpoint', str(untrained_checkpoint), '--pool', str(robot_pool),
+                 '--out', str(adapted)]) == 0
+    base = _two_class_base(untrained_checkpoint, adapted, pool, tmp_path / 'base.pt')
+    assert main(['adapt', '--checkpoint', str(base), '--pool', str(robot_pool),
+                 '--out', str(adapted)]) == 0
+    model, meta = load_checkpoint(adapted)
+    table = pool.table
+    probs = pool_probs(pool, lambda c, m: compute_segment_logits(model, c, m),
+                       lambda x: np.exp(x.mean(0) - x.mean(0).max()))
+    # Windows sharing no segment (about ten), labelled with the adapted model's own classes.
+    picks = list(range(0, len(table.ids), pool.n_segments))[:12]
+    predicted = [meta.labels[int(probs[i].argmax())] for i in picks]
+    assert len(set(predicted)) == 2, predicted
+    answers = tmp_path / 'answers.csv'
+    append_answers(answers, [Answer(table.ids[i], y, 'test') for i, y in
+                             zip(picks, predicted, strict=True)])
+    wreck = ['--rounds', '0', '--eval-windows', '0', '--steps', '6', '--batch-size', '4',
+             '--lr', '1.0', '--l2sp', '0']
+    out = tmp_path / 'checked'
+    assert _finetune(robot_pool, base, answers, out, *wreck) == 0
+    report = json.loads((out / 'report.json').read_text())
+    first = report['rounds'][1]
+    assert report['rounds'][0]['adapted'] and first['labels'] == len(picks)
+    assert first['validation']['anchor_accuracy'] == 1.0
+    assert first['validation']['cv_accuracy'] < 1.0 and first['kept'] is False
+    kept, _ = load_checkpoint(out / 'finetuned.pt')
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, kept.state_dict()[k]), f'{k}: the rolled-back round changed it'
+
+    out = tmp_path / 'unchecked'
+    assert _finetune(robot_pool, base, answers, out, *wreck, '--folds', '0') == 0
+    report = json.loads((out / 'report.json').read_text())
+    assert report['rounds'][1]['kept'] is True and report['rounds'][1]['validation'] is None
+    changed, _ = load_checkpoint(out / 'finetuned.pt')
+    assert not torch.equal(changed.state_dict()['fc.weight'], model.state_dict()['fc.weight'])
 
 
 def test_refused_inputs_write_nothing(robot_pool, untrained_checkpoint, tmp_path, capsys):

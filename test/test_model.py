@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from lightmer.cli import main
-from lightmer.core.model import LightmerNet, ModelConfig, count_parameters, fuse, layer_table
+from lightmer.core.model import (
+    LightmerNet,
+    ModelConfig,
+    count_parameters,
+    fuse,
+    inference_copy,
+    layer_table,
+)
 
 torch.set_num_threads(1)
 
@@ -76,6 +83,14 @@ def test_segment_logits_is_head_of_embeddings():
         v, a = model.embed_visual(f), model.embed_audio(m)
         assert v.shape == (2, 512) and a.shape == (2, 128)
         torch.testing.assert_close(model.head(v, a), model.segment_logits(f, m))
+        # The fused embedding selection clusters on is [v, a], and the FC of it (eval mode:
+        # no dropout) is the segment's logits; the parameter count is the paper's.
+        model.eval()
+        e = model.embed(f, m)
+        assert e.shape == (2, 640)
+        torch.testing.assert_close(e, torch.cat([v, a], 1))
+        torch.testing.assert_close(model.fc(e), model.segment_logits(f, m))
+        assert count_parameters(model) == 2_716_500
 
 
 def test_fuse_one_segment_is_softmax():
@@ -126,3 +141,19 @@ def test_model_config_roundtrip_is_strict():
         ModelConfig.from_dict({**cfg.to_dict(), 'colour': 1})
     with pytest.raises(ValueError):
         ModelConfig(n_classes=1)
+
+
+def test_inference_copy_computes_the_same_outputs():
+    """The scoring copy (BN folded, channels-last) gives the model's logits and embeddings
+    to float rounding; the model itself is untouched."""
+    model = _trained_looking(LightmerNet(ModelConfig(n_classes=6))).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = inference_copy(model)
+    f, m = torch.randn(7, 1, 98, 80), torch.randn(7, 1, 128, 43)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.segment_logits(f, m), model.segment_logits(f, m),
+                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(fast.embed(f, m), model.embed(f, m), atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in fast.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert count_parameters(model) == 2_715_218

@@ -100,6 +100,35 @@ def test_pooled_segments_read_back(robot_pool, robot_bags, untrained_checkpoint)
 
 
 @pytest.mark.slow
+def test_a_single_policy_pool_keeps_the_inputs_the_model_saw(robot_bags, untrained_checkpoint,
+                                                             tmp_path):
+    """Policy 'single' fuses the grey gaps between clips (sound, no face) with core.missing's
+    face input: the pool marks those segments, and the faces it gives back reproduce the
+    logits the fusion computed, missing ones included."""
+    out = tmp_path / 'pool'
+    build_pool(PoolConfig(bags=(robot_bags[0],), checkpoint=untrained_checkpoint, out=out,
+                          settings=StreamSettings(missing_policy='single',
+                                                  min_segments=MIN_SEGMENTS),
+                          progress=False))
+    pool = Pool(out)
+    rows = np.arange(len(pool.table.seg_k))
+    faces = pool.segment_faces(rows)
+    _, mels = pool.segment_inputs(rows)
+    assert faces.dtype == np.float32 and faces.shape == (len(rows), 1, 98, 80)
+    missing = (faces == 0).all(axis=(1, 2, 3))        # no crop gives exact zeros
+    recording = json.loads((out / 'recordings' / pool.table.rec_ids[0] / 'recording.json')
+                           .read_text())
+    assert 0 < missing.sum() == recording['counts']['fusion']['audio_only'] < len(rows)
+    model, _ = load_checkpoint(untrained_checkpoint)
+    cached = np.load(out / 'logits' / checkpoint_key(untrained_checkpoint)
+                     / f'{pool.table.rec_ids[0]}.npy')
+    np.testing.assert_allclose(compute_segment_logits(model, faces, mels), cached, atol=1e-4)
+    # scoring from the pool (query, fine-tuning) recomputes the same logits
+    recomputed = pool.segment_logits(lambda f, m: compute_segment_logits(model, f, m))
+    np.testing.assert_allclose(recomputed, cached, atol=1e-4)
+
+
+@pytest.mark.slow
 def test_pool_resumes_after_a_kill(robot_bags, untrained_checkpoint, robot_pool, tmp_path,
                                    ros_env):
     """SIGKILL while the second bag is pooled; the rerun keeps the first and finishes."""

@@ -1,9 +1,10 @@
 """Pieces of `lightmer simulate-robot` that a long run depends on: the session split and the
 learning-curve summary."""
 import numpy as np
+import pytest
 
 from lightmer.datasets.loaders import index_dataset
-from lightmer.experiments.robot_sim import SimSize, _curves
+from lightmer.experiments.robot_sim import SimSize, summarise
 from lightmer.experiments.robot_world import split_sessions
 
 
@@ -17,21 +18,35 @@ def test_sessions_split_each_person_and_emotion(tiny_corpus, tmp_path):
     assert {(r.actor, r.label) for r in held} == {(r.actor, r.label) for r in everything}
 
 
-def test_curves_by_windows_asked():
-    size = SimSize(base_actors=1, base_clips=1, base_epochs=1, people=1, pool_clips=1,
-                   eval_clips=1, budgets=(12, 24), seeds=(0, 1))
+def _replicate(draw, base, adapted, acc):
+    """A replicate as robot_sim.replicate returns it: acc is strategy -> accuracy at 0/12/24."""
+    return {'draw': draw, 'training_seed': 0,
+            'base': {'window_accuracy': base, 'clip_accuracy': base},
+            'adapted': {'window_accuracy': adapted, 'clip_accuracy': adapted + 0.1},
+            'strategies': {s: {'window_accuracy': dict(zip(('0', '12', '24'), a, strict=True))}
+                           for s, a in acc.items()}}
 
-    def report(accs):
-        rounds = [{'round': 0, 'asked': 30, 'accuracy': accs[0]}]      # 30: prior answers
-        rounds += [{'round': r, 'asked': 12 * r, 'accuracy': a}
-                   for r, a in enumerate(accs[1:], start=1)]
-        return {'rounds': rounds}
 
-    reports = {(s, seed): report([0.2, 0.3 + 0.1 * seed, 0.5]) for s in size.strategies
-               for seed in size.seeds}
-    curves = _curves(reports, size)
-    c = curves['uncertainty']
+def test_summary_pairs_replicates_and_checks_the_goals():
+    size = SimSize(budgets=(12, 24), strategies=('staged', 'random'))
+    reps = [_replicate(d, 0.2 + 0.1 * d, 0.45 + 0.1 * d,
+                       {'staged': [0.45 + 0.1 * d, 0.52 + 0.1 * d, 0.55 + 0.1 * d],
+                        'random': [0.45 + 0.1 * d, 0.46 + 0.1 * d, 0.50 + 0.1 * d - 0.01 * d]})
+            for d in range(5)]
+    r = summarise(reps, size)
+    gain = r['zero_labels']['adaptation_gain_window']
+    assert gain['mean'] == pytest.approx(0.25) and gain['n'] == 5
+    assert gain['low'] == pytest.approx(0.25)             # the same gain in every replicate
+    c = r['curves']['staged']
     assert c['labels'] == [0, 12, 24]
-    np.testing.assert_allclose(c['mean'], [0.2, 0.35, 0.5])
-    np.testing.assert_allclose(c['low'], [0.2, 0.3, 0.5])
-    np.testing.assert_allclose(c['high'], [0.2, 0.4, 0.5])
+    np.testing.assert_allclose(c['mean'], [0.65, 0.72, 0.75])
+    assert c['low'][1] < 0.72 < c['high'][1]              # replicates differ: a real interval
+    d12 = r['versus_random']['staged']['12']
+    assert d12['mean'] == pytest.approx(0.06) and d12['low'] == pytest.approx(0.06)
+    assert r['versus_random']['staged']['24']['mean'] == pytest.approx(0.07)
+    goals = r['goals']
+    assert goals['adaptation_gain_at_least_0.20'] is True
+    assert goals['default_vs_random'] == {'12': True, '24': True}
+    assert goals['rounds_below_round0'] == []
+    reps[0]['strategies']['random']['window_accuracy']['12'] = 0.40   # below its round 0
+    assert summarise(reps, size)['goals']['rounds_below_round0'] == [(0, 0, 'random', 12)]

@@ -76,13 +76,25 @@ def latest(answers: Iterable[Answer]) -> dict[str, Answer]:
     return out
 
 
+# A spreadsheet opening the file runs a cell that starts with one of these as a formula.
+FORMULA_LEADS = ('=', '+', '-', '@', '\t', '\r')
+
+
+def spreadsheet_safe(text: str) -> str:
+    """`text` with a leading apostrophe when a spreadsheet would read it as a formula
+    (OWASP's CSV-injection advice); other text unchanged."""
+    return "'" + text if text.startswith(FORMULA_LEADS) else text
+
+
 def _format(answers: Iterable[Answer], header: bool) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator='\n')
     if header:
         w.writerow(FIELDS)
     for a in answers:
-        w.writerow([a.window_id, a.label, a.who, a.when])
+        # window ids and labels are checked against the pool and the label set; `who` is
+        # free text (the labelling page takes it from the request)
+        w.writerow([a.window_id, a.label, spreadsheet_safe(a.who), a.when])
     return buf.getvalue()
 
 

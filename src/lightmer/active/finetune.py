@@ -11,17 +11,30 @@ Run layout (`cfg.out` = OUT):
 
 Before round 1 the held-out windows are chosen (a seeded random sample, never two sharing a
 segment; or windows of whole recordings given as `eval_recordings`) and asked of the oracle.
-They and every window sharing a segment with them never train. Then each round:
+They and every window sharing a segment with them never train.
+
+Round 0 is `lightmer adapt` (active.adapt): the base model's BatchNorm statistics
+re-estimated on the pool's segments outside the held-out windows (the held-out recordings'
+segments are never read). That adapted model is the *anchor* every later round starts from.
+Then each round:
   1. the current model scores every candidate window in eval mode (query.select: the
      strategy's order and the diversity rules) and the `per_round` first are asked of the
      oracle (answers `skip`/`unsure` do not train; a window is never asked twice);
-  2. the model trains `epochs` passes over every labelled window so far, each pass mixed
-     with `mix` x as many clips of the original training cache (train mode draws, as in
-     `train`) so that it does not forget what it learnt there;
-  3. the model scores the pool again: the held-out windows give this round's accuracy, the
+  2. a candidate starts again from the anchor and trains a fixed `steps` optimiser steps on
+     every labelled window so far, regularised toward the anchor (L2-SP: `l2sp` times the
+     squared distance of the trained weights from the anchor's); BatchNorm stays in eval mode,
+     robot windows normalised with the adapted statistics and the studio clips mixed in
+     against forgetting (`mix` per labelled window) with the base model's own studio
+     statistics, so neither domain's statistics leak into the other's;
+  3. the candidate is kept only if fine-tuning does not lower accuracy on labelled windows
+     it did not train on: `folds`-fold cross-validation over the answers (a candidate per
+     fold, from the anchor, on the other folds) must score at least the anchor's accuracy on
+     the same answers; otherwise the model stays the last kept one (recorded as rolled back);
+  4. the model scores the pool again: the held-out windows give this round's accuracy, the
      rest are the next round's candidates.
-Answers given before the run (in the answers file, outside the held-out zone) train from
-round 1 on. With a human oracle a round whose batch is not answered yet stops with
+Every round restarts from the anchor with its own seeds, so a killed run resumes to the same
+result. Answers given before the run (in the answers file, outside the held-out zone) train
+from round 1 on. With a human oracle a round whose batch is not answered yet stops with
 `AnswersNeededError`: answer the batch, run the same command with --resume.
 """
 from __future__ import annotations
@@ -35,14 +48,34 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from lightmer.active.adapt import (
+    adapt_batchnorm,
+    batchnorm_statistics,
+    resolve_recordings,
+    using_statistics,
+)
 from lightmer.active.answers import NOT_A_CLASS, latest, read_answers
+from lightmer.active.clean import pool_continuity
 from lightmer.active.oracles import ORACLES, AnswersOracle, IntervalOracle, UnansweredError
-from lightmer.active.pool import Pool, PoolError, checkpoint_key, recording_id
-from lightmer.active.query import compute_segment_logits, manifest_items, pool_probs, select
-from lightmer.active.selection import STRATEGIES, margins, overlapping, select_diverse
+from lightmer.active.pool import Pool, checkpoint_key
+from lightmer.active.query import (
+    compute_segment_logits,
+    manifest_items,
+    model_window_embeddings,
+    pool_probs,
+    select,
+)
+from lightmer.active.selection import (
+    DEFAULT_STRATEGY,
+    EMBEDDING_STRATEGIES,
+    STRATEGIES,
+    margins,
+    overlapping,
+    select_diverse,
+)
 from lightmer.core.atomic_io import atomic_save_json
 from lightmer.core.backend import model_functions
 from lightmer.core.checkpoint import (
@@ -51,7 +84,6 @@ from lightmer.core.checkpoint import (
     make_provenance,
     save_checkpoint,
 )
-from lightmer.core.features import face_to_input
 from lightmer.core.model import LightmerNet
 from lightmer.core.plots import confusion_matrix, plot_confusion, plot_label_curves
 from lightmer.core.uncertainty import entropy_bits
@@ -66,11 +98,13 @@ from lightmer.training.resume import (
 )
 from lightmer.training.train import stream_seed
 
-STATE = StateFile(version=1, restart='delete it to restart the run, or use another --out')
+STATE = StateFile(version=2, restart='delete it to restart the run, or use another --out')
 # Settings that change the numbers; a resumed run must agree on all of them.
-_RUN_KEYS = ('strategy', 'per_round', 'eval_windows', 'eval_recordings', 'mix', 'epochs',
-             'batch_size', 'lr', 'seed', 'max_per_recording', 'freeze_batchnorm')
-_TRAIN, _MIX, _EVAL = 1, 2, 3      # seed stream tags
+_RUN_KEYS = ('strategy', 'per_round', 'eval_windows', 'eval_recordings', 'mix', 'steps',
+             'batch_size', 'lr', 'l2sp', 'tune', 'folds', 'adapt', 'seed', 'max_per_recording')
+_TRAIN, _MIX, _EVAL, _FOLDS = 1, 2, 3, 4      # seed stream tags
+TUNE = ('all', 'head-bn')          # what a round trains: every weight, or the FC head and the
+                                   # BatchNorm scales and shifts only
 
 
 @dataclass(frozen=True)
@@ -83,20 +117,22 @@ class FinetuneConfig:
     base_clips: tuple[str, ...] | None = None  # of it, these clips (default: every usable one)
     rounds: int = 1
     per_round: int = 12               # windows asked per round
-    strategy: str = 'uncertainty'
+    strategy: str = DEFAULT_STRATEGY
     oracle: str = 'answers'           # 'answers' (people) | 'bag-labels' (each bag's CSV)
     eval_windows: int = 40            # held-out windows (at most; 0: no evaluation)
     eval_recordings: tuple[str, ...] = ()  # hold these recordings out whole (ids or bag paths)
-    mix: float = 1.0                  # base clips per labelled window in every pass
-    epochs: int = 4                   # passes over the labelled windows per round
-    batch_size: int = 8
+    mix: float = 1.0                  # base clips per labelled window in every step
+    # A fixed budget per round, whatever the number of labels: 12 labels cannot overfit by
+    # training longer than 48 do (choice measured: docs/ACTIVE_LEARNING.md).
+    steps: int = 40                   # optimiser steps per round, from the anchor
+    batch_size: int = 8               # labelled windows per step
     lr: float = 1e-4                  # Adam, the paper's rate
+    l2sp: float = 0.01                # weight of the squared distance from the anchor's weights
+    tune: str = 'all'                 # TUNE
+    folds: int = 3                    # cross-validation folds that keep a round (0: keep all)
+    adapt: bool = True                # round 0: BatchNorm statistics on the pool (active.adapt)
     seed: int = 0
     max_per_recording: int | None = None
-    # Keep the base model's BatchNorm statistics while fine-tuning: with a few labelled
-    # windows a batch's statistics are noisy, and the running ones then jump from round to
-    # round (measured: docs/ACTIVE_LEARNING.md).
-    freeze_batchnorm: bool = True
     resume: bool = False
     progress: bool = True
 
@@ -108,11 +144,15 @@ class FinetuneConfig:
         for name in ('rounds', 'eval_windows'):
             if getattr(self, name) < 0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
-        for name in ('per_round', 'epochs', 'batch_size'):
+        for name in ('per_round', 'steps', 'batch_size'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
-        if self.mix < 0 or not self.lr > 0:
-            raise ValueError('mix must be >= 0 and lr > 0')
+        if self.mix < 0 or not self.lr > 0 or self.l2sp < 0:
+            raise ValueError('mix and l2sp must be >= 0 and lr > 0')
+        if self.tune not in TUNE:
+            raise ValueError(f'tune must be one of {TUNE}, got {self.tune!r}')
+        if self.folds < 0 or self.folds == 1:
+            raise ValueError(f'folds must be 0 (keep every round) or >= 2, got {self.folds}')
         if self.mix > 0 and self.base_cache is None:
             object.__setattr__(self, 'mix', 0.0)     # nothing to mix without a cache
         for name in ('checkpoint', 'pool', 'answers', 'out'):
@@ -140,31 +180,22 @@ class PoolWindows(Dataset):
     (faces float32 (n, 1, 98, 80), log-mels float32 (n, 1, 128, 43), class index), n = the
     window's segments (N, or fewer when the nodes published with min_segments)."""
 
-    def __init__(self, pool: Pool, rows: np.ndarray, targets: Sequence[int]):
+    def __init__(self, pool: Pool, rows: Sequence[np.ndarray], targets: Sequence[int]):
         self.pool = pool
-        self.rows = [r[r >= 0] for r in np.asarray(rows, np.int64)]
-        self.targets = list(targets)
+        self.rows = [np.asarray(r, np.int64)[np.asarray(r) >= 0] for r in rows]
+        self.targets = [int(y) for y in targets]
+
+    def subset(self, indices: Sequence[int]) -> PoolWindows:
+        return PoolWindows(self.pool, [self.rows[i] for i in indices],
+                           [self.targets[i] for i in indices])
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int):
-        crops, mels = self.pool.segment_inputs(self.rows[i])
-        return (torch.from_numpy(face_to_input(crops)),
+        _, mels = self.pool.segment_inputs(self.rows[i])
+        return (torch.from_numpy(self.pool.segment_faces(self.rows[i])),
                 torch.from_numpy(mels[:, None].copy()), self.targets[i])
-
-
-class _Mixed(Dataset):
-    """Items `indices` of `base` (a train-mode SegmentDataset) with its own labels."""
-
-    def __init__(self, base: Dataset, indices: Sequence[int]):
-        self.base, self.indices = base, list(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        return self.base[self.indices[i]]
 
 
 def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -185,29 +216,108 @@ def _window_logits(model, faces, mels, owner: torch.Tensor, n_windows: int) -> t
     return sums / torch.bincount(owner, minlength=n_windows)[:, None].to(seg.dtype)
 
 
-def _train_pass(model, optimizer, dataset: Dataset, batch_size: int, seed: int,
-                progress: bool, freeze_batchnorm: bool = False) -> float:
-    """One shuffled pass in train mode (dropout, batch statistics). -> mean loss.
+@dataclass(frozen=True)
+class _Anchor:
+    """Where every round starts: the adapted model (round 0), and the base model's own
+    BatchNorm statistics, with which the studio clips are forwarded."""
 
-    Pool windows and base clips share batches whatever their segment count, so every batch's
-    BatchNorm statistics mix both domains in the proportion of the whole set.
-    """
+    state: dict[str, torch.Tensor]       # state dict of the adapted model
+    studio: dict[str, torch.Tensor]      # active.adapt.batchnorm_statistics of the base
+
+
+def _trainable(model: LightmerNet, tune: str) -> list[torch.nn.Parameter]:
+    """The parameters a round trains (TUNE); the others are frozen."""
+    if tune == 'all':
+        return list(model.parameters())
+    norm = {id(p) for m in model.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for p in m.parameters()}
+    return [p for n, p in model.named_parameters() if n.startswith('fc.') or id(p) in norm]
+
+
+def _batches(n: int, batch_size: int, steps: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """`steps` batches of item indices 0..n-1: shuffled passes laid end to end."""
+    stream: list[int] = []
+    while len(stream) < steps * min(batch_size, n):
+        stream.extend(rng.permutation(n).tolist())
+    size = min(batch_size, n)
+    return [np.array(stream[i * size:(i + 1) * size]) for i in range(steps)]
+
+
+def _loss(model: LightmerNet, items: list) -> torch.Tensor:
+    faces, mels, owner, y = _collate(items)
+    return F.cross_entropy(_window_logits(model, faces, mels, owner, len(y)), y)
+
+
+def _fit(run: _Run, anchor: _Anchor, windows: PoolWindows, seed: int, epoch0: int
+         ) -> tuple[LightmerNet, float]:
+    """A candidate: the anchor trained `steps` Adam steps on `windows`, each step's loss the
+    windows' cross-entropy + l2sp x the squared distance from the anchor's weights, plus the
+    cross-entropy of `mix` x batch studio clips forwarded with the studio statistics.
+    BatchNorm in eval mode throughout, dropout on. -> (model in eval mode, mean loss)"""
+    cfg = run.cfg
+    model = LightmerNet(run.meta.model)
+    model.load_state_dict(anchor.state)
+    params = _trainable(model, cfg.tune)
+    model.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    start = [p.detach().clone() for p in params]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    rng = np.random.default_rng([seed, _MIX])
+    torch.manual_seed(seed)                                      # dropout
+    n_mix = int(round(cfg.mix * cfg.batch_size)) if run.base is not None else 0
     model.train()
-    if freeze_batchnorm:
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0,
-                        generator=torch.Generator().manual_seed(seed), collate_fn=_collate)
-    total, count = 0.0, 0
-    for faces, mels, owner, y in tqdm(loader, desc='batches', leave=False, disable=not progress):
-        loss = F.cross_entropy(_window_logits(model, faces, mels, owner, len(y)), y)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    losses = []
+    for step, idx in enumerate(_batches(len(windows), cfg.batch_size, cfg.steps, rng)):
         optimizer.zero_grad(set_to_none=True)
+        loss = _loss(model, [windows[i] for i in idx])
+        if cfg.l2sp:
+            loss = loss + cfg.l2sp * sum(((p - p0) ** 2).sum()
+                                         for p, p0 in zip(params, start, strict=True))
         loss.backward()
+        if n_mix:
+            run.base.set_epoch(epoch0 + step)
+            pick = rng.choice(len(run.base), min(n_mix, len(run.base)), replace=False)
+            # backward inside: the statistics are swapped back when the block ends
+            with using_statistics(model, anchor.studio):
+                _loss(model, [run.base[int(i)] for i in pick]).backward()
         optimizer.step()
-        total += loss.item() * len(y)
-        count += len(y)
-    return total / count
+        losses.append(loss.item())
+    model.requires_grad_(True)
+    return model.eval(), float(np.mean(losses))
+
+
+def _predict(model: LightmerNet, windows: PoolWindows) -> np.ndarray:
+    """Eval-mode class of every window (argmax of the mean segment logit). -> int64 (B,)"""
+    faces, mels, owner, _ = _collate([windows[i] for i in range(len(windows))])
+    with torch.no_grad():
+        return _window_logits(model.eval(), faces, mels, owner, len(windows)).argmax(1).numpy()
+
+
+def _validate(run: _Run, anchor: _Anchor, windows: PoolWindows, rnd: int) -> dict | None:
+    """Does fine-tuning on these answers help on answers it did not see? k-fold
+    cross-validation over the labelled windows (k = folds, at most one per window), every
+    fold's candidate trained from the anchor as the round's is, against the anchor's accuracy
+    on the same windows. None when there is nothing to validate."""
+    n, k = len(windows), min(run.cfg.folds, len(windows))
+    if run.cfg.folds == 0 or n < 2:
+        return None
+    fold = np.random.default_rng([run.cfg.seed, rnd, _FOLDS]).permutation(n) % k
+    y = np.array(windows.targets)
+    correct = 0
+    for f in range(k):
+        inside = np.flatnonzero(fold != f)
+        held = np.flatnonzero(fold == f)
+        cand, _ = _fit(run, anchor, windows.subset(inside),
+                       stream_seed(run.cfg.seed, rnd, _FOLDS, f), rnd * run.cfg.steps)
+        correct += int((_predict(cand, windows.subset(held)) == y[held]).sum())
+    base = LightmerNet(run.meta.model)
+    base.load_state_dict(anchor.state)
+    return {'folds': k, 'windows': n, 'cv_accuracy': correct / n,
+            'anchor_accuracy': float((_predict(base, windows) == y).mean())}
 
 
 # --- the run's fixed parts -------------------------------------------------------------------
@@ -229,15 +339,7 @@ class _Run:
 
 
 def _resolve_recordings(pool: Pool, names: Sequence[str]) -> list[str]:
-    """Recording ids from ids or bag paths."""
-    out = []
-    for name in names:
-        rec = name if name in pool.recording_ids else recording_id(name)
-        if rec not in pool.recording_ids:
-            raise PoolError(f'--eval-recordings {name!r} is neither a recording id nor a bag of '
-                            f'{pool.path}; it has {list(pool.recording_ids)}')
-        out.append(rec)
-    return out
+    return resolve_recordings(pool, names, option='--eval-recordings')
 
 
 def _plan_eval(pool: Pool, cfg: FinetuneConfig) -> tuple[list[str], np.ndarray]:
@@ -327,7 +429,8 @@ class _HeldOut:
 
 def _ask_held_out(run: _Run, base_probs: np.ndarray) -> _HeldOut:
     """Before round 1: the held-out windows asked of the oracle (their batch manifest is
-    OUT/eval_batch.json when people must answer it)."""
+    OUT/eval_batch.json when people must answer it), shown with `base_probs` (W, C), the
+    round-0 model's."""
     idx = run.pool.table.index_of(run.eval_ids)
     manifest = {'format': 'lightmer-batch', 'purpose': 'held-out evaluation',
                 'labels': list(run.labels), 'items': manifest_items(
@@ -348,44 +451,76 @@ class _Progress:
     probs: np.ndarray           # float64 (W, C): the current model's window probabilities
 
 
-def _save_state(run: _Run, model: LightmerNet, optimizer: torch.optim.Optimizer,
-                progress: _Progress) -> None:
+def _save_state(run: _Run, model: LightmerNet, anchor: _Anchor, progress: _Progress) -> None:
     STATE.save(run.cfg.out / 'state.pt', {
-        'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+        'model': model.state_dict(), 'anchor': anchor.state, 'studio': anchor.studio,
         'labelled': progress.labelled, 'asked': progress.asked, 'metrics': progress.metrics,
         'probs': torch.from_numpy(progress.probs)})
 
 
-def _resume(run: _Run, model: LightmerNet, optimizer: torch.optim.Optimizer) -> _Progress:
+def _resume(run: _Run, model: LightmerNet) -> tuple[_Anchor, _Progress]:
     state = STATE.load(run.cfg.out / 'state.pt')
     model.load_state_dict(state['model'])
-    optimizer.load_state_dict(state['optimizer'])
-    return _Progress(dict(state['labelled']), list(state['asked']), list(state['metrics']),
-                     state['probs'].numpy())
+    return (_Anchor(dict(state['anchor']), dict(state['studio'])),
+            _Progress(dict(state['labelled']), list(state['asked']), list(state['metrics']),
+                      state['probs'].numpy()))
 
 
-def _start(run: _Run, base_probs: np.ndarray, held: _HeldOut) -> _Progress:
-    """Round 0: the base model on the held-out windows; answers given before the run
-    (outside the held-out zone) train from round 1 on."""
+def _adaptation_rows(run: _Run) -> np.ndarray:
+    """Segment rows round 0 may read: none of a held-out recording, none of a held-out
+    window (or of a window sharing a segment with one)."""
+    table = run.pool.table
+    keep = np.ones(len(table.seg_rec), bool)
+    held_recs = [table.rec_ids.index(r) for r in _resolve_recordings(run.pool,
+                                                                     run.cfg.eval_recordings)]
+    keep[np.isin(table.seg_rec, held_recs)] = False
+    zone_rows = table.rows[run.zone]
+    keep[zone_rows[zone_rows >= 0]] = False
+    return np.flatnonzero(keep)
+
+
+def _adapt(run: _Run, model: LightmerNet) -> _Anchor:
+    """Round 0, in place: `model` (the base) adapted to the pool's segments outside the
+    held-out zone, unless cfg.adapt is off. -> the anchor of every round."""
+    studio = batchnorm_statistics(model)
+    rows = _adaptation_rows(run)
+    if run.cfg.adapt and len(rows) >= 2:
+        crops, mels = run.pool.segment_inputs(rows)
+        adapt_batchnorm(model, crops, mels, seed=run.cfg.seed)
+    return _Anchor({k: v.detach().clone() for k, v in model.state_dict().items()}, studio)
+
+
+def _start(run: _Run, base_probs: np.ndarray, probs: np.ndarray, held: _HeldOut
+           ) -> _Progress:
+    """Round 0: the adapted model (`probs`) and the base (`base_probs`) on the held-out
+    windows; answers given before the run (outside the held-out zone) train from round 1 on."""
     table, labels, zone = run.pool.table, run.labels, run.zone
     prior = latest(read_answers(run.cfg.answers))
     usable = [w for w in prior if w in table.position and not zone[table.position[w]]]
     labelled = {w: labels.index(prior[w].label) for w in usable if prior[w].label in labels}
     asked = sorted(usable)
-    return _Progress(labelled, asked, [{'round': 0, 'labels': len(labelled), 'asked': len(asked),
-                                        **held.accuracy(base_probs, len(labels))}], base_probs)
+    return _Progress(labelled, asked, [{
+        'round': 0, 'labels': len(labelled), 'asked': len(asked), 'adapted': run.cfg.adapt,
+        'base_accuracy': held.accuracy(base_probs, len(labels))['accuracy'],
+        **held.accuracy(probs, len(labels))}], probs)
 
 
 # --- one round's steps -----------------------------------------------------------------------
-def _ask_round(run: _Run, progress: _Progress, rnd: int, n_ask: int) -> list[str]:
+def _ask_round(run: _Run, progress: _Progress, rnd: int, n_ask: int,
+               model: LightmerNet) -> list[str]:
     """Step 1: the current model's choice of up to `n_ask` windows never asked and outside
     the held-out zone, asked of the oracle; their answers join the labelled windows.
     -> the window ids asked."""
     cfg, pool, table, probs = run.cfg, run.pool, run.pool.table, progress.probs
     asked_set = set(progress.asked)
     candidates = ~run.zone & np.array([w not in asked_set for w in table.ids], bool)
+    embed = cfg.strategy in EMBEDDING_STRATEGIES       # the current model's embeddings
     chosen, scores = select(pool, probs, candidates, n_ask, cfg.strategy,
-                            stream_seed(cfg.seed, rnd) % 2**32, cfg.max_per_recording)
+                            stream_seed(cfg.seed, rnd) % 2**32, cfg.max_per_recording,
+                            features=model_window_embeddings(pool, model) if embed else None,
+                            asked=table.index_of(progress.asked),
+                            labelled=table.index_of(sorted(progress.labelled)),
+                            clean=pool_continuity(pool).clean if embed else None)
     ids = [table.ids[i] for i in chosen]
     manifest = {'format': 'lightmer-batch', 'purpose': f'round {rnd}',
                 'strategy': cfg.strategy, 'labels': list(run.labels),
@@ -401,29 +536,23 @@ def _ask_round(run: _Run, progress: _Progress, rnd: int, n_ask: int) -> list[str
     return ids
 
 
-def _train_round(run: _Run, model: LightmerNet, optimizer: torch.optim.Optimizer,
-                 labelled: dict[str, int], rnd: int) -> float | None:
-    """Step 2: `cfg.epochs` passes over the labelled windows, each mixed with fresh base
-    clips. -> mean loss (None with nothing labelled)."""
+def _train_round(run: _Run, anchor: _Anchor, model: LightmerNet, labelled: dict[str, int],
+                 rnd: int) -> dict:
+    """Steps 2 and 3: a candidate from the anchor on every labelled window, kept (loaded into
+    `model`) unless cross-validation over the answers says fine-tuning lowers accuracy.
+    -> {'train_loss', 'kept', 'validation'} (loss None with nothing labelled)."""
     if not labelled:
-        return None
-    cfg, table, base = run.cfg, run.pool.table, run.base
+        return {'train_loss': None, 'kept': False, 'validation': None}
+    cfg, table = run.cfg, run.pool.table
     ids = sorted(labelled, key=table.position.get)
     windows = PoolWindows(run.pool, table.rows[table.index_of(ids)], [labelled[w] for w in ids])
-    losses = []
-    torch.manual_seed(stream_seed(cfg.seed, rnd, _TRAIN))          # dropout of this round
-    for epoch in range(cfg.epochs):
-        data: Dataset = windows
-        if base is not None:
-            n_mix = min(len(base), int(round(cfg.mix * len(windows))))
-            rng = np.random.default_rng([cfg.seed, rnd, epoch, _MIX])
-            base.set_epoch(rnd * cfg.epochs + epoch)
-            data = ConcatDataset([windows, _Mixed(base, rng.choice(len(base), n_mix,
-                                                                   replace=False))])
-        losses.append(_train_pass(model, optimizer, data, cfg.batch_size,
-                                  stream_seed(cfg.seed, rnd, epoch), cfg.progress,
-                                  cfg.freeze_batchnorm))
-    return float(np.mean(losses))
+    candidate, loss = _fit(run, anchor, windows, stream_seed(cfg.seed, rnd, _TRAIN),
+                           rnd * cfg.steps)
+    check = _validate(run, anchor, windows, rnd)
+    kept = check is None or check['cv_accuracy'] >= check['anchor_accuracy']
+    if kept:
+        model.load_state_dict(candidate.state_dict())
+    return {'train_loss': loss, 'kept': kept, 'validation': check}
 
 
 def _probs(pool: Pool, model: LightmerNet, key: str | None = None) -> np.ndarray:
@@ -437,16 +566,15 @@ def _scores(probs: np.ndarray) -> dict:
     return {'score': h, 'entropy_bits': h, 'margin': margins(probs)}
 
 
-def _save_round(run: _Run, model: LightmerNet, optimizer: torch.optim.Optimizer,
-                progress: _Progress) -> None:
+def _save_round(run: _Run, model: LightmerNet, anchor: _Anchor, progress: _Progress) -> None:
     """Step 4: OUT/finetuned.pt, then state.pt (last: a kill before it repeats this round
     with the same batch)."""
     meta = run.meta
     save_checkpoint(run.cfg.out / 'finetuned.pt', model, CheckpointMeta(
         preset=meta.preset, labels=meta.labels, n_segments=meta.n_segments,
         segment_s=meta.segment_s, features=meta.features, model=meta.model,
-        provenance=_provenance(run, len(progress.labelled), progress.metrics[-1]['round'])))
-    _save_state(run, model, optimizer, progress)
+        provenance=_provenance(run, progress.metrics)))
+    _save_state(run, model, anchor, progress)
     _log_round(progress.metrics[-1])
 
 
@@ -460,35 +588,38 @@ def finetune(cfg: FinetuneConfig, oracle: Oracle | None = None) -> dict:
     model, meta = load_checkpoint(cfg.checkpoint)
     run = _open_run(cfg, meta, oracle)
     with deterministic_algorithms():
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         base_probs = _probs(run.pool, model, checkpoint_key(cfg.checkpoint))
-        held = _ask_held_out(run, base_probs)
         if (cfg.out / 'state.pt').exists():
-            progress = _resume(run, model, optimizer)
+            anchor, progress = _resume(run, model)
+            held = _ask_held_out(run, progress.probs)          # answered before state.pt
         else:
-            progress = _start(run, base_probs, held)
+            anchor = _adapt(run, model)
+            adapted_probs = _probs(run.pool, model)
+            held = _ask_held_out(run, adapted_probs)
+            progress = _start(run, base_probs, adapted_probs, held)
             # Saved before round 1 asks anything: a rerun that comes back with the answers
             # starts from here, asks the same batch and does not take its answers for prior.
-            _save_state(run, model, optimizer, progress)
+            _save_state(run, model, anchor, progress)
 
         # --rounds 0: one round that asks nothing and trains on the answers given before.
         n_ask = cfg.per_round if cfg.rounds > 0 else 0
         for rnd in range(len(progress.metrics), max(cfg.rounds, 1) + 1):
             t0 = time.perf_counter()
-            ids = _ask_round(run, progress, rnd, n_ask)
-            loss = _train_round(run, model, optimizer, progress.labelled, rnd)
+            ids = _ask_round(run, progress, rnd, n_ask, model)
+            trained = _train_round(run, anchor, model, progress.labelled, rnd)
             progress.probs = _probs(run.pool, model)
             progress.metrics.append({
                 'round': rnd, 'labels': len(progress.labelled), 'asked': len(progress.asked),
-                'new': len(ids), 'train_loss': loss, 'seconds': time.perf_counter() - t0,
+                'new': len(ids), **trained, 'seconds': time.perf_counter() - t0,
                 **held.accuracy(progress.probs, len(meta.labels))})
-            _save_round(run, model, optimizer, progress)
+            _save_round(run, model, anchor, progress)
     return _report(cfg, progress.metrics, meta.labels, len(run.eval_ids))
 
 
 # --- provenance, log, report -----------------------------------------------------------------
-def _provenance(run: _Run, labels_used: int, rounds: int) -> dict:
+def _provenance(run: _Run, run_metrics: list[dict]) -> dict:
     cfg = run.cfg
+    labels_used, rounds = run_metrics[-1]['labels'], run_metrics[-1]['round']
     return make_provenance(
         finetuned_from={'checkpoint': str(cfg.checkpoint.resolve()),
                         'key': checkpoint_key(cfg.checkpoint),
@@ -497,7 +628,9 @@ def _provenance(run: _Run, labels_used: int, rounds: int) -> dict:
         answers=str(cfg.answers.resolve()), labels_used=labels_used, rounds=rounds,
         strategy=cfg.strategy, per_round=cfg.per_round, mix=cfg.mix,
         base_cache=None if cfg.base_cache is None else str(cfg.base_cache.resolve()),
-        epochs_per_round=cfg.epochs, lr=cfg.lr, seed=cfg.seed)
+        adapted=cfg.adapt, steps_per_round=cfg.steps, l2sp=cfg.l2sp, tune=cfg.tune,
+        folds=cfg.folds, rounds_kept=sum(bool(m.get('kept')) for m in run_metrics),
+        lr=cfg.lr, seed=cfg.seed)
 
 
 def _log_round(m: dict) -> None:

@@ -11,7 +11,8 @@ On disk (docs/ACTIVE_LEARNING.md describes every field):
 
     POOL/pool.json                         settings shared by every recording, recording ids
     POOL/recordings/<rec>/recording.json   bag, topics, times, counts, audio placement
-    POOL/recordings/<rec>/segments.npz     k, t_ref, crops, mels (one row per segment)
+    POOL/recordings/<rec>/segments.npz     k, t_ref, crops, mels, face_missing (one row per
+                                           segment)
     POOL/recordings/<rec>/windows.npz      k_last, t_ref, rows, probs (one row per window)
     POOL/recordings/<rec>/audio.wav        the recording's audio, 16-bit mono 16 kHz
     POOL/logits/<checkpoint key>/<rec>.npy per-segment logits of one checkpoint (a cache)
@@ -40,8 +41,9 @@ from tqdm import tqdm
 from lightmer.core.atomic_io import atomic_save_json, atomic_savez, atomic_write, atomic_write_wav
 from lightmer.core.backend import read_meta
 from lightmer.core.config import FeatureConfig
-from lightmer.core.features import resample
+from lightmer.core.features import face_to_input, resample
 from lightmer.core.messages import stamp_ns_to_seconds
+from lightmer.core.missing import missing_face_input
 from lightmer.core.segments import reference_time, window_indices
 from lightmer.core.uncertainty import entropy_bits
 from lightmer.evaluation import bags
@@ -52,6 +54,7 @@ POOL_FORMAT = 'lightmer-pool'
 POOL_VERSION = 1
 WINDOW_ID_SEPARATOR = ':'          # window id = '<recording id>:<k_last>'
 _TMP_PREFIX = '.incomplete-'
+OUTPUT_CHUNK = 2048                # segments per model call when scoring many recordings
 
 
 class PoolError(ValueError):
@@ -130,13 +133,21 @@ class _SegmentRecorder:
         self.k: list[int] = []
         self.t_ref: list[float] = []
         self.crops: list[np.ndarray] = []
+        self.face_missing: list[bool] = []
         self.mels: list[np.ndarray] = []
         self.logits: list[np.ndarray] = []
 
     def __call__(self, k, t_ref, face, mel, logits) -> None:
         self.k.append(int(k))
         self.t_ref.append(float(t_ref))
-        self.crops.append(np.array(face, dtype=np.uint8))
+        face = np.asarray(face)
+        # Policy 'single' gave the model core.missing's float face input, which no uint8 crop
+        # can hold: a blank crop is stored and the segment marked (the mel of a missing audio
+        # is a log-mel like any other and is stored as it is).
+        missing = face.dtype != np.uint8
+        self.face_missing.append(missing)
+        self.crops.append(np.zeros(face.shape[-2:], np.uint8) if missing
+                          else np.array(face, dtype=np.uint8))
         self.mels.append(np.array(mel, dtype=np.float32))
         self.logits.append(np.array(logits, dtype=np.float64))
 
@@ -304,7 +315,8 @@ def _write_arrays(tmp: Path, segments: _SegmentRecorder, windows: list, meta) ->
                  crops=np.asarray(segments.crops, np.uint8).reshape(
                      -1, f.face_height, f.face_width)[order],
                  mels=np.asarray(segments.mels, np.float32).reshape(
-                     -1, f.n_mels, f.mel_frames)[order])
+                     -1, f.n_mels, f.mel_frames)[order],
+                 face_missing=np.asarray(segments.face_missing, bool)[order])
     atomic_savez(tmp / 'windows.npz',
                  k_last=np.array([w.k_last for w in windows], np.int64),
                  t_ref=np.array([w.t_ref for w in windows], np.float64),
@@ -469,8 +481,34 @@ class Pool:
     def _recording_segments(self, rec: str) -> dict[str, np.ndarray]:
         if rec not in self._segments:
             with np.load(self.path / 'recordings' / rec / 'segments.npz') as z:
-                self._segments[rec] = {k: z[k] for k in ('k', 't_ref', 'crops', 'mels')}
+                seg = {k: z[k] for k in ('k', 't_ref', 'crops', 'mels')}
+                # pools written before policy 'single' existed: every segment had its face
+                seg['face_missing'] = (z['face_missing'] if 'face_missing' in z
+                                       else np.zeros(len(seg['k']), bool))
+                self._segments[rec] = seg
         return self._segments[rec]
+
+    def _network_faces(self, crops: np.ndarray, missing: np.ndarray) -> np.ndarray:
+        """float32 (R, 1, 98, 80): the face inputs the model saw for these segments (the
+        crops through face_to_input; core.missing's input where the face was missing)."""
+        faces = face_to_input(crops)
+        faces[missing] = missing_face_input(self.features)
+        return faces
+
+    def segment_faces(self, rows: np.ndarray) -> np.ndarray:
+        """Global segment rows (R,) -> the network's face inputs float32 (R, 1, 98, 80), as
+        the fusion gave them to the model (training on pool windows uses these)."""
+        rows = np.asarray(rows, np.int64)
+        crops, _ = self.segment_inputs(rows)
+        missing = np.zeros(len(rows), bool)
+        table = self.table
+        starts = np.searchsorted(table.seg_rec, np.arange(len(table.rec_ids)))
+        for r, rec in enumerate(table.rec_ids):
+            mine = np.flatnonzero(table.seg_rec[rows] == r)
+            if mine.size:
+                missing[mine] = self._recording_segments(rec)['face_missing'][rows[mine]
+                                                                              - starts[r]]
+        return self._network_faces(crops, missing)
 
     def segment_inputs(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Global segment rows (R,) -> (crops uint8 (R, 98, 80), mels float32 (R, 128, 43))."""
@@ -493,25 +531,67 @@ class Pool:
                        progress: bool = False) -> np.ndarray:
         """float64 (S, C): logits of every segment of the pool.
 
-        logits_of: crops uint8 (B, 98, 80), mels float32 (B, 128, 43) -> float64 (B, C), the
-        model in eval mode (`segment_scorer`). With a `key` (checkpoint_key of the model's
-        file) each recording's logits are read from, or written to, POOL/logits/<key>/<rec>.npy,
-        so a checkpoint scores a pool once.
+        logits_of: face inputs float32 (B, 1, 98, 80) (`segment_faces`), mels float32
+        (B, 128, 43) -> float64 (B, C), the model in eval mode (`segment_scorer`). With a
+        `key` (checkpoint_key of the model's file) each recording's logits are read from, or
+        written to, POOL/logits/<key>/<rec>.npy, so a checkpoint scores a pool once.
         """
-        table = self.table
-        parts = []
-        for rec in tqdm(table.rec_ids, desc='segment logits', unit='recording',
-                        disable=not progress):
-            cache = self.path / 'logits' / key / f'{rec}.npy' if key else None
-            if cache is not None and cache.is_file():
-                parts.append(np.load(cache))
-                continue
-            seg = self._recording_segments(rec)
-            logits = np.asarray(logits_of(seg['crops'], seg['mels']), np.float64)
-            if cache is not None:
-                _save_npy(cache, logits)
-            parts.append(logits)
-        return np.concatenate(parts)
+        def outputs_of(faces: np.ndarray, mels: np.ndarray) -> dict[str, np.ndarray]:
+            return {'logits': np.asarray(logits_of(faces, mels), np.float64)}
+
+        return self.segment_outputs(outputs_of, ('logits',), key, progress)['logits']
+
+    def segment_outputs(self, outputs_of, names: tuple[str, ...], key: str | None = None,
+                        progress: bool = False) -> dict[str, np.ndarray]:
+        """{name: (S, ...) array} of every segment of the pool, one model pass for all names.
+
+        outputs_of: face inputs float32 (B, 1, 98, 80) (as `segment_faces`: the crops the
+        model saw, core.missing's input where the face was missing), mels float32
+        (B, 128, 43) -> {name: (B, ...)}
+        ('logits' float64 (B, C), 'embeddings' float32 (B, D)). With a `key` each is cached
+        per recording at POOL/<name>/<key>/<rec>.npy; a recording is run through the model
+        only when one of `names` is missing, and cached arrays are never rewritten.
+        """
+        have: dict[str, dict[str, np.ndarray]] = {}
+        todo = []                                 # recordings the model must run over
+        for rec in self.table.rec_ids:
+            caches = self._output_caches(rec, names, key)
+            have[rec] = {n: np.load(c) for n, c in caches.items() if c is not None and c.is_file()}
+            if len(have[rec]) < len(names):
+                todo.append(rec)
+        # Short recordings are run together: batches of a few dozen segments cost 2x per
+        # segment (measured on bench_pool's 53-segment recordings).
+        groups, group, size = [], [], 0
+        for rec in todo:
+            group.append(rec)
+            size += int((self.table.seg_rec == self.table.rec_ids.index(rec)).sum())
+            if size >= OUTPUT_CHUNK:
+                groups, group, size = [*groups, group], [], 0
+        for recs in tqdm([*groups, group] if group else groups, desc='segment outputs',
+                         unit='group', disable=not progress):
+            self._run_outputs(recs, outputs_of, names, key, have)
+        return {n: np.concatenate([have[rec][n] for rec in self.table.rec_ids]) for n in names}
+
+    def _output_caches(self, rec: str, names: tuple[str, ...], key: str | None
+                       ) -> dict[str, Path | None]:
+        return {n: self.path / n / key / f'{rec}.npy' if key else None for n in names}
+
+    def _run_outputs(self, recs: list[str], outputs_of, names: tuple[str, ...],
+                     key: str | None, have: dict[str, dict[str, np.ndarray]]) -> None:
+        """The model over the segments of `recs` in one call; the outputs each recording
+        lacks go into `have` (and the cache)."""
+        segs = [self._recording_segments(rec) for rec in recs]
+        out = outputs_of(
+            np.concatenate([self._network_faces(s['crops'], s['face_missing']) for s in segs]),
+            np.concatenate([s['mels'] for s in segs]))
+        bounds = np.cumsum([0, *(len(s['mels']) for s in segs)])
+        for rec, a, b in zip(recs, bounds[:-1], bounds[1:], strict=True):
+            caches = self._output_caches(rec, names, key)
+            for n in names:
+                if n not in have[rec]:
+                    have[rec][n] = np.asarray(out[n])[a:b]
+                    if caches[n] is not None:
+                        _save_npy(caches[n], have[rec][n])
 
     def window(self, wid: str, labels: tuple[str, ...] | None = None) -> WindowView:
         """One window for a labelling page (see WindowView)."""
