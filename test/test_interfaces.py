@@ -35,6 +35,9 @@ UPSTREAM = {
     # ros4hri/hri_msgs (REP-155): constants do not enter the hash, a few are kept to show that
     # they parse.
     'hri_msgs/msg/IdsList': 'std_msgs/Header header\nstring[] ids\n',
+    'hri_msgs/msg/IdsMatch':
+        'int8 UNSET=0\nint8 VOICE=4\nstring id1\nint8 id1_type\nstring id2\nint8 id2_type\n'
+        'float32 confidence\n',
     'hri_msgs/msg/Expression':
         'std_msgs/Header header\nstring NEUTRAL="neutral"\nstring SCARED="scared"\n'
         'string expression\nfloat32 valence\nfloat32 arousal\nfloat32 confidence\n',

@@ -39,6 +39,10 @@ def _params(path, prefix: str = PREFIX) -> str:
     path.write_text('/**:\n  ros__parameters:\n    diagnostics_period_s: 0.2\n'
                     '/**/face_crop:\n  ros__parameters:\n    qos_reliability: reliable\n'
                     f'    humans_prefix: {prefix}\n'
+                    # tracking is tested here, not detection: a whole-frame search every
+                    # segment, so a person returning for two segments is seen in both (with
+                    # following a newcomer is found up to follow_every - 1 segments late)
+                    '    follow_every: 1\n'
                     '/**/fusion:\n  ros__parameters:\n'
                     f'    min_segments: {MIN_SEGMENTS}\n    forget_after_s: 1.0\n'
                     f'    humans_prefix: {prefix}\n')
@@ -105,7 +109,8 @@ def test_two_people_get_their_own_windows_equal_to_the_offline_pipeline(mtcnn):
     events, audio = _events(frames, t0)
     rig.play(events)
     # offline: the same frames and audio through the same processors, no DDS
-    pipe = OfflinePeoplePipeline(mtcnn['checkpoint'], StreamSettings(min_segments=MIN_SEGMENTS),
+    pipe = OfflinePeoplePipeline(mtcnn['checkpoint'], StreamSettings(min_segments=MIN_SEGMENTS,
+                                                                 follow_every=1),
                                  max_faces=4, forget_after_s=1.0)
     offline: dict[str, dict[int, np.ndarray]] = {}
     played, _ = _events(frames, t0)

@@ -42,3 +42,13 @@ def test_score_people_scores_each_person_on_their_own_rows():
     assert result['id_switches'] == 0 and result['ids'] == 2
     with pytest.raises(ValueError, match='person column'):
         score_people(ids, stamps, probs, [LabelRow(0, 1, 'sad', 'x')], LABELS, person_of)
+
+
+def test_a_turn_where_both_speak_is_nobodys_own_and_not_scored():
+    person_of = {'a': 'left', 'b': 'right'}
+    rows = ROWS + [LabelRow(6.0, 8.0, 'happy', 'l1+r1', 'both')]
+    ids, stamps = ['a', 'b', 'a'], np.array([1.0, 3.0, 7.0])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9]])
+    result = score_people(ids, stamps, probs, rows, LABELS, person_of)
+    assert set(result['people']) == {'left', 'right'} and result['clips'] == 3
+    assert result['people']['left']['windows_scored'] == 1          # 7.0 lies in 'both'

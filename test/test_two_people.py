@@ -1,4 +1,5 @@
 """make-bag --two-people: two generated actors side by side taking turns, per-person labels."""
+import dataclasses
 import json
 import os
 import shlex
@@ -12,7 +13,7 @@ from lightmer.cli import main
 from lightmer.evaluation import bag_corpus, bags
 from lightmer.evaluation.bags import GAP_GREY, BagClip
 from lightmer.evaluation.evaluate import EvalConfig, evaluate_bag
-from lightmer.evaluation.two_people import pair_clips, two_person_clips
+from lightmer.evaluation.two_people import OVERLAP, pair_clips, two_person_clips
 
 # Slow tier (two-person bags through the pipeline): not in `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -46,6 +47,24 @@ def test_turns_hold_the_listener_still_and_the_right_person_leaves_every_second_
     np.testing.assert_array_equal(second.frames[:, :, 5:], pairs[0][1].frames)
     assert (third.frames[:, :, 5:] == GAP_GREY).all()         # right person away
     assert second.audio is pairs[0][1].audio                  # the speaker's voice
+
+
+def test_an_overlap_turn_plays_both_people_and_mixes_their_voices():
+    a, b = _clip('a1', 'happy', 10, n=3), _clip('b1', 'sad', 40, n=2)
+    a = dataclasses.replace(a, audio=np.full(3000, 0.7, np.float32))
+    b = dataclasses.replace(b, audio=np.full(2000, 0.6, np.float32))
+    turns = list(two_person_clips([(a, b)], GAP_GREY, away_every=0, overlap_every=1))
+    assert [(t.person, t.label) for t in turns] == [('left', 'happy'), ('right', 'sad'),
+                                                   (OVERLAP, 'happy')]
+    both = turns[2]
+    np.testing.assert_array_equal(both.frames[:, :, :5], a.frames)      # both move at once
+    np.testing.assert_array_equal(both.frames[:2, :, 5:], b.frames)
+    np.testing.assert_array_equal(both.frames[2, :, 5:], b.frames[-1])  # the shorter holds
+    assert len(both.audio) == 3000 and np.abs(both.audio).max() <= 1.0
+    np.testing.assert_allclose(both.audio[:2000], 1.0)       # 0.7 + 0.6, scaled to fit
+    np.testing.assert_allclose(both.audio[2000:], 0.7 / 1.3, rtol=1e-6)
+    assert [t.person for t in two_person_clips([(a, b)], GAP_GREY, overlap_every=0)] == [
+        'left', 'right']
 
 
 def _readme_command(prefix: str) -> list[str]:

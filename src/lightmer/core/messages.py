@@ -92,6 +92,20 @@ def image_to_rgb(msg) -> np.ndarray:
     return np.ascontiguousarray(pixels[:, :, list(order)])
 
 
+def image_green(msg, step: int = 2) -> np.ndarray:
+    """sensor_msgs/Image (the encodings image_to_rgb reads) -> uint8 (ceil(H/step),
+    ceil(W/step)): its green channel (mono8: its grey) at every `step`-th pixel, a new array.
+    A cheap luminance read straight from the message's bytes, without converting the whole
+    image (what the face node keeps of every frame for mouth motion). ConversionError for
+    what `check_image` refuses."""
+    channels, order = _rgb_encoding(msg)
+    h, _, row_step, row = _image_layout(msg, channels, 1)
+    data = memoryview(msg.data).cast('B') if not isinstance(msg.data, bytes) else msg.data
+    buf = np.frombuffer(data, dtype=np.uint8, count=h * row_step).reshape(h, row_step)
+    green = 0 if order is None else order[1]       # the byte of G within a pixel
+    return buf[::step, green:row:channels * step].copy()
+
+
 def check_image(msg) -> None:
     """What image_to_rgb would refuse, found without touching the pixels: an unsupported
     encoding, an empty image, a step shorter than a row, data shorter than height * step."""
@@ -284,12 +298,46 @@ def expression_fields(probs: np.ndarray, labels: tuple[str, ...]) -> tuple[str, 
     return best, merged[best]
 
 
+# Each class's point on the affect circumplex (valence, arousal), from the angles of Russell's
+# (1980) direct circular scaling of emotion words (J. A. Russell, "A circumplex model of
+# affect", Journal of Personality and Social Psychology 39(6):1161-1178, Fig. 2 / Table 3): a
+# word at angle a (degrees, counter-clockwise from pleasure) sits at (cos a, sin a) on the
+# unit circle. The word used per class: happy 'happy' 7.8, surprised 'astonished' 69.8,
+# angry 'angry' 99.0, fearful 'afraid' 116.8, sad 'sad' 207.5, calm 'calm' 316.2. disgusted
+# is not among Russell's 28 words: it is placed at 'distressed' (137.6), unpleasant and
+# moderately aroused (lightmer's choice, docs/PEOPLE.md). neutral is the circumplex's centre.
+CIRCUMPLEX_DEGREES = {'happy': 7.8, 'surprised': 69.8, 'angry': 99.0, 'fearful': 116.8,
+                      'disgusted': 137.6, 'sad': 207.5, 'calm': 316.2}
+CIRCUMPLEX = {**{label: (float(np.cos(np.radians(a))), float(np.sin(np.radians(a))))
+                 for label, a in CIRCUMPLEX_DEGREES.items()}, 'neutral': (0.0, 0.0)}
+
+
+def valence_arousal(probs: np.ndarray, labels: tuple[str, ...]) -> tuple[float, float]:
+    """The class probabilities' expected point on the circumplex (CIRCUMPLEX): (valence,
+    arousal), each in [-1, 1]. A class without a point counts as the centre."""
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    points = np.array([CIRCUMPLEX.get(label, (0.0, 0.0)) for label in labels])   # (C, 2)
+    valence, arousal = (p[:, None] * points).sum(axis=0)
+    return float(np.clip(valence, -1, 1)), float(np.clip(arousal, -1, 1))
+
+
 # --- several people ---------------------------------------------------------------------------
+# Longest face id accepted. A topic name may hold 247 characters (rmw's limit, beyond which
+# rclpy refuses to create the topic); ROS4HRI's ids are 5 characters. 64 leaves any prefix up
+# to ~160 characters room for /<id>/expression.
+MAX_FACE_ID_LENGTH = 64
+
+
 def check_face_id(face_id: str) -> str:
     """A face id that can be one token of a topic name (/humans/faces/<id>/...): a letter,
-    then letters, digits or underscores (ROS4HRI's ids are such). ConversionError otherwise."""
+    then letters, digits or underscores (ROS4HRI's ids are such), at most MAX_FACE_ID_LENGTH
+    characters. ConversionError otherwise (its message shows at most 40 characters of it)."""
+    shown = repr(face_id[:40]) + ('...' if len(face_id) > 40 else '')
+    if len(face_id) > MAX_FACE_ID_LENGTH:
+        raise ConversionError(f'face id {shown} is {len(face_id)} characters long; ids may '
+                              f'have at most {MAX_FACE_ID_LENGTH} to name a topic')
     if not (face_id[:1].isascii() and face_id[:1].isalpha()
             and all(c.isascii() and (c.isalnum() or c == '_') for c in face_id)):
-        raise ConversionError(f'face id {face_id!r} cannot name a topic: ids must be a '
+        raise ConversionError(f'face id {shown} cannot name a topic: ids must be a '
                               'letter followed by letters, digits or underscores')
     return face_id

@@ -21,12 +21,14 @@ from lightmer.evaluation.two_people import pair_clips, two_person_clips
 
 def make_bag(dataset: str, root, out, actors: Sequence[str] | None = None,
              storage: str = 'mcap', gap_s: float = 1.0, occlude: float = 0.0,
-             seed: int = 0, compressed: str | None = None, two_people: bool = False) -> str:
+             seed: int = 0, compressed: str | None = None, two_people: bool = False,
+             overlap_every: int = 0) -> str:
     """Lay a dataset's clips (optionally only `actors`) on one timeline in a rosbag2 at `out`,
     with a labels CSV beside it. Returns a one-paragraph report.
 
     `two_people`: two actors (the two `actors` given, else the first two) side by side taking
-    turns, per-person rows in the CSV (lightmer.evaluation.two_people; no gaps between turns).
+    turns, per-person rows in the CSV (lightmer.evaluation.two_people; no gaps between turns);
+    with `overlap_every` > 0, every that many pairs a turn where both talk at once.
 
     `occlude` in [0, 1) blanks that fraction of the camera frames (seeded; each frame
     independently), as when a person looks away: the face node then finds no face for some
@@ -39,7 +41,7 @@ def make_bag(dataset: str, root, out, actors: Sequence[str] | None = None,
     code_to_label = dict(zip(preset.codes, preset.labels, strict=True))
     laid: Iterable[BagClip] = _clips(records, code_to_label)
     if two_people:
-        laid = _turns(records, laid, actors)
+        laid = _turns(records, laid, actors, overlap_every)
         gap_s = 0.0
     laid = _occluded_at_random(laid, occlude, np.random.default_rng(seed))
     summary = write_bag(laid, out, storage=storage, gap_s=gap_s, compressed=compressed)
@@ -71,8 +73,8 @@ def _clips(records, code_to_label: dict[str, str]) -> Iterator[BagClip]:
         yield _load_clip(rec, code_to_label[rec.label])
 
 
-def _turns(records, clips: Iterable[BagClip],
-           actors: Sequence[str] | None) -> Iterator[BagClip]:
+def _turns(records, clips: Iterable[BagClip], actors: Sequence[str] | None,
+           overlap_every: int = 0) -> Iterator[BagClip]:
     """Two actors' clips (the two `actors`, else the first two) as two_people turns."""
     pair = list(actors) if actors is not None else sorted({r.actor for r in records})[:2]
     if len(pair) != 2 or pair[0] == pair[1]:
@@ -80,7 +82,8 @@ def _turns(records, clips: Iterable[BagClip],
     loaded = list(clips)
     by_actor = {a: [c for c, r in zip(loaded, records, strict=True) if r.actor == a]
                 for a in pair}
-    return two_person_clips(pair_clips(by_actor[pair[0]], by_actor[pair[1]]), GAP_GREY)
+    return two_person_clips(pair_clips(by_actor[pair[0]], by_actor[pair[1]]), GAP_GREY,
+                            overlap_every=overlap_every)
 
 
 def _occluded_at_random(clips: Iterable[BagClip], occlude: float,

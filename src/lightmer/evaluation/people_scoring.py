@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from lightmer.evaluation.scoring import score
+from lightmer.evaluation.two_people import OVERLAP
 
 SIDES = ('left', 'right')
 
@@ -58,6 +59,8 @@ def score_people(face_ids: Sequence[str], stamps_s: np.ndarray, probs: np.ndarra
     """
     stamps_s = np.asarray(stamps_s, dtype=np.float64)
     probs = np.asarray(probs, dtype=np.float64).reshape(len(stamps_s), len(labels))
+    # a turn where both speak is nobody's own: not scored (two_people.OVERLAP)
+    rows = [r for r in rows if r.person != OVERLAP]
     people = sorted({r.person for r in rows})
     if '' in people:
         raise ValueError('per-person scoring needs a person column in the labels CSV '

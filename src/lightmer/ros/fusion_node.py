@@ -13,7 +13,9 @@ Several people (max_faces > 1 or face_source ros4hri; docs/PEOPLE.md): `face_cro
 of people_outputs.PeopleOutputs.
 
 /diagnostics says how many of the N segments the last window used (`window_segments`, e.g.
-'3/5'; vision_msgs/Classification has no field for it), counts segments without a face
+'3/5') and how many of those had their own face and their own audio (`window_with_face`,
+`window_with_audio`, e.g. '2/3': the rest were filled by missing_policy 'nearest' or
+'single'; vision_msgs/Classification has no field for these), counts segments without a face
 (`no_face`: nobody in view) apart from dropped ones, and goes WARN, then ERROR, when one input
 stops while the other flows (stall_warn_s, stall_error_s): a node or sensor is down.
 
@@ -46,7 +48,7 @@ from .conversions import (
     label_info_msg,
 )
 from .params import FusionParams, declare_and_read, load_model_for_node
-from .people_outputs import PeopleOutputs
+from .people_outputs import PeopleOutputs, VoiceOutputs
 from .qos import latched_qos, output_qos
 
 
@@ -81,16 +83,21 @@ class FusionNode(Node):
         model.segment_logits(np.zeros(self._face_shape, np.uint8),
                              np.zeros(self._mel_shape, np.float32))
         settings = self.params.stream_settings()
-        self.fuser = SegmentFuser(model.segment_logits, model.fuse, n, segment_s, settings)
-        self.people = self.people_outputs = None
+        self.fuser = SegmentFuser(model.segment_logits, model.fuse, n, segment_s, settings,
+                                  meta.features)
+        self.people = self.people_outputs = self.voices = None
         if self.params.per_person:
             self.people = PeopleFuser.for_model(model, n, segment_s, settings,
                                                 self.params.audio_to, self.params.forget_after_s)
             self.people_outputs = PeopleOutputs(self, self.params.humans_prefix, self.labels,
                                                 tracked=self.params.face_source == 'mtcnn')
+            if self.params.audio_to == 'speaker':
+                self.voices = VoiceOutputs(self, self.params.humans_prefix)
+        self._faces_frame_id = ''
         self._resets_seen = 0
         self._breaks_seen = 0
-        self._window_segments = ''
+        self._window = dict.fromkeys(('window_segments', 'window_with_face',
+                                      'window_with_audio'), '')
         # Steady-clock arrival of each input (node start for one not seen yet), for stalls.
         self._arrived = dict.fromkeys(('face_crop', 'log_mel'), time.monotonic())
         self._face_in_view = True
@@ -118,10 +125,8 @@ class FusionNode(Node):
         if self.people is not None:
             counts = self.people.fusion_counts()
             counts['rejected'] += self.fuser.counts.rejected
-            return {**counts, **dataclasses.asdict(self.people.counts),
-                    'window_segments': self._window_segments}
-        return {**dataclasses.asdict(self.fuser.counts),
-                'window_segments': self._window_segments}
+            return {**counts, **dataclasses.asdict(self.people.counts), **self._window}
+        return {**dataclasses.asdict(self.fuser.counts), **self._window}
 
     def health(self) -> tuple[bytes, str]:
         """(level, message) of the inputs: a stall (one silent while the other flows) is WARN
@@ -172,6 +177,9 @@ class FusionNode(Node):
                                'person forgotten')
         self.people_outputs.forget(gone)
         self.people_outputs.tracked(msg.header, [f.face_id for f in faces])
+        self._faces_frame_id = msg.header.frame_id
+        if self.voices is not None:
+            self.voices.forget(gone)
         self._publish_people(windows)
 
     def mel_callback(self, msg: Image) -> None:
@@ -179,6 +187,8 @@ class FusionNode(Node):
         mel = self._read(msg, '32FC1', self._mel_shape)
         if mel is None:
             return
+        if not np.isfinite(mel).all():      # the processors count it (`invalid`); say why
+            self.reporter.error('log-mel dropped: it holds NaN or inf')
         if self.people is not None:
             self._publish_people(self.people.push_mel(time_to_float(msg.header.stamp), mel))
         else:
@@ -208,22 +218,34 @@ class FusionNode(Node):
             self.reporter.note(f'an input resumed after a gap of {self.params.stall_warn_s} s '
                                'or more in its stamps: windows start again after the gap')
         for r in results:
-            self._window_segments = f'{len(r.segments)}/{self.fuser.n_segments}'
+            self._describe(r)
             header = Header(stamp=float_to_time(r.t_ref), frame_id=r.frame_id)
             self._pub.publish(classification_msg(r.probs, self.labels, header))
             self.reporter.clear()                                      # recovered
             if self._expression_pub is not None:
                 self._expression_pub.publish(expression_msg(r.probs, self.labels, header))
 
+    def _describe(self, r: WindowResult) -> None:
+        """The last window's segments on /diagnostics: how many of N, and of those how many
+        had their own face and their own audio."""
+        used = len(r.segments)
+        self._window = {'window_segments': f'{used}/{self.fuser.n_segments}',
+                        'window_with_face': f'{r.with_face}/{used}',
+                        'window_with_audio': f'{r.with_audio}/{used}'}
+
     def _publish_people(self, windows: list[PersonWindow]) -> None:
-        """Each person's window on their topics; the primary person's also on `emotion`."""
+        """Each person's window on their topics; the primary person's also on `emotion`; the
+        speaker estimates made meanwhile on the voice topics."""
+        for _k, t_ref, estimate, ids in self.people.take_estimates():
+            if self.voices is not None:
+                header = Header(stamp=float_to_time(t_ref), frame_id=self._faces_frame_id)
+                self.voices.publish(estimate, ids, header)
         primary = self.people.primary(self.params.primary)
         for w in windows:
             r = w.window
             header = Header(stamp=float_to_time(r.t_ref), frame_id=r.frame_id)
             self.people_outputs.publish(w.face_id, r.probs, header)
             if w.face_id == primary:
-                self._window_segments = f'{len(r.segments)}/{self.fuser.n_segments}'
                 self._publish([r])
 
 

@@ -20,8 +20,14 @@ segment's log-mel joins the faces seen in that segment, by segment id, whichever
   'all'     - every face of the segment fuses the same audio (someone in view is speaking; the
               model judges each face together with it);
   'largest' - only the largest face of the segment (the one nearest the robot, most likely the
-              one addressing it) fuses the audio; the others fuse the log-mel of silence, the
-              input the model saw for a clip's silent lead-in and tail.
+              one addressing it) fuses the audio; the others fuse face-only segments: the one
+              "no audio" input of core.missing (the log-mel of digital silence), as
+              missing_policy 'single' does;
+  'speaker' - the faces that speak in that segment (speaker.estimate_speakers: mouth motion
+              against the voice's envelope, once per segment when its faces and log-mel have
+              both arrived; speaker.audio_recipients) fuse the audio, the others face-only
+              segments, as with 'largest'. The estimates are kept for the node's voice outputs
+              (`take_estimates`).
 An id's state is dropped once its face has been absent for `forget_after_s` (stamp seconds); a
 face that comes back under a forgotten id starts afresh (`counts.returned`).
 """
@@ -37,14 +43,23 @@ import numpy as np
 
 from lightmer.core.backend import LoadedModel
 from lightmer.core.config import FeatureConfig
-from lightmer.core.features import crop_face, log_mel
+from lightmer.core.features import crop_face
+from lightmer.core.missing import missing_audio_input
 from lightmer.core.segments import segment_index, segment_of_reference
 from lightmer.stream.faces import BaseFaceSegmenter
+from lightmer.stream.follow import FaceFollower, FollowSettings
 from lightmer.stream.fuser import FusionCounts, SegmentFuser, WindowResult
 from lightmer.stream.settings import StreamSettings
+from lightmer.stream.speaker import (
+    MouthHistory,
+    SpeakerEstimate,
+    SpeakerSettings,
+    audio_recipients,
+    estimate_speakers,
+)
 from lightmer.stream.tracking import FaceTracker, TrackerSettings
 
-AUDIO_TO = ('all', 'largest')
+AUDIO_TO = ('all', 'largest', 'speaker')
 PRIMARY_RULES = ('largest', 'oldest')
 # Segments of face and audio bookkeeping kept for the join (audio and faces arrive from two
 # nodes, one may run a few segments ahead of the other).
@@ -55,16 +70,27 @@ _FORGOTTEN_MEMORY = 256
 
 @dataclass(frozen=True)
 class TrackedFace:
-    """One face of a segment: crop uint8 (H, W); box float64 (4,) x1 y1 x2 y2 frame pixels."""
+    """One face of a segment: crop uint8 (H, W); box float64 (4,) x1 y1 x2 y2 frame pixels;
+    mouth: its mouth motion before the segment's frame, (times float64 (M,) s relative to the
+    frame, motion float32 (M,) grey levels) as speaker.MouthHistory.motion gives, or None."""
 
     face_id: str
     crop: np.ndarray
     box: np.ndarray
     prob: float = 1.0
+    mouth: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def area(self) -> float:
         return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
+
+
+def with_mouths(faces: tuple[TrackedFace, ...], history: MouthHistory, t_frame: float,
+                span_s: float = SpeakerSettings.span_s) -> tuple[TrackedFace, ...]:
+    """The faces with their mouth motion over the `span_s` of frames up to their segment's
+    frame at `t_frame` (speaker.MouthHistory, fed every camera frame)."""
+    return tuple(dataclasses.replace(f, mouth=history.motion(f.box, t_frame, span_s))
+                 for f in faces)
 
 
 # --- face side ---------------------------------------------------------------------------------
@@ -80,6 +106,8 @@ class MultiFaceCounts:
     jumps: int = 0         # stamps stepped forward by stamp_jump_s or more
     tracks_started: int = 0
     tracks_forgotten: int = 0
+    whole_frame: int = 0   # chosen frames MTCNN searched whole (stream.follow)
+    followed: int = 0      # chosen frames searched only around the last segment's faces
 
 
 @dataclass(frozen=True)
@@ -95,18 +123,21 @@ class FacesResult:
 class MultiFaceSegmenter(BaseFaceSegmenter):
     """Frames in (stamps in order), per segment every tracked face out.
 
-    cropper: a features.FaceCropper (its detect_all, crop and cfg.face_min_prob are used).
+    cropper: a features.FaceCropper; MTCNN follows the faces of the last segment
+    (`stream.follow.FaceFollower` with `follow`), each tracked face in its own box.
     """
 
     def __init__(self, cropper, segment_s: float, reference: str, max_faces: int,
                  tracker: TrackerSettings | None = None, id_prefix: str = 'f',
-                 jump_s: float = StreamSettings.stamp_jump_s):
+                 jump_s: float = StreamSettings.stamp_jump_s,
+                 follow: FollowSettings | None = None):
         if max_faces < 1:
             raise ValueError(f'max_faces must be >= 1, got {max_faces}')
         super().__init__(segment_s, reference, jump_s, MultiFaceCounts())
         self.cropper = cropper
         self.max_faces = max_faces
         self.tracker = FaceTracker(tracker or TrackerSettings(), prefix=id_prefix)
+        self.follower = FaceFollower(cropper, follow)
 
     def push(self, t: float, payload: Any,
              decode: Callable[[Any], np.ndarray] | None = None) -> list[FacesResult]:
@@ -129,12 +160,14 @@ class MultiFaceSegmenter(BaseFaceSegmenter):
 
     def _restart(self) -> None:
         self.tracker.reset()
+        self.follower.reset()
 
     def faces_of(self, frame: np.ndarray) -> tuple[tuple[TrackedFace, ...], int]:
         """The tracked faces of one segment's frame, largest first, and how many were found."""
-        [(boxes, probs)] = self.cropper.detect_all([frame])
-        keep = probs >= self.cropper.cfg.face_min_prob
-        boxes, probs = boxes[keep], probs[keep]
+        boxes, probs = self.follower.detect(frame)          # the confident ones
+        self.counts.whole_frame = self.follower.counts.whole
+        self.counts.followed = self.follower.counts.followed
+        found = len(boxes)
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         order = np.argsort(-area, kind='stable')[:self.max_faces]
         self.counts.capped += len(boxes) - len(order)
@@ -148,7 +181,7 @@ class MultiFaceSegmenter(BaseFaceSegmenter):
                 self.counts.rejected += 1
                 continue
             faces.append(TrackedFace(face_id, crop, box.copy(), float(prob)))
-        return tuple(faces), len(keep.nonzero()[0])
+        return tuple(faces), found
 
 
 @dataclass
@@ -258,7 +291,8 @@ class _Person:
 class PeopleFuser:
     """One SegmentFuser per face id (`new_fuser()` builds one), audio shared per `audio_to`.
 
-    silence_mel: float32 (n_mels, frames), the log-mel of digital silence ('largest' policy).
+    silence_mel: float32 (n_mels, frames), core.missing's "no audio" input, fused by the faces
+    that do not hear a segment ('largest', 'speaker').
     """
 
     new_fuser: Callable[[], SegmentFuser]
@@ -271,6 +305,11 @@ class PeopleFuser:
     _people: dict[str, _Person] = field(default_factory=dict)
     _faces_at: dict[int, dict[str, float]] = field(default_factory=dict)   # k -> {id: area}
     _mels_at: dict[int, tuple[float, np.ndarray]] = field(default_factory=dict)
+    _mouths_at: dict[int, dict] = field(default_factory=dict)   # k -> {id: mouth}
+    _heard_at: dict[int, frozenset] = field(default_factory=dict)  # k -> ids fusing its audio
+    features: FeatureConfig | None = None                    # the mel's settings ('speaker')
+    speaker_settings: SpeakerSettings = field(default_factory=SpeakerSettings)
+    _estimates: list = field(default_factory=list)            # (k, t_ref, estimate, ids)
     _forgotten: list[str] = field(default_factory=list)
     _retired: dict[str, int] = field(default_factory=dict)   # counts of forgotten fusers
     _last_k: int | None = None                               # latest face segment
@@ -283,17 +322,22 @@ class PeopleFuser:
         model's callables (N `n_segments`, T `segment_s`), and the silence the 'largest'
         policy fuses computed with the model's feature settings."""
         features = model.meta.features
-        silence = log_mel(np.zeros(features.window_samples, np.float32), features)
+        # a listener's face-only segment: the one "no audio" input (core.missing), what
+        # missing_policy 'single' fuses too
+        silence = missing_audio_input(features)
 
         def new_fuser() -> SegmentFuser:
             return SegmentFuser(model.segment_logits, model.fuse, n_segments, segment_s,
-                                settings)
+                                settings, features)
 
-        return cls(new_fuser, segment_s, settings.reference, silence, audio_to, forget_after_s)
+        return cls(new_fuser, segment_s, settings.reference, silence, audio_to, forget_after_s,
+                   features=features)
 
     def __post_init__(self) -> None:
         if self.audio_to not in AUDIO_TO:
             raise ValueError(f'audio_to must be one of {AUDIO_TO}, got {self.audio_to!r}')
+        if self.audio_to == 'speaker' and self.features is None:
+            raise ValueError("audio_to 'speaker' needs the log-mel's feature settings")
         if not self.forget_after_s > 0:
             raise ValueError(f'forget_after_s must be > 0, got {self.forget_after_s}')
 
@@ -335,6 +379,7 @@ class PeopleFuser:
             self.reset()
         self._last_k = k
         self._faces_at[k] = {f.face_id: f.area for f in faces}
+        self._mouths_at[k] = {f.face_id: f.mouth for f in faces if f.mouth is not None}
         out: list[PersonWindow] = []
         for face in faces:
             person = self._people.get(face.face_id)
@@ -377,14 +422,30 @@ class PeopleFuser:
         self.counts.forgotten += len(self._people)
         self.counts.restarts += 1
         self._people.clear()
-        self._faces_at.clear()
-        self._mels_at.clear()
+        for table in (self._faces_at, self._mels_at, self._mouths_at, self._heard_at):
+            table.clear()
         self._last_k = None
         self.counts.people = 0
+
+    def take_estimates(self) -> list[tuple[int, float, SpeakerEstimate, tuple[str, ...]]]:
+        """The speaker estimates made since the last call: (segment k, its reference time,
+        speaker.SpeakerEstimate, the ids of the faces in that segment); only with audio_to
+        'speaker'."""
+        out, self._estimates = self._estimates, []
+        return out
 
     def _mel_for(self, face_id: str, k: int, mel: np.ndarray) -> np.ndarray:
         if self.audio_to == 'all':
             return mel
+        if self.audio_to == 'speaker':
+            if k not in self._heard_at:          # once per segment: its faces and mel are in
+                t_ref = self._mels_at[k][0]
+                estimate = estimate_speakers(self._mouths_at.get(k, {}), mel, self.features,
+                                             self.speaker_settings)
+                self._estimates.append((k, t_ref, estimate, tuple(self._faces_at[k])))
+                del self._estimates[:-_JOIN_SEGMENTS]
+                self._heard_at[k] = audio_recipients(estimate, self._faces_at[k])
+            return mel if face_id in self._heard_at[k] else self.silence_mel
         areas = self._faces_at[k]
         largest = max(areas, key=lambda i: (areas[i], i))
         return mel if face_id == largest else self.silence_mel
@@ -405,7 +466,7 @@ class PeopleFuser:
         del self._forgotten[:-_FORGOTTEN_MEMORY]
 
     def _trim(self, k: int) -> None:
-        for table in (self._faces_at, self._mels_at):
+        for table in (self._faces_at, self._mels_at, self._mouths_at, self._heard_at):
             for old in [j for j in table if j < k - _JOIN_SEGMENTS]:
                 del table[old]
 
