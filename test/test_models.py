@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import ros_helpers as rh
+from lightmer.ros.description import LAUNCH_ARGUMENTS
 from lightmer.ros.params import model_dirs, resolve_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +45,29 @@ def test_a_path_is_taken_as_it_is_and_a_bare_name_is_looked_up(tmp_path):
     assert resolve_model_path('ravdess_fold1', [shelf]) == shelf / 'ravdess_fold1.onnx'
     (shelf / 'ravdess_fold1.pt').write_bytes(b'x')
     assert resolve_model_path('ravdess_fold1', [shelf]) == shelf / 'ravdess_fold1.pt'
+
+
+def test_an_unknown_name_lists_models_only_and_folders_that_exist(tmp_path):
+    """An ONNX export's parts are not models; a folder that does not exist is not named as
+    holding anything."""
+    shelf, missing = tmp_path / 'shelf', tmp_path / 'not_installed'
+    shelf.mkdir()
+    for name in ('fold0.pt', 'robot.onnx', 'robot.onnx.json', 'robot.fusion.onnx',
+                 'robot.mtcnn_onet.onnx', 'robot.mtcnn_pnet.onnx'):
+        (shelf / name).write_bytes(b'x')
+    with pytest.raises(ValueError) as err:
+        resolve_model_path('fold9', [missing, shelf])
+    text = str(err.value)
+    assert "(there: ['fold0', 'robot'])" in text, text
+    assert str(missing) not in text and str(shelf) in text
+    with pytest.raises(ValueError) as err:
+        resolve_model_path('fold9', [missing])
+    assert 'no models/ folder is installed' in str(err.value)
+
+
+def test_the_model_launch_argument_names_both_kinds():
+    text = next(a.description for a in LAUNCH_ARGUMENTS if a.name == 'model')
+    assert '.pt' in text and '.onnx' in text and 'models/' in text
 
 
 def test_the_source_tree_models_folder_is_searched():

@@ -16,11 +16,14 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 import ros_helpers as rh
+from lightmer.core.features import to_mono
 from lightmer.core.messages import ConversionError, check_image, image_to_rgb, time_to_float
 from lightmer.harness.rig import Rig, Topics, info_msg
 from lightmer.ros.bringup import start_bringup
 from lightmer.ros.conversions import float_to_time
 from lightmer.ros.face_crop_node import FaceCropNode
+from lightmer.stream.pipeline import OfflinePipeline
+from lightmer.stream.settings import StreamSettings
 from polling import wait_until
 
 N, MIN_SEGMENTS, SEGMENT_S = 5, 2, 0.5
@@ -250,3 +253,91 @@ def test_arrival_check_refuses_exactly_what_the_conversion_refuses():
         assert refused[0] == refused[1], (msg.encoding, msg.height, msg.width, msg.step)
         outcomes.append(refused[0])
     assert outcomes == [False] * 4 + [True] * 7
+
+
+def _offline_windows(checkpoint, settings, frames, audio=None) -> dict[int, np.ndarray]:
+    """What the nodes' processors (eval-bag offline) publish for `frames` [(t, frame)] and,
+    when given, `audio` (t0, int16 (n,)) in 0.1 s chunks, pushed in publication order."""
+    pipe = OfflinePipeline(checkpoint, settings)
+    events = [(t, 0, 'image', frame) for t, frame in frames]
+    if audio is not None:
+        t0, pcm = audio
+        for s in range(0, len(pcm), rh.CHUNK):
+            piece = pcm[s:s + rh.CHUNK]
+            events.append((t0 + (s + len(piece)) / rh.SR, 1, 'audio', (t0 + s / rh.SR, piece)))
+    out = []
+    for t, _, kind, data in sorted(events, key=lambda e: e[:2]):
+        out += (pipe.push_image(t, data) if kind == 'image'
+                else pipe.push_audio(data[0], to_mono(data[1]), rh.SR))
+    return {w.k_last: w.probs for w in out}
+
+
+@pytest.mark.slow
+def test_single_policy_publishes_windows_from_a_face_only_and_an_audio_only_stream(setup):
+    """missing_policy 'single' through the three nodes: a camera alone (no microphone data)
+    and a microphone alone (nobody in view) each give the windows eval-bag computes offline,
+    and /diagnostics says how many of the last window's segments had a face and audio."""
+    ns = '/single'
+    topics = Topics(f'{ns}/camera/image_raw', f'{ns}/audio/audio_stamped',
+                    f'{ns}/audio/audio_info')
+    params = setup['tmp'] / 'single.yaml'
+    params.write_text('/**:\n  ros__parameters:\n    diagnostics_period_s: 0.2\n'
+                      '/**/fusion:\n  ros__parameters:\n    missing_policy: single\n'
+                      f'    missing_wait_s: 0.6\n    min_segments: {MIN_SEGMENTS}\n')
+    settings = StreamSettings(missing_policy='single', missing_wait_s=0.6,
+                              min_segments=MIN_SEGMENTS)
+    running = start_bringup({'model': str(setup['checkpoint']), 'namespace': ns,
+                             'params_file': str(params), **topics.launch_args()},
+                            context=setup['context'])
+    rig = Rig(context=setup['context'], namespace=ns, topics=topics, name='rig_single')
+    fusion = f'{ns}/fusion'
+    try:
+        rig.wait_ready(30)
+        # 1. the camera alone: every segment waits missing_wait_s for its audio, then is
+        # fused from its face with core.missing's "no audio" input
+        clip = setup['clip']
+        frames = list(zip(clip.frame_times.tolist(), clip.frames, strict=True))
+        face_only = _offline_windows(setup['checkpoint'], settings, frames)
+        assert len(face_only) >= 4
+        rig.play(e for e in rh.clip_events(clip) if e.kind == 'image')
+        snap = rig.wait_for(lambda s: set(face_only) <= set(
+            rh.emotion_by_segment(s.emotion, SEGMENT_S)) and s, 60, 'face-only windows')
+        _check_equal(rh.emotion_by_segment(snap.emotion, SEGMENT_S), face_only)
+        diag = rig.wait_for(lambda s: s.counts(fusion).get('face_only', 0) >= len(face_only)
+                            and s, 10, 'face-only counts on /diagnostics')
+        status = diag.diagnostics[fusion]
+        used = int(status['window_segments'].split('/')[0])
+        assert status['window_with_audio'] == f'0/{used}'
+        assert status['window_with_face'] == f'{used}/{used}'
+        assert diag.counts(fusion)['audio_only'] == 0
+        # 2. the microphone alone, 100 s later: the face node says "no face" for every
+        # segment, which settles it at once: fused from its audio with the "no face" input
+        offset = 100.0
+        blank = rh.make_clip(SEGMENT_S, face=False)
+        frames = [(t + offset, f) for t, f in zip(blank.frame_times.tolist(), blank.frames,
+                                                   strict=True)]
+        audio_only = _offline_windows(setup['checkpoint'], settings, frames,
+                                      (rh.T0 + offset, blank.audio))
+        assert len(audio_only) >= 4
+        rig.publish('info', info_msg())
+        rig.wait_format(FORMAT)
+        rig.prime_audio(rh.T0 + offset - 30)
+        rig.play(rh.clip_events(blank, offset_s=offset))
+        snap = rig.wait_for(lambda s: set(audio_only) <= set(
+            rh.emotion_by_segment(s.emotion, SEGMENT_S)) and s, 60, 'audio-only windows')
+        _check_equal(rh.emotion_by_segment(snap.emotion, SEGMENT_S), audio_only)
+        diag = rig.wait_for(
+            lambda s: s.diagnostics.get(fusion, {}).get('window_with_face', '').startswith('0/')
+            and s.counts(fusion).get('windows', 0) >= len(face_only) + len(audio_only) and s,
+            10, 'audio-only counts on /diagnostics')
+        status = diag.diagnostics[fusion]
+        used = int(status['window_segments'].split('/')[0])
+        assert status['window_with_audio'] == f'{used}/{used}', status
+        assert diag.counts(fusion)['audio_only'] >= len(audio_only)
+        for r in snap.emotion:                    # every window a probability vector
+            scores = np.array([h.score for h in r.msg.results])
+            assert np.isfinite(scores).all() and (scores >= 0).all()
+            assert abs(scores.sum() - 1) < 1e-6
+    finally:
+        rig.close()
+        running.stop()

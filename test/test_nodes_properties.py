@@ -24,11 +24,13 @@ import rclpy
 import torch
 from audio_common_msgs.msg import AudioData, AudioDataStamped, AudioInfo
 from builtin_interfaces.msg import Time
+from hri_msgs.msg import IdsList
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lightmer_msgs.msg import FaceCrop, FaceCrops
 from PIL import Image as PILImage
 from rclpy.executors import SingleThreadedExecutor
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import Header
 from vision_msgs.msg import Classification
 
@@ -36,7 +38,7 @@ import ros_helpers as rh
 from lightmer.core.messages import time_to_float
 from lightmer.ros.audio_feature_node import AudioFeatureNode
 from lightmer.ros.conversions import float_to_time
-from lightmer.ros.face_crop_node import FaceCropNode
+from lightmer.ros.face_crop_node import MAX_TRACKED_IDS, FaceCropNode
 from lightmer.ros.fusion_node import FusionNode
 from lightmer.ros.qos import output_qos
 from lightmer.stream.fuser import is_probability_vector
@@ -158,6 +160,34 @@ def fusion_inputs(draw):
                 is_bigendian=draw(st.sampled_from([0, 0, 1])), step=shape[1] * 4,
                 data=mel.tobytes())
     return 'mel', msg
+
+
+# Face ids as a face pipeline might send them: usable ones, ones too long for a topic name
+# (a topic name holds 247 characters), characters no topic name takes, and repeats.
+face_ids = st.one_of(
+    st.from_regex(r'[A-Za-z][A-Za-z0-9_]{0,70}', fullmatch=True),
+    st.sampled_from(['f1', 'f2', 'abcde']),
+    st.integers(60, 400).map(lambda n: 'f' * n),
+    st.text(max_size=300),
+    st.sampled_from(['', '1abc', 'a b', 'a/b', 'a//b', '~a', 'ü', 'a-b', '{a}', '_a', 'a\x00']))
+confidences = st.one_of(st.floats(0, 1, width=32),
+                        st.sampled_from([np.nan, np.inf, -np.inf, -1.0, 1e30]))
+
+
+@st.composite
+def face_crops(draw):
+    """lightmer_msgs/FaceCrops of one segment: 0-4 faces with drawn ids and confidences and a
+    usable 98x80 crop each."""
+    k = draw(st.integers(3000, 3012))
+    header = Header(stamp=float_to_time(k * 0.5 + 0.1), frame_id='cam')
+    faces = []
+    for _ in range(draw(st.integers(0, 4))):
+        side = draw(st.integers(20, 200))
+        crop = Image(header=header, height=98, width=80, encoding='mono8', step=80,
+                     data=bytes([draw(st.integers(0, 255))]) * (98 * 80))
+        faces.append(FaceCrop(id=draw(face_ids), roi=RegionOfInterest(width=side, height=side),
+                              confidence=draw(confidences), crop=crop))
+    return FaceCrops(header=header, faces=faces, detected=len(faces))
 
 
 # --- the nodes -----------------------------------------------------------------------------------
@@ -340,3 +370,65 @@ def test_fusion_node_survives_any_input_and_every_emotion_is_a_probability_vecto
     finally:
         probe.close()
         node.destroy_node()
+
+
+def test_fusion_node_survives_any_face_id_and_confidence(ros):
+    """max_faces 3: FaceCrops with ids of any length and characters, NaN or infinite
+    confidences. Ids that cannot name a topic and non-finite confidences are refused and
+    counted; the node lives and every emotion message stays a probability vector."""
+    node = _node(FusionNode, ros, '/prop_fusion_ids', 'max_faces:=3')
+    probe = _EmotionProbe(ros['context'], '/prop_fusion_ids')
+    rng = np.random.default_rng(1)
+    try:
+        @settings(SETTINGS, max_examples=50)      # each example runs the networks
+        @given(st.lists(face_crops(), min_size=1, max_size=6))
+        def run(seq):
+            for msg in seq:
+                node.faces_callback(msg)
+                mel = rng.standard_normal((128, 43)).astype(np.float32)
+                stamp = float_to_time(time_to_float(msg.header.stamp) + 0.15)
+                node.mel_callback(Image(header=Header(stamp=stamp), height=128, width=43,
+                                        encoding='32FC1', step=43 * 4, data=mel.tobytes()))
+
+        run()
+        assert node.fuser.counts.rejected > 0, node.fuser.counts
+        assert node.reporter.errors > 0
+        _emotion_invariant(probe.wait('emotion', 0))
+        assert all(len(i) <= 64 for i in node.people_outputs.ids)
+    finally:
+        probe.close()
+        node.destroy_node()
+
+
+def test_face_crop_node_survives_any_tracked_id_list_and_bounds_its_work(ros):
+    """face_source ros4hri: IdsList of any ids. Unusable ids are refused and counted, at most
+    MAX_TRACKED_IDS are followed (subscribed to) at once, and their subscriptions go when the
+    ids do; a list of 10,000 ids opens no more subscriptions than that."""
+    node = _node(FaceCropNode, ros, '/prop_hri', 'face_source:=ros4hri')
+    clock = iter(range(10**6))
+
+    def tracked(ids) -> IdsList:
+        return IdsList(header=Header(stamp=float_to_time(4000.0 + 0.1 * next(clock))),
+                       ids=list(ids))
+    try:
+        @settings(SETTINGS, max_examples=40)      # each list opens up to 32 subscriptions
+        @given(st.lists(st.lists(face_ids, max_size=40), min_size=1, max_size=4))
+        def run(lists):
+            for ids in lists:
+                node.tracked_callback(tracked(ids))
+                assert len(node._face_subs) <= MAX_TRACKED_IDS
+
+        run()
+        assert node.faces.counts.rejected > 0
+        node.tracked_callback(tracked(f'face{i}' for i in range(10_000)))
+        assert _face_subscriptions(node) == MAX_TRACKED_IDS
+        assert node.reporter._counts()['ids_ignored'] >= 10_000 - MAX_TRACKED_IDS
+        node.tracked_callback(tracked([]))          # everyone gone: so are the subscriptions
+        assert _face_subscriptions(node) == 0
+    finally:
+        node.destroy_node()
+
+
+def _face_subscriptions(node) -> int:
+    """The node's real subscriptions to per-face image topics."""
+    return sum(1 for sub in node.subscriptions if sub.topic_name.endswith('/cropped'))

@@ -21,7 +21,8 @@ from pathlib import Path
 
 # The options' choices: the parser needs these names whatever the command (numpy, no torch).
 from lightmer.active.oracles import ORACLES
-from lightmer.active.selection import STRATEGIES
+from lightmer.active.selection import DEFAULT_STRATEGY, STRATEGIES
+from lightmer.core.config import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODALITY_DROPOUT
 
 DATASETS = ('crema-d', 'ravdess')
 # The library's errors for input a user can fix: OSError (missing, unreadable or existing files,
@@ -43,6 +44,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f'expected a positive number, got {text}')
+    return value
+
+
+def _unit_share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f'expected a share in [0, 1), got {text}')
     return value
 
 
@@ -246,6 +254,14 @@ def _add_train(sub) -> None:
     p.add_argument('--amp', action='store_true',
                    help='mixed precision on CUDA (bfloat16 where supported, else float16 with '
                         'a gradient scaler); refused on CPU')
+    p.add_argument('--augment', choices=AUGMENTS, default=DEFAULT_AUGMENT,
+                   help="per-segment augmentation of the training face crops and audio "
+                        "windows (another camera and room; docs/ROBUSTNESS.md); 'none' is the "
+                        "paper's recipe")
+    p.add_argument('--modality-dropout', type=_unit_share,
+                   default=DEFAULT_MODALITY_DROPOUT, metavar='P',
+                   help='share of training segments that lose their face or their audio (the '
+                        "nodes' missing-modality input instead); 0 is the paper's recipe")
     p.add_argument('--workers', type=_non_negative_int, default=0,
                    help='DataLoader worker processes per rank (results do not depend on it)')
     p.add_argument('--parallel', type=_positive_int, default=1,
@@ -264,6 +280,7 @@ def _run_train(args) -> int:
         n_folds=args.folds, fold=args.fold, epochs=args.epochs, n_uncertain=args.nu,
         n_segments=args.segments, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         resume=args.resume, device=args.device, mel_norm=args.mel_norm, amp=args.amp,
+        augment=args.augment, modality_dropout=args.modality_dropout,
         workers=args.workers, dist_timeout_s=args.dist_timeout)
     ranks = launched_ranks()
     if args.parallel > 1:
@@ -349,15 +366,16 @@ def _add_replay_options(p) -> None:
     p.add_argument('--audio-info-topic', default='/audio/audio_info')
     p.add_argument('--reference', choices=('centre', 'start'), default=None,
                    help="segment reference time (default: the nodes', centre)")
-    p.add_argument('--missing-policy', choices=('skip', 'nearest'), default=None,
-                   help="missing-modality policy of the fusion node (default: the node's)")
+    p.add_argument('--missing-policy', choices=('skip', 'nearest', 'single'), default=None,
+                   help="missing-modality policy of the fusion node (default: the node's; "
+                   "single: one modality alone, for models trained with modality dropout)")
     p.add_argument('--min-segments', type=_positive_int, default=None,
                    help="publish windows with at least this many of N segments (default: "
                    "the node's)")
     p.add_argument('--people', action='store_true',
                    help='track every face (max_faces 4) and score per person; the labels '
                         'CSV needs a person column (make-bag --two-people)')
-    p.add_argument('--audio-to', choices=('all', 'largest'), default='all',
+    p.add_argument('--audio-to', choices=('speaker', 'all', 'largest'), default='speaker',
                    help="--people: which faces a segment's audio is fused with")
 
 
@@ -442,14 +460,19 @@ def _add_query(sub) -> None:
     p.add_argument('--pool', type=Path, required=True)
     p.add_argument('--checkpoint', type=Path, required=True)
     p.add_argument('--n', type=_positive_int, required=True, help='windows to pick')
-    p.add_argument('--strategy', choices=STRATEGIES, default='uncertainty')
+    p.add_argument('--strategy', choices=STRATEGIES, default=DEFAULT_STRATEGY,
+                   help='which windows to ask (docs/ACTIVE_LEARNING.md); default staged: '
+                   'typical (cold start) with no label yet, then cluster-margin')
     p.add_argument('--labels', type=Path, default=None,
-                   help='answers file: windows answered there are not picked again')
+                   help='answers file: no window sharing a segment with one answered there '
+                   'is picked')
     p.add_argument('--out', type=Path, default=None,
                    help='batch manifest (default: POOL/batches/<time>-<strategy>.json)')
     p.add_argument('--max-per-recording', type=_positive_int, default=None,
                    help='most picks from one recording (default: twice its fair share)')
-    p.add_argument('--seed', type=int, default=0, help='seed of --strategy random')
+    p.add_argument('--seed', type=int, default=0,
+                   help='seed of the draws: random, and the k-means starts of the embedding '
+                   'strategies')
     p.add_argument('--export', nargs=2, metavar=('FORMAT', 'DIR'), default=None,
                    help="also write the batch for another tool: 'label-studio DIR' (tasks "
                    'with pre-annotations, labelling config, media files)')
@@ -511,6 +534,8 @@ def _run_label(args) -> int:
         newest_batch,
     )
 
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f'--port must be 0..65535 (0: any free port), got {args.port}')
     batch = args.batch or newest_batch(args.pool)
     answers = args.labels
     if answers is None:
@@ -554,6 +579,40 @@ def _run_import_labels(args) -> int:
     return 0
 
 
+def _add_adapt(sub) -> None:
+    p = sub.add_parser('adapt', help="adapt a model to a robot's recordings without labels "
+                       "(BatchNorm statistics re-estimated on the pool's segments)")
+    p.add_argument('--checkpoint', type=Path, required=True, help='model to adapt (.pt)')
+    p.add_argument('--pool', type=Path, required=True,
+                   help='pool of the robot\'s recordings (with --bag: created or extended)')
+    p.add_argument('--bag', type=Path, nargs='+', default=(),
+                   help='rosbag2 directories to pool first (recordings already pooled are kept)')
+    p.add_argument('--exclude', nargs='+', default=(),
+                   help='held-out recordings (ids or bag paths): their segments are never read')
+    p.add_argument('--out', type=Path, required=True, help='the adapted checkpoint (.pt)')
+    p.add_argument('--seed', type=int, default=0, help='order of the segments in batches')
+    _add_replay_options(p)
+    p.add_argument('--json', action='store_true')
+
+
+def _run_adapt(args) -> int:
+    from lightmer.active.adapt import AdaptConfig, adapt
+    from lightmer.evaluation.bags import BagTopics
+
+    summary = adapt(AdaptConfig(
+        checkpoint=args.checkpoint, pool=args.pool, out=args.out, bags=tuple(args.bag),
+        exclude=tuple(args.exclude), settings=_stream_settings(args) if args.bag else None,
+        topics=BagTopics(args.image_topic, args.audio_topic, args.audio_info_topic),
+        seed=args.seed))
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"{summary['checkpoint']}: BatchNorm statistics from {summary['segments']} "
+              f"segments of {len(summary['recordings'])} recording(s), "
+              f"{len(summary['excluded'])} held out; {summary['seconds']['total']:.1f} s")
+    return 0
+
+
 def _add_finetune(sub) -> None:
     p = sub.add_parser('finetune', help='continue training on pooled windows people labelled '
                        '(Algorithm 1 with a human oracle)')
@@ -569,7 +628,9 @@ def _add_finetune(sub) -> None:
     p.add_argument('--rounds', type=int, default=1,
                    help='query-answer-train rounds (0: train on the answers given so far)')
     p.add_argument('--per-round', type=_positive_int, default=12, help='windows asked per round')
-    p.add_argument('--strategy', choices=STRATEGIES, default='uncertainty')
+    p.add_argument('--strategy', choices=STRATEGIES, default=DEFAULT_STRATEGY,
+                   help='which windows to ask (docs/ACTIVE_LEARNING.md); default staged: '
+                   'typical (cold start) with no label yet, then cluster-margin')
     p.add_argument('--oracle', choices=ORACLES, default='answers',
                    help="who answers: 'answers' = people, through the answers file; "
                    "'bag-labels' = each bag's labels CSV (scripted runs, simulations)")
@@ -577,14 +638,22 @@ def _add_finetune(sub) -> None:
                    help='held-out windows for the before/after accuracy (0: none)')
     p.add_argument('--eval-recordings', nargs='+', default=(),
                    help='hold out these recordings (ids or bag paths) whole for evaluation')
-    p.add_argument('--epochs', type=_positive_int, default=4,
-                   help='passes over the labelled windows per round')
+    p.add_argument('--steps', type=_positive_int, default=40,
+                   help='optimiser steps per round; every round starts again from the '
+                   'adapted model')
     p.add_argument('--batch-size', type=_positive_int, default=8)
     p.add_argument('--lr', type=_positive_float, default=1e-4)
+    p.add_argument('--l2sp', type=float, default=0.01,
+                   help="weight of the squared distance from the adapted model's weights")
+    p.add_argument('--tune', default='all',
+                   help="what a round trains: 'all' weights, or 'head-bn' (the head and "
+                   "BatchNorm's scales and shifts)")
+    p.add_argument('--folds', type=_non_negative_int, default=3,
+                   help='cross-validation folds over the answers that decide whether a '
+                   'round is kept (0: keep every round)')
+    p.add_argument('--no-adapt', action='store_true',
+                   help="round 0 keeps the base model's BatchNorm statistics (no adaptation)")
     p.add_argument('--max-per-recording', type=_positive_int, default=None)
-    p.add_argument('--batchnorm', choices=('frozen', 'train'), default='frozen',
-                   help="BatchNorm statistics while fine-tuning: keep the base model's "
-                   '(frozen) or update them from the batches (train)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--resume', action='store_true')
     p.add_argument('--json', action='store_true')
@@ -599,9 +668,9 @@ def _run_finetune(args) -> int:
             base_cache=args.base_cache, mix=args.mix, rounds=args.rounds,
             per_round=args.per_round, strategy=args.strategy, oracle=args.oracle,
             eval_windows=args.eval_windows, eval_recordings=tuple(args.eval_recordings),
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            max_per_recording=args.max_per_recording, seed=args.seed, resume=args.resume,
-            freeze_batchnorm=args.batchnorm == 'frozen'))
+            steps=args.steps, batch_size=args.batch_size, lr=args.lr, l2sp=args.l2sp,
+            tune=args.tune, folds=args.folds, adapt=not args.no_adapt,
+            max_per_recording=args.max_per_recording, seed=args.seed, resume=args.resume))
     except AnswersNeededError as e:      # not an error: people have a batch to answer
         print(f'lightmer finetune: {e}', file=sys.stderr)
         return EXIT_WAITING_FOR_ANSWERS
@@ -642,13 +711,16 @@ def _add_bringup(sub) -> None:
 
 def _run_bringup(args) -> int:
     from lightmer.ros.bringup import run_bringup
+    from lightmer.ros.description import resolve
 
     values = {'use_sim_time': 'true' if args.use_sim_time else None,
               'respawn': None if args.respawn is None else str(args.respawn).lower()}
     for name in ('params_file', 'model', 'camera_topic', 'audio_topic', 'audio_info_topic',
                  'audio_msg', 'namespace', 'respawn_delay'):
         values[name] = getattr(args, name)
-    return run_bringup({k: str(v) for k, v in values.items() if v is not None})
+    values = {k: str(v) for k, v in values.items() if v is not None}
+    resolve(values)       # bad arguments (names, params file): one line and exit 2, before ROS
+    return run_bringup(values)
 
 
 def _add_demo(sub) -> None:
@@ -672,23 +744,68 @@ def _run_demo(args) -> int:
 
 
 def _add_simulate_robot(sub) -> None:
-    p = sub.add_parser('simulate-robot', help="evidence: learning curves of fine-tuning on a "
-                       "simulated robot's own people, per selection strategy")
+    p = sub.add_parser('simulate-robot', help="evidence: adaptation and learning curves per "
+                       "selection strategy over replicates of a simulated robot's people")
     p.add_argument('--out', type=Path, default=Path('robot-sim'),
                    help='directory (an interrupted run continues where it stopped)')
-    p.add_argument('--quick', action='store_true', help='3 people, one seed, up to 48 labels')
+    p.add_argument('--quick', action='store_true',
+                   help='one draw of 3 people, one training seed, default vs random to 24')
     p.add_argument('--base-from', type=Path, default=None,
                    help="a `lightmer demo` output directory whose model and cache to start "
-                   'from (default: train a base model first)')
+                   'from (default: train base models first)')
+    p.add_argument('--draws', type=_non_negative_int, nargs='+', default=None,
+                   help='people draws (default 2 3 4 5 6; 0 and 1 are development draws)')
+    p.add_argument('--training-seeds', type=int, nargs='+', default=None,
+                   help='base model training seeds (default 0 1)')
+    p.add_argument('--strategies', nargs='+', choices=STRATEGIES, default=None,
+                   help='selection strategies (default: the default one, uncertainty, '
+                   'margin, random)')
+    p.add_argument('--budgets', type=_positive_int, nargs='+', default=None,
+                   help='labelled windows at which accuracy is reported, multiples of 12 '
+                   '(default 12 24 48)')
+    p.add_argument('--adapt-only', action='store_true',
+                   help='the 0-label points alone (base and adapted), no fine-tuning')
     p.add_argument('--json', action='store_true')
 
 
 def _run_simulate_robot(args) -> int:
     from lightmer.experiments.robot_sim import simulate_robot
 
-    result = simulate_robot(args.out, quick=args.quick, base_from=args.base_from)
+    result = simulate_robot(args.out, quick=args.quick, base_from=args.base_from,
+                            draws=args.draws, training_seeds=args.training_seeds,
+                            strategies=() if args.adapt_only else args.strategies,
+                            budgets=args.budgets)
     if args.json:
         _print_json(result)
+    return 0
+
+
+def _add_robust_study(sub) -> None:
+    p = sub.add_parser('robust-study', help='evidence: zero-label accuracy of training recipes '
+                       "(paper, augmentation, modality dropout) on a simulated robot's people, "
+                       'unseen studio actors and a second shift')
+    p.add_argument('--out', type=Path, default=Path('robust-study'),
+                   help='directory (an interrupted run continues where it stopped)')
+    p.add_argument('--size', choices=('full', 'quick'), default='full',
+                   help='full: 3 seeds x 5 draws of 3 people, 20 epochs; quick: 1 seed, 1 '
+                        'draw of 2 people, 8 epochs')
+    p.add_argument('--seeds', type=int, nargs='+', default=None,
+                   help="training seeds (default: the size's)")
+    p.add_argument('--draws', type=_positive_int, default=None,
+                   help="people draws per shift (default: the size's)")
+    p.add_argument('--recipes', nargs='+', default=None,
+                   help='recipes among paper, augment, augment_dropout, augment_face, '
+                        'augment_audio, paper_dbnorm, augment_dbnorm (default: the first three)')
+    p.add_argument('--json', action='store_true')
+
+
+def _run_robust_study(args) -> int:
+    from lightmer.experiments.robust_study import run_study, size_with
+
+    size = size_with(args.size, seeds=args.seeds, draws=args.draws, recipes=args.recipes)
+    report = run_study(args.out, size)
+    if args.json:
+        _print_json(report)
     return 0
 
 
@@ -707,10 +824,12 @@ COMMANDS = {
     'query': (_add_query, _run_query),
     'label': (_add_label, _run_label),
     'import-labels': (_add_import_labels, _run_import_labels),
+    'adapt': (_add_adapt, _run_adapt),
     'finetune': (_add_finetune, _run_finetune),
     'bringup': (_add_bringup, _run_bringup),
     'demo': (_add_demo, _run_demo),
     'simulate-robot': (_add_simulate_robot, _run_simulate_robot),
+    'robust-study': (_add_robust_study, _run_robust_study),
 }
 
 

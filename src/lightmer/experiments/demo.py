@@ -167,8 +167,8 @@ def _outcome(size: DemoSize, test_actors: list[str], metrics: list[dict], evals:
         'counts_live': evals['live']['counts'],
         'train_summary': summaries,
         'robot': None if robot_result is None else {
-            k: robot_result[k] for k in ('base_accuracy_people', 'curves', 'gain_at_48',
-                                         'uncertainty_minus_random', 'png')},
+            k: robot_result[k] for k in ('zero_labels', 'curves', 'versus_random', 'goals',
+                                         'png')},
     }
 
 

@@ -74,7 +74,7 @@ class AudioSegmenter:
 
     def warm_up(self) -> None:
         """Compute one window of silence at 8 kHz, so that the first real segment does not pay
-        for importing librosa, the resampler and the mel filters (seconds on a small CPU)."""
+        for building the resampler and the mel filters."""
         silence = np.zeros(int(self.cfg.window_s * 8000) + 1, dtype=np.float32)
         log_mel(audio_window(resample(silence, 8000, self.cfg.sample_rate),
                              self.cfg.window_s / 2, self.cfg), self.cfg)
