@@ -287,6 +287,17 @@ def test_round_zero_is_the_adaptation_and_a_harmful_round_is_rolled_back(
     changed, _ = load_checkpoint(out / 'finetuned.pt')
     assert not torch.equal(changed.state_dict()['fc.weight'], model.state_dict()['fc.weight'])
 
+    # --keep-margin: the candidates must get that many more answers right than the anchor;
+    # more than there are answers can never be met, whatever the training did.
+    out = tmp_path / 'margin'
+    assert _finetune(robot_pool, base, answers, out, *wreck[:8], '--keep-margin',
+                     str(len(picks) + 1)) == 0
+    first = json.loads((out / 'report.json').read_text())['rounds'][1]
+    assert first['kept'] is False and first['validation']['gain_answers'] <= len(picks)
+    assert first['validation']['gain_answers'] == round(
+        (first['validation']['cv_accuracy'] - first['validation']['anchor_accuracy'])
+        * len(picks))
+
 
 def test_refused_inputs_write_nothing(robot_pool, untrained_checkpoint, tmp_path, capsys):
     answers, out = tmp_path / 'answers.csv', tmp_path / 'run'

@@ -3,8 +3,9 @@ learning-curve summary."""
 import numpy as np
 import pytest
 
+from lightmer.active.finetune import FinetuneConfig
 from lightmer.datasets.loaders import index_dataset
-from lightmer.experiments.robot_sim import SimSize, summarise
+from lightmer.experiments.robot_sim import VARIANTS, SimSize, simulate_robot, summarise
 from lightmer.experiments.robot_world import split_sessions
 
 
@@ -50,3 +51,14 @@ def test_summary_pairs_replicates_and_checks_the_goals():
     assert goals['rounds_below_round0'] == []
     reps[0]['strategies']['random']['window_accuracy']['12'] = 0.40   # below its round 0
     assert summarise(reps, size)['goals']['rounds_below_round0'] == [(0, 0, 'random', 12)]
+
+
+def test_every_finetune_variant_is_a_valid_setting_and_an_unknown_one_is_refused(tmp_path):
+    assert VARIANTS['default'] == {}
+    for name, overrides in VARIANTS.items():
+        cfg = FinetuneConfig(checkpoint=tmp_path / 'm.pt', pool=tmp_path, mix=0,
+                             answers=tmp_path / 'a.csv', out=tmp_path / name, **overrides)
+        assert all(getattr(cfg, k) == v for k, v in overrides.items())
+    with pytest.raises(ValueError, match='variant must be one of'):
+        simulate_robot(tmp_path / 'sim', variant='nope')
+    assert not (tmp_path / 'sim').exists()

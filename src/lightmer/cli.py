@@ -651,6 +651,9 @@ def _add_finetune(sub) -> None:
     p.add_argument('--folds', type=_non_negative_int, default=3,
                    help='cross-validation folds over the answers that decide whether a '
                    'round is kept (0: keep every round)')
+    p.add_argument('--keep-margin', type=_non_negative_int, default=0,
+                   help='answers by which the cross-validated round must beat the adapted '
+                   'model to be kept (0: a tie keeps it)')
     p.add_argument('--no-adapt', action='store_true',
                    help="round 0 keeps the base model's BatchNorm statistics (no adaptation)")
     p.add_argument('--max-per-recording', type=_positive_int, default=None)
@@ -669,7 +672,8 @@ def _run_finetune(args) -> int:
             per_round=args.per_round, strategy=args.strategy, oracle=args.oracle,
             eval_windows=args.eval_windows, eval_recordings=tuple(args.eval_recordings),
             steps=args.steps, batch_size=args.batch_size, lr=args.lr, l2sp=args.l2sp,
-            tune=args.tune, folds=args.folds, adapt=not args.no_adapt,
+            tune=args.tune, folds=args.folds, keep_margin=args.keep_margin,
+            adapt=not args.no_adapt,
             max_per_recording=args.max_per_recording, seed=args.seed, resume=args.resume))
     except AnswersNeededError as e:      # not an error: people have a batch to answer
         print(f'lightmer finetune: {e}', file=sys.stderr)
@@ -765,6 +769,10 @@ def _add_simulate_robot(sub) -> None:
                    '(default 12 24 48)')
     p.add_argument('--adapt-only', action='store_true',
                    help='the 0-label points alone (base and adapted), no fine-tuning')
+    p.add_argument('--variant', default='default',
+                   help='fine-tuning settings: default, head-bn or keep1 (robot_sim.VARIANTS, '
+                   'compared on the development draws 0 1; a variant writes '
+                   'robot_sim_<variant>.json)')
     p.add_argument('--json', action='store_true')
 
 
@@ -774,7 +782,7 @@ def _run_simulate_robot(args) -> int:
     result = simulate_robot(args.out, quick=args.quick, base_from=args.base_from,
                             draws=args.draws, training_seeds=args.training_seeds,
                             strategies=() if args.adapt_only else args.strategies,
-                            budgets=args.budgets)
+                            budgets=args.budgets, variant=args.variant)
     if args.json:
         _print_json(result)
     return 0

@@ -28,8 +28,9 @@ Then each round:
      statistics, so neither domain's statistics leak into the other's;
   3. the candidate is kept only if fine-tuning does not lower accuracy on labelled windows
      it did not train on: `folds`-fold cross-validation over the answers (a candidate per
-     fold, from the anchor, on the other folds) must score at least the anchor's accuracy on
-     the same answers; otherwise the model stays the last kept one (recorded as rolled back);
+     fold, from the anchor, on the other folds) must get at least `keep_margin` more of the
+     answers right than the anchor gets; otherwise the model stays the last kept one
+     (recorded as rolled back);
   4. the model scores the pool again: the held-out windows give this round's accuracy, the
      rest are the next round's candidates.
 Every round restarts from the anchor with its own seeds, so a killed run resumes to the same
@@ -101,7 +102,8 @@ from lightmer.training.train import stream_seed
 STATE = StateFile(version=2, restart='delete it to restart the run, or use another --out')
 # Settings that change the numbers; a resumed run must agree on all of them.
 _RUN_KEYS = ('strategy', 'per_round', 'eval_windows', 'eval_recordings', 'mix', 'steps',
-             'batch_size', 'lr', 'l2sp', 'tune', 'folds', 'adapt', 'seed', 'max_per_recording')
+             'batch_size', 'lr', 'l2sp', 'tune', 'folds', 'keep_margin', 'adapt', 'seed',
+             'max_per_recording')
 _TRAIN, _MIX, _EVAL, _FOLDS = 1, 2, 3, 4      # seed stream tags
 TUNE = ('all', 'head-bn')          # what a round trains: every weight, or the FC head and the
                                    # BatchNorm scales and shifts only
@@ -130,6 +132,9 @@ class FinetuneConfig:
     l2sp: float = 0.01                # weight of the squared distance from the anchor's weights
     tune: str = 'all'                 # TUNE
     folds: int = 3                    # cross-validation folds that keep a round (0: keep all)
+    # Answers by which the cross-validated candidates must beat the anchor for a round to be
+    # kept: 0 keeps a tie; 1 asks for one more answer right (docs/ACTIVE_LEARNING.md).
+    keep_margin: int = 0
     adapt: bool = True                # round 0: BatchNorm statistics on the pool (active.adapt)
     seed: int = 0
     max_per_recording: int | None = None
@@ -153,6 +158,8 @@ class FinetuneConfig:
             raise ValueError(f'tune must be one of {TUNE}, got {self.tune!r}')
         if self.folds < 0 or self.folds == 1:
             raise ValueError(f'folds must be 0 (keep every round) or >= 2, got {self.folds}')
+        if self.keep_margin < 0:
+            raise ValueError(f'keep_margin must be >= 0, got {self.keep_margin}')
         if self.mix > 0 and self.base_cache is None:
             object.__setattr__(self, 'mix', 0.0)     # nothing to mix without a cache
         for name in ('checkpoint', 'pool', 'answers', 'out'):
@@ -316,8 +323,9 @@ def _validate(run: _Run, anchor: _Anchor, windows: PoolWindows, rnd: int) -> dic
         correct += int((_predict(cand, windows.subset(held)) == y[held]).sum())
     base = LightmerNet(run.meta.model)
     base.load_state_dict(anchor.state)
+    anchor_correct = int((_predict(base, windows) == y).sum())
     return {'folds': k, 'windows': n, 'cv_accuracy': correct / n,
-            'anchor_accuracy': float((_predict(base, windows) == y).mean())}
+            'anchor_accuracy': anchor_correct / n, 'gain_answers': correct - anchor_correct}
 
 
 # --- the run's fixed parts -------------------------------------------------------------------
@@ -549,7 +557,7 @@ def _train_round(run: _Run, anchor: _Anchor, model: LightmerNet, labelled: dict[
     candidate, loss = _fit(run, anchor, windows, stream_seed(cfg.seed, rnd, _TRAIN),
                            rnd * cfg.steps)
     check = _validate(run, anchor, windows, rnd)
-    kept = check is None or check['cv_accuracy'] >= check['anchor_accuracy']
+    kept = check is None or check['gain_answers'] >= cfg.keep_margin
     if kept:
         model.load_state_dict(candidate.state_dict())
     return {'train_loss': loss, 'kept': kept, 'validation': check}

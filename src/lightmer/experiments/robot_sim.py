@@ -16,7 +16,8 @@ each strategy's paired difference from random (same replicate, same held-out win
 issue's goals checked. PNG + JSON.
 
 Draws 0 and 1 are development draws: the fine-tuning settings (FinetuneConfig's defaults)
-were chosen on them; the reported draws start at 2, so no reported figure chose a setting.
+are chosen on them, by comparing named `VARIANTS` of those settings (`--variant`); the
+reported draws start at 2, so no reported figure chose a setting.
 """
 from __future__ import annotations
 
@@ -58,6 +59,13 @@ SHIFT_NAME = 'robot'
 RECIPE = 'paper'          # robot_world.base_model recipe name: the paper's training, no extras
 DEV_DRAWS = (0, 1)        # settings were chosen on these; never reported
 LEVEL = 0.90
+# Fine-tuning settings compared on the development draws (FinetuneConfig overrides); 'default'
+# is FinetuneConfig's own. A variant's runs and results are kept apart from the default's.
+VARIANTS: dict[str, dict] = {
+    'default': {},
+    'head-bn': {'tune': 'head-bn'},          # the head and BatchNorm scale/shift only
+    'keep1': {'keep_margin': 1},             # keep a round only when CV wins by an answer
+}
 
 
 @dataclass(frozen=True)
@@ -93,21 +101,24 @@ def _demo_base(base_from: Path) -> BaseModel:
 
 
 def _finetune_run(root: Path, size: SimSize, base: BaseModel, draw: Draw, pool: Path,
-                  strategy: str, seed: int) -> dict:
-    run = root / 'runs' / f'draw{draw.number}_seed{seed}' / strategy
+                  strategy: str, seed: int, variant: str = 'default') -> dict:
+    name = strategy if variant == 'default' else f'{strategy}@{variant}'
+    run = root / 'runs' / f'draw{draw.number}_seed{seed}' / name
+    rounds = max(size.budgets) // size.per_round
     if (run / 'report.json').is_file():
-        return json.loads((run / 'report.json').read_text(encoding='utf-8'))
+        report = json.loads((run / 'report.json').read_text(encoding='utf-8'))
+        if report['rounds_done'] >= rounds:       # a shorter earlier run goes on below
+            return report
     return finetune(FinetuneConfig(
         checkpoint=base.checkpoint, pool=pool, answers=run / 'answers.csv', out=run,
-        base_cache=base.cache, base_clips=base.train_clips,
-        rounds=max(size.budgets) // size.per_round, per_round=size.per_round,
-        strategy=strategy, oracle='bag-labels', eval_windows=10**9,
+        base_cache=base.cache, base_clips=base.train_clips, rounds=rounds,
+        per_round=size.per_round, strategy=strategy, oracle='bag-labels', eval_windows=10**9,
         eval_recordings=draw.eval_recordings, mix=size.mix, seed=seed, resume=True,
-        progress=False))
+        progress=False, **VARIANTS[variant]))
 
 
 def replicate(root: Path, size: SimSize, number: int, seed: int, timings: dict,
-              base_from: Path | None = None) -> dict:
+              base_from: Path | None = None, variant: str = 'default') -> dict:
     """One replicate (people draw `number`, training seed `seed`): its 0-label points, its
     curves per strategy and the clip accuracy after the largest budget."""
     name = f'draw {number} seed {seed}'
@@ -128,7 +139,8 @@ def replicate(root: Path, size: SimSize, number: int, seed: int, timings: dict,
            'adapted': score_on_pool(pool, adapted, held), 'strategies': {}}
     for strategy in size.strategies:
         with _stage(f'{name}: finetune {strategy}', timings):
-            report = _finetune_run(root, size, base, draw, pool.path, strategy, seed)
+            report = _finetune_run(root, size, base, draw, pool.path, strategy, seed,
+                                   variant)
         rounds = report['rounds']
         out['strategies'][strategy] = {
             'window_accuracy': {str(m['asked'] if m['round'] else 0): m['accuracy']
@@ -216,11 +228,14 @@ def simulate_robot(out: str | os.PathLike, quick: bool = False,
                    draws: tuple[int, ...] | None = None,
                    training_seeds: tuple[int, ...] | None = None,
                    strategies: tuple[str, ...] | None = None,
-                   budgets: tuple[int, ...] | None = None) -> dict:
+                   budgets: tuple[int, ...] | None = None, variant: str = 'default') -> dict:
     """Run (or continue: finished stages are kept) the replicates into `out`; returns the
-    result also written to `out/robot_sim.json` (with learning_curves.png). `draws`,
-    `training_seeds`, `strategies` override the size's (a smaller run; say so); strategies
-    () measures the 0-label points alone."""
+    result also written to `out/robot_sim.json` (with learning_curves.png; for another
+    variant of the fine-tuning settings `robot_sim_<variant>.json`, `learning_curves_<variant>
+    .png`). `draws`, `training_seeds`, `strategies` override the size's (a smaller run; say
+    so); strategies () measures the 0-label points alone."""
+    if variant not in VARIANTS:
+        raise ValueError(f'variant must be one of {tuple(VARIANTS)}, got {variant!r}')
     size = SIZES['quick' if quick else 'full']
     size = replace(size, **{k: tuple(v) for k, v in (('draws', draws),
                                                      ('training_seeds', training_seeds),
@@ -238,14 +253,17 @@ def simulate_robot(out: str | os.PathLike, quick: bool = False,
     root.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    reps = [replicate(root, size, n, seed, timings, Path(base_from) if base_from else None)
+    reps = [replicate(root, size, n, seed, timings, Path(base_from) if base_from else None,
+                      variant)
             for n in size.draws for seed in size.training_seeds]
-    result = {'shift': asdict(ROBOT_SHIFT), 'size': asdict(size), 'replicates': reps,
+    result = {'shift': asdict(ROBOT_SHIFT), 'size': asdict(size), 'variant': variant,
+              'finetune_overrides': VARIANTS[variant], 'replicates': reps,
               'level': LEVEL, **summarise(reps, size), 'stage_s': timings,
               'wall_s': round(time.perf_counter() - t0, 1)}
-    _plot(root / 'learning_curves.png', result, len(reps))
-    result['png'] = str(root / 'learning_curves.png')
-    atomic_save_json(root / 'robot_sim.json', result)
+    suffix = '' if variant == 'default' else f'_{variant}'
+    _plot(root / f'learning_curves{suffix}.png', result, len(reps))
+    result['png'] = str(root / f'learning_curves{suffix}.png')
+    atomic_save_json(root / f'robot_sim{suffix}.json', result)
     _print_report(result)
     return result
 
