@@ -5,8 +5,8 @@ weights the paper path gives.
 History: the digest of this tiny run was recorded at commit 683cc8a, before augmentation and
 modality dropout existed (470524c4…1582fc1b), and the same run after the change matched it on
 that machine. A weight digest after training is not portable, though: CI's fresh machine gave
-another one for the pre- and post-change code alike (float reductions follow the CPU's
-instruction set), so this test checks the property where it runs: the paper options train
+another one (float reductions may follow the CPU's instruction set; the pre-change code was not
+run there), so this test checks the property where it runs: the paper options train
 exactly what a run gives whose augmentation and dropout functions would fail if touched, and
 exactly what the defaults give.
 """
