@@ -21,12 +21,12 @@ import torch
 
 from lightmer.core.atomic_io import atomic_save_json
 from lightmer.core.checkpoint import load_checkpoint, save_checkpoint
-from lightmer.experiments.robot_sim import RECIPE, SHIFT_NAME
-from lightmer.experiments.robot_world import Draw, interval, pooled, score_on_pool
+from lightmer.experiments.robot_sim import RECIPE, SHIFT_NAME, SimSize
+from lightmer.experiments.robot_world import Draw, WorldSize, interval, pooled, score_on_pool
 from lightmer.experiments.robust_study import MODALITIES, modality_probs
 from lightmer.stream.settings import StreamSettings
 
-MIN_SEGMENTS = 3          # the simulation's pool settings (WorldSize.min_segments)
+SEEDS = SimSize().training_seeds    # the simulation's base models
 
 
 def partial(base: Path, adapted: Path, branch: str, out: Path) -> Path:
@@ -58,7 +58,7 @@ def replicate(root: Path, draw_dir: Path, seed: int, tmp: Path) -> dict | None:
     d = json.loads((draw_dir / 'draw.json').read_text(encoding='utf-8'))
     draw = Draw(SHIFT_NAME, number, tuple(d['people']), tuple(Path(p) for p in d['pool']),
                 tuple(Path(p) for p in d['eval']))
-    pool = pooled(root, draw, base, StreamSettings(min_segments=MIN_SEGMENTS))
+    pool = pooled(root, draw, base, StreamSettings(min_segments=WorldSize().min_segments))
     held = list(draw.eval_recordings)
     models = {'base': base, 'adapted': adapted,
               'adapted_visual_only': partial(base, adapted, 'visual', tmp / 'v.pt'),
@@ -75,14 +75,15 @@ def main(root: Path, out: Path) -> int:
     torch.set_num_threads(2)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for draw_dir in sorted((root / 'people').glob(f'{SHIFT_NAME}_draw*')):
-            for seed in (0, 1):
+        for number in SimSize().draws:          # the reported draws, never 0-1
+            draw_dir = root / 'people' / f'{SHIFT_NAME}_draw{number}'
+            for seed in SEEDS:
                 row = replicate(root, draw_dir, seed, Path(tmp))
                 if row is not None:
                     rows.append(row)
     summary = {}
     for name in ('base', 'adapted', 'adapted_visual_only', 'adapted_audio_only'):
-        for seed in (0, 1):
+        for seed in SEEDS:
             mine = [r for r in rows if r['training_seed'] == seed]
             summary[f'{name}_seed{seed}'] = {
                 keep: interval([r[name][keep] for r in mine]) for keep in MODALITIES}
